@@ -1,0 +1,17 @@
+"""KFP components: thin wrappers that move artifacts in and out of `plmrec.stages`.
+
+Each component body imports plmrec inside the function, as KFP lightweight components
+require; the component image (`plmrec.components.IMAGE`, or params.pipeline.image at
+compile time) has plmrec installed.
+"""
+
+from plmrec.components.stages import (
+    evaluate_baseline,
+    finish_tracking,
+    ingest,
+    prepare_data,
+    train_baseline,
+    validate_data,
+)
+
+__all__ = ["evaluate_baseline", "finish_tracking", "ingest", "prepare_data", "train_baseline", "validate_data"]

@@ -1,0 +1,195 @@
+"""`params.yaml`: the one configuration read by the CLI, the DVC stages and the KFP pipeline."""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+DEFAULT_PARAMS_FILE = "params.yaml"
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is invalid; the message names the key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SyntheticParams(_Section):
+    seed: int = 7
+    n_customers: int = Field(1200, ge=10)
+    n_products: int = Field(800, ge=20)
+    n_invoices: int = Field(12000, ge=50)
+    start: dt.date = dt.date(2010, 12, 1)
+    end: dt.date = dt.date(2011, 12, 9)
+    guest_fraction: float = Field(0.22, ge=0, le=0.9, description="share of invoices with no customer id")
+    cancel_fraction: float = Field(0.02, ge=0, le=0.5)
+
+    @model_validator(mode="after")
+    def _dates_ordered(self) -> "SyntheticParams":
+        if self.end <= self.start:
+            raise ValueError(f"end ({self.end}) must be after start ({self.start})")
+        return self
+
+
+class DataParams(_Section):
+    source: Literal["synthetic", "file", "online-retail"] = "synthetic"
+    path: str | None = Field(None, description="transactions file for source=file (xlsx, csv, csv.gz, parquet)")
+    encoding: str = "utf-8"
+    synthetic: SyntheticParams = SyntheticParams()
+
+    @model_validator(mode="after")
+    def _path_for_file(self) -> "DataParams":
+        if self.source == "file" and not self.path:
+            raise ValueError("source is 'file' but path is empty")
+        return self
+
+
+class CleanParams(_Section):
+    drop_zero_price: bool = False
+    n_quantity_labels: int = Field(5, ge=2, le=20)
+
+
+class SplitParams(_Section):
+    train_end: dt.date = dt.date(2011, 9, 1)
+    valid_end: dt.date = dt.date(2011, 10, 15)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "SplitParams":
+        if self.valid_end <= self.train_end:
+            raise ValueError(f"valid_end ({self.valid_end}) must be after train_end ({self.train_end})")
+        return self
+
+
+class ValidationParams(_Section):
+    min_date: dt.date = dt.date(2000, 1, 1)
+    max_date: dt.date | None = None
+    max_negative_price_fraction: float = Field(1e-4, ge=0, le=1)
+    max_duplicate_fraction: float = Field(0.02, ge=0, le=1)
+    max_missing_customer_fraction: float = Field(0.5, ge=0, le=1)
+    max_missing_description_fraction: float = Field(0.01, ge=0, le=1)
+    max_abs_quantity: int = Field(100_000, ge=1)
+    example_rows: int = Field(5, ge=1, le=100)
+
+
+class BaselineParams(_Section):
+    feature_groups: list[Literal["transaction", "customer", "basket", "item"]] = ["transaction", "customer", "basket"]
+    n_estimators: int = Field(300, ge=1)
+    max_depth: int = Field(6, ge=1, le=16)
+    learning_rate: float = Field(0.1, gt=0, le=1)
+    early_stopping_rounds: int = Field(20, ge=1)
+    n_jobs: int = 0
+
+
+class TrackingParams(_Section):
+    uri: str | None = Field(None, description="MLflow tracking URI; MLFLOW_TRACKING_URI, then local SQLite, if unset")
+    experiment: str = "plmrec"
+
+
+class PipelineParams(_Section):
+    name: str = "plmrec-training"
+    image: str = "ghcr.io/plmrec/plmrec:0.1.0"
+    enable_caching: bool = False
+
+
+class Params(_Section):
+    seed: int = 42
+    data: DataParams = DataParams()
+    clean: CleanParams = CleanParams()
+    split: SplitParams = SplitParams()
+    validation: ValidationParams = ValidationParams()
+    baseline: BaselineParams = BaselineParams()
+    tracking: TrackingParams = TrackingParams()
+    pipeline: PipelineParams = PipelineParams()
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True)  # None = default; KFP structs reject None
+
+
+def _known_keys(model: type[BaseModel]) -> list[str]:
+    return list(model.model_fields)
+
+
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    model: type[BaseModel] = Params
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        ann = getattr(field, "annotation", None) if field else None
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            model = ann
+        else:
+            return None
+    return model
+
+
+def _describe(err: ValidationError, origin: str) -> str:
+    lines = []
+    for e in err.errors():
+        loc = tuple(str(p) for p in e["loc"])
+        key = ".".join(loc) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            parent = _model_at(loc[:-1])
+            hint = ""
+            if parent is not None:
+                close = difflib.get_close_matches(loc[-1], _known_keys(parent), n=1)
+                hint = f" (did you mean '{'.'.join(loc[:-1] + (close[0],))}'?)" if close else ""
+                hint += f"; allowed: {', '.join(_known_keys(parent))}"
+            lines.append(f"unknown key '{key}'{hint}")
+        else:
+            got = e.get("input")
+            shown = "" if isinstance(got, dict) else f" (got {got!r})"
+            lines.append(f"invalid value for '{key}': {e['msg']}{shown}")
+    return f"{origin}: " + "; ".join(lines)
+
+
+def parse_params(raw: dict[str, Any] | None, origin: str = "params") -> Params:
+    try:
+        return Params.model_validate(raw or {})
+    except ValidationError as err:
+        raise ConfigError(_describe(err, origin)) from None
+
+
+def _coerce_scalar(text: str) -> Any:
+    return yaml.safe_load(text) if text.strip() else ""
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """Apply `-S key.sub=value` overrides (DVC's syntax) to a raw params dict."""
+    out = copy.deepcopy(raw)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not of the form key=value")
+        key, value = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = out
+        for p in parts[:-1]:
+            nxt = node.setdefault(p, {})
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"override '{item}': '{p}' is not a section")
+            node = nxt
+        node[parts[-1]] = _coerce_scalar(value)
+    return out
+
+
+def load_params(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Params:
+    """Read `params.yaml` (or defaults when the default file is absent) and apply overrides."""
+    explicit = path is not None
+    path = Path(path or DEFAULT_PARAMS_FILE)
+    raw: dict[str, Any] = {}
+    if path.exists():
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
+    elif explicit:
+        raise ConfigError(f"{path}: params file not found")
+    return parse_params(apply_overrides(raw, overrides), origin=str(path))

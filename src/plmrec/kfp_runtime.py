@@ -1,0 +1,73 @@
+"""What the KFP components run inside their container: artifact paths in, `plmrec.stages` calls, metrics out.
+
+Kept outside `plmrec.components` so the executor never imports the component definitions.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from plmrec import stages, tracking
+from plmrec.config import parse_params
+
+
+def _setup(config: dict, tracking_uri: str):
+    params = parse_params(config, origin="pipeline parameter 'config'")
+    return params, tracking_uri or tracking.resolve_tracking_uri(params)
+
+
+def _log(metrics_artifact, values: dict) -> None:
+    for k, v in values.items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            metrics_artifact.log_metric(k, float(v))
+
+
+def ingest_task(config, tracking_uri, run_key, raw_data, ingest_metrics) -> None:
+    params, uri = _setup(config, tracking_uri)
+    out = stages.ingest(params, raw_data.path, run_key, uri)
+    raw_data.metadata.update({"rows": out["rows"], "format": "parquet", "source": params.data.source})
+    _log(ingest_metrics, {"rows": out["rows"], "invoices": out["invoices"]})
+
+
+def validate_task(config, tracking_uri, run_key, suite, table, report, report_files, validation_metrics) -> None:
+    params, uri = _setup(config, tracking_uri)
+    report_dir = Path(report_files.path)
+    try:
+        outcome = stages.validate(params, suite, table.path, report_dir, run_key, uri)
+    finally:
+        if (report_dir / "report.html").exists():
+            shutil.copyfile(report_dir / "report.html", report.path)
+    _log(validation_metrics, {"expectations_evaluated": outcome.evaluated, "expectations_failed": len(outcome.failures)})
+
+
+def prepare_task(config, tracking_uri, run_key, raw_data, prepared_data, prepare_metrics) -> None:
+    params, uri = _setup(config, tracking_uri)
+    meta = stages.prepare(params, raw_data.path, prepared_data.path, run_key, uri)
+    prepared_data.metadata.update({"rows": meta["split"]["rows"], "label_thresholds": meta["label_thresholds"],
+                                   "train_end": meta["split"]["train_end"], "valid_end": meta["split"]["valid_end"]})
+    _log(prepare_metrics, {f"rows_{k}": v for k, v in meta["split"]["rows"].items()})
+    _log(prepare_metrics, {f"dropped_{k}": v for k, v in meta["cleaning"]["dropped"].items()})
+
+
+def train_baseline_task(config, tracking_uri, run_key, prepared_data, model, train_metrics) -> None:
+    params, uri = _setup(config, tracking_uri)
+    info = stages.train_baseline(params, prepared_data.path, model.path, run_key, uri)
+    model.metadata.update({"framework": "xgboost", "features": info["features"]})
+    _log(train_metrics, {f"valid_{k}": v for k, v in info["valid"].items()})
+
+
+def evaluate_baseline_task(config, tracking_uri, run_key, prepared_data, model, test_metrics, confusion) -> None:
+    params, uri = _setup(config, tracking_uri)
+    plots = Path(test_metrics.path).parent / "plots"
+    m = stages.evaluate_baseline(params, prepared_data.path, model.path, Path(plots) / "metrics.json",
+                                 plots, run_key, uri)
+    _log(test_metrics, {f"test_{k}": v for k, v in m.items()})
+    confusion.log_confusion_matrix([str(i) for i in range(params.clean.n_quantity_labels)], m["confusion_matrix"])
+
+
+def finish_task(config, tracking_uri, run_key, state: str, message: str) -> None:
+    params, uri = _setup(config, tracking_uri)
+    run_id = tracking.finish_parent(uri, params, run_key, state, message)
+    print(json.dumps({"mlflow_parent_run": run_id, "state": state}))

@@ -1,0 +1,121 @@
+"""Run the KFP pipeline on this machine with the kfp local subprocess runner.
+
+kfp local prints every task's full log; the run writes that to `<run dir>/pipeline.log`
+and shows one progress line per stage (and the stage's own `[plmrec]` lines) instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import io
+import re
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from plmrec import tracking
+from plmrec.config import Params
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_START = re.compile(r"Executing task '([^']+)'")
+_END = re.compile(r"Task '([^']+)' finished with status (\w+)")
+_STAGE_NAMES = {"ingest": "ingest", "validate-data": "validate-raw", "prepare-data": "prepare",
+                "validate-data-2": "validate-prepared", "train-baseline": "train-baseline",
+                "evaluate-baseline": "evaluate", "finish-tracking": "finish-tracking"}
+
+
+class ProgressStream(io.TextIOBase):
+    """Writes everything to a log file; echoes stage starts/ends and `[plmrec]` lines to the console."""
+
+    def __init__(self, log_file, console, verbose: bool = False):
+        self.log, self.console, self.verbose = log_file, console, verbose
+        self.started: dict[str, float] = {}
+        self.failed: list[str] = []
+        self.tail: list[str] = []
+        self._buf = ""
+
+    def write(self, text: str) -> int:
+        self.log.write(text)
+        if self.verbose:
+            self.console.write(text)
+        self._buf += text
+        while "\n" in self._buf:
+            line, self._buf = self._buf.split("\n", 1)
+            self._line(_ANSI.sub("", line))
+        return len(text)
+
+    def _line(self, line: str) -> None:
+        self.tail = (self.tail + [line])[-40:]
+        if self.verbose:
+            return
+        if m := _START.search(line):
+            self.started[m.group(1)] = time.perf_counter()
+            self.console.write(f"▶ {_STAGE_NAMES.get(m.group(1), m.group(1))}\n")
+        elif m := _END.search(line):
+            name, status = m.groups()
+            took = time.perf_counter() - self.started.get(name, time.perf_counter())
+            mark = "✓" if status == "SUCCESS" else "✗"
+            if status != "SUCCESS":
+                self.failed.append(name)
+            self.console.write(f"{mark} {_STAGE_NAMES.get(name, name)} {status.lower()} in {took:.1f}s\n")
+        elif "[plmrec]" in line or "DataValidationFailed" in line or "Error:" in line:
+            self.console.write("    " + line.strip() + "\n")
+        self.console.flush()
+
+    def flush(self) -> None:
+        self.log.flush()
+        self.console.flush()
+
+
+@dataclass
+class LocalRunResult:
+    run_key: str
+    run_dir: Path
+    tracking_uri: str
+    parent_run_id: str | None
+    succeeded: bool
+    seconds: float
+    log_path: Path
+
+
+def run_local(params: Params, run_dir: str | Path | None = None, verbose: bool = False,
+              project_dir: str | Path | None = None) -> LocalRunResult:
+    """Execute the training pipeline with kfp.local; returns where everything landed."""
+    from kfp import local
+
+    from plmrec.pipelines import build_training_pipeline
+
+    project = Path(project_dir or Path.cwd()).resolve()
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    run_key = f"local-{stamp}-{uuid.uuid4().hex[:6]}"
+    run_dir = Path(run_dir or project / "runs" / run_key).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    uri = tracking.resolve_tracking_uri(params, project)
+    log_path = run_dir / "pipeline.log"
+    pipeline = build_training_pipeline(params)
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(run_dir / "artifacts"),
+               raise_on_error=False)
+    console = sys.stdout
+    start = time.perf_counter()
+    console.write(f"plmrec run {run_key}: pipeline '{params.pipeline.name}', data '{params.data.source}', "
+                  f"MLflow {uri}\n")
+    with open(log_path, "w", encoding="utf-8") as log:
+        stream = ProgressStream(log, console, verbose)
+        with contextlib.redirect_stdout(stream):
+            pipeline(config=params.to_dict(), tracking_uri=uri, run_key=run_key)
+        stream.flush()
+    seconds = time.perf_counter() - start
+    try:
+        parent = tracking.parent_run(uri, params, run_key)
+    except Exception:  # nothing reached MLflow (e.g. the store is unreachable)
+        parent = None
+    ok = not stream.failed
+    if not ok:
+        console.write("\n".join(["", f"pipeline failed at: {', '.join(_STAGE_NAMES.get(f, f) for f in stream.failed)}",
+                                 "last log lines:"] + ["  " + line for line in stream.tail[-15:] if line.strip()]) + "\n")
+    console.write(f"{'done' if ok else 'FAILED'} in {seconds:.1f}s; artifacts under {run_dir}; "
+                  f"full log {log_path}; MLflow parent run {parent}\n")
+    return LocalRunResult(run_key, run_dir, uri, parent, ok, seconds, log_path)

@@ -1,0 +1,139 @@
+"""MLflow tracking: one parent run per pipeline run, one nested run per stage.
+
+The parent run is found by its key (the KFP job id, or a key the CLI makes), so stages
+running in separate processes or pods attach to the same parent without passing run ids.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+from plmrec.config import Params
+
+RUN_KEY_TAG = "plmrec.run_key"
+STAGE_TAG = "plmrec.stage"
+DEFAULT_DB = "mlflow.db"
+DEFAULT_ARTIFACTS = "mlartifacts"
+
+os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+def resolve_tracking_uri(params: Params, project_dir: str | Path | None = None) -> str:
+    """params.tracking.uri, else $MLFLOW_TRACKING_URI, else SQLite in the project directory."""
+    if params.tracking.uri:
+        return params.tracking.uri
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    root = Path(project_dir or os.getcwd()).resolve()
+    return f"sqlite:///{root / DEFAULT_DB}"
+
+
+def _artifact_root(uri: str) -> str | None:
+    if uri.startswith("sqlite:///"):
+        return (Path(uri[len("sqlite:///"):]).parent / DEFAULT_ARTIFACTS).resolve().as_uri()
+    return None  # a tracking server decides where artifacts go
+
+
+def ensure_experiment(uri: str, name: str) -> str:
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    client = mlflow.MlflowClient(uri)
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=_artifact_root(uri))
+    except Exception:  # created meanwhile by a parallel stage
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = json.dumps(v) if isinstance(v, list) else v
+    return out
+
+
+def parent_run(uri: str, params: Params, run_key: str, run_name: str | None = None) -> str:
+    """The id of the parent run for `run_key`, created (with all params logged) on first use."""
+    import mlflow
+
+    exp_id = ensure_experiment(uri, params.tracking.experiment)
+    client = mlflow.MlflowClient(uri)
+    found = client.search_runs([exp_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{run_key}'",
+                               order_by=["attributes.start_time ASC"], max_results=1)
+    if found:
+        return found[0].info.run_id
+    run = client.create_run(exp_id, run_name=run_name or f"pipeline-{run_key}",
+                            tags={RUN_KEY_TAG: run_key, "plmrec.kind": "pipeline"})
+    batch = [mlflow.entities.Param(k, str(v)[:6000]) for k, v in flatten(params.to_dict()).items()]
+    for i in range(0, len(batch), 100):
+        client.log_batch(run.info.run_id, params=batch[i:i + 100])
+    return run.info.run_id
+
+
+def finish_parent(uri: str, params: Params, run_key: str, status: str, message: str = "") -> str:
+    """Close the parent run with FINISHED or FAILED (the pipeline's final state)."""
+    import mlflow
+
+    run_id = parent_run(uri, params, run_key)
+    client = mlflow.MlflowClient(uri)
+    if message:
+        client.set_tag(run_id, "plmrec.final_message", message[:5000])
+    client.set_terminated(run_id, status="FINISHED" if status.upper() in ("SUCCEEDED", "FINISHED") else "FAILED")
+    return run_id
+
+
+@contextlib.contextmanager
+def stage_run(params: Params, stage: str, run_key: str | None, tracking_uri: str | None = None) -> Iterator[Any]:
+    """A nested MLflow run for one stage under the parent of `run_key` (standalone if None)."""
+    import mlflow
+
+    uri = tracking_uri or resolve_tracking_uri(params)
+    exp_id = ensure_experiment(uri, params.tracking.experiment)
+    parent = parent_run(uri, params, run_key) if run_key else None
+    tags = {STAGE_TAG: stage, **({RUN_KEY_TAG: run_key} if run_key else {})}
+    with mlflow.start_run(experiment_id=exp_id, run_name=stage, parent_run_id=parent, tags=tags) as run:
+        if not parent:
+            mlflow.log_params({k: str(v)[:6000] for k, v in flatten(params.to_dict()).items()})
+        yield run
+
+
+def log_json(obj: Any, artifact_file: str) -> None:
+    import mlflow
+
+    mlflow.log_dict(obj if isinstance(obj, (dict, list)) else json.loads(json.dumps(obj, default=str)), artifact_file)
+
+
+def log_dir(path: str | Path, artifact_path: str) -> None:
+    import mlflow
+
+    mlflow.log_artifacts(str(path), artifact_path=artifact_path)
+
+
+def log_numeric(metrics: dict[str, Any], prefix: str = "") -> None:
+    import mlflow
+
+    clean = {f"{prefix}{k}": float(v) for k, v in metrics.items()
+             if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v}
+    if clean:
+        mlflow.log_metrics(clean)
+
+
+def scratch_dir() -> tempfile.TemporaryDirectory:
+    return tempfile.TemporaryDirectory(prefix="plmrec-")
