@@ -25,7 +25,7 @@ from plmrec.errors import DataValidationFailed
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
 INVOICE_PATTERN = r"^[CA]?\d{6}$"  # 'C' cancellations, 'A' bad-debt adjustments
-STOCK_CODE_PATTERN = r"^(\d{5}[A-Za-z]{0,2}|[A-Za-z][A-Za-z0-9_ ]{0,19})$"  # 85123A, POST, DCGS0076, gift_0001_40
+STOCK_CODE_PATTERN = r"^(?:\d{5}[A-Za-z]{0,2}|[A-Za-z][A-Za-z0-9_ ]{0,19})$"  # 85123A, POST, DCGS0076, gift_0001_40
 # Type names as great-expectations reports them for the plain-dtype view (see `_plain_view`).
 EXPECTED_DTYPES = {
     "InvoiceNo": ["str"],

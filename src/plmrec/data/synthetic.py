@@ -140,13 +140,14 @@ def generate_transactions(params: SyntheticParams | None = None) -> pd.DataFrame
         invoice_no += 1
 
     # Cancellations: a 'C' invoice reverses some lines of an earlier invoice a little later.
+    last_moment = np.datetime64(p.end) + np.timedelta64(20 * 60, "m")  # closing time on the last day
     n_cancel = int(p.cancel_fraction * len(issued))
     for k in rng.choice(len(issued), size=n_cancel, replace=False):
         _, rows = issued[k]
         chosen = rng.choice(rows, size=max(1, len(rows) // 3), replace=False)
         for r in chosen:
             inv, code, desc, qty, when, price, cid, country = lines[r]
-            later = when + np.timedelta64(int(rng.integers(60, 60 * 24 * 14)), "m")
+            later = min(when + np.timedelta64(int(rng.integers(60, 60 * 24 * 14)), "m"), last_moment)
             lines.append((f"C{invoice_no}", code, desc, -qty, later, price, cid, country))
         invoice_no += 1
     # Stock adjustments: negative quantities, no customer, zero price, not cancelled.

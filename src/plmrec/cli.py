@@ -1,0 +1,237 @@
+"""The `plmrec` command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from plmrec import __version__
+from plmrec.config import ConfigError, load_params
+from plmrec.errors import PlmrecError
+
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+
+params_option = click.option("--params", "params_path", type=click.Path(dir_okay=False), default=None,
+                             help="params file (default: ./params.yaml, or built-in defaults if absent)")
+set_option = click.option("-S", "--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                          help="override a parameter, e.g. -S data.source=file -S data.path=retail.xlsx")
+
+
+def _params(params_path, overrides):
+    return load_params(params_path, overrides)
+
+
+class _Group(click.Group):
+    """Turns plmrec's own errors into one clear line and exit code 2 (validation: 3)."""
+
+    def invoke(self, ctx):
+        from plmrec.errors import DataValidationFailed
+
+        try:
+            return super().invoke(ctx)
+        except DataValidationFailed as exc:
+            click.secho(f"error: {exc}", fg="red", err=True)
+            sys.exit(3)
+        except (ConfigError, PlmrecError) as exc:
+            click.secho(f"error: {exc}", fg="red", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="plmrec")
+def main():
+    """plmrec: e-commerce recommendations improved with pretrained language models.
+
+    \b
+    Typical use:
+      plmrec data generate                 write a synthetic Online Retail table
+      plmrec data validate FILE            check a transactions file, write a report
+      plmrec run                           run the whole pipeline locally (kfp.local + MLflow)
+      plmrec compile                       write the KFP pipeline YAML for a cluster
+
+    Every command reads params.yaml (override any key with -S key=value).
+    """
+
+
+# ---------------------------------------------------------------------------- data
+@main.group()
+def data():
+    """Generate, download and validate datasets."""
+
+
+@data.command("generate")
+@params_option
+@set_option
+@click.option("--out", type=click.Path(dir_okay=False), default="data/synthetic_online_retail.parquet",
+              show_default=True, help=".parquet, .csv or .csv.gz")
+def data_generate(params_path, overrides, out):
+    """Write a synthetic transactions table in the Online Retail schema (params: data.synthetic)."""
+    from plmrec.data.online_retail import transactions_to_csv_bytes
+    from plmrec.data.synthetic import generate_transactions
+    from plmrec.data.tables import write_table
+
+    p = _params(params_path, overrides)
+    df = generate_transactions(p.data.synthetic)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.name.endswith(".parquet"):
+        write_table(df, out, {"source": "synthetic", **p.data.synthetic.model_dump(mode="json")})
+    elif out.name.endswith(".csv.gz"):
+        import gzip
+
+        out.write_bytes(gzip.compress(transactions_to_csv_bytes(df)))
+    elif out.name.endswith(".csv"):
+        out.write_bytes(transactions_to_csv_bytes(df))
+    else:
+        raise PlmrecError(f"{out}: choose a .parquet, .csv or .csv.gz file name")
+    click.echo(f"wrote {len(df):,} rows, {df['InvoiceNo'].nunique():,} invoices, "
+               f"{df['CustomerID'].nunique():,} customers, {df['StockCode'].nunique():,} stock codes to {out}")
+
+
+@data.command("download")
+@click.argument("dataset", type=click.Choice(["online-retail", "online-retail-ii"]))
+@click.option("--dest", type=click.Path(file_okay=False), default="data/external", show_default=True)
+@click.option("--sha256", default=None, help="expected checksum of the archive (else recorded on first download)")
+def data_download(dataset, dest, sha256):
+    """Download a public dataset from its source and verify its checksum (needs network)."""
+    from plmrec.data.download import download
+
+    path = download(dataset, dest, sha256=sha256)
+    click.echo(f"{dataset}: {path}")
+
+
+@data.command("validate")
+@click.argument("path", type=click.Path(dir_okay=False))
+@params_option
+@set_option
+@click.option("--suite", type=click.Choice(["raw", "prepared"]), default="raw", show_default=True)
+@click.option("--report-dir", type=click.Path(file_okay=False), default="reports/validation", show_default=True)
+def data_validate(path, params_path, overrides, suite, report_dir):
+    """Validate a transactions file; exit 3 with a one-line summary if an expectation fails."""
+    from plmrec.data.online_retail import load_transactions
+    from plmrec.data.tables import read_table
+    from plmrec.validation import validate_table
+
+    p = _params(params_path, overrides)
+    df = read_table(path)[0] if suite == "prepared" else load_transactions(path, encoding=p.data.encoding)
+    outcome = validate_table(df, suite, p, Path(report_dir) / suite)
+    click.echo(outcome.summary + f" Report: {Path(report_dir) / suite / 'report.html'}")
+
+
+# ---------------------------------------------------------------------------- pipeline
+@main.command()
+@params_option
+@set_option
+@click.option("--run-dir", type=click.Path(file_okay=False), default=None,
+              help="where artifacts and the log go (default: runs/<run key>)")
+@click.option("-v", "--verbose", is_flag=True, help="stream every task's full log")
+def run(params_path, overrides, run_dir, verbose):
+    """Run the training pipeline locally with the KFP local runner; stages log to MLflow."""
+    from plmrec.localrun import run_local
+
+    p = _params(params_path, overrides)
+    result = run_local(p, run_dir=run_dir, verbose=verbose)
+    if not result.succeeded:
+        sys.exit(1)
+
+
+@main.command("compile")
+@params_option
+@set_option
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default="pipeline.yaml", show_default=True)
+def compile_cmd(params_path, overrides, output):
+    """Compile the pipeline to KFP IR YAML (params.yaml becomes the default `config`)."""
+    from plmrec.pipelines import compile_pipeline
+
+    p = _params(params_path, overrides)
+    click.echo(f"wrote {compile_pipeline(p, output)}")
+
+
+@main.group()
+def params():
+    """Inspect the configuration."""
+
+
+@params.command("show")
+@params_option
+@set_option
+def params_show(params_path, overrides):
+    """Print the effective configuration (file, defaults and overrides merged) as JSON."""
+    click.echo(json.dumps(_params(params_path, overrides).to_dict(), indent=2))
+
+
+# ---------------------------------------------------------------------------- stages (DVC)
+@main.group()
+def stage():
+    """Run one pipeline stage on files (what dvc.yaml calls)."""
+
+
+@stage.command("ingest")
+@params_option
+@set_option
+@click.option("--out", type=click.Path(dir_okay=False), required=True)
+def stage_ingest(params_path, overrides, out):
+    """Load or generate the raw transactions table."""
+    from plmrec import stages
+
+    stages.ingest(_params(params_path, overrides), out)
+
+
+@stage.command("validate")
+@params_option
+@set_option
+@click.option("--suite", type=click.Choice(["raw", "prepared"]), required=True)
+@click.option("--table", type=click.Path(dir_okay=False, exists=True), required=True)
+@click.option("--report-dir", type=click.Path(file_okay=False), required=True)
+def stage_validate(params_path, overrides, suite, table, report_dir):
+    """Run a validation suite on a parquet table."""
+    from plmrec import stages
+
+    stages.validate(_params(params_path, overrides), suite, table, report_dir)
+
+
+@stage.command("prepare")
+@params_option
+@set_option
+@click.option("--raw", "raw_path", type=click.Path(dir_okay=False, exists=True), required=True)
+@click.option("--out", type=click.Path(dir_okay=False), required=True)
+def stage_prepare(params_path, overrides, raw_path, out):
+    """Clean, split and label."""
+    from plmrec import stages
+
+    stages.prepare(_params(params_path, overrides), raw_path, out)
+
+
+@stage.command("train-baseline")
+@params_option
+@set_option
+@click.option("--prepared", type=click.Path(dir_okay=False, exists=True), required=True)
+@click.option("--model-dir", type=click.Path(file_okay=False), required=True)
+def stage_train(params_path, overrides, prepared, model_dir):
+    """Train the non-text XGBoost baseline."""
+    from plmrec import stages
+
+    stages.train_baseline(_params(params_path, overrides), prepared, model_dir)
+
+
+@stage.command("evaluate")
+@params_option
+@set_option
+@click.option("--prepared", type=click.Path(dir_okay=False, exists=True), required=True)
+@click.option("--model-dir", type=click.Path(file_okay=False, exists=True), required=True)
+@click.option("--metrics", type=click.Path(dir_okay=False), required=True)
+@click.option("--plots-dir", type=click.Path(file_okay=False), required=True)
+def stage_evaluate(params_path, overrides, prepared, model_dir, metrics, plots_dir):
+    """Evaluate the baseline on the test split."""
+    from plmrec import stages
+
+    stages.evaluate_baseline(_params(params_path, overrides), prepared, model_dir, metrics, plots_dir)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+import pytest
+
+from plmrec.config import ConfigError, Params, apply_overrides, load_params, parse_params
+
+
+def test_defaults_match_params_yaml(tmp_path):
+    from conftest import ROOT
+
+    assert load_params(ROOT / "params.yaml") == Params()
+
+
+def test_unknown_key_is_named_with_suggestion():
+    with pytest.raises(ConfigError, match=r"unknown key 'data.sorce' \(did you mean 'data.source'\?\)"):
+        parse_params({"data": {"sorce": "file"}})
+
+
+def test_unknown_top_level_key():
+    with pytest.raises(ConfigError, match="unknown key 'trainning'"):
+        parse_params({"trainning": {}})
+
+
+def test_invalid_value_names_key():
+    with pytest.raises(ConfigError, match="invalid value for 'baseline.max_depth'"):
+        parse_params({"baseline": {"max_depth": 0}})
+
+
+def test_split_order_checked():
+    with pytest.raises(ConfigError, match="valid_end .* must be after train_end"):
+        parse_params({"split": {"train_end": "2011-10-01", "valid_end": "2011-09-01"}})
+
+
+def test_file_source_requires_path():
+    with pytest.raises(ConfigError, match="source is 'file' but path is empty"):
+        parse_params({"data": {"source": "file"}})
+
+
+def test_overrides_typed_and_nested():
+    raw = apply_overrides({}, ["baseline.max_depth=3", "data.synthetic.n_customers=50", "clean.drop_zero_price=true"])
+    p = parse_params(raw)
+    assert p.baseline.max_depth == 3 and p.data.synthetic.n_customers == 50 and p.clean.drop_zero_price is True
+
+
+def test_bad_override_syntax():
+    with pytest.raises(ConfigError, match="not of the form key=value"):
+        apply_overrides({}, ["baseline.max_depth"])
+
+
+def test_missing_explicit_file(tmp_path):
+    with pytest.raises(ConfigError, match="params file not found"):
+        load_params(tmp_path / "nope.yaml")
+
+
+def test_malformed_yaml(tmp_path):
+    f = tmp_path / "params.yaml"
+    f.write_text("data: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_params(f)
+
+
+def test_to_dict_round_trips():
+    p = Params()
+    assert parse_params(p.to_dict()) == p
