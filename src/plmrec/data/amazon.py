@@ -149,4 +149,5 @@ def load_reviews_with_items(reviews_path: str | Path, meta_path: str | Path | No
     items = load_items(meta_path)
     items = items.assign(item_text=item_text(items), has_item_meta=True)[["item_id", "item_text", "has_item_meta"]]
     joined = reviews.merge(items, on="item_id", how="left")
-    return joined.fillna({"item_text": ""}).astype({"has_item_meta": bool})
+    joined["has_item_meta"] = joined["has_item_meta"].eq(True)  # NaN (no metadata) -> False
+    return joined.fillna({"item_text": ""})
