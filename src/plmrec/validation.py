@@ -202,7 +202,7 @@ def _run_gx(df: pd.DataFrame, suite_name: str, checks: list[Check], docs_dir: Pa
     if docs_dir is not None:
         ctx.add_data_docs_site(site_name="plmrec", site_config={
             "class_name": "SiteBuilder",
-            "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir)},
+            "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir.resolve())},
             "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
         })
         actions.append(gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=["plmrec"]))

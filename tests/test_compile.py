@@ -1,0 +1,28 @@
+import yaml
+from click.testing import CliRunner
+
+from conftest import ROOT
+from plmrec.cli import main
+from plmrec.config import load_params
+
+
+def test_compiled_pipeline_ir(tmp_path):
+    out = tmp_path / "pipeline.yaml"
+    res = CliRunner().invoke(main, ["compile", "--params", str(ROOT / "params.yaml"), "-o", str(out),
+                                    "-S", "pipeline.image=registry.example/plmrec:test"])
+    assert res.exit_code == 0, res.output
+    spec = yaml.safe_load(out.read_text())
+    assert spec["pipelineInfo"]["name"] == "plmrec-training"
+    execs = spec["deploymentSpec"]["executors"]
+    assert {e["container"]["image"] for e in execs.values()} == {"registry.example/plmrec:test"}
+    names = {c.removeprefix("comp-") for c in spec["components"]}
+    assert {"ingest", "validate-data", "prepare-data", "train-baseline", "evaluate-baseline", "finish-tracking"} <= names
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert params["config"]["parameterType"] == "STRUCT"
+    expected = load_params(ROOT / "params.yaml", ["pipeline.image=registry.example/plmrec:test"]).to_dict()
+    assert params["config"]["defaultValue"] == expected
+    tasks = spec["root"]["dag"]["tasks"]
+    assert tasks["finish-tracking"]["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
+    inner = spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]
+    assert inner["prepare-data"]["dependentTasks"] == ["ingest", "validate-data"]
+    assert inner["train-baseline"]["dependentTasks"] == ["prepare-data", "validate-data-2"]

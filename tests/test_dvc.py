@@ -1,0 +1,54 @@
+"""`dvc repro` on a temporary copy: everything runs once, then only what a change touches."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from conftest import ROOT, SMALL
+
+pytestmark = pytest.mark.integration
+
+
+def _run(args, cwd, env):
+    res = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, f"{args} failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
+    return res.stdout
+
+
+def test_dvc_repro_runs_only_what_changed(tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for name in ("dvc.yaml", ".dvcignore"):
+        shutil.copy(ROOT / name, repo / name)
+    shutil.copytree(ROOT / "src", repo / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["data"]["synthetic"].update(SMALL)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
+           "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    dvc = [sys.executable, "-m", "dvc"]
+    _run(["git", "init", "-q"], repo, env)
+    _run(dvc + ["init", "-q"], repo, env)
+
+    first = _run(dvc + ["repro"], repo, env)
+    for stage in ("ingest", "validate_raw", "prepare", "validate_prepared", "train_baseline", "evaluate"):
+        assert f"Running stage '{stage}'" in first
+    metrics = yaml.safe_load((repo / "metrics" / "baseline.json").read_text())["baseline_xgboost"]["test"]
+    assert metrics["accuracy"] > metrics["majority_class_accuracy"]
+    raw_mtime = (repo / "data" / "raw.parquet").stat().st_mtime_ns
+
+    again = _run(dvc + ["repro"], repo, env)
+    assert "Running stage" not in again
+
+    params["baseline"]["max_depth"] = 3
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    third = _run(dvc + ["repro"], repo, env)
+    ran = {line.split("'")[1] for line in third.splitlines() if line.startswith("Running stage")}
+    assert ran == {"train_baseline", "evaluate"}
+    assert (repo / "data" / "raw.parquet").stat().st_mtime_ns == raw_mtime
+    shown = _run(dvc + ["metrics", "show", "--json"], repo, env)
+    assert "accuracy" in shown

@@ -1,0 +1,77 @@
+"""The real pipeline through kfp.local, logging to a real MLflow server on 127.0.0.1."""
+
+import mlflow
+import pytest
+
+from plmrec.data.online_retail import transactions_to_csv_bytes
+from plmrec.localrun import run_local
+from plmrec.tracking import RUN_KEY_TAG, STAGE_TAG
+
+pytestmark = pytest.mark.integration
+STAGES = {"ingest", "validate-raw", "prepare", "validate-prepared", "train-baseline", "evaluate"}
+
+
+def _runs(uri, run_key):
+    client = mlflow.MlflowClient(uri)
+    exp = client.get_experiment_by_name("plmrec")
+    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{run_key}'")
+    parent = [r for r in runs if r.data.tags.get("plmrec.kind") == "pipeline"]
+    children = {r.data.tags[STAGE_TAG]: r for r in runs if STAGE_TAG in r.data.tags}
+    return client, parent, children
+
+
+def test_pipeline_runs_end_to_end(small_params, mlflow_server, tmp_path, capsys):
+    small_params.tracking.uri = mlflow_server
+    result = run_local(small_params, run_dir=tmp_path / "run", project_dir=tmp_path)
+    out = capsys.readouterr().out
+    assert result.succeeded, out
+    for stage in ("ingest", "validate-raw", "prepare", "validate-prepared", "train-baseline", "evaluate"):
+        assert f"✓ {stage} success" in out  # one progress line per stage
+
+    client, parent, children = _runs(mlflow_server, result.run_key)
+    assert len(parent) == 1 and parent[0].info.status == "FINISHED"
+    assert parent[0].info.run_id == result.parent_run_id
+    assert set(children) == STAGES
+    assert all(c.info.status == "FINISHED" for c in children.values())
+    assert all(c.data.tags["mlflow.parentRunId"] == result.parent_run_id for c in children.values())
+    assert parent[0].data.params["data.synthetic.n_customers"] == "300"
+
+    m = parent[0].data.metrics
+    assert 0.2 < m["test_majority_class_accuracy"] < 0.35
+    assert m["test_accuracy"] > m["test_majority_class_accuracy"] + 0.1  # sane: well above the floor
+    assert 0 < m["test_f1_macro"] <= 1
+    prep = children["prepare"].data.metrics
+    assert prep["prepared_rows_train"] > prep["prepared_rows_valid"] > 0 and prep["prepared_rows_test"] > 0
+
+    def listed(run, path):
+        return {f.path for f in client.list_artifacts(run.info.run_id, path)}
+
+    assert "validation_raw/report.html" in listed(children["validate-raw"], "validation_raw")
+    assert "evaluation/confusion_matrix.png" in listed(children["evaluate"], "evaluation")
+    assert "baseline_model/model.json" in listed(children["train-baseline"], "baseline_model")
+
+    files = {p.name for p in (tmp_path / "run" / "artifacts").rglob("*") if p.is_file()}
+    assert {"raw_data", "prepared_data", "model.json", "encoder.json", "report.html", "confusion_matrix.png"} <= files
+    assert result.log_path.read_text().count("finished with status") >= 7
+
+
+def test_bad_data_stops_before_training(small_params, small_raw, mlflow_server, tmp_path, capsys):
+    bad = small_raw.copy()
+    bad.loc[bad.index[:40], "UnitPrice"] = -2.0
+    path = tmp_path / "bad.csv"
+    path.write_bytes(transactions_to_csv_bytes(bad))
+    small_params.tracking.uri = mlflow_server
+    small_params.data.path = str(path)
+    small_params.data.source = "file"
+    result = run_local(small_params, run_dir=tmp_path / "run", project_dir=tmp_path)
+    out = capsys.readouterr().out
+    assert not result.succeeded
+    assert "✗ validate-raw failure" in out and "'UnitPrice' must be >= 0" in out
+    assert "train-baseline" not in out.split("✗ validate-raw")[1].split("finish-tracking")[0]
+
+    client, parent, children = _runs(mlflow_server, result.run_key)
+    assert parent[0].info.status == "FAILED"
+    assert set(children) == {"ingest", "validate-raw"}
+    assert children["validate-raw"].info.status == "FAILED"
+    arts = {f.path for f in client.list_artifacts(children["validate-raw"].info.run_id, "validation_raw")}
+    assert "validation_raw/report.json" in arts
