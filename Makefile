@@ -1,0 +1,30 @@
+# plmrec: `make run` sets up and runs the main job; `make test` sets up and runs the tests.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTHON ?= python3
+
+.PHONY: setup run test test-fast compile clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	# The CPU build of torch first: a plain `torch` requirement would pull CUDA wheels.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+run: setup
+	$(VENV)/bin/plmrec run
+
+test: setup
+	$(PY) -m pytest
+
+test-fast: setup
+	$(PY) -m pytest -m "not integration"
+
+compile: setup
+	$(VENV)/bin/plmrec compile -o pipeline.yaml
+
+clean:
+	rm -rf runs mlartifacts mlflow.db pipeline.yaml data/raw.parquet data/prepared.parquet models reports metrics
