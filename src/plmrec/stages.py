@@ -9,7 +9,6 @@ import hashlib
 import json
 import time
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
@@ -171,7 +170,3 @@ def evaluate_baseline(params: Params, prepared_path: str | Path, model_dir: str 
         _say("evaluate", f"test accuracy {m['accuracy']:.3f}, macro F1 {m['f1_macro']:.3f} "
                          f"(majority class {m['majority_class_accuracy']:.3f}) on {m['n']:,} rows")
         return m
-
-
-def summarise(metrics: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())

@@ -10,7 +10,6 @@ import contextlib
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -133,7 +132,3 @@ def log_numeric(metrics: dict[str, Any], prefix: str = "") -> None:
              if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v}
     if clean:
         mlflow.log_metrics(clean)
-
-
-def scratch_dir() -> tempfile.TemporaryDirectory:
-    return tempfile.TemporaryDirectory(prefix="plmrec-")

@@ -11,7 +11,6 @@ import datetime as dt
 import html
 import json
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -301,10 +300,3 @@ def render_html(outcome: ValidationOutcome, rows: int) -> str:
                 parts.append("<tr>" + "".join(f"<td>{e(str(ex.get(c, '')))}</td>" for c in cols) + "</tr>")
             parts.append("</table>")
     return "\n".join(parts)
-
-
-_SLUG = re.compile(r"[^a-z0-9]+")
-
-
-def slug(text: str) -> str:
-    return _SLUG.sub("_", text.lower()).strip("_")
