@@ -22,10 +22,6 @@ set_option = click.option("-S", "--set", "overrides", multiple=True, metavar="KE
                           help="override a parameter, e.g. -S data.source=file -S data.path=retail.xlsx")
 
 
-def _params(params_path, overrides):
-    return load_params(params_path, overrides)
-
-
 class _Group(click.Group):
     """Turns plmrec's own errors into one clear line and exit code 2 (validation: 3)."""
 
@@ -34,12 +30,9 @@ class _Group(click.Group):
 
         try:
             return super().invoke(ctx)
-        except DataValidationFailed as exc:
-            click.secho(f"error: {exc}", fg="red", err=True)
-            sys.exit(3)
         except (ConfigError, PlmrecError) as exc:
             click.secho(f"error: {exc}", fg="red", err=True)
-            sys.exit(2)
+            sys.exit(3 if isinstance(exc, DataValidationFailed) else 2)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -75,7 +68,7 @@ def data_generate(params_path, overrides, out):
     from plmrec.data.synthetic import generate_transactions
     from plmrec.data.tables import write_table
 
-    p = _params(params_path, overrides)
+    p = load_params(params_path, overrides)
     df = generate_transactions(p.data.synthetic)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -117,7 +110,7 @@ def data_validate(path, params_path, overrides, suite, report_dir):
     from plmrec.data.tables import read_table
     from plmrec.validation import validate_table
 
-    p = _params(params_path, overrides)
+    p = load_params(params_path, overrides)
     df = read_table(path)[0] if suite == "prepared" else load_transactions(path, encoding=p.data.encoding)
     outcome = validate_table(df, suite, p, Path(report_dir) / suite)
     click.echo(outcome.summary + f" Report: {Path(report_dir) / suite / 'report.html'}")
@@ -134,7 +127,7 @@ def run(params_path, overrides, run_dir, verbose):
     """Run the training pipeline locally with the KFP local runner; stages log to MLflow."""
     from plmrec.localrun import run_local
 
-    p = _params(params_path, overrides)
+    p = load_params(params_path, overrides)
     result = run_local(p, run_dir=run_dir, verbose=verbose)
     if not result.succeeded:
         sys.exit(1)
@@ -148,7 +141,7 @@ def compile_cmd(params_path, overrides, output):
     """Compile the pipeline to KFP IR YAML (params.yaml becomes the default `config`)."""
     from plmrec.pipelines import compile_pipeline
 
-    p = _params(params_path, overrides)
+    p = load_params(params_path, overrides)
     click.echo(f"wrote {compile_pipeline(p, output)}")
 
 
@@ -162,7 +155,7 @@ def params():
 @set_option
 def params_show(params_path, overrides):
     """Print the effective configuration (file, defaults and overrides merged) as JSON."""
-    click.echo(json.dumps(_params(params_path, overrides).to_dict(), indent=2))
+    click.echo(json.dumps(load_params(params_path, overrides).to_dict(), indent=2))
 
 
 # ---------------------------------------------------------------------------- stages (DVC)
@@ -179,7 +172,7 @@ def stage_ingest(params_path, overrides, out):
     """Load or generate the raw transactions table."""
     from plmrec import stages
 
-    stages.ingest(_params(params_path, overrides), out)
+    stages.ingest(load_params(params_path, overrides), out)
 
 
 @stage.command("validate")
@@ -192,7 +185,7 @@ def stage_validate(params_path, overrides, suite, table, report_dir):
     """Run a validation suite on a parquet table."""
     from plmrec import stages
 
-    stages.validate(_params(params_path, overrides), suite, table, report_dir)
+    stages.validate(load_params(params_path, overrides), suite, table, report_dir)
 
 
 @stage.command("prepare")
@@ -204,7 +197,7 @@ def stage_prepare(params_path, overrides, raw_path, out):
     """Clean, split and label."""
     from plmrec import stages
 
-    stages.prepare(_params(params_path, overrides), raw_path, out)
+    stages.prepare(load_params(params_path, overrides), raw_path, out)
 
 
 @stage.command("train-baseline")
@@ -216,7 +209,7 @@ def stage_train(params_path, overrides, prepared, model_dir):
     """Train the non-text XGBoost baseline."""
     from plmrec import stages
 
-    stages.train_baseline(_params(params_path, overrides), prepared, model_dir)
+    stages.train_baseline(load_params(params_path, overrides), prepared, model_dir)
 
 
 @stage.command("evaluate")
@@ -230,7 +223,7 @@ def stage_evaluate(params_path, overrides, prepared, model_dir, metrics, plots_d
     """Evaluate the baseline on the test split."""
     from plmrec import stages
 
-    stages.evaluate_baseline(_params(params_path, overrides), prepared, model_dir, metrics, plots_dir)
+    stages.evaluate_baseline(load_params(params_path, overrides), prepared, model_dir, metrics, plots_dir)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,6 @@ The CLI (and so DVC) and the KFP components call these same functions.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -14,19 +13,12 @@ import pandas as pd
 
 from plmrec import tracking
 from plmrec.config import Params
+from plmrec.data.files import file_digest
 from plmrec.data.tables import read_table, write_table
 
 
 def _say(stage: str, message: str) -> None:
     print(f"[plmrec] {stage}: {message}", flush=True)
-
-
-def file_md5(path: str | Path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 def load_source(params: Params, download_dir: str | Path = "data/external") -> pd.DataFrame:
@@ -56,7 +48,7 @@ def ingest(params: Params, out_path: str | Path, run_key: str | None = None, tra
         tracking.log_numeric(stats, "raw_")
         import mlflow
 
-        mlflow.set_tag("data.raw_md5", file_md5(out_path))
+        mlflow.set_tag("data.raw_md5", file_digest(out_path, "md5"))
         _say("ingest", f"{stats['rows']:,} rows from {params.data.source} -> {out_path} ({stats['seconds']}s)")
         return {**stats, "mlflow_run_id": run.info.run_id}
 
@@ -98,7 +90,7 @@ def prepare(params: Params, raw_path: str | Path, out_path: str | Path,
                               **{f"rows_{k}": v for k, v in meta["split"]["rows"].items()}}, "prepared_")
         import mlflow
 
-        mlflow.set_tag("data.prepared_md5", file_md5(out_path))
+        mlflow.set_tag("data.prepared_md5", file_digest(out_path, "md5"))
         _say("prepare", f"{c['rows_out']:,} rows kept of {c['rows_in']:,} (dropped {c['dropped']}); "
                         f"split {meta['split']['rows']}")
         return meta

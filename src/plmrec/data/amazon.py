@@ -20,6 +20,7 @@ from typing import Iterator
 
 import pandas as pd
 
+from plmrec.data.files import require_data_file
 from plmrec.errors import DataLoadError
 
 CHUNK_LINES = 50_000
@@ -29,10 +30,7 @@ _TAGS = re.compile(r"<[^>]*>|<[a-zA-Z/][^<]*$")  # tags, and a tag cut off at th
 
 
 def _open(path: Path):
-    if not path.exists():
-        raise DataLoadError(f"{path}: file not found")
-    if path.stat().st_size == 0:
-        raise DataLoadError(f"{path}: file is empty (0 bytes)")
+    require_data_file(path)
     return gzip.open(path, "rt", encoding="utf-8") if path.name.endswith(".gz") else open(path, encoding="utf-8")
 
 

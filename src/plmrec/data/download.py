@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from plmrec.data.files import file_digest
 from plmrec.errors import DataLoadError
 
 
@@ -51,12 +51,8 @@ def amazon_2023_urls(category: str) -> dict[str, str]:
     }
 
 
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+def sha256_file(path: str | Path) -> str:
+    return file_digest(path, "sha256")
 
 
 def verify_checksum(path: str | Path, expected: str) -> None:

@@ -26,6 +26,7 @@ from plmrec.data.schema import (
     STRING_COLUMNS,
     TRANSACTION_COLUMNS,
 )
+from plmrec.data.files import require_data_file
 from plmrec.errors import DataLoadError
 
 CSV_CHUNK_ROWS = 200_000
@@ -145,11 +146,7 @@ def normalise_transactions(df: pd.DataFrame) -> pd.DataFrame:
 
 def load_transactions(path: str | Path, encoding: str = "utf-8") -> pd.DataFrame:
     """Read an Online Retail file (xlsx, csv, csv.gz, parquet) into the canonical schema."""
-    path = Path(path)
-    if not path.exists():
-        raise DataLoadError(f"{path}: file not found")
-    if path.stat().st_size == 0:
-        raise DataLoadError(f"{path}: file is empty (0 bytes)")
+    path = require_data_file(path)
     fmt = detect_format(path)
     reader = {"csv": lambda: _read_csv(path, encoding), "xlsx": lambda: _read_xlsx(path), "parquet": lambda: _read_parquet(path)}
     return normalise_transactions(reader[fmt]())
