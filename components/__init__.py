@@ -10,8 +10,9 @@ from plmrec.components.stages import (
     finish_tracking,
     ingest,
     prepare_data,
+    pretrain_encoder,
     train_baseline,
     validate_data,
 )
 
-__all__ = ["evaluate_baseline", "finish_tracking", "ingest", "prepare_data", "train_baseline", "validate_data"]
+__all__ = ["evaluate_baseline", "finish_tracking", "ingest", "prepare_data", "pretrain_encoder", "train_baseline", "validate_data"]

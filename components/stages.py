@@ -1,4 +1,4 @@
-"""Components for ingest, validation, preparation, the baseline model and its evaluation."""
+"""Components for ingest, validation, preparation, pretraining, the baseline model and its evaluation."""
 
 import os
 
@@ -58,6 +58,15 @@ def evaluate_baseline(config: dict, tracking_uri: str, run_key: str, job_id: str
 
     evaluate_baseline_task(config, tracking_uri, run_key or job_id, prepared_data, model, test_metrics, confusion)
 
+
+
+@component
+def pretrain_encoder(config: dict, tracking_uri: str, run_key: str, job_id: str, prepared_data: Input[Dataset],
+                     model: Output[Model], pretrain_metrics: Output[Metrics], loss_curve: Output[HTML]):
+    """DAPT/TAPT pretraining with MLM and TSDAE; uses the GPU the pipeline requests, or the CPU."""
+    from plmrec.kfp_runtime import pretrain_task
+
+    pretrain_task(config, tracking_uri, run_key or job_id, prepared_data, model, pretrain_metrics, loss_curve)
 
 @component
 def finish_tracking(config: dict, tracking_uri: str, run_key: str, job_id: str,

@@ -1,4 +1,5 @@
-"""The training pipeline: ingest -> validate raw -> prepare -> validate prepared -> train -> evaluate.
+"""The training pipeline: ingest -> validate raw -> prepare -> validate prepared -> pretrain encoder (GPU)
+and train -> evaluate the baseline.
 
 Every stage logs to one MLflow parent run (keyed by the KFP job id, or `run_key`); an exit
 handler closes that run with the pipeline's final state, failed or not.
@@ -14,10 +15,20 @@ from plmrec.components import (
     finish_tracking,
     ingest,
     prepare_data,
+    pretrain_encoder,
     train_baseline,
     validate_data,
 )
-from plmrec.config import Params
+from plmrec.config import Params, ResourceParams
+
+
+def request_resources(task, resources: ResourceParams):
+    """CPU and memory limits, and the accelerator (e.g. one nvidia.com/gpu) when the limit is above 0.
+    The local runner ignores these; a cluster schedules the step onto a matching node."""
+    task.set_cpu_limit(resources.cpu_limit).set_memory_limit(resources.memory_limit)
+    if resources.accelerator_limit > 0:
+        task.set_accelerator_type(resources.accelerator_type).set_accelerator_limit(resources.accelerator_limit)
+    return task
 
 
 def build_training_pipeline(params: Params):
@@ -26,7 +37,7 @@ def build_training_pipeline(params: Params):
     caching = params.pipeline.enable_caching
 
     @dsl.pipeline(name=params.pipeline.name,
-                  description="plmrec: validated Online Retail data to a baseline quantity-label model")
+                  description="plmrec: validated Online Retail data to a pretrained encoder and a baseline model")
     def training_pipeline(config: dict = default_config, tracking_uri: str = "", run_key: str = ""):
         ctx = dict(config=config, tracking_uri=tracking_uri, run_key=run_key, job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
         finish = finish_tracking(**ctx).set_display_name("finish-tracking")
@@ -40,7 +51,10 @@ def build_training_pipeline(params: Params):
                 .set_display_name("train-baseline")
             scored = evaluate_baseline(**ctx, prepared_data=prep.outputs["prepared_data"], model=model.outputs["model"]) \
                 .set_display_name("evaluate")
-        for task in (raw, raw_ok, prep, prep_ok, model, scored):
+            encoder = pretrain_encoder(**ctx, prepared_data=prep.outputs["prepared_data"]).after(prep_ok) \
+                .set_display_name("pretrain")
+            request_resources(encoder, params.pretrain.resources)
+        for task in (raw, raw_ok, prep, prep_ok, model, scored, encoder):
             task.set_caching_options(caching)
         finish.set_caching_options(False)
 

@@ -80,3 +80,26 @@ def mlflow_server(tmp_path_factory):
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
     log.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A tiny random RoBERTa with a byte-level BPE tokenizer trained here on the synthetic text."""
+    from plmrec.data.synthetic import synthetic_catalogue
+    from plmrec.pretrain.corpus import synthetic_dapt_corpus
+    from plmrec.pretrain.models import build_tiny_roberta, quiet_transformers
+
+    quiet_transformers()
+    texts = list(synthetic_catalogue(SyntheticParams(**SMALL))["Description"]) + synthetic_dapt_corpus(2000)
+    return build_tiny_roberta(texts, tmp_path_factory.mktemp("tiny-roberta"), vocab_size=800)
+
+
+def tiny_pretrain_params(model_dir, **overrides):
+    """Pretraining settings that run in seconds on a CPU."""
+    from plmrec.config import PhaseParams, PretrainParams
+
+    base = dict(base_model=str(model_dir), batch_size=8, max_length=32, log_every=2, learning_rate=1e-3,
+                warmup_ratio=0.0, checkpoint_every=1000,
+                phases=[PhaseParams(corpus="tapt", objective="mlm", steps=6),
+                        PhaseParams(corpus="tapt", objective="tsdae", steps=4)])
+    return PretrainParams(**{**base, **overrides})

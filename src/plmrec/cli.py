@@ -226,5 +226,47 @@ def stage_evaluate(params_path, overrides, prepared, model_dir, metrics, plots_d
     stages.evaluate_baseline(load_params(params_path, overrides), prepared, model_dir, metrics, plots_dir)
 
 
+
+@stage.command("pretrain")
+@params_option
+@set_option
+@click.option("--prepared", type=click.Path(dir_okay=False, exists=True), required=True)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True)
+@click.option("--metrics", type=click.Path(dir_okay=False), default=None, help="write per-phase figures here (JSON)")
+@click.option("--plot", type=click.Path(dir_okay=False), default=None, help="copy the loss curve PNG here")
+def stage_pretrain(params_path, overrides, prepared, out_dir, metrics, plot):
+    """DAPT/TAPT pretraining (MLM, TSDAE) of the encoder; resumes an interrupted run."""
+    import shutil
+
+    from plmrec import stages
+
+    report = stages.pretrain(load_params(params_path, overrides), prepared, out_dir)
+    if metrics:
+        Path(metrics).parent.mkdir(parents=True, exist_ok=True)
+        Path(metrics).write_text(json.dumps(stages.pretrain_summary(report), indent=2))
+    if plot and (Path(out_dir) / "loss_curve.png").exists():
+        Path(plot).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(Path(out_dir) / "loss_curve.png", plot)
+
+
+# ---------------------------------------------------------------------------- models
+@main.command("tiny-model")
+@params_option
+@set_option
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True)
+@click.option("--vocab-size", type=click.IntRange(300, 60000), default=2000, show_default=True)
+def tiny_model(params_path, overrides, out_dir, vocab_size):
+    """Build a small random RoBERTa with a byte-level BPE tokenizer trained on the synthetic
+    catalogue and DAPT text: a base model for fast offline pretraining runs (-S pretrain.base_model=OUT)."""
+    from plmrec.data.synthetic import synthetic_catalogue
+    from plmrec.pretrain.corpus import synthetic_dapt_corpus
+    from plmrec.pretrain.models import build_tiny_roberta, quiet_transformers
+
+    params = load_params(params_path, overrides)
+    quiet_transformers()
+    texts = list(synthetic_catalogue(params.data.synthetic)["Description"]) + synthetic_dapt_corpus(5000)
+    path = build_tiny_roberta(texts, out_dir, vocab_size=vocab_size, max_length=params.pretrain.max_length)
+    click.echo(f"tiny RoBERTa -> {path}")
+
 if __name__ == "__main__":
     main()

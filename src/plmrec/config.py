@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import difflib
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -88,6 +89,88 @@ class BaselineParams(_Section):
     n_jobs: int = 0
 
 
+class TaptParams(_Section):
+    splits: list[Literal["train", "valid", "test"]] = Field(["train"], min_length=1,
+                                                           description="descriptions of items sold in these splits")
+    max_chars: int = Field(50, ge=8, description="cap per sentence, cut at a word boundary (the study used 50)")
+    min_chars: int = Field(3, ge=1)
+
+
+class DaptParams(_Section):
+    source: Literal["synthetic", "amazon"] = "synthetic"
+    path: str | None = Field(None, description="for source=amazon: a directory or file(s) of Amazon 2018/2023 jsonl(.gz)")
+    max_chars: int = Field(50, ge=8)
+    min_chars: int = Field(10, ge=1)
+    max_sentences: int = Field(1_024_000, ge=1, description="the study: 512 batches of 2,000 sentences")
+    synthetic_sentences: int = Field(20_000, ge=10)
+
+    @model_validator(mode="after")
+    def _path_for_amazon(self) -> "DaptParams":
+        if self.source == "amazon" and not self.path:
+            raise ValueError("source is 'amazon' but path is empty")
+        return self
+
+
+class PhaseParams(_Section):
+    corpus: Literal["dapt", "tapt"]
+    objective: Literal["mlm", "tsdae"]
+    steps: int | None = Field(None, ge=1, description="optimizer steps; or give epochs")
+    epochs: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _one_length(self) -> "PhaseParams":
+        if (self.steps is None) == (self.epochs is None):
+            raise ValueError("give exactly one of steps or epochs")
+        return self
+
+    @property
+    def name(self) -> str:
+        return f"{self.corpus}-{self.objective}"
+
+
+class ResourceParams(_Section):
+    accelerator_type: str = "nvidia.com/gpu"
+    accelerator_limit: int = Field(1, ge=0, description="0: no accelerator requested")
+    cpu_limit: str = "8"
+    memory_limit: str = "32G"
+
+
+class PretrainParams(_Section):
+    enabled: bool = True
+    base_model: str = Field("sentence-transformers/all-MiniLM-L6-v2",
+                            description="Hugging Face id or local path of an encoder")
+    tapt: TaptParams = TaptParams()
+    dapt: DaptParams = DaptParams()
+    phases: list[PhaseParams] = [PhaseParams(corpus="dapt", objective="mlm", steps=20),
+                                 PhaseParams(corpus="tapt", objective="mlm", steps=20),
+                                 PhaseParams(corpus="dapt", objective="tsdae", steps=10),
+                                 PhaseParams(corpus="tapt", objective="tsdae", steps=10)]
+    batch_size: int = Field(32, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    learning_rate: float = Field(5e-5, gt=0, le=1)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_ratio: float = Field(0.06, ge=0, lt=1)
+    max_grad_norm: float = Field(1.0, gt=0)
+    max_length: int = Field(64, ge=8, le=4096)
+    packing: bool = Field(True, description="MLM: concatenate sentences into full blocks (no padding)")
+    mlm_probability: float = Field(0.15, gt=0, lt=1)
+    tsdae_deletion_ratio: float = Field(0.6, ge=0, lt=1)
+    pooling: Literal["mean", "cls"] = "mean"
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    compile: bool = False
+    checkpoint_every: int = Field(200, ge=1, description="optimizer steps between checkpoints")
+    checkpoint_dir: str | None = Field(None, description="persistent directory for resumable checkpoints")
+    log_every: int = Field(10, ge=1)
+    resources: ResourceParams = ResourceParams()
+
+    @model_validator(mode="after")
+    def _has_phases(self) -> "PretrainParams":
+        if self.enabled and not self.phases:
+            raise ValueError("enabled but no phases: give at least one {corpus, objective, steps|epochs}")
+        return self
+
+
 class TrackingParams(_Section):
     uri: str | None = Field(None, description="MLflow tracking URI; MLFLOW_TRACKING_URI, then local SQLite, if unset")
     experiment: str = "plmrec"
@@ -106,6 +189,7 @@ class Params(_Section):
     split: SplitParams = SplitParams()
     validation: ValidationParams = ValidationParams()
     baseline: BaselineParams = BaselineParams()
+    pretrain: PretrainParams = PretrainParams()
     tracking: TrackingParams = TrackingParams()
     pipeline: PipelineParams = PipelineParams()
 
@@ -119,14 +203,21 @@ def _known_keys(model: type[BaseModel]) -> list[str]:
 
 def _model_at(loc: tuple) -> type[BaseModel] | None:
     model: type[BaseModel] = Params
+    pending_list_item: type[BaseModel] | None = None
     for part in loc:
+        if pending_list_item is not None and str(part).isdigit():  # an index into a list of sections
+            model, pending_list_item = pending_list_item, None
+            continue
         field = model.model_fields.get(str(part))
         ann = getattr(field, "annotation", None) if field else None
+        item = next(iter(typing.get_args(ann)), None) if typing.get_origin(ann) is list else None
         if isinstance(ann, type) and issubclass(ann, BaseModel):
             model = ann
+        elif isinstance(item, type) and issubclass(item, BaseModel):
+            pending_list_item = item
         else:
             return None
-    return model
+    return None if pending_list_item is not None else model
 
 
 def _describe(err: ValidationError, origin: str) -> str:
@@ -142,6 +233,8 @@ def _describe(err: ValidationError, origin: str) -> str:
                 hint = f" (did you mean '{'.'.join(loc[:-1] + (close[0],))}'?)" if close else ""
                 hint += f"; allowed: {', '.join(_known_keys(parent))}"
             lines.append(f"unknown key '{key}'{hint}")
+        elif e["type"] == "missing":
+            lines.append(f"missing key '{key}'")
         else:
             got = e.get("input")
             shown = "" if isinstance(got, dict) else f" (got {got!r})"

@@ -71,3 +71,20 @@ def finish_task(config, tracking_uri, run_key, state: str, message: str) -> None
     params, uri = _setup(config, tracking_uri)
     run_id = tracking.finish_parent(uri, params, run_key, state, message)
     print(json.dumps({"mlflow_parent_run": run_id, "state": state}))
+
+
+def pretrain_task(config, tracking_uri, run_key, prepared_data, model, pretrain_metrics, loss_curve) -> None:
+    import base64
+
+    params, uri = _setup(config, tracking_uri)
+    report = stages.pretrain(params, prepared_data.path, model.path, run_key, uri)
+    model.metadata.update({"framework": "sentence-transformers", "base_model": params.pretrain.base_model,
+                           "schedule": [p["label"] for p in report["phases"]],
+                           "hf_dir": "hf", "sentence_transformer_dir": "sentence-transformer"})
+    for ph in report["phases"]:
+        _log(pretrain_metrics, {f"{ph['label']}_tokens_per_s": ph["tokens_per_s"], f"{ph['label']}_seconds": ph["seconds"],
+                                f"{ph['label']}_final_loss": ph["losses"][-1][1] if ph["losses"] else float("nan")})
+    png = Path(model.path) / "loss_curve.png"
+    body = f'<img alt="pretraining loss" src="data:image/png;base64,{base64.b64encode(png.read_bytes()).decode()}">' \
+        if png.exists() else "<p>pretraining disabled: base model exported unchanged</p>"
+    Path(loss_curve.path).write_text(f"<html><body><h3>Pretraining loss per phase</h3>{body}</body></html>")

@@ -162,3 +162,71 @@ def evaluate_baseline(params: Params, prepared_path: str | Path, model_dir: str 
         _say("evaluate", f"test accuracy {m['accuracy']:.3f}, macro F1 {m['f1_macro']:.3f} "
                          f"(majority class {m['majority_class_accuracy']:.3f}) on {m['n']:,} rows")
         return m
+
+
+def build_corpora(params: Params, prepared: pd.DataFrame) -> dict[str, list[str]]:
+    """The TAPT and DAPT corpora that the configured phases use."""
+    from plmrec.pretrain.corpus import dapt_corpus, tapt_corpus
+
+    pp, needed, corpora = params.pretrain, {ph.corpus for ph in params.pretrain.phases}, {}
+    if "tapt" in needed:
+        corpora["tapt"] = tapt_corpus(prepared, pp.tapt.splits, pp.tapt.max_chars, pp.tapt.min_chars)
+    if "dapt" in needed:
+        d = pp.dapt
+        corpora["dapt"] = dapt_corpus(d.source, d.path, d.max_chars, d.min_chars, d.max_sentences,
+                                      d.synthetic_sentences, seed=params.seed)
+    return corpora
+
+
+def pretrain_summary(report: dict) -> dict:
+    """Per-phase headline figures (for DVC metrics and the KFP Metrics artifact)."""
+    return {"pretrain": {ph["label"]: {"steps": ph["steps"], "seconds": round(ph["seconds"], 2),
+                                       "tokens_per_s": ph["tokens_per_s"],
+                                       "final_loss": ph["losses"][-1][1] if ph["losses"] else None}
+                         for ph in report["phases"]}}
+
+
+def pretrain(params: Params, prepared_path: str | Path, out_dir: str | Path,
+             run_key: str | None = None, tracking_uri: str | None = None) -> dict:
+    """DAPT/TAPT with MLM and TSDAE in the configured order; the encoder goes to out_dir and MLflow."""
+    import mlflow
+
+    from plmrec.pretrain.corpus import write_corpus
+    from plmrec.pretrain.models import check_base_model, quiet_transformers
+    from plmrec.pretrain.schedule import export, run_schedule
+
+    out, pp = Path(out_dir), params.pretrain
+    with tracking.stage_run(params, "pretrain", run_key, tracking_uri):
+        quiet_transformers()
+        if not pp.enabled:
+            export(check_base_model(pp.base_model), out, pp.pooling, pp.max_length)
+            _say("pretrain", f"disabled: exported {pp.base_model} unchanged -> {out}")
+            return {"phases": []}
+        check_base_model(pp.base_model)  # fail on a bad model before reading any data
+        prepared, _ = read_table(prepared_path, columns=["Description", "split"])
+        corpora = build_corpora(params, prepared)
+        for name, sentences in corpora.items():
+            write_corpus(sentences, out / "corpora" / f"{name}.txt")
+        tracking.log_numeric({f"{k}_sentences": len(v) for k, v in corpora.items()}, "corpus_")
+        _say("pretrain", "corpora: " + ", ".join(f"{k.upper()} {len(v):,} sentences" for k, v in corpora.items()))
+
+        def on_log(label: str, step: int, value: float) -> None:
+            mlflow.log_metric(f"loss/{label}", value, step=step)  # live loss curves in the MLflow UI
+
+        report = run_schedule(pp, corpora, out, seed=params.seed, on_log=on_log)
+        for ph in report["phases"]:
+            final = ph["losses"][-1][1] if ph["losses"] else float("nan")
+            tracking.log_numeric({"seconds": ph["seconds"], "tokens_per_s": ph["tokens_per_s"],
+                                  "samples_per_s": ph["samples_per_s"], "steps": ph["steps"], "final_loss": final},
+                                 f"{ph['label']}/")
+        tracking.log_numeric({"pretrain_seconds": report["seconds"]})
+        mlflow.set_tags({"pretrain.device": report["phases"][-1]["device"],
+                         "pretrain.precision": report["phases"][-1]["precision"],
+                         "pretrain.base_model": pp.base_model,
+                         "pretrain.schedule": " -> ".join(ph.name for ph in pp.phases)})
+        tracking.log_json(report, "pretrain/pretrain_report.json")
+        tracking.log_json(pp.model_dump(mode="json"), "pretrain/config.json")
+        mlflow.log_artifact(str(out / "loss_curve.png"), "pretrain")
+        tracking.log_dir(out / "sentence-transformer", "pretrained_encoder")
+        _say("pretrain", f"{len(report['phases'])} phases in {report['seconds']}s -> {out}")
+        return report

@@ -1,0 +1,233 @@
+"""Pretraining objectives behind one small interface: masked language modelling and TSDAE.
+
+An objective turns texts into examples (token ids, once), examples into a CPU batch, and a
+device batch into a loss. The trainer owns devices, precision, optimisation and checkpoints.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from plmrec.pretrain.models import PretrainConfigError
+
+IGNORE = -100
+
+
+def encoder_fingerprint(model: nn.Module) -> str:
+    """A hash of an encoder's weights (pooler excluded), to check that phases hand weights on."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        if name.startswith("pooler."):
+            continue
+        h.update(name.encode())
+        h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _pad(seqs: list[np.ndarray], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = np.full((len(seqs), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(seqs), width), dtype=np.int64)
+    for i, s in enumerate(seqs):
+        ids[i, :len(s)] = s
+        mask[i, :len(s)] = 1
+    return torch.from_numpy(ids), torch.from_numpy(mask)
+
+
+def mask_tokens(input_ids: torch.Tensor, maskable: torch.Tensor, probability: float, mask_id: int,
+                vocab_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """BERT's dynamic masking: choose `probability` of the maskable positions; of those 80% become
+    the mask token, 10% a random token and 10% stay; labels are IGNORE elsewhere."""
+    shape, dev = input_ids.shape, input_ids.device
+    chosen = (torch.rand(shape, generator=generator, device=dev) < probability) & maskable
+    labels = torch.where(chosen, input_ids, torch.full_like(input_ids, IGNORE))
+    action = torch.rand(shape, generator=generator, device=dev)
+    random_ids = torch.randint(vocab_size, shape, generator=generator, device=dev)
+    out = torch.where(chosen & (action < 0.8), torch.full_like(input_ids, mask_id), input_ids)
+    out = torch.where(chosen & (action >= 0.8) & (action < 0.9), random_ids, out)
+    return out, labels
+
+
+def mlm_head(model: nn.Module) -> nn.Module | None:
+    """The prediction head of a *ForMaskedLM model that maps hidden states [N, H] to logits [N, V]."""
+    for name in ("lm_head", "cls"):
+        head = getattr(model, name, None)
+        if isinstance(head, nn.Module):
+            return head
+    return None
+
+
+class MaskedLM:
+    """MLM with fresh masks every batch; logits only at the masked positions."""
+
+    name = "mlm"
+
+    def __init__(self, model_dir: str, max_length: int, mlm_probability: float = 0.15, packing: bool = True):
+        from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+        self.model_dir, self.max_length, self.probability, self.packing = model_dir, max_length, mlm_probability, packing
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        if self.tokenizer.mask_token_id is None:
+            raise PretrainConfigError(f"{model_dir}: the tokenizer has no mask token, so it cannot do MLM")
+        self.model = AutoModelForMaskedLM.from_pretrained(model_dir, attn_implementation="sdpa")
+        self.module = self.model
+        self.encoder = self.model.base_model
+        self.head = mlm_head(self.model)
+        self._encode_fn = self.encoder
+        self._special = torch.tensor(sorted(set(self.tokenizer.all_special_ids)), dtype=torch.long)
+        self.vocab_size = self.model.config.vocab_size
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+
+    def compile(self) -> None:
+        self._encode_fn = torch.compile(self.encoder, dynamic=not self.packing)
+
+    def to(self, device: torch.device) -> None:
+        self.model.to(device)
+        self._special = self._special.to(device)
+
+    def encode(self, texts: list[str]) -> list[np.ndarray]:
+        ids = self.tokenizer(list(texts), add_special_tokens=True, truncation=True,
+                             max_length=self.max_length)["input_ids"]
+        if not self.packing:
+            return [np.asarray(x, dtype=np.int32) for x in ids if len(x) > 2]
+        stream = np.fromiter((t for seq in ids for t in seq), dtype=np.int32)
+        n = len(stream) // self.max_length
+        if n == 0:
+            return [stream] if len(stream) > 2 else []
+        return list(stream[: n * self.max_length].reshape(n, self.max_length))
+
+    def collate(self, examples: list[np.ndarray], seed: int) -> dict[str, Any]:
+        ids, mask = _pad(examples, self.pad_id)
+        full = bool(mask.all())
+        return {"input_ids": ids, "attention_mask": None if full else mask,
+                "n_tokens": int(mask.sum()), "n_samples": len(examples)}
+
+    def loss(self, batch: dict[str, Any], generator: torch.Generator) -> torch.Tensor:
+        ids, attn = batch["input_ids"], batch["attention_mask"]
+        maskable = ~torch.isin(ids, self._special)
+        inputs, labels = mask_tokens(ids, maskable, self.probability, self.tokenizer.mask_token_id,
+                                     self.vocab_size, generator)
+        if self.head is None:  # an architecture whose head we cannot split off: full logits
+            return self.model(input_ids=inputs, attention_mask=attn, labels=labels).loss
+        hidden = self._encode_fn(input_ids=inputs, attention_mask=attn).last_hidden_state
+        selected = labels.ne(IGNORE)
+        logits = self.head(hidden[selected])
+        total = F.cross_entropy(logits.float(), labels[selected], reduction="sum")
+        return total / selected.sum().clamp(min=1)
+
+    def start_fingerprint(self) -> str:
+        return encoder_fingerprint(self.encoder)
+
+    def save(self, out_dir: str | Path) -> str:
+        self.model.save_pretrained(out_dir)
+        self.tokenizer.save_pretrained(out_dir)
+        return encoder_fingerprint(self.encoder)
+
+
+def word_start_table(tokenizer) -> np.ndarray:
+    """For each token id: does it begin a word? From the tokenizer's own marks (WordPiece '##',
+    byte-level BPE 'Ġ', SentencePiece '▁'), so word deletion needs no external word splitter."""
+    vocab = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    vocab = [t or "" for t in vocab]
+    if any(t.startswith("##") for t in vocab):
+        return np.array([not t.startswith("##") for t in vocab])
+    for mark in ("Ġ", "▁"):
+        if any(t.startswith(mark) for t in vocab):
+            return np.array([t.startswith(mark) for t in vocab])
+    return np.ones(len(vocab), dtype=bool)
+
+
+def delete_words(ids: np.ndarray, starts: np.ndarray, ratio: float, rng: np.random.Generator) -> np.ndarray:
+    """TSDAE's noise: drop whole words with probability `ratio`, keeping at least one."""
+    if len(ids) == 0 or ratio <= 0:
+        return ids
+    begins = starts[ids].copy()
+    begins[0] = True
+    word_of_token = np.cumsum(begins) - 1
+    n_words = int(word_of_token[-1]) + 1
+    keep = rng.random(n_words) >= ratio
+    if not keep.any():
+        keep[rng.integers(n_words)] = True
+    return ids[keep[word_of_token]]
+
+
+class Tsdae:
+    """TSDAE through sentence-transformers: a pooled sentence vector of the noisy text must let a
+    decoder tied to the encoder reconstruct the clean text."""
+
+    name = "tsdae"
+
+    def __init__(self, model_dir: str, max_length: int, pooling: str = "mean", deletion_ratio: float = 0.6):
+        from sentence_transformers import SentenceTransformer, losses, models
+        from transformers import AutoConfig
+
+        self.model_dir, self.max_length, self.ratio = model_dir, max_length, deletion_ratio
+        hidden = AutoConfig.from_pretrained(model_dir).hidden_size
+        word = models.Transformer(model_dir, max_seq_length=max_length)
+        self.st = SentenceTransformer(modules=[word, models.Pooling(hidden, pooling)], device="cpu")
+        self.loss_fn = losses.DenoisingAutoEncoderLoss(self.st, tie_encoder_decoder=True)
+        self.module = self.loss_fn
+        self.encoder = self.st.transformers_model
+        self.tokenizer = self.st.tokenizer
+        self._starts = word_start_table(self.tokenizer)
+        if self.tokenizer.cls_token_id is None or self.tokenizer.sep_token_id is None:
+            raise PretrainConfigError(f"{model_dir}: TSDAE needs a tokenizer with begin (cls) and end (sep) tokens")
+        self.pad_id = self.tokenizer.pad_token_id
+
+    def compile(self) -> None:  # the decoder's shapes vary per batch; compiling gains little here
+        pass
+
+    def to(self, device: torch.device) -> None:
+        self.loss_fn.to(device)
+
+    def encode(self, texts: list[str]) -> list[np.ndarray]:
+        ids = self.tokenizer(list(texts), add_special_tokens=False, truncation=True,
+                             max_length=self.max_length - 2)["input_ids"]
+        return [np.asarray(x, dtype=np.int64) for x in ids if len(x) > 0]
+
+    def collate(self, examples: list[np.ndarray], seed: int) -> dict[str, Any]:
+        rng = np.random.default_rng(seed)
+        cls, sep = self.tokenizer.cls_token_id, self.tokenizer.sep_token_id
+        wrap = lambda x: np.concatenate(([cls], x, [sep]))  # noqa: E731
+        noisy = [wrap(delete_words(e, self._starts, self.ratio, rng)) for e in examples]
+        clean = [wrap(e) for e in examples]
+        n_ids, n_mask = _pad(noisy, self.pad_id)
+        c_ids, c_mask = _pad(clean, self.pad_id)
+        return {"noisy": {"input_ids": n_ids, "attention_mask": n_mask},
+                "target": {"input_ids": c_ids, "attention_mask": c_mask},
+                "n_tokens": int(n_mask.sum() + c_mask.sum()), "n_samples": len(examples)}
+
+    def loss(self, batch: dict[str, Any], generator: torch.Generator) -> torch.Tensor:
+        return self.loss_fn([batch["noisy"], batch["target"]], labels=None)
+
+    def start_fingerprint(self) -> str:
+        return encoder_fingerprint(self.encoder)
+
+    def save(self, out_dir: str | Path) -> str:
+        """Save as a *ForMaskedLM checkpoint: the trained encoder under the input's MLM head."""
+        from transformers import AutoModelForMaskedLM
+
+        full = AutoModelForMaskedLM.from_pretrained(self.model_dir)
+        state = {k: v for k, v in self.encoder.state_dict().items() if not k.startswith("pooler.")}
+        missing, _ = full.base_model.load_state_dict(state, strict=False)
+        if missing:
+            raise RuntimeError(f"TSDAE encoder does not fit the MLM model of {self.model_dir}: missing {missing[:5]}")
+        full.save_pretrained(out_dir)
+        self.tokenizer.save_pretrained(out_dir)
+        return encoder_fingerprint(self.encoder)
+
+
+def make_objective(objective: str, model_dir: str, max_length: int, *, mlm_probability: float = 0.15,
+                   packing: bool = True, pooling: str = "mean", deletion_ratio: float = 0.6):
+    if objective == "mlm":
+        return MaskedLM(model_dir, max_length, mlm_probability, packing)
+    if objective == "tsdae":
+        return Tsdae(model_dir, max_length, pooling, deletion_ratio)
+    raise PretrainConfigError(f"unknown pretraining objective '{objective}' (expected mlm or tsdae)")

@@ -1,0 +1,163 @@
+"""A schedule of pretraining phases, each starting from the previous phase's weights.
+
+Layout of the output directory:
+  hf/                    the final encoder as a Hugging Face *ForMaskedLM checkpoint + tokenizer
+  sentence-transformer/  the same encoder wrapped for sentence-transformers (pooling, L2 norm)
+  phases/<i>-<corpus>-<objective>/phase.json   what each phase did; its weights until the next is done
+  corpora/{tapt,dapt}.txt, loss_curve.png, pretrain_report.json
+A rerun with the same configuration skips finished phases and resumes the current one from its
+newest checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Callable
+
+from plmrec.config import PhaseParams, PretrainParams
+from plmrec.pretrain.models import PretrainConfigError, check_base_model, quiet_transformers
+from plmrec.pretrain.objectives import make_objective
+from plmrec.pretrain.trainer import TrainConfig, steps_for_epochs, train
+
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def check_schedule(params: PretrainParams, corpora: dict[str, list[str]]) -> str:
+    """Everything that can be checked before training: the base model loads, every phase's corpus
+    has text. Returns the resolved base model."""
+    if not params.phases:
+        raise PretrainConfigError("pretrain.phases is empty: nothing to train")
+    for i, phase in enumerate(params.phases, start=1):
+        if phase.objective not in ("mlm", "tsdae"):
+            raise PretrainConfigError(f"phase {i}: unknown objective '{phase.objective}' (expected mlm or tsdae)")
+        if not corpora.get(phase.corpus):
+            raise PretrainConfigError(f"phase {i} ({phase.name}): the {phase.corpus.upper()} corpus is empty")
+    return check_base_model(params.base_model)
+
+
+def _phase_record(phase: PhaseParams, params: PretrainParams, start: str, seed: int) -> dict:
+    return {"phase": phase.model_dump(exclude_none=True), "start_model": start, "seed": seed,
+            "settings": params.model_dump(include={"batch_size", "grad_accum", "learning_rate", "weight_decay",
+                                                   "warmup_ratio", "max_length", "packing", "mlm_probability",
+                                                   "tsdae_deletion_ratio", "pooling"})}
+
+
+def _finished_phases(params: PretrainParams, out: Path, base: str, seed: int) -> int:
+    """How many leading phases a previous run with this configuration completed (the last of them
+    still holding its weights), so that a rerun continues after them."""
+    finished, start = 0, base
+    for i, phase in enumerate(params.phases, start=1):
+        phase_dir = out / "phases" / f"{i}-{phase.name}"
+        done_file = phase_dir / "phase.json"
+        if not done_file.exists() or json.loads(done_file.read_text())["record"] != \
+                _phase_record(phase, params, start, seed):
+            break
+        if any((phase_dir / w).exists() for w in WEIGHT_FILES):
+            finished = i
+        start = str(phase_dir)
+    return finished
+
+
+def _drop_weights(directory: Path) -> None:
+    for name in WEIGHT_FILES:
+        (directory / name).unlink(missing_ok=True)
+
+
+def run_schedule(params: PretrainParams, corpora: dict[str, list[str]], out_dir: str | Path, seed: int = 0,
+                 on_log: Callable[[str, int, float], None] | None = None, progress: bool = True) -> dict:
+    """Train every phase in order; returns the report (also written to pretrain_report.json)."""
+    out = Path(out_dir)
+    quiet_transformers()
+    base = check_schedule(params, corpora)
+    ckpt_root = Path(params.checkpoint_dir) if params.checkpoint_dir else out / "checkpoints"
+    current, report, started = base, {"base_model": params.base_model, "resolved_base_model": base,
+                                      "corpora": {k: len(v) for k, v in corpora.items()}, "phases": []}, time.time()
+    finished = _finished_phases(params, out, base, seed)
+    for i, phase in enumerate(params.phases, start=1):
+        label = f"{i}-{phase.name}"
+        phase_dir = out / "phases" / label
+        record = _phase_record(phase, params, current, seed)
+        done_file = phase_dir / "phase.json"
+        if i <= finished:
+            print(f"[plmrec] pretrain: phase {label} already done, skipped", flush=True)
+            report["phases"].append(json.loads(done_file.read_text()))
+            current = str(phase_dir)
+            continue
+        objective = make_objective(phase.objective, current, params.max_length, mlm_probability=params.mlm_probability,
+                                   packing=params.packing, pooling=params.pooling,
+                                   deletion_ratio=params.tsdae_deletion_ratio)
+        start_fp = objective.start_fingerprint()
+        load_start = time.perf_counter()
+        examples = objective.encode(corpora[phase.corpus])
+        if not examples:
+            raise PretrainConfigError(f"phase {label}: the {phase.corpus.upper()} corpus gives no training examples "
+                                      f"after tokenisation")
+        steps = phase.steps or steps_for_epochs(len(examples), phase.epochs, params.batch_size, params.grad_accum)
+        cfg = TrainConfig(steps=steps, batch_size=params.batch_size, grad_accum=params.grad_accum,
+                          learning_rate=params.learning_rate, weight_decay=params.weight_decay,
+                          warmup_ratio=params.warmup_ratio, max_grad_norm=params.max_grad_norm,
+                          precision=params.precision, device=params.device, compile=params.compile,
+                          checkpoint_every=params.checkpoint_every, log_every=params.log_every,
+                          seed=seed + i, progress=progress)
+        tokenise_s = time.perf_counter() - load_start
+        result = train(objective, examples, cfg, ckpt_root / label,
+                       on_log=(lambda s, v, _l=label: on_log(_l, s, v)) if on_log else None, desc=label)
+        phase_dir.mkdir(parents=True, exist_ok=True)
+        end_fp = objective.save(phase_dir)
+        entry = {"label": label, "record": record, "examples": len(examples), "start_fingerprint": start_fp,
+                 "end_fingerprint": end_fp, "tokenise_seconds": round(tokenise_s, 3), **result.to_dict()}
+        done_file.write_text(json.dumps(entry, indent=2))
+        shutil.rmtree(ckpt_root / label, ignore_errors=True)
+        if Path(current).parent == out / "phases":  # the previous phase's weights are no longer needed
+            _drop_weights(Path(current))
+        report["phases"].append(entry)
+        current = str(phase_dir)
+        last = result.losses[-1][1] if result.losses else float("nan")
+        print(f"[plmrec] pretrain: phase {label} {steps} steps in {result.seconds:.1f}s on {result.device} "
+              f"({result.precision}), {result.tokens_per_s:,.0f} tokens/s, final loss {last:.4f}", flush=True)
+    export(current, out, params.pooling, params.max_length)
+    report["seconds"] = round(time.time() - started, 2)
+    (out / "pretrain_report.json").write_text(json.dumps(report, indent=2))
+    plot_losses(report, out / "loss_curve.png")
+    return report
+
+
+def export(model_dir: str, out: Path, pooling: str, max_length: int) -> None:
+    """Copy the final checkpoint to hf/ and wrap it for sentence-transformers."""
+    from sentence_transformers import SentenceTransformer, models
+
+    hf = out / "hf"
+    if Path(model_dir).resolve() != hf.resolve():
+        shutil.rmtree(hf, ignore_errors=True)
+        shutil.copytree(model_dir, hf, ignore=shutil.ignore_patterns("phase.json"))
+    word = models.Transformer(str(hf), max_seq_length=max_length)
+    from transformers import AutoConfig
+
+    dim = AutoConfig.from_pretrained(hf).hidden_size
+    st = SentenceTransformer(modules=[word, models.Pooling(dim, pooling), models.Normalize()], device="cpu")
+    shutil.rmtree(out / "sentence-transformer", ignore_errors=True)
+    st.save(str(out / "sentence-transformer"))
+
+
+def plot_losses(report: dict, path: str | Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    phases = report["phases"]
+    fig, axes = plt.subplots(1, max(1, len(phases)), figsize=(3.2 * max(1, len(phases)), 2.8), squeeze=False)
+    for ax, ph in zip(axes[0], phases):
+        steps, losses = zip(*ph["losses"]) if ph["losses"] else ((), ())
+        ax.plot(steps, losses, marker="." if len(steps) < 40 else None)
+        ax.set_title(ph["label"], fontsize=9)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("loss")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
