@@ -49,7 +49,8 @@ def peak_flops(device: torch.device) -> tuple[str, float | None]:
     return name, None
 
 
-def make_model(size: str, seq_len: int, vocab: int, workdir: Path, texts: list[str]) -> Path:
+def make_model(size: str, seq_len: int, vocab: int, workdir: Path, texts: list[str],
+               attention_dropout: float | None = None) -> Path:
     """A random RoBERTa of the given size; the tokenizer is a small BPE trained on `texts`, the
     embedding matrix has `vocab` rows (50,265 for roberta-base) so the head costs what it would."""
     from transformers import RobertaConfig, RobertaForMaskedLM
@@ -60,6 +61,8 @@ def make_model(size: str, seq_len: int, vocab: int, workdir: Path, texts: list[s
     cfg.update(dict(vocab_size=max(vocab, cfg.vocab_size), hidden_size=s["hidden_size"],
                     num_hidden_layers=s["layers"], num_attention_heads=s["heads"],
                     intermediate_size=s["intermediate_size"]))
+    if attention_dropout is not None:
+        cfg.attention_probs_dropout_prob = attention_dropout
     torch.manual_seed(0)
     RobertaForMaskedLM(cfg).save_pretrained(path)
     return path
@@ -141,6 +144,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--compile", action="store_true", help="torch.compile the encoder")
     ap.add_argument("--short-tsdae", action="store_true", help="TSDAE on 50-character sentences, as the study")
+    ap.add_argument("--attention-dropout", type=float, default=None,
+                    help="override the config's attention dropout (RoBERTa: 0.1)")
     ap.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = ap.parse_args(argv)
     device = resolve_device(args.device)
@@ -152,12 +157,12 @@ def main(argv=None) -> dict:
     quiet_transformers()
     texts = finish_corpus(list(synthetic_catalogue()["Description"]) + synthetic_dapt_corpus(40000), 200, 3)
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = make_model(args.model, args.seq_len, args.vocab, Path(tmp), texts)
+        model_dir = make_model(args.model, args.seq_len, args.vocab, Path(tmp), texts, args.attention_dropout)
         runs = [bench_one(o, model_dir, texts, args, device) for o in args.objectives]
     name, peak = peak_flops(device)
     out = {"bench": "pretrain_throughput", "device": name, "peak_bf16_tflops": peak / 1e12 if peak else None,
            "torch": torch.__version__, "model": args.model, "seq_len": args.seq_len, "batch_size": args.batch_size,
-           "compile": args.compile, "timed_steps": args.steps, "warmup_steps": args.warmup,
+           "compile": args.compile, "attention_dropout": args.attention_dropout, "timed_steps": args.steps, "warmup_steps": args.warmup,
            "threads": torch.get_num_threads(), "results": runs,
            "command": "python bench/pretrain_throughput.py " + " ".join(argv if argv is not None else sys.argv[1:])}
     text = json.dumps(out, indent=2)

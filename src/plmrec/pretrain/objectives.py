@@ -18,6 +18,8 @@ from torch import nn
 from plmrec.pretrain.models import PretrainConfigError
 
 IGNORE = -100
+VOCAB_MULTIPLE = 64
+ROWS_MULTIPLE = 64
 
 
 def encoder_fingerprint(model: nn.Module) -> str:
@@ -77,12 +79,20 @@ class MaskedLM:
         if self.tokenizer.mask_token_id is None:
             raise PretrainConfigError(f"{model_dir}: the tokenizer has no mask token, so it cannot do MLM")
         self.model = AutoModelForMaskedLM.from_pretrained(model_dir, attn_implementation="sdpa")
+        if self.model.config.vocab_size % VOCAB_MULTIPLE:  # e.g. RoBERTa's 50,265: unaligned GEMMs are slow
+            real = self.model.config.vocab_size
+            self.model.resize_token_embeddings(pad_to_multiple_of=VOCAB_MULTIPLE)
+            with torch.no_grad():  # unused rows: deterministic zeros, not random draws
+                self.model.get_input_embeddings().weight[real:] = 0
+                bias = getattr(self.model.get_output_embeddings(), "bias", None)
+                if bias is not None:
+                    bias[real:] = 0
         self.module = self.model
         self.encoder = self.model.base_model
         self.head = mlm_head(self.model)
         self._encode_fn = self.encoder
         self._special = torch.tensor(sorted(set(self.tokenizer.all_special_ids)), dtype=torch.long)
-        self.vocab_size = self.model.config.vocab_size
+        self.vocab_size = len(self.tokenizer)  # random replacements come from real tokens only
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
 
     def compile(self) -> None:
@@ -117,10 +127,18 @@ class MaskedLM:
         if self.head is None:  # an architecture whose head we cannot split off: full logits
             return self.model(input_ids=inputs, attention_mask=attn, labels=labels).loss
         hidden = self._encode_fn(input_ids=inputs, attention_mask=attn).last_hidden_state
-        selected = labels.ne(IGNORE)
-        logits = self.head(hidden[selected])
-        total = F.cross_entropy(logits.float(), labels[selected], reduction="sum")
-        return total / selected.sum().clamp(min=1)
+        flat_labels = labels.view(-1)
+        positions = flat_labels.ne(IGNORE).nonzero().squeeze(1)
+        count = positions.numel()
+        pad = (-count) % ROWS_MULTIPLE  # aligned row counts keep the vocabulary GEMMs on fast kernels
+        if pad:
+            positions = torch.cat([positions, positions.new_zeros(pad)])
+        targets = flat_labels[positions]
+        if pad:
+            targets[count:] = IGNORE
+        logits = self.head(hidden.reshape(-1, hidden.shape[-1])[positions])
+        total = F.cross_entropy(logits.float(), targets, reduction="sum", ignore_index=IGNORE)
+        return total / max(count, 1)
 
     def start_fingerprint(self) -> str:
         return encoder_fingerprint(self.encoder)
