@@ -112,7 +112,7 @@ def bench_one(objective_name: str, model_dir: Path, texts: list[str], args, devi
             marks[f"smp{done}"] = result.samples
 
     cfg = TrainConfig(steps=args.warmup + args.steps, batch_size=args.batch_size, learning_rate=1e-4,
-                      precision=args.precision, device=str(device), compile=args.compile,
+                      precision=args.precision, device=str(device), compile=args.compile, attention=args.attention,
                       checkpoint_every=10 ** 9, log_every=10 ** 9, seed=0, progress=False)
     result = train(objective, examples, cfg, None, on_step=on_step, desc=f"bench-{objective_name}")
     a, b = args.warmup, args.warmup + args.steps
@@ -144,6 +144,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--compile", action="store_true", help="torch.compile the encoder")
     ap.add_argument("--short-tsdae", action="store_true", help="TSDAE on 50-character sentences, as the study")
+    ap.add_argument("--attention", default="auto", choices=["auto", "flash", "cudnn", "efficient", "math"],
+                    help="pin the SDPA kernel")
     ap.add_argument("--attention-dropout", type=float, default=None,
                     help="override the config's attention dropout (RoBERTa: 0.1)")
     ap.add_argument("--out", type=Path, default=None, help="also write the JSON here")
@@ -162,7 +164,7 @@ def main(argv=None) -> dict:
     name, peak = peak_flops(device)
     out = {"bench": "pretrain_throughput", "device": name, "peak_bf16_tflops": peak / 1e12 if peak else None,
            "torch": torch.__version__, "model": args.model, "seq_len": args.seq_len, "batch_size": args.batch_size,
-           "compile": args.compile, "attention_dropout": args.attention_dropout, "timed_steps": args.steps, "warmup_steps": args.warmup,
+           "compile": args.compile, "attention_dropout": args.attention_dropout, "attention": args.attention, "timed_steps": args.steps, "warmup_steps": args.warmup,
            "threads": torch.get_num_threads(), "results": runs,
            "command": "python bench/pretrain_throughput.py " + " ".join(argv if argv is not None else sys.argv[1:])}
     text = json.dumps(out, indent=2)

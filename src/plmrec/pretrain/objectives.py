@@ -96,7 +96,14 @@ class MaskedLM:
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
 
     def compile(self) -> None:
-        self._encode_fn = torch.compile(self.encoder, dynamic=not self.packing)
+        """Compile each transformer layer, not the whole encoder: traced whole, Hugging Face builds a
+        dense attention mask even when there is no padding, which rules out flash attention."""
+        layers = getattr(getattr(self.encoder, "encoder", None), "layer", None)
+        if isinstance(layers, nn.ModuleList):
+            for layer in layers:
+                layer.compile(dynamic=not self.packing)
+        else:
+            self._encode_fn = torch.compile(self.encoder, dynamic=not self.packing)
 
     def to(self, device: torch.device) -> None:
         self.model.to(device)

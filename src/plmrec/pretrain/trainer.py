@@ -41,6 +41,7 @@ class TrainConfig:
     precision: str = "auto"      # auto | bf16 | fp32
     device: str = "auto"         # auto | cpu | cuda | cuda:N
     compile: bool = False
+    attention: str = "auto"      # auto | flash | cudnn | efficient | math: the SDPA kernel to use
     checkpoint_every: int = 200
     log_every: int = 10
     seed: int = 0
@@ -144,6 +145,32 @@ def _linear_schedule(total: int, warmup: int) -> Callable[[int], float]:
     return factor
 
 
+def _attention_context(name: str):
+    """Pin scaled-dot-product attention to one kernel (torch.compile may otherwise pick math)."""
+    if name == "auto":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    backends = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
+                "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
+    return _Reusable(lambda: sdpa_kernel([backends[name]]))
+
+
+class _Reusable:
+    """A context manager made fresh on each entry (sdpa_kernel's cannot be re-entered)."""
+
+    def __init__(self, factory):
+        self.factory, self.stack = factory, []
+
+    def __enter__(self):
+        cm = self.factory()
+        self.stack.append(cm)
+        return cm.__enter__()
+
+    def __exit__(self, *exc):
+        return self.stack.pop().__exit__(*exc)
+
+
 def _move(batch: Any, device: torch.device) -> Any:
     if isinstance(batch, torch.Tensor):
         return batch.to(device, non_blocking=True)
@@ -236,6 +263,7 @@ def train(objective, examples: list[np.ndarray], cfg: TrainConfig, checkpoint_di
                 "samples": result.samples, "signature": cfg.signature()}
 
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
+    attention = _attention_context(cfg.attention)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     loss_sum = torch.zeros((), device=device)
@@ -258,7 +286,7 @@ def train(objective, examples: list[np.ndarray], cfg: TrainConfig, checkpoint_di
                     result.samples += batch["n_samples"]
                     generator = torch.Generator(device=device)
                     generator.manual_seed(cfg.seed * 1_000_003 + index)
-                    with autocast:
+                    with autocast, attention:
                         loss = objective.loss(_move(batch, device), generator)
                     (loss / cfg.grad_accum).backward()
                     loss_sum += loss.detach()
