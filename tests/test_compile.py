@@ -26,3 +26,27 @@ def test_compiled_pipeline_ir(tmp_path):
     inner = spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]
     assert inner["prepare-data"]["dependentTasks"] == ["ingest", "validate-data"]
     assert inner["train-baseline"]["dependentTasks"] == ["prepare-data", "validate-data-2"]
+
+
+def _pretrain_resources(*overrides):
+    from plmrec.pipelines.training import compile_pipeline
+
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = compile_pipeline(load_params(ROOT / "params.yaml", list(overrides)), Path(tmp) / "p.yaml")
+        spec = yaml.safe_load(out.read_text())
+    inner = spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]
+    assert inner["pretrain-encoder"]["dependentTasks"] == ["prepare-data", "validate-data-2"]
+    executor = spec["deploymentSpec"]["executors"]["exec-pretrain-encoder"]
+    return executor["container"].get("resources", {})
+
+
+def test_pretrain_step_requests_a_gpu():
+    res = _pretrain_resources()
+    assert res["accelerator"]["resourceType"] == "nvidia.com/gpu"
+    assert res["accelerator"]["resourceCount"] == "1"
+    assert res["resourceCpuLimit"] == "8" and res["resourceMemoryLimit"] == "32G"
+    cpu_only = _pretrain_resources("pretrain.resources.accelerator_limit=0")
+    assert "accelerator" not in cpu_only

