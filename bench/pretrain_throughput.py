@@ -29,7 +29,7 @@ from plmrec.data.synthetic import synthetic_catalogue  # noqa: E402  (needs only
 from plmrec.pretrain.corpus import finish_corpus, synthetic_dapt_corpus  # noqa: E402
 from plmrec.pretrain.models import build_tiny_roberta, quiet_transformers  # noqa: E402
 from plmrec.pretrain.objectives import make_objective  # noqa: E402
-from plmrec.pretrain.trainer import TrainConfig, resolve_device, resolve_precision, train  # noqa: E402
+from plmrec.pretrain.trainer import TrainConfig, move_to, resolve_device, resolve_precision, train  # noqa: E402
 
 # Dense bf16 tensor-core peaks (no sparsity), FLOP/s, by a substring of the device name.
 PEAK_BF16 = [("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989e12), ("H200", 989e12), ("GH200", 989e12),
@@ -73,8 +73,7 @@ def count_flops(objective, examples, batch_size: int, device, precision: str) ->
     from torch.utils.flop_counter import FlopCounterMode
 
     batch = objective.collate(examples[:batch_size], seed=0)
-    moved = {k: (v.to(device) if isinstance(v, torch.Tensor) else
-                 {kk: vv.to(device) for kk, vv in v.items()} if isinstance(v, dict) else v) for k, v in batch.items()}
+    moved = move_to(batch, device)
     gen = torch.Generator(device=device)
     gen.manual_seed(0)
     ctx = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else torch.autocast(device.type, enabled=False)

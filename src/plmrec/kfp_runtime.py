@@ -81,9 +81,8 @@ def pretrain_task(config, tracking_uri, run_key, prepared_data, model, pretrain_
     model.metadata.update({"framework": "sentence-transformers", "base_model": params.pretrain.base_model,
                            "schedule": [p["label"] for p in report["phases"]],
                            "hf_dir": "hf", "sentence_transformer_dir": "sentence-transformer"})
-    for ph in report["phases"]:
-        _log(pretrain_metrics, {f"{ph['label']}_tokens_per_s": ph["tokens_per_s"], f"{ph['label']}_seconds": ph["seconds"],
-                                f"{ph['label']}_final_loss": ph["losses"][-1][1] if ph["losses"] else float("nan")})
+    for label, figures in stages.pretrain_summary(report)["pretrain"].items():
+        _log(pretrain_metrics, {f"{label}_{k}": v for k, v in figures.items()})
     png = Path(model.path) / "loss_curve.png"
     body = f'<img alt="pretraining loss" src="data:image/png;base64,{base64.b64encode(png.read_bytes()).decode()}">' \
         if png.exists() else "<p>pretraining disabled: base model exported unchanged</p>"

@@ -179,9 +179,9 @@ def build_corpora(params: Params, prepared: pd.DataFrame) -> dict[str, list[str]
 
 
 def pretrain_summary(report: dict) -> dict:
-    """Per-phase headline figures (for DVC metrics and the KFP Metrics artifact)."""
+    """Per-phase headline figures: DVC metrics, the KFP Metrics artifact and the MLflow stage run."""
     return {"pretrain": {ph["label"]: {"steps": ph["steps"], "seconds": round(ph["seconds"], 2),
-                                       "tokens_per_s": ph["tokens_per_s"],
+                                       "tokens_per_s": ph["tokens_per_s"], "samples_per_s": ph["samples_per_s"],
                                        "final_loss": ph["losses"][-1][1] if ph["losses"] else None}
                          for ph in report["phases"]}}
 
@@ -214,11 +214,8 @@ def pretrain(params: Params, prepared_path: str | Path, out_dir: str | Path,
             mlflow.log_metric(f"loss/{label}", value, step=step)  # live loss curves in the MLflow UI
 
         report = run_schedule(pp, corpora, out, seed=params.seed, on_log=on_log)
-        for ph in report["phases"]:
-            final = ph["losses"][-1][1] if ph["losses"] else float("nan")
-            tracking.log_numeric({"seconds": ph["seconds"], "tokens_per_s": ph["tokens_per_s"],
-                                  "samples_per_s": ph["samples_per_s"], "steps": ph["steps"], "final_loss": final},
-                                 f"{ph['label']}/")
+        for label, figures in pretrain_summary(report)["pretrain"].items():
+            tracking.log_numeric(figures, f"{label}/")
         tracking.log_numeric({"pretrain_seconds": report["seconds"]})
         mlflow.set_tags({"pretrain.device": report["phases"][-1]["device"],
                          "pretrain.precision": report["phases"][-1]["precision"],

@@ -171,11 +171,12 @@ class _Reusable:
         return self.stack.pop().__exit__(*exc)
 
 
-def _move(batch: Any, device: torch.device) -> Any:
+def move_to(batch: Any, device: torch.device) -> Any:
+    """A batch (tensors, nested dicts, plain numbers) on `device`."""
     if isinstance(batch, torch.Tensor):
         return batch.to(device, non_blocking=True)
     if isinstance(batch, dict):
-        return {k: _move(v, device) for k, v in batch.items()}
+        return {k: move_to(v, device) for k, v in batch.items()}
     return batch
 
 
@@ -287,7 +288,7 @@ def train(objective, examples: list[np.ndarray], cfg: TrainConfig, checkpoint_di
                     generator = torch.Generator(device=device)
                     generator.manual_seed(cfg.seed * 1_000_003 + index)
                     with autocast, attention:
-                        loss = objective.loss(_move(batch, device), generator)
+                        loss = objective.loss(move_to(batch, device), generator)
                     (loss / cfg.grad_accum).backward()
                     loss_sum += loss.detach()
                     loss_count += 1
