@@ -135,7 +135,25 @@ class ResourceParams(_Section):
     memory_limit: str = "32G"
 
 
-class PretrainParams(_Section):
+class TrainingSettings(_Section):
+    """Optimisation, device and checkpoint settings shared by the pretraining and fine-tuning loops."""
+
+    batch_size: int = Field(32, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    learning_rate: float = Field(5e-5, gt=0, le=1)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_ratio: float = Field(0.06, ge=0, lt=1)
+    max_grad_norm: float = Field(1.0, gt=0)
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    compile: bool = False
+    checkpoint_every: int = Field(200, ge=1, description="optimizer steps between checkpoints")
+    checkpoint_dir: str | None = Field(None, description="persistent directory for resumable checkpoints")
+    log_every: int = Field(10, ge=1)
+    resources: ResourceParams = ResourceParams()
+
+
+class PretrainParams(TrainingSettings):
     enabled: bool = True
     base_model: str = Field("sentence-transformers/all-MiniLM-L6-v2",
                             description="Hugging Face id or local path of an encoder")
@@ -145,29 +163,88 @@ class PretrainParams(_Section):
                                  PhaseParams(corpus="tapt", objective="mlm", steps=20),
                                  PhaseParams(corpus="dapt", objective="tsdae", steps=10),
                                  PhaseParams(corpus="tapt", objective="tsdae", steps=10)]
-    batch_size: int = Field(32, ge=1)
-    grad_accum: int = Field(1, ge=1)
-    learning_rate: float = Field(5e-5, gt=0, le=1)
-    weight_decay: float = Field(0.01, ge=0)
-    warmup_ratio: float = Field(0.06, ge=0, lt=1)
-    max_grad_norm: float = Field(1.0, gt=0)
     max_length: int = Field(64, ge=8, le=4096)
     packing: bool = Field(True, description="MLM: concatenate sentences into full blocks (no padding)")
     mlm_probability: float = Field(0.15, gt=0, lt=1)
     tsdae_deletion_ratio: float = Field(0.6, ge=0, lt=1)
     pooling: Literal["mean", "cls"] = "mean"
-    precision: Literal["auto", "bf16", "fp32"] = "auto"
-    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
-    compile: bool = False
-    checkpoint_every: int = Field(200, ge=1, description="optimizer steps between checkpoints")
-    checkpoint_dir: str | None = Field(None, description="persistent directory for resumable checkpoints")
-    log_every: int = Field(10, ge=1)
-    resources: ResourceParams = ResourceParams()
 
     @model_validator(mode="after")
     def _has_phases(self) -> "PretrainParams":
         if self.enabled and not self.phases:
             raise ValueError("enabled but no phases: give at least one {corpus, objective, steps|epochs}")
+        return self
+
+
+FinetuneTask = Literal["review_item", "item_context", "sequence_next", "sequence_sequence", "item_text"]
+
+
+class FinetunePhaseParams(_Section):
+    task: FinetuneTask
+    steps: int | None = Field(None, ge=1, description="optimizer steps; or give epochs")
+    epochs: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _one_length(self) -> "FinetunePhaseParams":
+        if (self.steps is None) == (self.epochs is None):
+            raise ValueError("give exactly one of steps or epochs")
+        return self
+
+
+class FinetuneParams(TrainingSettings):
+    enabled: bool = True
+    start_from: Literal["pretrained", "base"] = Field("pretrained", description="the pretrain stage's encoder, "
+                                                                                "or pretrain.base_model untouched")
+    phases: list[FinetunePhaseParams] = [FinetunePhaseParams(task="item_context", steps=20),
+                                         FinetunePhaseParams(task="sequence_next", steps=20)]
+    pooling: Literal["mean", "cls"] = Field("mean", description="cls as BLaIR, mean as Sentence-T5")
+    loss: Literal["mnrl", "cached_mnrl"] = "mnrl"
+    scale: float = Field(20.0, gt=0, description="1 / InfoNCE temperature (20 = temperature 0.05)")
+    mini_batch_size: int = Field(32, ge=1, description="cached_mnrl: sentences per forward pass")
+    mlm_weight: float = Field(0.0, ge=0, description="auxiliary MLM loss weight (BLaIR: 0.1); 0 disables")
+    mlm_probability: float = Field(0.15, gt=0, lt=1)
+    max_length: int = Field(128, ge=8, le=4096)
+    history_length: int = Field(20, ge=1, description="purchases in a user's history sentence")
+    min_chars: int = Field(30, ge=1, description="review_item: both sides at least this long (BLaIR)")
+    neighbours_per_item: int = Field(10, ge=1, description="item_context: most co-purchased items per item")
+    pairs_per_user: int = Field(20, ge=1, description="sequence tasks: most recent positions per user")
+    max_pairs: int = Field(200_000, ge=1, description="per phase, sampled when exceeded")
+    reviews_path: str | None = Field(None, description="review_item: Amazon reviews jsonl(.gz) (2018 or 2023)")
+    meta_path: str | None = Field(None, description="review_item: the matching Amazon metadata jsonl(.gz)")
+    learning_rate: float = Field(5e-5, gt=0, le=1)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    log_every: int = Field(5, ge=1)
+
+    @model_validator(mode="after")
+    def _phases_have_data(self) -> "FinetuneParams":
+        if self.enabled and not self.phases:
+            raise ValueError("enabled but no phases: give at least one {task, steps|epochs}")
+        if any(p.task == "review_item" for p in self.phases) and not (self.reviews_path and self.meta_path):
+            raise ValueError("a review_item phase needs reviews_path and meta_path")
+        return self
+
+
+class SeqrecParams(_Section):
+    path: str | None = Field(None, description="a UniSRec/RecBole directory, e.g. ../shared/data/amazon-seqrec/scientific")
+    name: str | None = Field(None, description="file prefix (Scientific); null: inferred from *.test.inter")
+    max_users: int | None = Field(None, ge=1, description="evaluate a seeded sample of test users")
+    exclude_history: bool = Field(False, description="RecBole's sequential protocol ranks history items too")
+
+
+class RetrievalParams(_Section):
+    ks: list[int] = Field([10, 50], min_length=1)
+    exclude_history: bool = Field(True, description="rank and score only items the user has not bought before")
+    recency_half_life: float = Field(5.0, gt=0, description="purchases; weight halves every this many items back")
+    index: Literal["exact", "faiss"] = Field("exact", description="faiss: HNSW index (pip install faiss-cpu)")
+    encode_batch_size: int = Field(128, ge=1)
+    clusters: int = Field(8, ge=2, description="KMeans clusters in the embedding picture")
+    compare: list[Literal["base", "pretrained", "finetuned"]] = ["base", "pretrained", "finetuned"]
+    seqrec: SeqrecParams = SeqrecParams()
+
+    @model_validator(mode="after")
+    def _ks_positive(self) -> "RetrievalParams":
+        if any(k < 1 for k in self.ks):
+            raise ValueError(f"ks must be positive, got {self.ks}")
         return self
 
 
@@ -190,6 +267,8 @@ class Params(_Section):
     validation: ValidationParams = ValidationParams()
     baseline: BaselineParams = BaselineParams()
     pretrain: PretrainParams = PretrainParams()
+    finetune: FinetuneParams = FinetuneParams()
+    retrieval: RetrievalParams = RetrievalParams()
     tracking: TrackingParams = TrackingParams()
     pipeline: PipelineParams = PipelineParams()
 

@@ -227,3 +227,169 @@ def pretrain(params: Params, prepared_path: str | Path, out_dir: str | Path,
         tracking.log_dir(out / "sentence-transformer", "pretrained_encoder")
         _say("pretrain", f"{len(report['phases'])} phases in {report['seconds']}s -> {out}")
         return report
+
+
+def _phase_summary(report: dict) -> dict[str, dict]:
+    return {ph["label"]: {"steps": ph["steps"], "seconds": round(ph["seconds"], 2), "pairs": ph["pairs"],
+                          "samples_per_s": ph["samples_per_s"],
+                          "final_loss": ph["losses"][-1][1] if ph["losses"] else None}
+            for ph in report["phases"]}
+
+
+def finetune_start_model(params: Params, pretrained_dir: str | Path | None) -> str:
+    """The encoder fine-tuning starts from: the pretrain stage's output, or the untouched base model."""
+    from plmrec.errors import PlmrecError
+    from plmrec.pretrain.models import check_base_model
+
+    if params.finetune.start_from == "base":
+        return check_base_model(params.pretrain.base_model)
+    hf = Path(pretrained_dir or "") / "hf"
+    if not (hf / "config.json").is_file():
+        raise PlmrecError(f"finetune.start_from is 'pretrained' but {hf} holds no encoder "
+                          f"(run the pretrain stage first, or set finetune.start_from: base)")
+    return str(hf)
+
+
+SENTENCE_TRANSFORMERS_REQUIREMENTS = ["sentence-transformers>=6", "transformers>=5", "torch>=2.4"]
+
+
+def finetune(params: Params, prepared_path: str | Path, pretrained_dir: str | Path | None, out_dir: str | Path,
+             run_key: str | None = None, tracking_uri: str | None = None) -> dict:
+    """Contrastive fine-tuning, then item/user embeddings, the index description and the embedding picture."""
+    import mlflow
+
+    from plmrec.finetune.objective import sentence_model
+    from plmrec.finetune.retrieval import load_encoder
+    from plmrec.finetune.run import embed_catalogue, finetune as run_finetune, plot_embedding_space
+    from plmrec.pretrain.models import quiet_transformers
+    from plmrec.pretrain.trainer import resolve_device
+
+    ft, out = params.finetune, Path(out_dir)
+    with tracking.stage_run(params, "finetune", run_key, tracking_uri):
+        quiet_transformers()
+        start = finetune_start_model(params, pretrained_dir)
+        prepared, _ = read_table(prepared_path, columns=["CustomerID", "InvoiceNo", "InvoiceDate", "StockCode",
+                                                         "Description", "split"])
+        report: dict = {"start_model": start, "phases": []}
+        if ft.enabled:
+            def on_log(label: str, step: int, value: float) -> None:
+                mlflow.log_metric(f"loss/{label}", value, step=step)
+
+            report = run_finetune(params, prepared, start, out, on_log=on_log)
+            for label, figures in _phase_summary(report).items():
+                tracking.log_numeric(figures, f"{label}/")
+            tracking.log_numeric({f"pairs_{k}": v for k, v in report["pairs"].items()})
+            mlflow.log_artifact(str(out / "loss_curve.png"), "finetune")
+            _say("finetune", f"{len(report['phases'])} phases in {report['seconds']}s from {start}")
+        else:
+            sentence_model(start, ft.pooling, ft.max_length).save(str(out / "sentence-transformer"))
+            _say("finetune", f"disabled: {start} exported unchanged")
+        device = str(resolve_device(ft.device))
+        model = load_encoder(out / "sentence-transformer", ft.pooling, ft.max_length, device)
+        emb = embed_catalogue(model, prepared, params, out)
+        picture = plot_embedding_space(emb.pop("vectors"), params.retrieval.clusters, out / "embedding_pca.png",
+                                       f"fine-tuned item embeddings: PCA, KMeans k={params.retrieval.clusters}",
+                                       seed=params.seed)
+        report["embeddings"] = {**emb, **picture}
+        (out / "finetune_report.json").write_text(json.dumps(report, indent=2))
+        tracking.log_numeric(emb, "embed_")
+        tracking.log_numeric(picture, "pca_")
+        mlflow.set_tags({"finetune.start_model": start, "finetune.loss": ft.loss, "finetune.pooling": ft.pooling,
+                         "finetune.schedule": " -> ".join(p.task for p in ft.phases) if ft.enabled else "disabled"})
+        tracking.log_json(report, "finetune/finetune_report.json")
+        tracking.log_json(ft.model_dump(mode="json"), "finetune/config.json")
+        mlflow.log_artifact(str(out / "embedding_pca.png"), "finetune")
+        for name in ("item_embeddings.parquet", "user_embeddings.parquet", "index.json"):
+            mlflow.log_artifact(str(out / name), "embeddings")
+        mlflow.sentence_transformers.log_model(model.to("cpu"), name="finetuned_encoder",
+                                               pip_requirements=SENTENCE_TRANSFORMERS_REQUIREMENTS)
+        _say("finetune", f"{emb['items']:,} item and {emb['users']:,} user embeddings -> {out}")
+        return report
+
+
+def retrieval_encoders(params: Params, pretrained_dir: str | Path | None, finetuned_dir: str | Path | None) -> dict:
+    """name -> encoder directory for every encoder in retrieval.compare."""
+    from plmrec.errors import PlmrecError
+    from plmrec.pretrain.models import check_base_model
+
+    where = {"base": lambda: check_base_model(params.pretrain.base_model),
+             "pretrained": lambda: Path(pretrained_dir or "") / "sentence-transformer",
+             "finetuned": lambda: Path(finetuned_dir or "") / "sentence-transformer"}
+    found = {}
+    for name in params.retrieval.compare:
+        path = Path(where[name]())
+        if not (path / "config.json").exists():
+            raise PlmrecError(f"retrieval.compare includes '{name}' but {path} holds no encoder")
+        found[name] = str(path)
+    return found
+
+
+def evaluate_retrieval(params: Params, prepared_path: str | Path, pretrained_dir: str | Path | None,
+                       finetuned_dir: str | Path | None, metrics_path: str | Path, plots_dir: str | Path,
+                       run_key: str | None = None, tracking_uri: str | None = None) -> dict:
+    """Full-ranking next-item retrieval on the test split for each encoder, and on the UniSRec/RecBole
+    benchmark when retrieval.seqrec.path is set; one comparable table each."""
+    import mlflow
+
+    from plmrec.finetune.pairs import catalogue
+    from plmrec.finetune.retrieval import (load_encoder, markdown_table, results_table, score_encoder,
+                                           seqrec_queries, temporal_queries)
+    from plmrec.pretrain.models import quiet_transformers
+    from plmrec.pretrain.trainer import resolve_device
+
+    r, ft = params.retrieval, params.finetune
+    with tracking.stage_run(params, "evaluate-retrieval", run_key, tracking_uri):
+        quiet_transformers()
+        encoders = retrieval_encoders(params, pretrained_dir, finetuned_dir)
+        device = str(resolve_device(ft.device))
+        prepared, _ = read_table(prepared_path, columns=["CustomerID", "InvoiceNo", "InvoiceDate", "StockCode",
+                                                         "Description", "split"])
+        cat = catalogue(prepared)
+        queries = temporal_queries(prepared, {c: i for i, c in enumerate(cat["StockCode"])}, "test",
+                                   r.exclude_history)
+        benchmarks = {"online_retail_test": (cat["Description"].tolist(), queries, r.exclude_history)}
+        if r.seqrec.path:
+            from plmrec.data.seqrec import load_seqrec
+
+            ds = load_seqrec(r.seqrec.path, r.seqrec.name)
+            benchmarks[f"seqrec_{ds.name.lower()}_test"] = (
+                ds.items["text"].tolist(), seqrec_queries(ds.splits["test"], r.seqrec.max_users, params.seed),
+                r.seqrec.exclude_history)
+        results: dict = {}
+        Path(plots_dir).mkdir(parents=True, exist_ok=True)
+        for bench, (texts, q, exclude) in benchmarks.items():
+            results[bench] = {}
+            for name, path in encoders.items():
+                model = load_encoder(path, ft.pooling, ft.max_length, device)
+                results[bench][name] = score_encoder(model, texts, q, r.ks, ft.history_length, r.recency_half_life,
+                                                     exclude, r.encode_batch_size, r.index)
+                timing = results[bench][name]["_timing"]
+                _say("evaluate-retrieval", f"{bench}: {name} scored {timing['queries']:,} queries over "
+                                           f"{timing['items']:,} items")
+            table = results_table(results[bench], r.ks)
+            table.to_csv(Path(plots_dir) / f"{bench}.csv", index=False)
+            (Path(plots_dir) / f"{bench}.md").write_text(markdown_table(table))
+            mlflow.log_table(table, f"retrieval/{bench}.json")
+            mlflow.log_artifact(str(Path(plots_dir) / f"{bench}.md"), "retrieval")
+            mlflow.log_artifact(str(Path(plots_dir) / f"{bench}.csv"), "retrieval")
+            for row in table.itertuples(index=False):
+                row = row._asdict()
+                tracking.log_numeric({f"{bench}/{row['encoder']}/{row['query']}/{k.replace('@', '_at_')}": v
+                                      for k, v in row.items() if "@" in k})
+            _say("evaluate-retrieval", f"{bench}\n{markdown_table(table)}")
+        metrics = {"retrieval": {bench: {enc: {kind: {k: v for k, v in m.items()}
+                                              for kind, m in by_kind.items() if not kind.startswith("_")}
+                                         for enc, by_kind in by_enc.items()}
+                                 for bench, by_enc in results.items()}}
+        Path(metrics_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(metrics_path).write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+        tracking.log_json(results, "retrieval/results.json")
+        if run_key and "finetuned" in encoders:  # headline numbers on the parent run
+            uri = tracking_uri or tracking.resolve_tracking_uri(params)
+            client = mlflow.MlflowClient(uri)
+            parent = tracking.parent_run(uri, params, run_key)
+            head = results["online_retail_test"]["finetuned"]["sentence"]
+            for k in r.ks:
+                for name in ("recall", "ndcg"):
+                    client.log_metric(parent, f"test_retrieval_{name}_at_{k}", float(head[f"{name}@{k}"]))
+        return results

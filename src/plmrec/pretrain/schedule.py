@@ -96,12 +96,7 @@ def run_schedule(params: PretrainParams, corpora: dict[str, list[str]], out_dir:
             raise PretrainConfigError(f"phase {label}: the {phase.corpus.upper()} corpus gives no training examples "
                                       f"after tokenisation")
         steps = phase.steps or steps_for_epochs(len(examples), phase.epochs, params.batch_size, params.grad_accum)
-        cfg = TrainConfig(steps=steps, batch_size=params.batch_size, grad_accum=params.grad_accum,
-                          learning_rate=params.learning_rate, weight_decay=params.weight_decay,
-                          warmup_ratio=params.warmup_ratio, max_grad_norm=params.max_grad_norm,
-                          precision=params.precision, device=params.device, compile=params.compile,
-                          checkpoint_every=params.checkpoint_every, log_every=params.log_every,
-                          seed=seed + i, progress=progress)
+        cfg = TrainConfig.from_settings(params, steps, seed=seed + i, progress=progress)
         tokenise_s = time.perf_counter() - load_start
         result = train(objective, examples, cfg, ckpt_root / label,
                        on_log=(lambda s, v, _l=label: on_log(_l, s, v)) if on_log else None, desc=label)

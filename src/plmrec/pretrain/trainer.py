@@ -47,6 +47,13 @@ class TrainConfig:
     seed: int = 0
     progress: bool = True
 
+    @classmethod
+    def from_settings(cls, settings, steps: int, seed: int, progress: bool = True) -> "TrainConfig":
+        """From a params section with the shared training settings (plmrec.config.TrainingSettings)."""
+        keys = ("batch_size", "grad_accum", "learning_rate", "weight_decay", "warmup_ratio", "max_grad_norm",
+                "precision", "device", "compile", "checkpoint_every", "log_every")
+        return cls(steps=steps, seed=seed, progress=progress, **{k: getattr(settings, k) for k in keys})
+
     def signature(self) -> dict[str, Any]:
         """What must match for a checkpoint to be resumed (not logging or device settings)."""
         keys = ("steps", "batch_size", "grad_accum", "learning_rate", "weight_decay", "warmup_ratio", "seed")

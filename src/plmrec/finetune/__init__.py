@@ -1,0 +1,1 @@
+"""Contrastive fine-tuning, item/user embeddings, nearest-neighbour search and retrieval evaluation."""

@@ -1,0 +1,125 @@
+"""Next-item retrieval evaluation with full ranking over all items (no sampled negatives).
+
+Online Retail (temporal): for the test split, a customer's history is every purchase before
+valid_end (train + valid), the relevant items are those bought in the test window; for valid, the
+history is the training window. With exclude_history (default), items bought before are neither
+ranked nor relevant: the task is discovering new items, which text can help with.
+UniSRec/RecBole benchmarks (leave-one-out): each test row's history list and its one next item.
+
+Each encoder is scored with three user queries: the encoded history sentence, the mean and the
+recency-weighted mean of the history's item vectors.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from plmrec.finetune import pairs as P
+from plmrec.finetune.embed import build_index, encode_texts, user_vectors
+from plmrec.ranking import ranking_metrics
+
+QUERY_KINDS = ("sentence", "mean", "recency")
+REPORTED = ("recall", "ndcg")
+
+
+@dataclass
+class Queries:
+    users: list
+    histories: list[list[int]]  # item rows, oldest first
+    relevant: list[set[int]]
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+
+def temporal_queries(prepared: pd.DataFrame, item_row: dict[str, int], split: str = "test",
+                     exclude_history: bool = True) -> Queries:
+    if split not in ("valid", "test"):
+        raise ValueError(f"evaluation split must be valid or test, got {split!r}")
+    before = ("train",) if split == "valid" else ("train", "valid")
+    past = prepared[prepared["split"].isin(before)]
+    future = prepared[prepared["split"] == split]
+    targets = future.groupby("CustomerID")["StockCode"].agg(lambda s: {str(c) for c in s})
+    users, histories, relevant = [], [], []
+    for customer, user in P.purchase_sequences(past).groupby("CustomerID", sort=True):
+        if customer not in targets.index:
+            continue
+        history = [item_row[c] for c in P.history_before([c for b in user["codes"] for c in b]) if c in item_row]
+        wanted = {item_row[c] for c in targets[customer] if c in item_row}
+        if exclude_history:
+            wanted -= set(history)
+        if history and wanted:
+            users.append(int(customer))
+            histories.append(history)
+            relevant.append(wanted)
+    return Queries(users, histories, relevant)
+
+
+def seqrec_queries(split_frame: pd.DataFrame, max_users: int | None = None, seed: int = 0) -> Queries:
+    frame = split_frame
+    if max_users and len(frame) > max_users:
+        frame = frame.sample(n=max_users, random_state=seed).sort_index()
+    histories = [distinct_history(h) for h in frame["history"]]
+    return Queries(frame["user"].tolist(), histories, [{int(t)} for t in frame["target"]])
+
+
+def distinct_history(items: list[int]) -> list[int]:
+    """Distinct items, each at its latest position."""
+    return [int(i) for i in P.history_before(list(items))]
+
+
+def score_encoder(model, item_texts: list[str], queries: Queries, ks: list[int], history_length: int,
+                  half_life: float, exclude_history: bool, batch_size: int = 128,
+                  index_kind: str = "exact") -> dict[str, dict[str, float]]:
+    """Metrics per query kind for one encoder; item vectors are encoded once."""
+    start = time.perf_counter()
+    items = encode_texts(model, item_texts, batch_size)
+    sentences = [P.render_history([item_texts[i] for i in h], history_length) for h in queries.histories]
+    sentence_q = encode_texts(model, sentences, batch_size)
+    encode_s = time.perf_counter() - start
+    mean_q, recent_q = user_vectors(queries.histories, items, half_life)
+    index = build_index(items, index_kind)
+    exclude = queries.histories if exclude_history else None
+    out = {}
+    for kind, q in zip(QUERY_KINDS, (sentence_q, mean_q, recent_q)):
+        top, _ = index.search(q, max(ks), exclude)
+        out[kind] = ranking_metrics(top.tolist(), queries.relevant, ks)
+    out["_timing"] = {"encode_seconds": round(encode_s, 2), "items": len(item_texts), "queries": len(queries)}
+    return out
+
+
+def results_table(results: dict[str, dict], ks: list[int]) -> pd.DataFrame:
+    """One row per (encoder, query kind): Recall@K and NDCG@K for each K, plus the query count."""
+    rows = []
+    for encoder, by_kind in results.items():
+        for kind in QUERY_KINDS:
+            m = by_kind[kind]
+            rows.append({"encoder": encoder, "query": kind,
+                         **{f"{name}@{k}": round(m[f"{name}@{k}"], 4) for k in ks for name in REPORTED},
+                         "queries": m["queries"]})
+    return pd.DataFrame(rows)
+
+
+def markdown_table(df: pd.DataFrame) -> str:
+    cols = list(df.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def load_encoder(path: str | Path, pooling: str, max_length: int, device: str = "cpu"):
+    """A sentence-transformers directory as saved, or a Hugging Face encoder wrapped with `pooling`."""
+    from sentence_transformers import SentenceTransformer
+
+    from plmrec.finetune.objective import sentence_model
+
+    path = Path(path)
+    if (path / "modules.json").exists():
+        model = SentenceTransformer(str(path), device=device)
+        model.max_seq_length = max_length
+        return model
+    return sentence_model(str(path), pooling, max_length, device)

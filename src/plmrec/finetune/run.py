@@ -1,0 +1,164 @@
+"""Fine-tuning phases in order on one sentence encoder, then the embedding outputs.
+
+Output directory:
+  sentence-transformer/       the fine-tuned encoder (pooling + L2 normalisation)
+  phases/<i>-<task>/phase.json  what each phase did (a rerun skips finished phases)
+  item_embeddings.parquet, user_embeddings.parquet, index.json
+  finetune_report.json, loss_curve.png, embedding_pca.png
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from plmrec.config import FinetunePhaseParams, Params
+from plmrec.finetune import pairs as P
+from plmrec.finetune.embed import encode_texts, item_table, save_embeddings, user_table
+from plmrec.finetune.objective import Contrastive
+from plmrec.pretrain.models import PretrainConfigError, quiet_transformers
+from plmrec.pretrain.trainer import TrainConfig, steps_for_epochs, train
+
+
+def build_pairs(task: str, params: Params, rows: pd.DataFrame, seed: int) -> list[tuple[str, str]]:
+    """The (anchor, positive) texts of one task, from training rows only."""
+    ft = params.finetune
+    if task == "item_context":
+        return P.item_context_pairs(rows, ft.neighbours_per_item, max_pairs=ft.max_pairs, seed=seed)
+    if task == "sequence_next":
+        return P.sequence_next_pairs(rows, ft.history_length, ft.pairs_per_user, ft.max_pairs, seed)
+    if task == "sequence_sequence":
+        return P.sequence_sequence_pairs(rows, ft.history_length, ft.max_pairs, seed)
+    if task == "item_text":
+        return P.item_text_pairs(P.catalogue(rows), ft.max_pairs, seed)
+    if task == "review_item":
+        from plmrec.data.amazon import load_reviews_with_items
+
+        reviews = load_reviews_with_items(ft.reviews_path, ft.meta_path)
+        return P.review_item_pairs(reviews[reviews["has_item_meta"]], ft.min_chars, ft.max_pairs, seed)
+    raise PretrainConfigError(f"unknown fine-tuning task '{task}'")
+
+
+def _record(phase: FinetunePhaseParams, params: Params, start: str, seed: int) -> dict:
+    ft = params.finetune
+    return {"phase": phase.model_dump(exclude_none=True), "start_model": start, "seed": seed,
+            "settings": ft.model_dump(mode="json", exclude={"phases", "enabled", "start_from", "resources",
+                                                            "device", "precision", "compile", "log_every",
+                                                            "checkpoint_every", "checkpoint_dir"})}
+
+
+def finetune(params: Params, prepared: pd.DataFrame, start_model: str, out_dir: str | Path,
+             on_log: Callable[[str, int, float], None] | None = None, progress: bool = True) -> dict:
+    """Run the configured phases from `start_model` (a Hugging Face or sentence-transformers
+    directory); returns the report, also written to finetune_report.json."""
+    quiet_transformers()
+    ft, out, seed = params.finetune, Path(out_dir), params.seed
+    rows = P.training_rows(prepared, params.split.train_end)
+    pair_sets = {}
+    for i, phase in enumerate(ft.phases, start=1):  # every phase's data is checked before any training
+        if phase.task not in pair_sets:
+            pair_sets[phase.task] = build_pairs(phase.task, params, rows, seed)
+        if not pair_sets[phase.task]:
+            raise PretrainConfigError(f"fine-tuning phase {i} ({phase.task}): no training pairs from "
+                                      f"{len(rows):,} training rows")
+    objective = Contrastive(start_model, ft.max_length, ft.pooling, ft.loss, ft.scale, ft.mini_batch_size,
+                            ft.mlm_weight, ft.mlm_probability)
+    ckpt_root = Path(ft.checkpoint_dir) if ft.checkpoint_dir else out / "checkpoints"
+    report = {"start_model": start_model, "pairs": {k: len(v) for k, v in pair_sets.items()},
+              "training_rows": len(rows), "train_end": str(params.split.train_end), "phases": []}
+    started, current = time.time(), start_model
+    for i, phase in enumerate(ft.phases, start=1):
+        label = f"{i}-{phase.task}"
+        phase_dir = out / "phases" / label
+        record = _record(phase, params, current, seed)
+        done_file = phase_dir / "phase.json"
+        if done_file.exists() and json.loads(done_file.read_text())["record"] == record \
+                and (phase_dir / "config.json").exists():
+            objective = Contrastive(str(phase_dir), ft.max_length, ft.pooling, ft.loss, ft.scale,
+                                    ft.mini_batch_size, ft.mlm_weight, ft.mlm_probability)
+            report["phases"].append(json.loads(done_file.read_text()))
+            current = str(phase_dir)
+            print(f"[plmrec] finetune: phase {label} already done, skipped", flush=True)
+            continue
+        start_fp = objective.start_fingerprint()
+        examples = objective.encode(pair_sets[phase.task])
+        steps = phase.steps or steps_for_epochs(len(examples), phase.epochs, ft.batch_size, ft.grad_accum)
+        cfg = TrainConfig.from_settings(ft, steps, seed=seed + 100 + i, progress=progress)
+        result = train(objective, examples, cfg, ckpt_root / label,
+                       on_log=(lambda s, v, _l=label: on_log(_l, s, v)) if on_log else None, desc=label)
+        phase_dir.mkdir(parents=True, exist_ok=True)
+        end_fp = objective.save(phase_dir)
+        entry = {"label": label, "record": record, "pairs": len(examples), "start_fingerprint": start_fp,
+                 "end_fingerprint": end_fp, **result.to_dict()}
+        done_file.write_text(json.dumps(entry, indent=2))
+        shutil.rmtree(ckpt_root / label, ignore_errors=True)
+        report["phases"].append(entry)
+        current = str(phase_dir)
+        last = result.losses[-1][1] if result.losses else float("nan")
+        print(f"[plmrec] finetune: phase {label} {steps} steps on {len(examples):,} pairs in {result.seconds:.1f}s "
+              f"on {result.device} ({result.precision}), final loss {last:.4f}", flush=True)
+    st_dir = out / "sentence-transformer"
+    shutil.rmtree(st_dir, ignore_errors=True)
+    objective.save(st_dir)
+    report["seconds"] = round(time.time() - started, 2)
+    (out / "finetune_report.json").write_text(json.dumps(report, indent=2))
+    from plmrec.pretrain.schedule import plot_losses
+
+    plot_losses(report, out / "loss_curve.png")
+    return report
+
+
+def embed_catalogue(model, prepared: pd.DataFrame, params: Params, out_dir: str | Path) -> dict:
+    """Item embeddings (every stock code in the table), user embeddings (training purchases) and
+    the index description, written next to the model."""
+    cat = P.catalogue(prepared)
+    start = time.perf_counter()
+    vectors = encode_texts(model, cat["Description"].tolist(), params.retrieval.encode_batch_size, progress=True)
+    encode_s = time.perf_counter() - start
+    rows = P.training_rows(prepared, params.split.train_end)
+    row_of = {c: i for i, c in enumerate(cat["StockCode"])}
+    customers, histories = [], []
+    for customer, user in P.purchase_sequences(rows).groupby("CustomerID", sort=True):
+        customers.append(int(customer))
+        histories.append([row_of[c] for c in P.history_before([c for b in user["codes"] for c in b])])
+    users = user_table(customers, histories, vectors, cat["Description"].tolist(), model,
+                       params.finetune.history_length, params.retrieval.recency_half_life,
+                       params.retrieval.encode_batch_size)
+    save_embeddings(out_dir, item_table(cat["StockCode"].tolist(), cat["Description"].tolist(), vectors), users,
+                    params.retrieval.index, {"users_from": f"purchases before {params.split.train_end}",
+                                             "history_length": params.finetune.history_length,
+                                             "recency_half_life": params.retrieval.recency_half_life})
+    return {"items": len(cat), "users": len(users), "encode_seconds": round(encode_s, 3),
+            "items_per_s": round(len(cat) / encode_s, 1) if encode_s else None, "vectors": vectors}
+
+
+def plot_embedding_space(vectors: np.ndarray, clusters: int, path: str | Path, title: str, seed: int = 0) -> dict:
+    """2-D PCA of item embeddings coloured by KMeans cluster (both fitted on these vectors)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.cluster import KMeans
+    from sklearn.decomposition import PCA
+
+    k = max(1, min(clusters, len(vectors)))
+    labels = KMeans(n_clusters=k, n_init=4, random_state=seed).fit_predict(vectors)
+    pca = PCA(n_components=2, random_state=seed)
+    xy = pca.fit_transform(vectors)
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    sc = ax.scatter(xy[:, 0], xy[:, 1], c=labels, cmap="tab10" if k <= 10 else "tab20", s=6, alpha=0.75)
+    ax.legend(*sc.legend_elements(), title="cluster", fontsize=7, title_fontsize=8, loc="best", markerscale=0.8)
+    ratio = pca.explained_variance_ratio_
+    ax.set_xlabel(f"PC1 ({ratio[0]:.1%})")
+    ax.set_ylabel(f"PC2 ({ratio[1]:.1%})")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return {"explained_variance_2d": float(ratio.sum()), "clusters": k}
