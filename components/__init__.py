@@ -7,6 +7,8 @@ compile time) has plmrec installed.
 
 from plmrec.components.stages import (
     evaluate_baseline,
+    evaluate_retrieval,
+    finetune_encoder,
     finish_tracking,
     ingest,
     prepare_data,
@@ -15,4 +17,5 @@ from plmrec.components.stages import (
     validate_data,
 )
 
-__all__ = ["evaluate_baseline", "finish_tracking", "ingest", "prepare_data", "pretrain_encoder", "train_baseline", "validate_data"]
+__all__ = ["evaluate_baseline", "evaluate_retrieval", "finetune_encoder", "finish_tracking", "ingest", "prepare_data",
+           "pretrain_encoder", "train_baseline", "validate_data"]

@@ -1,4 +1,4 @@
-"""Components for ingest, validation, preparation, pretraining, the baseline model and its evaluation."""
+"""Components for ingest, validation, preparation, pretraining, fine-tuning, the baseline model and the evaluations."""
 
 import os
 
@@ -59,7 +59,6 @@ def evaluate_baseline(config: dict, tracking_uri: str, run_key: str, job_id: str
     evaluate_baseline_task(config, tracking_uri, run_key or job_id, prepared_data, model, test_metrics, confusion)
 
 
-
 @component
 def pretrain_encoder(config: dict, tracking_uri: str, run_key: str, job_id: str, prepared_data: Input[Dataset],
                      model: Output[Model], pretrain_metrics: Output[Metrics], loss_curve: Output[HTML]):
@@ -67,6 +66,28 @@ def pretrain_encoder(config: dict, tracking_uri: str, run_key: str, job_id: str,
     from plmrec.kfp_runtime import pretrain_task
 
     pretrain_task(config, tracking_uri, run_key or job_id, prepared_data, model, pretrain_metrics, loss_curve)
+
+
+@component
+def finetune_encoder(config: dict, tracking_uri: str, run_key: str, job_id: str, prepared_data: Input[Dataset],
+                     pretrained: Input[Model], model: Output[Model], finetune_metrics: Output[Metrics],
+                     plots: Output[HTML]):
+    """Contrastive fine-tuning (in-batch InfoNCE), then item/user embeddings and the item index."""
+    from plmrec.kfp_runtime import finetune_task
+
+    finetune_task(config, tracking_uri, run_key or job_id, prepared_data, pretrained, model, finetune_metrics, plots)
+
+
+@component
+def evaluate_retrieval(config: dict, tracking_uri: str, run_key: str, job_id: str, prepared_data: Input[Dataset],
+                       pretrained: Input[Model], finetuned: Input[Model], retrieval_metrics: Output[Metrics],
+                       table: Output[HTML]):
+    """Next-item retrieval with full ranking for the base, pretrained and fine-tuned encoders."""
+    from plmrec.kfp_runtime import evaluate_retrieval_task
+
+    evaluate_retrieval_task(config, tracking_uri, run_key or job_id, prepared_data, pretrained, finetuned,
+                            retrieval_metrics, table)
+
 
 @component
 def finish_tracking(config: dict, tracking_uri: str, run_key: str, job_id: str,

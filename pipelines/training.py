@@ -1,5 +1,5 @@
-"""The training pipeline: ingest -> validate raw -> prepare -> validate prepared -> pretrain encoder (GPU)
-and train -> evaluate the baseline.
+"""The training pipeline: ingest -> validate raw -> prepare -> validate prepared, then two branches:
+pretrain encoder (GPU) -> fine-tune encoder (GPU) -> evaluate retrieval, and train -> evaluate the baseline.
 
 Every stage logs to one MLflow parent run (keyed by the KFP job id, or `run_key`); an exit
 handler closes that run with the pipeline's final state, failed or not.
@@ -12,6 +12,8 @@ from kfp import compiler, dsl
 
 from plmrec.components import (
     evaluate_baseline,
+    evaluate_retrieval,
+    finetune_encoder,
     finish_tracking,
     ingest,
     prepare_data,
@@ -37,7 +39,8 @@ def build_training_pipeline(params: Params):
     caching = params.pipeline.enable_caching
 
     @dsl.pipeline(name=params.pipeline.name,
-                  description="plmrec: validated Online Retail data to a pretrained encoder and a baseline model")
+                  description="plmrec: validated Online Retail data to pretrained and fine-tuned encoders, "
+                              "item/user embeddings and a baseline model")
     def training_pipeline(config: dict = default_config, tracking_uri: str = "", run_key: str = ""):
         ctx = dict(config=config, tracking_uri=tracking_uri, run_key=run_key, job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
         finish = finish_tracking(**ctx).set_display_name("finish-tracking")
@@ -54,7 +57,14 @@ def build_training_pipeline(params: Params):
             encoder = pretrain_encoder(**ctx, prepared_data=prep.outputs["prepared_data"]).after(prep_ok) \
                 .set_display_name("pretrain")
             request_resources(encoder, params.pretrain.resources)
-        for task in (raw, raw_ok, prep, prep_ok, model, scored, encoder):
+            tuned = finetune_encoder(**ctx, prepared_data=prep.outputs["prepared_data"],
+                                     pretrained=encoder.outputs["model"]).set_display_name("finetune")
+            request_resources(tuned, params.finetune.resources)
+            retrieval = evaluate_retrieval(**ctx, prepared_data=prep.outputs["prepared_data"],
+                                           pretrained=encoder.outputs["model"], finetuned=tuned.outputs["model"]) \
+                .set_display_name("evaluate-retrieval")
+            request_resources(retrieval, params.finetune.resources)
+        for task in (raw, raw_ok, prep, prep_ok, model, scored, encoder, tuned, retrieval):
             task.set_caching_options(caching)
         finish.set_caching_options(False)
 

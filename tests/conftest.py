@@ -103,3 +103,14 @@ def tiny_pretrain_params(model_dir, **overrides):
                 phases=[PhaseParams(corpus="tapt", objective="mlm", steps=6),
                         PhaseParams(corpus="tapt", objective="tsdae", steps=4)])
     return PretrainParams(**{**base, **overrides})
+
+
+def tiny_finetune_params(**overrides):
+    """Fine-tuning settings that run in seconds on a CPU with the tiny model."""
+    from plmrec.config import FinetuneParams, FinetunePhaseParams
+
+    base = dict(batch_size=16, max_length=64, log_every=2, learning_rate=1e-3, warmup_ratio=0.0,
+                checkpoint_every=1000, history_length=10,
+                phases=[FinetunePhaseParams(task="item_context", steps=4),
+                        FinetunePhaseParams(task="sequence_next", steps=4)])
+    return FinetuneParams(**{**base, **overrides})

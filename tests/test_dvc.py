@@ -31,6 +31,8 @@ def test_dvc_repro_runs_only_what_changed(tmp_path):
     params["pretrain"]["phases"] = [{"corpus": "tapt", "objective": "mlm", "steps": 3},
                                     {"corpus": "dapt", "objective": "tsdae", "steps": 2}]
     params["pretrain"]["log_every"] = 1
+    params["finetune"]["phases"] = [{"task": "item_context", "steps": 2}, {"task": "sequence_next", "steps": 2}]
+    params["finetune"]["batch_size"] = 8
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1", "HF_HUB_OFFLINE": "1",
            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
@@ -39,11 +41,16 @@ def test_dvc_repro_runs_only_what_changed(tmp_path):
     _run(dvc + ["init", "-q"], repo, env)
 
     first = _run(dvc + ["repro"], repo, env)
-    for stage in ("ingest", "validate_raw", "prepare", "validate_prepared", "train_baseline", "evaluate", "pretrain"):
+    for stage in ("ingest", "validate_raw", "prepare", "validate_prepared", "train_baseline", "evaluate", "pretrain",
+                  "finetune", "evaluate_retrieval"):
         assert f"Running stage '{stage}'" in first
     pretrain = yaml.safe_load((repo / "metrics" / "pretrain.json").read_text())["pretrain"]
     assert list(pretrain) == ["1-tapt-mlm", "2-dapt-tsdae"] and pretrain["1-tapt-mlm"]["steps"] == 3
     assert (repo / "models" / "pretrained" / "sentence-transformer" / "modules.json").exists()
+    assert (repo / "models" / "finetuned" / "item_embeddings.parquet").exists()
+    retrieval = yaml.safe_load((repo / "metrics" / "retrieval.json").read_text())["retrieval"]["online_retail_test"]
+    assert set(retrieval) == {"base", "pretrained", "finetuned"}
+    assert 0 <= retrieval["finetuned"]["sentence"]["ndcg@10"] <= 1
     metrics = yaml.safe_load((repo / "metrics" / "baseline.json").read_text())["baseline_xgboost"]["test"]
     assert metrics["accuracy"] > metrics["majority_class_accuracy"]
     raw_mtime = (repo / "data" / "raw.parquet").stat().st_mtime_ns
@@ -52,10 +59,11 @@ def test_dvc_repro_runs_only_what_changed(tmp_path):
     assert "Running stage" not in again
 
     params["baseline"]["max_depth"] = 3
+    params["retrieval"]["ks"] = [5, 20]
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     third = _run(dvc + ["repro"], repo, env)
     ran = {line.split("'")[1] for line in third.splitlines() if line.startswith("Running stage")}
-    assert ran == {"train_baseline", "evaluate"}
+    assert ran == {"train_baseline", "evaluate", "evaluate_retrieval"}
     assert (repo / "data" / "raw.parquet").stat().st_mtime_ns == raw_mtime
     shown = _run(dvc + ["metrics", "show", "--json"], repo, env)
     assert "accuracy" in shown

@@ -3,13 +3,14 @@
 import mlflow
 import pytest
 
-from conftest import tiny_pretrain_params
+from conftest import tiny_finetune_params, tiny_pretrain_params
 from plmrec.data.online_retail import transactions_to_csv_bytes
 from plmrec.localrun import run_local
 from plmrec.tracking import RUN_KEY_TAG, STAGE_TAG
 
 pytestmark = pytest.mark.integration
-STAGES = {"ingest", "validate-raw", "prepare", "validate-prepared", "train-baseline", "evaluate", "pretrain"}
+STAGES = {"ingest", "validate-raw", "prepare", "validate-prepared", "train-baseline", "evaluate", "pretrain", "finetune",
+          "evaluate-retrieval"}
 
 
 def _runs(uri, run_key):
@@ -24,10 +25,11 @@ def _runs(uri, run_key):
 def test_pipeline_runs_end_to_end(small_params, tiny_model_dir, mlflow_server, tmp_path, capsys):
     small_params.tracking.uri = mlflow_server
     small_params.pretrain = tiny_pretrain_params(tiny_model_dir)
+    small_params.finetune = tiny_finetune_params()
     result = run_local(small_params, run_dir=tmp_path / "run", project_dir=tmp_path)
     out = capsys.readouterr().out
     assert result.succeeded, out
-    for stage in ("ingest", "validate-raw", "prepare", "validate-prepared", "train-baseline", "evaluate", "pretrain"):
+    for stage in STAGES:
         assert f"✓ {stage} success" in out  # one progress line per stage
 
     client, parent, children = _runs(mlflow_server, result.run_key)
@@ -60,10 +62,29 @@ def test_pipeline_runs_end_to_end(small_params, tiny_model_dir, mlflow_server, t
     assert "pretrain/loss_curve.png" in listed(pre, "pretrain")
     assert "pretrained_encoder/modules.json" in listed(pre, "pretrained_encoder")
 
+    tuned = children["finetune"]
+    assert tuned.data.tags["finetune.schedule"] == "item_context -> sequence_next"
+    assert [m.step for m in client.get_metric_history(tuned.info.run_id, "loss/2-sequence_next")] == [2, 4]
+    assert {"embeddings/item_embeddings.parquet", "embeddings/user_embeddings.parquet",
+            "embeddings/index.json"} <= listed(tuned, "embeddings")
+    assert "finetune/embedding_pca.png" in listed(tuned, "finetune")
+    logged = mlflow.search_logged_models(experiment_ids=[tuned.info.experiment_id], output_format="list",
+                                         filter_string=f"source_run_id = '{tuned.info.run_id}'")
+    assert [lm.name for lm in logged] == ["finetuned_encoder"]
+    encoder = mlflow.sentence_transformers.load_model(logged[0].model_uri)
+    assert encoder.encode(["RED HEART LANTERN"], normalize_embeddings=True).shape == (1, 64)
+
+    retrieval = children["evaluate-retrieval"]
+    assert "retrieval/online_retail_test.md" in listed(retrieval, "retrieval")
+    for encoder_name in ("base", "pretrained", "finetuned"):
+        assert 0 <= retrieval.data.metrics[f"online_retail_test/{encoder_name}/sentence/recall_at_10"] <= 1
+    assert 0 < m["test_retrieval_recall_at_50"] <= 1 and m["test_retrieval_ndcg_at_10"] > 0
+
     files = {p.name for p in (tmp_path / "run" / "artifacts").rglob("*") if p.is_file()}
     assert {"raw_data", "prepared_data", "model.json", "encoder.json", "report.html", "confusion_matrix.png",
-            "loss_curve", "modules.json", "pretrain_report.json"} <= files
-    assert result.log_path.read_text().count("finished with status") >= 8
+            "loss_curve", "modules.json", "pretrain_report.json", "item_embeddings.parquet",
+            "user_embeddings.parquet", "finetune_report.json", "table"} <= files
+    assert result.log_path.read_text().count("finished with status") >= 10
 
 
 def test_bad_data_stops_before_training(small_params, small_raw, mlflow_server, tmp_path, capsys):

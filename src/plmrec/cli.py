@@ -226,7 +226,6 @@ def stage_evaluate(params_path, overrides, prepared, model_dir, metrics, plots_d
     stages.evaluate_baseline(load_params(params_path, overrides), prepared, model_dir, metrics, plots_dir)
 
 
-
 @stage.command("pretrain")
 @params_option
 @set_option
@@ -249,6 +248,50 @@ def stage_pretrain(params_path, overrides, prepared, out_dir, metrics, plot):
         shutil.copyfile(Path(out_dir) / "loss_curve.png", plot)
 
 
+@stage.command("finetune")
+@params_option
+@set_option
+@click.option("--prepared", type=click.Path(dir_okay=False, exists=True), required=True)
+@click.option("--pretrained", type=click.Path(file_okay=False), default=None,
+              help="the pretrain stage's output (needed unless finetune.start_from is base)")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True)
+@click.option("--metrics", type=click.Path(dir_okay=False), default=None, help="write per-phase figures here (JSON)")
+@click.option("--plots-dir", type=click.Path(file_okay=False), default=None,
+              help="copy the loss curve and embedding picture here")
+def stage_finetune(params_path, overrides, prepared, pretrained, out_dir, metrics, plots_dir):
+    """Contrastive fine-tuning, then item/user embeddings and the item index."""
+    import shutil
+
+    from plmrec import stages
+
+    report = stages.finetune(load_params(params_path, overrides), prepared, pretrained, out_dir)
+    if metrics:
+        Path(metrics).parent.mkdir(parents=True, exist_ok=True)
+        Path(metrics).write_text(json.dumps({"finetune": {**stages.finetune_summary(report),
+                                                          "embeddings": report["embeddings"]}}, indent=2))
+    if plots_dir:
+        Path(plots_dir).mkdir(parents=True, exist_ok=True)
+        for name, target in (("loss_curve.png", "finetune_loss.png"), ("embedding_pca.png", "embedding_pca.png")):
+            if (Path(out_dir) / name).exists():
+                shutil.copyfile(Path(out_dir) / name, Path(plots_dir) / target)
+
+
+@stage.command("evaluate-retrieval")
+@params_option
+@set_option
+@click.option("--prepared", type=click.Path(dir_okay=False, exists=True), required=True)
+@click.option("--pretrained", type=click.Path(file_okay=False), default=None)
+@click.option("--finetuned", type=click.Path(file_okay=False), default=None)
+@click.option("--metrics", type=click.Path(dir_okay=False), required=True)
+@click.option("--tables-dir", type=click.Path(file_okay=False), required=True)
+def stage_evaluate_retrieval(params_path, overrides, prepared, pretrained, finetuned, metrics, tables_dir):
+    """Next-item retrieval (full ranking) for the base, pretrained and fine-tuned encoders."""
+    from plmrec import stages
+
+    stages.evaluate_retrieval(load_params(params_path, overrides), prepared, pretrained, finetuned, metrics,
+                              tables_dir)
+
+
 # ---------------------------------------------------------------------------- models
 @main.command("tiny-model")
 @params_option
@@ -267,6 +310,7 @@ def tiny_model(params_path, overrides, out_dir, vocab_size):
     texts = list(synthetic_catalogue(params.data.synthetic)["Description"]) + synthetic_dapt_corpus(5000)
     path = build_tiny_roberta(texts, out_dir, vocab_size=vocab_size, max_length=params.pretrain.max_length)
     click.echo(f"tiny RoBERTa -> {path}")
+
 
 if __name__ == "__main__":
     main()

@@ -74,8 +74,6 @@ def finish_task(config, tracking_uri, run_key, state: str, message: str) -> None
 
 
 def pretrain_task(config, tracking_uri, run_key, prepared_data, model, pretrain_metrics, loss_curve) -> None:
-    import base64
-
     params, uri = _setup(config, tracking_uri)
     report = stages.pretrain(params, prepared_data.path, model.path, run_key, uri)
     model.metadata.update({"framework": "sentence-transformers", "base_model": params.pretrain.base_model,
@@ -84,6 +82,45 @@ def pretrain_task(config, tracking_uri, run_key, prepared_data, model, pretrain_
     for label, figures in stages.pretrain_summary(report)["pretrain"].items():
         _log(pretrain_metrics, {f"{label}_{k}": v for k, v in figures.items()})
     png = Path(model.path) / "loss_curve.png"
-    body = f'<img alt="pretraining loss" src="data:image/png;base64,{base64.b64encode(png.read_bytes()).decode()}">' \
-        if png.exists() else "<p>pretraining disabled: base model exported unchanged</p>"
-    Path(loss_curve.path).write_text(f"<html><body><h3>Pretraining loss per phase</h3>{body}</body></html>")
+    extra = "" if png.exists() else "<p>pretraining disabled: base model exported unchanged</p>"
+    Path(loss_curve.path).write_text(_image_html("Pretraining loss per phase", [png], extra))
+
+
+def _image_html(title: str, pngs: list[Path], extra: str = "") -> str:
+    import base64
+
+    imgs = "".join(f'<img alt="{p.stem}" src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}">'
+                   for p in pngs if p.exists())
+    return f"<html><body><h3>{title}</h3>{imgs}{extra}</body></html>"
+
+
+def finetune_task(config, tracking_uri, run_key, prepared_data, pretrained, model, finetune_metrics, plots) -> None:
+    params, uri = _setup(config, tracking_uri)
+    report = stages.finetune(params, prepared_data.path, pretrained.path, model.path, run_key, uri)
+    model.metadata.update({"framework": "sentence-transformers", "start_model": report["start_model"],
+                           "schedule": [p["label"] for p in report["phases"]],
+                           "sentence_transformer_dir": "sentence-transformer",
+                           "item_embeddings": "item_embeddings.parquet", "user_embeddings": "user_embeddings.parquet",
+                           "index": params.retrieval.index})
+    for label, figures in stages.finetune_summary(report).items():
+        _log(finetune_metrics, {f"{label}_{k}": v for k, v in figures.items()})
+    _log(finetune_metrics, {f"embed_{k}": v for k, v in report["embeddings"].items()})
+    out = Path(model.path)
+    Path(plots.path).write_text(_image_html("Fine-tuning loss and item embedding space",
+                                            [out / "loss_curve.png", out / "embedding_pca.png"]))
+
+
+def evaluate_retrieval_task(config, tracking_uri, run_key, prepared_data, pretrained, finetuned,
+                            retrieval_metrics, table) -> None:
+    params, uri = _setup(config, tracking_uri)
+    tables_dir = Path(table.path).parent / "tables"
+    results = stages.evaluate_retrieval(params, prepared_data.path, pretrained.path, finetuned.path,
+                                        tables_dir / "metrics.json", tables_dir, run_key, uri)
+    for bench, by_encoder in results.items():
+        for encoder, by_kind in by_encoder.items():
+            for kind, m in by_kind.items():
+                if not kind.startswith("_"):
+                    _log(retrieval_metrics, {f"{bench}_{encoder}_{kind}_{k.replace('@', '_at_')}": v
+                                             for k, v in m.items() if "@" in k})
+    sections = "".join(f"<h4>{p.stem}</h4><pre>{p.read_text()}</pre>" for p in sorted(tables_dir.glob("*.md")))
+    Path(table.path).write_text(f"<html><body><h3>Next-item retrieval, full ranking</h3>{sections}</body></html>")

@@ -24,7 +24,8 @@ _START = re.compile(r"Executing task '([^']+)'")
 _END = re.compile(r"Task '([^']+)' finished with status (\w+)")
 _STAGE_NAMES = {"ingest": "ingest", "validate-data": "validate-raw", "prepare-data": "prepare",
                 "validate-data-2": "validate-prepared", "train-baseline": "train-baseline",
-                "evaluate-baseline": "evaluate", "pretrain-encoder": "pretrain", "finish-tracking": "finish-tracking"}
+                "evaluate-baseline": "evaluate", "pretrain-encoder": "pretrain", "finetune-encoder": "finetune",
+                "evaluate-retrieval": "evaluate-retrieval", "finish-tracking": "finish-tracking"}
 
 
 class ProgressStream(io.TextIOBase):

@@ -229,7 +229,7 @@ def pretrain(params: Params, prepared_path: str | Path, out_dir: str | Path,
         return report
 
 
-def _phase_summary(report: dict) -> dict[str, dict]:
+def finetune_summary(report: dict) -> dict[str, dict]:
     return {ph["label"]: {"steps": ph["steps"], "seconds": round(ph["seconds"], 2), "pairs": ph["pairs"],
                           "samples_per_s": ph["samples_per_s"],
                           "final_loss": ph["losses"][-1][1] if ph["losses"] else None}
@@ -276,7 +276,7 @@ def finetune(params: Params, prepared_path: str | Path, pretrained_dir: str | Pa
                 mlflow.log_metric(f"loss/{label}", value, step=step)
 
             report = run_finetune(params, prepared, start, out, on_log=on_log)
-            for label, figures in _phase_summary(report).items():
+            for label, figures in finetune_summary(report).items():
                 tracking.log_numeric(figures, f"{label}/")
             tracking.log_numeric({f"pairs_{k}": v for k, v in report["pairs"].items()})
             mlflow.log_artifact(str(out / "loss_curve.png"), "finetune")
@@ -372,8 +372,7 @@ def evaluate_retrieval(params: Params, prepared_path: str | Path, pretrained_dir
             mlflow.log_table(table, f"retrieval/{bench}.json")
             mlflow.log_artifact(str(Path(plots_dir) / f"{bench}.md"), "retrieval")
             mlflow.log_artifact(str(Path(plots_dir) / f"{bench}.csv"), "retrieval")
-            for row in table.itertuples(index=False):
-                row = row._asdict()
+            for row in table.to_dict("records"):
                 tracking.log_numeric({f"{bench}/{row['encoder']}/{row['query']}/{k.replace('@', '_at_')}": v
                                       for k, v in row.items() if "@" in k})
             _say("evaluate-retrieval", f"{bench}\n{markdown_table(table)}")

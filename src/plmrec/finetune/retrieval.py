@@ -107,7 +107,7 @@ def results_table(results: dict[str, dict], ks: list[int]) -> pd.DataFrame:
 def markdown_table(df: pd.DataFrame) -> str:
     cols = list(df.columns)
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in df.itertuples(index=False, name=None)]
     return "\n".join(lines) + "\n"
 
 
