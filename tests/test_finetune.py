@@ -143,3 +143,13 @@ def test_no_pairs_fails_before_training(tiny_model_dir, tmp_path):
     p.finetune = tiny_finetune_params(phases=[FinetunePhaseParams(task="item_context", steps=2)])
     with pytest.raises(Exception, match=r"phase 1 \(item_context\): no training pairs from 1 training rows"):
         finetune(p, rows, str(tiny_model_dir), tmp_path / "ft", progress=False)
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs CUDA")
+def test_cuda_bf16_finetuning(prepared, tiny_model_dir, tmp_path):
+    p = Params()
+    p.finetune = tiny_finetune_params(phases=[FinetunePhaseParams(task="sequence_next", steps=10)],
+                                      loss="cached_mnrl", mini_batch_size=4, mlm_weight=0.1)
+    phase = finetune(p, prepared, str(tiny_model_dir), tmp_path / "ft", progress=False)["phases"][0]
+    assert phase["device"].startswith("cuda") and phase["precision"] == "bf16"
+    assert np.isfinite([v for _, v in phase["losses"]]).all()
