@@ -60,3 +60,20 @@ def test_malformed_yaml(tmp_path):
 def test_to_dict_round_trips():
     p = Params()
     assert parse_params(p.to_dict()) == p
+
+
+def test_finetune_phases_checked():
+    with pytest.raises(ConfigError, match=r"invalid value for 'finetune.phases.0.task'.*(got 'next_item')"):
+        parse_params({"finetune": {"phases": [{"task": "next_item", "steps": 3}]}})
+    with pytest.raises(ConfigError, match=r"'finetune.phases.1'.*give exactly one of steps or epochs"):
+        parse_params({"finetune": {"phases": [{"task": "item_context", "steps": 3}, {"task": "sequence_next"}]}})
+    with pytest.raises(ConfigError, match="review_item phase needs reviews_path and meta_path"):
+        parse_params({"finetune": {"phases": [{"task": "review_item", "epochs": 1}]}})
+    with pytest.raises(ConfigError, match=r"unknown key 'finetune.phases.0.step' \(did you mean "
+                                          r"'finetune.phases.0.steps'\?\)"):
+        parse_params({"finetune": {"phases": [{"task": "item_context", "step": 3}]}})
+    p = apply_overrides({}, ["finetune.phases=[{task: sequence_next, epochs: 0.5}]", "retrieval.ks=[5, 20]"])
+    parsed = parse_params(p)
+    assert parsed.finetune.phases[0].epochs == 0.5 and parsed.retrieval.ks == [5, 20]
+    with pytest.raises(ConfigError, match="ks must be positive"):
+        parse_params({"retrieval": {"ks": [0, 10]}})

@@ -111,17 +111,22 @@ class DaptParams(_Section):
         return self
 
 
-class PhaseParams(_Section):
-    corpus: Literal["dapt", "tapt"]
-    objective: Literal["mlm", "tsdae"]
+class _PhaseLength(_Section):
+    """How long a training phase runs: optimizer steps or epochs over its data, exactly one."""
+
     steps: int | None = Field(None, ge=1, description="optimizer steps; or give epochs")
     epochs: float | None = Field(None, gt=0)
 
     @model_validator(mode="after")
-    def _one_length(self) -> "PhaseParams":
+    def _one_length(self) -> "_PhaseLength":
         if (self.steps is None) == (self.epochs is None):
             raise ValueError("give exactly one of steps or epochs")
         return self
+
+
+class PhaseParams(_PhaseLength):
+    corpus: Literal["dapt", "tapt"]
+    objective: Literal["mlm", "tsdae"]
 
     @property
     def name(self) -> str:
@@ -179,16 +184,8 @@ class PretrainParams(TrainingSettings):
 FinetuneTask = Literal["review_item", "item_context", "sequence_next", "sequence_sequence", "item_text"]
 
 
-class FinetunePhaseParams(_Section):
+class FinetunePhaseParams(_PhaseLength):
     task: FinetuneTask
-    steps: int | None = Field(None, ge=1, description="optimizer steps; or give epochs")
-    epochs: float | None = Field(None, gt=0)
-
-    @model_validator(mode="after")
-    def _one_length(self) -> "FinetunePhaseParams":
-        if (self.steps is None) == (self.epochs is None):
-            raise ValueError("give exactly one of steps or epochs")
-        return self
 
 
 class FinetuneParams(TrainingSettings):
