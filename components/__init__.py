@@ -6,6 +6,7 @@ compile time) has plmrec installed.
 """
 
 from plmrec.components.stages import (
+    compare_models,
     evaluate_baseline,
     evaluate_retrieval,
     finetune_encoder,
@@ -17,5 +18,5 @@ from plmrec.components.stages import (
     validate_data,
 )
 
-__all__ = ["evaluate_baseline", "evaluate_retrieval", "finetune_encoder", "finish_tracking", "ingest", "prepare_data",
+__all__ = ["compare_models", "evaluate_baseline", "evaluate_retrieval", "finetune_encoder", "finish_tracking", "ingest", "prepare_data",
            "pretrain_encoder", "train_baseline", "validate_data"]

@@ -90,6 +90,15 @@ def evaluate_retrieval(config: dict, tracking_uri: str, run_key: str, job_id: st
 
 
 @component
+def compare_models(config: dict, tracking_uri: str, run_key: str, job_id: str, prepared_data: Input[Dataset],
+                   finetuned: Input[Model], compare_metrics: Output[Metrics], results: Output[HTML]):
+    """XGBoost with and without PLM features, ALS and its PLM variants, learning to rank: several seeds."""
+    from plmrec.kfp_runtime import compare_models_task
+
+    compare_models_task(config, tracking_uri, run_key or job_id, prepared_data, finetuned, compare_metrics, results)
+
+
+@component
 def finish_tracking(config: dict, tracking_uri: str, run_key: str, job_id: str,
                     status: dsl.PipelineTaskFinalStatus):
     """Exit handler: close the MLflow parent run with the pipeline's final state."""

@@ -1,5 +1,6 @@
 """The training pipeline: ingest -> validate raw -> prepare -> validate prepared, then two branches:
-pretrain encoder (GPU) -> fine-tune encoder (GPU) -> evaluate retrieval, and train -> evaluate the baseline.
+pretrain encoder (GPU) -> fine-tune encoder (GPU) -> evaluate retrieval and compare models (XGBoost with PLM
+features, ALS variants, learning to rank), and train -> evaluate the baseline.
 
 Every stage logs to one MLflow parent run (keyed by the KFP job id, or `run_key`); an exit
 handler closes that run with the pipeline's final state, failed or not.
@@ -11,6 +12,7 @@ import yaml
 from kfp import compiler, dsl
 
 from plmrec.components import (
+    compare_models,
     evaluate_baseline,
     evaluate_retrieval,
     finetune_encoder,
@@ -64,7 +66,9 @@ def build_training_pipeline(params: Params):
                                            pretrained=encoder.outputs["model"], finetuned=tuned.outputs["model"]) \
                 .set_display_name("evaluate-retrieval")
             request_resources(retrieval, params.finetune.resources)
-        for task in (raw, raw_ok, prep, prep_ok, model, scored, encoder, tuned, retrieval):
+            compared = compare_models(**ctx, prepared_data=prep.outputs["prepared_data"],
+                                      finetuned=tuned.outputs["model"]).set_display_name("compare-models")
+        for task in (raw, raw_ok, prep, prep_ok, model, scored, encoder, tuned, retrieval, compared):
             task.set_caching_options(caching)
         finish.set_caching_options(False)
 

@@ -114,3 +114,11 @@ def tiny_finetune_params(**overrides):
                 phases=[FinetunePhaseParams(task="item_context", steps=4),
                         FinetunePhaseParams(task="sequence_next", steps=4)])
     return FinetuneParams(**{**base, **overrides})
+
+
+def quick_recommenders_params():
+    """One seed, no hyperparameter grids: the comparison in seconds."""
+    from plmrec.config import RecommendersParams
+
+    return RecommendersParams(seeds=[0], classifier=dict(ablation=["rf_selection", "text_cluster"]),
+                              mf=dict(factors=[16], similarity_weights=[0.5], cluster_weights=[0.5]))

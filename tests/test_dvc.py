@@ -33,6 +33,8 @@ def test_dvc_repro_runs_only_what_changed(tmp_path):
     params["pretrain"]["log_every"] = 1
     params["finetune"]["phases"] = [{"task": "item_context", "steps": 2}, {"task": "sequence_next", "steps": 2}]
     params["finetune"]["batch_size"] = 8
+    params["recommenders"].update(seeds=[0], mf={**params["recommenders"]["mf"], "factors": [16]})
+    params["recommenders"]["classifier"]["ablation"] = ["text_cluster"]
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1", "HF_HUB_OFFLINE": "1",
            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
@@ -42,7 +44,7 @@ def test_dvc_repro_runs_only_what_changed(tmp_path):
 
     first = _run(dvc + ["repro"], repo, env)
     for stage in ("ingest", "validate_raw", "prepare", "validate_prepared", "train_baseline", "evaluate", "pretrain",
-                  "finetune", "evaluate_retrieval"):
+                  "finetune", "evaluate_retrieval", "compare_models"):
         assert f"Running stage '{stage}'" in first
     pretrain = yaml.safe_load((repo / "metrics" / "pretrain.json").read_text())["pretrain"]
     assert list(pretrain) == ["1-tapt-mlm", "2-dapt-tsdae"] and pretrain["1-tapt-mlm"]["steps"] == 3
@@ -51,6 +53,8 @@ def test_dvc_repro_runs_only_what_changed(tmp_path):
     retrieval = yaml.safe_load((repo / "metrics" / "retrieval.json").read_text())["retrieval"]["online_retail_test"]
     assert set(retrieval) == {"base", "pretrained", "finetuned"}
     assert 0 <= retrieval["finetuned"]["sentence"]["ndcg@10"] <= 1
+    compare = yaml.safe_load((repo / "metrics" / "compare.json").read_text())["compare"]
+    assert set(compare["classifier"]) == {"vanilla", "+text_cluster"} and "ltr" in compare["recommenders"]
     metrics = yaml.safe_load((repo / "metrics" / "baseline.json").read_text())["baseline_xgboost"]["test"]
     assert metrics["accuracy"] > metrics["majority_class_accuracy"]
     raw_mtime = (repo / "data" / "raw.parquet").stat().st_mtime_ns

@@ -3,14 +3,14 @@
 import mlflow
 import pytest
 
-from conftest import tiny_finetune_params, tiny_pretrain_params
+from conftest import quick_recommenders_params, tiny_finetune_params, tiny_pretrain_params
 from plmrec.data.online_retail import transactions_to_csv_bytes
 from plmrec.localrun import run_local
 from plmrec.tracking import RUN_KEY_TAG, STAGE_TAG
 
 pytestmark = pytest.mark.integration
 STAGES = {"ingest", "validate-raw", "prepare", "validate-prepared", "train-baseline", "evaluate", "pretrain", "finetune",
-          "evaluate-retrieval"}
+          "evaluate-retrieval", "compare-models"}
 
 
 def _runs(uri, run_key):
@@ -26,6 +26,7 @@ def test_pipeline_runs_end_to_end(small_params, tiny_model_dir, mlflow_server, t
     small_params.tracking.uri = mlflow_server
     small_params.pretrain = tiny_pretrain_params(tiny_model_dir)
     small_params.finetune = tiny_finetune_params()
+    small_params.recommenders = quick_recommenders_params()
     result = run_local(small_params, run_dir=tmp_path / "run", project_dir=tmp_path)
     out = capsys.readouterr().out
     assert result.succeeded, out
@@ -80,11 +81,19 @@ def test_pipeline_runs_end_to_end(small_params, tiny_model_dir, mlflow_server, t
         assert 0 <= retrieval.data.metrics[f"online_retail_test/{encoder_name}/sentence/recall_at_10"] <= 1
     assert 0 < m["test_retrieval_recall_at_50"] <= 1 and m["test_retrieval_ndcg_at_10"] > 0
 
+    compared = children["compare-models"]
+    assert {"compare/results.md", "compare/precision_at_k.png", "compare/confusion_matrix_best.png",
+            "compare/recommender_table.csv"} <= listed(compared, "compare")
+    assert "ltr beats popularity" in compared.data.tags["compare.verdicts"]
+    assert compared.data.metrics["recommender/ltr/ndcg_at_10_mean"] > compared.data.metrics[
+        "recommender/popularity/ndcg_at_10_mean"]
+    assert 0 < m["test_accuracy_plm_xgboost"] < 1
+
     files = {p.name for p in (tmp_path / "run" / "artifacts").rglob("*") if p.is_file()}
     assert {"raw_data", "prepared_data", "model.json", "encoder.json", "report.html", "confusion_matrix.png",
             "loss_curve", "modules.json", "pretrain_report.json", "item_embeddings.parquet",
-            "user_embeddings.parquet", "finetune_report.json", "table"} <= files
-    assert result.log_path.read_text().count("finished with status") >= 10
+            "user_embeddings.parquet", "finetune_report.json", "table", "results"} <= files
+    assert result.log_path.read_text().count("finished with status") >= 11
 
 
 def test_bad_data_stops_before_training(small_params, small_raw, mlflow_server, tmp_path, capsys):

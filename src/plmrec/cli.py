@@ -292,6 +292,21 @@ def stage_evaluate_retrieval(params_path, overrides, prepared, pretrained, finet
                               tables_dir)
 
 
+@stage.command("compare-models")
+@params_option
+@set_option
+@click.option("--prepared", type=click.Path(dir_okay=False, exists=True), required=True)
+@click.option("--finetuned", type=click.Path(file_okay=False, exists=True), required=True,
+              help="the finetune stage's output (item_embeddings.parquet)")
+@click.option("--metrics", type=click.Path(dir_okay=False), required=True)
+@click.option("--reports-dir", type=click.Path(file_okay=False), required=True)
+def stage_compare_models(params_path, overrides, prepared, finetuned, metrics, reports_dir):
+    """XGBoost with and without PLM features, ALS and its PLM variants, learning to rank, over seeds."""
+    from plmrec import stages
+
+    stages.compare_models(load_params(params_path, overrides), prepared, finetuned, metrics, reports_dir)
+
+
 # ---------------------------------------------------------------------------- models
 @main.command("tiny-model")
 @params_option

@@ -245,6 +245,73 @@ class RetrievalParams(_Section):
         return self
 
 
+class XGBoostParams(_Section):
+    n_estimators: int = Field(300, ge=1)
+    max_depth: int = Field(6, ge=1, le=16)
+    learning_rate: float = Field(0.1, gt=0, le=1)
+    subsample: float = Field(0.8, gt=0, le=1, description="row sampling: what makes seeds differ")
+    colsample_bytree: float = Field(0.8, gt=0, le=1)
+    early_stopping_rounds: int = Field(20, ge=1)
+    n_jobs: int = Field(0, description="0: all cores")
+    device: str = Field("cpu", description="cpu | cuda (XGBoost on GPU)")
+
+
+ClassifierStep = Literal["rf_selection", "text_cluster", "text_pca10", "text_pca2", "stock_code", "invoice", "rfm",
+                         "item"]
+
+
+class ClassifierParams(_Section):
+    base_groups: list[Literal["transaction", "customer", "basket", "item", "rfm", "invoice", "stock_code"]] = \
+        ["transaction", "customer", "basket"]
+    ablation: list[ClassifierStep] = Field(
+        ["rf_selection", "text_cluster", "text_pca10", "text_pca2", "stock_code", "invoice"],
+        description="added one at a time, cumulatively, after the vanilla model (the study's Tables II-VI)")
+    rf_threshold: float = Field(0.04, ge=0, lt=1, description="drop features below this random-forest importance")
+    rf_trees: int = Field(100, ge=1)
+    rf_sample_rows: int = Field(50_000, ge=100)
+    xgboost: XGBoostParams = XGBoostParams()
+
+
+class MatrixFactorizationParams(_Section):
+    factors: list[int] = Field([32, 64], min_length=1, description="chosen on valid")
+    regularization: float = Field(0.05, ge=0)
+    alpha: float = Field(10.0, gt=0, description="confidence = 1 + alpha * log1p(purchase count)")
+    iterations: int = Field(15, ge=1)
+    similarity_weights: list[float] = Field([0.25, 0.5, 0.75], min_length=1,
+                                            description="MF + embedding similarity blend, chosen on valid")
+    cluster_weights: list[float] = Field([0.25, 0.5, 1.0], min_length=1,
+                                         description="MF + cluster label boost, chosen on valid")
+
+
+class LearningToRankParams(_Section):
+    enabled: bool = True
+    mf_candidates: int = Field(100, ge=1)
+    neighbour_candidates: int = Field(100, ge=1)
+    popular_candidates: int = Field(50, ge=0)
+    xgboost: XGBoostParams = XGBoostParams(n_estimators=200)
+
+
+class RecommendersParams(_Section):
+    enabled: bool = True
+    seeds: list[int] = Field([0, 1, 2, 3, 4], min_length=1)
+    clusters: int = Field(8, ge=2, description="KMeans k on training items' embeddings")
+    ks: list[int] = Field([5, 10], min_length=1)
+    exclude_history: bool = Field(False, description="false: repurchases count as hits (wholesale customers "
+                                                     "reorder); true: new items only")
+    primary_metric: str = Field("ndcg@10", description="<metric>@<k> for the verdict, e.g. ndcg@10, map@5")
+    classifier: ClassifierParams = ClassifierParams()
+    mf: MatrixFactorizationParams = MatrixFactorizationParams()
+    ltr: LearningToRankParams = LearningToRankParams()
+
+    @model_validator(mode="after")
+    def _primary_is_computed(self) -> "RecommendersParams":
+        name, _, k = self.primary_metric.partition("@")
+        if name not in ("precision", "recall", "f1", "map", "ndcg") or not k.isdigit() or int(k) not in self.ks:
+            raise ValueError(f"primary_metric '{self.primary_metric}' must be <precision|recall|f1|map|ndcg>@<k> "
+                             f"with k in ks {self.ks}")
+        return self
+
+
 class TrackingParams(_Section):
     uri: str | None = Field(None, description="MLflow tracking URI; MLFLOW_TRACKING_URI, then local SQLite, if unset")
     experiment: str = "plmrec"
@@ -266,6 +333,7 @@ class Params(_Section):
     pretrain: PretrainParams = PretrainParams()
     finetune: FinetuneParams = FinetuneParams()
     retrieval: RetrievalParams = RetrievalParams()
+    recommenders: RecommendersParams = RecommendersParams()
     tracking: TrackingParams = TrackingParams()
     pipeline: PipelineParams = PipelineParams()
 

@@ -124,3 +124,18 @@ def evaluate_retrieval_task(config, tracking_uri, run_key, prepared_data, pretra
                                              for k, v in m.items() if "@" in k})
     sections = "".join(f"<h4>{p.stem}</h4><pre>{p.read_text()}</pre>" for p in sorted(tables_dir.glob("*.md")))
     Path(table.path).write_text(f"<html><body><h3>Next-item retrieval, full ranking</h3>{sections}</body></html>")
+
+
+def compare_models_task(config, tracking_uri, run_key, prepared_data, finetuned, compare_metrics, results) -> None:
+    params, uri = _setup(config, tracking_uri)
+    reports = Path(results.path).parent / "reports"
+    summary = stages.compare_models(params, prepared_data.path, finetuned.path, reports / "metrics.json", reports,
+                                    run_key, uri)
+    for section in ("classifier", "recommenders"):
+        for variant, figures in summary[section].items():
+            _log(compare_metrics, {f"{section}_{variant}_{m.replace('@', '_at_')}_mean": v["mean"]
+                                   for m, v in figures.items()})
+    tables = (reports / "results.md").read_text()
+    body = _image_html("Model comparison", [reports / "precision_at_k.png", reports / "confusion_matrix_best.png",
+                                            reports / "feature_importance.png"], f"<pre>{tables}</pre>")
+    Path(results.path).write_text(body)

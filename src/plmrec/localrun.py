@@ -25,7 +25,8 @@ _END = re.compile(r"Task '([^']+)' finished with status (\w+)")
 _STAGE_NAMES = {"ingest": "ingest", "validate-data": "validate-raw", "prepare-data": "prepare",
                 "validate-data-2": "validate-prepared", "train-baseline": "train-baseline",
                 "evaluate-baseline": "evaluate", "pretrain-encoder": "pretrain", "finetune-encoder": "finetune",
-                "evaluate-retrieval": "evaluate-retrieval", "finish-tracking": "finish-tracking"}
+                "evaluate-retrieval": "evaluate-retrieval", "compare-models": "compare-models",
+                "finish-tracking": "finish-tracking"}
 
 
 class ProgressStream(io.TextIOBase):

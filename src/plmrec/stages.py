@@ -392,3 +392,97 @@ def evaluate_retrieval(params: Params, prepared_path: str | Path, pretrained_dir
                 for name in ("recall", "ndcg"):
                     client.log_metric(parent, f"test_retrieval_{name}_at_{k}", float(head[f"{name}@{k}"]))
         return results
+
+
+def compare_models(params: Params, prepared_path: str | Path, finetuned_dir: str | Path, metrics_path: str | Path,
+                   reports_dir: str | Path, run_key: str | None = None, tracking_uri: str | None = None) -> dict:
+    """The classifier ablation (XGBoost with and without PLM features) and the recommenders
+    (popularity, ALS and its PLM variants, text neighbours, learning to rank), over several seeds."""
+    import mlflow
+
+    from plmrec.recsys import experiment as E
+    from plmrec.recsys.classify import run_ablation
+
+    rp, out = params.recommenders, Path(reports_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with tracking.stage_run(params, "compare-models", run_key, tracking_uri):
+        if not rp.enabled:
+            Path(metrics_path).parent.mkdir(parents=True, exist_ok=True)
+            Path(metrics_path).write_text(json.dumps({"compare": {}}))
+            (out / "results.md").write_text("recommenders.enabled is false: no comparison run\n")
+            _say("compare-models", "disabled (recommenders.enabled: false)")
+            return {"classifier": {}, "recommenders": {}, "verdicts": []}
+        start = time.perf_counter()
+        prepared, _ = read_table(prepared_path)
+        items = pd.read_parquet(Path(finetuned_dir) / "item_embeddings.parquet")
+        say = lambda m: _say("compare-models", m)  # noqa: E731
+        clf_rows, clf_detail = run_ablation(prepared, items, rp.classifier, params.clean.n_quantity_labels,
+                                            rp.seeds, rp.clusters, progress=say)
+        rec_rows, rec_detail = E.run_recommenders(prepared, items, rp, progress=say)
+        ks, primary = sorted(set(rp.ks)), f"test_{rp.primary_metric}"
+        rec_metrics = [f"test_{m}@{k}" for k in ks for m in ("precision", "recall", "f1", "map", "ndcg")]
+        CLASSIFIER = E.CLASSIFIER_METRICS
+        clf_sum = E.mean_std(clf_rows, "variant", CLASSIFIER)
+        rec_sum = E.mean_std(rec_rows, "model", rec_metrics)
+        best_clf = clf_detail["best_variant"]
+        text_rows = [v for v in clf_sum.index if v.startswith("+text") or v in ("+stock_code", "+invoice")]
+        plm_clf = max(text_rows, key=lambda v: clf_rows[clf_rows["variant"] == v]["valid_accuracy"].mean()) \
+            if text_rows else best_clf
+        verdicts = [E.verdict(clf_sum, "test_accuracy", plm_clf, "vanilla", "XGBoost quantity label"),
+                    E.verdict(rec_sum, primary, "mf+similarity", "mf", "MF"),
+                    E.verdict(rec_sum, primary, "mf+cluster", "mf", "MF"),
+                    E.verdict(rec_sum, primary, "ltr", "popularity", "Learning to rank")
+                    if "ltr" in rec_sum.index else None]
+        verdicts = [v for v in verdicts if v]
+        clf_table = E.format_table(clf_sum, CLASSIFIER)
+        rec_table = E.format_table(rec_sum, rec_metrics)
+        md = (f"## XGBoost, 5-level quantity label (test, %, mean ± std over seeds {rp.seeds})\n\n"
+              + E.markdown(clf_table) + f"\nVariant chosen on valid accuracy: {best_clf}.\n\n"
+              f"## Recommenders (test, %, mean ± std over seeds {rp.seeds}; "
+              f"{rec_detail['test_customers']:,} customers)\n\n" + E.markdown(rec_table)
+              + "\n## Verdicts\n\n" + "".join(f"- {v}\n" for v in verdicts))
+        (out / "results.md").write_text(md)
+        clf_rows.to_csv(out / "classifier_runs.csv", index=False)
+        rec_rows.to_csv(out / "recommender_runs.csv", index=False)
+        clf_table.to_csv(out / "classifier_table.csv", index=False)
+        rec_table.to_csv(out / "recommender_table.csv", index=False)
+        plot_confusion(clf_detail["confusion_matrix"], out / "confusion_matrix_best.png",
+                       f"XGBoost {best_clf}, test")
+        E.plot_importance(clf_detail["importance"], out / "feature_importance.png", f"XGBoost {best_clf}")
+        E.plot_curves(rec_detail["precision_curves"], out / "precision_at_k.png")
+        if rp.ltr.enabled:
+            last = rec_detail["chosen"][rp.seeds[-1]]
+            E.plot_importance(last["ltr_importance"], out / "ltr_feature_importance.png", "learning-to-rank features")
+        summary = {"classifier": {v: {m.replace("test_", ""): {"mean": float(clf_sum.loc[v, ("mean", m)]),
+                                                               "std": float(clf_sum.loc[v, ("std", m)])}
+                                      for m in CLASSIFIER} for v in clf_sum.index},
+                   "recommenders": {v: {m.replace("test_", ""): {"mean": float(rec_sum.loc[v, ("mean", m)]),
+                                                                 "std": float(rec_sum.loc[v, ("std", m)])}
+                                        for m in rec_metrics} for v in rec_sum.index},
+                   "best_classifier_variant": best_clf, "chosen": rec_detail["chosen"], "verdicts": verdicts,
+                   "test_customers": rec_detail["test_customers"], "seeds": rp.seeds,
+                   "seconds": round(time.perf_counter() - start, 1)}
+        Path(metrics_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(metrics_path).write_text(json.dumps({"compare": {k: summary[k] for k in ("classifier", "recommenders")}},
+                                                 indent=2))
+        (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        for v in clf_sum.index:
+            tracking.log_numeric({f"{m.replace('test_', '')}_mean": clf_sum.loc[v, ("mean", m)] for m in CLASSIFIER},
+                                 f"classifier/{v.lstrip('+')}/")
+        for v in rec_sum.index:
+            tracking.log_numeric({f"{m.replace('test_', '').replace('@', '_at_')}_mean": rec_sum.loc[v, ("mean", m)]
+                                  for m in rec_metrics}, f"recommender/{v.replace('+', '_')}/")
+        mlflow.log_table(clf_rows, "compare/classifier_runs.json")
+        mlflow.log_table(rec_rows, "compare/recommender_runs.json")
+        mlflow.log_artifacts(str(out), "compare")
+        mlflow.set_tag("compare.verdicts", " | ".join(verdicts)[:5000])
+        if run_key:
+            uri = tracking_uri or tracking.resolve_tracking_uri(params)
+            client = mlflow.MlflowClient(uri)
+            parent = tracking.parent_run(uri, params, run_key)
+            client.log_metric(parent, f"test_{rp.primary_metric.replace('@', '_at_')}_ltr",
+                              float(rec_sum.loc["ltr", ("mean", primary)]) if "ltr" in rec_sum.index else 0.0)
+            client.log_metric(parent, "test_accuracy_plm_xgboost", float(clf_sum.loc[plm_clf, ("mean", "test_accuracy")]))
+        for v in verdicts:
+            _say("compare-models", v)
+        return summary

@@ -1,0 +1,160 @@
+"""The comparison run: the classifier ablation and the recommenders over several seeds, summarised
+as mean ± std tables in the study's layout, with a one-line verdict per comparison."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from plmrec.config import RecommendersParams
+from plmrec.features import EmbeddingFeatures
+from plmrec.finetune.embed import stack
+from plmrec.recsys import recommend as R
+
+CLASSIFIER_METRICS = ["test_accuracy", "test_precision_macro", "test_recall_macro", "test_f1_macro"]
+CURVE_KS = list(range(1, 21))
+
+
+def _primary(rp: RecommendersParams) -> str:
+    return rp.primary_metric
+
+
+def run_recommenders(prepared: pd.DataFrame, items: pd.DataFrame, rp: RecommendersParams,
+                     progress: Callable[[str], None] | None = None) -> tuple[pd.DataFrame, dict]:
+    """One row per (model, seed) with test metrics (and the valid figure that chose its settings)."""
+    say = progress or (lambda _m: None)
+    codes = items["StockCode"].astype(str).tolist()
+    item_col = {c: i for i, c in enumerate(codes)}
+    vectors = stack(items["embedding"])
+    train_codes = prepared.loc[prepared["split"] == "train", "StockCode"].unique()
+    ks = sorted(set(rp.ks))
+    kmax = max(max(ks), max(CURVE_KS))
+    wv = R.make_window(prepared, item_col, "valid", rp.exclude_history)
+    wt = R.make_window(prepared, item_col, "test", rp.exclude_history)
+    if not len(wv.eval_rows) or not len(wt.eval_rows):
+        raise ValueError(f"no customer to evaluate (valid {len(wv.eval_rows)}, test {len(wt.eval_rows)}): "
+                         f"customers need purchases before and inside the window")
+    primary = _primary(rp)
+    records, curves, chosen = [], {}, {}
+    for seed in rp.seeds:
+        clusters = EmbeddingFeatures.fit(items, train_codes, rp.clusters, seed).table[:, 0].astype(np.int64)
+
+        def ranked(w, scores):
+            return R.top_k(scores, kmax, w.counts[w.eval_rows] if rp.exclude_history else None)
+
+        # choose the ALS size, then the blend weights, on valid
+        by_factors = {}
+        for f in rp.mf.factors:
+            s = R.fit_scorers(wv, vectors, clusters, rp.clusters, f, rp, seed)
+            by_factors[f] = (R.evaluate(ranked(wv, s.mf), wv.relevant, ks)[primary], s)
+        factors = max(by_factors, key=lambda f: by_factors[f][0])
+        sv = by_factors[factors][1]
+        sim_w = max(rp.mf.similarity_weights, key=lambda a: R.evaluate(
+            ranked(wv, R.variant_scores(sv, a, 0.0)["mf+similarity"]), wv.relevant, ks)[primary])
+        clu_w = max(rp.mf.cluster_weights, key=lambda a: R.evaluate(
+            ranked(wv, R.variant_scores(sv, 0.0, a)["mf+cluster"]), wv.relevant, ks)[primary])
+        chosen[seed] = {"factors": factors, "similarity_weight": sim_w, "cluster_weight": clu_w}
+        valid_scores = R.variant_scores(sv, sim_w, clu_w)
+        st = R.fit_scorers(wt, vectors, clusters, rp.clusters, factors, rp, seed)  # refit on train + valid
+        test_scores = R.variant_scores(st, sim_w, clu_w)
+        lists = {name: (ranked(wv, valid_scores[name]), ranked(wt, test_scores[name])) for name in valid_scores}
+        if rp.ltr.enabled:
+            cand_v = _drop_history(R.ltr_candidates(wv, sv, rp), wv, rp.exclude_history)
+            frame_v, qid_v = R.ltr_frame(wv, sv, cand_v)
+            ranker = R.fit_ranker(frame_v, qid_v, R.ltr_labels(wv, cand_v), rp, seed)
+            cand_t = _drop_history(R.ltr_candidates(wt, st, rp), wt, rp.exclude_history)
+            frame_t, qid_t = R.ltr_frame(wt, st, cand_t)
+            lists["ltr"] = (R.ltr_rank(ranker, frame_v, qid_v, cand_v, kmax), R.ltr_rank(ranker, frame_t, qid_t, cand_t, kmax))
+            chosen[seed]["ltr_best_iteration"] = int(ranker.best_iteration)
+            chosen[seed]["ltr_importance"] = dict(zip(R.LTR_FEATURES, map(float, ranker.feature_importances_)))
+        for name, (on_valid, on_test) in lists.items():
+            v = R.evaluate(on_valid, wv.relevant, ks)
+            t = R.evaluate(on_test, wt.relevant, ks)
+            records.append({"model": name, "seed": seed, f"valid_{primary}": v[primary],
+                            **{f"test_{k}": val for k, val in t.items() if "@" in k}, "test_customers": t["queries"]})
+            if seed == rp.seeds[-1]:
+                curves[name] = [R.evaluate(on_test[:, :k], wt.relevant, [k])[f"precision@{k}"] for k in CURVE_KS]
+        say(f"recommenders seed {seed}: factors {factors}, similarity weight {sim_w}, cluster weight {clu_w}; "
+            + ", ".join(f"{r['model']} {r[f'test_{primary}']:.4f}" for r in records if r["seed"] == seed))
+    return pd.DataFrame(records), {"chosen": chosen, "precision_curves": curves, "valid_customers": len(wv.eval_rows),
+                                   "test_customers": len(wt.eval_rows)}
+
+
+def _drop_history(candidates: list[np.ndarray], w: R.Window, exclude: bool) -> list[np.ndarray]:
+    if not exclude:
+        return candidates
+    return [np.setdiff1d(c, w.counts[r].indices) for c, r in zip(candidates, w.eval_rows)]
+
+
+def mean_std(table: pd.DataFrame, by: str, metrics: list[str]) -> pd.DataFrame:
+    """mean and std per group (std over seeds, ddof=1; 0 for one seed), keeping the first-seen order."""
+    g = table.groupby(by, sort=False)[metrics]
+    mean, std = g.mean(), g.std(ddof=1).fillna(0.0)
+    return pd.concat({"mean": mean, "std": std}, axis=1)
+
+
+def format_table(summary: pd.DataFrame, metrics: list[str], scale: float = 100.0, digits: int = 1) -> pd.DataFrame:
+    """'mean ± std' strings (percent by default), the study's layout."""
+    out = pd.DataFrame(index=summary.index)
+    for m in metrics:
+        out[m.replace("test_", "")] = [f"{a * scale:.{digits}f} ± {b * scale:.{digits}f}"
+                                       for a, b in zip(summary[("mean", m)], summary[("std", m)])]
+    return out.reset_index()
+
+
+def verdict(summary: pd.DataFrame, metric: str, plm: str, vanilla: str, label: str) -> str:
+    """Does the PLM variant beat its vanilla counterpart on the metric, by how much."""
+    a, sa = summary.loc[plm, ("mean", metric)], summary.loc[plm, ("std", metric)]
+    b, sb = summary.loc[vanilla, ("mean", metric)], summary.loc[vanilla, ("std", metric)]
+    diff = a - b
+    rel = diff / b * 100 if b else float("nan")
+    clear = abs(diff) > (sa + sb)
+    word = ("beats" if diff > 0 else "trails") + ("" if clear else " (within one std of)")
+    return (f"{label}: {plm} {word} {vanilla} on {metric.replace('test_', '')}: {a:.4f} ± {sa:.4f} vs "
+            f"{b:.4f} ± {sb:.4f} ({diff:+.4f} absolute, {rel:+.1f}% relative)")
+
+
+def markdown(df: pd.DataFrame) -> str:
+    cols = list(df.columns)
+    lines = ["| " + " | ".join(map(str, cols)) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in df.itertuples(index=False, name=None)]
+    return "\n".join(lines) + "\n"
+
+
+def plot_curves(curves: dict[str, list[float]], path: str | Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for name, values in curves.items():
+        ax.plot(CURVE_KS, values, marker=".", label=name)
+    ax.set_xlabel("K")
+    ax.set_ylabel("precision@K (test)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_importance(importance: dict[str, float], path: str | Path, title: str, top: int = 20) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    items = sorted(importance.items(), key=lambda kv: kv[1])[-top:]
+    fig, ax = plt.subplots(figsize=(5.5, 0.25 * len(items) + 1.2))
+    ax.barh([k for k, _ in items], [v for _, v in items])
+    ax.set_xlabel("importance (gain share)")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)

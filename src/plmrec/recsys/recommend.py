@@ -1,0 +1,209 @@
+"""Top-K recommenders on the temporal split: popularity, implicit ALS and its PLM variants, text
+nearest neighbours, and a learning-to-rank re-ranker.
+
+For an evaluation window (valid or test), models see only purchases before it; a customer is
+evaluated when they have such a history and buy something in the window. Hyperparameters (ALS
+factors, blend weights) are chosen on valid; the models are then refitted on train + valid and
+the test window is scored once. The ranker learns on the valid window (features from models fitted
+on train) and ranks the test window (features from models refitted on train + valid).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from plmrec.config import RecommendersParams
+from plmrec.ranking import ranking_metrics
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # implicit warns (and slows) with threaded BLAS
+
+
+@dataclass
+class Window:
+    """Purchases before an evaluation window and what each evaluated customer bought in it."""
+
+    customers: np.ndarray          # every customer with history (matrix rows)
+    counts: sp.csr_matrix          # customers x items, purchase lines before the window
+    last_day: sp.csr_matrix        # customers x items, day (since epoch) of the latest such purchase + 1
+    eval_rows: np.ndarray          # matrix rows of the evaluated customers
+    relevant: list[set[int]]       # item columns bought in the window, per evaluated customer
+    end_day: float                 # the window's first day
+
+
+def make_window(prepared: pd.DataFrame, item_col: dict[str, int], split: str, exclude_history: bool) -> Window:
+    before = ("train",) if split == "valid" else ("train", "valid")
+    past = prepared[prepared["split"].isin(before)]
+    future = prepared[prepared["split"] == split]
+    customers = np.sort(past["CustomerID"].unique())
+    row = {c: i for i, c in enumerate(customers)}
+    r = past["CustomerID"].map(row).to_numpy()
+    c = past["StockCode"].astype(str).map(item_col).to_numpy()
+    day = (past["InvoiceDate"].astype("int64") // (86_400 * 10**9)).to_numpy().astype(np.float64)
+    shape = (len(customers), len(item_col))
+    counts = sp.csr_matrix((np.ones(len(r), dtype=np.float32), (r, c)), shape=shape)
+    last = pd.DataFrame({"r": r, "c": c, "d": day}).groupby(["r", "c"])["d"].max().reset_index()
+    last_day = sp.csr_matrix((last["d"].to_numpy() + 1, (last["r"], last["c"])), shape=shape)
+    wanted = future[future["CustomerID"].isin(row)].groupby("CustomerID")["StockCode"].agg(
+        lambda s: {item_col[str(x)] for x in s if str(x) in item_col})
+    eval_rows, relevant = [], []
+    for customer, items in wanted.items():
+        i = row[customer]
+        if exclude_history:
+            items = items - set(counts[i].indices)
+        if items:
+            eval_rows.append(i)
+            relevant.append(items)
+    end_day = float(future["InvoiceDate"].min().value // (86_400 * 10**9))
+    return Window(customers, counts, last_day, np.array(eval_rows, dtype=np.int64), relevant, end_day)
+
+
+def fit_als(counts: sp.csr_matrix, factors: int, regularization: float, alpha: float, iterations: int,
+            seed: int) -> tuple[np.ndarray, np.ndarray]:
+    from implicit.als import AlternatingLeastSquares
+
+    confidence = counts.copy()
+    confidence.data = 1.0 + alpha * np.log1p(confidence.data)
+    model = AlternatingLeastSquares(factors=factors, regularization=regularization, alpha=1.0,
+                                    iterations=iterations, random_state=seed)
+    model.fit(confidence.astype(np.float32), show_progress=False)
+    return np.asarray(model.user_factors), np.asarray(model.item_factors)
+
+
+def _zscore(scores: np.ndarray) -> np.ndarray:
+    mean = scores.mean(axis=1, keepdims=True)
+    std = scores.std(axis=1, keepdims=True)
+    return (scores - mean) / np.where(std > 0, std, 1.0)
+
+
+def user_profiles(counts: sp.csr_matrix, rows: np.ndarray, item_vectors: np.ndarray, clusters: np.ndarray,
+                  n_clusters: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per customer: the normalised mean of their items' vectors and their share of purchases per cluster."""
+    sub = counts[rows]
+    binary = sub.copy()
+    binary.data[:] = 1.0
+    vecs = binary @ item_vectors
+    vecs /= np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
+    onehot = sp.csr_matrix((np.ones(len(clusters)), (np.arange(len(clusters)), clusters)),
+                           shape=(len(clusters), n_clusters))
+    share = np.asarray((sub @ onehot).todense(), dtype=np.float32)
+    share /= np.maximum(share.sum(axis=1, keepdims=True), 1e-12)
+    return vecs.astype(np.float32), share
+
+
+def top_k(scores: np.ndarray, k: int, exclude: sp.csr_matrix | None = None) -> np.ndarray:
+    scores = scores.copy()
+    if exclude is not None:
+        r, c = exclude.nonzero()
+        scores[r, c] = -np.inf
+    part = np.argpartition(-scores, kth=min(k, scores.shape[1] - 1), axis=1)[:, :k]
+    order = np.take_along_axis(scores, part, axis=1)
+    idx = np.lexsort((part, -order), axis=1)  # by score, ties by item column
+    return np.take_along_axis(part, idx, axis=1)
+
+
+def evaluate(ranked: np.ndarray, relevant: list[set[int]], ks: list[int]) -> dict[str, float]:
+    m = ranking_metrics(ranked.tolist(), relevant, ks)
+    for k in ks:
+        p, r = m[f"precision@{k}"], m[f"recall@{k}"]
+        m[f"f1@{k}"] = 2 * p * r / (p + r) if p + r > 0 else 0.0  # of the mean P and R, as in the study
+    return m
+
+
+@dataclass
+class Scorers:
+    """Everything fitted on one window's history that the recommenders score with."""
+
+    mf: np.ndarray          # eval customers x items
+    similarity: np.ndarray  # cosine(customer mean vector, item vector)
+    cluster: np.ndarray     # the customer's purchase share of the item's cluster
+    popularity: np.ndarray  # items, log1p purchase lines
+
+
+def fit_scorers(w: Window, item_vectors: np.ndarray, clusters: np.ndarray, n_clusters: int, factors: int,
+                rp: RecommendersParams, seed: int) -> Scorers:
+    uf, vf = fit_als(w.counts, factors, rp.mf.regularization, rp.mf.alpha, rp.mf.iterations, seed)
+    vecs, share = user_profiles(w.counts, w.eval_rows, item_vectors, clusters, n_clusters)
+    popularity = np.log1p(np.asarray(w.counts.sum(axis=0)).ravel())
+    return Scorers(mf=uf[w.eval_rows] @ vf.T, similarity=vecs @ item_vectors.T, cluster=share[:, clusters],
+                   popularity=popularity)
+
+
+def variant_scores(s: Scorers, similarity_weight: float, cluster_weight: float) -> dict[str, np.ndarray]:
+    mf = _zscore(s.mf)
+    return {"popularity": np.broadcast_to(s.popularity, s.mf.shape),
+            "mf": s.mf,
+            "mf+cluster": mf + cluster_weight * _zscore(s.cluster),
+            "mf+similarity": (1 - similarity_weight) * mf + similarity_weight * _zscore(s.similarity),
+            "text_neighbours": s.similarity}
+
+
+LTR_FEATURES = ["mf", "mf_rank", "similarity", "cluster_share", "popularity", "user_item_lines",
+                "days_since_user_bought_item", "user_lines", "item_customers"]
+
+
+def ltr_candidates(w: Window, s: Scorers, rp: RecommendersParams) -> list[np.ndarray]:
+    lt = rp.ltr
+    mf_top = top_k(s.mf, lt.mf_candidates)
+    nn_top = top_k(s.similarity, lt.neighbour_candidates)
+    popular = np.argsort(-s.popularity, kind="stable")[:lt.popular_candidates]
+    out = []
+    for i, r in enumerate(w.eval_rows):
+        own = w.counts[r].indices
+        out.append(np.unique(np.concatenate([mf_top[i], nn_top[i], popular, own])))
+    return out
+
+
+def ltr_frame(w: Window, s: Scorers, candidates: list[np.ndarray]) -> tuple[pd.DataFrame, np.ndarray]:
+    """One row per (customer, candidate) with the ranker's features; also the query id per row."""
+    mf_rank = np.argsort(np.argsort(-s.mf, axis=1), axis=1)
+    item_customers = np.asarray((w.counts > 0).sum(axis=0)).ravel()
+    parts, qids = [], []
+    for i, (r, items) in enumerate(zip(w.eval_rows, candidates)):
+        lines = np.asarray(w.counts[r, items].todense()).ravel()
+        last = np.asarray(w.last_day[r, items].todense()).ravel()
+        parts.append(np.column_stack([
+            s.mf[i, items], mf_rank[i, items], s.similarity[i, items], s.cluster[i, items], s.popularity[items],
+            lines, np.where(last > 0, w.end_day - (last - 1), 9999.0), np.full(len(items), w.counts[r].sum()),
+            item_customers[items]]))
+        qids.append(np.full(len(items), i))
+    return pd.DataFrame(np.vstack(parts), columns=LTR_FEATURES), np.concatenate(qids)
+
+
+def ltr_labels(w: Window, candidates: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate([np.isin(items, list(rel)).astype(np.float32)
+                           for items, rel in zip(candidates, w.relevant)])
+
+
+def fit_ranker(frame: pd.DataFrame, qid: np.ndarray, labels: np.ndarray, rp: RecommendersParams, seed: int):
+    """XGBoost rank:ndcg on the valid window; early stopping on a held-out fifth of its customers."""
+    import xgboost as xgb
+
+    xp = rp.ltr.xgboost
+    queries = np.unique(qid)
+    held = np.random.default_rng(seed).choice(queries, size=max(1, len(queries) // 5), replace=False)
+    is_held = np.isin(qid, held)
+    ranker = xgb.XGBRanker(objective="rank:ndcg", n_estimators=xp.n_estimators, max_depth=xp.max_depth,
+                           learning_rate=xp.learning_rate, subsample=xp.subsample,
+                           colsample_bytree=xp.colsample_bytree, tree_method="hist", device=xp.device,
+                           early_stopping_rounds=xp.early_stopping_rounds, eval_metric="ndcg@10",
+                           random_state=seed, n_jobs=xp.n_jobs or None)
+    ranker.fit(frame[~is_held], labels[~is_held], qid=qid[~is_held],
+               eval_set=[(frame[is_held], labels[is_held])], eval_qid=[qid[is_held]], verbose=False)
+    return ranker
+
+
+def ltr_rank(ranker, frame: pd.DataFrame, qid: np.ndarray, candidates: list[np.ndarray], k: int) -> np.ndarray:
+    scores = ranker.predict(frame)
+    out = np.full((len(candidates), k), -1, dtype=np.int64)
+    start = 0
+    for i, items in enumerate(candidates):
+        sc = scores[start:start + len(items)]
+        order = np.lexsort((items, -sc))[:k]
+        out[i, :len(order)] = items[order]
+        start += len(items)
+    return out

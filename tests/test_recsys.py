@@ -1,0 +1,123 @@
+"""Feature-based models and recommenders: windows, features fitted on train only, and the
+integration claims (text features help XGBoost; learning to rank beats popularity)."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import SMALL
+from plmrec.config import ClassifierParams, Params, RecommendersParams, SyntheticParams
+from plmrec.data.prepare import prepare_transactions
+from plmrec.features import EmbeddingFeatures
+from plmrec.finetune.embed import encode_texts, item_table
+from plmrec.finetune.pairs import catalogue
+from plmrec.recsys import experiment as E
+from plmrec.recsys import recommend as R
+from plmrec.recsys.classify import ablation_rows, run_ablation
+
+
+@pytest.fixture(scope="module")
+def prepared():
+    from plmrec.data.synthetic import generate_transactions
+
+    p = Params()
+    table, _ = prepare_transactions(generate_transactions(SyntheticParams(**SMALL)), p.clean, p.split)
+    return table
+
+
+@pytest.fixture(scope="module")
+def minilm_items(prepared):
+    """Item embeddings from the offline MiniLM (the default base model)."""
+    from plmrec.finetune.retrieval import load_encoder
+    from plmrec.pretrain.models import resolve_base_model
+
+    cat = catalogue(prepared)
+    model = load_encoder(resolve_base_model("sentence-transformers/all-MiniLM-L6-v2"), "mean", 64)
+    return item_table(cat["StockCode"].tolist(), cat["Description"].tolist(),
+                      encode_texts(model, cat["Description"].tolist()))
+
+
+def test_ablation_rows_are_cumulative():
+    rows = ablation_rows(ClassifierParams(base_groups=["transaction"],
+                                          ablation=["rf_selection", "text_cluster", "stock_code"]))
+    assert [r["variant"] for r in rows] == ["vanilla", "+rf_selection", "+text_cluster", "+stock_code"]
+    assert rows[-1] == {"variant": "+stock_code", "groups": ["transaction", "stock_code"], "text": ["text_cluster"],
+                        "rf": True}
+    assert rows[0]["rf"] is False and rows[0]["text"] == []
+
+
+def test_embedding_features_are_fitted_on_training_items_only():
+    rng = np.random.default_rng(0)
+    vecs = rng.normal(size=(40, 16)).astype(np.float32)
+    items = item_table([f"c{i}" for i in range(40)], ["x"] * 40, vecs)
+    train_codes = [f"c{i}" for i in range(30)]
+    base = EmbeddingFeatures.fit(items, train_codes, clusters=3, seed=0)
+    shifted = items.copy()
+    shifted.loc[35, "embedding"] = vecs[35] * 1000  # an extreme item that is never sold in train
+    again = EmbeddingFeatures.fit(shifted, train_codes, clusters=3, seed=0)
+    assert np.allclose(base.table[:30], again.table[:30])  # PCA and KMeans did not see it
+    out = again.transform(pd.Series(["c1", "c35", "unknown"]), ["text_cluster", "text_pca2"])
+    assert list(out.columns) == ["text_cluster", "text_pca2_0", "text_pca2_1"]
+    assert out.loc[2, "text_cluster"] == -1 and out.loc[2, ["text_pca2_0", "text_pca2_1"]].isna().all()
+
+
+def _table(spec):
+    df = pd.DataFrame(spec, columns=["CustomerID", "StockCode", "InvoiceDate", "split"])
+    df["InvoiceDate"] = pd.to_datetime(df["InvoiceDate"])
+    return df
+
+
+def test_window_history_and_relevant_items():
+    df = _table([(1, "a", "2011-01-01", "train"), (1, "b", "2011-02-01", "train"), (1, "a", "2011-09-10", "valid"),
+                 (1, "c", "2011-11-01", "test"), (1, "a", "2011-11-02", "test"), (2, "b", "2011-03-01", "train"),
+                 (3, "c", "2011-11-05", "test")])  # customer 3 has no history: not evaluated
+    col = {"a": 0, "b": 1, "c": 2}
+    w = R.make_window(df, col, "test", exclude_history=False)
+    assert w.customers.tolist() == [1, 2] and w.eval_rows.tolist() == [0]
+    assert w.relevant == [{0, 2}]
+    assert w.counts.toarray().tolist() == [[2, 1, 0], [0, 1, 0]]  # train + valid purchases
+    assert R.make_window(df, col, "test", exclude_history=True).relevant == [{2}]
+    v = R.make_window(df, col, "valid", exclude_history=False)
+    assert v.counts.toarray().tolist() == [[1, 1, 0], [0, 1, 0]] and v.relevant == [{0}]
+
+
+def test_top_k_breaks_ties_by_item_and_excludes():
+    import scipy.sparse as sp
+
+    scores = np.array([[0.5, 0.9, 0.5, 0.1], [1.0, 1.0, 1.0, 1.0]])
+    assert R.top_k(scores, 3).tolist() == [[1, 0, 2], [0, 1, 2]]
+    assert R.top_k(scores, 2, sp.csr_matrix(np.array([[0, 1, 0, 0], [1, 0, 0, 0]]))).tolist() == [[0, 2], [1, 2]]
+
+
+def test_f1_is_the_harmonic_mean_of_mean_precision_and_recall():
+    m = R.evaluate(np.array([[0, 1], [2, 3]]), [{0}, {9}], [2])
+    assert m["precision@2"] == pytest.approx(0.25) and m["recall@2"] == pytest.approx(0.5)
+    assert m["f1@2"] == pytest.approx(2 * 0.25 * 0.5 / 0.75)
+
+
+def test_verdict_reports_absolute_relative_and_std():
+    table = pd.DataFrame({"model": ["mf", "mf", "mf+similarity", "mf+similarity"], "seed": [0, 1, 0, 1],
+                          "test_ndcg@10": [0.20, 0.22, 0.25, 0.27]})
+    summary = E.mean_std(table, "model", ["test_ndcg@10"])
+    line = E.verdict(summary, "test_ndcg@10", "mf+similarity", "mf", "MF")
+    assert line.startswith("MF: mf+similarity beats mf on ndcg@10: 0.2600 ± 0.0141 vs 0.2100 ± 0.0141")
+    assert "(+0.0500 absolute, +23.8% relative)" in line
+    assert "within one std" in E.verdict(summary.iloc[::-1], "test_ndcg@10", "mf", "mf", "MF")
+
+
+@pytest.mark.integration
+def test_text_features_help_xgboost_and_ranker_beats_popularity(prepared, minilm_items):
+    cp = ClassifierParams(ablation=["text_pca10"])
+    table, detail = run_ablation(prepared, minilm_items, cp, 5, seeds=[0, 1], clusters=8)
+    acc = table.groupby("variant")["test_accuracy"].mean()
+    assert acc["+text_pca10"] > acc["vanilla"] + 0.01, acc.to_dict()
+    assert detail["best_variant"] == "+text_pca10"  # chosen on valid
+    assert any(c.startswith("text_pca10_") for c in detail["columns"])
+
+    rp = RecommendersParams(seeds=[0], mf=dict(factors=[16], similarity_weights=[0.5], cluster_weights=[0.5]))
+    rows, info = E.run_recommenders(prepared, minilm_items, rp)
+    ndcg = rows.set_index("model")["test_ndcg@10"]
+    assert ndcg["ltr"] > ndcg["popularity"] + 0.05, ndcg.to_dict()
+    assert ndcg["mf"] > ndcg["popularity"]
+    assert set(ndcg.index) == {"popularity", "mf", "mf+cluster", "mf+similarity", "text_neighbours", "ltr"}
+    assert info["chosen"][0]["factors"] == 16 and len(info["precision_curves"]["ltr"]) == 20
