@@ -25,8 +25,10 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "bench"))
 SHARED = Path(os.environ.get("PLMREC_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
+from _report import emit  # noqa: E402
 from plmrec.finetune.embed import encode_texts  # noqa: E402
 from plmrec.finetune.retrieval import load_encoder  # noqa: E402
 from plmrec.pretrain.models import quiet_transformers, resolve_base_model  # noqa: E402
@@ -97,10 +99,7 @@ def main() -> None:
            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else
            f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)",
            "torch": torch.__version__, "results": results}
-    text = json.dumps(out, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    emit(out, args.out)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ dense bf16 FLOP/s.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import tempfile
@@ -24,7 +23,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "bench"))
 
+from _report import emit  # noqa: E402
 from plmrec.data.synthetic import synthetic_catalogue  # noqa: E402  (needs only numpy/pandas)
 from plmrec.pretrain.corpus import finish_corpus, synthetic_dapt_corpus  # noqa: E402
 from plmrec.pretrain.models import build_tiny_roberta, quiet_transformers  # noqa: E402
@@ -166,10 +167,7 @@ def main(argv=None) -> dict:
            "compile": args.compile, "attention_dropout": args.attention_dropout, "attention": args.attention, "timed_steps": args.steps, "warmup_steps": args.warmup,
            "threads": torch.get_num_threads(), "results": runs,
            "command": "python bench/pretrain_throughput.py " + " ".join(argv if argv is not None else sys.argv[1:])}
-    text = json.dumps(out, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text)
+    emit(out, args.out)
     return out
 
 

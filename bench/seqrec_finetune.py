@@ -23,8 +23,10 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "bench"))
 SHARED = Path(os.environ.get("PLMREC_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
+from _report import emit  # noqa: E402
 from plmrec.data.seqrec import load_seqrec  # noqa: E402
 from plmrec.finetune.objective import Contrastive  # noqa: E402
 from plmrec.finetune.pairs import render_history  # noqa: E402
@@ -107,10 +109,7 @@ def main() -> None:
            "train_pairs_per_s": round(result.samples_per_s, 1),
            "zero_shot": {"valid": zero_valid, "test": zero_test}, "valid_by_epoch": history,
            "chosen_epoch": best["epoch"], "finetuned_test": score(test_q)}
-    text = json.dumps(out, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    emit(out, args.out)
 
 
 if __name__ == "__main__":

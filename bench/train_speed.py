@@ -23,10 +23,11 @@ from pathlib import Path
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "bench"))
 SHARED = Path(os.environ.get("PLMREC_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
-import numpy as np  # noqa: E402
 
+from _report import emit  # noqa: E402
 from plmrec.config import Params, XGBoostParams  # noqa: E402
 from plmrec.data.prepare import prepare_transactions  # noqa: E402
 from plmrec.features import TabularEncoder  # noqa: E402
@@ -99,10 +100,7 @@ def main() -> None:
 
     out = {"bench": "train_speed", "data": source, "cpu": f"{platform.machine()}, {os.cpu_count()} cores",
            "xgboost_version": xgboost.__version__, "torch_threads": torch.get_num_threads(), "results": results}
-    text = json.dumps(out, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    emit(out, args.out)
 
 
 if __name__ == "__main__":
