@@ -1,6 +1,8 @@
 """Pretraining: objectives learn, phases hand weights on, runs resume, bad settings fail early."""
 
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -197,3 +199,29 @@ def test_cuda_bf16_path(tiny_model_dir, compile_):
     ts = Tsdae(str(tiny_model_dir), 32)
     r2 = train(ts, ts.encode(SENTENCES * 10), _cfg(steps=10, batch_size=16))
     assert r2.precision == "bf16" and np.isfinite(r2.losses[-1][1])
+
+
+@pytest.mark.integration
+def test_data_parallel_under_torchrun(tiny_model_dir, tmp_path):
+    """Two CPU processes (gloo): replicas stay identical, batches are split, rank 0 writes."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(port), str(Path(__file__).parent / "ddp_worker.py"), str(tiny_model_dir),
+           str(tmp_path)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert r0["start"] == r1["start"] and r0["end"] == r1["end"] != r0["start"]  # gradients averaged
+    assert r0["samples"] == r1["samples"] == 6 * 4 * 2  # throughput of the whole job
+    assert r0["device"] == "cpu x2 ranks"
+    report = json.loads((tmp_path / "schedule" / "pretrain_report.json").read_text())
+    first, second = report["phases"]
+    assert second["start_fingerprint"] == first["end_fingerprint"]
+    assert (tmp_path / "schedule" / "sentence-transformer" / "modules.json").exists()

@@ -194,6 +194,7 @@ def pretrain(params: Params, prepared_path: str | Path, out_dir: str | Path,
     from plmrec.pretrain.corpus import write_corpus
     from plmrec.pretrain.models import check_base_model, quiet_transformers
     from plmrec.pretrain.schedule import export, run_schedule
+    from plmrec.pretrain.trainer import is_main_process
 
     out, pp = Path(out_dir), params.pretrain
     with tracking.stage_run(params, "pretrain", run_key, tracking_uri):
@@ -206,7 +207,8 @@ def pretrain(params: Params, prepared_path: str | Path, out_dir: str | Path,
         prepared, _ = read_table(prepared_path, columns=["Description", "split"])
         corpora = build_corpora(params, prepared)
         for name, sentences in corpora.items():
-            write_corpus(sentences, out / "corpora" / f"{name}.txt")
+            if is_main_process():
+                write_corpus(sentences, out / "corpora" / f"{name}.txt")
         tracking.log_numeric({f"{k}_sentences": len(v) for k, v in corpora.items()}, "corpus_")
         _say("pretrain", "corpora: " + ", ".join(f"{k.upper()} {len(v):,} sentences" for k, v in corpora.items()))
 
@@ -223,6 +225,8 @@ def pretrain(params: Params, prepared_path: str | Path, out_dir: str | Path,
                          "pretrain.schedule": " -> ".join(ph.name for ph in pp.phases)})
         tracking.log_json(report, "pretrain/pretrain_report.json")
         tracking.log_json(pp.model_dump(mode="json"), "pretrain/config.json")
+        if not is_main_process():
+            return report
         mlflow.log_artifact(str(out / "loss_curve.png"), "pretrain")
         tracking.log_dir(out / "sentence-transformer", "pretrained_encoder")
         _say("pretrain", f"{len(report['phases'])} phases in {report['seconds']}s -> {out}")
@@ -262,7 +266,7 @@ def finetune(params: Params, prepared_path: str | Path, pretrained_dir: str | Pa
     from plmrec.finetune.retrieval import load_encoder
     from plmrec.finetune.run import embed_catalogue, finetune as run_finetune, plot_embedding_space
     from plmrec.pretrain.models import quiet_transformers
-    from plmrec.pretrain.trainer import resolve_device
+    from plmrec.pretrain.trainer import is_main_process, resolve_device
 
     ft, out = params.finetune, Path(out_dir)
     with tracking.stage_run(params, "finetune", run_key, tracking_uri):
@@ -276,6 +280,8 @@ def finetune(params: Params, prepared_path: str | Path, pretrained_dir: str | Pa
                 mlflow.log_metric(f"loss/{label}", value, step=step)
 
             report = run_finetune(params, prepared, start, out, on_log=on_log)
+            if not is_main_process():  # under torchrun, rank 0 embeds, plots and logs
+                return report
             for label, figures in finetune_summary(report).items():
                 tracking.log_numeric(figures, f"{label}/")
             tracking.log_numeric({f"pairs_{k}": v for k, v in report["pairs"].items()})

@@ -104,6 +104,11 @@ def stage_run(params: Params, stage: str, run_key: str | None, tracking_uri: str
     import mlflow
 
     uri = tracking_uri or resolve_tracking_uri(params)
+    rank = int(os.environ.get("RANK", "0"))
+    if rank:  # under torchrun only rank 0 tracks; the others write to a throwaway local store
+        import tempfile
+
+        uri, run_key = f"sqlite:///{tempfile.gettempdir()}/plmrec-mlflow-rank{rank}.db", None
     exp_id = ensure_experiment(uri, params.tracking.experiment)
     parent = parent_run(uri, params, run_key) if run_key else None
     tags = {STAGE_TAG: stage, **({RUN_KEY_TAG: run_key} if run_key else {})}

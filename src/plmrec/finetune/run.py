@@ -23,7 +23,7 @@ from plmrec.finetune import pairs as P
 from plmrec.finetune.embed import encode_texts, item_table, save_embeddings, user_table
 from plmrec.finetune.objective import Contrastive
 from plmrec.pretrain.models import PretrainConfigError, quiet_transformers
-from plmrec.pretrain.trainer import TrainConfig, steps_for_epochs, train
+from plmrec.pretrain.trainer import TrainConfig, barrier, is_main_process, steps_for_epochs, train
 
 
 def build_pairs(task: str, params: Params, rows: pd.DataFrame, seed: int) -> list[tuple[str, str]]:
@@ -92,25 +92,31 @@ def finetune(params: Params, prepared: pd.DataFrame, start_model: str, out_dir: 
         cfg = TrainConfig.from_settings(ft, steps, seed=seed + 100 + i, progress=progress)
         result = train(objective, examples, cfg, ckpt_root / label,
                        on_log=(lambda s, v, _l=label: on_log(_l, s, v)) if on_log else None, desc=label)
-        phase_dir.mkdir(parents=True, exist_ok=True)
-        end_fp = objective.save(phase_dir)
+        main = is_main_process()  # under torchrun, rank 0 writes and the others wait for it
+        if main:
+            phase_dir.mkdir(parents=True, exist_ok=True)
+        end_fp = objective.save(phase_dir) if main else objective.start_fingerprint()
         entry = {"label": label, "record": record, "pairs": len(examples), "start_fingerprint": start_fp,
                  "end_fingerprint": end_fp, **result.to_dict()}
-        done_file.write_text(json.dumps(entry, indent=2))
-        shutil.rmtree(ckpt_root / label, ignore_errors=True)
+        if main:
+            done_file.write_text(json.dumps(entry, indent=2))
+            shutil.rmtree(ckpt_root / label, ignore_errors=True)
+        barrier()
         report["phases"].append(entry)
         current = str(phase_dir)
         last = result.losses[-1][1] if result.losses else float("nan")
         print(f"[plmrec] finetune: phase {label} {steps} steps on {len(examples):,} pairs in {result.seconds:.1f}s "
               f"on {result.device} ({result.precision}), final loss {last:.4f}", flush=True)
-    st_dir = out / "sentence-transformer"
-    shutil.rmtree(st_dir, ignore_errors=True)
-    objective.save(st_dir)
     report["seconds"] = round(time.time() - started, 2)
-    (out / "finetune_report.json").write_text(json.dumps(report, indent=2))
-    from plmrec.pretrain.schedule import plot_losses
+    if is_main_process():
+        from plmrec.pretrain.schedule import plot_losses
 
-    plot_losses(report, out / "loss_curve.png")
+        st_dir = out / "sentence-transformer"
+        shutil.rmtree(st_dir, ignore_errors=True)
+        objective.save(st_dir)
+        (out / "finetune_report.json").write_text(json.dumps(report, indent=2))
+        plot_losses(report, out / "loss_curve.png")
+    barrier()
     return report
 
 

@@ -20,7 +20,7 @@ from typing import Callable
 from plmrec.config import PhaseParams, PretrainParams
 from plmrec.pretrain.models import PretrainConfigError, check_base_model, quiet_transformers
 from plmrec.pretrain.objectives import make_objective
-from plmrec.pretrain.trainer import TrainConfig, steps_for_epochs, train
+from plmrec.pretrain.trainer import TrainConfig, barrier, is_main_process, steps_for_epochs, train
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
@@ -100,23 +100,29 @@ def run_schedule(params: PretrainParams, corpora: dict[str, list[str]], out_dir:
         tokenise_s = time.perf_counter() - load_start
         result = train(objective, examples, cfg, ckpt_root / label,
                        on_log=(lambda s, v, _l=label: on_log(_l, s, v)) if on_log else None, desc=label)
-        phase_dir.mkdir(parents=True, exist_ok=True)
-        end_fp = objective.save(phase_dir)
+        main = is_main_process()  # under torchrun, rank 0 writes and the others wait for it
+        if main:
+            phase_dir.mkdir(parents=True, exist_ok=True)
+        end_fp = objective.save(phase_dir) if main else objective.start_fingerprint()
         entry = {"label": label, "record": record, "examples": len(examples), "start_fingerprint": start_fp,
                  "end_fingerprint": end_fp, "tokenise_seconds": round(tokenise_s, 3), **result.to_dict()}
-        done_file.write_text(json.dumps(entry, indent=2))
-        shutil.rmtree(ckpt_root / label, ignore_errors=True)
-        if Path(current).parent == out / "phases":  # the previous phase's weights are no longer needed
+        if main:
+            done_file.write_text(json.dumps(entry, indent=2))
+            shutil.rmtree(ckpt_root / label, ignore_errors=True)
+        barrier()
+        if main and Path(current).parent == out / "phases":  # the previous phase's weights are no longer needed
             _drop_weights(Path(current))
         report["phases"].append(entry)
         current = str(phase_dir)
         last = result.losses[-1][1] if result.losses else float("nan")
         print(f"[plmrec] pretrain: phase {label} {steps} steps in {result.seconds:.1f}s on {result.device} "
               f"({result.precision}), {result.tokens_per_s:,.0f} tokens/s, final loss {last:.4f}", flush=True)
-    export(current, out, params.pooling, params.max_length)
     report["seconds"] = round(time.time() - started, 2)
-    (out / "pretrain_report.json").write_text(json.dumps(report, indent=2))
-    plot_losses(report, out / "loss_curve.png")
+    if is_main_process():
+        export(current, out, params.pooling, params.max_length)
+        (out / "pretrain_report.json").write_text(json.dumps(report, indent=2))
+        plot_losses(report, out / "loss_curve.png")
+    barrier()
     return report
 
 

@@ -1,6 +1,9 @@
 """One training loop for every objective, on CUDA or CPU: bf16 autocast, fused AdamW, gradient
 accumulation, optional torch.compile, and checkpoints that a killed run resumes from.
 
+Under torchrun (WORLD_SIZE > 1) the loop is data parallel: DistributedDataParallel averages the
+gradients, rank r takes micro-batches r, r + world, ..., rank 0 writes the checkpoints.
+
 The batch order is a pure function of (seed, micro-batch index), and each micro-batch draws its
 masks or noise from a generator seeded by that index, so a resumed run sees exactly the batches
 the uninterrupted run would have seen.
@@ -87,7 +90,9 @@ class PhaseResult:
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        return torch.device("cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         from plmrec.pretrain.models import PretrainConfigError
@@ -187,6 +192,46 @@ def move_to(batch: Any, device: torch.device) -> Any:
     return batch
 
 
+def world_size() -> int:
+    """Processes in this training job (torchrun sets WORLD_SIZE; 1 without it)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def init_distributed(device: torch.device) -> tuple[int, int]:
+    """Join the process group torchrun describes (NCCL on CUDA, gloo on CPU); (world, rank)."""
+    world = world_size()
+    if world == 1:
+        return 1, 0
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_world_size(), dist.get_rank()
+
+
+class _ObjectiveModule(torch.nn.Module):
+    """The objective's loss as a module forward, so DistributedDataParallel can wrap it."""
+
+    def __init__(self, objective):
+        super().__init__()
+        self.inner = objective.module
+        self._objective = objective
+
+    def forward(self, batch, generator):
+        return self._objective.loss(batch, generator)
+
+
 def latest_checkpoint(directory: Path) -> Path | None:
     found = sorted(directory.glob("step-*.pt")) if directory.exists() else []
     return found[-1] if found else None
@@ -233,13 +278,22 @@ def train(objective, examples: list[np.ndarray], cfg: TrainConfig, checkpoint_di
         objective.compile()
     module = objective.module
     module.train()
+    world, rank = init_distributed(device)
+    compute, ddp = objective.loss, None
+    if world > 1:  # data parallel: each rank takes every world-th micro-batch; gradients averaged
+        from torch.nn.parallel import DistributedDataParallel
+
+        ddp = DistributedDataParallel(_ObjectiveModule(objective), device_ids=[device] if device.type == "cuda"
+                                      else None, find_unused_parameters=True)
+        compute = ddp
     fused = device.type == "cuda"
     optimizer = torch.optim.AdamW(_param_groups(module, cfg.weight_decay), lr=cfg.learning_rate, fused=fused)
     warmup = int(cfg.warmup_ratio * cfg.steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _linear_schedule(cfg.steps, warmup))
     plan = BatchPlan(np.array([len(e) for e in examples]), cfg.batch_size, cfg.seed)
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir else None
-    result = PhaseResult(steps=cfg.steps, device=str(device), precision=precision)
+    result = PhaseResult(steps=cfg.steps, device=str(device) if world == 1 else f"{device} x{world} ranks",
+                         precision=precision)
 
     start_step = 0
     if ckpt_dir and (found := latest_checkpoint(ckpt_dir)):
@@ -250,6 +304,11 @@ def train(objective, examples: list[np.ndarray], cfg: TrainConfig, checkpoint_di
             raise PretrainConfigError(
                 f"checkpoint {found} was written with {json.dumps(state['signature'])}, not "
                 f"{json.dumps(cfg.signature())}; delete {ckpt_dir} or use another checkpoint_dir")
+        if state.get("world", 1) != world:
+            from plmrec.pretrain.models import PretrainConfigError
+
+            raise PretrainConfigError(f"checkpoint {found} was written by {state.get('world', 1)} process(es), this run "
+                                      f"has {world}: the batch order would differ; resume with the same world size")
         module.load_state_dict(state["module"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -268,7 +327,7 @@ def train(objective, examples: list[np.ndarray], cfg: TrainConfig, checkpoint_di
                 "scheduler": scheduler.state_dict(), "rng_cpu": torch.get_rng_state(),
                 "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
                 "losses": result.losses, "seconds": result.seconds, "tokens": result.tokens,
-                "samples": result.samples, "signature": cfg.signature()}
+                "samples": result.samples, "signature": cfg.signature(), "world": world}
 
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
     attention = _attention_context(cfg.attention)
@@ -277,7 +336,7 @@ def train(objective, examples: list[np.ndarray], cfg: TrainConfig, checkpoint_di
     loss_sum = torch.zeros((), device=device)
     loss_count = 0
     progress = None
-    if cfg.progress:
+    if cfg.progress and rank == 0:
         from tqdm.auto import tqdm
 
         progress = tqdm(total=cfg.steps, initial=start_step, desc=desc, unit="step", mininterval=2.0)
@@ -287,16 +346,19 @@ def train(objective, examples: list[np.ndarray], cfg: TrainConfig, checkpoint_di
         with _sigterm_flag() as stop:
             for step in range(start_step, cfg.steps):
                 for micro in range(cfg.grad_accum):
-                    index = step * cfg.grad_accum + micro
+                    index = (step * cfg.grad_accum + micro) * world + rank
                     chosen = plan.batch(index)
                     batch = objective.collate([examples[i] for i in chosen], seed=cfg.seed * 1_000_003 + index)
                     result.tokens += batch["n_tokens"]
                     result.samples += batch["n_samples"]
                     generator = torch.Generator(device=device)
                     generator.manual_seed(cfg.seed * 1_000_003 + index)
-                    with autocast, attention:
-                        loss = objective.loss(move_to(batch, device), generator)
-                    (loss / cfg.grad_accum).backward()
+                    sync = ddp.no_sync() if ddp is not None and micro < cfg.grad_accum - 1 \
+                        else contextlib.nullcontext()  # all-reduce once per optimizer step
+                    with sync:
+                        with autocast, attention:
+                            loss = compute(move_to(batch, device), generator)
+                        (loss / cfg.grad_accum).backward()
                     loss_sum += loss.detach()
                     loss_count += 1
                 torch.nn.utils.clip_grad_norm_(module.parameters(), cfg.max_grad_norm)
@@ -304,21 +366,31 @@ def train(objective, examples: list[np.ndarray], cfg: TrainConfig, checkpoint_di
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 done = step + 1
+                if world > 1:  # a SIGTERM on any rank stops every rank at the same step
+                    flag = torch.tensor([float(stop.is_set())], device=device)
+                    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+                    if flag.item() > 0:
+                        stop.set()
                 if done % cfg.log_every == 0 or done == cfg.steps:
+                    if world > 1:
+                        torch.distributed.all_reduce(loss_sum)
+                        loss_sum /= world
                     value = (loss_sum / max(1, loss_count)).item()  # the only host sync per log interval
                     loss_sum.zero_()
                     loss_count = 0
                     result.losses.append((done, value))
                     if progress:
                         progress.set_postfix(loss=f"{value:.4f}")
-                    if on_log:
+                    if on_log and rank == 0:
                         on_log(done, value)
                 if progress:
                     progress.update(1)
                 if ckpt_dir and (done % cfg.checkpoint_every == 0 or stop.is_set()) and done < cfg.steps:
                     result.seconds += time.perf_counter() - clock
                     clock = time.perf_counter()
-                    _save_checkpoint(ckpt_dir, done, snapshot(done))
+                    if rank == 0:
+                        _save_checkpoint(ckpt_dir, done, snapshot(done))
+                    barrier()
                 if stop.is_set():
                     raise TrainingInterrupted(f"{desc}: stopped by SIGTERM after step {done}; "
                                               f"rerun to resume from {ckpt_dir}")
@@ -327,6 +399,10 @@ def train(objective, examples: list[np.ndarray], cfg: TrainConfig, checkpoint_di
         if device.type == "cuda":
             torch.cuda.synchronize(device)
             result.peak_memory_bytes = int(torch.cuda.max_memory_allocated(device))
+        if world > 1:  # throughput of the whole job
+            totals = torch.tensor([result.tokens, result.samples], dtype=torch.float64, device=device)
+            torch.distributed.all_reduce(totals)
+            result.tokens, result.samples = int(totals[0].item()), int(totals[1].item())
     finally:
         result.seconds += time.perf_counter() - clock
         if progress:
