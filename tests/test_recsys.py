@@ -13,7 +13,7 @@ from plmrec.finetune.embed import encode_texts, item_table
 from plmrec.finetune.pairs import catalogue
 from plmrec.recsys import experiment as E
 from plmrec.recsys import recommend as R
-from plmrec.recsys.classify import ablation_rows, run_ablation
+from plmrec.recsys.classify import ablation_rows, plm_counterpart, run_ablation
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +44,9 @@ def test_ablation_rows_are_cumulative():
     assert rows[-1] == {"variant": "+stock_code", "groups": ["transaction", "stock_code"], "text": ["text_cluster"],
                         "rf": True}
     assert rows[0]["rf"] is False and rows[0]["text"] == []
+    # text rows are judged against the same pipeline without text: here the +rf_selection row
+    assert plm_counterpart(ClassifierParams(ablation=["rf_selection", "text_cluster", "stock_code"])) == "+rf_selection"
+    assert plm_counterpart(ClassifierParams(ablation=["text_pca10"])) == "vanilla"
 
 
 def test_embedding_features_are_fitted_on_training_items_only():
@@ -113,6 +116,7 @@ def test_text_features_help_xgboost_and_ranker_beats_popularity(prepared, minilm
     assert acc["+text_pca10"] > acc["vanilla"] + 0.01, acc.to_dict()
     assert detail["best_variant"] == "+text_pca10"  # chosen on valid
     assert any(c.startswith("text_pca10_") for c in detail["columns"])
+    assert table.groupby("variant")["text_features"].max().to_dict() == {"vanilla": 0, "+text_pca10": 10}
 
     rp = RecommendersParams(seeds=[0], mf=dict(factors=[16], similarity_weights=[0.5], cluster_weights=[0.5]))
     rows, info = E.run_recommenders(prepared, minilm_items, rp)

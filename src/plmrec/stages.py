@@ -407,7 +407,7 @@ def compare_models(params: Params, prepared_path: str | Path, finetuned_dir: str
     import mlflow
 
     from plmrec.recsys import experiment as E
-    from plmrec.recsys.classify import run_ablation
+    from plmrec.recsys.classify import plm_counterpart, run_ablation
 
     rp, out = params.recommenders, Path(reports_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -429,18 +429,25 @@ def compare_models(params: Params, prepared_path: str | Path, finetuned_dir: str
         rec_metrics = [f"test_{m}@{k}" for k in ks for m in ("precision", "recall", "f1", "map", "ndcg")]
         CLASSIFIER = E.CLASSIFIER_METRICS
         clf_sum = E.mean_std(clf_rows, "variant", CLASSIFIER)
+        kept = clf_rows.groupby("variant", sort=False)[["features", "text_features"]].mean()
         rec_sum = E.mean_std(rec_rows, "model", rec_metrics)
         best_clf = clf_detail["best_variant"]
-        text_rows = [v for v in clf_sum.index if v.startswith("+text") or v in ("+stock_code", "+invoice")]
+        text_rows = [v for v in clf_sum.index if clf_rows.loc[clf_rows["variant"] == v, "text_features"].max() > 0]
         plm_clf = max(text_rows, key=lambda v: clf_rows[clf_rows["variant"] == v]["valid_accuracy"].mean()) \
             if text_rows else best_clf
-        verdicts = [E.verdict(clf_sum, "test_accuracy", plm_clf, "vanilla", "XGBoost quantity label"),
+        counterpart = plm_counterpart(rp.classifier)
+        verdicts = [E.verdict(clf_sum, "test_accuracy", plm_clf, counterpart, "XGBoost quantity label")
+                    if text_rows else "XGBoost quantity label: no variant kept a text feature (random-forest "
+                                      "selection dropped them all)",
+                    E.verdict(clf_sum, "test_accuracy", best_clf, "vanilla", "XGBoost, best variant on valid"),
                     E.verdict(rec_sum, primary, "mf+similarity", "mf", "MF"),
                     E.verdict(rec_sum, primary, "mf+cluster", "mf", "MF"),
                     E.verdict(rec_sum, primary, "ltr", "popularity", "Learning to rank")
                     if "ltr" in rec_sum.index else None]
         verdicts = [v for v in verdicts if v]
         clf_table = E.format_table(clf_sum, CLASSIFIER)
+        clf_table["features (text)"] = [f"{kept.loc[v, 'features']:.1f} ({kept.loc[v, 'text_features']:.1f})"
+                                        for v in clf_table["variant"]]
         rec_table = E.format_table(rec_sum, rec_metrics)
         md = (f"## XGBoost, 5-level quantity label (test, %, mean ± std over seeds {rp.seeds})\n\n"
               + E.markdown(clf_table) + f"\nVariant chosen on valid accuracy: {best_clf}.\n\n"
@@ -489,6 +496,7 @@ def compare_models(params: Params, prepared_path: str | Path, finetuned_dir: str
             client.log_metric(parent, f"test_{rp.primary_metric.replace('@', '_at_')}_ltr",
                               float(rec_sum.loc["ltr", ("mean", primary)]) if "ltr" in rec_sum.index else 0.0)
             client.log_metric(parent, "test_accuracy_plm_xgboost", float(clf_sum.loc[plm_clf, ("mean", "test_accuracy")]))
+            client.log_metric(parent, "test_accuracy_best_xgboost", float(clf_sum.loc[best_clf, ("mean", "test_accuracy")]))
         for v in verdicts:
             _say("compare-models", v)
         return summary

@@ -33,6 +33,13 @@ def ablation_rows(cp: ClassifierParams) -> list[dict]:
     return rows
 
 
+def plm_counterpart(cp: ClassifierParams) -> str:
+    """The row to compare text-feature rows with: the last row before the first text step."""
+    rows = ablation_rows(cp)
+    first_text = next((i for i, r in enumerate(rows) if r["text"]), None)
+    return rows[first_text - 1]["variant"] if first_text else "vanilla"
+
+
 def design(frame: pd.DataFrame, enc: TabularEncoder, emb: EmbeddingFeatures | None, text: list[str]) -> pd.DataFrame:
     x = enc.transform(frame)
     if text:
@@ -86,6 +93,7 @@ def run_ablation(prepared: pd.DataFrame, items: pd.DataFrame | None, cp: Classif
             v = classification_metrics(valid["label"], model.predict(x_valid[columns]), n_labels)
             t = classification_metrics(test["label"], model.predict(x_test[columns]), n_labels)
             records.append({"variant": row["variant"], "seed": seed, "features": len(columns),
+                            "text_features": sum(c.startswith("text_") for c in columns),
                             "train_seconds": round(seconds, 3), "best_iteration": int(model.best_iteration),
                             **{f"valid_{k}": v[k] for k in ("accuracy", "f1_macro")},
                             **{f"test_{k}": val for k, val in t.items() if k not in ("confusion_matrix", "n")}})
