@@ -153,3 +153,15 @@ def test_cuda_bf16_finetuning(prepared, tiny_model_dir, tmp_path):
     phase = finetune(p, prepared, str(tiny_model_dir), tmp_path / "ft", progress=False)["phases"][0]
     assert phase["device"].startswith("cuda") and phase["precision"] == "bf16"
     assert np.isfinite([v for _, v in phase["losses"]]).all()
+
+
+def test_missing_encoders_are_named(tmp_path):
+    from plmrec import stages
+    from plmrec.errors import PlmrecError
+
+    p = Params()
+    with pytest.raises(PlmrecError, match=r"start_from is 'pretrained' but .*hf holds no encoder"):
+        stages.finetune_start_model(p, tmp_path / "nothing-here")
+    p.retrieval.compare = ["finetuned"]
+    with pytest.raises(PlmrecError, match=r"compare includes 'finetuned' but .*sentence-transformer holds no encoder"):
+        stages.retrieval_encoders(p, None, tmp_path)
