@@ -439,7 +439,8 @@ def compare_models(params: Params, prepared_path: str | Path, finetuned_dir: str
         verdicts = [E.verdict(clf_sum, "test_accuracy", plm_clf, counterpart, "XGBoost quantity label")
                     if text_rows else "XGBoost quantity label: no variant kept a text feature (random-forest "
                                       "selection dropped them all)",
-                    E.verdict(clf_sum, "test_accuracy", best_clf, "vanilla", "XGBoost, best variant on valid"),
+                    E.verdict(clf_sum, "test_accuracy", best_clf, "vanilla", "XGBoost, best variant on valid")
+                    if best_clf != "vanilla" else "XGBoost: the variant chosen on valid accuracy is vanilla",
                     E.verdict(rec_sum, primary, "mf+similarity", "mf", "MF"),
                     E.verdict(rec_sum, primary, "mf+cluster", "mf", "MF"),
                     E.verdict(rec_sum, primary, "ltr", "popularity", "Learning to rank")
