@@ -23,6 +23,7 @@ from plmrec.finetune import pairs as P
 from plmrec.finetune.embed import encode_texts, item_table, save_embeddings, user_table
 from plmrec.finetune.objective import Contrastive
 from plmrec.pretrain.models import PretrainConfigError, quiet_transformers
+from plmrec.pretrain.schedule import plot_losses, save_phase
 from plmrec.pretrain.trainer import TrainConfig, barrier, is_main_process, steps_for_epochs, train
 
 
@@ -92,16 +93,9 @@ def finetune(params: Params, prepared: pd.DataFrame, start_model: str, out_dir: 
         cfg = TrainConfig.from_settings(ft, steps, seed=seed + 100 + i, progress=progress)
         result = train(objective, examples, cfg, ckpt_root / label,
                        on_log=(lambda s, v, _l=label: on_log(_l, s, v)) if on_log else None, desc=label)
-        main = is_main_process()  # under torchrun, rank 0 writes and the others wait for it
-        if main:
-            phase_dir.mkdir(parents=True, exist_ok=True)
-        end_fp = objective.save(phase_dir) if main else objective.start_fingerprint()
-        entry = {"label": label, "record": record, "pairs": len(examples), "start_fingerprint": start_fp,
-                 "end_fingerprint": end_fp, **result.to_dict()}
-        if main:
-            done_file.write_text(json.dumps(entry, indent=2))
-            shutil.rmtree(ckpt_root / label, ignore_errors=True)
-        barrier()
+        entry = save_phase(objective, phase_dir, ckpt_root / label,
+                           {"label": label, "record": record, "pairs": len(examples), "start_fingerprint": start_fp,
+                            **result.to_dict()})
         report["phases"].append(entry)
         current = str(phase_dir)
         last = result.losses[-1][1] if result.losses else float("nan")
@@ -109,8 +103,6 @@ def finetune(params: Params, prepared: pd.DataFrame, start_model: str, out_dir: 
               f"on {result.device} ({result.precision}), final loss {last:.4f}", flush=True)
     report["seconds"] = round(time.time() - started, 2)
     if is_main_process():
-        from plmrec.pretrain.schedule import plot_losses
-
         st_dir = out / "sentence-transformer"
         shutil.rmtree(st_dir, ignore_errors=True)
         objective.save(st_dir)

@@ -66,6 +66,20 @@ def _drop_weights(directory: Path) -> None:
         (directory / name).unlink(missing_ok=True)
 
 
+def save_phase(objective, phase_dir: Path, checkpoint_dir: Path, entry: dict) -> dict:
+    """A finished phase: its weights and phase.json (with the end fingerprint) written by rank 0,
+    its checkpoints removed; under torchrun the other ranks wait until that is done."""
+    main = is_main_process()
+    if main:
+        phase_dir.mkdir(parents=True, exist_ok=True)
+    entry = {**entry, "end_fingerprint": objective.save(phase_dir) if main else objective.start_fingerprint()}
+    if main:
+        (phase_dir / "phase.json").write_text(json.dumps(entry, indent=2))
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    barrier()
+    return entry
+
+
 def run_schedule(params: PretrainParams, corpora: dict[str, list[str]], out_dir: str | Path, seed: int = 0,
                  on_log: Callable[[str, int, float], None] | None = None, progress: bool = True) -> dict:
     """Train every phase in order; returns the report (also written to pretrain_report.json)."""
@@ -100,17 +114,10 @@ def run_schedule(params: PretrainParams, corpora: dict[str, list[str]], out_dir:
         tokenise_s = time.perf_counter() - load_start
         result = train(objective, examples, cfg, ckpt_root / label,
                        on_log=(lambda s, v, _l=label: on_log(_l, s, v)) if on_log else None, desc=label)
-        main = is_main_process()  # under torchrun, rank 0 writes and the others wait for it
-        if main:
-            phase_dir.mkdir(parents=True, exist_ok=True)
-        end_fp = objective.save(phase_dir) if main else objective.start_fingerprint()
-        entry = {"label": label, "record": record, "examples": len(examples), "start_fingerprint": start_fp,
-                 "end_fingerprint": end_fp, "tokenise_seconds": round(tokenise_s, 3), **result.to_dict()}
-        if main:
-            done_file.write_text(json.dumps(entry, indent=2))
-            shutil.rmtree(ckpt_root / label, ignore_errors=True)
-        barrier()
-        if main and Path(current).parent == out / "phases":  # the previous phase's weights are no longer needed
+        entry = save_phase(objective, phase_dir, ckpt_root / label,
+                           {"label": label, "record": record, "examples": len(examples), "start_fingerprint": start_fp,
+                            "tokenise_seconds": round(tokenise_s, 3), **result.to_dict()})
+        if is_main_process() and Path(current).parent == out / "phases":  # the previous weights are not needed
             _drop_weights(Path(current))
         report["phases"].append(entry)
         current = str(phase_dir)
