@@ -10,7 +10,6 @@ on train) and ranks the test window (features from models refitted on train + va
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,8 +18,6 @@ import scipy.sparse as sp
 
 from plmrec.config import RecommendersParams
 from plmrec.ranking import ranking_metrics
-
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # implicit warns (and slows) with threaded BLAS
 
 
 @dataclass
@@ -65,12 +62,14 @@ def make_window(prepared: pd.DataFrame, item_col: dict[str, int], split: str, ex
 def fit_als(counts: sp.csr_matrix, factors: int, regularization: float, alpha: float, iterations: int,
             seed: int) -> tuple[np.ndarray, np.ndarray]:
     from implicit.als import AlternatingLeastSquares
+    from threadpoolctl import threadpool_limits
 
     confidence = counts.copy()
     confidence.data = 1.0 + alpha * np.log1p(confidence.data)
-    model = AlternatingLeastSquares(factors=factors, regularization=regularization, alpha=1.0,
-                                    iterations=iterations, random_state=seed)
-    model.fit(confidence.astype(np.float32), show_progress=False)
+    with threadpool_limits(1, "blas"):  # implicit parallelises itself; threaded BLAS only slows it down
+        model = AlternatingLeastSquares(factors=factors, regularization=regularization, alpha=1.0,
+                                        iterations=iterations, random_state=seed)
+        model.fit(confidence.astype(np.float32), show_progress=False)
     return np.asarray(model.user_factors), np.asarray(model.item_factors)
 
 
