@@ -78,7 +78,13 @@ class MaskedLM:
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         if self.tokenizer.mask_token_id is None:
             raise PretrainConfigError(f"{model_dir}: the tokenizer has no mask token, so it cannot do MLM")
-        self.model = AutoModelForMaskedLM.from_pretrained(model_dir, attn_implementation="sdpa")
+        self.model, info = AutoModelForMaskedLM.from_pretrained(model_dir, attn_implementation="sdpa",
+                                                                output_loading_info=True)
+        fresh = [k for k in info.get("missing_keys", []) if not k.startswith(self.model.base_model_prefix + ".")]
+        if fresh:  # e.g. sentence-transformers checkpoints: the encoder only
+            print(f"[plmrec] pretrain: {model_dir} has no trained MLM head ({len(fresh)} head weights start "
+                  f"random); short MLM runs can degrade the encoder: prefer a checkpoint with its MLM head "
+                  f"or more steps", flush=True)
         if self.model.config.vocab_size % VOCAB_MULTIPLE:  # e.g. RoBERTa's 50,265: unaligned GEMMs are slow
             real = self.model.config.vocab_size
             self.model.resize_token_embeddings(pad_to_multiple_of=VOCAB_MULTIPLE)
