@@ -89,3 +89,16 @@ def test_user_vectors_mean_and_recency():
     assert w.tolist() == [0.5, 1.0]
     assert np.allclose(recent[0], np.array([0.5, 1.0, 0]) / np.linalg.norm([0.5, 1.0]))
     assert np.allclose(mean[1], [0, 0, 1]) and np.allclose(mean[2], 0)  # no history: zero vector
+
+
+def test_saved_embeddings_reload_with_their_index(tmp_path):
+    from plmrec.finetune.embed import item_table, load_item_index, save_embeddings
+
+    rng = np.random.default_rng(2)
+    vecs = rng.normal(size=(5, 4)).astype(np.float32)
+    items = item_table([f"c{i}" for i in range(5)], ["x"] * 5, vecs)
+    users = item_table(["u"], ["y"], vecs[:1])  # any table: saved as given
+    save_embeddings(tmp_path, items, users, "exact", {"users_from": "test"})
+    loaded, index = load_item_index(tmp_path)
+    assert loaded["StockCode"].tolist() == [f"c{i}" for i in range(5)] and index.kind == "exact"
+    assert index.search(vecs[[3]], 1)[0].tolist() == ExactIndex(vecs).search(vecs[[3]], 1)[0].tolist()

@@ -146,10 +146,6 @@ class EmbeddingFeatures:
         table = np.column_stack([kmeans.predict(vectors), pca10.transform(vectors), pca2.transform(vectors)])
         return cls(codes, table.astype(np.float32))
 
-    @property
-    def cluster_of(self) -> dict[str, int]:
-        return {c: int(k) for c, k in zip(self.codes, self.table[:, 0])}
-
     def transform(self, stock_codes: pd.Series, groups: list[str]) -> pd.DataFrame:
         columns = [c for g in TEXT_GROUPS for c in TEXT_GROUPS[g]]
         frame = pd.DataFrame(self.table, columns=columns, index=self.codes)

@@ -153,12 +153,8 @@ def evaluate_baseline(params: Params, prepared_path: str | Path, model_dir: str 
         import mlflow
 
         mlflow.log_artifact(str(png), "evaluation")
-        if run_key:  # headline numbers on the parent too, for side-by-side comparison in the UI
-            uri = tracking_uri or tracking.resolve_tracking_uri(params)
-            parent = tracking.parent_run(uri, params, run_key)
-            client = mlflow.MlflowClient(uri)
-            for k in ("accuracy", "f1_macro", "majority_class_accuracy"):
-                client.log_metric(parent, f"test_{k}", float(m[k]))
+        tracking.log_parent_metrics(params, run_key, tracking_uri,
+                                    {f"test_{k}": m[k] for k in ("accuracy", "f1_macro", "majority_class_accuracy")})
         _say("evaluate", f"test accuracy {m['accuracy']:.3f}, macro F1 {m['f1_macro']:.3f} "
                          f"(majority class {m['majority_class_accuracy']:.3f}) on {m['n']:,} rows")
         return m
@@ -194,7 +190,7 @@ def pretrain(params: Params, prepared_path: str | Path, out_dir: str | Path,
     from plmrec.pretrain.corpus import write_corpus
     from plmrec.pretrain.models import check_base_model, quiet_transformers
     from plmrec.pretrain.schedule import export, run_schedule
-    from plmrec.pretrain.trainer import is_main_process
+    from plmrec.ranks import is_main_process
 
     out, pp = Path(out_dir), params.pretrain
     with tracking.stage_run(params, "pretrain", run_key, tracking_uri):
@@ -266,7 +262,8 @@ def finetune(params: Params, prepared_path: str | Path, pretrained_dir: str | Pa
     from plmrec.finetune.retrieval import load_encoder
     from plmrec.finetune.run import embed_catalogue, finetune as run_finetune, plot_embedding_space
     from plmrec.pretrain.models import quiet_transformers
-    from plmrec.pretrain.trainer import is_main_process, resolve_device
+    from plmrec.pretrain.trainer import resolve_device
+    from plmrec.ranks import is_main_process
 
     ft, out = params.finetune, Path(out_dir)
     with tracking.stage_run(params, "finetune", run_key, tracking_uri):
@@ -361,17 +358,17 @@ def evaluate_retrieval(params: Params, prepared_path: str | Path, pretrained_dir
             benchmarks[f"seqrec_{ds.name.lower()}_test"] = (
                 ds.items["text"].tolist(), seqrec_queries(ds.splits["test"], r.seqrec.max_users, params.seed),
                 r.seqrec.exclude_history)
-        results: dict = {}
-        Path(plots_dir).mkdir(parents=True, exist_ok=True)
-        for bench, (texts, q, exclude) in benchmarks.items():
-            results[bench] = {}
-            for name, path in encoders.items():
-                model = load_encoder(path, ft.pooling, ft.max_length, device)
+        results: dict = {bench: {} for bench in benchmarks}
+        for name, path in encoders.items():  # each encoder is loaded once and scores every benchmark
+            model = load_encoder(path, ft.pooling, ft.max_length, device)
+            for bench, (texts, q, exclude) in benchmarks.items():
                 results[bench][name] = score_encoder(model, texts, q, r.ks, ft.history_length, r.recency_half_life,
                                                      exclude, r.encode_batch_size, r.index)
                 timing = results[bench][name]["_timing"]
                 _say("evaluate-retrieval", f"{bench}: {name} scored {timing['queries']:,} queries over "
                                            f"{timing['items']:,} items")
+        Path(plots_dir).mkdir(parents=True, exist_ok=True)
+        for bench in benchmarks:
             table = results_table(results[bench], r.ks)
             table.to_csv(Path(plots_dir) / f"{bench}.csv", index=False)
             (Path(plots_dir) / f"{bench}.md").write_text(markdown_table(table))
@@ -382,21 +379,17 @@ def evaluate_retrieval(params: Params, prepared_path: str | Path, pretrained_dir
                 tracking.log_numeric({f"{bench}/{row['encoder']}/{row['query']}/{k.replace('@', '_at_')}": v
                                       for k, v in row.items() if "@" in k})
             _say("evaluate-retrieval", f"{bench}\n{markdown_table(table)}")
-        metrics = {"retrieval": {bench: {enc: {kind: {k: v for k, v in m.items()}
-                                              for kind, m in by_kind.items() if not kind.startswith("_")}
+        metrics = {"retrieval": {bench: {enc: {kind: m for kind, m in by_kind.items() if not kind.startswith("_")}
                                          for enc, by_kind in by_enc.items()}
                                  for bench, by_enc in results.items()}}
         Path(metrics_path).parent.mkdir(parents=True, exist_ok=True)
         Path(metrics_path).write_text(json.dumps(metrics, indent=2), encoding="utf-8")
         tracking.log_json(results, "retrieval/results.json")
-        if run_key and "finetuned" in encoders:  # headline numbers on the parent run
-            uri = tracking_uri or tracking.resolve_tracking_uri(params)
-            client = mlflow.MlflowClient(uri)
-            parent = tracking.parent_run(uri, params, run_key)
+        if "finetuned" in encoders:
             head = results["online_retail_test"]["finetuned"]["sentence"]
-            for k in r.ks:
-                for name in ("recall", "ndcg"):
-                    client.log_metric(parent, f"test_retrieval_{name}_at_{k}", float(head[f"{name}@{k}"]))
+            tracking.log_parent_metrics(params, run_key, tracking_uri,
+                                        {f"test_retrieval_{name}_at_{k}": head[f"{name}@{k}"]
+                                         for k in r.ks for name in ("recall", "ndcg")})
         return results
 
 
@@ -406,6 +399,7 @@ def compare_models(params: Params, prepared_path: str | Path, finetuned_dir: str
     (popularity, ALS and its PLM variants, text neighbours, learning to rank), over several seeds."""
     import mlflow
 
+    from plmrec.finetune.retrieval import markdown_table
     from plmrec.recsys import experiment as E
     from plmrec.recsys.classify import plm_counterpart, run_ablation
 
@@ -432,7 +426,7 @@ def compare_models(params: Params, prepared_path: str | Path, finetuned_dir: str
         kept = clf_rows.groupby("variant", sort=False)[["features", "text_features"]].mean()
         rec_sum = E.mean_std(rec_rows, "model", rec_metrics)
         best_clf = clf_detail["best_variant"]
-        text_rows = [v for v in clf_sum.index if clf_rows.loc[clf_rows["variant"] == v, "text_features"].max() > 0]
+        text_rows = [v for v in kept.index if kept.loc[v, "text_features"] > 0]
         plm_clf = max(text_rows, key=lambda v: clf_rows[clf_rows["variant"] == v]["valid_accuracy"].mean()) \
             if text_rows else best_clf
         counterpart = plm_counterpart(rp.classifier)
@@ -451,9 +445,9 @@ def compare_models(params: Params, prepared_path: str | Path, finetuned_dir: str
                                         for v in clf_table["variant"]]
         rec_table = E.format_table(rec_sum, rec_metrics)
         md = (f"## XGBoost, 5-level quantity label (test, %, mean ± std over seeds {rp.seeds})\n\n"
-              + E.markdown(clf_table) + f"\nVariant chosen on valid accuracy: {best_clf}.\n\n"
+              + markdown_table(clf_table) + f"\nVariant chosen on valid accuracy: {best_clf}.\n\n"
               f"## Recommenders (test, %, mean ± std over seeds {rp.seeds}; "
-              f"{rec_detail['test_customers']:,} customers)\n\n" + E.markdown(rec_table)
+              f"{rec_detail['test_customers']:,} customers)\n\n" + markdown_table(rec_table)
               + "\n## Verdicts\n\n" + "".join(f"- {v}\n" for v in verdicts))
         (out / "results.md").write_text(md)
         clf_rows.to_csv(out / "classifier_runs.csv", index=False)
@@ -490,14 +484,11 @@ def compare_models(params: Params, prepared_path: str | Path, finetuned_dir: str
         mlflow.log_table(rec_rows, "compare/recommender_runs.json")
         mlflow.log_artifacts(str(out), "compare")
         mlflow.set_tag("compare.verdicts", " | ".join(verdicts)[:5000])
-        if run_key:
-            uri = tracking_uri or tracking.resolve_tracking_uri(params)
-            client = mlflow.MlflowClient(uri)
-            parent = tracking.parent_run(uri, params, run_key)
-            client.log_metric(parent, f"test_{rp.primary_metric.replace('@', '_at_')}_ltr",
-                              float(rec_sum.loc["ltr", ("mean", primary)]) if "ltr" in rec_sum.index else 0.0)
-            client.log_metric(parent, "test_accuracy_plm_xgboost", float(clf_sum.loc[plm_clf, ("mean", "test_accuracy")]))
-            client.log_metric(parent, "test_accuracy_best_xgboost", float(clf_sum.loc[best_clf, ("mean", "test_accuracy")]))
+        tracking.log_parent_metrics(params, run_key, tracking_uri, {
+            f"test_{rp.primary_metric.replace('@', '_at_')}_ltr":
+                rec_sum.loc["ltr", ("mean", primary)] if "ltr" in rec_sum.index else 0.0,
+            "test_accuracy_plm_xgboost": clf_sum.loc[plm_clf, ("mean", "test_accuracy")],
+            "test_accuracy_best_xgboost": clf_sum.loc[best_clf, ("mean", "test_accuracy")]})
         for v in verdicts:
             _say("compare-models", v)
         return summary

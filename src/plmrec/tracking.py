@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from plmrec.config import Params
+from plmrec.ranks import is_main_process, rank
 
 RUN_KEY_TAG = "plmrec.run_key"
 STAGE_TAG = "plmrec.stage"
@@ -98,17 +99,31 @@ def finish_parent(uri: str, params: Params, run_key: str, status: str, message: 
     return run_id
 
 
+def log_parent_metrics(params: Params, run_key: str | None, tracking_uri: str | None,
+                       metrics: dict[str, float]) -> None:
+    """Headline numbers on the pipeline's parent run, for side-by-side comparison in the UI;
+    nothing without a run key (a standalone stage has no parent)."""
+    if not run_key:
+        return
+    import mlflow
+
+    uri = tracking_uri or resolve_tracking_uri(params)
+    parent = parent_run(uri, params, run_key)
+    client = mlflow.MlflowClient(uri)
+    for name, value in metrics.items():
+        client.log_metric(parent, name, float(value))
+
+
 @contextlib.contextmanager
 def stage_run(params: Params, stage: str, run_key: str | None, tracking_uri: str | None = None) -> Iterator[Any]:
     """A nested MLflow run for one stage under the parent of `run_key` (standalone if None)."""
     import mlflow
 
     uri = tracking_uri or resolve_tracking_uri(params)
-    rank = int(os.environ.get("RANK", "0"))
-    if rank:  # under torchrun only rank 0 tracks; the others write to a throwaway local store
+    if not is_main_process():  # under torchrun only rank 0 tracks; the others write to a throwaway store
         import tempfile
 
-        uri, run_key = f"sqlite:///{tempfile.gettempdir()}/plmrec-mlflow-rank{rank}.db", None
+        uri, run_key = f"sqlite:///{tempfile.gettempdir()}/plmrec-mlflow-rank{rank()}.db", None
     exp_id = ensure_experiment(uri, params.tracking.experiment)
     parent = parent_run(uri, params, run_key) if run_key else None
     tags = {STAGE_TAG: stage, **({RUN_KEY_TAG: run_key} if run_key else {})}

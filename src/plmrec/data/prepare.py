@@ -61,6 +61,14 @@ def assign_split(df: pd.DataFrame, params: SplitParams) -> pd.Series:
     return pd.Series(split, index=df.index, dtype="string")
 
 
+def window_rows(df: pd.DataFrame, split: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The rows before an evaluation window (valid: train; test: train + valid) and the window's rows."""
+    if split not in ("valid", "test"):
+        raise ValueError(f"evaluation split must be valid or test, got {split!r}")
+    before = ("train",) if split == "valid" else ("train", "valid")
+    return df[df["split"].isin(before)], df[df["split"] == split]
+
+
 def check_split(df: pd.DataFrame, params: SplitParams) -> None:
     """Raise if a split is empty or a training row is not before the first cut-off."""
     train_end, valid_end = _cutoffs(params)

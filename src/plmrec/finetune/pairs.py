@@ -76,6 +76,12 @@ def purchase_sequences(rows: pd.DataFrame) -> pd.DataFrame:
     return baskets.sort_values(["CustomerID", "when", "InvoiceNo"], kind="stable").reset_index(drop=True)
 
 
+def customer_histories(rows: pd.DataFrame):
+    """(customer, distinct stock codes oldest first, each at its latest purchase), by customer id."""
+    for customer, user in purchase_sequences(rows).groupby("CustomerID", sort=True):
+        yield customer, history_before([c for basket in user["codes"] for c in basket])
+
+
 def history_before(codes_in_order: list[str]) -> list[str]:
     """Distinct codes, each at its latest position (so the most recent purchases come last)."""
     seen: dict[str, int] = {}
@@ -148,8 +154,7 @@ def sequence_sequence_pairs(rows: pd.DataFrame, history_length: int = 20, max_pa
     text = descriptions(rows)
     rng = np.random.default_rng(seed)
     pairs = []
-    for _, user in purchase_sequences(rows).groupby("CustomerID", sort=False):
-        items = history_before([c for basket in user["codes"] for c in basket])
+    for _, items in customer_histories(rows):
         if len(items) < 4:
             continue
         side = rng.random(len(items)) < 0.5
@@ -180,12 +185,10 @@ def item_text_pairs(items: pd.DataFrame, max_pairs: int = 200_000, seed: int = 0
 
 
 def review_item_pairs(reviews: pd.DataFrame, min_chars: int = 30, max_pairs: int = 200_000,
-                      seed: int = 0, before: dt.date | str | None = None) -> list[tuple[str, str]]:
+                      seed: int = 0) -> list[tuple[str, str]]:
     """BLaIR: (review title + text, item title + features + description), both at least min_chars,
     from reviews joined with their items (plmrec.data.amazon.load_reviews_with_items)."""
     frame = reviews
-    if before is not None and "timestamp" in frame:
-        frame = frame[frame["timestamp"] < pd.Timestamp(before)]
     review = (frame["review_title"].fillna("") + ". " + frame["review_text"].fillna("")).str.strip(". ")
     item = frame["item_text"].fillna("")
     ok = (review.str.len() >= min_chars) & (item.str.len() >= min_chars)

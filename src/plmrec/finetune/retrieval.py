@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from plmrec.data.prepare import window_rows
 from plmrec.finetune import pairs as P
 from plmrec.finetune.embed import build_index, encode_texts, user_vectors
 from plmrec.ranking import ranking_metrics
@@ -38,17 +39,13 @@ class Queries:
 
 def temporal_queries(prepared: pd.DataFrame, item_row: dict[str, int], split: str = "test",
                      exclude_history: bool = True) -> Queries:
-    if split not in ("valid", "test"):
-        raise ValueError(f"evaluation split must be valid or test, got {split!r}")
-    before = ("train",) if split == "valid" else ("train", "valid")
-    past = prepared[prepared["split"].isin(before)]
-    future = prepared[prepared["split"] == split]
+    past, future = window_rows(prepared, split)
     targets = future.groupby("CustomerID")["StockCode"].agg(lambda s: {str(c) for c in s})
     users, histories, relevant = [], [], []
-    for customer, user in P.purchase_sequences(past).groupby("CustomerID", sort=True):
+    for customer, codes in P.customer_histories(past):
         if customer not in targets.index:
             continue
-        history = [item_row[c] for c in P.history_before([c for b in user["codes"] for c in b]) if c in item_row]
+        history = [item_row[c] for c in codes if c in item_row]
         wanted = {item_row[c] for c in targets[customer] if c in item_row}
         if exclude_history:
             wanted -= set(history)
@@ -106,7 +103,7 @@ def results_table(results: dict[str, dict], ks: list[int]) -> pd.DataFrame:
 
 def markdown_table(df: pd.DataFrame) -> str:
     cols = list(df.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    lines = ["| " + " | ".join(map(str, cols)) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in df.itertuples(index=False, name=None)]
     return "\n".join(lines) + "\n"
 

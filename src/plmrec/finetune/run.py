@@ -24,7 +24,8 @@ from plmrec.finetune.embed import encode_texts, item_table, save_embeddings, use
 from plmrec.finetune.objective import Contrastive
 from plmrec.pretrain.models import PretrainConfigError, quiet_transformers
 from plmrec.pretrain.schedule import plot_losses, save_phase
-from plmrec.pretrain.trainer import TrainConfig, barrier, is_main_process, steps_for_epochs, train
+from plmrec.pretrain.trainer import TrainConfig, barrier, steps_for_epochs, train
+from plmrec.ranks import is_main_process
 
 
 def build_pairs(task: str, params: Params, rows: pd.DataFrame, seed: int) -> list[tuple[str, str]]:
@@ -68,8 +69,11 @@ def finetune(params: Params, prepared: pd.DataFrame, start_model: str, out_dir: 
         if not pair_sets[phase.task]:
             raise PretrainConfigError(f"fine-tuning phase {i} ({phase.task}): no training pairs from "
                                       f"{len(rows):,} training rows")
-    objective = Contrastive(start_model, ft.max_length, ft.pooling, ft.loss, ft.scale, ft.mini_batch_size,
-                            ft.mlm_weight, ft.mlm_probability)
+    def contrastive(model_dir: str) -> Contrastive:
+        return Contrastive(model_dir, ft.max_length, ft.pooling, ft.loss, ft.scale, ft.mini_batch_size,
+                           ft.mlm_weight, ft.mlm_probability)
+
+    objective = contrastive(start_model)
     ckpt_root = Path(ft.checkpoint_dir) if ft.checkpoint_dir else out / "checkpoints"
     report = {"start_model": start_model, "pairs": {k: len(v) for k, v in pair_sets.items()},
               "training_rows": len(rows), "train_end": str(params.split.train_end), "phases": []}
@@ -81,8 +85,7 @@ def finetune(params: Params, prepared: pd.DataFrame, start_model: str, out_dir: 
         done_file = phase_dir / "phase.json"
         if done_file.exists() and json.loads(done_file.read_text())["record"] == record \
                 and (phase_dir / "config.json").exists():
-            objective = Contrastive(str(phase_dir), ft.max_length, ft.pooling, ft.loss, ft.scale,
-                                    ft.mini_batch_size, ft.mlm_weight, ft.mlm_probability)
+            objective = contrastive(str(phase_dir))
             report["phases"].append(json.loads(done_file.read_text()))
             current = str(phase_dir)
             print(f"[plmrec] finetune: phase {label} already done, skipped", flush=True)
@@ -122,9 +125,9 @@ def embed_catalogue(model, prepared: pd.DataFrame, params: Params, out_dir: str 
     rows = P.training_rows(prepared, params.split.train_end)
     row_of = {c: i for i, c in enumerate(cat["StockCode"])}
     customers, histories = [], []
-    for customer, user in P.purchase_sequences(rows).groupby("CustomerID", sort=True):
+    for customer, codes in P.customer_histories(rows):
         customers.append(int(customer))
-        histories.append([row_of[c] for c in P.history_before([c for b in user["codes"] for c in b])])
+        histories.append([row_of[c] for c in codes])
     users = user_table(customers, histories, vectors, cat["Description"].tolist(), model,
                        params.finetune.history_length, params.retrieval.recency_half_life,
                        params.retrieval.encode_batch_size)

@@ -20,7 +20,8 @@ from typing import Callable
 from plmrec.config import PhaseParams, PretrainParams
 from plmrec.pretrain.models import PretrainConfigError, check_base_model, quiet_transformers
 from plmrec.pretrain.objectives import make_objective
-from plmrec.pretrain.trainer import TrainConfig, barrier, is_main_process, steps_for_epochs, train
+from plmrec.pretrain.trainer import TrainConfig, barrier, steps_for_epochs, train
+from plmrec.ranks import is_main_process
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 

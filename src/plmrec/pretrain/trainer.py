@@ -25,6 +25,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from plmrec.ranks import world_size
+
 CHECKPOINTS_KEPT = 2
 
 
@@ -190,15 +192,6 @@ def move_to(batch: Any, device: torch.device) -> Any:
     if isinstance(batch, dict):
         return {k: move_to(v, device) for k, v in batch.items()}
     return batch
-
-
-def world_size() -> int:
-    """Processes in this training job (torchrun sets WORLD_SIZE; 1 without it)."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 def barrier() -> None:

@@ -18,10 +18,6 @@ CLASSIFIER_METRICS = ["test_accuracy", "test_precision_macro", "test_recall_macr
 CURVE_KS = list(range(1, 21))
 
 
-def _primary(rp: RecommendersParams) -> str:
-    return rp.primary_metric
-
-
 def run_recommenders(prepared: pd.DataFrame, items: pd.DataFrame, rp: RecommendersParams,
                      progress: Callable[[str], None] | None = None) -> tuple[pd.DataFrame, dict]:
     """One row per (model, seed) with test metrics (and the valid figure that chose its settings)."""
@@ -37,7 +33,7 @@ def run_recommenders(prepared: pd.DataFrame, items: pd.DataFrame, rp: Recommende
     if not len(wv.eval_rows) or not len(wt.eval_rows):
         raise ValueError(f"no customer to evaluate (valid {len(wv.eval_rows)}, test {len(wt.eval_rows)}): "
                          f"customers need purchases before and inside the window")
-    primary = _primary(rp)
+    primary = rp.primary_metric
     records, curves, chosen = [], {}, {}
     for seed in rp.seeds:
         clusters = EmbeddingFeatures.fit(items, train_codes, rp.clusters, seed).table[:, 0].astype(np.int64)
@@ -115,13 +111,6 @@ def verdict(summary: pd.DataFrame, metric: str, plm: str, vanilla: str, label: s
     word = ("beats" if diff > 0 else "trails") + ("" if clear else " (within one std of)")
     return (f"{label}: {plm} {word} {vanilla} on {metric.replace('test_', '')}: {a:.4f} ± {sa:.4f} vs "
             f"{b:.4f} ± {sb:.4f} ({diff:+.4f} absolute, {rel:+.1f}% relative)")
-
-
-def markdown(df: pd.DataFrame) -> str:
-    cols = list(df.columns)
-    lines = ["| " + " | ".join(map(str, cols)) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in df.itertuples(index=False, name=None)]
-    return "\n".join(lines) + "\n"
 
 
 def plot_curves(curves: dict[str, list[float]], path: str | Path) -> Path:

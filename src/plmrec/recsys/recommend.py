@@ -17,6 +17,8 @@ import pandas as pd
 import scipy.sparse as sp
 
 from plmrec.config import RecommendersParams
+from plmrec.data.prepare import window_rows
+from plmrec.features import DAY_NS
 from plmrec.ranking import ranking_metrics
 
 
@@ -33,14 +35,12 @@ class Window:
 
 
 def make_window(prepared: pd.DataFrame, item_col: dict[str, int], split: str, exclude_history: bool) -> Window:
-    before = ("train",) if split == "valid" else ("train", "valid")
-    past = prepared[prepared["split"].isin(before)]
-    future = prepared[prepared["split"] == split]
+    past, future = window_rows(prepared, split)
     customers = np.sort(past["CustomerID"].unique())
     row = {c: i for i, c in enumerate(customers)}
     r = past["CustomerID"].map(row).to_numpy()
     c = past["StockCode"].astype(str).map(item_col).to_numpy()
-    day = (past["InvoiceDate"].astype("int64") // (86_400 * 10**9)).to_numpy().astype(np.float64)
+    day = (past["InvoiceDate"].astype("int64") // DAY_NS).to_numpy().astype(np.float64)
     shape = (len(customers), len(item_col))
     counts = sp.csr_matrix((np.ones(len(r), dtype=np.float32), (r, c)), shape=shape)
     last = pd.DataFrame({"r": r, "c": c, "d": day}).groupby(["r", "c"])["d"].max().reset_index()
@@ -55,7 +55,7 @@ def make_window(prepared: pd.DataFrame, item_col: dict[str, int], split: str, ex
         if items:
             eval_rows.append(i)
             relevant.append(items)
-    end_day = float(future["InvoiceDate"].min().value // (86_400 * 10**9))
+    end_day = float(future["InvoiceDate"].min().value // DAY_NS)
     return Window(customers, counts, last_day, np.array(eval_rows, dtype=np.int64), relevant, end_day)
 
 
