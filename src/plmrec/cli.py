@@ -300,11 +300,117 @@ def stage_evaluate_retrieval(params_path, overrides, prepared, pretrained, finet
               help="the finetune stage's output (item_embeddings.parquet)")
 @click.option("--metrics", type=click.Path(dir_okay=False), required=True)
 @click.option("--reports-dir", type=click.Path(file_okay=False), required=True)
-def stage_compare_models(params_path, overrides, prepared, finetuned, metrics, reports_dir):
+@click.option("--bundle", "bundle_dir", type=click.Path(file_okay=False), default=None,
+              help="also write the served recommender's bundle here (refitted on all purchases)")
+def stage_compare_models(params_path, overrides, prepared, finetuned, metrics, reports_dir, bundle_dir):
     """XGBoost with and without PLM features, ALS and its PLM variants, learning to rank, over seeds."""
     from plmrec import stages
 
-    stages.compare_models(load_params(params_path, overrides), prepared, finetuned, metrics, reports_dir)
+    stages.compare_models(load_params(params_path, overrides), prepared, finetuned, metrics, reports_dir,
+                          bundle_dir=bundle_dir)
+
+
+@stage.command("register")
+@params_option
+@set_option
+@click.option("--bundle", "bundle_dir", type=click.Path(file_okay=False, exists=True), required=True)
+@click.option("--prepared", type=click.Path(dir_okay=False, exists=True), required=True,
+              help="the prepared table (its md5, DVC's data version, is attached to the version)")
+@click.option("--decision", type=click.Path(dir_okay=False), required=True, help="where the gate's decision goes")
+def stage_register(params_path, overrides, bundle_dir, prepared, decision):
+    """Register the bundle in the MLflow registry as @challenger; promote it to @champion if it passes the gate."""
+    from plmrec import stages
+
+    stages.register_model(load_params(params_path, overrides), bundle_dir, prepared, decision)
+
+
+# ---------------------------------------------------------------------------- registry and serving
+def _registry_client(p):
+    import mlflow
+
+    from plmrec.tracking import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(p)
+    mlflow.set_tracking_uri(uri)
+    return mlflow.MlflowClient(uri), uri
+
+
+@main.command()
+@params_option
+@set_option
+@click.option("--version", "version", default=None, help="the version to gate (default: @challenger)")
+@click.option("--force", is_flag=True, help="skip the gate: make the version champion (an operator's decision)")
+@click.option("--rollback", is_flag=True, help="point @champion back at the version it replaced")
+def promote(params_path, overrides, version, force, rollback):
+    """Gate a registered version for @champion, force it, or roll the champion back."""
+    from plmrec import registry
+
+    p = load_params(params_path, overrides)
+    client, uri = _registry_client(p)
+    name = p.registry.model_name
+    if rollback:
+        if version or force:
+            raise click.UsageError("--rollback takes no --version or --force")
+        was, now = registry.rollback(client, p.registry)
+        click.echo(f"{name}@champion: version {was} -> {now} (rolled back)")
+        return
+    if version is None:
+        challenger = registry.alias_version(client, name, registry.CHALLENGER)
+        if challenger is None:
+            raise PlmrecError(f"{name} has no @challenger in {uri}: run the pipeline first, or pass --version")
+        version = challenger.version
+    decision = registry.force_promote(client, p.registry, version) if force else registry.gate(client, p.registry, version)
+    word = "promoted to @champion" if decision.promoted else "not promoted"
+    click.echo(f"{name} version {version}: {word}: {decision.reason}")
+    click.echo(f"{name}@champion is version {decision.champion_after}")
+    if not decision.promoted:
+        sys.exit(1)
+
+
+@main.group()
+def runs():
+    """Compare pipeline runs and registered versions (what the MLflow UI shows, in the terminal)."""
+
+
+@runs.command("compare")
+@params_option
+@set_option
+@click.option("-n", "--last", "limit", type=click.IntRange(1, 100), default=5, show_default=True)
+def runs_compare(params_path, overrides, limit):
+    """The newest pipeline runs side by side: status, duration, headline metrics, registered version."""
+    from plmrec.runs import compare_runs, format_runs
+
+    p = load_params(params_path, overrides)
+    client, uri = _registry_client(p)
+    table = compare_runs(client, p.tracking.experiment, limit)
+    click.echo(format_runs(table, uri, p.tracking.experiment))
+
+
+@main.command()
+@params_option
+@set_option
+@click.option("--bundle", "bundle_dir", type=click.Path(file_okay=False, exists=True), default=None,
+              help="serve this bundle directory instead of the registry's model")
+@click.option("--alias", default="champion", show_default=True, help="which registry alias to serve")
+@click.option("--host", default=None, help="default: serving.host (127.0.0.1)")
+@click.option("--port", type=click.IntRange(1, 65535), default=None, help="default: serving.port")
+@click.option("--download-dir", type=click.Path(file_okay=False), default=None,
+              help="where the registered model is downloaded (default: a temporary directory)")
+def serve(params_path, overrides, bundle_dir, alias, host, port, download_dir):
+    """Serve the @champion recommender with the KServe model server (v1 and v2 protocols)."""
+    import tempfile
+
+    from plmrec import registry
+    from plmrec.serving.predictor import serve as run_server
+
+    p = load_params(params_path, overrides)
+    version = None
+    if bundle_dir is None:
+        client, uri = _registry_client(p)
+        target = download_dir or tempfile.mkdtemp(prefix="plmrec-serve-")
+        bundle_dir, version = registry.download(uri, p.registry.model_name, alias, target)
+        click.echo(f"serving {p.registry.model_name}@{alias} (version {version}) from {uri}")
+    run_server(bundle_dir, p.serving, host, port, version=version)
 
 
 # ---------------------------------------------------------------------------- models

@@ -312,6 +312,40 @@ class RecommendersParams(_Section):
         return self
 
 
+_RANKING_METRICS = ("precision", "recall", "f1", "map", "ndcg")
+SERVED_MODELS = ("auto", "popularity", "mf", "mf+cluster", "mf+similarity", "text_neighbours", "ltr")
+
+
+class RegistryParams(_Section):
+    enabled: bool = True
+    model_name: str = Field("plmrec-recommender", min_length=1, description="registered model in MLflow")
+    served_model: str = Field("auto", description="auto: the recommender with the best valid primary metric")
+    primary_metric: str = Field("ndcg@10", description="test metric the promotion gate compares")
+    min_improvement: float = Field(0.0, ge=0.0, description="absolute: challenger must exceed champion by more")
+    guard_metrics: list[str] = Field(["recall@10", "precision@5"], description="must not drop by more than "
+                                                                                "guard_tolerance")
+    guard_tolerance: float = Field(0.005, ge=0.0)
+
+    @model_validator(mode="after")
+    def _known_model(self) -> "RegistryParams":
+        if self.served_model not in SERVED_MODELS:
+            raise ValueError(f"served_model '{self.served_model}' must be one of {', '.join(SERVED_MODELS)}")
+        return self
+
+
+class ServingParams(_Section):
+    model_name: str = Field("plmrec", pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+                            description="the name in /v1/models/<name>:predict")
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=1, le=65535)
+    default_k: int = Field(10, ge=1)
+    max_k: int = Field(100, ge=1)
+    max_instances: int = Field(64, ge=1, description="instances (v1) or batch rows (v2) per request")
+    max_basket: int = Field(500, ge=1)
+    max_query_chars: int = Field(500, ge=1)
+    max_body_bytes: int = Field(1_048_576, ge=1024)
+
+
 class TrackingParams(_Section):
     uri: str | None = Field(None, description="MLflow tracking URI; MLFLOW_TRACKING_URI, then local SQLite, if unset")
     experiment: str = "plmrec"
@@ -334,8 +368,22 @@ class Params(_Section):
     finetune: FinetuneParams = FinetuneParams()
     retrieval: RetrievalParams = RetrievalParams()
     recommenders: RecommendersParams = RecommendersParams()
+    registry: RegistryParams = RegistryParams()
+    serving: ServingParams = ServingParams()
     tracking: TrackingParams = TrackingParams()
     pipeline: PipelineParams = PipelineParams()
+
+    @model_validator(mode="after")
+    def _gate_metrics_are_computed(self) -> "Params":
+        ks = self.recommenders.ks
+        for metric in [self.registry.primary_metric, *self.registry.guard_metrics]:
+            name, _, k = metric.partition("@")
+            if name not in _RANKING_METRICS or not k.isdigit() or int(k) not in ks:
+                raise ValueError(f"registry metric '{metric}' must be <precision|recall|f1|map|ndcg>@<k> with k in "
+                                 f"recommenders.ks {ks}")
+        if self.serving.default_k > self.serving.max_k:
+            raise ValueError(f"serving.default_k {self.serving.default_k} exceeds serving.max_k {self.serving.max_k}")
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_none=True)  # None = default; KFP structs reject None

@@ -15,6 +15,7 @@ from plmrec import tracking
 from plmrec.config import Params
 from plmrec.data.files import file_digest
 from plmrec.data.tables import read_table, write_table
+from plmrec.errors import PlmrecError
 
 
 def _say(stage: str, message: str) -> None:
@@ -238,7 +239,6 @@ def finetune_summary(report: dict) -> dict[str, dict]:
 
 def finetune_start_model(params: Params, pretrained_dir: str | Path | None) -> str:
     """The encoder fine-tuning starts from: the pretrain stage's output, or the untouched base model."""
-    from plmrec.errors import PlmrecError
     from plmrec.pretrain.models import check_base_model
 
     if params.finetune.start_from == "base":
@@ -312,7 +312,6 @@ def finetune(params: Params, prepared_path: str | Path, pretrained_dir: str | Pa
 
 def retrieval_encoders(params: Params, pretrained_dir: str | Path | None, finetuned_dir: str | Path | None) -> dict:
     """name -> encoder directory for every encoder in retrieval.compare."""
-    from plmrec.errors import PlmrecError
     from plmrec.pretrain.models import check_base_model
 
     where = {"base": lambda: check_base_model(params.pretrain.base_model),
@@ -394,9 +393,12 @@ def evaluate_retrieval(params: Params, prepared_path: str | Path, pretrained_dir
 
 
 def compare_models(params: Params, prepared_path: str | Path, finetuned_dir: str | Path, metrics_path: str | Path,
-                   reports_dir: str | Path, run_key: str | None = None, tracking_uri: str | None = None) -> dict:
+                   reports_dir: str | Path, run_key: str | None = None, tracking_uri: str | None = None,
+                   bundle_dir: str | Path | None = None) -> dict:
     """The classifier ablation (XGBoost with and without PLM features) and the recommenders
-    (popularity, ALS and its PLM variants, text neighbours, learning to rank), over several seeds."""
+    (popularity, ALS and its PLM variants, text neighbours, learning to rank), over several seeds.
+    With `bundle_dir`, the served recommender (registry.served_model) is refitted on all purchases
+    and written there as a serving bundle."""
     import mlflow
 
     from plmrec.finetune.retrieval import markdown_table
@@ -489,6 +491,74 @@ def compare_models(params: Params, prepared_path: str | Path, finetuned_dir: str
                 rec_sum.loc["ltr", ("mean", primary)] if "ltr" in rec_sum.index else 0.0,
             "test_accuracy_plm_xgboost": clf_sum.loc[plm_clf, ("mean", "test_accuracy")],
             "test_accuracy_best_xgboost": clf_sum.loc[best_clf, ("mean", "test_accuracy")]})
+        if bundle_dir is not None:
+            summary["served"] = write_bundle(params, prepared, items, rec_rows, rec_detail, finetuned_dir, bundle_dir)
+            (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+            mlflow.set_tag("plmrec.served_model", summary["served"]["model"])
         for v in verdicts:
             _say("compare-models", v)
         return summary
+
+
+def write_bundle(params: Params, prepared: pd.DataFrame, items: pd.DataFrame, rec_rows: pd.DataFrame,
+                 rec_detail: dict, finetuned_dir: str | Path, bundle_dir: str | Path) -> dict:
+    """The serving bundle of the recommender chosen on valid, with its test metrics (mean over seeds)."""
+    from plmrec.recsys.experiment import served_model
+    from plmrec.serving.bundle import build_bundle
+
+    rp = params.recommenders
+    model = params.registry.served_model
+    if model == "auto":
+        model = served_model(rec_rows, rp.primary_metric)
+    if model not in set(rec_rows["model"]):
+        raise PlmrecError(f"registry.served_model '{model}' was not evaluated (evaluated: "
+                          f"{', '.join(rec_rows['model'].unique())}; ltr needs recommenders.ltr.enabled)")
+    rows = rec_rows[rec_rows["model"] == model]
+    metrics = {c.replace("test_", ""): float(rows[c].mean()) for c in rows.columns
+               if c.startswith("test_") and "@" in c}
+    metrics.update({f"{k}_std": float(rows[f"test_{k}"].std(ddof=1)) if len(rows) > 1 else 0.0
+                    for k in list(metrics)})
+    seed = rp.seeds[-1]
+    start = time.perf_counter()
+    build_bundle(prepared, items, Path(finetuned_dir) / "sentence-transformer", bundle_dir, rp, model,
+                 {**rec_detail["chosen"][seed], "seed": seed}, rec_detail["rankers"].get(seed), metrics,
+                 encoder_info={"source": str(finetuned_dir)})
+    _say("compare-models", f"serving bundle: {model} (best valid {rp.primary_metric}), refitted on all purchases "
+                           f"in {time.perf_counter() - start:.1f} s -> {bundle_dir}")
+    return {"model": model, "metrics": metrics, "bundle": str(bundle_dir)}
+
+
+def register_model(params: Params, bundle_dir: str | Path, prepared_path: str | Path, decision_path: str | Path,
+                   run_key: str | None = None, tracking_uri: str | None = None) -> dict:
+    """Register the bundle as a new version (metrics and data version attached), make it the
+    challenger and promote it to champion if it passes the gate."""
+    import mlflow
+
+    from plmrec import registry
+    from plmrec.serving.bundle import Recommender
+
+    rg = params.registry
+    if not rg.enabled:
+        decision = {"registered": False, "reason": "registry.enabled is false"}
+        Path(decision_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(decision_path).write_text(json.dumps(decision))
+        return decision
+    meta = Recommender(bundle_dir, load_encoder=False).meta
+    metrics = {k: v for k, v in meta["metrics"].items() if not k.endswith("_std")}
+    tags = {"data.md5": file_digest(prepared_path, "md5"), "data.path": str(prepared_path),
+            "served_model": meta["model"], "plmrec.run_key": run_key or ""}
+    with tracking.stage_run(params, "register-model", run_key, tracking_uri) as run:
+        version = registry.register_bundle(bundle_dir, rg, metrics, {**tags, "mlflow.run_id": run.info.run_id})
+        client = mlflow.MlflowClient()
+        decision = registry.gate(client, rg, version)
+        tracking.log_json(decision.to_dict(), "registry/decision.json")
+        mlflow.log_metrics({"gate_promoted": float(decision.promoted), "registered_version": float(version)})
+        mlflow.set_tags({"plmrec.registered_version": version, "plmrec.gate": decision.reason[:5000]})
+        tracking.log_parent_metrics(params, run_key, tracking_uri, {"registered_version": float(version),
+                                                                    "gate_promoted": float(decision.promoted)})
+    out = {"registered": True, "model_name": rg.model_name, **decision.to_dict()}
+    Path(decision_path).parent.mkdir(parents=True, exist_ok=True)
+    Path(decision_path).write_text(json.dumps(out, indent=2))
+    _say("register-model", f"{rg.model_name} version {version} is @challenger; "
+                           f"{'promoted to @champion' if decision.promoted else 'not promoted'}: {decision.reason}")
+    return out

@@ -34,7 +34,7 @@ def run_recommenders(prepared: pd.DataFrame, items: pd.DataFrame, rp: Recommende
         raise ValueError(f"no customer to evaluate (valid {len(wv.eval_rows)}, test {len(wt.eval_rows)}): "
                          f"customers need purchases before and inside the window")
     primary = rp.primary_metric
-    records, curves, chosen = [], {}, {}
+    records, curves, chosen, rankers = [], {}, {}, {}
     for seed in rp.seeds:
         clusters = EmbeddingFeatures.fit(items, train_codes, rp.clusters, seed).table[:, 0].astype(np.int64)
 
@@ -65,6 +65,7 @@ def run_recommenders(prepared: pd.DataFrame, items: pd.DataFrame, rp: Recommende
             frame_t, qid_t = R.ltr_frame(wt, st, cand_t)
             lists["ltr"] = (R.ltr_rank(ranker, frame_v, qid_v, cand_v, kmax), R.ltr_rank(ranker, frame_t, qid_t, cand_t, kmax))
             chosen[seed]["ltr_best_iteration"] = int(ranker.best_iteration)
+            rankers[seed] = ranker
             chosen[seed]["ltr_importance"] = dict(zip(R.LTR_FEATURES, map(float, ranker.feature_importances_)))
         for name, (on_valid, on_test) in lists.items():
             v = R.evaluate(on_valid, wv.relevant, ks)
@@ -76,7 +77,13 @@ def run_recommenders(prepared: pd.DataFrame, items: pd.DataFrame, rp: Recommende
         say(f"recommenders seed {seed}: factors {factors}, similarity weight {sim_w}, cluster weight {clu_w}; "
             + ", ".join(f"{r['model']} {r[f'test_{primary}']:.4f}" for r in records if r["seed"] == seed))
     return pd.DataFrame(records), {"chosen": chosen, "precision_curves": curves, "valid_customers": len(wv.eval_rows),
-                                   "test_customers": len(wt.eval_rows)}
+                                   "test_customers": len(wt.eval_rows), "rankers": rankers}
+
+
+def served_model(rows: pd.DataFrame, primary: str) -> str:
+    """The recommender to serve: the best mean valid figure of the primary metric (never the test one)."""
+    by_model = rows.groupby("model", sort=False)[f"valid_{primary}"].mean()
+    return str(by_model.idxmax())
 
 
 def _drop_history(candidates: list[np.ndarray], w: R.Window, exclude: bool) -> list[np.ndarray]:

@@ -64,12 +64,11 @@ def fit_als(counts: sp.csr_matrix, factors: int, regularization: float, alpha: f
     from implicit.als import AlternatingLeastSquares
     from threadpoolctl import threadpool_limits
 
-    confidence = counts.copy()
-    confidence.data = 1.0 + alpha * np.log1p(confidence.data)
+    conf = confidence(counts, alpha)
     with threadpool_limits(1, "blas"):  # implicit parallelises itself; threaded BLAS only slows it down
         model = AlternatingLeastSquares(factors=factors, regularization=regularization, alpha=1.0,
                                         iterations=iterations, random_state=seed)
-        model.fit(confidence.astype(np.float32), show_progress=False)
+        model.fit(conf.astype(np.float32), show_progress=False)
     return np.asarray(model.user_factors), np.asarray(model.item_factors)
 
 
@@ -126,10 +125,39 @@ class Scorers:
 def fit_scorers(w: Window, item_vectors: np.ndarray, clusters: np.ndarray, n_clusters: int, factors: int,
                 rp: RecommendersParams, seed: int) -> Scorers:
     uf, vf = fit_als(w.counts, factors, rp.mf.regularization, rp.mf.alpha, rp.mf.iterations, seed)
-    vecs, share = user_profiles(w.counts, w.eval_rows, item_vectors, clusters, n_clusters)
-    popularity = np.log1p(np.asarray(w.counts.sum(axis=0)).ravel())
-    return Scorers(mf=uf[w.eval_rows] @ vf.T, similarity=vecs @ item_vectors.T, cluster=share[:, clusters],
+    return score_rows(w.counts[w.eval_rows], uf[w.eval_rows], vf, item_vectors, clusters, n_clusters,
+                      item_popularity(w.counts))
+
+
+def item_popularity(counts: sp.csr_matrix) -> np.ndarray:
+    return np.log1p(np.asarray(counts.sum(axis=0)).ravel())
+
+
+def score_rows(counts: sp.csr_matrix, user_factors: np.ndarray, item_factors: np.ndarray, item_vectors: np.ndarray,
+               clusters: np.ndarray, n_clusters: int, popularity: np.ndarray) -> Scorers:
+    """Scorers for the customers whose purchase rows (and ALS vectors) are given; the served path
+    scores one customer or basket with the same function as the evaluation."""
+    vecs, share = user_profiles(counts, np.arange(counts.shape[0]), item_vectors, clusters, n_clusters)
+    return Scorers(mf=user_factors @ item_factors.T, similarity=vecs @ item_vectors.T, cluster=share[:, clusters],
                    popularity=popularity)
+
+
+def confidence(counts: sp.csr_matrix | np.ndarray, alpha: float):
+    """ALS confidence of purchase lines: 1 + alpha * log1p(lines)."""
+    if sp.issparse(counts):
+        out = counts.copy()
+        out.data = 1.0 + alpha * np.log1p(out.data)
+        return out
+    return 1.0 + alpha * np.log1p(np.asarray(counts, dtype=np.float64))
+
+
+def fold_in(item_factors: np.ndarray, items: np.ndarray, conf: np.ndarray, regularization: float) -> np.ndarray:
+    """The ALS user vector of a new purchase row (the least-squares step for one user, items held fixed):
+    (V'V + V_i'(C_i - 1)V_i + lambda I) x = V_i' C_i."""
+    v = item_factors.astype(np.float64)
+    vi = v[items]
+    a = v.T @ v + (vi.T * (conf - 1.0)) @ vi + regularization * np.eye(v.shape[1])
+    return np.linalg.solve(a, vi.T @ conf).astype(np.float32)
 
 
 def variant_scores(s: Scorers, similarity_weight: float, cluster_weight: float) -> dict[str, np.ndarray]:
@@ -157,10 +185,17 @@ def ltr_candidates(w: Window, s: Scorers, rp: RecommendersParams) -> list[np.nda
     return out
 
 
-def ltr_frame(w: Window, s: Scorers, candidates: list[np.ndarray]) -> tuple[pd.DataFrame, np.ndarray]:
-    """One row per (customer, candidate) with the ranker's features; also the query id per row."""
+def item_customer_counts(counts: sp.csr_matrix) -> np.ndarray:
+    return np.asarray((counts > 0).sum(axis=0)).ravel()
+
+
+def ltr_frame(w: Window, s: Scorers, candidates: list[np.ndarray],
+              item_customers: np.ndarray | None = None) -> tuple[pd.DataFrame, np.ndarray]:
+    """One row per (customer, candidate) with the ranker's features; also the query id per row.
+    `item_customers` (buyers per item) defaults to the window's own counts."""
     mf_rank = np.argsort(np.argsort(-s.mf, axis=1), axis=1)
-    item_customers = np.asarray((w.counts > 0).sum(axis=0)).ravel()
+    if item_customers is None:
+        item_customers = item_customer_counts(w.counts)
     parts, qids = [], []
     for i, (r, items) in enumerate(zip(w.eval_rows, candidates)):
         lines = np.asarray(w.counts[r, items].todense()).ravel()

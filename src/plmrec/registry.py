@@ -1,0 +1,179 @@
+"""The MLflow model registry: register each run's recommender, gate its promotion, roll back.
+
+Every pipeline run logs its serving bundle as an MLflow pyfunc model and registers it as a new
+version of one registered model, with its test metrics and data version as version tags. The
+new version becomes `@challenger`; the gate promotes it to `@champion` only when it beats the
+current champion on the primary metric by more than the margin and no guard metric drops by more
+than the tolerance. Moving the `champion` alias is the single step that changes what is served;
+the replaced version is recorded on the new champion first, so `rollback` can move the alias back.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from plmrec.config import RegistryParams
+from plmrec.errors import PlmrecError
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+PREVIOUS_TAG = "plmrec.previous_champion"
+METRIC_TAG = "metric."
+GATE_TAG = "plmrec.gate"
+
+
+class RegistryError(PlmrecError):
+    """A registry operation that cannot proceed (no champion, nothing to roll back to, ...)."""
+
+
+def metric_tag(metric: str) -> str:
+    return METRIC_TAG + metric
+
+
+def register_bundle(bundle_dir: str | Path, rp: RegistryParams, metrics: dict[str, float], tags: dict[str, str]) -> str:
+    """Log the bundle as a pyfunc model in the active run and register it; returns the new version."""
+    import mlflow
+
+    from plmrec.serving.pyfunc import BundleModel, pip_requirements
+
+    info = mlflow.pyfunc.log_model(name="recommender", python_model=BundleModel(),
+                                   artifacts={"bundle": str(bundle_dir)}, pip_requirements=pip_requirements(),
+                                   registered_model_name=rp.model_name, await_registration_for=60,
+                                   metadata={"plmrec_metrics": metrics})
+    version = str(info.registered_model_version)
+    mlflow.log_metrics({k.replace("@", "_at_"): float(v) for k, v in metrics.items()}, model_id=info.model_id)
+    client = mlflow.MlflowClient()
+    for key, value in {**{metric_tag(k): repr(float(v)) for k, v in metrics.items()}, **tags}.items():
+        client.set_model_version_tag(rp.model_name, version, key, str(value))
+    return version
+
+
+def version_metrics(version) -> dict[str, float]:
+    return {k[len(METRIC_TAG):]: float(v) for k, v in version.tags.items() if k.startswith(METRIC_TAG)}
+
+
+def alias_version(client, name: str, alias: str):
+    """The version behind `name@alias`, or None when the alias is not set."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+@dataclass
+class Decision:
+    version: str
+    promoted: bool
+    reason: str
+    champion_before: str | None
+    champion_after: str | None
+    primary: dict = field(default_factory=dict)
+    guards: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def decide(candidate: dict[str, float], champion: dict[str, float] | None, rp: RegistryParams) -> tuple[bool, str, dict, dict]:
+    """The gate's rule alone: (promote?, reason, primary figures, guard figures)."""
+    p = rp.primary_metric
+    if p not in candidate:
+        raise RegistryError(f"the candidate has no '{p}' metric (has: {', '.join(sorted(candidate)) or 'none'})")
+    if champion is None:
+        return True, "no champion yet: the first version is promoted", {"challenger": candidate[p]}, {}
+    if p not in champion:
+        return True, f"the champion has no '{p}' metric: the challenger replaces it", {"challenger": candidate[p]}, {}
+    gain = candidate[p] - champion[p]
+    primary = {"metric": p, "challenger": candidate[p], "champion": champion[p], "gain": gain,
+               "min_improvement": rp.min_improvement}
+    guards, regressed = {}, []
+    for g in rp.guard_metrics:
+        if g in candidate and g in champion:
+            drop = champion[g] - candidate[g]
+            guards[g] = {"challenger": candidate[g], "champion": champion[g], "drop": drop, "tolerance": rp.guard_tolerance}
+            if drop > rp.guard_tolerance:
+                regressed.append(f"{g} drops by {drop:.4f} (> {rp.guard_tolerance})")
+    if gain <= rp.min_improvement:
+        return False, f"{p} {candidate[p]:.4f} does not beat the champion's {champion[p]:.4f} by more than " \
+                      f"{rp.min_improvement} (gain {gain:+.4f})", primary, guards
+    if regressed:
+        return False, "guard metric regressed: " + "; ".join(regressed), primary, guards
+    return True, f"{p} {candidate[p]:.4f} beats the champion's {champion[p]:.4f} by {gain:+.4f} and no guard " \
+                 f"metric regressed", primary, guards
+
+
+def gate(client, rp: RegistryParams, version: str) -> Decision:
+    """Make `version` the challenger; promote it to champion if it passes the gate."""
+    name = rp.model_name
+    candidate = client.get_model_version(name, version)
+    client.set_registered_model_alias(name, CHALLENGER, version)
+    current = alias_version(client, name, CHAMPION)
+    if current is not None and current.version == str(version):
+        raise RegistryError(f"version {version} of {name} is already the champion")
+    promote, reason, primary, guards = decide(version_metrics(candidate), version_metrics(current) if current else None, rp)
+    before = current.version if current else None
+    decision = Decision(str(version), promote, reason, before, str(version) if promote else before, primary, guards)
+    client.set_model_version_tag(name, version, GATE_TAG, json.dumps(decision.to_dict())[:4900])
+    if promote:
+        client.set_model_version_tag(name, version, PREVIOUS_TAG, before or "")
+        client.set_registered_model_alias(name, CHAMPION, version)  # the one step that changes what is served
+    return decision
+
+
+def force_promote(client, rp: RegistryParams, version: str) -> Decision:
+    """Make `version` the champion without the gate (an operator's decision), keeping rollback possible."""
+    name = rp.model_name
+    client.get_model_version(name, version)  # raises if it does not exist
+    current = alias_version(client, name, CHAMPION)
+    before = current.version if current else None
+    if before != str(version):
+        client.set_model_version_tag(name, version, PREVIOUS_TAG, before or "")
+        client.set_registered_model_alias(name, CHAMPION, version)
+    return Decision(str(version), True, "promoted by hand (--force): gate skipped", before, str(version))
+
+
+def rollback(client, rp: RegistryParams) -> tuple[str, str]:
+    """Point @champion back at the version it replaced; returns (from, to)."""
+    name = rp.model_name
+    current = alias_version(client, name, CHAMPION)
+    if current is None:
+        raise RegistryError(f"{name} has no @{CHAMPION}: nothing to roll back")
+    previous = current.tags.get(PREVIOUS_TAG, "")
+    if not previous:
+        raise RegistryError(f"{name}@{CHAMPION} is version {current.version}, which replaced no earlier champion: "
+                            f"nothing to roll back to")
+    client.get_model_version(name, previous)
+    client.set_model_version_tag(name, current.version, "plmrec.rolled_back_to", previous)
+    client.set_registered_model_alias(name, CHAMPION, previous)
+    return current.version, previous
+
+
+def download(uri: str, name: str, alias: str, dst: str | Path) -> tuple[Path, str]:
+    """Download `models:/name@alias` into `dst`; returns (local directory, version)."""
+    import mlflow
+
+    client = mlflow.MlflowClient(uri)
+    v = alias_version(client, name, alias)
+    if v is None:
+        raise RegistryError(f"registered model '{name}' has no @{alias} in {uri} (run the pipeline, then "
+                            f"`plmrec promote`)")
+    mlflow.set_tracking_uri(uri)
+    local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{v.version}", dst_path=str(dst))
+    return Path(local), v.version
+
+
+def versions_table(client, name: str, limit: int = 10) -> list[dict]:
+    """The newest versions with their aliases, gate decision and metrics."""
+    aliases: dict[str, list[str]] = {}
+    for alias, ver in client.get_registered_model(name).aliases.items():
+        aliases.setdefault(str(ver), []).append(alias)
+    rows = []
+    for v in client.search_model_versions(f"name = '{name}'", order_by=["version_number DESC"], max_results=limit):
+        gate_info = json.loads(v.tags.get(GATE_TAG, "{}") or "{}")
+        rows.append({"version": v.version, "aliases": ",".join(sorted(aliases.get(str(v.version), []))),
+                     "promoted": gate_info.get("promoted"), "run_id": v.run_id, **version_metrics(v),
+                     "data_md5": v.tags.get("data.md5", "")})
+    return rows

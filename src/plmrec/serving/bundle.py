@@ -1,0 +1,274 @@
+"""The serving bundle: everything the predictor needs to recommend without refitting.
+
+`build_bundle` refits the evaluated recommender on every purchase (the evaluation's chosen
+settings, the ranker trained on the valid window) and writes one directory:
+
+    bundle.json          what was served, how it was chosen, its evaluation metrics
+    items.parquet        stock code, description, text cluster, popularity, buyers
+    item_vectors.npy     L2-normalised item embeddings (the fine-tuned encoder)
+    item_factors.npy     ALS item factors;  user_factors.npy, customers.npy: one row per customer
+    history.npz          purchase lines and latest purchase day per (customer, item)
+    ranker.json          the learning-to-rank XGBoost model (when the served model is ltr)
+    encoder/             the sentence-transformers encoder, for free-text queries
+
+`Recommender` loads it and scores a customer, a basket or a text query with the same functions
+the evaluation used (`plmrec.recsys.recommend`), so what is served is what was measured.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from plmrec.config import RecommendersParams
+from plmrec.errors import PlmrecError
+from plmrec.features import DAY_NS, EmbeddingFeatures
+from plmrec.finetune.embed import normalise, stack
+from plmrec.recsys import recommend as R
+
+BUNDLE_FORMAT = 1
+MODELS = ("popularity", "mf", "mf+cluster", "mf+similarity", "text_neighbours", "ltr")
+
+
+class BundleError(PlmrecError):
+    """A bundle directory that is missing a file or does not match its metadata."""
+
+
+class UnknownCustomer(PlmrecError):
+    """A customer id with no purchases in the bundle."""
+
+
+@dataclass
+class Recommendation:
+    stock_codes: list[str]
+    descriptions: list[str]
+    scores: list[float]
+    unknown_stock_codes: list[str]
+
+    def to_dict(self) -> dict:
+        out = {"items": [{"stock_code": c, "description": d, "score": s}
+                         for c, d, s in zip(self.stock_codes, self.descriptions, self.scores)]}
+        if self.unknown_stock_codes:
+            out["unknown_stock_codes"] = self.unknown_stock_codes
+        return out
+
+
+def _history(prepared: pd.DataFrame, item_col: dict[str, int]) -> tuple[np.ndarray, sp.csr_matrix, sp.csr_matrix, float]:
+    rows = prepared[prepared["StockCode"].astype(str).isin(item_col)]
+    customers = np.sort(rows["CustomerID"].unique())
+    row = {c: i for i, c in enumerate(customers)}
+    r = rows["CustomerID"].map(row).to_numpy()
+    c = rows["StockCode"].astype(str).map(item_col).to_numpy()
+    day = (rows["InvoiceDate"].astype("int64") // DAY_NS).to_numpy().astype(np.float64)
+    shape = (len(customers), len(item_col))
+    counts = sp.csr_matrix((np.ones(len(r), dtype=np.float32), (r, c)), shape=shape)
+    last = pd.DataFrame({"r": r, "c": c, "d": day}).groupby(["r", "c"])["d"].max().reset_index()
+    last_day = sp.csr_matrix((last["d"].to_numpy() + 1, (last["r"], last["c"])), shape=shape)
+    return customers, counts, last_day, float(day.max() + 1)
+
+
+def build_bundle(prepared: pd.DataFrame, items: pd.DataFrame, encoder_dir: str | Path, out_dir: str | Path,
+                 rp: RecommendersParams, model: str, chosen: dict, ranker=None, metrics: dict | None = None,
+                 encoder_info: dict | None = None) -> Path:
+    """Refit `model` with the settings chosen on valid (`chosen`: factors, weights) on all purchases."""
+    if model not in MODELS:
+        raise BundleError(f"unknown served model '{model}' (expected one of {', '.join(MODELS)})")
+    if model == "ltr" and ranker is None:
+        raise BundleError("served model is ltr but no ranker was given")
+    out = Path(out_dir)
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    codes = items["StockCode"].astype(str).tolist()
+    item_col = {c: i for i, c in enumerate(codes)}
+    vectors = normalise(stack(items["embedding"]))
+    seed = int(chosen.get("seed", rp.seeds[-1]))
+    train_codes = prepared.loc[prepared["split"] == "train", "StockCode"].unique()
+    clusters = EmbeddingFeatures.fit(items, train_codes, rp.clusters, seed).table[:, 0].astype(np.int64)
+    customers, counts, last_day, end_day = _history(prepared, item_col)
+    uf, vf = R.fit_als(counts, int(chosen["factors"]), rp.mf.regularization, rp.mf.alpha, rp.mf.iterations, seed)
+    pd.DataFrame({"StockCode": codes, "Description": items["Description"].astype(str).tolist(), "cluster": clusters,
+                  "popularity": R.item_popularity(counts), "customers": R.item_customer_counts(counts)}
+                 ).to_parquet(out / "items.parquet", index=False)
+    np.save(out / "item_vectors.npy", vectors)
+    np.save(out / "item_factors.npy", vf.astype(np.float32))
+    np.save(out / "user_factors.npy", uf.astype(np.float32))
+    np.save(out / "customers.npy", customers.astype(np.int64))
+    sp.save_npz(out / "history_counts.npz", counts)
+    sp.save_npz(out / "history_last_day.npz", last_day)
+    if model == "ltr":
+        ranker.save_model(str(out / "ranker.json"))
+    shutil.copytree(encoder_dir, out / "encoder")
+    meta = {"format": BUNDLE_FORMAT, "model": model, "seed": seed, "factors": int(chosen["factors"]),
+            "similarity_weight": float(chosen.get("similarity_weight", 0.0)),
+            "cluster_weight": float(chosen.get("cluster_weight", 0.0)), "n_clusters": rp.clusters,
+            "regularization": rp.mf.regularization, "alpha": rp.mf.alpha, "ltr": rp.ltr.model_dump(mode="json"),
+            "end_day": end_day, "items": len(codes), "customers": int(len(customers)),
+            "purchase_lines": int(counts.sum()), "metrics": metrics or {}, "encoder": encoder_info or {},
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    (out / "bundle.json").write_text(json.dumps(meta, indent=2))
+    return out
+
+
+class Recommender:
+    """A loaded bundle: top-K for a known customer, an anonymous basket, or a free-text query."""
+
+    def __init__(self, path: str | Path, load_encoder: bool = True):
+        path = Path(path)
+        meta_file = path / "bundle.json"
+        if not meta_file.exists():
+            raise BundleError(f"{path}: not a plmrec serving bundle (no bundle.json)")
+        self.path = path
+        self.meta = json.loads(meta_file.read_text())
+        if self.meta.get("format") != BUNDLE_FORMAT:
+            raise BundleError(f"{meta_file}: bundle format {self.meta.get('format')}, this plmrec reads {BUNDLE_FORMAT}")
+        try:
+            items = pd.read_parquet(path / "items.parquet")
+            self.item_vectors = np.load(path / "item_vectors.npy")
+            self.item_factors = np.load(path / "item_factors.npy")
+            self.user_factors = np.load(path / "user_factors.npy")
+            customers = np.load(path / "customers.npy")
+            self.counts = sp.load_npz(path / "history_counts.npz").tocsr()
+            self.last_day = sp.load_npz(path / "history_last_day.npz").tocsr()
+        except FileNotFoundError as exc:
+            raise BundleError(f"{path}: bundle file missing: {Path(exc.filename).name}") from None
+        self.codes = items["StockCode"].astype(str).to_numpy()
+        self.descriptions = items["Description"].astype(str).to_numpy()
+        self.clusters = items["cluster"].to_numpy(np.int64)
+        self.popularity = items["popularity"].to_numpy(np.float64)
+        self.item_customers = items["customers"].to_numpy(np.float64)
+        self.item_col = {c: i for i, c in enumerate(self.codes)}
+        self.customer_row = {int(c): i for i, c in enumerate(customers)}
+        shapes = {"item_vectors": self.item_vectors.shape[0], "item_factors": self.item_factors.shape[0],
+                  "history": self.counts.shape[1]}
+        bad = {k: v for k, v in shapes.items() if v != len(self.codes)}
+        if bad or self.user_factors.shape[0] != len(customers):
+            raise BundleError(f"{path}: arrays do not match {len(self.codes)} items / {len(customers)} customers: {bad}")
+        self.model = self.meta["model"]
+        self.ltr = RecommendersParams.model_validate({"ltr": self.meta["ltr"]}).ltr if self.model == "ltr" else None
+        self.ranker = None
+        if self.model == "ltr":
+            import xgboost as xgb
+
+            self.ranker = xgb.XGBRanker()
+            self.ranker.load_model(str(path / "ranker.json"))
+            self.ranker.set_params(n_jobs=1)  # one request is a few hundred rows: threads only add overhead
+        self.encoder = self._load_encoder() if load_encoder else None
+
+    def _load_encoder(self):
+        from sentence_transformers import SentenceTransformer
+
+        return SentenceTransformer(str(self.path / "encoder"), device="cpu")
+
+    @property
+    def n_items(self) -> int:
+        return len(self.codes)
+
+    def knows(self, customer_id: int) -> bool:
+        return int(customer_id) in self.customer_row
+
+    # -- scoring -------------------------------------------------------------------------------------
+
+    def _basket_row(self, basket: list[str]) -> tuple[np.ndarray, list[str]]:
+        known = [self.item_col[c] for c in basket if c in self.item_col]
+        unknown = [c for c in basket if c not in self.item_col]
+        return np.array(sorted(set(known)), dtype=np.int64), unknown
+
+    def _window(self, counts: sp.csr_matrix, last_day: sp.csr_matrix) -> R.Window:
+        return R.Window(customers=np.zeros(1), counts=counts, last_day=last_day, eval_rows=np.zeros(1, dtype=np.int64),
+                        relevant=[set()], end_day=self.meta["end_day"])
+
+    def _rank(self, counts: sp.csr_matrix, last_day: sp.csr_matrix, user_factor: np.ndarray, k: int,
+              exclude_seen: bool) -> tuple[np.ndarray, np.ndarray]:
+        m = self.meta
+        s = R.score_rows(counts, user_factor[None, :], self.item_factors, self.item_vectors, self.clusters,
+                         m["n_clusters"], self.popularity)
+        seen = counts.indices
+        if self.model == "ltr":
+            w = self._window(counts, last_day)
+            rp = RecommendersParams(ltr=self.ltr)
+            candidates = R.ltr_candidates(w, s, rp)
+            if exclude_seen:
+                candidates = [np.setdiff1d(candidates[0], seen)]
+            frame, _ = R.ltr_frame(w, s, candidates, self.item_customers)
+            scores = self.ranker.predict(frame)
+            items = candidates[0]
+            order = np.lexsort((items, -scores))[:k]
+            return items[order], scores[order]
+        scores = R.variant_scores(s, m["similarity_weight"], m["cluster_weight"])[self.model][0].astype(np.float64)
+        if exclude_seen:
+            scores[seen] = -np.inf
+        top = R.top_k(scores[None, :], k)[0]
+        top = top[np.isfinite(scores[top])]
+        return top, scores[top]
+
+    def _result(self, items: np.ndarray, scores: np.ndarray, unknown: list[str] | None = None) -> Recommendation:
+        return Recommendation(self.codes[items].tolist(), self.descriptions[items].tolist(),
+                              [round(float(x), 6) for x in scores], unknown or [])
+
+    def recommend_customer(self, customer_id: int, k: int, basket: list[str] | None = None,
+                           exclude_seen: bool = False) -> Recommendation:
+        """Top-K for a known customer (their history, plus an optional current basket)."""
+        row = self.customer_row.get(int(customer_id))
+        if row is None:
+            if basket:
+                return self.recommend_basket(basket, k, exclude_seen)
+            raise UnknownCustomer(f"customer {customer_id} is unknown (no purchases in the served model's data) "
+                                  f"and the request has no basket: send \"basket\": [stock codes] for a cold-start "
+                                  f"recommendation")
+        counts, last_day, factor = self.counts[row], self.last_day[row], self.user_factors[row]
+        unknown: list[str] = []
+        if basket:
+            items, unknown = self._basket_row(basket)
+            if len(items):
+                add = sp.csr_matrix((np.ones(len(items), dtype=np.float32), (np.zeros(len(items)), items)),
+                                    shape=counts.shape)
+                counts = (counts + add).tocsr()
+                today = sp.csr_matrix((np.full(len(items), self.meta["end_day"] + 1), (np.zeros(len(items)), items)),
+                                      shape=counts.shape)
+                last_day = last_day.maximum(today).tocsr()
+                factor = self._fold_in(counts)
+        return self._result(*self._rank(counts, last_day, factor, k, exclude_seen), unknown)
+
+    def _fold_in(self, counts: sp.csr_matrix) -> np.ndarray:
+        return R.fold_in(self.item_factors, counts.indices, R.confidence(counts.data, self.meta["alpha"]),
+                         self.meta["regularization"])
+
+    def recommend_basket(self, basket: list[str], k: int, exclude_seen: bool = False) -> Recommendation:
+        """Top-K for an anonymous basket: its ALS vector folded in, its items as the history."""
+        items, unknown = self._basket_row(basket)
+        if not len(items):
+            raise UnknownCustomer(f"none of the basket's stock codes is in the catalogue: {', '.join(basket[:10])}")
+        shape = (1, self.n_items)
+        counts = sp.csr_matrix((np.ones(len(items), dtype=np.float32), (np.zeros(len(items)), items)), shape=shape)
+        last_day = sp.csr_matrix((np.full(len(items), self.meta["end_day"] + 1), (np.zeros(len(items)), items)),
+                                 shape=shape)
+        return self._result(*self._rank(counts, last_day, self._fold_in(counts), k, exclude_seen), unknown)
+
+    def search(self, queries: list[str], k: int) -> list[Recommendation]:
+        """Items nearest to each free-text query (one encoder pass for all queries)."""
+        if self.encoder is None:
+            raise BundleError("this Recommender was loaded without its encoder")
+        q = self.encoder.encode(queries, convert_to_numpy=True, normalize_embeddings=True, batch_size=64)
+        scores = q.astype(np.float32) @ self.item_vectors.T
+        top = R.top_k(scores, k)
+        return [self._result(t, scores[i, t]) for i, t in enumerate(top)]
+
+
+def find_bundle(path: str | Path) -> Path:
+    """The bundle directory inside `path`: itself, or below it (an MLflow model's artifacts/bundle,
+    or the KServe storage initializer's /mnt/models)."""
+    path = Path(path)
+    if (path / "bundle.json").exists():
+        return path
+    found = sorted(path.glob("**/bundle.json"), key=lambda p: len(p.parts))
+    if not found:
+        raise BundleError(f"{path}: no serving bundle (bundle.json) in it or below it")
+    return found[0].parent

@@ -1,0 +1,173 @@
+"""The KServe predictor: a `kserve.Model` over a serving bundle, run by `kserve.ModelServer`.
+
+v1  POST /v1/models/<name>:predict   {"instances": [{"customer_id": 12347, "k": 10}, ...]}
+v2  POST /v2/models/<name>/infer      Open Inference Protocol tensors (see `parse_v2`)
+Health: GET /v2/health/live, /v2/health/ready, /v1/models/<name> (readiness), /v2/models/<name>/ready.
+
+Every client mistake is a 4xx with a message naming the field: bad JSON and wrong types 400,
+unknown customer without a basket 404, too many instances or too large a body 413.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import uuid
+from pathlib import Path
+
+from plmrec.config import ServingParams
+from plmrec.serving.bundle import Recommender, find_bundle
+from plmrec.serving.requests import RequestError, answer, parse_v1, parse_v2
+
+log = logging.getLogger("plmrec.serving")
+
+
+def _import_kserve():
+    """kserve parses sys.argv when imported; keep it from reading this process's own flags."""
+    saved = sys.argv
+    sys.argv = saved[:1]
+    try:
+        import kserve
+        import kserve.model_server  # noqa: F401
+    finally:
+        sys.argv = saved
+    return kserve
+
+
+kserve = _import_kserve()
+from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse  # noqa: E402
+
+
+class RecommenderModel(kserve.Model):
+    """Loads the bundle in `load()`; answers v1 and v2 predict requests."""
+
+    def __init__(self, name: str, bundle_dir: str | Path, limits: ServingParams | None = None,
+                 version: str | None = None):
+        super().__init__(name)
+        self.bundle_dir, self.version = Path(bundle_dir), version
+        self.limits = limits or ServingParams()
+        self.recommender: Recommender | None = None
+
+    def load(self) -> bool:
+        self.recommender = Recommender(find_bundle(self.bundle_dir))
+        self.recommender.search(["warm up"], 1)  # first encoder call allocates; keep it off the first request
+        self.ready = True
+        return self.ready
+
+    def predict(self, payload, headers: dict | None = None):
+        if isinstance(payload, (bytes, str)):  # a JSON body sent without a JSON content type
+            try:
+                payload = json.loads(payload)
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise RequestError(f"the body is not valid JSON: {exc}") from None
+        if isinstance(payload, InferRequest):
+            results = answer(self.recommender, parse_v2(payload, self.limits))
+            return self._v2_response(payload, results)
+        return {"predictions": answer(self.recommender, parse_v1(payload, self.limits)),
+                "model_version": self.version}
+
+    def _v2_response(self, request: InferRequest, results: list[dict]) -> InferResponse:
+        width = max(len(r["items"]) for r in results)
+        codes, descriptions, scores = [], [], []
+        for r in results:
+            pad = width - len(r["items"])
+            codes += [i["stock_code"] for i in r["items"]] + [""] * pad          # "" marks padding
+            descriptions += [i["description"] for i in r["items"]] + [""] * pad
+            scores += [i["score"] for i in r["items"]] + [0.0] * pad
+        shape = [len(results), width]
+        outputs = [InferOutput("stock_code", shape, "BYTES", codes), InferOutput("description", shape, "BYTES", descriptions),
+                   InferOutput("score", shape, "FP32", scores)]
+        return InferResponse(response_id=request.id or str(uuid.uuid4()), model_name=self.name, infer_outputs=outputs,
+                             model_version=self.version)
+
+
+class BodyLimit:
+    """ASGI middleware: bodies over `max_bytes` get a 413 before they are read in full."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            return await self._reject(send, int(declared))
+        seen = 0
+        chunks = []
+        while True:  # a chunked body has no length header: count it as it arrives
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
+                return await self._reject(send, seen)
+            chunks.append(message)
+            if not message.get("more_body"):
+                break
+
+        async def replay():
+            return chunks.pop(0) if chunks else {"type": "http.disconnect"}
+
+        return await self.app(scope, replay, send)
+
+    async def _reject(self, send, size: int):
+        body = json.dumps({"error": f"request body of {size} bytes exceeds the limit of {self.max_bytes} bytes "
+                                    f"(serving.max_body_bytes)"}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
+def _install_handlers(app, limits: ServingParams) -> None:
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+
+    async def request_error(_, exc: RequestError):
+        return JSONResponse(status_code=exc.status, content={"error": str(exc)})
+
+    async def invalid_v2_body(_, exc: RequestValidationError):
+        problems = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors()[:5])
+        return JSONResponse(status_code=400, content={"error": f"invalid request body: {problems}"})
+
+    app.add_exception_handler(RequestError, request_error)
+    app.add_exception_handler(RequestValidationError, invalid_v2_body)
+    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
+
+
+class LocalModelServer(kserve.ModelServer):
+    """kserve.ModelServer bound to a chosen host (kserve itself always binds 0.0.0.0), REST only."""
+
+    def __init__(self, host: str, http_port: int, limits: ServingParams):
+        super().__init__(http_port=http_port, enable_grpc=False, workers=1, enable_latency_logging=False)
+        self.host, self.limits = host, limits
+
+    def start(self, models) -> None:  # the single-process branch of ModelServer.start, with our host
+        import asyncio
+
+        from kserve.model_server import app
+        from kserve.protocol.rest.server import RESTServer
+
+        self._register_and_check_atleast_one_model_is_ready(models)
+        _install_handlers(app, self.limits)
+        self._rest_server = RESTServer("kserve.model_server:app", self.dataplane, self.model_repository_extension,
+                                       self.http_port, workers=1, grace_period=self.grace_period,
+                                       event_loop=self.event_loop, timeout_keep_alive=self.timeout_keep_alive)
+        self._rest_server.config.host = self.host
+        self.servers.append(self._rest_server.start())
+        self.setup_event_loop()
+        self.register_signal_handler()
+        asyncio.run(self._serve())
+
+
+def serve(bundle_dir: str | Path, limits: ServingParams, host: str | None = None, port: int | None = None,
+          name: str | None = None, version: str | None = None) -> None:
+    """Load the bundle and serve it until interrupted (blocks)."""
+    logging.getLogger("kserve.trace").setLevel(logging.WARNING)  # one line per request and timing otherwise
+    model = RecommenderModel(name or limits.model_name, bundle_dir, limits, version)
+    model.load()
+    meta = model.recommender.meta
+    log.info("serving %s (%s, %d items, %d customers) on http://%s:%d", model.name, meta["model"], meta["items"],
+             meta["customers"], host or limits.host, port or limits.port)
+    LocalModelServer(host or limits.host, port or limits.port, limits).start([model])

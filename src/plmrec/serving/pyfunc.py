@@ -1,0 +1,49 @@
+"""The registered model's MLflow flavour: a pyfunc over the serving bundle.
+
+`mlflow.pyfunc.load_model("models:/plmrec-recommender@champion").predict(frame)` answers the same
+requests as the KServe predictor: one row per request with `customer_id`, `basket`, `query`, `k`.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+import mlflow.pyfunc
+import pandas as pd
+
+_RUNTIME = ["pandas", "numpy", "scipy", "pyarrow", "xgboost-cpu", "sentence-transformers", "transformers",
+            "torch", "pydantic", "pyyaml", "mlflow"]
+
+
+def pip_requirements() -> list[str]:
+    """Pinned runtime requirements of the bundle (given explicitly: inference takes seconds)."""
+    out = []
+    for dist in _RUNTIME:
+        try:
+            out.append(f"{dist}=={version(dist)}")
+        except PackageNotFoundError:
+            continue
+    try:
+        out.append(f"plmrec=={version('plmrec')}")
+    except PackageNotFoundError:
+        pass
+    return out
+
+
+class BundleModel(mlflow.pyfunc.PythonModel):
+    def load_context(self, context):
+        from plmrec.serving.bundle import Recommender, find_bundle
+
+        self.recommender = Recommender(find_bundle(context.artifacts["bundle"]))
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        from plmrec.config import ServingParams
+        from plmrec.serving.requests import answer, parse_instance
+
+        limits = ServingParams()
+        queries = []
+        for i, row in enumerate(model_input.to_dict("records")):
+            inst = {k: (list(v) if k == "basket" else v) for k, v in row.items()
+                    if v is not None and not (isinstance(v, float) and v != v)}
+            queries.append(parse_instance(inst, f"row {i}", limits))
+        return pd.DataFrame(answer(self.recommender, queries))
