@@ -14,9 +14,10 @@ from plmrec.components.stages import (
     ingest,
     prepare_data,
     pretrain_encoder,
+    register_model,
     train_baseline,
     validate_data,
 )
 
 __all__ = ["compare_models", "evaluate_baseline", "evaluate_retrieval", "finetune_encoder", "finish_tracking", "ingest", "prepare_data",
-           "pretrain_encoder", "train_baseline", "validate_data"]
+           "pretrain_encoder", "register_model", "train_baseline", "validate_data"]

@@ -91,11 +91,23 @@ def evaluate_retrieval(config: dict, tracking_uri: str, run_key: str, job_id: st
 
 @component
 def compare_models(config: dict, tracking_uri: str, run_key: str, job_id: str, prepared_data: Input[Dataset],
-                   finetuned: Input[Model], compare_metrics: Output[Metrics], results: Output[HTML]):
-    """XGBoost with and without PLM features, ALS and its PLM variants, learning to rank: several seeds."""
+                   finetuned: Input[Model], compare_metrics: Output[Metrics], results: Output[HTML],
+                   bundle: Output[Model]):
+    """XGBoost with and without PLM features, ALS and its PLM variants, learning to rank: several seeds;
+    the served recommender's bundle, refitted on all purchases."""
     from plmrec.kfp_runtime import compare_models_task
 
-    compare_models_task(config, tracking_uri, run_key or job_id, prepared_data, finetuned, compare_metrics, results)
+    compare_models_task(config, tracking_uri, run_key or job_id, prepared_data, finetuned, compare_metrics, results,
+                        bundle)
+
+
+@component
+def register_model(config: dict, tracking_uri: str, run_key: str, job_id: str, prepared_data: Input[Dataset],
+                   bundle: Input[Model], decision: Output[Metrics]):
+    """Register the bundle in the MLflow registry (@challenger); the gate promotes it to @champion."""
+    from plmrec.kfp_runtime import register_model_task
+
+    register_model_task(config, tracking_uri, run_key or job_id, prepared_data, bundle, decision)
 
 
 @component

@@ -1,6 +1,7 @@
 """The training pipeline: ingest -> validate raw -> prepare -> validate prepared, then two branches:
 pretrain encoder (GPU) -> fine-tune encoder (GPU) -> evaluate retrieval and compare models (XGBoost with PLM
-features, ALS variants, learning to rank), and train -> evaluate the baseline.
+features, ALS variants, learning to rank) -> register the served recommender in MLflow (a gate
+promotes it to @champion), and train -> evaluate the baseline.
 
 Every stage logs to one MLflow parent run (keyed by the KFP job id, or `run_key`); an exit
 handler closes that run with the pipeline's final state, failed or not.
@@ -20,6 +21,7 @@ from plmrec.components import (
     ingest,
     prepare_data,
     pretrain_encoder,
+    register_model,
     train_baseline,
     validate_data,
 )
@@ -42,7 +44,8 @@ def build_training_pipeline(params: Params):
 
     @dsl.pipeline(name=params.pipeline.name,
                   description="plmrec: validated Online Retail data to pretrained and fine-tuned encoders, "
-                              "item/user embeddings and a baseline model")
+                              "item/user embeddings, recommenders compared over seeds, the best registered and gated for serving, "
+                              "and a baseline model")
     def training_pipeline(config: dict = default_config, tracking_uri: str = "", run_key: str = ""):
         ctx = dict(config=config, tracking_uri=tracking_uri, run_key=run_key, job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
         finish = finish_tracking(**ctx).set_display_name("finish-tracking")
@@ -68,8 +71,11 @@ def build_training_pipeline(params: Params):
             request_resources(retrieval, params.finetune.resources)
             compared = compare_models(**ctx, prepared_data=prep.outputs["prepared_data"],
                                       finetuned=tuned.outputs["model"]).set_display_name("compare-models")
+            registered = register_model(**ctx, prepared_data=prep.outputs["prepared_data"],
+                                        bundle=compared.outputs["bundle"]).set_display_name("register-model")
         for task in (raw, raw_ok, prep, prep_ok, model, scored, encoder, tuned, retrieval, compared):
             task.set_caching_options(caching)
+        registered.set_caching_options(False)  # registering is a side effect: never skip it
         finish.set_caching_options(False)
 
     return training_pipeline

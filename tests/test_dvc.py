@@ -44,7 +44,7 @@ def test_dvc_repro_runs_only_what_changed(tmp_path):
 
     first = _run(dvc + ["repro"], repo, env)
     for stage in ("ingest", "validate_raw", "prepare", "validate_prepared", "train_baseline", "evaluate", "pretrain",
-                  "finetune", "evaluate_retrieval", "compare_models"):
+                  "finetune", "evaluate_retrieval", "compare_models", "register"):
         assert f"Running stage '{stage}'" in first
     pretrain = yaml.safe_load((repo / "metrics" / "pretrain.json").read_text())["pretrain"]
     assert list(pretrain) == ["1-tapt-mlm", "2-dapt-tsdae"] and pretrain["1-tapt-mlm"]["steps"] == 3
@@ -55,6 +55,15 @@ def test_dvc_repro_runs_only_what_changed(tmp_path):
     assert 0 <= retrieval["finetuned"]["sentence"]["ndcg@10"] <= 1
     compare = yaml.safe_load((repo / "metrics" / "compare.json").read_text())["compare"]
     assert set(compare["classifier"]) == {"vanilla", "+text_cluster"} and "ltr" in compare["recommenders"]
+    decision = yaml.safe_load((repo / "metrics" / "registry.json").read_text())
+    assert decision["registered"] and decision["version"] == "1" and decision["promoted"], decision
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    prepared_md5 = next(o["md5"] for o in lock["stages"]["prepare"]["outs"] if o["path"] == "data/prepared.parquet")
+    import mlflow
+
+    version = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"]).get_model_version_by_alias("plmrec-recommender", "champion")
+    assert version.version == "1" and version.tags["data.md5"] == prepared_md5  # the data version DVC records
+    assert (repo / "models" / "bundle" / "bundle.json").exists()
     metrics = yaml.safe_load((repo / "metrics" / "baseline.json").read_text())["baseline_xgboost"]["test"]
     assert metrics["accuracy"] > metrics["majority_class_accuracy"]
     raw_mtime = (repo / "data" / "raw.parquet").stat().st_mtime_ns

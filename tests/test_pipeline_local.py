@@ -10,7 +10,7 @@ from plmrec.tracking import RUN_KEY_TAG, STAGE_TAG
 
 pytestmark = pytest.mark.integration
 STAGES = {"ingest", "validate-raw", "prepare", "validate-prepared", "train-baseline", "evaluate", "pretrain", "finetune",
-          "evaluate-retrieval", "compare-models"}
+          "evaluate-retrieval", "compare-models", "register-model"}
 
 
 def _runs(uri, run_key):
@@ -27,6 +27,7 @@ def test_pipeline_runs_end_to_end(small_params, tiny_model_dir, mlflow_server, t
     small_params.pretrain = tiny_pretrain_params(tiny_model_dir)
     small_params.finetune = tiny_finetune_params()
     small_params.recommenders = quick_recommenders_params()
+    small_params.registry.model_name = "pipeline-test-recommender"  # the MLflow server is shared by the session
     result = run_local(small_params, run_dir=tmp_path / "run", project_dir=tmp_path)
     out = capsys.readouterr().out
     assert result.succeeded, out
@@ -89,11 +90,20 @@ def test_pipeline_runs_end_to_end(small_params, tiny_model_dir, mlflow_server, t
         "recommender/popularity/ndcg_at_10_mean"]
     assert 0 < m["test_accuracy_plm_xgboost"] < 1
 
+    registered = children["register-model"]  # the served recommender, registered and (first version) promoted
+    served = compared.data.tags["plmrec.served_model"]
+    champion = client.get_model_version_by_alias("pipeline-test-recommender", "champion")
+    assert champion.run_id == registered.info.run_id and registered.data.metrics["gate_promoted"] == 1.0
+    assert float(champion.tags["metric.ndcg_at_10"]) == pytest.approx(
+        compared.data.metrics[f"recommender/{served.replace('+', '_')}/ndcg_at_10_mean"])
+    assert m["registered_version"] == float(champion.version)
+
     files = {p.name for p in (tmp_path / "run" / "artifacts").rglob("*") if p.is_file()}
     assert {"raw_data", "prepared_data", "model.json", "encoder.json", "report.html", "confusion_matrix.png",
             "loss_curve", "modules.json", "pretrain_report.json", "item_embeddings.parquet",
-            "user_embeddings.parquet", "finetune_report.json", "table", "results"} <= files
-    assert result.log_path.read_text().count("finished with status") >= 11
+            "user_embeddings.parquet", "finetune_report.json", "table", "results", "bundle.json", "ranker.json",
+            "decision.json"} <= files
+    assert result.log_path.read_text().count("finished with status") >= 12
 
 
 def test_bad_data_stops_before_training(small_params, small_raw, mlflow_server, tmp_path, capsys):

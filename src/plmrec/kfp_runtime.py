@@ -126,11 +126,14 @@ def evaluate_retrieval_task(config, tracking_uri, run_key, prepared_data, pretra
     Path(table.path).write_text(f"<html><body><h3>Next-item retrieval, full ranking</h3>{sections}</body></html>")
 
 
-def compare_models_task(config, tracking_uri, run_key, prepared_data, finetuned, compare_metrics, results) -> None:
+def compare_models_task(config, tracking_uri, run_key, prepared_data, finetuned, compare_metrics, results,
+                        bundle) -> None:
     params, uri = _setup(config, tracking_uri)
     reports = Path(results.path).parent / "reports"
     summary = stages.compare_models(params, prepared_data.path, finetuned.path, reports / "metrics.json", reports,
-                                    run_key, uri)
+                                    run_key, uri, bundle_dir=bundle.path)
+    bundle.metadata.update({"served_model": summary["served"]["model"], "framework": "plmrec-bundle",
+                            **{k: v for k, v in summary["served"]["metrics"].items() if not k.endswith("_std")}})
     for section in ("classifier", "recommenders"):
         for variant, figures in summary[section].items():
             _log(compare_metrics, {f"{section}_{variant}_{m.replace('@', '_at_')}_mean": v["mean"]
@@ -139,3 +142,12 @@ def compare_models_task(config, tracking_uri, run_key, prepared_data, finetuned,
     body = _image_html("Model comparison", [reports / "precision_at_k.png", reports / "confusion_matrix_best.png",
                                             reports / "feature_importance.png"], f"<pre>{tables}</pre>")
     Path(results.path).write_text(body)
+
+
+def register_model_task(config, tracking_uri, run_key, prepared_data, bundle, decision) -> None:
+    params, uri = _setup(config, tracking_uri)
+    out = stages.register_model(params, bundle.path, prepared_data.path, Path(decision.path).parent / "decision.json",
+                                run_key, uri)
+    if out.get("registered"):
+        _log(decision, {"registered_version": int(out["version"]), "promoted": int(out["promoted"]),
+                        **{f"challenger_{k}": v for k, v in out["primary"].items() if isinstance(v, float)}})

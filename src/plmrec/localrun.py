@@ -26,6 +26,7 @@ _STAGE_NAMES = {"ingest": "ingest", "validate-data": "validate-raw", "prepare-da
                 "validate-data-2": "validate-prepared", "train-baseline": "train-baseline",
                 "evaluate-baseline": "evaluate", "pretrain-encoder": "pretrain", "finetune-encoder": "finetune",
                 "evaluate-retrieval": "evaluate-retrieval", "compare-models": "compare-models",
+                "register-model": "register-model",
                 "finish-tracking": "finish-tracking"}
 
 

@@ -28,29 +28,28 @@ class RegistryError(PlmrecError):
 
 
 def metric_tag(metric: str) -> str:
-    return METRIC_TAG + metric
+    return METRIC_TAG + metric.replace("@", "_at_")  # tag keys allow no '@'
 
 
 def register_bundle(bundle_dir: str | Path, rp: RegistryParams, metrics: dict[str, float], tags: dict[str, str]) -> str:
-    """Log the bundle as a pyfunc model in the active run and register it; returns the new version."""
+    """Log the bundle as a pyfunc model in the active run and register it, metrics and tags
+    attached in the same call; returns the new version."""
     import mlflow
 
     from plmrec.serving.pyfunc import BundleModel, pip_requirements
 
     info = mlflow.pyfunc.log_model(name="recommender", python_model=BundleModel(),
                                    artifacts={"bundle": str(bundle_dir)}, pip_requirements=pip_requirements(),
-                                   registered_model_name=rp.model_name, await_registration_for=60,
                                    metadata={"plmrec_metrics": metrics})
-    version = str(info.registered_model_version)
     mlflow.log_metrics({k.replace("@", "_at_"): float(v) for k, v in metrics.items()}, model_id=info.model_id)
-    client = mlflow.MlflowClient()
-    for key, value in {**{metric_tag(k): repr(float(v)) for k, v in metrics.items()}, **tags}.items():
-        client.set_model_version_tag(rp.model_name, version, key, str(value))
-    return version
+    all_tags = {**{metric_tag(k): repr(float(v)) for k, v in metrics.items()}, **tags}
+    version = mlflow.register_model(info.model_uri, rp.model_name, await_registration_for=60, tags=all_tags)
+    return str(version.version)
 
 
 def version_metrics(version) -> dict[str, float]:
-    return {k[len(METRIC_TAG):]: float(v) for k, v in version.tags.items() if k.startswith(METRIC_TAG)}
+    return {k[len(METRIC_TAG):].replace("_at_", "@"): float(v) for k, v in version.tags.items()
+            if k.startswith(METRIC_TAG)}
 
 
 def alias_version(client, name: str, alias: str):

@@ -547,8 +547,8 @@ def register_model(params: Params, bundle_dir: str | Path, prepared_path: str | 
     metrics = {k: v for k, v in meta["metrics"].items() if not k.endswith("_std")}
     tags = {"data.md5": file_digest(prepared_path, "md5"), "data.path": str(prepared_path),
             "served_model": meta["model"], "plmrec.run_key": run_key or ""}
-    with tracking.stage_run(params, "register-model", run_key, tracking_uri) as run:
-        version = registry.register_bundle(bundle_dir, rg, metrics, {**tags, "mlflow.run_id": run.info.run_id})
+    with tracking.stage_run(params, "register-model", run_key, tracking_uri):
+        version = registry.register_bundle(bundle_dir, rg, metrics, tags)
         client = mlflow.MlflowClient()
         decision = registry.gate(client, rg, version)
         tracking.log_json(decision.to_dict(), "registry/decision.json")
