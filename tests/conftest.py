@@ -122,3 +122,71 @@ def quick_recommenders_params():
 
     return RecommendersParams(seeds=[0], classifier=dict(ablation=["rf_selection", "text_cluster"]),
                               mf=dict(factors=[16], similarity_weights=[0.5], cluster_weights=[0.5]))
+
+
+@pytest.fixture(scope="session")
+def serving_bundles(tmp_path_factory) -> dict:
+    """Serving bundles built the pipeline's way on the small synthetic data with the offline MiniLM:
+    the learning-to-rank recommender chosen by the comparison, and a popularity one to tell them apart."""
+    from plmrec.data.prepare import prepare_transactions
+    from plmrec.data.synthetic import generate_transactions
+    from plmrec.finetune.embed import encode_texts, item_table
+    from plmrec.finetune.pairs import catalogue
+    from plmrec.finetune.retrieval import load_encoder
+    from plmrec.pretrain.models import resolve_base_model
+    from plmrec.recsys import experiment as E
+    from plmrec.serving.bundle import build_bundle
+
+    p = Params()
+    prepared, _ = prepare_transactions(generate_transactions(SyntheticParams(**SMALL)), p.clean, p.split)
+    encoder = resolve_base_model("sentence-transformers/all-MiniLM-L6-v2")
+    cat = catalogue(prepared)
+    items = item_table(cat["StockCode"].tolist(), cat["Description"].tolist(),
+                       encode_texts(load_encoder(encoder, "mean", 64), cat["Description"].tolist()))
+    rp = quick_recommenders_params()
+    rows, detail = E.run_recommenders(prepared, items, rp)
+    root = tmp_path_factory.mktemp("bundles")
+    out = {"prepared": prepared, "rows": rows}
+    for model in ("ltr", "popularity"):
+        metrics = {c.replace("test_", ""): float(rows.loc[rows["model"] == model, c].mean())
+                   for c in rows.columns if c.startswith("test_") and "@" in c}
+        out[model] = build_bundle(prepared, items, encoder, root / model, rp, model, {**detail["chosen"][0], "seed": 0},
+                                  detail["rankers"][0], metrics)
+    return out
+
+
+class ServerProcess:
+    """`plmrec serve` in a child process on a free loopback port; stopped on exit."""
+
+    def __init__(self, args: list[str], cwd: Path, env: dict | None = None):
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = Path(cwd) / f"serve-{self.port}.log"
+        self.args, self.cwd, self.env = args, cwd, {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
+
+    def __enter__(self) -> "ServerProcess":
+        self.log = open(self.log_path, "w")
+        cmd = [sys.executable, "-m", "plmrec.cli", "serve", "--port", str(self.port), *self.args]
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, cwd=self.cwd, env=self.env,
+                                     start_new_session=True)
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"plmrec serve exited {self.proc.returncode}: {self.log_path.read_text()[-3000:]}")
+            try:
+                if requests.get(f"{self.url}/v2/health/ready", timeout=1).status_code == 200:
+                    return self
+            except requests.RequestException:
+                pass
+            time.sleep(0.3)
+        self.__exit__()
+        raise RuntimeError(f"plmrec serve not ready in 120 s: {self.log_path.read_text()[-3000:]}")
+
+    def __exit__(self, *exc) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        self.log.close()

@@ -1,0 +1,131 @@
+"""The promotion gate on a real MLflow server, and the server serving whatever @champion is."""
+
+import os
+import subprocess
+import sys
+
+import mlflow
+import pytest
+import requests
+
+from conftest import ServerProcess
+from plmrec import registry
+from plmrec.config import Params, RegistryParams
+from plmrec.runs import compare_runs
+from plmrec.serving.bundle import Recommender
+
+pytestmark = pytest.mark.integration
+
+
+def test_the_rule_alone():
+    rp = RegistryParams(min_improvement=0.01, guard_metrics=["recall@10"], guard_tolerance=0.005)
+    champ = {"ndcg@10": 0.30, "recall@10": 0.40}
+    assert registry.decide({"ndcg@10": 0.2}, None, rp)[0]  # first version
+    assert not registry.decide({"ndcg@10": 0.305, "recall@10": 0.5}, champ, rp)[0]  # inside the margin
+    promote, reason, primary, guards = registry.decide({"ndcg@10": 0.32, "recall@10": 0.39}, champ, rp)
+    assert not promote and "recall@10 drops by 0.0100" in reason and guards["recall@10"]["drop"] == pytest.approx(0.01)
+    promote, reason, primary, _ = registry.decide({"ndcg@10": 0.32, "recall@10": 0.397}, champ, rp)
+    assert promote and primary["gain"] == pytest.approx(0.02)
+    with pytest.raises(registry.RegistryError, match="no 'ndcg@10' metric"):
+        registry.decide({"map@5": 0.1}, champ, rp)
+
+
+def _register(params, bundle, metrics):
+    mlflow.set_tracking_uri(params.tracking.uri)
+    mlflow.set_experiment("registry-test")
+    with mlflow.start_run():
+        return registry.register_bundle(bundle, params.registry, metrics, {"data.md5": "test"})
+
+
+def _cli(params, *args):
+    env = {**os.environ, "MLFLOW_TRACKING_URI": params.tracking.uri}
+    overrides = ["-S", f"tracking.uri={params.tracking.uri}", "-S", f"registry.model_name={params.registry.model_name}"]
+    return subprocess.run([sys.executable, "-m", "plmrec.cli", args[0], *overrides, *args[1:]], capture_output=True,
+                          text=True, env=env, timeout=300)
+
+
+def _served(server, customer):
+    r = requests.post(f"{server.url}/v1/models/plmrec:predict", json={"instances": [{"customer_id": customer, "k": 5}]},
+                      timeout=30)
+    assert r.status_code == 200, r.text
+    return r.json()["model_version"], [i["stock_code"] for i in r.json()["predictions"][0]["items"]]
+
+
+def test_gate_promotes_only_a_better_challenger_and_rollback_restores(serving_bundles, mlflow_server, tmp_path):
+    params = Params()
+    params.tracking.uri = mlflow_server
+    params.registry.model_name = "gate-test-recommender"
+    client = mlflow.MlflowClient(mlflow_server)
+    name = params.registry.model_name
+    base = {"ndcg@10": 0.30, "recall@10": 0.40, "precision@5": 0.20}
+
+    v1 = _register(params, serving_bundles["ltr"], base)
+    first = registry.gate(client, params.registry, v1)
+    assert first.promoted and first.champion_before is None
+    assert client.get_model_version_by_alias(name, "champion").version == v1
+
+    worse = _register(params, serving_bundles["popularity"], {**base, "ndcg@10": 0.25})
+    decision = registry.gate(client, params.registry, worse)
+    assert not decision.promoted and "does not beat" in decision.reason
+    assert client.get_model_version_by_alias(name, "champion").version == v1  # a failed gate changes nothing
+    assert client.get_model_version_by_alias(name, "challenger").version == worse
+
+    regressing = _register(params, serving_bundles["popularity"], {**base, "ndcg@10": 0.31, "recall@10": 0.30})
+    assert not registry.gate(client, params.registry, regressing).promoted
+    assert client.get_model_version_by_alias(name, "champion").version == v1
+
+    better = _register(params, serving_bundles["popularity"], {**base, "ndcg@10": 0.33})
+    assert registry.gate(client, params.registry, better).promoted
+    champion = client.get_model_version_by_alias(name, "champion")
+    assert champion.version == better and champion.tags[registry.PREVIOUS_TAG] == v1
+    assert registry.version_metrics(champion)["ndcg@10"] == pytest.approx(0.33)
+
+    rec = Recommender(serving_bundles["ltr"], load_encoder=False)
+    customer = next(iter(rec.customer_row))
+    popular = rec.codes[rec.popularity.argsort(kind="stable")[::-1]]
+    with ServerProcess(["-S", f"tracking.uri={mlflow_server}", "-S", f"registry.model_name={name}"], tmp_path) as s:
+        version, items = _served(s, customer)
+    assert version == better and set(items) <= set(popular[:40])  # the popularity champion
+    ltr_items = rec.recommend_customer(customer, 5).stock_codes
+
+    out = _cli(params, "promote", "--rollback")
+    assert out.returncode == 0 and f"version {better} -> {v1} (rolled back)" in out.stdout, out.stderr
+    assert client.get_model_version_by_alias(name, "champion").version == v1
+    with ServerProcess(["-S", f"tracking.uri={mlflow_server}", "-S", f"registry.model_name={name}"], tmp_path) as s:
+        assert _served(s, customer) == (v1, ltr_items)  # restarted: serves the restored champion
+
+    out = _cli(params, "promote", "--rollback")  # v1 replaced nothing
+    assert out.returncode == 2 and "nothing to roll back to" in out.stderr
+
+    out = _cli(params, "promote", "--version", worse)
+    assert out.returncode == 1 and "not promoted" in out.stdout
+    assert client.get_model_version_by_alias(name, "champion").version == v1
+    rows = registry.versions_table(client, name)
+    assert [r["version"] for r in rows][:2] == [better, regressing] and rows[-1]["aliases"] == "champion"
+
+
+def test_serving_without_a_champion_says_so(mlflow_server):
+    params = Params()
+    params.tracking.uri = mlflow_server
+    params.registry.model_name = "never-registered"
+    out = _cli(params, "serve", "--port", "1")
+    assert out.returncode == 2 and "has no @champion" in out.stderr
+
+
+def test_runs_compare_prints_pipeline_runs_side_by_side(mlflow_server):
+    from plmrec.tracking import log_parent_metrics
+
+    params = Params()
+    params.tracking.uri = mlflow_server
+    params.tracking.experiment = "runs-compare-test"
+    log_parent_metrics(params, "key-a", mlflow_server, {"test_ndcg_at_10_ltr": 0.31})
+    log_parent_metrics(params, "key-b", mlflow_server, {"test_ndcg_at_10_ltr": 0.35, "registered_version": 2})
+    table = compare_runs(mlflow.MlflowClient(mlflow_server), "runs-compare-test", 5)
+    assert list(table.columns) == ["pipeline-key-b", "pipeline-key-a"]  # newest first
+    assert table.loc["test_ndcg_at_10_ltr"].tolist() == ["0.35", "0.31"]
+    assert table.loc["registered_version", "pipeline-key-a"] == "-"
+    env = {**os.environ}
+    out = subprocess.run([sys.executable, "-m", "plmrec.cli", "runs", "compare", "-S", f"tracking.uri={mlflow_server}",
+                          "-S", "tracking.experiment=runs-compare-test"], capture_output=True, text=True, env=env,
+                         timeout=120)
+    assert out.returncode == 0 and "pipeline-key-b" in out.stdout and "test_ndcg_at_10_ltr" in out.stdout

@@ -1,0 +1,239 @@
+"""The serving bundle and the KServe predictor, through real HTTP against `plmrec serve`."""
+
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+import requests
+
+from conftest import ServerProcess
+from plmrec.config import ServingParams
+from plmrec.serving.bundle import BundleError, Recommender, UnknownCustomer, find_bundle
+from plmrec.serving.requests import RequestError, parse_v1
+
+
+@pytest.fixture(scope="module")
+def recommender(serving_bundles):
+    return Recommender(serving_bundles["ltr"])
+
+
+@pytest.fixture(scope="module")
+def server(serving_bundles, tmp_path_factory):
+    with ServerProcess(["--bundle", str(serving_bundles["ltr"])], tmp_path_factory.mktemp("serve")) as s:
+        yield s
+
+
+def _customer(recommender, min_items=5):
+    lines = np.asarray(recommender.counts.sum(axis=1)).ravel()
+    row = int(np.argmax(lines >= min_items))
+    return next(c for c, r in recommender.customer_row.items() if r == row)
+
+
+def test_bundle_holds_what_the_predictor_needs(serving_bundles, recommender):
+    meta = recommender.meta
+    assert meta["model"] == "ltr" and meta["items"] == recommender.n_items == len(recommender.item_vectors)
+    assert meta["customers"] == serving_bundles["prepared"]["CustomerID"].nunique()
+    assert meta["metrics"]["ndcg@10"] > 0
+    norms = np.linalg.norm(recommender.item_vectors, axis=1)
+    assert np.allclose(norms, 1.0, atol=1e-4)
+    assert (serving_bundles["ltr"] / "ranker.json").exists() and (serving_bundles["ltr"] / "encoder" / "modules.json").exists()
+    assert find_bundle(serving_bundles["ltr"].parent) in (serving_bundles["ltr"], serving_bundles["popularity"])
+
+
+def test_a_broken_bundle_is_named(serving_bundles, tmp_path):
+    import shutil
+
+    broken = tmp_path / "b"
+    shutil.copytree(serving_bundles["popularity"], broken)
+    (broken / "item_factors.npy").unlink()
+    with pytest.raises(BundleError, match="bundle file missing: item_factors.npy"):
+        Recommender(broken, load_encoder=False)
+    with pytest.raises(BundleError, match="no serving bundle"):
+        find_bundle(tmp_path / "nothing-here")
+
+
+def test_customer_basket_and_query_recommendations(recommender):
+    c = _customer(recommender)
+    rec = recommender.recommend_customer(c, 10)
+    assert len(rec.stock_codes) == 10 and len(set(rec.stock_codes)) == 10
+    assert rec.scores == sorted(rec.scores, reverse=True)
+    assert all(d == recommender.descriptions[recommender.item_col[s]] for s, d in zip(rec.stock_codes, rec.descriptions))
+    seen = set(recommender.codes[recommender.counts[recommender.customer_row[c]].indices])
+    fresh = recommender.recommend_customer(c, 10, exclude_seen=True)
+    assert not seen & set(fresh.stock_codes)
+    with pytest.raises(UnknownCustomer, match="customer 1 is unknown"):
+        recommender.recommend_customer(1, 5)
+    basket = recommender.recommend_basket([recommender.codes[0], "NO-SUCH-CODE"], 5)
+    assert basket.unknown_stock_codes == ["NO-SUCH-CODE"] and len(basket.stock_codes) == 5
+    hits = recommender.search(["lantern", "cake stand"], 5)
+    assert any("LANTERN" in d for d in hits[0].descriptions[:3])
+    assert any("CAKE STAND" in d for d in hits[1].descriptions[:3])
+
+
+def test_a_customers_history_as_a_basket_gets_the_same_recommendations(recommender):
+    """Folding the history in as an anonymous basket recovers the customer's ALS vector: the two paths agree."""
+    c = _customer(recommender, 8)
+    row = recommender.customer_row[c]
+    codes = recommender.codes[recommender.counts[row].indices].tolist()
+    counts = recommender.counts[row]
+    folded = recommender._fold_in(counts)
+    fitted = recommender.user_factors[row]
+    assert np.dot(folded, fitted) / np.linalg.norm(folded) / np.linalg.norm(fitted) > 0.98
+    as_customer = recommender.recommend_customer(c, 20)
+    as_basket = recommender.recommend_basket(codes, 20)
+    assert len(set(as_customer.stock_codes) & set(as_basket.stock_codes)) >= 12
+
+
+def test_request_parsing_names_the_field():
+    limits = ServingParams()
+    queries = parse_v1({"instances": [{"customer_id": "12347"}, {"basket": ["85123A", 22423], "k": 3},
+                                      {"query": " red heart ", "k": 2}]}, limits)
+    assert [(q.kind, q.k) for q in queries] == [("customer", 10), ("basket", 3), ("query", 2)]
+    assert queries[0].customer_id == 12347 and queries[1].basket == ["85123A", "22423"] and queries[2].text == "red heart"
+    cases = [({"instances": [{"customer_id": 1.5}]}, "instances[0].customer_id must be an integer"),
+             ({"instances": [{"customer_id": 1, "k": 101}]}, "1 <= k <= 100"),
+             ({"instances": [{"customer_id": 1, "k": True}]}, "instances[0].k must be an integer"),
+             ({"instances": [{"basket": "85123A"}]}, "instances[0].basket must be a list"),
+             ({"instances": [{"basket": [{"code": 1}]}]}, "instances[0].basket[0] must be a stock code"),
+             ({"instances": [{"query": 7}]}, "instances[0].query must be a non-empty string"),
+             ({"instances": [{"query": "a", "customer_id": 1}]}, "takes no customer_id"),
+             ({"instances": [{"k": 3}]}, "needs one of customer_id, basket or query"),
+             ({"instances": [{"customer": 3}]}, "unknown field(s) customer"),
+             ({"instances": []}, "non-empty list"), ({"rows": []}, '"instances"')]
+    for payload, message in cases:
+        with pytest.raises(RequestError, match=re.escape(message)) as err:
+            parse_v1(payload, limits)
+        assert err.value.status == 400
+    with pytest.raises(RequestError) as err:
+        parse_v1({"instances": [{"customer_id": 1}] * 65}, limits)
+    assert err.value.status == 413
+
+
+# ---------------------------------------------------------------------------------------------- HTTP
+
+
+def _v1(server, body, **kw):
+    return requests.post(f"{server.url}/v1/models/plmrec:predict", json=body, timeout=30, **kw)
+
+
+def _v2(server, body):
+    return requests.post(f"{server.url}/v2/models/plmrec/infer", json=body, timeout=30)
+
+
+def test_health_endpoints(server):
+    assert requests.get(f"{server.url}/v2/health/live", timeout=5).json() == {"live": True}
+    assert requests.get(f"{server.url}/v2/health/ready", timeout=5).status_code == 200
+    assert requests.get(f"{server.url}/v1/models/plmrec", timeout=5).json() == {"name": "plmrec", "ready": True}
+    assert requests.get(f"{server.url}/v2/models/plmrec/ready", timeout=5).status_code == 200
+
+
+def test_v1_answers_each_request_kind(server, recommender):
+    c = _customer(recommender)
+    body = {"instances": [{"customer_id": c, "k": 5}, {"basket": [recommender.codes[3], recommender.codes[7]], "k": 4},
+                          {"query": "red heart lantern for a wedding", "k": 3},
+                          {"customer_id": c, "basket": [recommender.codes[3]], "k": 2, "exclude_seen": True}]}
+    r = _v1(server, body)
+    assert r.status_code == 200, r.text
+    out = r.json()["predictions"]
+    assert [p["kind"] for p in out] == ["customer", "basket", "query", "customer"]
+    assert [len(p["items"]) for p in out] == [5, 4, 3, 2]
+    direct = recommender.recommend_customer(c, 5)
+    assert [i["stock_code"] for i in out[0]["items"]] == direct.stock_codes  # the server is the library
+    assert [i["score"] for i in out[0]["items"]] == pytest.approx(direct.scores, abs=1e-5)
+    assert {"stock_code", "description", "score"} == set(out[2]["items"][0])
+    assert recommender.codes[3] not in [i["stock_code"] for i in out[3]["items"]]
+
+
+def test_v2_answers_each_request_kind(server, recommender):
+    c1, c2 = list(recommender.customer_row)[:2]
+    r = _v2(server, {"id": "req-1", "inputs": [{"name": "customer_id", "shape": [2], "datatype": "INT64", "data": [c1, c2]}],
+                     "parameters": {"k": 4}})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["id"] == "req-1" and body["model_name"] == "plmrec"
+    outputs = {o["name"]: o for o in body["outputs"]}
+    assert outputs["stock_code"]["shape"] == [2, 4] and outputs["score"]["datatype"] == "FP32"
+    assert outputs["stock_code"]["data"][:4] == recommender.recommend_customer(c1, 4).stock_codes
+    r = _v2(server, {"inputs": [{"name": "basket", "shape": [2], "datatype": "BYTES",
+                                 "data": [recommender.codes[1], recommender.codes[2]]}], "parameters": {"k": 3}})
+    assert r.status_code == 200 and r.json()["outputs"][0]["shape"] == [1, 3]
+    r = _v2(server, {"inputs": [{"name": "query", "shape": [1], "datatype": "BYTES", "data": ["cake stand"]}]})
+    assert r.status_code == 200 and r.json()["outputs"][0]["shape"] == [1, 10] and r.json()["id"]
+
+
+BAD_V1 = [
+    ("malformed JSON", dict(data=b'{"instances": [{"customer_id": 1', headers={"content-type": "application/json"}), 400,
+     "Unrecognized request format"),
+    ("malformed JSON, no content type", dict(data=b'{"instances": [', headers={"content-type": "text/plain"}), 400,
+     "not valid JSON"),
+    ("unknown customer, no basket", dict(json={"instances": [{"customer_id": 1}]}), 404, "customer 1 is unknown"),
+    ("k too large", dict(json={"instances": [{"customer_id": 1, "k": 1000}]}), 400, "1 <= k <= 100"),
+    ("k zero", dict(json={"instances": [{"query": "lamp", "k": 0}]}), 400, "out of range"),
+    ("customer id of the wrong type", dict(json={"instances": [{"customer_id": {"id": 1}}]}), 400, "must be an integer"),
+    ("k of the wrong type", dict(json={"instances": [{"query": "lamp", "k": "ten"}]}), 400, "must be an integer"),
+    ("basket of the wrong type", dict(json={"instances": [{"basket": 85123}]}), 400, "must be a list"),
+    ("no instances", dict(json={"inputs": []}), 400, '"instances"'),
+    ("a list body", dict(json=[1, 2]), 400, '"instances"'),
+    ("only unknown stock codes", dict(json={"instances": [{"basket": ["NOPE"]}]}), 404, "none of the basket"),
+    ("too many instances", dict(json={"instances": [{"query": "lamp"}] * 65}), 413, "at most 64"),
+    ("oversized body", dict(data=b'{"instances": [' + b'{"query": "lamp"},' * 80000 + b'{"query": "x"}]}',
+                            headers={"content-type": "application/json"}), 413, "exceeds the limit"),
+    ("query too long", dict(json={"instances": [{"query": "lamp " * 200}]}), 413, "characters"),
+]
+
+
+@pytest.mark.parametrize("case, kwargs, status, message", BAD_V1, ids=[c[0] for c in BAD_V1])
+def test_v1_client_mistakes_get_a_4xx_that_says_why(server, case, kwargs, status, message):
+    r = requests.post(f"{server.url}/v1/models/plmrec:predict", timeout=30, **kwargs)
+    assert r.status_code == status, (case, r.status_code, r.text)
+    assert message in r.json()["error"]
+
+
+BAD_V2 = [
+    ("malformed JSON", b'{"inputs": [{"name": "query"', 400, "invalid request body"),
+    ("inputs not a list", b'{"inputs": {"name": "query"}}', 400, "invalid request body"),
+    ("unknown input", b'{"inputs": [{"name": "user", "shape": [1], "datatype": "INT64", "data": [1]}]}', 400,
+     "unknown input(s) user"),
+    ("unknown customer", b'{"inputs": [{"name": "customer_id", "shape": [1], "datatype": "INT64", "data": [1]}]}', 404,
+     "customer 1 is unknown"),
+    ("k out of range", b'{"inputs": [{"name": "query", "shape": [1], "datatype": "BYTES", "data": ["lamp"]}], '
+                       b'"parameters": {"k": 500}}', 400, "1 <= k <= 100"),
+    ("customer id as text", b'{"inputs": [{"name": "customer_id", "shape": [1], "datatype": "BYTES", "data": ["abc"]}]}',
+     400, "must be an integer"),
+    ("query and customer together", b'{"inputs": [{"name": "query", "shape": [1], "datatype": "BYTES", "data": ["a"]},'
+                                     b'{"name": "customer_id", "shape": [1], "datatype": "INT64", "data": [1]}]}', 400,
+     "takes no customer_id"),
+]
+
+
+@pytest.mark.parametrize("case, body, status, message", BAD_V2, ids=[c[0] for c in BAD_V2])
+def test_v2_client_mistakes_get_a_4xx_that_says_why(server, case, body, status, message):
+    r = requests.post(f"{server.url}/v2/models/plmrec/infer", data=body, headers={"content-type": "application/json"},
+                      timeout=30)
+    assert r.status_code == status, (case, r.status_code, r.text)
+    assert message in r.json()["error"]
+
+
+def test_the_server_survives_bad_input_and_keeps_answering(server, recommender):
+    for _ in range(3):
+        for _, kwargs, _, _ in BAD_V1[:4]:
+            requests.post(f"{server.url}/v1/models/plmrec:predict", timeout=30, **kwargs)
+    assert server.proc.poll() is None
+    r = _v1(server, {"instances": [{"customer_id": _customer(recommender), "k": 3}]})
+    assert r.status_code == 200 and len(r.json()["predictions"][0]["items"]) == 3
+    assert requests.post(f"{server.url}/v1/models/other:predict", json={"instances": []}, timeout=5).status_code == 404
+
+
+def test_pyfunc_answers_like_the_server(serving_bundles, recommender, tmp_path):
+    """The registered model's MLflow flavour gives the same answer as the predictor."""
+    import mlflow
+
+    from plmrec.serving.pyfunc import BundleModel
+
+    mlflow.pyfunc.save_model(str(tmp_path / "m"), python_model=BundleModel(),
+                             artifacts={"bundle": str(serving_bundles["ltr"])}, pip_requirements=["plmrec"])
+    model = mlflow.pyfunc.load_model(str(tmp_path / "m"))
+    c = _customer(recommender)
+    out = model.predict(pd.DataFrame([{"customer_id": c, "k": 5}]))
+    assert [i["stock_code"] for i in out.loc[0, "items"]] == recommender.recommend_customer(c, 5).stock_codes
