@@ -9,7 +9,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	# The CPU build of torch first: a plain `torch` requirement would pull CUDA wheels.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[test,text,recsys]"
+	$(PY) -m pip install -q -e ".[test,text,recsys,serve,cluster]"
 	touch $@
 
 setup: $(VENV)/.installed

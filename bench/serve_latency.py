@@ -1,0 +1,187 @@
+"""Latency and throughput of the KServe predictor under a bounded load on 127.0.0.1.
+
+Starts `plmrec serve` on a bundle (`--bundle`, or one built here from the real Online Retail data,
+synthetic without it, with the offline MiniLM and the learning-to-rank recommender), then sends
+`--requests` requests of each kind (customer id, anonymous basket, free-text query) over v1 at
+concurrency 1 and 8 from keep-alive clients, and reports p50/p95/p99 latency and requests/s.
+
+The naive path is measured in the same run, in-process beside the served one: customer scores by a
+Python scan over the items (no vectorised matrix product), and a query by re-encoding the whole
+catalogue for every request instead of using the precomputed item embeddings. Prints one JSON object.
+
+  python bench/serve_latency.py --out bench/results/serve_cpu.json
+  python bench/serve_latency.py --bundle models/bundle      # a bundle from `dvc repro` / the pipeline
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import random
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT / "tests"))
+
+import numpy as np  # noqa: E402
+import requests  # noqa: E402
+
+from _report import emit  # noqa: E402
+from plmrec.config import Params  # noqa: E402
+
+
+def build_bundle_here(out: Path, seed: int) -> tuple[Path, str]:
+    from train_speed import load_prepared
+
+    from plmrec.finetune.embed import encode_texts, item_table
+    from plmrec.finetune.pairs import catalogue
+    from plmrec.finetune.retrieval import load_encoder
+    from plmrec.pretrain.models import resolve_base_model
+    from plmrec.recsys import experiment as E
+    from plmrec.serving.bundle import build_bundle
+
+    params = Params()
+    prepared, source = load_prepared(params)
+    encoder = resolve_base_model(params.pretrain.base_model)
+    cat = catalogue(prepared)
+    items = item_table(cat["StockCode"].tolist(), cat["Description"].tolist(),
+                       encode_texts(load_encoder(encoder, "mean", 64), cat["Description"].tolist()))
+    rp = params.recommenders.model_copy(update={"seeds": [seed]})
+    rows, detail = E.run_recommenders(prepared, items, rp)
+    build_bundle(prepared, items, encoder, out, rp, "ltr", {**detail["chosen"][seed], "seed": seed},
+                 detail["rankers"][seed], {})
+    return out, source
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q))
+
+
+def load(url: str, bodies: list[dict], concurrency: int) -> dict:
+    """Send every body once from `concurrency` keep-alive clients; latency per request in ms."""
+    latencies: list[float] = []
+    errors = []
+    lock = threading.Lock()
+    queue = list(bodies)
+
+    def worker():
+        session = requests.Session()
+        while True:
+            with lock:
+                if not queue:
+                    return
+                body = queue.pop()
+            start = time.perf_counter()
+            r = session.post(url, json=body, timeout=60)
+            elapsed = (time.perf_counter() - start) * 1000
+            with lock:
+                latencies.append(elapsed)
+                if r.status_code != 200:
+                    errors.append(r.status_code)
+
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - start
+    return {"requests": len(latencies), "errors": len(errors), "p50_ms": round(percentile(latencies, 50), 2),
+            "p95_ms": round(percentile(latencies, 95), 2), "p99_ms": round(percentile(latencies, 99), 2),
+            "requests_per_s": round(len(latencies) / wall, 1)}
+
+
+def naive_customer(rec, customer: int, k: int) -> list[str]:
+    """Score every item by a Python loop over the ALS factors, then sort: no vectorised scoring."""
+    u = rec.user_factors[rec.customer_row[customer]].tolist()
+    scores = [(sum(a * b for a, b in zip(u, v)), i) for i, v in enumerate(rec.item_factors.tolist())]
+    scores.sort(reverse=True)
+    return [rec.codes[i] for _, i in scores[:k]]
+
+
+def naive_query(rec, text: str, k: int) -> list[str]:
+    """Encode the whole catalogue for every query (no precomputed item embeddings)."""
+    items = rec.encoder.encode(rec.descriptions.tolist(), batch_size=128, normalize_embeddings=True)
+    q = rec.encoder.encode([text], normalize_embeddings=True)[0]
+    return rec.codes[np.argsort(-(items @ q))[:k]].tolist()
+
+
+def timed_ms(fn, args_list) -> float:
+    times = []
+    for args in args_list:
+        start = time.perf_counter()
+        fn(*args)
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+QUERIES = ["red heart lantern for a wedding", "vintage christmas decoration", "cake stand for a party",
+           "lunch box for children", "glass candle holder", "retro alarm clock", "paper napkins", "gift wrap",
+           "hot water bottle", "garden bunting"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--bundle", type=Path, default=None)
+    ap.add_argument("--requests", type=int, default=400, help="per request kind and concurrency")
+    ap.add_argument("--concurrency", default="1,8")
+    ap.add_argument("--k", type=int, default=10)
+    ap.add_argument("--naive-queries", type=int, default=3, help="catalogue re-encodings to time (slow)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+
+    from conftest import ServerProcess
+
+    from plmrec.serving.bundle import Recommender
+
+    source = "given"
+    tmp = Path(tempfile.mkdtemp(prefix="plmrec-bench-"))
+    if args.bundle is None:
+        print("building a bundle (embeddings, one comparison seed, refit) ...", file=sys.stderr, flush=True)
+        args.bundle, source = build_bundle_here(tmp / "bundle", args.seed)
+    rec = Recommender(args.bundle)
+    rng = random.Random(args.seed)
+    customers = list(rec.customer_row)
+    bodies = {
+        "customer": [{"instances": [{"customer_id": rng.choice(customers), "k": args.k}]} for _ in range(args.requests)],
+        "basket": [{"instances": [{"basket": rng.sample(list(rec.codes), 5), "k": args.k}]} for _ in range(args.requests)],
+        "query": [{"instances": [{"query": rng.choice(QUERIES) + f" {i}", "k": args.k}]} for i in range(args.requests)],
+    }
+    result = {"benchmark": "serve_latency", "machine": platform.processor() or platform.machine(),
+              "cpus": os.cpu_count(), "bundle": str(args.bundle), "data": source, "model": rec.meta["model"],
+              "items": rec.n_items, "customers": len(customers), "k": args.k, "protocol": "v1", "load": {}}
+    with ServerProcess(["--bundle", str(args.bundle)], tmp) as server:
+        url = f"{server.url}/v1/models/plmrec:predict"
+        for kind, kind_bodies in bodies.items():
+            load(url, kind_bodies[:20], 2)  # warm-up
+            for c in [int(x) for x in args.concurrency.split(",")]:
+                result["load"][f"{kind}_c{c}"] = load(url, kind_bodies, c)
+                print(f"{kind} c={c}: {result['load'][f'{kind}_c{c}']}", file=sys.stderr, flush=True)
+
+    sample = [(c, args.k) for c in customers[:50]]
+    served_customer = timed_ms(rec.recommend_customer, sample)
+    scan_customer = timed_ms(lambda c, k: naive_customer(rec, c, k), sample)
+    served_query = timed_ms(lambda q, k: rec.search([q], k), [(q, args.k) for q in QUERIES])
+    naive = timed_ms(lambda q, k: naive_query(rec, q, k), [(q, args.k) for q in QUERIES[:args.naive_queries]])
+    result["in_process_ms"] = {
+        "customer_served_path": round(served_customer, 3), "customer_python_scan": round(scan_customer, 3),
+        "customer_speedup": round(scan_customer / served_customer, 1),
+        "query_served_path": round(served_query, 3), "query_reencode_catalogue": round(naive, 1),
+        "query_speedup": round(naive / served_query, 1)}
+    c8 = result["load"].get("customer_c8")
+    if c8:
+        result["target"] = {"customer_c8_p99_ms": c8["p99_ms"], "under_50_ms": c8["p99_ms"] < 50}
+    emit(result, args.out)
+
+
+if __name__ == "__main__":
+    main()
