@@ -62,7 +62,7 @@ def test_dvc_repro_runs_only_what_changed(tmp_path):
     import mlflow
 
     version = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"]).get_model_version_by_alias("plmrec-recommender", "champion")
-    assert version.version == "1" and version.tags["data.md5"] == prepared_md5  # the data version DVC records
+    assert str(version.version) == "1" and version.tags["data.md5"] == prepared_md5  # the data version DVC records
     assert (repo / "models" / "bundle" / "bundle.json").exists()
     metrics = yaml.safe_load((repo / "metrics" / "baseline.json").read_text())["baseline_xgboost"]["test"]
     assert metrics["accuracy"] > metrics["majority_class_accuracy"]

@@ -62,22 +62,22 @@ def test_gate_promotes_only_a_better_challenger_and_rollback_restores(serving_bu
     v1 = _register(params, serving_bundles["ltr"], base)
     first = registry.gate(client, params.registry, v1)
     assert first.promoted and first.champion_before is None
-    assert client.get_model_version_by_alias(name, "champion").version == v1
+    assert str(client.get_model_version_by_alias(name, "champion").version) == v1
 
     worse = _register(params, serving_bundles["popularity"], {**base, "ndcg@10": 0.25})
     decision = registry.gate(client, params.registry, worse)
     assert not decision.promoted and "does not beat" in decision.reason
-    assert client.get_model_version_by_alias(name, "champion").version == v1  # a failed gate changes nothing
-    assert client.get_model_version_by_alias(name, "challenger").version == worse
+    assert str(client.get_model_version_by_alias(name, "champion").version) == v1  # a failed gate changes nothing
+    assert str(client.get_model_version_by_alias(name, "challenger").version) == worse
 
     regressing = _register(params, serving_bundles["popularity"], {**base, "ndcg@10": 0.31, "recall@10": 0.30})
     assert not registry.gate(client, params.registry, regressing).promoted
-    assert client.get_model_version_by_alias(name, "champion").version == v1
+    assert str(client.get_model_version_by_alias(name, "champion").version) == v1
 
     better = _register(params, serving_bundles["popularity"], {**base, "ndcg@10": 0.33})
     assert registry.gate(client, params.registry, better).promoted
     champion = client.get_model_version_by_alias(name, "champion")
-    assert champion.version == better and champion.tags[registry.PREVIOUS_TAG] == v1
+    assert str(champion.version) == better and champion.tags[registry.PREVIOUS_TAG] == v1
     assert registry.version_metrics(champion)["ndcg@10"] == pytest.approx(0.33)
 
     rec = Recommender(serving_bundles["ltr"], load_encoder=False)
@@ -90,7 +90,7 @@ def test_gate_promotes_only_a_better_challenger_and_rollback_restores(serving_bu
 
     out = _cli(params, "promote", "--rollback")
     assert out.returncode == 0 and f"version {better} -> {v1} (rolled back)" in out.stdout, out.stderr
-    assert client.get_model_version_by_alias(name, "champion").version == v1
+    assert str(client.get_model_version_by_alias(name, "champion").version) == v1
     with ServerProcess(["-S", f"tracking.uri={mlflow_server}", "-S", f"registry.model_name={name}"], tmp_path) as s:
         assert _served(s, customer) == (v1, ltr_items)  # restarted: serves the restored champion
 
@@ -99,7 +99,7 @@ def test_gate_promotes_only_a_better_challenger_and_rollback_restores(serving_bu
 
     out = _cli(params, "promote", "--version", worse)
     assert out.returncode == 1 and "not promoted" in out.stdout
-    assert client.get_model_version_by_alias(name, "champion").version == v1
+    assert str(client.get_model_version_by_alias(name, "champion").version) == v1
     rows = registry.versions_table(client, name)
     assert [r["version"] for r in rows][:2] == [better, regressing] and rows[-1]["aliases"] == "champion"
 
@@ -129,3 +129,20 @@ def test_runs_compare_prints_pipeline_runs_side_by_side(mlflow_server):
                           "-S", "tracking.experiment=runs-compare-test"], capture_output=True, text=True, env=env,
                          timeout=120)
     assert out.returncode == 0 and "pipeline-key-b" in out.stdout and "test_ndcg_at_10_ltr" in out.stdout
+
+
+def test_gate_on_the_local_sqlite_store(serving_bundles, tmp_path):
+    """The laptop default (SQLite, versions come back as integers there) behaves the same."""
+    params = Params()
+    params.tracking.uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    params.registry.model_name = "sqlite-gate-test"
+    client = mlflow.MlflowClient(params.tracking.uri)
+    v1 = _register(params, serving_bundles["popularity"], {"ndcg@10": 0.2, "recall@10": 0.3, "precision@5": 0.1})
+    assert registry.gate(client, params.registry, v1).promoted
+    with pytest.raises(registry.RegistryError, match="already the champion"):
+        registry.gate(client, params.registry, v1)
+    with pytest.raises(registry.RegistryError, match="nothing to roll back to"):
+        registry.rollback(client, params.registry)
+    v2 = _register(params, serving_bundles["popularity"], {"ndcg@10": 0.3, "recall@10": 0.3, "precision@5": 0.1})
+    assert registry.gate(client, params.registry, v2).promoted
+    assert registry.rollback(client, params.registry) == (v2, v1)

@@ -110,10 +110,10 @@ def gate(client, rp: RegistryParams, version: str) -> Decision:
     candidate = client.get_model_version(name, version)
     client.set_registered_model_alias(name, CHALLENGER, version)
     current = alias_version(client, name, CHAMPION)
-    if current is not None and current.version == str(version):
+    if current is not None and str(current.version) == str(version):
         raise RegistryError(f"version {version} of {name} is already the champion")
     promote, reason, primary, guards = decide(version_metrics(candidate), version_metrics(current) if current else None, rp)
-    before = current.version if current else None
+    before = str(current.version) if current else None
     decision = Decision(str(version), promote, reason, before, str(version) if promote else before, primary, guards)
     client.set_model_version_tag(name, version, GATE_TAG, json.dumps(decision.to_dict())[:4900])
     if promote:
@@ -127,7 +127,7 @@ def force_promote(client, rp: RegistryParams, version: str) -> Decision:
     name = rp.model_name
     client.get_model_version(name, version)  # raises if it does not exist
     current = alias_version(client, name, CHAMPION)
-    before = current.version if current else None
+    before = str(current.version) if current else None
     if before != str(version):
         client.set_model_version_tag(name, version, PREVIOUS_TAG, before or "")
         client.set_registered_model_alias(name, CHAMPION, version)
@@ -145,9 +145,9 @@ def rollback(client, rp: RegistryParams) -> tuple[str, str]:
         raise RegistryError(f"{name}@{CHAMPION} is version {current.version}, which replaced no earlier champion: "
                             f"nothing to roll back to")
     client.get_model_version(name, previous)
-    client.set_model_version_tag(name, current.version, "plmrec.rolled_back_to", previous)
+    client.set_model_version_tag(name, str(current.version), "plmrec.rolled_back_to", previous)
     client.set_registered_model_alias(name, CHAMPION, previous)
-    return current.version, previous
+    return str(current.version), previous
 
 
 def download(uri: str, name: str, alias: str, dst: str | Path) -> tuple[Path, str]:
@@ -161,7 +161,7 @@ def download(uri: str, name: str, alias: str, dst: str | Path) -> tuple[Path, st
                             f"`plmrec promote`)")
     mlflow.set_tracking_uri(uri)
     local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{v.version}", dst_path=str(dst))
-    return Path(local), v.version
+    return Path(local), str(v.version)
 
 
 def versions_table(client, name: str, limit: int = 10) -> list[dict]:
@@ -172,7 +172,7 @@ def versions_table(client, name: str, limit: int = 10) -> list[dict]:
     rows = []
     for v in client.search_model_versions(f"name = '{name}'", order_by=["version_number DESC"], max_results=limit):
         gate_info = json.loads(v.tags.get(GATE_TAG, "{}") or "{}")
-        rows.append({"version": v.version, "aliases": ",".join(sorted(aliases.get(str(v.version), []))),
+        rows.append({"version": str(v.version), "aliases": ",".join(sorted(aliases.get(str(v.version), []))),
                      "promoted": gate_info.get("promoted"), "run_id": v.run_id, **version_metrics(v),
                      "data_md5": v.tags.get("data.md5", "")})
     return rows

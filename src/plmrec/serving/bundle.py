@@ -165,7 +165,7 @@ class Recommender:
     def _load_encoder(self):
         from sentence_transformers import SentenceTransformer
 
-        return SentenceTransformer(str(self.path / "encoder"), device="cpu")
+        return SentenceTransformer(str(self.path / "encoder"))  # on a GPU when the pod has one
 
     @property
     def n_items(self) -> int:
