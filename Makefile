@@ -5,11 +5,11 @@ PYTHON ?= python3
 
 .PHONY: setup run test test-fast compile clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	# The CPU build of torch first: a plain `torch` requirement would pull CUDA wheels.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[test,text,recsys,serve,cluster]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[test,text,recsys,serve,cluster]"
 	touch $@
 
 setup: $(VENV)/.installed
