@@ -34,17 +34,24 @@ class Window:
     end_day: float                 # the window's first day
 
 
-def make_window(prepared: pd.DataFrame, item_col: dict[str, int], split: str, exclude_history: bool) -> Window:
-    past, future = window_rows(prepared, split)
-    customers = np.sort(past["CustomerID"].unique())
+def purchase_matrices(rows: pd.DataFrame, item_col: dict[str, int]):
+    """Customers (sorted), their matrix row, and per (customer, item): purchase lines and the day
+    (since epoch) of the latest purchase + 1."""
+    customers = np.sort(rows["CustomerID"].unique())
     row = {c: i for i, c in enumerate(customers)}
-    r = past["CustomerID"].map(row).to_numpy()
-    c = past["StockCode"].astype(str).map(item_col).to_numpy()
-    day = (past["InvoiceDate"].astype("int64") // DAY_NS).to_numpy().astype(np.float64)
+    r = rows["CustomerID"].map(row).to_numpy()
+    c = rows["StockCode"].astype(str).map(item_col).to_numpy()
+    day = (rows["InvoiceDate"].astype("int64") // DAY_NS).to_numpy().astype(np.float64)
     shape = (len(customers), len(item_col))
     counts = sp.csr_matrix((np.ones(len(r), dtype=np.float32), (r, c)), shape=shape)
     last = pd.DataFrame({"r": r, "c": c, "d": day}).groupby(["r", "c"])["d"].max().reset_index()
     last_day = sp.csr_matrix((last["d"].to_numpy() + 1, (last["r"], last["c"])), shape=shape)
+    return customers, row, counts, last_day
+
+
+def make_window(prepared: pd.DataFrame, item_col: dict[str, int], split: str, exclude_history: bool) -> Window:
+    past, future = window_rows(prepared, split)
+    customers, row, counts, last_day = purchase_matrices(past, item_col)
     wanted = future[future["CustomerID"].isin(row)].groupby("CustomerID")["StockCode"].agg(
         lambda s: {item_col[str(x)] for x in s if str(x) in item_col})
     eval_rows, relevant = [], []

@@ -62,16 +62,8 @@ class Recommendation:
 
 def _history(prepared: pd.DataFrame, item_col: dict[str, int]) -> tuple[np.ndarray, sp.csr_matrix, sp.csr_matrix, float]:
     rows = prepared[prepared["StockCode"].astype(str).isin(item_col)]
-    customers = np.sort(rows["CustomerID"].unique())
-    row = {c: i for i, c in enumerate(customers)}
-    r = rows["CustomerID"].map(row).to_numpy()
-    c = rows["StockCode"].astype(str).map(item_col).to_numpy()
-    day = (rows["InvoiceDate"].astype("int64") // DAY_NS).to_numpy().astype(np.float64)
-    shape = (len(customers), len(item_col))
-    counts = sp.csr_matrix((np.ones(len(r), dtype=np.float32), (r, c)), shape=shape)
-    last = pd.DataFrame({"r": r, "c": c, "d": day}).groupby(["r", "c"])["d"].max().reset_index()
-    last_day = sp.csr_matrix((last["d"].to_numpy() + 1, (last["r"], last["c"])), shape=shape)
-    return customers, counts, last_day, float(day.max() + 1)
+    customers, _, counts, last_day = R.purchase_matrices(rows, item_col)
+    return customers, counts, last_day, float(rows["InvoiceDate"].max().value // DAY_NS + 1)
 
 
 def build_bundle(prepared: pd.DataFrame, items: pd.DataFrame, encoder_dir: str | Path, out_dir: str | Path,
