@@ -101,9 +101,8 @@ def finetune(params: Params, prepared: pd.DataFrame, start_model: str, out_dir: 
                             **result.to_dict()})
         report["phases"].append(entry)
         current = str(phase_dir)
-        last = result.losses[-1][1] if result.losses else float("nan")
         print(f"[plmrec] finetune: phase {label} {steps} steps on {len(examples):,} pairs in {result.seconds:.1f}s "
-              f"on {result.device} ({result.precision}), final loss {last:.4f}", flush=True)
+              f"on {result.device} ({result.precision}), final loss {result.final_loss:.4f}", flush=True)
     report["seconds"] = round(time.time() - started, 2)
     if is_main_process():
         st_dir = out / "sentence-transformer"

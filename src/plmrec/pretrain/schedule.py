@@ -122,9 +122,8 @@ def run_schedule(params: PretrainParams, corpora: dict[str, list[str]], out_dir:
             _drop_weights(Path(current))
         report["phases"].append(entry)
         current = str(phase_dir)
-        last = result.losses[-1][1] if result.losses else float("nan")
         print(f"[plmrec] pretrain: phase {label} {steps} steps in {result.seconds:.1f}s on {result.device} "
-              f"({result.precision}), {result.tokens_per_s:,.0f} tokens/s, final loss {last:.4f}", flush=True)
+              f"({result.precision}), {result.tokens_per_s:,.0f} tokens/s, final loss {result.final_loss:.4f}", flush=True)
     report["seconds"] = round(time.time() - started, 2)
     if is_main_process():
         export(current, out, params.pooling, params.max_length)

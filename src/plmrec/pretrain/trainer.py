@@ -85,6 +85,10 @@ class PhaseResult:
     def samples_per_s(self) -> float:
         return self.samples / self.seconds if self.seconds else 0.0
 
+    @property
+    def final_loss(self) -> float:
+        return self.losses[-1][1] if self.losses else float("nan")
+
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "tokens_per_s": round(self.tokens_per_s, 1),
                 "samples_per_s": round(self.samples_per_s, 2)}
