@@ -16,6 +16,7 @@ catalogue for every request instead of using the precomputed item embeddings. Pr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import random
@@ -39,26 +40,14 @@ from plmrec.config import Params  # noqa: E402
 
 
 def build_bundle_here(out: Path, seed: int) -> tuple[Path, str]:
+    from conftest import comparison_bundles
     from train_speed import load_prepared
-
-    from plmrec.finetune.embed import encode_texts, item_table
-    from plmrec.finetune.pairs import catalogue
-    from plmrec.finetune.retrieval import load_encoder
-    from plmrec.pretrain.models import resolve_base_model
-    from plmrec.recsys import experiment as E
-    from plmrec.serving.bundle import build_bundle
 
     params = Params()
     prepared, source = load_prepared(params)
-    encoder = resolve_base_model(params.pretrain.base_model)
-    cat = catalogue(prepared)
-    items = item_table(cat["StockCode"].tolist(), cat["Description"].tolist(),
-                       encode_texts(load_encoder(encoder, "mean", 64), cat["Description"].tolist()))
     rp = params.recommenders.model_copy(update={"seeds": [seed]})
-    rows, detail = E.run_recommenders(prepared, items, rp)
-    build_bundle(prepared, items, encoder, out, rp, "ltr", {**detail["chosen"][seed], "seed": seed},
-                 detail["rankers"][seed], {})
-    return out, source
+    with contextlib.redirect_stdout(sys.stderr):  # stdout carries only the JSON result
+        return comparison_bundles(prepared, rp, out, ("ltr",))["ltr"], source
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -139,7 +128,7 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
 
-    from conftest import ServerProcess
+    from conftest import plmrec_server
 
     from plmrec.serving.bundle import Recommender
 
@@ -147,7 +136,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="plmrec-bench-"))
     if args.bundle is None:
         print("building a bundle (embeddings, one comparison seed, refit) ...", file=sys.stderr, flush=True)
-        args.bundle, source = build_bundle_here(tmp / "bundle", args.seed)
+        args.bundle, source = build_bundle_here(tmp, args.seed)
     rec = Recommender(args.bundle)
     rng = random.Random(args.seed)
     customers = list(rec.customer_row)
@@ -159,7 +148,7 @@ def main() -> None:
     result = {"benchmark": "serve_latency", "machine": platform.processor() or platform.machine(),
               "cpus": os.cpu_count(), "bundle": str(args.bundle), "data": source, "model": rec.meta["model"],
               "items": rec.n_items, "customers": len(customers), "k": args.k, "protocol": "v1", "load": {}}
-    with ServerProcess(["--bundle", str(args.bundle)], tmp) as server:
+    with plmrec_server(["--bundle", str(args.bundle)], tmp) as server:
         url = f"{server.url}/v1/models/plmrec:predict"
         for kind, kind_bodies in bodies.items():
             load(url, kind_bodies[:20], 2)  # warm-up

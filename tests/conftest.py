@@ -58,28 +58,8 @@ def mlflow_server(tmp_path_factory):
     cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
            "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
            "--artifacts-destination", str(root / "artifacts"), "--workers", "1"]
-    log = open(root / "server.log", "w")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=root)
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"mlflow server exited: {(root / 'server.log').read_text()[-2000:]}")
-        try:
-            if requests.get(f"{uri}/health", timeout=1).status_code == 200:
-                break
-        except requests.RequestException:
-            time.sleep(0.5)
-    else:
-        os.killpg(proc.pid, signal.SIGTERM)
-        raise RuntimeError("mlflow server did not become healthy in 90 s")
-    yield uri
-    os.killpg(proc.pid, signal.SIGTERM)  # the server spawns workers: stop the whole group
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-    log.close()
+    with ChildServer("mlflow server", cmd, port, "/health", root, timeout=90) as server:
+        yield server.url
 
 
 @pytest.fixture(scope="session")
@@ -124,69 +104,87 @@ def quick_recommenders_params():
                               mf=dict(factors=[16], similarity_weights=[0.5], cluster_weights=[0.5]))
 
 
+def minilm_items(prepared):
+    """Item embeddings from the offline MiniLM (the default base model), and the model's directory."""
+    from plmrec.finetune.embed import encode_texts, item_table
+    from plmrec.finetune.pairs import catalogue
+    from plmrec.finetune.retrieval import load_encoder
+    from plmrec.pretrain.models import resolve_base_model
+
+    encoder = resolve_base_model("sentence-transformers/all-MiniLM-L6-v2")
+    cat = catalogue(prepared)
+    return item_table(cat["StockCode"].tolist(), cat["Description"].tolist(),
+                      encode_texts(load_encoder(encoder, "mean", 64), cat["Description"].tolist())), encoder
+
+
+def comparison_bundles(prepared, recommenders, root: Path, models: tuple[str, ...]) -> dict:
+    """Bundles written as compare-models writes them, from one comparison with the offline MiniLM."""
+    from plmrec.recsys import experiment as E
+    from plmrec.stages import write_bundle
+
+    items, encoder = minilm_items(prepared)
+    rows, detail = E.run_recommenders(prepared, items, recommenders)
+    params = Params(recommenders=recommenders)
+    out = {"rows": rows}
+    for model in models:
+        params.registry.served_model = model
+        write_bundle(params, prepared, items, rows, detail, encoder, root / model)
+        out[model] = root / model
+    return out
+
+
 @pytest.fixture(scope="session")
 def serving_bundles(tmp_path_factory) -> dict:
     """Serving bundles built the pipeline's way on the small synthetic data with the offline MiniLM:
     the learning-to-rank recommender chosen by the comparison, and a popularity one to tell them apart."""
     from plmrec.data.prepare import prepare_transactions
     from plmrec.data.synthetic import generate_transactions
-    from plmrec.finetune.embed import encode_texts, item_table
-    from plmrec.finetune.pairs import catalogue
-    from plmrec.finetune.retrieval import load_encoder
-    from plmrec.pretrain.models import resolve_base_model
-    from plmrec.recsys import experiment as E
-    from plmrec.serving.bundle import build_bundle
 
     p = Params()
     prepared, _ = prepare_transactions(generate_transactions(SyntheticParams(**SMALL)), p.clean, p.split)
-    encoder = resolve_base_model("sentence-transformers/all-MiniLM-L6-v2")
-    cat = catalogue(prepared)
-    items = item_table(cat["StockCode"].tolist(), cat["Description"].tolist(),
-                       encode_texts(load_encoder(encoder, "mean", 64), cat["Description"].tolist()))
-    rp = quick_recommenders_params()
-    rows, detail = E.run_recommenders(prepared, items, rp)
-    root = tmp_path_factory.mktemp("bundles")
-    out = {"prepared": prepared, "rows": rows}
-    for model in ("ltr", "popularity"):
-        metrics = {c.replace("test_", ""): float(rows.loc[rows["model"] == model, c].mean())
-                   for c in rows.columns if c.startswith("test_") and "@" in c}
-        out[model] = build_bundle(prepared, items, encoder, root / model, rp, model, {**detail["chosen"][0], "seed": 0},
-                                  detail["rankers"][0], metrics)
-    return out
+    return {"prepared": prepared, **comparison_bundles(prepared, quick_recommenders_params(),
+                                                       tmp_path_factory.mktemp("bundles"), ("ltr", "popularity"))}
 
 
-class ServerProcess:
-    """`plmrec serve` in a child process on a free loopback port; stopped on exit."""
+class ChildServer:
+    """A server in a child process (its own process group), ready once `health_path` answers 200."""
 
-    def __init__(self, args: list[str], cwd: Path, env: dict | None = None):
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = Path(cwd) / f"serve-{self.port}.log"
-        self.args, self.cwd, self.env = args, cwd, {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
+    def __init__(self, name: str, cmd: list[str], port: int, health_path: str, cwd: Path, env: dict | None = None,
+                 timeout: float = 120):
+        self.name, self.cmd, self.port, self.health_path, self.cwd, self.timeout = name, cmd, port, health_path, cwd, timeout
+        self.url = f"http://127.0.0.1:{port}"
+        self.log_path = Path(cwd) / f"{name.replace(' ', '-')}-{port}.log"
+        self.env = {**os.environ, **(env or {})}
 
-    def __enter__(self) -> "ServerProcess":
+    def __enter__(self) -> "ChildServer":
         self.log = open(self.log_path, "w")
-        cmd = [sys.executable, "-m", "plmrec.cli", "serve", "--port", str(self.port), *self.args]
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, cwd=self.cwd, env=self.env,
+        self.proc = subprocess.Popen(self.cmd, stdout=self.log, stderr=subprocess.STDOUT, cwd=self.cwd, env=self.env,
                                      start_new_session=True)
-        deadline = time.time() + 120
+        deadline = time.time() + self.timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"plmrec serve exited {self.proc.returncode}: {self.log_path.read_text()[-3000:]}")
+                raise RuntimeError(f"{self.name} exited {self.proc.returncode}: {self.log_path.read_text()[-3000:]}")
             try:
-                if requests.get(f"{self.url}/v2/health/ready", timeout=1).status_code == 200:
+                if requests.get(f"{self.url}{self.health_path}", timeout=1).status_code == 200:
                     return self
             except requests.RequestException:
                 pass
             time.sleep(0.3)
         self.__exit__()
-        raise RuntimeError(f"plmrec serve not ready in 120 s: {self.log_path.read_text()[-3000:]}")
+        raise RuntimeError(f"{self.name} not ready in {self.timeout:.0f} s: {self.log_path.read_text()[-3000:]}")
 
     def __exit__(self, *exc) -> None:
         if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
+            os.killpg(self.proc.pid, signal.SIGTERM)  # servers spawn workers: stop the whole group
             try:
                 self.proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
         self.log.close()
+
+
+def plmrec_server(args: list[str], cwd: Path, env: dict | None = None) -> ChildServer:
+    """`plmrec serve` on a free loopback port."""
+    port = _free_port()
+    return ChildServer("plmrec serve", [sys.executable, "-m", "plmrec.cli", "serve", "--port", str(port), *args], port,
+                       "/v2/health/ready", cwd, {"HF_HUB_OFFLINE": "1", **(env or {})})

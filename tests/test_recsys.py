@@ -5,12 +5,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import conftest
 from conftest import SMALL
 from plmrec.config import ClassifierParams, Params, RecommendersParams, SyntheticParams
 from plmrec.data.prepare import prepare_transactions
 from plmrec.features import EmbeddingFeatures
-from plmrec.finetune.embed import encode_texts, item_table
-from plmrec.finetune.pairs import catalogue
+from plmrec.finetune.embed import item_table
 from plmrec.recsys import experiment as E
 from plmrec.recsys import recommend as R
 from plmrec.recsys.classify import ablation_rows, plm_counterpart, run_ablation
@@ -28,13 +28,7 @@ def prepared():
 @pytest.fixture(scope="module")
 def minilm_items(prepared):
     """Item embeddings from the offline MiniLM (the default base model)."""
-    from plmrec.finetune.retrieval import load_encoder
-    from plmrec.pretrain.models import resolve_base_model
-
-    cat = catalogue(prepared)
-    model = load_encoder(resolve_base_model("sentence-transformers/all-MiniLM-L6-v2"), "mean", 64)
-    return item_table(cat["StockCode"].tolist(), cat["Description"].tolist(),
-                      encode_texts(model, cat["Description"].tolist()))
+    return conftest.minilm_items(prepared)[0]
 
 
 def test_ablation_rows_are_cumulative():

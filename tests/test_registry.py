@@ -8,7 +8,7 @@ import mlflow
 import pytest
 import requests
 
-from conftest import ServerProcess
+from conftest import plmrec_server
 from plmrec import registry
 from plmrec.config import Params, RegistryParams
 from plmrec.runs import compare_runs
@@ -83,7 +83,7 @@ def test_gate_promotes_only_a_better_challenger_and_rollback_restores(serving_bu
     rec = Recommender(serving_bundles["ltr"], load_encoder=False)
     customer = next(iter(rec.customer_row))
     popular = rec.codes[rec.popularity.argsort(kind="stable")[::-1]]
-    with ServerProcess(["-S", f"tracking.uri={mlflow_server}", "-S", f"registry.model_name={name}"], tmp_path) as s:
+    with plmrec_server(["-S", f"tracking.uri={mlflow_server}", "-S", f"registry.model_name={name}"], tmp_path) as s:
         version, items = _served(s, customer)
     assert version == better and set(items) <= set(popular[:40])  # the popularity champion
     ltr_items = rec.recommend_customer(customer, 5).stock_codes
@@ -91,7 +91,7 @@ def test_gate_promotes_only_a_better_challenger_and_rollback_restores(serving_bu
     out = _cli(params, "promote", "--rollback")
     assert out.returncode == 0 and f"version {better} -> {v1} (rolled back)" in out.stdout, out.stderr
     assert str(client.get_model_version_by_alias(name, "champion").version) == v1
-    with ServerProcess(["-S", f"tracking.uri={mlflow_server}", "-S", f"registry.model_name={name}"], tmp_path) as s:
+    with plmrec_server(["-S", f"tracking.uri={mlflow_server}", "-S", f"registry.model_name={name}"], tmp_path) as s:
         assert _served(s, customer) == (v1, ltr_items)  # restarted: serves the restored champion
 
     out = _cli(params, "promote", "--rollback")  # v1 replaced nothing

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import requests
 
-from conftest import ServerProcess
+from conftest import plmrec_server
 from plmrec.config import ServingParams
 from plmrec.serving.bundle import BundleError, Recommender, UnknownCustomer, find_bundle
 from plmrec.serving.requests import RequestError, parse_v1
@@ -20,7 +20,7 @@ def recommender(serving_bundles):
 
 @pytest.fixture(scope="module")
 def server(serving_bundles, tmp_path_factory):
-    with ServerProcess(["--bundle", str(serving_bundles["ltr"])], tmp_path_factory.mktemp("serve")) as s:
+    with plmrec_server(["--bundle", str(serving_bundles["ltr"])], tmp_path_factory.mktemp("serve")) as s:
         yield s
 
 

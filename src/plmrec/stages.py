@@ -475,6 +475,10 @@ def compare_models(params: Params, prepared_path: str | Path, finetuned_dir: str
         Path(metrics_path).parent.mkdir(parents=True, exist_ok=True)
         Path(metrics_path).write_text(json.dumps({"compare": {k: summary[k] for k in ("classifier", "recommenders")}},
                                                  indent=2))
+        if bundle_dir is not None:
+            summary["served"] = write_bundle(params, prepared, items, rec_rows, rec_detail,
+                                             Path(finetuned_dir) / "sentence-transformer", bundle_dir)
+            mlflow.set_tag("plmrec.served_model", summary["served"]["model"])
         (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
         for v in clf_sum.index:
             tracking.log_numeric({f"{m.replace('test_', '')}_mean": clf_sum.loc[v, ("mean", m)] for m in CLASSIFIER},
@@ -491,25 +495,23 @@ def compare_models(params: Params, prepared_path: str | Path, finetuned_dir: str
                 rec_sum.loc["ltr", ("mean", primary)] if "ltr" in rec_sum.index else 0.0,
             "test_accuracy_plm_xgboost": clf_sum.loc[plm_clf, ("mean", "test_accuracy")],
             "test_accuracy_best_xgboost": clf_sum.loc[best_clf, ("mean", "test_accuracy")]})
-        if bundle_dir is not None:
-            summary["served"] = write_bundle(params, prepared, items, rec_rows, rec_detail, finetuned_dir, bundle_dir)
-            (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-            mlflow.set_tag("plmrec.served_model", summary["served"]["model"])
         for v in verdicts:
             _say("compare-models", v)
         return summary
 
 
 def write_bundle(params: Params, prepared: pd.DataFrame, items: pd.DataFrame, rec_rows: pd.DataFrame,
-                 rec_detail: dict, finetuned_dir: str | Path, bundle_dir: str | Path) -> dict:
-    """The serving bundle of the recommender chosen on valid, with its test metrics (mean over seeds)."""
+                 rec_detail: dict, encoder_dir: str | Path, bundle_dir: str | Path) -> dict:
+    """The serving bundle of registry.served_model (auto: the recommender chosen on valid) from a
+    comparison's rows and detail, with its test metrics (mean and std over seeds)."""
     from plmrec.recsys.experiment import served_model
     from plmrec.serving.bundle import build_bundle
 
     rp = params.recommenders
     model = params.registry.served_model
+    why = "registry.served_model"
     if model == "auto":
-        model = served_model(rec_rows, rp.primary_metric)
+        model, why = served_model(rec_rows, rp.primary_metric), f"best valid {rp.primary_metric}"
     if model not in set(rec_rows["model"]):
         raise PlmrecError(f"registry.served_model '{model}' was not evaluated (evaluated: "
                           f"{', '.join(rec_rows['model'].unique())}; ltr needs recommenders.ltr.enabled)")
@@ -520,10 +522,9 @@ def write_bundle(params: Params, prepared: pd.DataFrame, items: pd.DataFrame, re
                     for k in list(metrics)})
     seed = rp.seeds[-1]
     start = time.perf_counter()
-    build_bundle(prepared, items, Path(finetuned_dir) / "sentence-transformer", bundle_dir, rp, model,
-                 {**rec_detail["chosen"][seed], "seed": seed}, rec_detail["rankers"].get(seed), metrics,
-                 encoder_info={"source": str(finetuned_dir)})
-    _say("compare-models", f"serving bundle: {model} (best valid {rp.primary_metric}), refitted on all purchases "
+    build_bundle(prepared, items, encoder_dir, bundle_dir, rp, model, {**rec_detail["chosen"][seed], "seed": seed},
+                 rec_detail["rankers"].get(seed), metrics, encoder_info={"source": str(encoder_dir)})
+    _say("compare-models", f"serving bundle: {model} ({why}), refitted on all purchases "
                            f"in {time.perf_counter() - start:.1f} s -> {bundle_dir}")
     return {"model": model, "metrics": metrics, "bundle": str(bundle_dir)}
 
@@ -535,7 +536,7 @@ def register_model(params: Params, bundle_dir: str | Path, prepared_path: str | 
     import mlflow
 
     from plmrec import registry
-    from plmrec.serving.bundle import Recommender
+    from plmrec.serving.bundle import read_meta
 
     rg = params.registry
     if not rg.enabled:
@@ -543,7 +544,7 @@ def register_model(params: Params, bundle_dir: str | Path, prepared_path: str | 
         Path(decision_path).parent.mkdir(parents=True, exist_ok=True)
         Path(decision_path).write_text(json.dumps(decision))
         return decision
-    meta = Recommender(bundle_dir, load_encoder=False).meta
+    meta = read_meta(bundle_dir)
     metrics = {k: v for k, v in meta["metrics"].items() if not k.endswith("_std")}
     tags = {"data.md5": file_digest(prepared_path, "md5"), "data.path": str(prepared_path),
             "served_model": meta["model"], "plmrec.run_key": run_key or ""}

@@ -109,18 +109,24 @@ def build_bundle(prepared: pd.DataFrame, items: pd.DataFrame, encoder_dir: str |
     return out
 
 
+def read_meta(path: str | Path) -> dict:
+    """bundle.json of a bundle directory, checked for the format this plmrec reads."""
+    meta_file = Path(path) / "bundle.json"
+    if not meta_file.exists():
+        raise BundleError(f"{path}: not a plmrec serving bundle (no bundle.json)")
+    meta = json.loads(meta_file.read_text())
+    if meta.get("format") != BUNDLE_FORMAT:
+        raise BundleError(f"{meta_file}: bundle format {meta.get('format')}, this plmrec reads {BUNDLE_FORMAT}")
+    return meta
+
+
 class Recommender:
     """A loaded bundle: top-K for a known customer, an anonymous basket, or a free-text query."""
 
     def __init__(self, path: str | Path, load_encoder: bool = True):
         path = Path(path)
-        meta_file = path / "bundle.json"
-        if not meta_file.exists():
-            raise BundleError(f"{path}: not a plmrec serving bundle (no bundle.json)")
         self.path = path
-        self.meta = json.loads(meta_file.read_text())
-        if self.meta.get("format") != BUNDLE_FORMAT:
-            raise BundleError(f"{meta_file}: bundle format {self.meta.get('format')}, this plmrec reads {BUNDLE_FORMAT}")
+        self.meta = read_meta(path)
         try:
             items = pd.read_parquet(path / "items.parquet")
             self.item_vectors = np.load(path / "item_vectors.npy")
@@ -144,7 +150,7 @@ class Recommender:
         if bad or self.user_factors.shape[0] != len(customers):
             raise BundleError(f"{path}: arrays do not match {len(self.codes)} items / {len(customers)} customers: {bad}")
         self.model = self.meta["model"]
-        self.ltr = RecommendersParams.model_validate({"ltr": self.meta["ltr"]}).ltr if self.model == "ltr" else None
+        self.rp = RecommendersParams.model_validate({"ltr": self.meta["ltr"]})  # the candidate settings
         self.ranker = None
         if self.model == "ltr":
             import xgboost as xgb
@@ -173,6 +179,13 @@ class Recommender:
         unknown = [c for c in basket if c not in self.item_col]
         return np.array(sorted(set(known)), dtype=np.int64), unknown
 
+    def _bought_now(self, items: np.ndarray) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+        """One purchase line of each item, dated the day after the bundle's data ends (days since: 0)."""
+        rows, shape = np.zeros(len(items)), (1, self.n_items)
+        counts = sp.csr_matrix((np.ones(len(items), dtype=np.float32), (rows, items)), shape=shape)
+        last_day = sp.csr_matrix((np.full(len(items), self.meta["end_day"] + 1), (rows, items)), shape=shape)
+        return counts, last_day
+
     def _window(self, counts: sp.csr_matrix, last_day: sp.csr_matrix) -> R.Window:
         return R.Window(customers=np.zeros(1), counts=counts, last_day=last_day, eval_rows=np.zeros(1, dtype=np.int64),
                         relevant=[set()], end_day=self.meta["end_day"])
@@ -185,8 +198,7 @@ class Recommender:
         seen = counts.indices
         if self.model == "ltr":
             w = self._window(counts, last_day)
-            rp = RecommendersParams(ltr=self.ltr)
-            candidates = R.ltr_candidates(w, s, rp)
+            candidates = R.ltr_candidates(w, s, self.rp)
             if exclude_seen:
                 candidates = [np.setdiff1d(candidates[0], seen)]
             frame, _ = R.ltr_frame(w, s, candidates, self.item_customers)
@@ -220,11 +232,8 @@ class Recommender:
         if basket:
             items, unknown = self._basket_row(basket)
             if len(items):
-                add = sp.csr_matrix((np.ones(len(items), dtype=np.float32), (np.zeros(len(items)), items)),
-                                    shape=counts.shape)
+                add, today = self._bought_now(items)
                 counts = (counts + add).tocsr()
-                today = sp.csr_matrix((np.full(len(items), self.meta["end_day"] + 1), (np.zeros(len(items)), items)),
-                                      shape=counts.shape)
                 last_day = last_day.maximum(today).tocsr()
                 factor = self._fold_in(counts)
         return self._result(*self._rank(counts, last_day, factor, k, exclude_seen), unknown)
@@ -238,10 +247,7 @@ class Recommender:
         items, unknown = self._basket_row(basket)
         if not len(items):
             raise UnknownCustomer(f"none of the basket's stock codes is in the catalogue: {', '.join(basket[:10])}")
-        shape = (1, self.n_items)
-        counts = sp.csr_matrix((np.ones(len(items), dtype=np.float32), (np.zeros(len(items)), items)), shape=shape)
-        last_day = sp.csr_matrix((np.full(len(items), self.meta["end_day"] + 1), (np.zeros(len(items)), items)),
-                                 shape=shape)
+        counts, last_day = self._bought_now(items)
         return self._result(*self._rank(counts, last_day, self._fold_in(counts), k, exclude_seen), unknown)
 
     def search(self, queries: list[str], k: int) -> list[Recommendation]:

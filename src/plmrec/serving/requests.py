@@ -123,7 +123,7 @@ def parse_v1(payload: Any, limits: ServingParams) -> list[Query]:
     return [parse_instance(inst, f"instances[{i}]", limits) for i, inst in enumerate(instances)]
 
 
-def _tensor_values(inp, limits: ServingParams) -> list:
+def _tensor_values(inp) -> list:
     data = inp.data
     if hasattr(data, "tolist"):
         data = data.tolist()
@@ -149,7 +149,7 @@ def parse_v2(request, limits: ServingParams) -> list[Query]:
         raise RequestError(f"unknown parameter(s) {', '.join(extra)}; allowed: k, exclude_seen")
     k = _k(params.get("k"), "parameters.k", limits)
     exclude = _flag(params.get("exclude_seen"), "parameters.exclude_seen")
-    values = {name: _tensor_values(inp, limits) for name, inp in inputs.items()}
+    values = {name: _tensor_values(inp) for name, inp in inputs.items()}
     for name, vals in values.items():
         if name != "basket" and len(vals) > limits.max_instances:
             raise RequestError(f"input '{name}' has {len(vals)} rows; at most {limits.max_instances}", 413)
