@@ -10,7 +10,7 @@ handler closes that run with the pipeline's final state, failed or not.
 from pathlib import Path
 
 import yaml
-from kfp import compiler, dsl
+from kfp import compiler, dsl, kubernetes
 
 from plmrec.components import (
     compare_models,
@@ -28,12 +28,21 @@ from plmrec.components import (
 from plmrec.config import Params, ResourceParams
 
 
-def request_resources(task, resources: ResourceParams):
-    """CPU and memory limits, and the accelerator (e.g. one nvidia.com/gpu) when the limit is above 0.
-    The local runner ignores these; a cluster schedules the step onto a matching node."""
-    task.set_cpu_limit(resources.cpu_limit).set_memory_limit(resources.memory_limit)
+def request_resources(task, resources: ResourceParams, pull_secrets: list[str] = ()):
+    """CPU and memory requests and limits, the accelerator (e.g. one nvidia.com/gpu) when its limit is
+    above 0, node selector and tolerations. The local runner ignores these; a cluster schedules the
+    step onto a matching node."""
+    task.set_cpu_request(resources.cpu_request).set_cpu_limit(resources.cpu_limit)
+    task.set_memory_request(resources.memory_request).set_memory_limit(resources.memory_limit)
     if resources.accelerator_limit > 0:
         task.set_accelerator_type(resources.accelerator_type).set_accelerator_limit(resources.accelerator_limit)
+    for label, value in resources.node_selector.items():
+        kubernetes.add_node_selector(task, label_key=label, label_value=value)
+    for toleration in resources.tolerations:
+        kubernetes.add_toleration(task, key=toleration.key, operator=toleration.operator,
+                                  value=toleration.value, effect=toleration.effect)
+    if pull_secrets:
+        kubernetes.set_image_pull_secrets(task, list(pull_secrets))
     return task
 
 
@@ -61,19 +70,19 @@ def build_training_pipeline(params: Params):
                 .set_display_name("evaluate")
             encoder = pretrain_encoder(**ctx, prepared_data=prep.outputs["prepared_data"]).after(prep_ok) \
                 .set_display_name("pretrain")
-            request_resources(encoder, params.pretrain.resources)
             tuned = finetune_encoder(**ctx, prepared_data=prep.outputs["prepared_data"],
                                      pretrained=encoder.outputs["model"]).set_display_name("finetune")
-            request_resources(tuned, params.finetune.resources)
             retrieval = evaluate_retrieval(**ctx, prepared_data=prep.outputs["prepared_data"],
                                            pretrained=encoder.outputs["model"], finetuned=tuned.outputs["model"]) \
                 .set_display_name("evaluate-retrieval")
-            request_resources(retrieval, params.finetune.resources)
             compared = compare_models(**ctx, prepared_data=prep.outputs["prepared_data"],
                                       finetuned=tuned.outputs["model"]).set_display_name("compare-models")
             registered = register_model(**ctx, prepared_data=prep.outputs["prepared_data"],
                                         bundle=compared.outputs["bundle"]).set_display_name("register-model")
-        for task in (raw, raw_ok, prep, prep_ok, model, scored, encoder, tuned, retrieval, compared):
+        gpu_steps = {encoder: params.pretrain.resources, tuned: params.finetune.resources,
+                     retrieval: params.finetune.resources}
+        for task in (finish, raw, raw_ok, prep, prep_ok, model, scored, encoder, tuned, retrieval, compared, registered):
+            request_resources(task, gpu_steps.get(task, params.pipeline.step_resources), params.pipeline.image_pull_secrets)
             task.set_caching_options(caching)
         registered.set_caching_options(False)  # registering is a side effect: never skip it
         finish.set_caching_options(False)
@@ -82,13 +91,16 @@ def build_training_pipeline(params: Params):
 
 
 def compile_pipeline(params: Params, output) -> Path:
-    """Write the pipeline IR YAML, with params.pipeline.image as every step's image."""
+    """Write the pipeline IR YAML: steps that request an accelerator run in params.pipeline.gpu_image,
+    the others in params.pipeline.image."""
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     compiler.Compiler().compile(build_training_pipeline(params), str(output))
-    spec = yaml.safe_load(output.read_text())
+    spec, *platform = yaml.safe_load_all(output.read_text())  # platform: kfp-kubernetes settings, if any
     for executor in spec.get("deploymentSpec", {}).get("executors", {}).values():
         if "container" in executor:
-            executor["container"]["image"] = params.pipeline.image
-    output.write_text(yaml.safe_dump(spec, sort_keys=False))
+            container = executor["container"]
+            wants_gpu = "accelerator" in container.get("resources", {})
+            container["image"] = params.pipeline.gpu_image if wants_gpu else params.pipeline.image
+    output.write_text(yaml.safe_dump_all([spec, *platform], sort_keys=False))
     return output

@@ -133,11 +133,34 @@ class PhaseParams(_PhaseLength):
         return f"{self.corpus}-{self.objective}"
 
 
+class TolerationParams(_Section):
+    """A Kubernetes toleration, e.g. {key: nvidia.com/gpu, operator: Exists, effect: NoSchedule}."""
+
+    key: str | None = None
+    operator: Literal["Equal", "Exists"] = "Equal"
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+
+    @model_validator(mode="after")
+    def _exists_has_no_value(self):
+        if self.operator == "Exists" and self.value:
+            raise ValueError("a toleration with operator Exists takes no value")
+        if self.key is None and self.operator != "Exists":
+            raise ValueError("a toleration without a key must use operator Exists")
+        return self
+
+
 class ResourceParams(_Section):
+    """What a pipeline step asks the cluster for (the local runner ignores it)."""
+
     accelerator_type: str = "nvidia.com/gpu"
     accelerator_limit: int = Field(1, ge=0, description="0: no accelerator requested")
+    cpu_request: str = "2"
     cpu_limit: str = "8"
+    memory_request: str = "8G"
     memory_limit: str = "32G"
+    node_selector: dict[str, str] = Field(default_factory=dict, description="e.g. {nvidia.com/gpu.present: 'true'}")
+    tolerations: list[TolerationParams] = Field(default_factory=list)
 
 
 class TrainingSettings(_Section):
@@ -351,10 +374,19 @@ class TrackingParams(_Section):
     experiment: str = "plmrec"
 
 
+def _cpu_step_resources() -> ResourceParams:
+    return ResourceParams(accelerator_limit=0, cpu_request="1", cpu_limit="4", memory_request="4G", memory_limit="16G")
+
+
 class PipelineParams(_Section):
     name: str = "plmrec-training"
-    image: str = "ghcr.io/plmrec/plmrec:0.1.0"
+    image: str = Field("ghcr.io/plmrec/plmrec:0.1.0", description="component image (docker/Dockerfile)")
+    gpu_image: str = Field("ghcr.io/plmrec/plmrec-cuda:0.1.0",
+                           description="image of the steps that request an accelerator (docker/Dockerfile.cuda)")
+    image_pull_secrets: list[str] = Field(default_factory=list)
     enable_caching: bool = False
+    step_resources: ResourceParams = Field(default_factory=_cpu_step_resources,
+                                           description="requests and limits of every step without its own")
 
 
 class Params(_Section):
@@ -463,18 +495,53 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...])
     return out
 
 
-def load_params(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Params:
-    """Read `params.yaml` (or defaults when the default file is absent) and apply overrides."""
+def deep_merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """`patch` laid over `base`: mappings merge key by key, anything else (lists too) replaces."""
+    out = copy.deepcopy(base)
+    for key, value in patch.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _read_mapping(path: Path) -> dict[str, Any]:
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
+    return raw
+
+
+def overlay_params_file(overlay: str | Path) -> Path:
+    """The params patch of a deployment overlay: the file itself, or `<dir>/pipeline-params.yaml`."""
+    path = Path(overlay)
+    if path.is_dir():
+        path = path / "pipeline-params.yaml"
+    if not path.is_file():
+        raise ConfigError(f"{path}: overlay params file not found")
+    return path
+
+
+def load_params(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
+                patches: list[str | Path] | tuple[str | Path, ...] = ()) -> Params:
+    """Read `params.yaml` (or defaults when the default file is absent), lay each patch file over it
+    (e.g. a deployment overlay's pipeline-params.yaml), then apply -S overrides."""
     explicit = path is not None
     path = Path(path or DEFAULT_PARAMS_FILE)
     raw: dict[str, Any] = {}
     if path.exists():
-        try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
+        raw = _read_mapping(path)
     elif explicit:
         raise ConfigError(f"{path}: params file not found")
-    return parse_params(apply_overrides(raw, overrides), origin=str(path))
+    origin = str(path)
+    for patch in patches:
+        patch_path = Path(patch)
+        if not patch_path.is_file():
+            raise ConfigError(f"{patch_path}: params patch file not found")
+        raw = deep_merge(raw, _read_mapping(patch_path))
+        origin += f" + {patch_path}"
+    return parse_params(apply_overrides(raw, overrides), origin=origin)
