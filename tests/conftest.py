@@ -51,9 +51,15 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory):
-    """A real `mlflow server` on 127.0.0.1 with a SQLite store; yields its URI."""
-    root = tmp_path_factory.mktemp("mlflow-server")
+def mlflow_server_root(tmp_path_factory) -> Path:
+    """The MLflow server's directory: mlflow.db, and artifacts/ (its --artifacts-destination)."""
+    return tmp_path_factory.mktemp("mlflow-server")
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(mlflow_server_root):
+    """A real `mlflow server` on 127.0.0.1 with a SQLite store, proxying artifacts; yields its URI."""
+    root = mlflow_server_root
     port = _free_port()
     cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
            "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",

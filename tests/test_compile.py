@@ -14,7 +14,9 @@ def test_compiled_pipeline_ir(tmp_path):
     spec = yaml.safe_load(out.read_text())
     assert spec["pipelineInfo"]["name"] == "plmrec-training"
     execs = spec["deploymentSpec"]["executors"]
-    assert {e["container"]["image"] for e in execs.values()} == {"registry.example/plmrec:test"}
+    gpu_steps = {"exec-pretrain-encoder", "exec-finetune-encoder", "exec-evaluate-retrieval"}
+    assert {n for n, e in execs.items() if e["container"]["image"] == "ghcr.io/plmrec/plmrec-cuda:0.1.0"} == gpu_steps
+    assert {e["container"]["image"] for n, e in execs.items() if n not in gpu_steps} == {"registry.example/plmrec:test"}
     names = {c.removeprefix("comp-") for c in spec["components"]}
     assert {"ingest", "validate-data", "prepare-data", "train-baseline", "evaluate-baseline", "finish-tracking"} <= names
     params = spec["root"]["inputDefinitions"]["parameters"]

@@ -133,16 +133,123 @@ def run(params_path, overrides, run_dir, verbose):
         sys.exit(1)
 
 
+overlay_option = click.option("--overlay", type=click.Path(exists=True), default=None,
+                              help="a deployment overlay (manifests/overlays/NAME) or params file laid over params.yaml")
+
+
+def _cluster_params(params_path, overrides, overlay):
+    from plmrec.config import overlay_params_file
+
+    return load_params(params_path, overrides, [overlay_params_file(overlay)] if overlay else [])
+
+
 @main.command("compile")
 @params_option
 @set_option
+@overlay_option
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default="pipeline.yaml", show_default=True)
-def compile_cmd(params_path, overrides, output):
+def compile_cmd(params_path, overrides, overlay, output):
     """Compile the pipeline to KFP IR YAML (params.yaml becomes the default `config`)."""
     from plmrec.pipelines import compile_pipeline
 
-    p = load_params(params_path, overrides)
+    p = _cluster_params(params_path, overrides, overlay)
     click.echo(f"wrote {compile_pipeline(p, output)}")
+
+
+@main.command()
+@params_option
+@set_option
+@overlay_option
+@click.option("--host", default=None, help="Kubeflow Pipelines endpoint (env KFP_HOST)")
+@click.option("--token", default=None, help="bearer token (env KFP_TOKEN)")
+@click.option("--cookies", default=None, help="session cookies, e.g. authservice_session=... (env KFP_COOKIES)")
+@click.option("--namespace", default=None, help="profile namespace of a multi-user deployment (env KFP_NAMESPACE)")
+@click.option("--ssl-ca-cert", default=None, help="CA bundle of the endpoint (env KFP_SSL_CA_CERT)")
+@click.option("--ui-host", default=None, help="UI address for the run link, if not the endpoint (env KFP_UI_HOST)")
+@click.option("--experiment", default=None, help="KFP experiment (default: tracking.experiment)")
+@click.option("--run-name", default=None, help="default: <pipeline name> <UTC time>")
+@click.option("--service-account", default=None, help="the steps' service account (plmrec-pipeline can patch the InferenceService)")
+@click.option("--wait", is_flag=True, help="follow the run to its end; exit 1 unless it succeeds")
+@click.option("--timeout", type=click.IntRange(1), default=6 * 3600, show_default=True, help="seconds --wait waits")
+@click.option("--schedule", "cron", default=None, metavar="CRON",
+              help="create a recurring run instead, e.g. '0 3 * * 1' (Mondays 03:00; 6 fields: seconds first)")
+@click.option("--max-concurrency", type=click.IntRange(1, 10), default=1, show_default=True,
+              help="recurring runs allowed at once")
+@click.option("--package", type=click.Path(dir_okay=False), default=None,
+              help="keep the compiled pipeline here (default: a temporary file)")
+@click.option("--dry-run", is_flag=True, help="compile and show what would be submitted; contact nothing")
+def submit(params_path, overrides, overlay, host, token, cookies, namespace, ssl_ca_cert, ui_host, experiment,
+           run_name, service_account, wait, timeout, cron, max_concurrency, package, dry_run):
+    """Compile the pipeline with params.yaml (+ overlay) and submit it to Kubeflow Pipelines."""
+    import datetime as dt
+    import tempfile
+
+    from plmrec.cluster import submit as kfp_submit
+    from plmrec.pipelines import compile_pipeline
+
+    p = _cluster_params(params_path, overrides, overlay)
+    if cron:
+        kfp_submit.cron_expression(cron)  # refuse a bad schedule before compiling or connecting
+        if wait:
+            raise click.UsageError("--wait follows one run; it does not apply to --schedule")
+    endpoint = kfp_submit.Endpoint.from_env(host=host, token=token, cookies=cookies, namespace=namespace,
+                                            ssl_ca_cert=ssl_ca_cert, ui_host=ui_host)
+    experiment = experiment or p.tracking.experiment
+    run_name = run_name or f"{p.pipeline.name} {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M:%S}"
+    package = Path(package or Path(tempfile.mkdtemp(prefix="plmrec-submit-")) / "pipeline.yaml")
+    compile_pipeline(p, package)
+    arguments = {"tracking_uri": p.tracking.uri or ""}
+    plan = {"package": str(package), "host": endpoint.host, "namespace": endpoint.namespace, "experiment": experiment,
+            "run_name": run_name, "service_account": service_account, "arguments": arguments,
+            "schedule": kfp_submit.cron_expression(cron) if cron else None,
+            "images": {"cpu": p.pipeline.image, "gpu": p.pipeline.gpu_image}}
+    if dry_run:
+        click.echo(json.dumps(plan, indent=2))
+        return
+    client = kfp_submit.connect(endpoint)
+    if cron:
+        done = kfp_submit.schedule_run(client, endpoint.host, package, arguments, experiment, run_name, cron,
+                                       max_concurrency, endpoint.namespace, service_account)
+        click.echo(f"recurring run {done.id} ({done.details['cron']}): {done.url}")
+        return
+    done = kfp_submit.submit_run(client, endpoint.host, package, arguments, experiment, run_name,
+                                 endpoint.namespace, service_account)
+    click.echo(f"run {done.id}: {done.url}")
+    if wait:
+        state = kfp_submit.follow(client, endpoint.host, done.id, timeout,
+                                  on_state=lambda st, t: click.echo(f"  {t:7.0f} s  {st}", err=True))
+        click.echo(f"run {done.id} {state}")
+        if state != "SUCCEEDED":
+            sys.exit(1)
+
+
+@main.group()
+def manifests():
+    """Render and validate the Kubernetes manifests (kustomize overlays)."""
+
+
+@manifests.command("validate")
+@click.argument("overlays", nargs=-1, type=click.Path(exists=True, file_okay=False))
+@click.option("--kubernetes-version", default=None, help="schemas to validate against (default: 1.37.0)")
+def manifests_validate(overlays, kubernetes_version):
+    """Render each overlay (default: every manifests/overlays/*) and check it against the Kubernetes and
+    KServe schemas and the security/resources policy; exit 1 on any problem."""
+    from plmrec.cluster import manifests as mf
+
+    overlays = overlays or sorted(str(d) for d in Path("manifests/overlays").glob("*") if d.is_dir())
+    if not overlays:
+        raise click.UsageError("no overlays given and no manifests/overlays/* here")
+    failed = False
+    for overlay in overlays:
+        report = mf.check_overlay(overlay, kubernetes_version or mf.KUBERNETES_VERSION)
+        kinds = sorted({r.get("kind") for r in report.resources})
+        click.echo(f"{overlay}: {len(report.resources)} resources ({', '.join(kinds)}): "
+                   f"{'ok' if report.ok else f'{len(report.problems)} problems'}")
+        for problem in report.problems:
+            click.echo(f"  {problem}")
+        failed |= not report.ok
+    if failed:
+        sys.exit(1)
 
 
 @main.group()
@@ -365,6 +472,35 @@ def promote(params_path, overrides, version, force, rollback):
     click.echo(f"{name}@champion is version {decision.champion_after}")
     if not decision.promoted:
         sys.exit(1)
+
+
+@main.command()
+@params_option
+@set_option
+@overlay_option
+@click.option("--version", "version", default=None, help="the registered version (default: @champion)")
+@click.option("--print-only", is_flag=True, help="print the storageUri and the kubectl patch; change nothing")
+def deploy(params_path, overrides, overlay, version, print_only):
+    """Point the KServe InferenceService (serving.inference_service) at a registered version."""
+    from plmrec import registry
+    from plmrec.cluster import deploy as kdeploy
+
+    p = _cluster_params(params_path, overrides, overlay)
+    client, _ = _registry_client(p)
+    name = p.registry.model_name
+    if version is None:
+        champion = registry.alias_version(client, name, registry.CHAMPION)
+        if champion is None:
+            raise PlmrecError(f"{name} has no @champion: promote a version first")
+        version = champion.version
+    uri = kdeploy.version_storage_uri(client, name, version, p.serving.artifacts_destination)
+    isvc = p.serving.inference_service or "plmrec"
+    click.echo(f"{name} version {version}: storageUri {uri}")
+    if print_only:
+        click.echo(f"kubectl patch inferenceservice {isvc} --type merge -p '{json.dumps(kdeploy.storage_patch(uri))}'")
+        return
+    kdeploy.patch_inference_service(isvc, p.serving.namespace or None, uri)
+    click.echo(f"InferenceService {isvc} now serves version {version}")
 
 
 @main.group()

@@ -367,6 +367,11 @@ class ServingParams(_Section):
     max_basket: int = Field(500, ge=1)
     max_query_chars: int = Field(500, ge=1)
     max_body_bytes: int = Field(1_048_576, ge=1024)
+    inference_service: str = Field("", description="KServe InferenceService the register step points at a new "
+                                                   "@champion ('' = none: local runs)")
+    namespace: str = Field("", description="its namespace ('' = the pipeline pod's own)")
+    artifacts_destination: str = Field("", description="the tracking server's --artifacts-destination "
+                                                       "(maps proxied mlflow-artifacts:/ locations to s3://)")
 
 
 class TrackingParams(_Section):

@@ -529,6 +529,20 @@ def write_bundle(params: Params, prepared: pd.DataFrame, items: pd.DataFrame, re
     return {"model": model, "metrics": metrics, "bundle": str(bundle_dir)}
 
 
+def _deploy_champion(params: Params, client, decision) -> str | None:
+    """On a cluster (serving.inference_service set): point the InferenceService at the new champion."""
+    from plmrec.cluster import deploy
+
+    sp = params.serving
+    if not sp.inference_service:
+        return None
+    uri = deploy.version_storage_uri(client, params.registry.model_name, decision.champion_after,
+                                     sp.artifacts_destination)
+    deploy.patch_inference_service(sp.inference_service, sp.namespace or None, uri)
+    _say("register-model", f"InferenceService {sp.inference_service} -> {uri}")
+    return uri
+
+
 def register_model(params: Params, bundle_dir: str | Path, prepared_path: str | Path, decision_path: str | Path,
                    run_key: str | None = None, tracking_uri: str | None = None) -> dict:
     """Register the bundle as a new version (metrics and data version attached), make it the
@@ -557,7 +571,10 @@ def register_model(params: Params, bundle_dir: str | Path, prepared_path: str | 
         mlflow.set_tags({"plmrec.registered_version": version, "plmrec.gate": decision.reason[:5000]})
         tracking.log_parent_metrics(params, run_key, tracking_uri, {"registered_version": float(version),
                                                                     "gate_promoted": float(decision.promoted)})
-    out = {"registered": True, "model_name": rg.model_name, **decision.to_dict()}
+        deployed = _deploy_champion(params, client, decision) if decision.promoted else None
+        if deployed:
+            mlflow.set_tag("plmrec.deployed_storage_uri", deployed)
+    out = {"registered": True, "model_name": rg.model_name, **decision.to_dict(), "deployed_storage_uri": deployed}
     Path(decision_path).parent.mkdir(parents=True, exist_ok=True)
     Path(decision_path).write_text(json.dumps(out, indent=2))
     _say("register-model", f"{rg.model_name} version {version} is @challenger; "

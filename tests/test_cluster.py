@@ -1,0 +1,298 @@
+"""The cluster path, offline: the kustomize overlays render and validate against the Kubernetes 1.37 and
+KServe schemas, the policy holds, the references inside them resolve, the MLflow server runs with the
+Deployment's own arguments, and `plmrec submit` / `plmrec deploy` do what they can without a cluster."""
+
+import copy
+import json
+import re
+import sys
+
+import pytest
+import requests
+import yaml
+from click.testing import CliRunner
+
+from conftest import ROOT, ChildServer, _free_port
+from plmrec.cli import main
+from plmrec.cluster import deploy
+from plmrec.cluster import manifests as mf
+from plmrec.cluster.submit import SubmitError, cron_expression
+from plmrec.config import load_params, overlay_params_file
+
+OVERLAYS = sorted(p for p in (ROOT / "manifests" / "overlays").iterdir() if p.is_dir())
+
+
+def _cli(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def rendered():
+    return {p.name: mf.render(p) for p in [*OVERLAYS, ROOT / "manifests" / "base"]}
+
+
+def _one(resources, kind, name=None):
+    found = [r for r in resources if r["kind"] == kind and (name is None or r["metadata"]["name"] == name)]
+    assert len(found) == 1, f"{kind}/{name}: {len(found)} found"
+    return found[0]
+
+
+# ------------------------------------------------------------------------------- manifests
+def test_there_is_a_laptop_overlay_and_a_gpu_overlay():
+    assert {p.name for p in OVERLAYS} == {"local-kind", "gpu-cluster"}
+
+
+def test_every_overlay_validates_against_the_kubernetes_and_kserve_schemas_and_the_policy():
+    result = _cli("manifests", "validate", *OVERLAYS, ROOT / "manifests" / "base")
+    assert result.exit_code == 0, result.output
+    assert result.output.count(": ok") == 3, result.output
+    assert "InferenceService" in result.output and "ServingRuntime" in result.output
+
+
+@pytest.mark.parametrize("mutate, expected", [
+    (lambda r: r["spec"]["predictor"]["model"].__setitem__("storageURI", "s3://x"), "'storageURI' was unexpected"),
+    (lambda r: r["spec"]["predictor"].__setitem__("minReplicas", "one"), "minReplicas: 'one' is not of type 'integer'"),
+    (lambda r: r["spec"].pop("predictor"), "'predictor' is a required property"),
+    (lambda r: r["spec"]["predictor"]["model"]["resources"]["limits"].__setitem__("cpu", [2]), "limits.cpu"),
+    (lambda r: r["spec"]["predictor"]["tolerations"].__setitem__(0, {"efect": "NoSchedule"}), "'efect' was unexpected"),
+])
+def test_the_kserve_schema_rejects_what_the_crd_would(rendered, mutate, expected):
+    isvc = copy.deepcopy(_one(rendered["gpu-cluster"], "InferenceService"))
+    isvc["spec"]["predictor"].setdefault("tolerations", [{}])
+    assert mf.schema_problems(isvc) == []
+    mutate(isvc)
+    problems = mf.schema_problems(isvc)
+    assert any(expected in p for p in problems), problems
+    assert all(p.startswith("InferenceService/plmrec: ") for p in problems)
+
+
+def test_the_kubernetes_schema_and_the_policy_reject_mistakes(rendered):
+    deployment = copy.deepcopy(_one(rendered["local-kind"], "Deployment", "mlflow"))
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    container["imagePullPolicy"] = 3
+    assert any("imagePullPolicy: 3 is not of type" in p for p in mf.schema_problems(deployment))
+    container.pop("imagePullPolicy")
+    container["resource"] = {}  # a typo: strict schemas reject unknown fields
+    assert any("'resource' was unexpected" in p for p in mf.schema_problems(deployment))
+    del container["resources"]["limits"]
+    container["securityContext"]["allowPrivilegeEscalation"] = True
+    deployment["spec"]["template"]["spec"]["securityContext"].pop("runAsNonRoot")
+    assert mf.policy_problems(deployment) == [
+        "Deployment/mlflow container mlflow: no limits for cpu, memory",
+        "Deployment/mlflow container mlflow: runAsNonRoot is not set",
+        "Deployment/mlflow container mlflow: allowPrivilegeEscalation must be false"]
+    unknown = {"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"}}
+    assert mf.schema_problems(unknown) == ["Widget/w: no schema for example.com/v1 Widget in Kubernetes 1.37.0 or KServe"]
+
+
+def test_a_broken_overlay_is_a_clear_error(tmp_path):
+    (tmp_path / "kustomization.yaml").write_text("resources:\n  - missing.yaml\n")
+    result = _cli("manifests", "validate", tmp_path)
+    assert result.exit_code == 2 and "kubectl kustomize failed" in result.output and "missing.yaml" in result.output
+
+
+def test_references_inside_each_overlay_resolve(rendered):
+    """Secrets, ConfigMaps and service accounts that pods use exist in the overlay (gpu-cluster: the two
+    Secrets the runbook creates), with the keys they are read by."""
+    external = {"gpu-cluster": {"plmrec-mlflow-db": {"username", "password"},
+                                "plmrec-s3": {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}}}
+    for overlay, resources in rendered.items():
+        if overlay == "base":
+            continue
+        assert all(r["metadata"].get("namespace") == "plmrec" for r in resources if r["kind"] != "Namespace"), overlay
+        secrets = {r["metadata"]["name"]: set(r.get("data", {})) for r in resources if r["kind"] == "Secret"}
+        secrets.update(external.get(overlay, {}))
+        configmaps = {r["metadata"]["name"]: set(r.get("data", {})) for r in resources if r["kind"] == "ConfigMap"}
+        accounts = {r["metadata"]["name"] for r in resources if r["kind"] == "ServiceAccount"}
+        text = json.dumps(resources)
+        for ref in re.finditer(r'"secretKeyRef": \{"name": "([^"]+)", "key": "([^"]+)"\}', text):
+            assert ref.group(2) in secrets.get(ref.group(1), set()), f"{overlay}: secret {ref.group(1)}/{ref.group(2)}"
+        for ref in re.finditer(r'"secretRef": \{"name": "([^"]+)"\}', text):
+            assert ref.group(1) in secrets, f"{overlay}: secret {ref.group(1)}"
+        for ref in re.finditer(r'"configMapRef": \{"name": "([^"]+)"\}', text):
+            assert ref.group(1) in configmaps, f"{overlay}: configmap {ref.group(1)}"
+        isvc = _one(resources, "InferenceService")
+        assert isvc["spec"]["predictor"]["serviceAccountName"] in accounts
+        serving_account = _one(resources, "ServiceAccount", isvc["spec"]["predictor"]["serviceAccountName"])
+        assert [s["name"] for s in serving_account["secrets"]] == ["plmrec-s3"]
+        runtime = _one(resources, "ServingRuntime")
+        assert isvc["spec"]["predictor"]["model"]["runtime"] == runtime["metadata"]["name"]
+
+
+def test_the_pipeline_account_may_patch_exactly_the_inference_service(rendered):
+    resources = rendered["gpu-cluster"]
+    role, binding = _one(resources, "Role", "plmrec-promoter"), _one(resources, "RoleBinding", "plmrec-promoter")
+    isvc = _one(resources, "InferenceService")
+    patch_rules = [r for r in role["rules"] if "patch" in r["verbs"]]
+    assert patch_rules == [{"apiGroups": ["serving.kserve.io"], "resources": ["inferenceservices"],
+                            "resourceNames": [isvc["metadata"]["name"]], "verbs": ["get", "patch"]}]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "plmrec-pipeline", "namespace": "plmrec"}]
+    _one(resources, "ServiceAccount", "plmrec-pipeline")
+    params = load_params(ROOT / "params.yaml", patches=[overlay_params_file(ROOT / "manifests/overlays/gpu-cluster")])
+    assert params.serving.inference_service == isvc["metadata"]["name"]
+    assert params.serving.namespace == isvc["metadata"]["namespace"]
+
+
+def test_only_the_laptop_overlay_carries_credentials_and_they_are_marked_for_development(rendered):
+    assert not [r for r in rendered["base"] + rendered["gpu-cluster"] if r["kind"] == "Secret"]
+    for env_file in (ROOT / "manifests/overlays/local-kind").glob("*.env"):
+        assert "Development-only" in env_file.read_text()
+    s3 = _one(rendered["local-kind"], "Secret", "plmrec-s3")
+    assert s3["metadata"]["annotations"]["serving.kserve.io/s3-endpoint"].startswith("minio.plmrec.svc")
+
+
+def _expand(arg: str, env: dict) -> str:
+    """Kubernetes' $(VAR) expansion in container args."""
+    return re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: env.get(m.group(1), m.group(0)), arg)
+
+
+@pytest.mark.integration
+def test_the_mlflow_deployment_arguments_run_a_server_that_answers_in_cluster_names(rendered, tmp_path):
+    """The Deployment's args, expanded as Kubernetes would, start a real `mlflow server` (SQLite and a local
+    artifact directory standing in for PostgreSQL and S3). It accepts the in-cluster service name as Host
+    and refuses a foreign one."""
+    resources = rendered["local-kind"]
+    container = _one(resources, "Deployment", "mlflow")["spec"]["template"]["spec"]["containers"][0]
+    env = dict(_one(resources, "ConfigMap", "mlflow-config")["data"])
+    env.update(DB_USER="u", DB_PASSWORD="p")
+    args = [_expand(a, env) for a in container["args"]]
+    assert "--backend-store-uri=postgresql://u:p@postgres:5432/mlflow" in args
+    assert "--artifacts-destination=s3://mlflow-artifacts" in args and "--serve-artifacts" in args
+    port = _free_port()
+    local = {"--host": "127.0.0.1", "--port": str(port), "--backend-store-uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+             "--artifacts-destination": str(tmp_path / "artifacts"), "--workers": "1"}
+    args = [f"{a.split('=', 1)[0]}={local[a.split('=', 1)[0]]}" if a.split("=", 1)[0] in local else a for a in args]
+    with ChildServer("mlflow (deployment args)", [sys.executable, "-m", "mlflow", "server", *args], port, "/health",
+                     tmp_path, timeout=90) as server:
+        url = f"{server.url}/api/2.0/mlflow/experiments/search"
+        for host in ("mlflow.plmrec.svc.cluster.local:5000", "mlflow:5000", "mlflow.plmrec"):
+            r = requests.post(url, json={"max_results": 1}, headers={"Host": host}, timeout=10)
+            assert r.status_code == 200, (host, r.status_code, r.text[:200])
+        r = requests.post(url, json={"max_results": 1}, headers={"Host": "attacker.example.com"}, timeout=10)
+        assert r.status_code in (400, 403), r.status_code
+
+
+# ------------------------------------------------------------------------------- compiled pipeline
+def _compiled(tmp_path, overlay):
+    out = tmp_path / f"{overlay}.yaml"
+    result = _cli("compile", "--params", ROOT / "params.yaml", "--overlay", ROOT / "manifests/overlays" / overlay, "-o", out)
+    assert result.exit_code == 0, result.output
+    spec, *platform = yaml.safe_load_all(out.read_text())  # the second document: kfp-kubernetes settings, if any
+    return spec, platform[0]["platforms"]["kubernetes"]["deploymentSpec"]["executors"] if platform else {}
+
+
+GPU_STEPS = {"exec-pretrain-encoder", "exec-finetune-encoder", "exec-evaluate-retrieval"}
+
+
+def test_the_gpu_overlay_puts_the_gpu_steps_on_the_gpu_pool_in_the_cuda_image(tmp_path):
+    spec, k8s = _compiled(tmp_path, "gpu-cluster")
+    executors = spec["deploymentSpec"]["executors"]
+    assert GPU_STEPS < set(executors)
+    for name, executor in executors.items():
+        container = executor["container"]
+        res = container["resources"]
+        assert {"resourceCpuRequest", "resourceCpuLimit", "resourceMemoryRequest", "resourceMemoryLimit"} <= set(res), name
+        if name in GPU_STEPS:
+            assert res["accelerator"] == {"count": "1", "resourceCount": "1", "resourceType": "nvidia.com/gpu",
+                                          "type": "nvidia.com/gpu"}, name
+            assert container["image"] == "ghcr.io/plmrec/plmrec-cuda:0.1.0"
+            assert k8s[name]["nodeSelector"]["labels"] == {"nvidia.com/gpu.present": "true"}
+            assert k8s[name]["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+        else:
+            assert "accelerator" not in res and container["image"] == "ghcr.io/plmrec/plmrec:0.1.0", name
+            assert name not in k8s or "tolerations" not in k8s[name]
+    # caching: on for pure steps when enabled, never for the side-effect steps
+    inner = spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]
+    assert inner["register-model"]["cachingOptions"] == {}  # enableCache false is the proto default
+    assert spec["root"]["dag"]["tasks"]["finish-tracking"]["cachingOptions"] == {}
+    # parameter defaults: params.yaml with the overlay laid over it
+    expected = load_params(ROOT / "params.yaml", patches=[ROOT / "manifests/overlays/gpu-cluster/pipeline-params.yaml"])
+    defaults = spec["root"]["inputDefinitions"]["parameters"]["config"]["defaultValue"]
+    assert defaults == expected.to_dict()
+    assert defaults["tracking"]["uri"] == "http://mlflow.plmrec.svc.cluster.local:5000"
+
+
+def test_caching_follows_the_params_except_for_side_effects(tmp_path):
+    out = tmp_path / "cached.yaml"
+    assert _cli("compile", "--params", ROOT / "params.yaml", "-S", "pipeline.enable_caching=true", "-o", out).exit_code == 0
+    spec, *_ = yaml.safe_load_all(out.read_text())
+    inner = spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]
+    assert inner["pretrain-encoder"]["cachingOptions"] == {"enableCache": True}
+    assert inner["register-model"]["cachingOptions"] == {}
+    assert spec["root"]["dag"]["tasks"]["finish-tracking"]["cachingOptions"] == {}
+
+
+def test_the_laptop_overlay_requests_no_gpu(tmp_path):
+    spec, _ = _compiled(tmp_path, "local-kind")
+    for name, executor in spec["deploymentSpec"]["executors"].items():
+        assert "accelerator" not in executor["container"]["resources"], name
+        assert executor["container"]["image"] == "plmrec:dev"
+
+
+def test_a_bad_overlay_params_file_names_the_file_and_key(tmp_path):
+    bad = tmp_path / "pipeline-params.yaml"
+    bad.write_text("pretrain:\n  resources:\n    tolerations:\n      - {key: a, operator: Exists, value: b}\n")
+    result = _cli("compile", "--overlay", tmp_path, "-o", tmp_path / "p.yaml")
+    assert result.exit_code == 2 and "pipeline-params.yaml" in result.output and "tolerations" in result.output
+    assert not (tmp_path / "p.yaml").exists()
+
+
+# ------------------------------------------------------------------------------- submit and deploy
+def test_submit_dry_run_compiles_and_shows_the_request(tmp_path):
+    package = tmp_path / "pkg.yaml"
+    result = _cli("submit", "--overlay", ROOT / "manifests/overlays/gpu-cluster", "--dry-run", "--package", package,
+                  "--host", "https://kfp.example.com", "--run-name", "nightly", "--service-account", "plmrec-pipeline")
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.output)
+    assert plan["host"] == "https://kfp.example.com" and plan["run_name"] == "nightly"
+    assert plan["arguments"] == {"tracking_uri": "http://mlflow.plmrec.svc.cluster.local:5000"}
+    assert plan["images"]["gpu"] == "ghcr.io/plmrec/plmrec-cuda:0.1.0" and plan["schedule"] is None
+    spec, _platform = yaml.safe_load_all(package.read_text())
+    assert spec["pipelineInfo"]["name"] == "plmrec-training"
+
+
+def test_submit_refuses_bad_requests_before_contacting_anything(tmp_path, monkeypatch):
+    for var in ("KFP_HOST", "KF_PIPELINES_ENDPOINT"):
+        monkeypatch.delenv(var, raising=False)
+    result = _cli("submit", "--schedule", "every monday")
+    assert result.exit_code == 2 and "expected a cron expression of 5 fields" in result.output
+    result = _cli("submit", "--schedule", "0 3 * * 1", "--wait")
+    assert result.exit_code == 2 and "--wait follows one run" in result.output
+    result = _cli("submit", "--package", tmp_path / "p.yaml")
+    assert result.exit_code == 2 and "no Kubeflow Pipelines endpoint: pass --host or set KFP_HOST" in result.output
+    assert cron_expression("0 3 * * 1") == "0 0 3 * * 1" and cron_expression("0 0 3 * * 1") == "0 0 3 * * 1"
+    with pytest.raises(SubmitError):
+        cron_expression("0 3 * *")
+
+
+def test_submit_to_an_endpoint_that_does_not_answer_is_one_clear_error(tmp_path, monkeypatch):
+    port = _free_port()  # nothing listens there
+    monkeypatch.setenv("KFP_HOST", f"http://127.0.0.1:{port}")
+    result = _cli("submit", "--package", tmp_path / "p.yaml")
+    assert result.exit_code == 2, result.output
+    assert f"cannot reach Kubeflow Pipelines at http://127.0.0.1:{port}" in result.output
+    assert "Traceback" not in result.output and (tmp_path / "p.yaml").exists()
+
+
+def test_storage_uri_maps_proxied_artifacts_to_the_bucket():
+    assert deploy.storage_uri("mlflow-artifacts:/1/models/m-abc/artifacts", "s3://mlflow-artifacts/") == \
+        "s3://mlflow-artifacts/1/models/m-abc/artifacts"
+    assert deploy.storage_uri("s3://bucket/1/models/m-abc/artifacts", "") == "s3://bucket/1/models/m-abc/artifacts"
+    with pytest.raises(deploy.DeployError, match="set serving.artifacts_destination"):
+        deploy.storage_uri("mlflow-artifacts:/1/models/m-abc/artifacts", "")
+    with pytest.raises(deploy.DeployError, match="not an object-store location"):
+        deploy.storage_uri("/home/me/mlruns/1/models/m-abc/artifacts", "")
+
+
+def test_the_promotion_patch_keeps_the_inference_service_valid(rendered):
+    isvc = copy.deepcopy(_one(rendered["gpu-cluster"], "InferenceService"))
+    patch = deploy.storage_patch("s3://plmrec-mlflow-artifacts/1/models/m-new/artifacts")
+    isvc["spec"]["predictor"]["model"].update(patch["spec"]["predictor"]["model"])
+    assert mf.schema_problems(isvc) == []
+
+
+def test_deploy_without_cluster_credentials_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "absent-kubeconfig"))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    with pytest.raises(deploy.DeployError, match="no Kubernetes credentials to patch InferenceService plmrec"):
+        deploy.patch_inference_service("plmrec", "plmrec", "s3://b/1/models/m-x/artifacts")
