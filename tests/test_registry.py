@@ -1,8 +1,10 @@
 """The promotion gate on a real MLflow server, and the server serving whatever @champion is."""
 
+import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -146,3 +148,27 @@ def test_gate_on_the_local_sqlite_store(serving_bundles, tmp_path):
     v2 = _register(params, serving_bundles["popularity"], {"ndcg@10": 0.3, "recall@10": 0.3, "precision@5": 0.1})
     assert registry.gate(client, params.registry, v2).promoted
     assert registry.rollback(client, params.registry) == (v2, v1)
+
+
+def test_deploy_points_at_the_champions_files_in_the_artifact_store(serving_bundles, mlflow_server, mlflow_server_root):
+    """The storageUri that `plmrec deploy` (and register-model on a cluster) gives KServe lies under the
+    server's --artifacts-destination and holds the registered bundle."""
+    from plmrec.cluster import deploy
+
+    params = Params()
+    params.tracking.uri = mlflow_server
+    params.registry.model_name = "deploy-test-recommender"
+    version = _register(params, serving_bundles["ltr"], {"ndcg@10": 0.3, "recall@10": 0.4, "precision@5": 0.2})
+    destination = mlflow_server_root / "artifacts"
+    uri = deploy.version_storage_uri(mlflow.MlflowClient(mlflow_server), params.registry.model_name, version,
+                                     f"file://{destination}")
+    assert uri.startswith(f"file://{destination}/") and "/models/m-" in uri, uri
+    files = list(Path(uri.removeprefix("file://")).rglob("bundle.json"))
+    assert len(files) == 1 and json.loads(files[0].read_text())["model"] == "ltr"
+
+    registry.gate(mlflow.MlflowClient(mlflow_server), params.registry, version)
+    shown = _cli(params, "deploy", "--print-only", "-S", "serving.artifacts_destination=s3://mlflow-artifacts")
+    assert shown.returncode == 0, shown.stderr
+    relative = uri.removeprefix(f"file://{destination}/")
+    assert f"version {version}: storageUri s3://mlflow-artifacts/{relative}" in shown.stdout
+    assert "kubectl patch inferenceservice plmrec --type merge" in shown.stdout
