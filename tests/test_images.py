@@ -83,3 +83,12 @@ def test_the_pinned_set_covers_the_project_and_is_consistent():
             if dep in pins and not req.specifier.contains(pins[dep], prereleases=True):
                 problems.append(f"{name}=={version} needs {req}, pinned {dep}=={pins[dep]}")
     assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("name", ["Dockerfile", "Dockerfile.cuda"])
+def test_step_images_let_the_kfp_launcher_stage_artifacts_as_the_non_root_user(name):
+    """The KFP launcher writes artifacts under /gcs, /minio and /s3; as a non-root step it needs them
+    to exist and be its own (kubeflow/pipelines#5673)."""
+    text = " ".join(_instructions(ROOT / "docker" / name))
+    user = re.findall(r"USER (\S+)", text)[-1]
+    assert re.search(rf"mkdir -p /gcs /minio /s3 && chown {user} /gcs /minio /s3", text), name
