@@ -212,6 +212,27 @@ def test_the_gpu_overlay_puts_the_gpu_steps_on_the_gpu_pool_in_the_cuda_image(tm
     assert defaults["tracking"]["uri"] == "http://mlflow.plmrec.svc.cluster.local:5000"
 
 
+@pytest.mark.parametrize("overlay", ["gpu-cluster", "local-kind"])
+def test_the_kfp_client_reads_the_package_submit_sends(tmp_path, overlay):
+    """kfp.Client parses a package into the PipelineSpec and PlatformSpec protos before sending it: the
+    image rewrite and the kfp-kubernetes document survive that parse."""
+    from kfp.client.client import _extract_pipeline_yaml
+
+    _compiled(tmp_path, overlay)
+    doc = _extract_pipeline_yaml(str(tmp_path / f"{overlay}.yaml"))
+    assert doc.pipeline_spec.pipeline_info.name == "plmrec-training"
+    executors = doc.pipeline_spec.deployment_spec["executors"]
+    assert executors["exec-pretrain-encoder"]["container"]["image"] in ("ghcr.io/plmrec/plmrec-cuda:0.1.0", "plmrec:dev")
+    from google.protobuf.json_format import MessageToDict
+
+    platform = MessageToDict(doc.platform_spec).get("platforms", {}).get("kubernetes", {})
+    k8s = platform.get("deploymentSpec", {}).get("executors", {})
+    if overlay == "gpu-cluster":
+        assert k8s["exec-finetune-encoder"]["nodeSelector"]["labels"] == {"nvidia.com/gpu.present": "true"}
+    else:
+        assert "exec-finetune-encoder" not in k8s
+
+
 def test_caching_follows_the_params_except_for_side_effects(tmp_path):
     out = tmp_path / "cached.yaml"
     assert _cli("compile", "--params", ROOT / "params.yaml", "-S", "pipeline.enable_caching=true", "-o", out).exit_code == 0
