@@ -36,7 +36,8 @@ def storage_uri(artifact_location: str, artifacts_destination: str) -> str:
 def version_storage_uri(client, name: str, version: str, artifacts_destination: str) -> str:
     """storageUri of a registered model version (its logged model's artifact location)."""
     mv = client.get_model_version(name, str(version))
-    location = client.get_logged_model(mv.model_id).artifact_location if mv.model_id else mv.source
+    model_id = mv.model_id or (mv.source[len("models:/"):] if mv.source.startswith("models:/m-") else None)
+    location = client.get_logged_model(model_id).artifact_location if model_id else mv.source
     return storage_uri(location, artifacts_destination)
 
 
