@@ -49,6 +49,15 @@ def test_every_overlay_validates_against_the_kubernetes_and_kserve_schemas_and_t
     assert "InferenceService" in result.output and "ServingRuntime" in result.output
 
 
+def test_the_stated_kubernetes_version_applies_to_kserve_fields_too():
+    overlay = ROOT / "manifests/overlays/gpu-cluster"
+    result = _cli("manifests", "validate", "--kubernetes-version", "1.31.0", overlay)
+    assert result.exit_code == 0 and ": ok" in result.output, result.output
+    assert "io.k8s.api.core.v1.Container" in json.dumps(mf.kserve_schema("V1alpha1ServingRuntime", "1.31.0"))
+    result = _cli("manifests", "validate", "--kubernetes-version", "1.2.0", overlay)
+    assert result.exit_code == 2 and "no Kubernetes schemas for 1.2.0" in result.output, result.output
+
+
 @pytest.mark.parametrize("mutate, expected", [
     (lambda r: r["spec"]["predictor"]["model"].__setitem__("storageURI", "s3://x"), "'storageURI' was unexpected"),
     (lambda r: r["spec"]["predictor"].__setitem__("minReplicas", "one"), "minReplicas: 'one' is not of type 'integer'"),

@@ -188,10 +188,9 @@ def submit(params_path, overrides, overlay, host, token, cookies, namespace, ssl
     from plmrec.pipelines import compile_pipeline
 
     p = _cluster_params(params_path, overrides, overlay)
-    if cron:
-        kfp_submit.cron_expression(cron)  # refuse a bad schedule before compiling or connecting
-        if wait:
-            raise click.UsageError("--wait follows one run; it does not apply to --schedule")
+    schedule = kfp_submit.cron_expression(cron) if cron else None  # a bad one fails before compiling or connecting
+    if schedule and wait:
+        raise click.UsageError("--wait follows one run; it does not apply to --schedule")
     endpoint = kfp_submit.Endpoint.from_env(host=host, token=token, cookies=cookies, namespace=namespace,
                                             ssl_ca_cert=ssl_ca_cert, ui_host=ui_host)
     experiment = experiment or p.tracking.experiment
@@ -201,14 +200,14 @@ def submit(params_path, overrides, overlay, host, token, cookies, namespace, ssl
     arguments = {"tracking_uri": p.tracking.uri or ""}
     plan = {"package": str(package), "host": endpoint.host, "namespace": endpoint.namespace, "experiment": experiment,
             "run_name": run_name, "service_account": service_account, "arguments": arguments,
-            "schedule": kfp_submit.cron_expression(cron) if cron else None,
+            "schedule": schedule,
             "images": {"cpu": p.pipeline.image, "gpu": p.pipeline.gpu_image}}
     if dry_run:
         click.echo(json.dumps(plan, indent=2))
         return
     client = kfp_submit.connect(endpoint)
-    if cron:
-        done = kfp_submit.schedule_run(client, endpoint.host, package, arguments, experiment, run_name, cron,
+    if schedule:
+        done = kfp_submit.schedule_run(client, endpoint.host, package, arguments, experiment, run_name, schedule,
                                        max_concurrency, endpoint.namespace, service_account)
         click.echo(f"recurring run {done.id} ({done.details['cron']}): {done.url}")
         return
@@ -453,7 +452,7 @@ def promote(params_path, overrides, version, force, rollback):
     from plmrec import registry
 
     p = load_params(params_path, overrides)
-    client, uri = _registry_client(p)
+    client, _ = _registry_client(p)
     name = p.registry.model_name
     if rollback:
         if version or force:
@@ -462,10 +461,8 @@ def promote(params_path, overrides, version, force, rollback):
         click.echo(f"{name}@champion: version {was} -> {now} (rolled back)")
         return
     if version is None:
-        challenger = registry.alias_version(client, name, registry.CHALLENGER)
-        if challenger is None:
-            raise PlmrecError(f"{name} has no @challenger in {uri}: run the pipeline first, or pass --version")
-        version = challenger.version
+        version = registry.require_alias(client, name, registry.CHALLENGER,
+                                         "run the pipeline first, or pass --version").version
     decision = registry.force_promote(client, p.registry, version) if force else registry.gate(client, p.registry, version)
     word = "promoted to @champion" if decision.promoted else "not promoted"
     click.echo(f"{name} version {version}: {word}: {decision.reason}")
@@ -489,12 +486,9 @@ def deploy(params_path, overrides, overlay, version, print_only):
     client, _ = _registry_client(p)
     name = p.registry.model_name
     if version is None:
-        champion = registry.alias_version(client, name, registry.CHAMPION)
-        if champion is None:
-            raise PlmrecError(f"{name} has no @champion: promote a version first")
-        version = champion.version
+        version = registry.require_alias(client, name, registry.CHAMPION, "promote a version first").version
     uri = kdeploy.version_storage_uri(client, name, version, p.serving.artifacts_destination)
-    isvc = p.serving.inference_service or "plmrec"
+    isvc = p.serving.inference_service or p.serving.model_name  # the runtime serves the model under the ISVC's name
     click.echo(f"{name} version {version}: storageUri {uri}")
     if print_only:
         click.echo(f"kubectl patch inferenceservice {isvc} --type merge -p '{json.dumps(kdeploy.storage_patch(uri))}'")

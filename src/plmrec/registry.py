@@ -62,6 +62,14 @@ def alias_version(client, name: str, alias: str):
         return None
 
 
+def require_alias(client, name: str, alias: str, remedy: str):
+    """The version behind `name@alias`; a RegistryError saying what to do when the alias is not set."""
+    version = alias_version(client, name, alias)
+    if version is None:
+        raise RegistryError(f"{name} has no @{alias} in {client.tracking_uri}: {remedy}")
+    return version
+
+
 @dataclass
 class Decision:
     version: str
@@ -137,9 +145,7 @@ def force_promote(client, rp: RegistryParams, version: str) -> Decision:
 def rollback(client, rp: RegistryParams) -> tuple[str, str]:
     """Point @champion back at the version it replaced; returns (from, to)."""
     name = rp.model_name
-    current = alias_version(client, name, CHAMPION)
-    if current is None:
-        raise RegistryError(f"{name} has no @{CHAMPION}: nothing to roll back")
+    current = require_alias(client, name, CHAMPION, "nothing to roll back")
     previous = current.tags.get(PREVIOUS_TAG, "")
     if not previous:
         raise RegistryError(f"{name}@{CHAMPION} is version {current.version}, which replaced no earlier champion: "
@@ -154,11 +160,7 @@ def download(uri: str, name: str, alias: str, dst: str | Path) -> tuple[Path, st
     """Download `models:/name@alias` into `dst`; returns (local directory, version)."""
     import mlflow
 
-    client = mlflow.MlflowClient(uri)
-    v = alias_version(client, name, alias)
-    if v is None:
-        raise RegistryError(f"registered model '{name}' has no @{alias} in {uri} (run the pipeline, then "
-                            f"`plmrec promote`)")
+    v = require_alias(mlflow.MlflowClient(uri), name, alias, "run the pipeline, then `plmrec promote`")
     mlflow.set_tracking_uri(uri)
     local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{v.version}", dst_path=str(dst))
     return Path(local), str(v.version)

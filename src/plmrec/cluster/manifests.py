@@ -63,17 +63,28 @@ def render(overlay: str | Path) -> list[dict]:
 
 
 # ------------------------------------------------------------------------------- KServe schema
-@functools.lru_cache(maxsize=1)
-def kubernetes_definitions() -> dict:
-    from kubernetes_validate.utils import schema_contents
-
-    return schema_contents(f"kubernetes-json-schema/v{KUBERNETES_VERSION}-local-strict/_definitions.json",
-                           KUBERNETES_VERSION)
+_SCALARS = {"str": {"type": "string"}, "int": {"type": "integer"}, "float": {"type": "number"},
+            "bool": {"type": "boolean"}, "object": {}, "dict": {"type": "object"},
+            "V1Time": {"type": "string"}, "datetime": {"type": "string"}}
 
 
-def _kubernetes_ref(type_name: str) -> dict | None:
+@functools.lru_cache(maxsize=None)
+def kubernetes_definitions(kubernetes_version: str = KUBERNETES_VERSION) -> dict:
+    """The strict Kubernetes definitions kubernetes-validate uses for this version (its newest schemas
+    not newer than the version's major.minor), so KServe's Kubernetes fields follow the same version."""
+    from kubernetes_validate.utils import all_versions, major_minor, schema_contents
+    from packaging.version import Version
+
+    wanted = Version(major_minor(kubernetes_version))
+    usable = [v for v in all_versions() if Version(major_minor(v)) <= wanted]
+    if not usable:
+        raise ManifestError(f"no Kubernetes schemas for {kubernetes_version} (oldest: {all_versions()[0]})")
+    return schema_contents(f"kubernetes-json-schema/v{usable[-1]}-local-strict/_definitions.json", kubernetes_version)
+
+
+def _kubernetes_ref(type_name: str, kubernetes_version: str) -> dict | None:
     """V1Container -> io.k8s.api.core.v1.Container; K8sIoApiAppsV1DeploymentStrategy -> io.k8s.api.apps.v1...."""
-    defs = kubernetes_definitions()["$defs"]
+    defs = kubernetes_definitions(kubernetes_version)["$defs"]
     if type_name.startswith("K8sIo"):
         parts = re.findall(r"[A-Z][a-z0-9]*", type_name)  # K8s Io Api Apps V1 Deployment Strategy
         version_at = next(i for i, p in enumerate(parts) if re.fullmatch(r"V\d+", p))
@@ -94,7 +105,7 @@ def _required_fields(cls) -> list[str]:
     return [cls.attribute_map[n] for n in dict.fromkeys(names) if n in cls.attribute_map]
 
 
-def kserve_schema(model_class: str) -> dict:
+def kserve_schema(model_class: str, kubernetes_version: str = KUBERNETES_VERSION) -> dict:
     """A JSON schema (draft 2020-12) for a KServe kind from the SDK's generated models: every field
     typed, unknown fields rejected, required fields required; Kubernetes types refer to the Kubernetes
     schemas. Types the SDK does not ship (a few status and LLM types) accept any value."""
@@ -104,11 +115,8 @@ def kserve_schema(model_class: str) -> dict:
 
     def schema_of(type_name: str) -> dict:
         type_name = type_name.strip()
-        scalars = {"str": {"type": "string"}, "int": {"type": "integer"}, "float": {"type": "number"},
-                   "bool": {"type": "boolean"}, "object": {}, "dict": {"type": "object"},
-                   "V1Time": {"type": "string"}, "datetime": {"type": "string"}}
-        if type_name in scalars:
-            return scalars[type_name]
+        if type_name in _SCALARS:
+            return _SCALARS[type_name]
         if type_name == "ResourceQuantity":
             return {"$ref": f"{K8S_DEFS_URI}#/$defs/io.k8s.apimachinery.pkg.api.resource.Quantity"}
         if type_name.startswith("list[") and type_name.endswith("]"):
@@ -123,19 +131,20 @@ def kserve_schema(model_class: str) -> dict:
                 defs[type_name] = {"type": "object", "properties": properties, "additionalProperties": False,
                                    "required": _required_fields(cls)}
             return {"$ref": f"#/$defs/{type_name}"}
-        return _kubernetes_ref(type_name) or {}
+        return _kubernetes_ref(type_name, kubernetes_version) or {}
 
     root = schema_of(model_class)
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", "$defs": defs, **root}
 
 
 @functools.lru_cache(maxsize=None)
-def _kserve_validator(model_class: str):
+def _kserve_validator(model_class: str, kubernetes_version: str):
     import jsonschema
     from referencing import Registry, Resource
 
-    registry = Registry().with_resource(K8S_DEFS_URI, Resource.from_contents(kubernetes_definitions()))
-    return jsonschema.Draft202012Validator(kserve_schema(model_class), registry=registry)
+    definitions = Resource.from_contents(kubernetes_definitions(kubernetes_version))
+    registry = Registry().with_resource(K8S_DEFS_URI, definitions)
+    return jsonschema.Draft202012Validator(kserve_schema(model_class, kubernetes_version), registry=registry)
 
 
 def schema_problems(resource: dict, kubernetes_version: str = KUBERNETES_VERSION) -> list[str]:
@@ -145,7 +154,8 @@ def schema_problems(resource: dict, kubernetes_version: str = KUBERNETES_VERSION
     name = name_of(resource)
     model_class = KSERVE_KINDS.get((resource.get("apiVersion"), resource.get("kind")))
     if model_class is not None:
-        errors = sorted(_kserve_validator(model_class).iter_errors(resource), key=lambda e: list(e.absolute_path))
+        validator = _kserve_validator(model_class, kubernetes_version)
+        errors = sorted(validator.iter_errors(resource), key=lambda e: list(e.absolute_path))
         return [f"{name}: {'.'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}" for e in errors]
     try:
         kubernetes_validate.validate(resource, kubernetes_version, strict=True)
@@ -201,6 +211,7 @@ def policy_problems(resource: dict) -> list[str]:
 
 def check_overlay(overlay: str | Path, kubernetes_version: str = KUBERNETES_VERSION) -> Report:
     """Render one overlay and collect every schema and policy problem of its resources."""
+    kubernetes_definitions(kubernetes_version)  # an unsupported version fails here, clearly
     report = Report(str(overlay), render(overlay))
     for resource in report.resources:
         report.problems += schema_problems(resource, kubernetes_version) + policy_problems(resource)

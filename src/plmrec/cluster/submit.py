@@ -47,7 +47,6 @@ class Submitted:
     kind: str                             # "run" or "recurring run"
     id: str
     url: str
-    state: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
 
 
@@ -113,13 +112,14 @@ def schedule_run(client, host: str, package: str | Path, arguments: dict, experi
                  cron: str, max_concurrency: int = 1, namespace: str | None = None,
                  service_account: str | None = None) -> Submitted:
     """A recurring run: the same package and arguments on a cron schedule, without catch-up."""
+    cron = cron_expression(cron)
     exp = _call("finding or creating the experiment", host, client.create_experiment, experiment, namespace=namespace)
     job = _call("creating the recurring run", host, client.create_recurring_run, exp.experiment_id, job_name,
-                cron_expression=cron_expression(cron), max_concurrency=max_concurrency, no_catchup=True,
+                cron_expression=cron, max_concurrency=max_concurrency, no_catchup=True,
                 params=arguments, pipeline_package_path=str(package), service_account=service_account)
     rid = job.recurring_run_id
     return Submitted("recurring run", rid, f"{client._get_url_prefix()}/#/recurringrun/details/{rid}",
-                     details={"cron": cron_expression(cron), "experiment_id": exp.experiment_id})
+                     details={"cron": cron, "experiment_id": exp.experiment_id})
 
 
 def follow(client, host: str, run_id: str, timeout: float, poll_seconds: float = 10,
