@@ -34,10 +34,12 @@ def storage_uri(artifact_location: str, artifacts_destination: str) -> str:
 
 
 def version_storage_uri(client, name: str, version: str, artifacts_destination: str) -> str:
-    """storageUri of a registered model version (its logged model's artifact location)."""
-    mv = client.get_model_version(name, str(version))
-    model_id = mv.model_id or (mv.source[len("models:/"):] if mv.source.startswith("models:/m-") else None)
-    location = client.get_logged_model(model_id).artifact_location if model_id else mv.source
+    """storageUri of a registered model version: where the registry says its files are (the logged
+    model's artifact location, resolved at registration). Not `ModelVersion.model_id`: MLflow's SQL
+    registry store does not keep it, so versions read back from a database-backed server lack it."""
+    location = client.get_model_version_download_uri(name, str(version))
+    if location.startswith("models:/m-"):  # a store that kept only the source
+        location = client.get_logged_model(location[len("models:/"):].split("/")[0]).artifact_location
     return storage_uri(location, artifacts_destination)
 
 
