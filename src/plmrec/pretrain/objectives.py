@@ -87,7 +87,7 @@ class MaskedLM:
                   f"or more steps", flush=True)
         if self.model.config.vocab_size % VOCAB_MULTIPLE:  # e.g. RoBERTa's 50,265: unaligned GEMMs are slow
             real = self.model.config.vocab_size
-            self.model.resize_token_embeddings(pad_to_multiple_of=VOCAB_MULTIPLE)
+            self.model.resize_token_embeddings(pad_to_multiple_of=VOCAB_MULTIPLE, mean_resizing=False)
             with torch.no_grad():  # unused rows: deterministic zeros, not random draws
                 self.model.get_input_embeddings().weight[real:] = 0
                 bias = getattr(self.model.get_output_embeddings(), "bias", None)
@@ -97,6 +97,7 @@ class MaskedLM:
         self.encoder = self.model.base_model
         self.head = mlm_head(self.model)
         self._encode_fn = self.encoder
+        self._head_loss_fn = self._head_loss
         self._special = torch.tensor(sorted(set(self.tokenizer.all_special_ids)), dtype=torch.long)
         self.vocab_size = len(self.tokenizer)  # random replacements come from real tokens only
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
@@ -110,6 +111,8 @@ class MaskedLM:
                 layer.compile(dynamic=not self.packing)
         else:
             self._encode_fn = torch.compile(self.encoder, dynamic=not self.packing)
+        if self.head is not None:  # head, fp32 upcast and cross-entropy fused; the masked row count varies
+            self._head_loss_fn = torch.compile(self._head_loss, dynamic=True)
 
     def to(self, device: torch.device) -> None:
         self.model.to(device)
@@ -149,9 +152,13 @@ class MaskedLM:
         targets = flat_labels[positions]
         if pad:
             targets[count:] = IGNORE
-        logits = self.head(hidden.reshape(-1, hidden.shape[-1])[positions])
-        total = F.cross_entropy(logits.float(), targets, reduction="sum", ignore_index=IGNORE)
+        total = self._head_loss_fn(hidden.reshape(-1, hidden.shape[-1])[positions], targets)
         return total / max(count, 1)
+
+    def _head_loss(self, rows: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Summed cross-entropy of the MLM head's logits for the masked rows [R, H]."""
+        logits = self.head(rows)
+        return F.cross_entropy(logits.float(), targets, reduction="sum", ignore_index=IGNORE)
 
     def start_fingerprint(self) -> str:
         return encoder_fingerprint(self.encoder)
