@@ -304,6 +304,29 @@ def test_submit_to_an_endpoint_that_does_not_answer_is_one_clear_error(tmp_path,
     assert "Traceback" not in result.output and (tmp_path / "p.yaml").exists()
 
 
+def test_kfp_client_calls_keep_stdout_for_plmrec_and_fail_as_one_error(capsys):
+    """kfp.Client prints its own "Run details: <link>" lines; they go to stderr so that scripts can
+    read plmrec's `run <id>: <url>` from stdout. A refused call is one SubmitError naming the cause."""
+    from plmrec.cluster.submit import _call
+
+    def create_run(name):
+        print(f"Run details: http://kfp/#/runs/details/{name}")
+        return name.upper()
+
+    assert _call("creating the run", "http://kfp", create_run, "r1") == "R1"
+    printed = capsys.readouterr()
+    assert printed.out == "" and "Run details: http://kfp/#/runs/details/r1" in printed.err
+
+    class Forbidden(Exception):
+        status, reason = 403, "Forbidden"
+
+    def refuse():
+        raise Forbidden()
+
+    with pytest.raises(SubmitError, match=r"creating the run at http://kfp failed: HTTP 403: not authorised"):
+        _call("creating the run", "http://kfp", refuse)
+
+
 def test_storage_uri_maps_proxied_artifacts_to_the_bucket():
     assert deploy.storage_uri("mlflow-artifacts:/1/models/m-abc/artifacts", "s3://mlflow-artifacts/") == \
         "s3://mlflow-artifacts/1/models/m-abc/artifacts"

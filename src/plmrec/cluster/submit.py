@@ -3,8 +3,10 @@ periodic retraining; optionally follow a run to its end."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,8 +92,11 @@ def _reason(exc: Exception) -> str:
 
 
 def _call(what: str, host: str, fn: Callable, *args, **kwargs):
+    """fn(*args, **kwargs) with its errors as one SubmitError; kfp.Client's own prints ("Run details:
+    ...") go to stderr, so stdout carries only plmrec's lines for scripts to read."""
     try:
-        return fn(*args, **kwargs)
+        with contextlib.redirect_stdout(sys.stderr):
+            return fn(*args, **kwargs)
     except Exception as exc:
         raise SubmitError(f"{what} at {host} failed: {_reason(exc)}") from None
 
