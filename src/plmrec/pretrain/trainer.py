@@ -348,6 +348,8 @@ def train(objective, examples: list[np.ndarray], cfg: TrainConfig, checkpoint_di
                     batch = objective.collate([examples[i] for i in chosen], seed=cfg.seed * 1_000_003 + index)
                     result.tokens += batch["n_tokens"]
                     result.samples += batch["n_samples"]
+                    if cfg.compile and device.type == "cuda":  # a new step for CUDA graphs (TORCHINDUCTOR_CUDAGRAPHS=1)
+                        torch.compiler.cudagraph_mark_step_begin()
                     generator = torch.Generator(device=device)
                     generator.manual_seed(cfg.seed * 1_000_003 + index)
                     sync = ddp.no_sync() if ddp is not None and micro < cfg.grad_accum - 1 \
