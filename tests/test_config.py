@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from plmrec.config import ConfigError, Params, apply_overrides, load_params, parse_params
@@ -77,3 +79,24 @@ def test_finetune_phases_checked():
     assert parsed.finetune.phases[0].epochs == 0.5 and parsed.retrieval.ks == [5, 20]
     with pytest.raises(ConfigError, match="ks must be positive"):
         parse_params({"retrieval": {"ks": [0, 10]}})
+
+
+def test_params_file_before_or_after_the_command_or_from_the_environment(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from plmrec.cli import PARAMS_ENV, main
+
+    runner = CliRunner()
+    clean = {PARAMS_ENV: None}  # restored after each call, whatever the group option set
+    for args, env in ((["--params", "mine.yaml", "params", "show"], clean),
+                      (["params", "show", "--params", "mine.yaml"], clean),
+                      (["params", "show"], {PARAMS_ENV: "mine.yaml"})):
+        with runner.isolated_filesystem(temp_dir=tmp_path):
+            (Path.cwd() / "mine.yaml").write_text("seed: 7\n")
+            result = runner.invoke(main, args, env=env)
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.output)["seed"] == 7, args
+    result = runner.invoke(main, ["--params", str(tmp_path / "absent.yaml"), "params", "show"], env=clean)
+    assert result.exit_code == 2 and "absent.yaml: params file not found" in result.output

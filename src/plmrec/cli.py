@@ -16,7 +16,9 @@ from plmrec.errors import PlmrecError
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
+PARAMS_ENV = "PLMREC_PARAMS"
 params_option = click.option("--params", "params_path", type=click.Path(dir_okay=False), default=None,
+                             envvar=PARAMS_ENV, show_envvar=True,
                              help="params file (default: ./params.yaml, or built-in defaults if absent)")
 set_option = click.option("-S", "--set", "overrides", multiple=True, metavar="KEY=VALUE",
                           help="override a parameter, e.g. -S data.source=file -S data.path=retail.xlsx")
@@ -35,8 +37,16 @@ class _Group(click.Group):
             sys.exit(3 if isinstance(exc, DataValidationFailed) else 2)
 
 
+def _params_for_every_command(ctx, param, value):
+    if value:  # `plmrec --params F <command>` means the same as `plmrec <command> --params F`
+        os.environ[PARAMS_ENV] = value
+    return value
+
+
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="plmrec")
+@click.option("--params", type=click.Path(dir_okay=False), default=None, expose_value=False, is_eager=True,
+              callback=_params_for_every_command, help=f"params file for the command that follows (or ${PARAMS_ENV})")
 def main():
     """plmrec: e-commerce recommendations improved with pretrained language models.
 
