@@ -37,7 +37,9 @@ def test_dvc_repro_runs_only_what_changed(tmp_path):
     params["recommenders"]["classifier"]["ablation"] = ["text_cluster"]
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1", "HF_HUB_OFFLINE": "1",
-           "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+           "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+           # every stage must read the params.yaml that DVC tracks, whatever the shell exports
+           "PLMREC_PARAMS": str(tmp_path / "not-the-tracked-params.yaml")}
     dvc = [sys.executable, "-m", "dvc"]
     _run(["git", "init", "-q"], repo, env)
     _run(dvc + ["init", "-q"], repo, env)
