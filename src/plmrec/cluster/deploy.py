@@ -37,10 +37,7 @@ def version_storage_uri(client, name: str, version: str, artifacts_destination: 
     """storageUri of a registered model version: where the registry says its files are (the logged
     model's artifact location, resolved at registration). Not `ModelVersion.model_id`: MLflow's SQL
     registry store does not keep it, so versions read back from a database-backed server lack it."""
-    location = client.get_model_version_download_uri(name, str(version))
-    if location.startswith("models:/m-"):  # a store that kept only the source
-        location = client.get_logged_model(location[len("models:/"):].split("/")[0]).artifact_location
-    return storage_uri(location, artifacts_destination)
+    return storage_uri(client.get_model_version_download_uri(name, str(version)), artifacts_destination)
 
 
 def storage_patch(uri: str) -> dict:
