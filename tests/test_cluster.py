@@ -5,7 +5,10 @@ Deployment's own arguments, and `plmrec submit` / `plmrec deploy` do what they c
 import copy
 import json
 import re
+import socket
+import struct
 import sys
+import threading
 
 import pytest
 import requests
@@ -163,9 +166,8 @@ def test_the_mlflow_deployment_arguments_run_a_server_that_answers_in_cluster_na
     resources = rendered["local-kind"]
     container = _one(resources, "Deployment", "mlflow")["spec"]["template"]["spec"]["containers"][0]
     env = dict(_one(resources, "ConfigMap", "mlflow-config")["data"])
-    env.update(DB_USER="u", DB_PASSWORD="p")
     args = [_expand(a, env) for a in container["args"]]
-    assert "--backend-store-uri=postgresql://u:p@postgres:5432/mlflow" in args
+    assert "--backend-store-uri=postgresql+psycopg2://postgres:5432/mlflow" in args  # credentials: PGUSER/PGPASSWORD
     assert "--artifacts-destination=s3://mlflow-artifacts" in args and "--serve-artifacts" in args
     port = _free_port()
     local = {"--host": "127.0.0.1", "--port": str(port), "--backend-store-uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
@@ -179,6 +181,63 @@ def test_the_mlflow_deployment_arguments_run_a_server_that_answers_in_cluster_na
             assert r.status_code == 200, (host, r.status_code, r.text[:200])
         r = requests.post(url, json={"max_results": 1}, headers={"Host": "attacker.example.com"}, timeout=10)
         assert r.status_code in (400, 403), r.status_code
+
+
+def _postgres_handshake(listener: socket.socket, seen: dict) -> None:
+    """Accept one PostgreSQL client, record its startup parameters and the password it sends when asked
+    for a cleartext one, then refuse it: only the protocol's first steps, no query is answered."""
+    conn, _ = listener.accept()
+    with conn:
+        def read(n):
+            data = b""
+            while len(data) < n:
+                data += conn.recv(n - len(data)) or b"\0" * (n - len(data))
+            return data
+        while True:
+            length, code = struct.unpack("!ii", read(8))
+            if code in (80877103, 80877104):  # SSL or GSS encryption request: not offered
+                conn.sendall(b"N")
+                continue
+            fields = read(length - 8).split(b"\0")
+            seen.update({k.decode(): v.decode() for k, v in zip(fields[::2], fields[1::2]) if k})
+            break
+        conn.sendall(b"R" + struct.pack("!ii", 8, 3))  # AuthenticationCleartextPassword
+        kind, length = struct.unpack("!ci", read(5))
+        seen["password"] = read(length - 4).rstrip(b"\0").decode() if kind == b"p" else None
+        body = b"SFATAL\0C28P01\0Mhandshake recorded\0\0"
+        conn.sendall(b"E" + struct.pack("!i", len(body) + 4) + body)
+
+
+def test_the_mlflow_server_gives_postgresql_any_password_through_the_environment(rendered, monkeypatch):
+    """The backend URI carries no credentials; MLflow's driver (SQLAlchemy over psycopg2/libpq) takes them
+    from PGUSER/PGPASSWORD, which the Deployment fills from the Secret. A password that would break a URI
+    (@ : / # %) reaches the database intact."""
+    pytest.importorskip("psycopg2")
+    import sqlalchemy
+
+    container = _one(rendered["gpu-cluster"], "Deployment", "mlflow")["spec"]["template"]["spec"]["containers"][0]
+    from_secret = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"] if "valueFrom" in e}
+    assert from_secret["PGUSER"] == {"name": "plmrec-mlflow-db", "key": "username"}
+    assert from_secret["PGPASSWORD"] == {"name": "plmrec-mlflow-db", "key": "password"}
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    env = {**_one(rendered["gpu-cluster"], "ConfigMap", "mlflow-config")["data"], "DB_HOST": "127.0.0.1",
+           "DB_PORT": str(port)}
+    uri = next(_expand(a, env) for a in container["args"] if a.startswith("--backend-store-uri="))
+    uri = uri.split("=", 1)[1]
+    seen: dict = {}
+    thread = threading.Thread(target=_postgres_handshake, args=(listener, seen), daemon=True)
+    thread.start()
+    password = "p@ss:w/rd#50%"
+    monkeypatch.setenv("PGUSER", "mlflow")
+    monkeypatch.setenv("PGPASSWORD", password)
+    try:
+        with pytest.raises(sqlalchemy.exc.OperationalError, match="handshake recorded"):
+            sqlalchemy.create_engine(uri).connect()
+    finally:
+        thread.join(10)
+        listener.close()
+    assert seen["user"] == "mlflow" and seen["database"] == env["DB_NAME"] and seen["password"] == password
 
 
 # ------------------------------------------------------------------------------- compiled pipeline
