@@ -233,7 +233,7 @@ def test_the_mlflow_server_gives_postgresql_any_password_through_the_environment
     monkeypatch.setenv("PGPASSWORD", password)
     try:
         with pytest.raises(sqlalchemy.exc.OperationalError, match="handshake recorded"):
-            sqlalchemy.create_engine(uri).connect()
+            sqlalchemy.create_engine(uri, connect_args={"connect_timeout": 10}).connect()
     finally:
         thread.join(10)
         listener.close()
