@@ -30,9 +30,9 @@ SHARED = Path(os.environ.get("PLMREC_SHARED_DATA", ROOT.parent / "shared" / "dat
 
 from _report import emit  # noqa: E402
 from plmrec.finetune.embed import encode_texts  # noqa: E402
-from plmrec.finetune.retrieval import load_encoder  # noqa: E402
+from plmrec.encoders import load_encoder  # noqa: E402
 from plmrec.pretrain.models import quiet_transformers, resolve_base_model  # noqa: E402
-from plmrec.pretrain.trainer import resolve_device  # noqa: E402
+from plmrec.training.device import resolve_device  # noqa: E402
 
 
 def load_texts(name: str, repeat_to: int | None) -> tuple[str, list[str]]:
@@ -74,7 +74,7 @@ def main() -> None:
     source, texts = load_texts(args.texts, args.min_texts)
     results = []
     for precision in args.precision.split(","):
-        model = load_encoder(resolve_base_model(args.model), "mean", args.max_length, str(device))
+        model = load_encoder(resolve_base_model(args.model), "mean", args.max_length, device=str(device))
         if precision == "bf16":
             model = model.to(torch.bfloat16)
         tokens = sum(len(x) for x in model.tokenizer(texts, truncation=True, max_length=args.max_length)["input_ids"])

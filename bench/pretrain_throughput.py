@@ -1,6 +1,6 @@
 """Pretraining throughput of plmrec's own training loop: tokens/s, samples/s, peak memory and MFU.
 
-Runs `plmrec.pretrain.trainer.train` (the code path the pipeline uses) on a randomly initialised
+Runs `plmrec.training.loop.train` (the code path the pipeline uses) on a randomly initialised
 encoder over synthetic e-commerce text, and prints one JSON object. FLOPs per step are counted
 with torch.utils.flop_counter on one eager step (forward + backward, what the step really
 computes: MLM logits at the masked positions only), MFU = counted FLOP/s over the device's peak
@@ -30,7 +30,9 @@ from plmrec.data.synthetic import synthetic_catalogue  # noqa: E402  (needs only
 from plmrec.pretrain.corpus import finish_corpus, synthetic_dapt_corpus  # noqa: E402
 from plmrec.pretrain.models import build_tiny_roberta, quiet_transformers  # noqa: E402
 from plmrec.pretrain.objectives import make_objective  # noqa: E402
-from plmrec.pretrain.trainer import TrainConfig, move_to, resolve_device, resolve_precision, train  # noqa: E402
+from plmrec.training.batches import move_to  # noqa: E402
+from plmrec.training.device import resolve_device, resolve_precision  # noqa: E402
+from plmrec.training.loop import TrainConfig, train  # noqa: E402
 
 # Dense bf16 tensor-core peaks (no sparsity), FLOP/s, by a substring of the device name.
 PEAK_BF16 = [("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989e12), ("H200", 989e12), ("GH200", 989e12),
@@ -114,7 +116,7 @@ def bench_one(objective_name: str, model_dir: Path, texts: list[str], args, devi
     cfg = TrainConfig(steps=args.warmup + args.steps, batch_size=args.batch_size, learning_rate=1e-4,
                       precision=args.precision, device=str(device), compile=args.compile, attention=args.attention,
                       checkpoint_every=10 ** 9, log_every=10 ** 9, seed=0, progress=False)
-    result = train(objective, examples, cfg, None, on_step=on_step, desc=f"bench-{objective_name}")
+    result = train(objective, examples, cfg, on_step=on_step, desc=f"bench-{objective_name}")
     a, b = args.warmup, args.warmup + args.steps
     seconds = marks[f"t{b}"] - marks[f"t{a}"]
     tokens, samples = marks[f"tok{b}"] - marks[f"tok{a}"], marks[f"smp{b}"] - marks[f"smp{a}"]

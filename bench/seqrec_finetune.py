@@ -28,11 +28,13 @@ SHARED = Path(os.environ.get("PLMREC_SHARED_DATA", ROOT.parent / "shared" / "dat
 
 from _report import emit  # noqa: E402
 from plmrec.data.seqrec import load_seqrec  # noqa: E402
-from plmrec.finetune.objective import Contrastive  # noqa: E402
+from plmrec.finetune.contrastive import Contrastive  # noqa: E402
 from plmrec.finetune.pairs import render_history  # noqa: E402
 from plmrec.finetune.retrieval import score_encoder, seqrec_queries  # noqa: E402
 from plmrec.pretrain.models import quiet_transformers, resolve_base_model  # noqa: E402
-from plmrec.pretrain.trainer import TrainConfig, resolve_device, steps_for_epochs, train  # noqa: E402
+from plmrec.training.batches import steps_for_epochs  # noqa: E402
+from plmrec.training.device import resolve_device  # noqa: E402
+from plmrec.training.loop import TrainConfig, train  # noqa: E402
 
 KS = [10, 50]
 

@@ -12,20 +12,9 @@ from pathlib import Path
 import yaml
 from kfp import compiler, dsl, kubernetes
 
-from plmrec.components import (
-    compare_models,
-    evaluate_baseline,
-    evaluate_retrieval,
-    finetune_encoder,
-    finish_tracking,
-    ingest,
-    prepare_data,
-    pretrain_encoder,
-    register_model,
-    train_baseline,
-    validate_data,
-)
+from plmrec import components as c
 from plmrec.config import Params, ResourceParams
+from plmrec.stages import FINISH_TRACKING, STAGES
 
 
 def request_resources(task, resources: ResourceParams, pull_secrets: list[str] = ()):
@@ -57,31 +46,27 @@ def build_training_pipeline(params: Params):
                               "and a baseline model")
     def training_pipeline(config: dict = default_config, tracking_uri: str = "", run_key: str = ""):
         ctx = dict(config=config, tracking_uri=tracking_uri, run_key=run_key, job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
-        finish = finish_tracking(**ctx).set_display_name("finish-tracking")
+        finish = c.finish_tracking(**ctx).set_display_name(FINISH_TRACKING)
         with dsl.ExitHandler(finish, name="tracked-run"):
-            raw = ingest(**ctx).set_display_name("ingest")
-            raw_ok = validate_data(**ctx, suite="raw", table=raw.outputs["raw_data"]).set_display_name("validate-raw")
-            prep = prepare_data(**ctx, raw_data=raw.outputs["raw_data"]).after(raw_ok).set_display_name("prepare")
-            prep_ok = validate_data(**ctx, suite="prepared", table=prep.outputs["prepared_data"]) \
-                .set_display_name("validate-prepared")
-            model = train_baseline(**ctx, prepared_data=prep.outputs["prepared_data"]).after(prep_ok) \
-                .set_display_name("train-baseline")
-            scored = evaluate_baseline(**ctx, prepared_data=prep.outputs["prepared_data"], model=model.outputs["model"]) \
-                .set_display_name("evaluate")
-            encoder = pretrain_encoder(**ctx, prepared_data=prep.outputs["prepared_data"]).after(prep_ok) \
-                .set_display_name("pretrain")
-            tuned = finetune_encoder(**ctx, prepared_data=prep.outputs["prepared_data"],
-                                     pretrained=encoder.outputs["model"]).set_display_name("finetune")
-            retrieval = evaluate_retrieval(**ctx, prepared_data=prep.outputs["prepared_data"],
-                                           pretrained=encoder.outputs["model"], finetuned=tuned.outputs["model"]) \
-                .set_display_name("evaluate-retrieval")
-            compared = compare_models(**ctx, prepared_data=prep.outputs["prepared_data"],
-                                      finetuned=tuned.outputs["model"]).set_display_name("compare-models")
-            registered = register_model(**ctx, prepared_data=prep.outputs["prepared_data"],
-                                        bundle=compared.outputs["bundle"]).set_display_name("register-model")
+            raw = c.ingest(**ctx)
+            raw_ok = c.validate_raw(**ctx, table=raw.outputs["raw_data"])
+            prep = c.prepare(**ctx, raw_data=raw.outputs["raw_data"]).after(raw_ok)
+            prepared = prep.outputs["prepared_data"]
+            prep_ok = c.validate_prepared(**ctx, table=prepared)
+            model = c.train_baseline(**ctx, prepared_data=prepared).after(prep_ok)
+            scored = c.evaluate_baseline(**ctx, prepared_data=prepared, model=model.outputs["model"])
+            encoder = c.pretrain(**ctx, prepared_data=prepared).after(prep_ok)
+            tuned = c.finetune(**ctx, prepared_data=prepared, pretrained=encoder.outputs["model"])
+            retrieval = c.evaluate_retrieval(**ctx, prepared_data=prepared, pretrained=encoder.outputs["model"],
+                                             finetuned=tuned.outputs["model"])
+            compared = c.compare_models(**ctx, prepared_data=prepared, finetuned=tuned.outputs["model"])
+            registered = c.register_model(**ctx, prepared_data=prepared, bundle=compared.outputs["bundle"])
+        tasks = (raw, raw_ok, prep, prep_ok, model, scored, encoder, tuned, retrieval, compared, registered)
+        for name, task in zip(STAGES, tasks, strict=True):  # the task name is the stage name; show it as such
+            task.set_display_name(name)
         gpu_steps = {encoder: params.pretrain.resources, tuned: params.finetune.resources,
                      retrieval: params.finetune.resources}
-        for task in (finish, raw, raw_ok, prep, prep_ok, model, scored, encoder, tuned, retrieval, compared, registered):
+        for task in (finish, *tasks):
             request_resources(task, gpu_steps.get(task, params.pipeline.step_resources), params.pipeline.image_pull_secrets)
             task.set_caching_options(caching)
         registered.set_caching_options(False)  # registering is a side effect: never skip it

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from conftest import shared
+from helpers import shared
 from plmrec.data.amazon import item_text, load_items, load_reviews, load_reviews_with_items
 from plmrec.errors import DataLoadError
 

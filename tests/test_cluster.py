@@ -15,11 +15,12 @@ import requests
 import yaml
 from click.testing import CliRunner
 
-from conftest import ROOT, ChildServer, _free_port
+from helpers import ROOT, ChildServer, free_port
 from plmrec.cli import main
 from plmrec.cluster import deploy
 from plmrec.cluster import manifests as mf
-from plmrec.cluster.submit import SubmitError, cron_expression
+from plmrec.cluster.submit import cron_expression
+from plmrec.errors import DeployError, SubmitError
 from plmrec.config import load_params, overlay_params_file
 
 OVERLAYS = sorted(p for p in (ROOT / "manifests" / "overlays").iterdir() if p.is_dir())
@@ -169,7 +170,7 @@ def test_the_mlflow_deployment_arguments_run_a_server_that_answers_in_cluster_na
     args = [_expand(a, env) for a in container["args"]]
     assert "--backend-store-uri=postgresql+psycopg2://postgres:5432/mlflow" in args  # credentials: PGUSER/PGPASSWORD
     assert "--artifacts-destination=s3://mlflow-artifacts" in args and "--serve-artifacts" in args
-    port = _free_port()
+    port = free_port()
     local = {"--host": "127.0.0.1", "--port": str(port), "--backend-store-uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
              "--artifacts-destination": str(tmp_path / "artifacts"), "--workers": "1"}
     args = [f"{a.split('=', 1)[0]}={local[a.split('=', 1)[0]]}" if a.split("=", 1)[0] in local else a for a in args]
@@ -249,7 +250,7 @@ def _compiled(tmp_path, overlay):
     return spec, platform[0]["platforms"]["kubernetes"]["deploymentSpec"]["executors"] if platform else {}
 
 
-GPU_STEPS = {"exec-pretrain-encoder", "exec-finetune-encoder", "exec-evaluate-retrieval"}
+GPU_STEPS = {"exec-pretrain", "exec-finetune", "exec-evaluate-retrieval"}
 
 
 def test_the_gpu_overlay_puts_the_gpu_steps_on_the_gpu_pool_in_the_cuda_image(tmp_path):
@@ -290,15 +291,15 @@ def test_the_kfp_client_reads_the_package_submit_sends(tmp_path, overlay):
     doc = _extract_pipeline_yaml(str(tmp_path / f"{overlay}.yaml"))
     assert doc.pipeline_spec.pipeline_info.name == "plmrec-training"
     executors = doc.pipeline_spec.deployment_spec["executors"]
-    assert executors["exec-pretrain-encoder"]["container"]["image"] in ("ghcr.io/plmrec/plmrec-cuda:0.1.0", "plmrec:dev")
+    assert executors["exec-pretrain"]["container"]["image"] in ("ghcr.io/plmrec/plmrec-cuda:0.1.0", "plmrec:dev")
     from google.protobuf.json_format import MessageToDict
 
     platform = MessageToDict(doc.platform_spec).get("platforms", {}).get("kubernetes", {})
     k8s = platform.get("deploymentSpec", {}).get("executors", {})
     if overlay == "gpu-cluster":
-        assert k8s["exec-finetune-encoder"]["nodeSelector"]["labels"] == {"nvidia.com/gpu.present": "true"}
+        assert k8s["exec-finetune"]["nodeSelector"]["labels"] == {"nvidia.com/gpu.present": "true"}
     else:
-        assert "exec-finetune-encoder" not in k8s
+        assert "exec-finetune" not in k8s
 
 
 def test_caching_follows_the_params_except_for_side_effects(tmp_path):
@@ -306,7 +307,7 @@ def test_caching_follows_the_params_except_for_side_effects(tmp_path):
     assert _cli("compile", "--params", ROOT / "params.yaml", "-S", "pipeline.enable_caching=true", "-o", out).exit_code == 0
     spec, *_ = yaml.safe_load_all(out.read_text())
     inner = spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]
-    assert inner["pretrain-encoder"]["cachingOptions"] == {"enableCache": True}
+    assert inner["pretrain"]["cachingOptions"] == {"enableCache": True}
     assert inner["register-model"]["cachingOptions"] == {}
     assert spec["root"]["dag"]["tasks"]["finish-tracking"]["cachingOptions"] == {}
 
@@ -355,7 +356,7 @@ def test_submit_refuses_bad_requests_before_contacting_anything(tmp_path, monkey
 
 
 def test_submit_to_an_endpoint_that_does_not_answer_is_one_clear_error(tmp_path, monkeypatch):
-    port = _free_port()  # nothing listens there
+    port = free_port()  # nothing listens there
     monkeypatch.setenv("KFP_HOST", f"http://127.0.0.1:{port}")
     result = _cli("submit", "--package", tmp_path / "p.yaml")
     assert result.exit_code == 2, result.output
@@ -390,9 +391,9 @@ def test_storage_uri_maps_proxied_artifacts_to_the_bucket():
     assert deploy.storage_uri("mlflow-artifacts:/1/models/m-abc/artifacts", "s3://mlflow-artifacts/") == \
         "s3://mlflow-artifacts/1/models/m-abc/artifacts"
     assert deploy.storage_uri("s3://bucket/1/models/m-abc/artifacts", "") == "s3://bucket/1/models/m-abc/artifacts"
-    with pytest.raises(deploy.DeployError, match="set serving.artifacts_destination"):
+    with pytest.raises(DeployError, match="set serving.artifacts_destination"):
         deploy.storage_uri("mlflow-artifacts:/1/models/m-abc/artifacts", "")
-    with pytest.raises(deploy.DeployError, match="not an object-store location"):
+    with pytest.raises(DeployError, match="not an object-store location"):
         deploy.storage_uri("/home/me/mlruns/1/models/m-abc/artifacts", "")
 
 
@@ -406,5 +407,5 @@ def test_the_promotion_patch_keeps_the_inference_service_valid(rendered):
 def test_deploy_without_cluster_credentials_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "absent-kubeconfig"))
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    with pytest.raises(deploy.DeployError, match="no Kubernetes credentials to patch InferenceService plmrec"):
+    with pytest.raises(DeployError, match="no Kubernetes credentials to patch InferenceService plmrec"):
         deploy.patch_inference_service("plmrec", "plmrec", "s3://b/1/models/m-x/artifacts")

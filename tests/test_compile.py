@@ -1,7 +1,7 @@
 import yaml
 from click.testing import CliRunner
 
-from conftest import ROOT
+from helpers import ROOT
 from plmrec.cli import main
 from plmrec.config import load_params
 
@@ -14,11 +14,11 @@ def test_compiled_pipeline_ir(tmp_path):
     spec = yaml.safe_load(out.read_text())
     assert spec["pipelineInfo"]["name"] == "plmrec-training"
     execs = spec["deploymentSpec"]["executors"]
-    gpu_steps = {"exec-pretrain-encoder", "exec-finetune-encoder", "exec-evaluate-retrieval"}
+    gpu_steps = {"exec-pretrain", "exec-finetune", "exec-evaluate-retrieval"}
     assert {n for n, e in execs.items() if e["container"]["image"] == "ghcr.io/plmrec/plmrec-cuda:0.1.0"} == gpu_steps
     assert {e["container"]["image"] for n, e in execs.items() if n not in gpu_steps} == {"registry.example/plmrec:test"}
     names = {c.removeprefix("comp-") for c in spec["components"]}
-    assert {"ingest", "validate-data", "prepare-data", "train-baseline", "evaluate-baseline", "finish-tracking"} <= names
+    assert {"ingest", "validate-raw", "prepare", "train-baseline", "evaluate-baseline", "finish-tracking"} <= names
     params = spec["root"]["inputDefinitions"]["parameters"]
     assert params["config"]["parameterType"] == "STRUCT"
     expected = load_params(ROOT / "params.yaml", ["pipeline.image=registry.example/plmrec:test"]).to_dict()
@@ -26,8 +26,8 @@ def test_compiled_pipeline_ir(tmp_path):
     tasks = spec["root"]["dag"]["tasks"]
     assert tasks["finish-tracking"]["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
     inner = spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]
-    assert inner["prepare-data"]["dependentTasks"] == ["ingest", "validate-data"]
-    assert inner["train-baseline"]["dependentTasks"] == ["prepare-data", "validate-data-2"]
+    assert inner["prepare"]["dependentTasks"] == ["ingest", "validate-raw"]
+    assert inner["train-baseline"]["dependentTasks"] == ["prepare", "validate-prepared"]
 
 
 def _pretrain_resources(*overrides):
@@ -40,8 +40,8 @@ def _pretrain_resources(*overrides):
         out = compile_pipeline(load_params(ROOT / "params.yaml", list(overrides)), Path(tmp) / "p.yaml")
         spec = yaml.safe_load(out.read_text())
     inner = spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]
-    assert inner["pretrain-encoder"]["dependentTasks"] == ["prepare-data", "validate-data-2"]
-    executor = spec["deploymentSpec"]["executors"]["exec-pretrain-encoder"]
+    assert inner["pretrain"]["dependentTasks"] == ["prepare", "validate-prepared"]
+    executor = spec["deploymentSpec"]["executors"]["exec-pretrain"]
     return executor["container"].get("resources", {})
 
 

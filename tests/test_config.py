@@ -2,11 +2,12 @@ from pathlib import Path
 
 import pytest
 
-from plmrec.config import ConfigError, Params, apply_overrides, load_params, parse_params
+from plmrec.config import Params, apply_overrides, load_params, parse_params
+from plmrec.errors import ConfigError
 
 
 def test_defaults_match_params_yaml(tmp_path):
-    from conftest import ROOT
+    from helpers import ROOT
 
     assert load_params(ROOT / "params.yaml") == Params()
 

@@ -8,7 +8,7 @@ import sys
 import pytest
 import yaml
 
-from conftest import ROOT, SMALL
+from helpers import ROOT, SMALL
 
 pytestmark = pytest.mark.integration
 
@@ -45,8 +45,8 @@ def test_dvc_repro_runs_only_what_changed(tmp_path):
     _run(dvc + ["init", "-q"], repo, env)
 
     first = _run(dvc + ["repro"], repo, env)
-    for stage in ("ingest", "validate_raw", "prepare", "validate_prepared", "train_baseline", "evaluate", "pretrain",
-                  "finetune", "evaluate_retrieval", "compare_models", "register"):
+    for stage in ("ingest", "validate-raw", "prepare", "validate-prepared", "train-baseline", "evaluate-baseline",
+                  "pretrain", "finetune", "evaluate-retrieval", "compare-models", "register-model"):
         assert f"Running stage '{stage}'" in first
     pretrain = yaml.safe_load((repo / "metrics" / "pretrain.json").read_text())["pretrain"]
     assert list(pretrain) == ["1-tapt-mlm", "2-dapt-tsdae"] and pretrain["1-tapt-mlm"]["steps"] == 3
@@ -78,7 +78,7 @@ def test_dvc_repro_runs_only_what_changed(tmp_path):
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     third = _run(dvc + ["repro"], repo, env)
     ran = {line.split("'")[1] for line in third.splitlines() if line.startswith("Running stage")}
-    assert ran == {"train_baseline", "evaluate", "evaluate_retrieval"}
+    assert ran == {"train-baseline", "evaluate-baseline", "evaluate-retrieval"}
     assert (repo / "data" / "raw.parquet").stat().st_mtime_ns == raw_mtime
     shown = _run(dvc + ["metrics", "show", "--json"], repo, env)
     assert "accuracy" in shown

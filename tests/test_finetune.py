@@ -6,11 +6,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import SMALL, shared, tiny_finetune_params
+from helpers import SMALL, shared, tiny_finetune_params
+from plmrec.errors import PairError
 from plmrec.config import FinetunePhaseParams, Params, SyntheticParams
 from plmrec.data.prepare import prepare_transactions
 from plmrec.finetune import pairs as P
-from plmrec.finetune.retrieval import load_encoder, score_encoder, temporal_queries
+from plmrec.encoders import load_encoder
+from plmrec.finetune.retrieval import score_encoder, temporal_queries
 from plmrec.finetune.run import build_pairs, finetune
 
 TRAIN_END = "2011-09-01"
@@ -50,7 +52,7 @@ def test_pairs_never_use_purchases_after_the_cutoff(prepared):
         assert not any("PLANTED" in a or "PLANTED" in b for a, b in pairs), task
 
     mislabelled = planted.assign(split="train")  # a row marked train but dated after the cut-off
-    with pytest.raises(P.PairError, match="on or after train_end=2011-09-01.*invoice 999999"):
+    with pytest.raises(PairError, match="on or after train_end=2011-09-01.*invoice 999999"):
         P.training_rows(pd.concat([prepared, mislabelled], ignore_index=True), TRAIN_END)
 
 

@@ -4,7 +4,7 @@
 import yaml
 from click.testing import CliRunner
 
-from conftest import ROOT
+from helpers import ROOT
 from plmrec.config import Params
 
 BASE = ROOT / "manifests" / "base"

@@ -3,7 +3,7 @@ import gzip
 import pandas as pd
 import pytest
 
-from conftest import shared
+from helpers import shared
 from plmrec.data.online_retail import load_transactions, transactions_to_csv_bytes
 from plmrec.data.schema import TRANSACTION_COLUMNS
 from plmrec.data.tables import read_table, write_table

@@ -3,14 +3,14 @@
 import mlflow
 import pytest
 
-from conftest import quick_recommenders_params, tiny_finetune_params, tiny_pretrain_params
+from helpers import quick_recommenders_params, tiny_finetune_params, tiny_pretrain_params
 from plmrec.data.online_retail import transactions_to_csv_bytes
 from plmrec.localrun import run_local
 from plmrec.tracking import RUN_KEY_TAG, STAGE_TAG
 
 pytestmark = pytest.mark.integration
-STAGES = {"ingest", "validate-raw", "prepare", "validate-prepared", "train-baseline", "evaluate", "pretrain", "finetune",
-          "evaluate-retrieval", "compare-models", "register-model"}
+STAGES = {"ingest", "validate-raw", "prepare", "validate-prepared", "train-baseline", "evaluate-baseline", "pretrain",
+          "finetune", "evaluate-retrieval", "compare-models", "register-model"}
 
 
 def _runs(uri, run_key):
@@ -53,7 +53,7 @@ def test_pipeline_runs_end_to_end(small_params, tiny_model_dir, mlflow_server, t
         return {f.path for f in client.list_artifacts(run.info.run_id, path)}
 
     assert "validation_raw/report.html" in listed(children["validate-raw"], "validation_raw")
-    assert "evaluation/confusion_matrix.png" in listed(children["evaluate"], "evaluation")
+    assert "evaluation/confusion_matrix.png" in listed(children["evaluate-baseline"], "evaluation")
     assert "baseline_model/model.json" in listed(children["train-baseline"], "baseline_model")
 
     pre = children["pretrain"]

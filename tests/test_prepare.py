@@ -1,7 +1,7 @@
 import pandas as pd
 import pytest
 
-from conftest import shared
+from helpers import shared
 from plmrec.config import CleanParams, SplitParams
 from plmrec.data.online_retail import load_transactions
 from plmrec.data.prepare import (

@@ -9,13 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import shared, tiny_pretrain_params
-from plmrec.config import ConfigError, PhaseParams, parse_params
+from helpers import shared, tiny_pretrain_params
+from plmrec.config import PhaseParams, parse_params
 from plmrec.pretrain.corpus import cap_text, dapt_corpus, finish_corpus, tapt_corpus
-from plmrec.pretrain.models import PretrainConfigError, check_base_model
+from plmrec.errors import ConfigError, TrainingConfigError
+from plmrec.pretrain.models import check_base_model
 from plmrec.pretrain.objectives import MaskedLM, Tsdae, delete_words, make_objective, mask_tokens, word_start_table
 from plmrec.pretrain.schedule import check_schedule, run_schedule
-from plmrec.pretrain.trainer import TrainConfig, latest_checkpoint, train
+from plmrec.training.checkpoints import latest_checkpoint
+from plmrec.training.loop import TrainConfig, train
 
 SENTENCES = ["RED HEART T-LIGHT HOLDER", "VINTAGE GLASS CAKE STAND", "SET OF 3 SANTA GIFT BOXS",
              "BLUE NAUTICAL ANCHOR MUG", "PINK WEDDING BUNTING", "GREEN GARDEN BIRD ORNAMENT",
@@ -115,14 +117,14 @@ def test_interrupted_training_resumes_where_it_stopped(tiny_model_dir, tmp_path)
 
     obj, ex = fresh()
     with pytest.raises(Killed):
-        train(obj, ex, cfg, tmp_path / "ckpt", on_step=kill_at_5)
+        train(obj, ex, cfg, checkpoint_dir=tmp_path / "ckpt", on_step=kill_at_5)
     ckpt = latest_checkpoint(tmp_path / "ckpt")
     assert ckpt.name == "step-00000004.pt"  # lost one step, less than one checkpoint interval
     saved = torch.load(ckpt, weights_only=False)
     assert saved["step"] == 4 and int(saved["optimizer"]["state"][0]["step"]) == 4
 
     obj, ex = fresh()
-    resumed = train(obj, ex, cfg, tmp_path / "ckpt")
+    resumed = train(obj, ex, cfg, checkpoint_dir=tmp_path / "ckpt")
     assert resumed.resumed_from_step == 4 and resumed.steps == 9
     assert [s for s, _ in resumed.losses] == list(range(1, 10))
     np.testing.assert_allclose([v for _, v in resumed.losses], [v for _, v in reference.losses], rtol=1e-5)
@@ -133,10 +135,10 @@ def test_interrupted_training_resumes_where_it_stopped(tiny_model_dir, tmp_path)
 def test_checkpoint_from_other_settings_is_refused(tiny_model_dir, tmp_path):
     obj = MaskedLM(str(tiny_model_dir), 32, packing=False)
     ex = obj.encode(SENTENCES)
-    train(obj, ex, _cfg(steps=4, checkpoint_every=2), tmp_path / "ckpt", on_step=lambda s, r: None)
+    train(obj, ex, _cfg(steps=4, checkpoint_every=2), checkpoint_dir=tmp_path / "ckpt", on_step=lambda s, r: None)
     assert latest_checkpoint(tmp_path / "ckpt") is not None
-    with pytest.raises(PretrainConfigError, match="was written with"):
-        train(MaskedLM(str(tiny_model_dir), 32, packing=False), ex, _cfg(steps=4, learning_rate=1e-4), tmp_path / "ckpt")
+    with pytest.raises(TrainingConfigError, match="was written with"):
+        train(MaskedLM(str(tiny_model_dir), 32, packing=False), ex, _cfg(steps=4, learning_rate=1e-4), checkpoint_dir=tmp_path / "ckpt")
 
 
 def test_bad_configuration_fails_before_training(tiny_model_dir, tmp_path):
@@ -144,17 +146,17 @@ def test_bad_configuration_fails_before_training(tiny_model_dir, tmp_path):
         parse_params({"pretrain": {"phases": [{"corpus": "tapt", "objective": "mlmx", "steps": 3}]}})
     with pytest.raises(ConfigError, match="exactly one of steps or epochs"):
         parse_params({"pretrain": {"phases": [{"corpus": "tapt", "objective": "mlm"}]}})
-    with pytest.raises(PretrainConfigError, match="unknown pretraining objective 'clm'"):
+    with pytest.raises(TrainingConfigError, match="unknown pretraining objective 'clm'"):
         make_objective("clm", str(tiny_model_dir), 32)
-    with pytest.raises(PretrainConfigError, match="TAPT corpus is empty"):
+    with pytest.raises(TrainingConfigError, match="TAPT corpus is empty"):
         check_schedule(tiny_pretrain_params(tiny_model_dir), {"tapt": []})
-    with pytest.raises(PretrainConfigError, match="does not exist"):
+    with pytest.raises(TrainingConfigError, match="does not exist"):
         check_base_model(str(tmp_path / "no-such-model"))
     (tmp_path / "empty-dir").mkdir()
-    with pytest.raises(PretrainConfigError, match="no config.json"):
+    with pytest.raises(TrainingConfigError, match="no config.json"):
         check_base_model(str(tmp_path / "empty-dir"))
     params = tiny_pretrain_params(tmp_path / "missing" / "model")
-    with pytest.raises(PretrainConfigError, match="does not exist"):
+    with pytest.raises(TrainingConfigError, match="does not exist"):
         run_schedule(params, {"tapt": SENTENCES}, tmp_path / "out", progress=False)
     assert not (tmp_path / "out" / "phases").exists()  # nothing trained
 

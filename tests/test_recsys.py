@@ -5,8 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import conftest
-from conftest import SMALL
+import helpers
+from helpers import SMALL
 from plmrec.config import ClassifierParams, Params, RecommendersParams, SyntheticParams
 from plmrec.data.prepare import prepare_transactions
 from plmrec.features import EmbeddingFeatures
@@ -28,7 +28,7 @@ def prepared():
 @pytest.fixture(scope="module")
 def minilm_items(prepared):
     """Item embeddings from the offline MiniLM (the default base model)."""
-    return conftest.minilm_items(prepared)[0]
+    return helpers.minilm_items(prepared)[0]
 
 
 def test_ablation_rows_are_cumulative():

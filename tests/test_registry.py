@@ -10,7 +10,8 @@ import mlflow
 import pytest
 import requests
 
-from conftest import plmrec_server
+from helpers import plmrec_server
+from plmrec.errors import RegistryError
 from plmrec import registry
 from plmrec.config import Params, RegistryParams
 from plmrec.runs import compare_runs
@@ -28,7 +29,7 @@ def test_the_rule_alone():
     assert not promote and "recall@10 drops by 0.0100" in reason and guards["recall@10"]["drop"] == pytest.approx(0.01)
     promote, reason, primary, _ = registry.decide({"ndcg@10": 0.32, "recall@10": 0.397}, champ, rp)
     assert promote and primary["gain"] == pytest.approx(0.02)
-    with pytest.raises(registry.RegistryError, match="no 'ndcg@10' metric"):
+    with pytest.raises(RegistryError, match="no 'ndcg@10' metric"):
         registry.decide({"map@5": 0.1}, champ, rp)
 
 
@@ -120,8 +121,9 @@ def test_runs_compare_prints_pipeline_runs_side_by_side(mlflow_server):
     params = Params()
     params.tracking.uri = mlflow_server
     params.tracking.experiment = "runs-compare-test"
-    log_parent_metrics(params, "key-a", mlflow_server, {"test_ndcg_at_10_ltr": 0.31})
-    log_parent_metrics(params, "key-b", mlflow_server, {"test_ndcg_at_10_ltr": 0.35, "registered_version": 2})
+    log_parent_metrics(params, {"test_ndcg_at_10_ltr": 0.31}, run_key="key-a", tracking_uri=mlflow_server)
+    log_parent_metrics(params, {"test_ndcg_at_10_ltr": 0.35, "registered_version": 2}, run_key="key-b",
+                       tracking_uri=mlflow_server)
     table = compare_runs(mlflow.MlflowClient(mlflow_server), "runs-compare-test", 5)
     assert list(table.columns) == ["pipeline-key-b", "pipeline-key-a"]  # newest first
     assert table.loc["test_ndcg_at_10_ltr"].tolist() == ["0.35", "0.31"]
@@ -141,9 +143,9 @@ def test_gate_on_the_local_sqlite_store(serving_bundles, tmp_path):
     client = mlflow.MlflowClient(params.tracking.uri)
     v1 = _register(params, serving_bundles["popularity"], {"ndcg@10": 0.2, "recall@10": 0.3, "precision@5": 0.1})
     assert registry.gate(client, params.registry, v1).promoted
-    with pytest.raises(registry.RegistryError, match="already the champion"):
+    with pytest.raises(RegistryError, match="already the champion"):
         registry.gate(client, params.registry, v1)
-    with pytest.raises(registry.RegistryError, match="nothing to roll back to"):
+    with pytest.raises(RegistryError, match="nothing to roll back to"):
         registry.rollback(client, params.registry)
     v2 = _register(params, serving_bundles["popularity"], {"ndcg@10": 0.3, "recall@10": 0.3, "precision@5": 0.1})
     assert registry.gate(client, params.registry, v2).promoted

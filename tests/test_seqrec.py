@@ -4,10 +4,11 @@ import shutil
 
 import pytest
 
-from conftest import shared
+from helpers import shared
 from plmrec.data.seqrec import load_seqrec
 from plmrec.errors import DataLoadError
-from plmrec.finetune.retrieval import load_encoder, score_encoder, seqrec_queries
+from plmrec.encoders import load_encoder
+from plmrec.finetune.retrieval import score_encoder, seqrec_queries
 from plmrec.pretrain.models import resolve_base_model
 
 pytestmark = pytest.mark.realdata

@@ -7,10 +7,11 @@ import pandas as pd
 import pytest
 import requests
 
-from conftest import plmrec_server
+from helpers import plmrec_server
 from plmrec.config import ServingParams
-from plmrec.serving.bundle import BundleError, Recommender, UnknownCustomer, find_bundle
-from plmrec.serving.requests import RequestError, parse_v1
+from plmrec.errors import BundleError, RequestError, UnknownCustomer
+from plmrec.serving.bundle import Recommender, find_bundle
+from plmrec.serving.requests import parse_v1
 
 
 @pytest.fixture(scope="module")
@@ -104,10 +105,10 @@ def test_request_parsing_names_the_field():
     for payload, message in cases:
         with pytest.raises(RequestError, match=re.escape(message)) as err:
             parse_v1(payload, limits)
-        assert err.value.status == 400
+        assert err.value.http_status == 400
     with pytest.raises(RequestError) as err:
         parse_v1({"instances": [{"customer_id": 1}] * 65}, limits)
-    assert err.value.status == 413
+    assert err.value.http_status == 413
 
 
 # ---------------------------------------------------------------------------------------------- HTTP

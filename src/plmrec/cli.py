@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from plmrec import __version__
-from plmrec.config import ConfigError, load_params
+from plmrec.config import load_params
 from plmrec.errors import PlmrecError
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
@@ -25,16 +25,14 @@ set_option = click.option("-S", "--set", "overrides", multiple=True, metavar="KE
 
 
 class _Group(click.Group):
-    """Turns plmrec's own errors into one clear line and exit code 2 (validation: 3)."""
+    """Turns plmrec's own errors into one clear line and the error's exit code (plmrec.errors)."""
 
     def invoke(self, ctx):
-        from plmrec.errors import DataValidationFailed
-
         try:
             return super().invoke(ctx)
-        except (ConfigError, PlmrecError) as exc:
+        except PlmrecError as exc:
             click.secho(f"error: {exc}", fg="red", err=True)
-            sys.exit(3 if isinstance(exc, DataValidationFailed) else 2)
+            sys.exit(exc.exit_code)
 
 
 def _params_for_every_command(ctx, param, value):
@@ -280,6 +278,10 @@ def stage():
     """Run one pipeline stage on files (what dvc.yaml calls)."""
 
 
+prepared_option = click.option("--prepared", type=click.Path(dir_okay=False, exists=True), required=True,
+                               help="the prepare stage's table")
+
+
 @stage.command("ingest")
 @params_option
 @set_option
@@ -291,17 +293,23 @@ def stage_ingest(params_path, overrides, out):
     stages.ingest(load_params(params_path, overrides), out)
 
 
-@stage.command("validate")
-@params_option
-@set_option
-@click.option("--suite", type=click.Choice(["raw", "prepared"]), required=True)
-@click.option("--table", type=click.Path(dir_okay=False, exists=True), required=True)
-@click.option("--report-dir", type=click.Path(file_okay=False), required=True)
-def stage_validate(params_path, overrides, suite, table, report_dir):
-    """Run a validation suite on a parquet table."""
-    from plmrec import stages
+def _validation_command(suite: str):
+    @stage.command(f"validate-{suite}", help=f"Run the '{suite}' validation suite on a parquet table.")
+    @params_option
+    @set_option
+    @click.option("--table", type=click.Path(dir_okay=False, exists=True), required=True)
+    @click.option("--report-dir", type=click.Path(file_okay=False), required=True)
+    def command(params_path, overrides, table, report_dir):
+        from plmrec import stages
 
-    stages.validate(load_params(params_path, overrides), suite, table, report_dir)
+        run = stages.validate_raw if suite == "raw" else stages.validate_prepared
+        run(load_params(params_path, overrides), table, report_dir)
+
+    return command
+
+
+stage_validate_raw = _validation_command("raw")
+stage_validate_prepared = _validation_command("prepared")
 
 
 @stage.command("prepare")
@@ -319,55 +327,63 @@ def stage_prepare(params_path, overrides, raw_path, out):
 @stage.command("train-baseline")
 @params_option
 @set_option
-@click.option("--prepared", type=click.Path(dir_okay=False, exists=True), required=True)
+@prepared_option
 @click.option("--model-dir", type=click.Path(file_okay=False), required=True)
-def stage_train(params_path, overrides, prepared, model_dir):
+def stage_train_baseline(params_path, overrides, prepared, model_dir):
     """Train the non-text XGBoost baseline."""
     from plmrec import stages
 
     stages.train_baseline(load_params(params_path, overrides), prepared, model_dir)
 
 
-@stage.command("evaluate")
+@stage.command("evaluate-baseline")
 @params_option
 @set_option
-@click.option("--prepared", type=click.Path(dir_okay=False, exists=True), required=True)
+@prepared_option
 @click.option("--model-dir", type=click.Path(file_okay=False, exists=True), required=True)
 @click.option("--metrics", type=click.Path(dir_okay=False), required=True)
 @click.option("--plots-dir", type=click.Path(file_okay=False), required=True)
-def stage_evaluate(params_path, overrides, prepared, model_dir, metrics, plots_dir):
+def stage_evaluate_baseline(params_path, overrides, prepared, model_dir, metrics, plots_dir):
     """Evaluate the baseline on the test split."""
     from plmrec import stages
 
-    stages.evaluate_baseline(load_params(params_path, overrides), prepared, model_dir, metrics, plots_dir)
+    stages.evaluate_baseline(load_params(params_path, overrides), prepared, model_dir, metrics_path=metrics,
+                             plots_dir=plots_dir)
+
+
+def _copy_outputs(out_dir: str, plots: dict[str, Path]) -> None:
+    """Copy the stage's pictures (name in out_dir -> target) where DVC tracks them as plots."""
+    import shutil
+
+    for name, target in plots.items():
+        if (Path(out_dir) / name).exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(Path(out_dir) / name, target)
 
 
 @stage.command("pretrain")
 @params_option
 @set_option
-@click.option("--prepared", type=click.Path(dir_okay=False, exists=True), required=True)
+@prepared_option
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True)
 @click.option("--metrics", type=click.Path(dir_okay=False), default=None, help="write per-phase figures here (JSON)")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="copy the loss curve PNG here")
 def stage_pretrain(params_path, overrides, prepared, out_dir, metrics, plot):
     """DAPT/TAPT pretraining (MLM, TSDAE) of the encoder; resumes an interrupted run."""
-    import shutil
-
     from plmrec import stages
 
     report = stages.pretrain(load_params(params_path, overrides), prepared, out_dir)
     if metrics:
         Path(metrics).parent.mkdir(parents=True, exist_ok=True)
         Path(metrics).write_text(json.dumps(stages.pretrain_summary(report), indent=2))
-    if plot and (Path(out_dir) / "loss_curve.png").exists():
-        Path(plot).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(Path(out_dir) / "loss_curve.png", plot)
+    if plot:
+        _copy_outputs(out_dir, {"loss_curve.png": Path(plot)})
 
 
 @stage.command("finetune")
 @params_option
 @set_option
-@click.option("--prepared", type=click.Path(dir_okay=False, exists=True), required=True)
+@prepared_option
 @click.option("--pretrained", type=click.Path(file_okay=False), default=None,
               help="the pretrain stage's output (needed unless finetune.start_from is base)")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True)
@@ -376,26 +392,23 @@ def stage_pretrain(params_path, overrides, prepared, out_dir, metrics, plot):
               help="copy the loss curve and embedding picture here")
 def stage_finetune(params_path, overrides, prepared, pretrained, out_dir, metrics, plots_dir):
     """Contrastive fine-tuning, then item/user embeddings and the item index."""
-    import shutil
-
     from plmrec import stages
 
-    report = stages.finetune(load_params(params_path, overrides), prepared, pretrained, out_dir)
+    report = stages.finetune(load_params(params_path, overrides), prepared, pretrained, out_dir=out_dir)
     if metrics:
         Path(metrics).parent.mkdir(parents=True, exist_ok=True)
         Path(metrics).write_text(json.dumps({"finetune": {**stages.finetune_summary(report),
                                                           "embeddings": report["embeddings"]}}, indent=2))
     if plots_dir:
         Path(plots_dir).mkdir(parents=True, exist_ok=True)
-        for name, target in (("loss_curve.png", "finetune_loss.png"), ("embedding_pca.png", "embedding_pca.png")):
-            if (Path(out_dir) / name).exists():
-                shutil.copyfile(Path(out_dir) / name, Path(plots_dir) / target)
+        _copy_outputs(out_dir, {"loss_curve.png": Path(plots_dir) / "finetune_loss.png",
+                                "embedding_pca.png": Path(plots_dir) / "embedding_pca.png"})
 
 
 @stage.command("evaluate-retrieval")
 @params_option
 @set_option
-@click.option("--prepared", type=click.Path(dir_okay=False, exists=True), required=True)
+@prepared_option
 @click.option("--pretrained", type=click.Path(file_okay=False), default=None)
 @click.option("--finetuned", type=click.Path(file_okay=False), default=None)
 @click.option("--metrics", type=click.Path(dir_okay=False), required=True)
@@ -404,14 +417,14 @@ def stage_evaluate_retrieval(params_path, overrides, prepared, pretrained, finet
     """Next-item retrieval (full ranking) for the base, pretrained and fine-tuned encoders."""
     from plmrec import stages
 
-    stages.evaluate_retrieval(load_params(params_path, overrides), prepared, pretrained, finetuned, metrics,
-                              tables_dir)
+    stages.evaluate_retrieval(load_params(params_path, overrides), prepared, pretrained, finetuned_dir=finetuned,
+                              metrics_path=metrics, tables_dir=tables_dir)
 
 
 @stage.command("compare-models")
 @params_option
 @set_option
-@click.option("--prepared", type=click.Path(dir_okay=False, exists=True), required=True)
+@prepared_option
 @click.option("--finetuned", type=click.Path(file_okay=False, exists=True), required=True,
               help="the finetune stage's output (item_embeddings.parquet)")
 @click.option("--metrics", type=click.Path(dir_okay=False), required=True)
@@ -422,33 +435,30 @@ def stage_compare_models(params_path, overrides, prepared, finetuned, metrics, r
     """XGBoost with and without PLM features, ALS and its PLM variants, learning to rank, over seeds."""
     from plmrec import stages
 
-    stages.compare_models(load_params(params_path, overrides), prepared, finetuned, metrics, reports_dir,
-                          bundle_dir=bundle_dir)
+    stages.compare_models(load_params(params_path, overrides), prepared, finetuned, metrics_path=metrics,
+                          reports_dir=reports_dir, bundle_dir=bundle_dir)
 
 
-@stage.command("register")
+@stage.command("register-model")
 @params_option
 @set_option
 @click.option("--bundle", "bundle_dir", type=click.Path(file_okay=False, exists=True), required=True)
 @click.option("--prepared", type=click.Path(dir_okay=False, exists=True), required=True,
               help="the prepared table (its md5, DVC's data version, is attached to the version)")
 @click.option("--decision", type=click.Path(dir_okay=False), required=True, help="where the gate's decision goes")
-def stage_register(params_path, overrides, bundle_dir, prepared, decision):
+def stage_register_model(params_path, overrides, bundle_dir, prepared, decision):
     """Register the bundle in the MLflow registry as @challenger; promote it to @champion if it passes the gate."""
     from plmrec import stages
 
-    stages.register_model(load_params(params_path, overrides), bundle_dir, prepared, decision)
+    stages.register_model(load_params(params_path, overrides), bundle_dir, prepared, decision_path=decision)
 
 
 # ---------------------------------------------------------------------------- registry and serving
 def _registry_client(p):
-    import mlflow
+    from plmrec import tracking
 
-    from plmrec.tracking import resolve_tracking_uri
-
-    uri = resolve_tracking_uri(p)
-    mlflow.set_tracking_uri(uri)
-    return mlflow.MlflowClient(uri), uri
+    uri = tracking.resolve_tracking_uri(p)
+    return tracking.client(uri), uri
 
 
 @main.command()

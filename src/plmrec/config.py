@@ -12,11 +12,13 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from plmrec.errors import ConfigError
+from plmrec.ranking import RANKING_METRICS
+
 DEFAULT_PARAMS_FILE = "params.yaml"
+DEFAULT_IMAGE = "ghcr.io/plmrec/plmrec:0.1.0"  # the component image, also the KFP components' base_image
 
 
-class ConfigError(ValueError):
-    """A configuration file or override is invalid; the message names the key."""
 
 
 class _Section(BaseModel):
@@ -329,14 +331,14 @@ class RecommendersParams(_Section):
     @model_validator(mode="after")
     def _primary_is_computed(self) -> "RecommendersParams":
         name, _, k = self.primary_metric.partition("@")
-        if name not in ("precision", "recall", "f1", "map", "ndcg") or not k.isdigit() or int(k) not in self.ks:
+        if name not in RANKING_METRICS or not k.isdigit() or int(k) not in self.ks:
             raise ValueError(f"primary_metric '{self.primary_metric}' must be <precision|recall|f1|map|ndcg>@<k> "
                              f"with k in ks {self.ks}")
         return self
 
 
-_RANKING_METRICS = ("precision", "recall", "f1", "map", "ndcg")
-SERVED_MODELS = ("auto", "popularity", "mf", "mf+cluster", "mf+similarity", "text_neighbours", "ltr")
+RECOMMENDER_MODELS = ("popularity", "mf", "mf+cluster", "mf+similarity", "text_neighbours", "ltr")
+SERVED_MODELS = ("auto", *RECOMMENDER_MODELS)
 
 
 class RegistryParams(_Section):
@@ -385,7 +387,7 @@ def _cpu_step_resources() -> ResourceParams:
 
 class PipelineParams(_Section):
     name: str = "plmrec-training"
-    image: str = Field("ghcr.io/plmrec/plmrec:0.1.0", description="component image (docker/Dockerfile)")
+    image: str = Field(DEFAULT_IMAGE, description="component image (docker/Dockerfile)")
     gpu_image: str = Field("ghcr.io/plmrec/plmrec-cuda:0.1.0",
                            description="image of the steps that request an accelerator (docker/Dockerfile.cuda)")
     image_pull_secrets: list[str] = Field(default_factory=list)
@@ -415,7 +417,7 @@ class Params(_Section):
         ks = self.recommenders.ks
         for metric in [self.registry.primary_metric, *self.registry.guard_metrics]:
             name, _, k = metric.partition("@")
-            if name not in _RANKING_METRICS or not k.isdigit() or int(k) not in ks:
+            if name not in RANKING_METRICS or not k.isdigit() or int(k) not in ks:
                 raise ValueError(f"registry metric '{metric}' must be <precision|recall|f1|map|ndcg>@<k> with k in "
                                  f"recommenders.ks {ks}")
         if self.serving.default_k > self.serving.max_k:

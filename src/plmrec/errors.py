@@ -1,10 +1,31 @@
-"""Errors that carry a message meant for the person running the pipeline."""
+"""Every error plmrec raises on purpose, in one catalogue.
+
+Each class knows how it ends a command (`exit_code`, read by the CLI) and, where it can reach the
+model server, the HTTP status it is answered with (`http_status`). The message says what was
+wrong, where, and the fix. Exit codes: 1 a run failed or was interrupted, 2 bad configuration or
+unreadable input, 3 data validation failed.
+"""
+
+from __future__ import annotations
 
 
 class PlmrecError(Exception):
     """Base class: the message says what was wrong and where."""
 
+    exit_code = 2
+    http_status = 500
 
+
+# ---------------------------------------------------------------------------- configuration
+class ConfigError(PlmrecError, ValueError):
+    """A configuration file or override is invalid; the message names the key."""
+
+
+class TrainingConfigError(PlmrecError):
+    """A pretraining, fine-tuning or training-loop setting cannot work; raised before training starts."""
+
+
+# ---------------------------------------------------------------------------- data
 class DataLoadError(PlmrecError):
     """A data file could not be read into a table (missing, empty, corrupt, wrong encoding)."""
 
@@ -12,6 +33,63 @@ class DataLoadError(PlmrecError):
 class DataValidationFailed(PlmrecError):
     """A great-expectations suite failed; `report_path` points at the written report."""
 
+    exit_code = 3
+
     def __init__(self, message: str, report_path: str | None = None):
         super().__init__(message)
         self.report_path = report_path
+
+
+class PairError(PlmrecError):
+    """Fine-tuning pairs cannot be built as asked (for example, they would leak the evaluation window)."""
+
+
+# ---------------------------------------------------------------------------- training
+class TrainingInterrupted(PlmrecError):
+    """Stopped by SIGTERM after saving a checkpoint; rerunning resumes from it."""
+
+    exit_code = 1
+
+
+class StageError(PlmrecError):
+    """A stage cannot run with what the earlier stages left (a missing encoder, an unevaluated model)."""
+
+
+# ---------------------------------------------------------------------------- registry and cluster
+class RegistryError(PlmrecError):
+    """The model registry cannot do what was asked (no such alias, nothing to roll back to, no metric)."""
+
+
+class ManifestError(PlmrecError):
+    """A kustomize overlay cannot be rendered or checked."""
+
+
+class SubmitError(PlmrecError):
+    """Kubeflow Pipelines refused or could not be reached."""
+
+
+class DeployError(PlmrecError):
+    """The InferenceService cannot be pointed at a registered version."""
+
+
+# ---------------------------------------------------------------------------- serving
+class BundleError(PlmrecError):
+    """A serving bundle is missing, incomplete or of another format: the server cannot answer."""
+
+
+class RequestError(PlmrecError, ValueError):
+    """A client mistake, answered with `http_status` (400 unless given) and `{"error": message}`."""
+
+    http_status = 400
+
+    def __init__(self, reason: str, status: int | None = None):
+        super().__init__(reason)
+        self.reason = reason
+        if status is not None:
+            self.http_status = status
+
+
+class UnknownCustomer(PlmrecError):
+    """The served model knows nothing to recommend from: an unknown customer, a basket of unknown codes."""
+
+    http_status = 404

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-DAY_NS = 86_400 * 10**9
+from plmrec.data.schema import DAY_NS
 
 FEATURE_GROUPS = {
     "transaction": ["unit_price", "log_unit_price", "hour", "weekday", "month", "day_of_month"],

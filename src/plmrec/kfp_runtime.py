@@ -1,4 +1,5 @@
-"""What the KFP components run inside their container: artifact paths in, `plmrec.stages` calls, metrics out.
+"""What the KFP components run inside their container: artifact paths in, `plmrec.stages` calls,
+metrics out. One function per stage, named as the stage (and its component).
 
 Kept outside `plmrec.components` so the executor never imports the component definitions.
 """
@@ -10,10 +11,11 @@ import shutil
 from pathlib import Path
 
 from plmrec import stages, tracking
-from plmrec.config import parse_params
+from plmrec.config import Params, parse_params
+from plmrec.reports import image_html
 
 
-def _setup(config: dict, tracking_uri: str):
+def _setup(config: dict, tracking_uri: str) -> tuple[Params, str]:
     params = parse_params(config, origin="pipeline parameter 'config'")
     return params, tracking_uri or tracking.resolve_tracking_uri(params)
 
@@ -24,58 +26,65 @@ def _log(metrics_artifact, values: dict) -> None:
             metrics_artifact.log_metric(k, float(v))
 
 
-def ingest_task(config, tracking_uri, run_key, raw_data, ingest_metrics) -> None:
+def ingest(config: dict, tracking_uri: str, run_key: str, *, raw_data, ingest_metrics) -> None:
     params, uri = _setup(config, tracking_uri)
-    out = stages.ingest(params, raw_data.path, run_key, uri)
+    out = stages.ingest(params, raw_data.path, run_key=run_key, tracking_uri=uri)
     raw_data.metadata.update({"rows": out["rows"], "format": "parquet", "source": params.data.source})
     _log(ingest_metrics, {"rows": out["rows"], "invoices": out["invoices"]})
 
 
-def validate_task(config, tracking_uri, run_key, suite, table, report, report_files, validation_metrics) -> None:
+def _validate(config: dict, tracking_uri: str, run_key: str, *, suite: str, table, report, report_files,
+              validation_metrics) -> None:
     params, uri = _setup(config, tracking_uri)
     report_dir = Path(report_files.path)
+    run = stages.validate_raw if suite == "raw" else stages.validate_prepared
     try:
-        outcome = stages.validate(params, suite, table.path, report_dir, run_key, uri)
+        outcome = run(params, table.path, report_dir, run_key=run_key, tracking_uri=uri)
     finally:
         if (report_dir / "report.html").exists():
             shutil.copyfile(report_dir / "report.html", report.path)
     _log(validation_metrics, {"expectations_evaluated": outcome.evaluated, "expectations_failed": len(outcome.failures)})
 
 
-def prepare_task(config, tracking_uri, run_key, raw_data, prepared_data, prepare_metrics) -> None:
+def validate_raw(config: dict, tracking_uri: str, run_key: str, **artifacts) -> None:
+    _validate(config, tracking_uri, run_key, suite="raw", **artifacts)
+
+
+def validate_prepared(config: dict, tracking_uri: str, run_key: str, **artifacts) -> None:
+    _validate(config, tracking_uri, run_key, suite="prepared", **artifacts)
+
+
+def prepare(config: dict, tracking_uri: str, run_key: str, *, raw_data, prepared_data, prepare_metrics) -> None:
     params, uri = _setup(config, tracking_uri)
-    meta = stages.prepare(params, raw_data.path, prepared_data.path, run_key, uri)
+    meta = stages.prepare(params, raw_data.path, prepared_data.path, run_key=run_key, tracking_uri=uri)
     prepared_data.metadata.update({"rows": meta["split"]["rows"], "label_thresholds": meta["label_thresholds"],
                                    "train_end": meta["split"]["train_end"], "valid_end": meta["split"]["valid_end"]})
     _log(prepare_metrics, {f"rows_{k}": v for k, v in meta["split"]["rows"].items()})
     _log(prepare_metrics, {f"dropped_{k}": v for k, v in meta["cleaning"]["dropped"].items()})
 
 
-def train_baseline_task(config, tracking_uri, run_key, prepared_data, model, train_metrics) -> None:
+def train_baseline(config: dict, tracking_uri: str, run_key: str, *, prepared_data, model, train_metrics) -> None:
     params, uri = _setup(config, tracking_uri)
-    info = stages.train_baseline(params, prepared_data.path, model.path, run_key, uri)
+    info = stages.train_baseline(params, prepared_data.path, model.path, run_key=run_key, tracking_uri=uri)
     model.metadata.update({"framework": "xgboost", "features": info["features"]})
     _log(train_metrics, {f"valid_{k}": v for k, v in info["valid"].items()})
 
 
-def evaluate_baseline_task(config, tracking_uri, run_key, prepared_data, model, test_metrics, confusion) -> None:
+def evaluate_baseline(config: dict, tracking_uri: str, run_key: str, *, prepared_data, model, test_metrics,
+                      confusion) -> None:
     params, uri = _setup(config, tracking_uri)
     plots = Path(test_metrics.path).parent / "plots"
-    m = stages.evaluate_baseline(params, prepared_data.path, model.path, Path(plots) / "metrics.json",
-                                 plots, run_key, uri)
-    _log(test_metrics, {f"test_{k}": v for k, v in m.items()})
-    confusion.log_confusion_matrix([str(i) for i in range(params.clean.n_quantity_labels)], m["confusion_matrix"])
+    metrics = stages.evaluate_baseline(params, prepared_data.path, model.path, metrics_path=plots / "metrics.json",
+                                       plots_dir=plots, run_key=run_key, tracking_uri=uri)
+    _log(test_metrics, {f"test_{k}": v for k, v in metrics.items()})
+    confusion.log_confusion_matrix([str(i) for i in range(params.clean.n_quantity_labels)],
+                                   metrics["confusion_matrix"])
 
 
-def finish_task(config, tracking_uri, run_key, state: str, message: str) -> None:
+def pretrain(config: dict, tracking_uri: str, run_key: str, *, prepared_data, model, pretrain_metrics,
+             loss_curve) -> None:
     params, uri = _setup(config, tracking_uri)
-    run_id = tracking.finish_parent(uri, params, run_key, state, message)
-    print(json.dumps({"mlflow_parent_run": run_id, "state": state}))
-
-
-def pretrain_task(config, tracking_uri, run_key, prepared_data, model, pretrain_metrics, loss_curve) -> None:
-    params, uri = _setup(config, tracking_uri)
-    report = stages.pretrain(params, prepared_data.path, model.path, run_key, uri)
+    report = stages.pretrain(params, prepared_data.path, model.path, run_key=run_key, tracking_uri=uri)
     model.metadata.update({"framework": "sentence-transformers", "base_model": params.pretrain.base_model,
                            "schedule": [p["label"] for p in report["phases"]],
                            "hf_dir": "hf", "sentence_transformer_dir": "sentence-transformer"})
@@ -83,20 +92,14 @@ def pretrain_task(config, tracking_uri, run_key, prepared_data, model, pretrain_
         _log(pretrain_metrics, {f"{label}_{k}": v for k, v in figures.items()})
     png = Path(model.path) / "loss_curve.png"
     extra = "" if png.exists() else "<p>pretraining disabled: base model exported unchanged</p>"
-    Path(loss_curve.path).write_text(_image_html("Pretraining loss per phase", [png], extra))
+    Path(loss_curve.path).write_text(image_html("Pretraining loss per phase", [png], extra))
 
 
-def _image_html(title: str, pngs: list[Path], extra: str = "") -> str:
-    import base64
-
-    imgs = "".join(f'<img alt="{p.stem}" src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}">'
-                   for p in pngs if p.exists())
-    return f"<html><body><h3>{title}</h3>{imgs}{extra}</body></html>"
-
-
-def finetune_task(config, tracking_uri, run_key, prepared_data, pretrained, model, finetune_metrics, plots) -> None:
+def finetune(config: dict, tracking_uri: str, run_key: str, *, prepared_data, pretrained, model, finetune_metrics,
+             plots) -> None:
     params, uri = _setup(config, tracking_uri)
-    report = stages.finetune(params, prepared_data.path, pretrained.path, model.path, run_key, uri)
+    report = stages.finetune(params, prepared_data.path, pretrained.path, out_dir=model.path, run_key=run_key,
+                             tracking_uri=uri)
     model.metadata.update({"framework": "sentence-transformers", "start_model": report["start_model"],
                            "schedule": [p["label"] for p in report["phases"]],
                            "sentence_transformer_dir": "sentence-transformer",
@@ -106,16 +109,17 @@ def finetune_task(config, tracking_uri, run_key, prepared_data, pretrained, mode
         _log(finetune_metrics, {f"{label}_{k}": v for k, v in figures.items()})
     _log(finetune_metrics, {f"embed_{k}": v for k, v in report["embeddings"].items()})
     out = Path(model.path)
-    Path(plots.path).write_text(_image_html("Fine-tuning loss and item embedding space",
+    Path(plots.path).write_text(image_html("Fine-tuning loss and item embedding space",
                                             [out / "loss_curve.png", out / "embedding_pca.png"]))
 
 
-def evaluate_retrieval_task(config, tracking_uri, run_key, prepared_data, pretrained, finetuned,
-                            retrieval_metrics, table) -> None:
+def evaluate_retrieval(config: dict, tracking_uri: str, run_key: str, *, prepared_data, pretrained, finetuned,
+                       retrieval_metrics, table) -> None:
     params, uri = _setup(config, tracking_uri)
     tables_dir = Path(table.path).parent / "tables"
-    results = stages.evaluate_retrieval(params, prepared_data.path, pretrained.path, finetuned.path,
-                                        tables_dir / "metrics.json", tables_dir, run_key, uri)
+    results = stages.evaluate_retrieval(params, prepared_data.path, pretrained.path, finetuned_dir=finetuned.path,
+                                        metrics_path=tables_dir / "metrics.json", tables_dir=tables_dir,
+                                        run_key=run_key, tracking_uri=uri)
     for bench, by_encoder in results.items():
         for encoder, by_kind in by_encoder.items():
             for kind, m in by_kind.items():
@@ -126,12 +130,12 @@ def evaluate_retrieval_task(config, tracking_uri, run_key, prepared_data, pretra
     Path(table.path).write_text(f"<html><body><h3>Next-item retrieval, full ranking</h3>{sections}</body></html>")
 
 
-def compare_models_task(config, tracking_uri, run_key, prepared_data, finetuned, compare_metrics, results,
-                        bundle) -> None:
+def compare_models(config: dict, tracking_uri: str, run_key: str, *, prepared_data, finetuned, compare_metrics,
+                   results, bundle) -> None:
     params, uri = _setup(config, tracking_uri)
     reports = Path(results.path).parent / "reports"
-    summary = stages.compare_models(params, prepared_data.path, finetuned.path, reports / "metrics.json", reports,
-                                    run_key, uri, bundle_dir=bundle.path)
+    summary = stages.compare_models(params, prepared_data.path, finetuned.path, metrics_path=reports / "metrics.json",
+                                    reports_dir=reports, bundle_dir=bundle.path, run_key=run_key, tracking_uri=uri)
     bundle.metadata.update({"served_model": summary["served"]["model"], "framework": "plmrec-bundle",
                             **{k: v for k, v in summary["served"]["metrics"].items() if not k.endswith("_std")}})
     for section in ("classifier", "recommenders"):
@@ -139,15 +143,22 @@ def compare_models_task(config, tracking_uri, run_key, prepared_data, finetuned,
             _log(compare_metrics, {f"{section}_{variant}_{m.replace('@', '_at_')}_mean": v["mean"]
                                    for m, v in figures.items()})
     tables = (reports / "results.md").read_text()
-    body = _image_html("Model comparison", [reports / "precision_at_k.png", reports / "confusion_matrix_best.png",
+    body = image_html("Model comparison", [reports / "precision_at_k.png", reports / "confusion_matrix_best.png",
                                             reports / "feature_importance.png"], f"<pre>{tables}</pre>")
     Path(results.path).write_text(body)
 
 
-def register_model_task(config, tracking_uri, run_key, prepared_data, bundle, decision) -> None:
+def register_model(config: dict, tracking_uri: str, run_key: str, *, prepared_data, bundle, decision) -> None:
     params, uri = _setup(config, tracking_uri)
-    out = stages.register_model(params, bundle.path, prepared_data.path, Path(decision.path).parent / "decision.json",
-                                run_key, uri)
+    out = stages.register_model(params, bundle.path, prepared_data.path,
+                                decision_path=Path(decision.path).parent / "decision.json",
+                                run_key=run_key, tracking_uri=uri)
     if out.get("registered"):
         _log(decision, {"registered_version": int(out["version"]), "promoted": int(out["promoted"]),
                         **{f"challenger_{k}": v for k, v in out["primary"].items() if isinstance(v, float)}})
+
+
+def finish_tracking(config: dict, tracking_uri: str, run_key: str, *, state: str, message: str) -> None:
+    params, uri = _setup(config, tracking_uri)
+    run_id = tracking.finish_parent(uri, params, run_key, status=state, message=message)
+    print(json.dumps({"mlflow_parent_run": run_id, "state": state}))

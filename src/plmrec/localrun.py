@@ -22,12 +22,6 @@ from plmrec.config import Params
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _START = re.compile(r"Executing task '([^']+)'")
 _END = re.compile(r"Task '([^']+)' finished with status (\w+)")
-_STAGE_NAMES = {"ingest": "ingest", "validate-data": "validate-raw", "prepare-data": "prepare",
-                "validate-data-2": "validate-prepared", "train-baseline": "train-baseline",
-                "evaluate-baseline": "evaluate", "pretrain-encoder": "pretrain", "finetune-encoder": "finetune",
-                "evaluate-retrieval": "evaluate-retrieval", "compare-models": "compare-models",
-                "register-model": "register-model",
-                "finish-tracking": "finish-tracking"}
 
 
 class ProgressStream(io.TextIOBase):
@@ -56,14 +50,14 @@ class ProgressStream(io.TextIOBase):
             return
         if m := _START.search(line):
             self.started[m.group(1)] = time.perf_counter()
-            self.console.write(f"▶ {_STAGE_NAMES.get(m.group(1), m.group(1))}\n")
+            self.console.write(f"▶ {m.group(1)}\n")
         elif m := _END.search(line):
             name, status = m.groups()
             took = time.perf_counter() - self.started.get(name, time.perf_counter())
             mark = "✓" if status == "SUCCESS" else "✗"
             if status != "SUCCESS":
                 self.failed.append(name)
-            self.console.write(f"{mark} {_STAGE_NAMES.get(name, name)} {status.lower()} in {took:.1f}s\n")
+            self.console.write(f"{mark} {name} {status.lower()} in {took:.1f}s\n")
         elif "[plmrec]" in line or "DataValidationFailed" in line or "Error:" in line:
             self.console.write("    " + line.strip() + "\n")
         self.console.flush()
@@ -117,7 +111,7 @@ def run_local(params: Params, run_dir: str | Path | None = None, verbose: bool =
         parent = None
     ok = not stream.failed
     if not ok:
-        console.write("\n".join(["", f"pipeline failed at: {', '.join(_STAGE_NAMES.get(f, f) for f in stream.failed)}",
+        console.write("\n".join(["", f"pipeline failed at: {', '.join(stream.failed)}",
                                  "last log lines:"] + ["  " + line for line in stream.tail[-15:] if line.strip()]) + "\n")
     console.write(f"{'done' if ok else 'FAILED'} in {seconds:.1f}s; artifacts under {run_dir}; "
                   f"full log {log_path}; MLflow parent run {parent}\n")

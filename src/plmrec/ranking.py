@@ -17,6 +17,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+RANKING_METRICS = ("precision", "recall", "f1", "map", "ndcg")  # what a recommender is scored on, at each K
+
 
 def _hits(ranked: Sequence, relevant: set, k: int) -> list[bool]:
     seen, out = set(), []

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from plmrec.config import RegistryParams
-from plmrec.errors import PlmrecError
+from plmrec.errors import RegistryError
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 PREVIOUS_TAG = "plmrec.previous_champion"
@@ -23,8 +23,6 @@ METRIC_TAG = "metric."
 GATE_TAG = "plmrec.gate"
 
 
-class RegistryError(PlmrecError):
-    """A registry operation that cannot proceed (no champion, nothing to roll back to, ...)."""
 
 
 def metric_tag(metric: str) -> str:

@@ -2,6 +2,8 @@
 
 The parent run is found by its key (the KFP job id, or a key the CLI makes), so stages
 running in separate processes or pods attach to the same parent without passing run ids.
+Every call into MLflow's tracking API goes through this module (the registry and the pyfunc
+flavour, which wrap MLflow's model API, live in `plmrec.registry` and `plmrec.serving.pyfunc`).
 """
 
 from __future__ import annotations
@@ -11,10 +13,11 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Iterator
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any, Callable, Iterator
 
 from plmrec.config import Params
-from plmrec.ranks import is_main_process, rank
+from plmrec.distributed import is_main_process, rank
 
 RUN_KEY_TAG = "plmrec.run_key"
 STAGE_TAG = "plmrec.stage"
@@ -39,6 +42,15 @@ def _artifact_root(uri: str) -> str | None:
     if uri.startswith("sqlite:///"):
         return (Path(uri[len("sqlite:///"):]).parent / DEFAULT_ARTIFACTS).resolve().as_uri()
     return None  # a tracking server decides where artifacts go
+
+
+def client(uri: str | None = None):
+    """An MlflowClient on `uri` (which also becomes the process's tracking URI), or on the current one."""
+    import mlflow
+
+    if uri:
+        mlflow.set_tracking_uri(uri)
+    return mlflow.MlflowClient(uri)
 
 
 def ensure_experiment(uri: str, name: str) -> str:
@@ -69,7 +81,7 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def parent_run(uri: str, params: Params, run_key: str, run_name: str | None = None) -> str:
+def parent_run(uri: str, params: Params, run_key: str, *, run_name: str | None = None) -> str:
     """The id of the parent run for `run_key`, created (with all params logged) on first use."""
     import mlflow
 
@@ -87,7 +99,7 @@ def parent_run(uri: str, params: Params, run_key: str, run_name: str | None = No
     return run.info.run_id
 
 
-def finish_parent(uri: str, params: Params, run_key: str, status: str, message: str = "") -> str:
+def finish_parent(uri: str, params: Params, run_key: str, *, status: str, message: str = "") -> str:
     """Close the parent run with FINISHED or FAILED (the pipeline's final state)."""
     import mlflow
 
@@ -99,8 +111,8 @@ def finish_parent(uri: str, params: Params, run_key: str, status: str, message: 
     return run_id
 
 
-def log_parent_metrics(params: Params, run_key: str | None, tracking_uri: str | None,
-                       metrics: dict[str, float]) -> None:
+def log_parent_metrics(params: Params, metrics: dict[str, float], *, run_key: str | None,
+                       tracking_uri: str | None) -> None:
     """Headline numbers on the pipeline's parent run, for side-by-side comparison in the UI;
     nothing without a run key (a standalone stage has no parent)."""
     if not run_key:
@@ -115,7 +127,8 @@ def log_parent_metrics(params: Params, run_key: str | None, tracking_uri: str | 
 
 
 @contextlib.contextmanager
-def stage_run(params: Params, stage: str, run_key: str | None, tracking_uri: str | None = None) -> Iterator[Any]:
+def stage_run(params: Params, stage: str, *, run_key: str | None = None,
+              tracking_uri: str | None = None) -> Iterator[Any]:
     """A nested MLflow run for one stage under the parent of `run_key` (standalone if None)."""
     import mlflow
 
@@ -152,3 +165,57 @@ def log_numeric(metrics: dict[str, Any], prefix: str = "") -> None:
              if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v}
     if clean:
         mlflow.log_metrics(clean)
+
+
+def log_metric(name: str, value: float, step: int | None = None) -> None:
+    import mlflow
+
+    mlflow.log_metric(name, float(value), step=step)
+
+
+def loss_logger(prefix: str = "loss") -> Callable[[str, int, float], None]:
+    """A training callback (phase label, step, loss) that logs `<prefix>/<label>` at each step:
+    live loss curves in the MLflow UI."""
+    return lambda label, step, value: log_metric(f"{prefix}/{label}", value, step)
+
+
+def set_tags(tags: dict[str, Any]) -> None:
+    """Tags on the active run (values as strings, cut to MLflow's 5,000 characters)."""
+    import mlflow
+
+    mlflow.set_tags({k: str(v)[:5000] for k, v in tags.items()})
+
+
+def log_artifact(path: str | Path, artifact_path: str | None = None) -> None:
+    import mlflow
+
+    mlflow.log_artifact(str(path), artifact_path)
+
+
+def log_table(table, artifact_file: str) -> None:
+    """A DataFrame as an MLflow table (shown in the run's Artifacts and the Evaluation view)."""
+    import mlflow
+
+    mlflow.log_table(table, artifact_file)
+
+
+def pinned_requirements(distributions: list[str]) -> list[str]:
+    """`name==version` for each installed distribution (missing ones left out): a logged model's
+    requirements, given explicitly so MLflow does not infer them."""
+    pinned = []
+    for name in distributions:
+        try:
+            pinned.append(f"{name}=={version(name)}")
+        except PackageNotFoundError:
+            continue
+    return pinned
+
+
+ENCODER_RUNTIME = ["sentence-transformers", "transformers", "torch"]
+
+
+def log_sentence_encoder(model, name: str) -> None:
+    """A sentence-transformers model as an MLflow model of the sentence_transformers flavour."""
+    import mlflow
+
+    mlflow.sentence_transformers.log_model(model, name=name, pip_requirements=pinned_requirements(ENCODER_RUNTIME))

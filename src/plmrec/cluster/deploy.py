@@ -6,15 +6,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from plmrec.errors import PlmrecError
+from plmrec.errors import DeployError
 
 GROUP, VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
 _NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 PROXY_SCHEME = "mlflow-artifacts:"
 
 
-class DeployError(PlmrecError):
-    """The InferenceService could not be pointed at the model."""
 
 
 def storage_uri(artifact_location: str, artifacts_destination: str) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from plmrec.errors import PlmrecError
+from plmrec.errors import ManifestError
 
 KUBERNETES_VERSION = "1.37.0"
 KSERVE_KINDS = {("serving.kserve.io/v1beta1", "InferenceService"): "V1beta1InferenceService",
@@ -28,8 +28,6 @@ _POD_SPEC_PATHS = {"Deployment": ("spec", "template", "spec"), "StatefulSet": ("
                    "CronJob": ("spec", "jobTemplate", "spec", "template", "spec"), "Pod": ("spec",)}
 
 
-class ManifestError(PlmrecError):
-    """An overlay could not be rendered."""
 
 
 @dataclass

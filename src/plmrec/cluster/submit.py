@@ -12,14 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from plmrec.errors import PlmrecError
+from plmrec.errors import SubmitError
 
 FINAL_STATES = {"SUCCEEDED", "FAILED", "SKIPPED", "CANCELED", "ERROR"}
 _CRON_FIELD = re.compile(r"^[0-9A-Za-z*?/,\-#LW]+$")
 
 
-class SubmitError(PlmrecError):
-    """The endpoint could not be reached, refused the request, or the request was malformed."""
 
 
 @dataclass

@@ -23,5 +23,6 @@ INTEGER_COLUMNS = ["Quantity"]
 FLOAT_COLUMNS = ["UnitPrice"]
 ID_COLUMNS = ["CustomerID"]  # integer ids with nulls (nullable Int64)
 DATE_COLUMNS = ["InvoiceDate"]
+DAY_NS = 86_400 * 10**9  # InvoiceDate is datetime64[ns]: its int64 value // DAY_NS is a day number
 
 SPLITS = ("train", "valid", "test")

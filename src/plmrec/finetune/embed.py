@@ -17,6 +17,7 @@ import torch
 
 from plmrec.errors import PlmrecError
 from plmrec.finetune.pairs import render_history
+from plmrec.vectors import normalise, stack
 
 
 def encode_texts(model, texts: list[str], batch_size: int = 128, progress: bool = False) -> np.ndarray:
@@ -26,11 +27,6 @@ def encode_texts(model, texts: list[str], batch_size: int = 128, progress: bool 
     vecs = model.encode(list(texts), batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=True,
                         show_progress_bar=progress)
     return np.ascontiguousarray(vecs, dtype=np.float32)
-
-
-def normalise(vectors: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
 def recency_weights(n: int, half_life: float) -> np.ndarray:
@@ -140,11 +136,6 @@ def user_table(customers: list, histories: list[list[int]], item_vectors: np.nda
     sentence = encode_texts(model, sentences, batch_size)
     return pd.DataFrame({"CustomerID": customers, "n_items": [len(h) for h in histories],
                          "mean": list(mean), "recency": list(recent), "sentence": list(sentence)})
-
-
-def stack(column: pd.Series) -> np.ndarray:
-    """A parquet list column of vectors as one float32 matrix."""
-    return np.ascontiguousarray(np.stack(column.to_numpy()), dtype=np.float32)
 
 
 def save_embeddings(out_dir: str | Path, items: pd.DataFrame, users: pd.DataFrame, index_kind: str,

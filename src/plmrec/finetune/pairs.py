@@ -17,13 +17,11 @@ import datetime as dt
 import numpy as np
 import pandas as pd
 
-from plmrec.errors import PlmrecError
+from plmrec.errors import PairError
 
 HISTORY_SEPARATOR = "; "
 
 
-class PairError(PlmrecError):
-    """A pair builder got data it cannot use (no rows, wrong split, missing columns)."""
 
 
 def training_rows(prepared: pd.DataFrame, train_end: dt.date | str) -> pd.DataFrame:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import pandas as pd
 
@@ -101,22 +100,3 @@ def results_table(results: dict[str, dict], ks: list[int]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def markdown_table(df: pd.DataFrame) -> str:
-    cols = list(df.columns)
-    lines = ["| " + " | ".join(map(str, cols)) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in df.itertuples(index=False, name=None)]
-    return "\n".join(lines) + "\n"
-
-
-def load_encoder(path: str | Path, pooling: str, max_length: int, device: str = "cpu"):
-    """A sentence-transformers directory as saved, or a Hugging Face encoder wrapped with `pooling`."""
-    from sentence_transformers import SentenceTransformer
-
-    from plmrec.finetune.objective import sentence_model
-
-    path = Path(path)
-    if (path / "modules.json").exists():
-        model = SentenceTransformer(str(path), device=device)
-        model.max_seq_length = max_length
-        return model
-    return sentence_model(str(path), pooling, max_length, device)

@@ -15,17 +15,19 @@ import time
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import pandas as pd
 
 from plmrec.config import FinetunePhaseParams, Params
 from plmrec.finetune import pairs as P
 from plmrec.finetune.embed import encode_texts, item_table, save_embeddings, user_table
-from plmrec.finetune.objective import Contrastive
-from plmrec.pretrain.models import PretrainConfigError, quiet_transformers
-from plmrec.pretrain.schedule import plot_losses, save_phase
-from plmrec.pretrain.trainer import TrainConfig, barrier, steps_for_epochs, train
-from plmrec.ranks import is_main_process
+from plmrec.finetune.contrastive import Contrastive
+from plmrec.errors import TrainingConfigError
+from plmrec.pretrain.models import quiet_transformers
+from plmrec.plots import plot_losses
+from plmrec.training.batches import steps_for_epochs
+from plmrec.training.checkpoints import save_phase
+from plmrec.training.loop import TrainConfig, train
+from plmrec.distributed import barrier, is_main_process
 
 
 def build_pairs(task: str, params: Params, rows: pd.DataFrame, seed: int) -> list[tuple[str, str]]:
@@ -44,7 +46,7 @@ def build_pairs(task: str, params: Params, rows: pd.DataFrame, seed: int) -> lis
 
         reviews = load_reviews_with_items(ft.reviews_path, ft.meta_path)
         return P.review_item_pairs(reviews[reviews["has_item_meta"]], ft.min_chars, ft.max_pairs, seed)
-    raise PretrainConfigError(f"unknown fine-tuning task '{task}'")
+    raise TrainingConfigError(f"unknown fine-tuning task '{task}'")
 
 
 def _record(phase: FinetunePhaseParams, params: Params, start: str, seed: int) -> dict:
@@ -67,7 +69,7 @@ def finetune(params: Params, prepared: pd.DataFrame, start_model: str, out_dir: 
         if phase.task not in pair_sets:
             pair_sets[phase.task] = build_pairs(phase.task, params, rows, seed)
         if not pair_sets[phase.task]:
-            raise PretrainConfigError(f"fine-tuning phase {i} ({phase.task}): no training pairs from "
+            raise TrainingConfigError(f"fine-tuning phase {i} ({phase.task}): no training pairs from "
                                       f"{len(rows):,} training rows")
     def contrastive(model_dir: str) -> Contrastive:
         return Contrastive(model_dir, ft.max_length, ft.pooling, ft.loss, ft.scale, ft.mini_batch_size,
@@ -94,7 +96,7 @@ def finetune(params: Params, prepared: pd.DataFrame, start_model: str, out_dir: 
         examples = objective.encode(pair_sets[phase.task])
         steps = phase.steps or steps_for_epochs(len(examples), phase.epochs, ft.batch_size, ft.grad_accum)
         cfg = TrainConfig.from_settings(ft, steps, seed=seed + 100 + i, progress=progress)
-        result = train(objective, examples, cfg, ckpt_root / label,
+        result = train(objective, examples, cfg, checkpoint_dir=ckpt_root / label,
                        on_log=(lambda s, v, _l=label: on_log(_l, s, v)) if on_log else None, desc=label)
         entry = save_phase(objective, phase_dir, ckpt_root / label,
                            {"label": label, "record": record, "pairs": len(examples), "start_fingerprint": start_fp,
@@ -136,29 +138,3 @@ def embed_catalogue(model, prepared: pd.DataFrame, params: Params, out_dir: str 
                                              "recency_half_life": params.retrieval.recency_half_life})
     return {"items": len(cat), "users": len(users), "encode_seconds": round(encode_s, 3),
             "items_per_s": round(len(cat) / encode_s, 1) if encode_s else None, "vectors": vectors}
-
-
-def plot_embedding_space(vectors: np.ndarray, clusters: int, path: str | Path, title: str, seed: int = 0) -> dict:
-    """2-D PCA of item embeddings coloured by KMeans cluster (both fitted on these vectors)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from sklearn.cluster import KMeans
-    from sklearn.decomposition import PCA
-
-    k = max(1, min(clusters, len(vectors)))
-    labels = KMeans(n_clusters=k, n_init=4, random_state=seed).fit_predict(vectors)
-    pca = PCA(n_components=2, random_state=seed)
-    xy = pca.fit_transform(vectors)
-    fig, ax = plt.subplots(figsize=(5.5, 4.5))
-    sc = ax.scatter(xy[:, 0], xy[:, 1], c=labels, cmap="tab10" if k <= 10 else "tab20", s=6, alpha=0.75)
-    ax.legend(*sc.legend_elements(), title="cluster", fontsize=7, title_fontsize=8, loc="best", markerscale=0.8)
-    ratio = pca.explained_variance_ratio_
-    ax.set_xlabel(f"PC1 ({ratio[0]:.1%})")
-    ax.set_ylabel(f"PC2 ({ratio[1]:.1%})")
-    ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return {"explained_variance_2d": float(ratio.sum()), "clusters": k}

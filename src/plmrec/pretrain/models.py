@@ -6,13 +6,11 @@ import os
 from pathlib import Path
 from typing import Iterable
 
-from plmrec.errors import PlmrecError
+from plmrec.errors import TrainingConfigError
 
 MINILM_IDS = {"sentence-transformers/all-MiniLM-L6-v2", "all-MiniLM-L6-v2"}
 
 
-class PretrainConfigError(PlmrecError):
-    """The pretraining configuration cannot work; raised before any training starts."""
 
 
 def quiet_transformers() -> None:
@@ -36,7 +34,7 @@ def resolve_base_model(name_or_path: str) -> str:
     path = Path(name_or_path).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
-            raise PretrainConfigError(f"base model '{name_or_path}': {path} has no config.json "
+            raise TrainingConfigError(f"base model '{name_or_path}': {path} has no config.json "
                                       "(not a Hugging Face model directory)")
         return str(path.resolve())
     if name_or_path in MINILM_IDS:
@@ -47,7 +45,7 @@ def resolve_base_model(name_or_path: str) -> str:
         except ImportError:
             pass
     if _looks_like_path(name_or_path):
-        raise PretrainConfigError(f"base model path '{name_or_path}' does not exist")
+        raise TrainingConfigError(f"base model path '{name_or_path}' does not exist")
     return name_or_path
 
 
@@ -61,7 +59,7 @@ def check_base_model(name_or_path: str) -> str:
     except (OSError, ValueError) as exc:
         hint = " (the Hugging Face Hub is unreachable offline: give a local path)" \
             if os.environ.get("HF_HUB_OFFLINE") == "1" else ""
-        raise PretrainConfigError(f"base model '{name_or_path}' cannot be loaded{hint}: "
+        raise TrainingConfigError(f"base model '{name_or_path}' cannot be loaded{hint}: "
                                   f"{str(exc).splitlines()[0]}") from None
     return resolved
 
@@ -78,7 +76,7 @@ def build_tiny_roberta(texts: Iterable[str], out_dir: str | Path, vocab_size: in
     out.mkdir(parents=True, exist_ok=True)
     texts = [t for t in texts if t and t.strip()]
     if not texts:
-        raise PretrainConfigError("cannot train a tokenizer on an empty corpus")
+        raise TrainingConfigError("cannot train a tokenizer on an empty corpus")
     bpe = ByteLevelBPETokenizer()
     bpe.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=1,
                             special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"], show_progress=False)

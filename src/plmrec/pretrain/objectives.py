@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from plmrec.pretrain.models import PretrainConfigError
+from plmrec.errors import TrainingConfigError
+from plmrec.training.batches import pad_sequences
 
 IGNORE = -100
 VOCAB_MULTIPLE = 64
@@ -31,16 +32,6 @@ def encoder_fingerprint(model: nn.Module) -> str:
         h.update(name.encode())
         h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
-
-
-def _pad(seqs: list[np.ndarray], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in seqs)
-    ids = np.full((len(seqs), width), pad_id, dtype=np.int64)
-    mask = np.zeros((len(seqs), width), dtype=np.int64)
-    for i, s in enumerate(seqs):
-        ids[i, :len(s)] = s
-        mask[i, :len(s)] = 1
-    return torch.from_numpy(ids), torch.from_numpy(mask)
 
 
 def mask_tokens(input_ids: torch.Tensor, maskable: torch.Tensor, probability: float, mask_id: int,
@@ -77,7 +68,7 @@ class MaskedLM:
         self.model_dir, self.max_length, self.probability, self.packing = model_dir, max_length, mlm_probability, packing
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         if self.tokenizer.mask_token_id is None:
-            raise PretrainConfigError(f"{model_dir}: the tokenizer has no mask token, so it cannot do MLM")
+            raise TrainingConfigError(f"{model_dir}: the tokenizer has no mask token, so it cannot do MLM")
         self.model, info = AutoModelForMaskedLM.from_pretrained(model_dir, attn_implementation="sdpa",
                                                                 output_loading_info=True)
         fresh = [k for k in info.get("missing_keys", []) if not k.startswith(self.model.base_model_prefix + ".")]
@@ -130,7 +121,7 @@ class MaskedLM:
         return list(stream[: n * self.max_length].reshape(n, self.max_length))
 
     def collate(self, examples: list[np.ndarray], seed: int) -> dict[str, Any]:
-        ids, mask = _pad(examples, self.pad_id)
+        ids, mask = pad_sequences(examples, self.pad_id)
         full = bool(mask.all())
         return {"input_ids": ids, "attention_mask": None if full else mask,
                 "n_tokens": int(mask.sum()), "n_samples": len(examples)}
@@ -216,7 +207,7 @@ class Tsdae:
         self.tokenizer = self.st.tokenizer
         self._starts = word_start_table(self.tokenizer)
         if self.tokenizer.cls_token_id is None or self.tokenizer.sep_token_id is None:
-            raise PretrainConfigError(f"{model_dir}: TSDAE needs a tokenizer with begin (cls) and end (sep) tokens")
+            raise TrainingConfigError(f"{model_dir}: TSDAE needs a tokenizer with begin (cls) and end (sep) tokens")
         self.pad_id = self.tokenizer.pad_token_id
 
     def compile(self) -> None:  # the decoder's shapes vary per batch; compiling gains little here
@@ -236,8 +227,8 @@ class Tsdae:
         wrap = lambda x: np.concatenate(([cls], x, [sep]))  # noqa: E731
         noisy = [wrap(delete_words(e, self._starts, self.ratio, rng)) for e in examples]
         clean = [wrap(e) for e in examples]
-        n_ids, n_mask = _pad(noisy, self.pad_id)
-        c_ids, c_mask = _pad(clean, self.pad_id)
+        n_ids, n_mask = pad_sequences(noisy, self.pad_id)
+        c_ids, c_mask = pad_sequences(clean, self.pad_id)
         return {"noisy": {"input_ids": n_ids, "attention_mask": n_mask},
                 "target": {"input_ids": c_ids, "attention_mask": c_mask},
                 "n_tokens": int(n_mask.sum() + c_mask.sum()), "n_samples": len(examples)}
@@ -268,4 +259,4 @@ def make_objective(objective: str, model_dir: str, max_length: int, *, mlm_proba
         return MaskedLM(model_dir, max_length, mlm_probability, packing)
     if objective == "tsdae":
         return Tsdae(model_dir, max_length, pooling, deletion_ratio)
-    raise PretrainConfigError(f"unknown pretraining objective '{objective}' (expected mlm or tsdae)")
+    raise TrainingConfigError(f"unknown pretraining objective '{objective}' (expected mlm or tsdae)")

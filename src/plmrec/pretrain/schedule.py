@@ -18,10 +18,15 @@ from pathlib import Path
 from typing import Callable
 
 from plmrec.config import PhaseParams, PretrainParams
-from plmrec.pretrain.models import PretrainConfigError, check_base_model, quiet_transformers
+from plmrec.encoders import sentence_model
+from plmrec.errors import TrainingConfigError
+from plmrec.pretrain.models import check_base_model, quiet_transformers
 from plmrec.pretrain.objectives import make_objective
-from plmrec.pretrain.trainer import TrainConfig, barrier, steps_for_epochs, train
-from plmrec.ranks import is_main_process
+from plmrec.plots import plot_losses
+from plmrec.training.batches import steps_for_epochs
+from plmrec.training.checkpoints import save_phase
+from plmrec.training.loop import TrainConfig, train
+from plmrec.distributed import barrier, is_main_process
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
@@ -30,12 +35,12 @@ def check_schedule(params: PretrainParams, corpora: dict[str, list[str]]) -> str
     """Everything that can be checked before training: the base model loads, every phase's corpus
     has text. Returns the resolved base model."""
     if not params.phases:
-        raise PretrainConfigError("pretrain.phases is empty: nothing to train")
+        raise TrainingConfigError("pretrain.phases is empty: nothing to train")
     for i, phase in enumerate(params.phases, start=1):
         if phase.objective not in ("mlm", "tsdae"):
-            raise PretrainConfigError(f"phase {i}: unknown objective '{phase.objective}' (expected mlm or tsdae)")
+            raise TrainingConfigError(f"phase {i}: unknown objective '{phase.objective}' (expected mlm or tsdae)")
         if not corpora.get(phase.corpus):
-            raise PretrainConfigError(f"phase {i} ({phase.name}): the {phase.corpus.upper()} corpus is empty")
+            raise TrainingConfigError(f"phase {i} ({phase.name}): the {phase.corpus.upper()} corpus is empty")
     return check_base_model(params.base_model)
 
 
@@ -67,20 +72,6 @@ def _drop_weights(directory: Path) -> None:
         (directory / name).unlink(missing_ok=True)
 
 
-def save_phase(objective, phase_dir: Path, checkpoint_dir: Path, entry: dict) -> dict:
-    """A finished phase: its weights and phase.json (with the end fingerprint) written by rank 0,
-    its checkpoints removed; under torchrun the other ranks wait until that is done."""
-    main = is_main_process()
-    if main:
-        phase_dir.mkdir(parents=True, exist_ok=True)
-    entry = {**entry, "end_fingerprint": objective.save(phase_dir) if main else objective.start_fingerprint()}
-    if main:
-        (phase_dir / "phase.json").write_text(json.dumps(entry, indent=2))
-        shutil.rmtree(checkpoint_dir, ignore_errors=True)
-    barrier()
-    return entry
-
-
 def run_schedule(params: PretrainParams, corpora: dict[str, list[str]], out_dir: str | Path, seed: int = 0,
                  on_log: Callable[[str, int, float], None] | None = None, progress: bool = True) -> dict:
     """Train every phase in order; returns the report (also written to pretrain_report.json)."""
@@ -108,12 +99,12 @@ def run_schedule(params: PretrainParams, corpora: dict[str, list[str]], out_dir:
         load_start = time.perf_counter()
         examples = objective.encode(corpora[phase.corpus])
         if not examples:
-            raise PretrainConfigError(f"phase {label}: the {phase.corpus.upper()} corpus gives no training examples "
+            raise TrainingConfigError(f"phase {label}: the {phase.corpus.upper()} corpus gives no training examples "
                                       f"after tokenisation")
         steps = phase.steps or steps_for_epochs(len(examples), phase.epochs, params.batch_size, params.grad_accum)
         cfg = TrainConfig.from_settings(params, steps, seed=seed + i, progress=progress)
         tokenise_s = time.perf_counter() - load_start
-        result = train(objective, examples, cfg, ckpt_root / label,
+        result = train(objective, examples, cfg, checkpoint_dir=ckpt_root / label,
                        on_log=(lambda s, v, _l=label: on_log(_l, s, v)) if on_log else None, desc=label)
         entry = save_phase(objective, phase_dir, ckpt_root / label,
                            {"label": label, "record": record, "examples": len(examples), "start_fingerprint": start_fp,
@@ -135,37 +126,10 @@ def run_schedule(params: PretrainParams, corpora: dict[str, list[str]], out_dir:
 
 def export(model_dir: str, out: Path, pooling: str, max_length: int) -> None:
     """Copy the final checkpoint to hf/ and wrap it for sentence-transformers."""
-    from sentence_transformers import SentenceTransformer, models
-
     hf = out / "hf"
     if Path(model_dir).resolve() != hf.resolve():
         shutil.rmtree(hf, ignore_errors=True)
         shutil.copytree(model_dir, hf, ignore=shutil.ignore_patterns("phase.json"))
-    word = models.Transformer(str(hf), max_seq_length=max_length)
-    from transformers import AutoConfig
-
-    dim = AutoConfig.from_pretrained(hf).hidden_size
-    st = SentenceTransformer(modules=[word, models.Pooling(dim, pooling), models.Normalize()], device="cpu")
+    st = sentence_model(str(hf), pooling, max_length)
     shutil.rmtree(out / "sentence-transformer", ignore_errors=True)
     st.save(str(out / "sentence-transformer"))
-
-
-def plot_losses(report: dict, path: str | Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    phases = report["phases"]
-    fig, axes = plt.subplots(1, max(1, len(phases)), figsize=(3.2 * max(1, len(phases)), 2.8), squeeze=False)
-    for ax, ph in zip(axes[0], phases):
-        steps, losses = zip(*ph["losses"]) if ph["losses"] else ((), ())
-        ax.plot(steps, losses, marker="." if len(steps) < 40 else None)
-        ax.set_title(ph["label"], fontsize=9)
-        ax.set_xlabel("step")
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("loss")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)

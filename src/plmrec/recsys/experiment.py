@@ -3,7 +3,6 @@ as mean ± std tables in the study's layout, with a one-line verdict per compari
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -11,8 +10,8 @@ import pandas as pd
 
 from plmrec.config import RecommendersParams
 from plmrec.features import EmbeddingFeatures
-from plmrec.finetune.embed import stack
 from plmrec.recsys import recommend as R
+from plmrec.vectors import stack
 
 CLASSIFIER_METRICS = ["test_accuracy", "test_precision_macro", "test_recall_macro", "test_f1_macro"]
 CURVE_KS = list(range(1, 21))
@@ -120,37 +119,3 @@ def verdict(summary: pd.DataFrame, metric: str, plm: str, vanilla: str, label: s
             f"{b:.4f} ± {sb:.4f} ({diff:+.4f} absolute, {rel:+.1f}% relative)")
 
 
-def plot_curves(curves: dict[str, list[float]], path: str | Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    for name, values in curves.items():
-        ax.plot(CURVE_KS, values, marker=".", label=name)
-    ax.set_xlabel("K")
-    ax.set_ylabel("precision@K (test)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
-
-
-def plot_importance(importance: dict[str, float], path: str | Path, title: str, top: int = 20) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    items = sorted(importance.items(), key=lambda kv: kv[1])[-top:]
-    fig, ax = plt.subplots(figsize=(5.5, 0.25 * len(items) + 1.2))
-    ax.barh([k for k, _ in items], [v for _, v in items])
-    ax.set_xlabel("importance (gain share)")
-    ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)

@@ -18,7 +18,7 @@ import scipy.sparse as sp
 
 from plmrec.config import RecommendersParams
 from plmrec.data.prepare import window_rows
-from plmrec.features import DAY_NS
+from plmrec.data.schema import DAY_NS
 from plmrec.ranking import ranking_metrics
 
 

@@ -27,22 +27,18 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from plmrec.config import RecommendersParams
-from plmrec.errors import PlmrecError
-from plmrec.features import DAY_NS, EmbeddingFeatures
-from plmrec.finetune.embed import normalise, stack
+from plmrec.config import RECOMMENDER_MODELS, Params, RecommendersParams
+from plmrec.errors import BundleError, UnknownCustomer
+from plmrec.data.schema import DAY_NS
+from plmrec.features import EmbeddingFeatures
 from plmrec.recsys import recommend as R
+from plmrec.vectors import normalise, stack
 
 BUNDLE_FORMAT = 1
-MODELS = ("popularity", "mf", "mf+cluster", "mf+similarity", "text_neighbours", "ltr")
 
 
-class BundleError(PlmrecError):
-    """A bundle directory that is missing a file or does not match its metadata."""
 
 
-class UnknownCustomer(PlmrecError):
-    """A customer id with no purchases in the bundle."""
 
 
 @dataclass
@@ -66,12 +62,12 @@ def _history(prepared: pd.DataFrame, item_col: dict[str, int]) -> tuple[np.ndarr
     return customers, counts, last_day, float(rows["InvoiceDate"].max().value // DAY_NS + 1)
 
 
-def build_bundle(prepared: pd.DataFrame, items: pd.DataFrame, encoder_dir: str | Path, out_dir: str | Path,
+def build_bundle(prepared: pd.DataFrame, items: pd.DataFrame, encoder_dir: str | Path, *, out_dir: str | Path,
                  rp: RecommendersParams, model: str, chosen: dict, ranker=None, metrics: dict | None = None,
                  encoder_info: dict | None = None) -> Path:
     """Refit `model` with the settings chosen on valid (`chosen`: factors, weights) on all purchases."""
-    if model not in MODELS:
-        raise BundleError(f"unknown served model '{model}' (expected one of {', '.join(MODELS)})")
+    if model not in RECOMMENDER_MODELS:
+        raise BundleError(f"unknown served model '{model}' (expected one of {', '.join(RECOMMENDER_MODELS)})")
     if model == "ltr" and ranker is None:
         raise BundleError("served model is ltr but no ranker was given")
     out = Path(out_dir)
@@ -107,6 +103,31 @@ def build_bundle(prepared: pd.DataFrame, items: pd.DataFrame, encoder_dir: str |
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     (out / "bundle.json").write_text(json.dumps(meta, indent=2))
     return out
+
+
+def write_bundle(params: Params, prepared: pd.DataFrame, items: pd.DataFrame, *, recommender_rows: pd.DataFrame,
+                 recommender_detail: dict, encoder_dir: str | Path, bundle_dir: str | Path) -> dict:
+    """The serving bundle of registry.served_model (auto: the recommender chosen on valid) from a
+    comparison's rows and detail, with its test metrics (mean and std over seeds)."""
+    from plmrec.recsys.experiment import served_model
+
+    rp, model, chosen_by = params.recommenders, params.registry.served_model, "registry.served_model"
+    if model == "auto":
+        model, chosen_by = served_model(recommender_rows, rp.primary_metric), f"best valid {rp.primary_metric}"
+    if model not in set(recommender_rows["model"]):
+        raise BundleError(f"registry.served_model '{model}' was not evaluated (evaluated: "
+                          f"{', '.join(recommender_rows['model'].unique())}; ltr needs recommenders.ltr.enabled)")
+    rows = recommender_rows[recommender_rows["model"] == model]
+    metrics = {c.replace("test_", ""): float(rows[c].mean()) for c in rows.columns
+               if c.startswith("test_") and "@" in c}
+    metrics.update({f"{k}_std": float(rows[f"test_{k}"].std(ddof=1)) if len(rows) > 1 else 0.0
+                    for k in list(metrics)})
+    seed = rp.seeds[-1]
+    build_bundle(prepared, items, encoder_dir, out_dir=bundle_dir, rp=rp, model=model,
+                 chosen={**recommender_detail["chosen"][seed], "seed": seed},
+                 ranker=recommender_detail["rankers"].get(seed), metrics=metrics,
+                 encoder_info={"source": str(encoder_dir)})
+    return {"model": model, "metrics": metrics, "bundle": str(bundle_dir), "chosen_by": chosen_by}
 
 
 def read_meta(path: str | Path) -> dict:

@@ -18,7 +18,8 @@ from pathlib import Path
 
 from plmrec.config import ServingParams
 from plmrec.serving.bundle import Recommender, find_bundle
-from plmrec.serving.requests import RequestError, answer, parse_v1, parse_v2
+from plmrec.errors import RequestError
+from plmrec.serving.requests import answer, parse_v1, parse_v2
 
 log = logging.getLogger("plmrec.serving")
 
@@ -125,7 +126,7 @@ def _install_handlers(app, limits: ServingParams) -> None:
     from fastapi.responses import JSONResponse
 
     async def request_error(_, exc: RequestError):
-        return JSONResponse(status_code=exc.status, content={"error": str(exc)})
+        return JSONResponse(status_code=exc.http_status, content={"error": str(exc)})
 
     async def invalid_v2_body(_, exc: RequestValidationError):
         problems = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors()[:5])

@@ -6,28 +6,17 @@ requests as the KServe predictor: one row per request with `customer_id`, `baske
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
-
 import mlflow.pyfunc
 import pandas as pd
 
-_RUNTIME = ["pandas", "numpy", "scipy", "pyarrow", "xgboost-cpu", "sentence-transformers", "transformers",
-            "torch", "pydantic", "pyyaml", "mlflow"]
+from plmrec.tracking import ENCODER_RUNTIME, pinned_requirements
+
+_RUNTIME = ["pandas", "numpy", "scipy", "pyarrow", "xgboost-cpu", *ENCODER_RUNTIME, "pydantic", "pyyaml", "mlflow"]
 
 
 def pip_requirements() -> list[str]:
     """Pinned runtime requirements of the bundle (given explicitly: inference takes seconds)."""
-    out = []
-    for dist in _RUNTIME:
-        try:
-            out.append(f"{dist}=={version(dist)}")
-        except PackageNotFoundError:
-            continue
-    try:
-        out.append(f"plmrec=={version('plmrec')}")
-    except PackageNotFoundError:
-        pass
-    return out
+    return pinned_requirements([*_RUNTIME, "plmrec"])
 
 
 class BundleModel(mlflow.pyfunc.PythonModel):

@@ -11,15 +11,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from plmrec.config import ServingParams
-from plmrec.serving.bundle import Recommender, UnknownCustomer
+from plmrec.errors import RequestError, UnknownCustomer
+from plmrec.serving.bundle import Recommender
 
 
-class RequestError(ValueError):
-    """A client mistake, answered with `status` and `{"error": message}`."""
-
-    def __init__(self, reason: str, status: int = 400):
-        super().__init__(reason)
-        self.reason, self.status = reason, status
 
 
 @dataclass

@@ -13,19 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from plmrec.pretrain.models import PretrainConfigError
-from plmrec.pretrain.objectives import IGNORE, _pad, encoder_fingerprint, mask_tokens, mlm_head
-
-
-def sentence_model(model_dir: str, pooling: str, max_length: int, device: str = "cpu"):
-    """A sentence-transformers model over a Hugging Face encoder directory: transformer, pooling
-    (mean or cls) and L2 normalisation."""
-    from sentence_transformers import SentenceTransformer, models
-    from transformers import AutoConfig
-
-    dim = AutoConfig.from_pretrained(model_dir).hidden_size
-    word = models.Transformer(model_dir, max_seq_length=max_length)
-    return SentenceTransformer(modules=[word, models.Pooling(dim, pooling), models.Normalize()], device=device)
+from plmrec.encoders import sentence_model
+from plmrec.errors import TrainingConfigError
+from plmrec.pretrain.objectives import IGNORE, encoder_fingerprint, mask_tokens, mlm_head
+from plmrec.training.batches import pad_sequences
 
 
 class PairExample:
@@ -59,7 +50,7 @@ class Contrastive:
             self.loss_fn = losses.CachedMultipleNegativesRankingLoss(self.st, scale=scale,
                                                                       mini_batch_size=mini_batch_size)
         else:
-            raise PretrainConfigError(f"unknown contrastive loss '{loss}' (expected mnrl or cached_mnrl)")
+            raise TrainingConfigError(f"unknown contrastive loss '{loss}' (expected mnrl or cached_mnrl)")
         self.encoder = self.st.transformers_model
         self.tokenizer = self.st.tokenizer
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
@@ -78,11 +69,11 @@ class Contrastive:
         from transformers import AutoModelForMaskedLM
 
         if self.tokenizer.mask_token_id is None:
-            raise PretrainConfigError(f"{model_dir}: the tokenizer has no mask token; set finetune.mlm_weight: 0")
+            raise TrainingConfigError(f"{model_dir}: the tokenizer has no mask token; set finetune.mlm_weight: 0")
         full = AutoModelForMaskedLM.from_pretrained(model_dir)
         head = mlm_head(full)
         if head is None:
-            raise PretrainConfigError(f"{model_dir}: no separable MLM head; set finetune.mlm_weight: 0")
+            raise TrainingConfigError(f"{model_dir}: no separable MLM head; set finetune.mlm_weight: 0")
         full.get_output_embeddings().weight = self.encoder.get_input_embeddings().weight
         return head
 
@@ -116,8 +107,8 @@ class Contrastive:
                 continue
             seen.update((e.anchor_key, e.positive_key))
             kept.append(e)
-        a_ids, a_mask = _pad([e.anchor for e in kept], self.pad_id)
-        p_ids, p_mask = _pad([e.positive for e in kept], self.pad_id)
+        a_ids, a_mask = pad_sequences([e.anchor for e in kept], self.pad_id)
+        p_ids, p_mask = pad_sequences([e.positive for e in kept], self.pad_id)
         return {"anchor": {"input_ids": a_ids, "attention_mask": a_mask},
                 "positive": {"input_ids": p_ids, "attention_mask": p_mask},
                 "n_tokens": int(a_mask.sum() + p_mask.sum()), "n_samples": len(kept)}
