@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: setup run test test-fast compile clean
+.PHONY: setup run test test-fast lint compile clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -17,10 +17,14 @@ setup: $(VENV)/.installed
 run: setup
 	$(VENV)/bin/plmrec run
 
-test: setup
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: lint
 	$(PY) -m pytest
 
-test-fast: setup
+test-fast: lint
 	$(PY) -m pytest -m "not integration"
 
 compile: setup

@@ -6,6 +6,7 @@ require; the component image (`plmrec.components.IMAGE`, or params.pipeline.imag
 compile time) has plmrec installed.
 """
 
+import copy
 import os
 
 from kfp import dsl
@@ -20,6 +21,13 @@ def component(fn):
     return dsl.component(base_image=IMAGE, install_kfp_package=False)(fn)
 
 
+def as_stage(component, name: str):
+    """The same component under a stage's name: one function serves the two validation stages."""
+    named = copy.deepcopy(component)
+    named.component_spec.name = named.name = name
+    return named
+
+
 @component
 def ingest(config: dict, tracking_uri: str, run_key: str, job_id: str,
            raw_data: Output[Dataset], ingest_metrics: Output[Metrics]):
@@ -30,13 +38,17 @@ def ingest(config: dict, tracking_uri: str, run_key: str, job_id: str,
 
 
 @component
-def validate_raw(config: dict, tracking_uri: str, run_key: str, job_id: str, table: Input[Dataset],
-                 report: Output[HTML], report_files: Output[Artifact], validation_metrics: Output[Metrics]):
-    """The `raw` great-expectations suite; a failure stops the pipeline with the report in MLflow."""
+def validate(config: dict, tracking_uri: str, run_key: str, job_id: str, suite: str, table: Input[Dataset],
+             report: Output[HTML], report_files: Output[Artifact], validation_metrics: Output[Metrics]):
+    """A great-expectations suite (raw or prepared); a failure stops the pipeline with the report in MLflow."""
     from plmrec import kfp_runtime
 
-    kfp_runtime.validate_raw(config, tracking_uri, run_key or job_id, table=table, report=report,
-                             report_files=report_files, validation_metrics=validation_metrics)
+    kfp_runtime.validate(config, tracking_uri, run_key or job_id, suite=suite, table=table, report=report,
+                         report_files=report_files, validation_metrics=validation_metrics)
+
+
+validate_raw = as_stage(validate, "validate-raw")
+validate_prepared = as_stage(validate, "validate-prepared")
 
 
 @component
@@ -47,16 +59,6 @@ def prepare(config: dict, tracking_uri: str, run_key: str, job_id: str, raw_data
 
     kfp_runtime.prepare(config, tracking_uri, run_key or job_id, raw_data=raw_data, prepared_data=prepared_data,
                         prepare_metrics=prepare_metrics)
-
-
-@component
-def validate_prepared(config: dict, tracking_uri: str, run_key: str, job_id: str, table: Input[Dataset],
-                      report: Output[HTML], report_files: Output[Artifact], validation_metrics: Output[Metrics]):
-    """The `prepared` suite (labels, cleaning invariants, leakage by date)."""
-    from plmrec import kfp_runtime
-
-    kfp_runtime.validate_prepared(config, tracking_uri, run_key or job_id, table=table, report=report,
-                                  report_files=report_files, validation_metrics=validation_metrics)
 
 
 @component

@@ -49,10 +49,10 @@ def build_training_pipeline(params: Params):
         finish = c.finish_tracking(**ctx).set_display_name(FINISH_TRACKING)
         with dsl.ExitHandler(finish, name="tracked-run"):
             raw = c.ingest(**ctx)
-            raw_ok = c.validate_raw(**ctx, table=raw.outputs["raw_data"])
+            raw_ok = c.validate_raw(**ctx, suite="raw", table=raw.outputs["raw_data"])
             prep = c.prepare(**ctx, raw_data=raw.outputs["raw_data"]).after(raw_ok)
             prepared = prep.outputs["prepared_data"]
-            prep_ok = c.validate_prepared(**ctx, table=prepared)
+            prep_ok = c.validate_prepared(**ctx, suite="prepared", table=prepared)
             model = c.train_baseline(**ctx, prepared_data=prepared).after(prep_ok)
             scored = c.evaluate_baseline(**ctx, prepared_data=prepared, model=model.outputs["model"])
             encoder = c.pretrain(**ctx, prepared_data=prepared).after(prep_ok)

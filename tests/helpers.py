@@ -80,11 +80,11 @@ def minilm_items(prepared):
 
 def comparison_bundles(prepared, recommenders, root: Path, models: tuple[str, ...]) -> dict:
     """Bundles written as compare-models writes them, from one comparison with the offline MiniLM."""
-    from plmrec.recsys import experiment as E
+    from plmrec.recsys import experiment
     from plmrec.serving.bundle import write_bundle
 
     items, encoder = minilm_items(prepared)
-    rows, detail = E.run_recommenders(prepared, items, recommenders)
+    rows, detail = experiment.run_recommenders(prepared, items, recommenders)
     params = Params(recommenders=recommenders)
     out = {"rows": rows}
     for model in models:

@@ -10,7 +10,7 @@ from helpers import SMALL, shared, tiny_finetune_params
 from plmrec.errors import PairError
 from plmrec.config import FinetunePhaseParams, Params, SyntheticParams
 from plmrec.data.prepare import prepare_transactions
-from plmrec.finetune import pairs as P
+from plmrec.finetune import pairs as pair_builders
 from plmrec.encoders import load_encoder
 from plmrec.finetune.retrieval import score_encoder, temporal_queries
 from plmrec.finetune.run import build_pairs, finetune
@@ -44,7 +44,7 @@ def test_pairs_never_use_purchases_after_the_cutoff(prepared):
     table = pd.concat([prepared, planted], ignore_index=True)
     p = Params()
     p.finetune.max_pairs = 10**6
-    rows = P.training_rows(table, TRAIN_END)
+    rows = pair_builders.training_rows(table, TRAIN_END)
     assert rows["InvoiceDate"].max() < pd.Timestamp(TRAIN_END)
     for task in ("item_context", "sequence_next", "sequence_sequence", "item_text"):
         pairs = build_pairs(task, p, rows, seed=0)
@@ -53,14 +53,14 @@ def test_pairs_never_use_purchases_after_the_cutoff(prepared):
 
     mislabelled = planted.assign(split="train")  # a row marked train but dated after the cut-off
     with pytest.raises(PairError, match="on or after train_end=2011-09-01.*invoice 999999"):
-        P.training_rows(pd.concat([prepared, mislabelled], ignore_index=True), TRAIN_END)
+        pair_builders.training_rows(pd.concat([prepared, mislabelled], ignore_index=True), TRAIN_END)
 
 
 def test_item_context_pairs_follow_co_purchases():
     rows = _rows([(1, "A1", "2011-01-01", "a", "RED MUG", "train"), (1, "A1", "2011-01-01", "b", "RED PLATE", "train"),
                   (2, "A2", "2011-02-01", "a", "RED MUG", "train"), (2, "A2", "2011-02-01", "b", "RED PLATE", "train"),
                   (2, "A2", "2011-02-01", "c", "BLUE CUP", "train"), (3, "A3", "2011-03-01", "d", "LONE BOX", "train")])
-    pairs = P.item_context_pairs(rows, neighbours_per_item=1)
+    pairs = pair_builders.item_context_pairs(rows, neighbours_per_item=1)
     assert ("RED MUG", "RED PLATE") in pairs and ("RED PLATE", "RED MUG") in pairs  # bought together twice
     assert ("BLUE CUP", "RED MUG") in pairs  # tie (1 each) goes to the lower code
     assert not any("LONE BOX" in x for pair in pairs for x in pair)  # never in a basket with others
@@ -71,10 +71,10 @@ def test_sequence_pairs_render_recent_history_first():
     rows = _rows([(1, "I1", "2011-01-01", "a", "OLD MUG", "train"), (1, "I2", "2011-02-01", "b", "MID PLATE", "train"),
                   (1, "I3", "2011-03-01", "a", "OLD MUG", "train"), (1, "I3", "2011-03-01", "c", "NEW CUP", "train"),
                   (2, "I4", "2011-01-05", "d", "SOLO BOX", "train")])
-    pairs = P.sequence_next_pairs(rows, history_length=5)
+    pairs = pair_builders.sequence_next_pairs(rows, history_length=5)
     assert pairs == [("OLD MUG", "MID PLATE"), ("MID PLATE; OLD MUG", "NEW CUP")]  # repurchase is no target
-    assert P.sequence_next_pairs(rows, history_length=1)[1] == ("MID PLATE", "NEW CUP")
-    assert P.render_history(["A", "B", "C"], 2) == "C; B"
+    assert pair_builders.sequence_next_pairs(rows, history_length=1)[1] == ("MID PLATE", "NEW CUP")
+    assert pair_builders.render_history(["A", "B", "C"], 2) == "C; B"
 
 
 def test_review_item_pairs_need_30_characters_both_sides():
@@ -83,7 +83,7 @@ def test_review_item_pairs_need_30_characters_both_sides():
                                             "I use it for tea every single morning now"],
                             "item_text": ["Ceramic mug. 350 ml. Dishwasher safe stoneware", "short",
                                           "Ceramic mug. 350 ml. Dishwasher safe stoneware"]})
-    pairs = P.review_item_pairs(reviews, min_chars=30)
+    pairs = pair_builders.review_item_pairs(reviews, min_chars=30)
     assert pairs == [("Great. Works well and looks good on my desk every day",
                       "Ceramic mug. 350 ml. Dishwasher safe stoneware"),
                      ("Lovely mug. I use it for tea every single morning now",
@@ -96,7 +96,7 @@ def test_review_item_pairs_from_amazon_2018():
 
     data = shared("amazon2018")
     reviews = load_reviews_with_items(data / "Magazine_Subscriptions_5.json.gz", data / "meta_Magazine_Subscriptions.json.gz")
-    pairs = P.review_item_pairs(reviews[reviews["has_item_meta"]], min_chars=30)
+    pairs = pair_builders.review_item_pairs(reviews[reviews["has_item_meta"]], min_chars=30)
     assert len(pairs) > 500
     assert all(len(a) >= 30 and len(b) >= 30 for a, b in pairs)
 
@@ -106,7 +106,7 @@ def test_phases_chain_and_finetuning_raises_recall(prepared, tiny_model_dir, tmp
     p.finetune = tiny_finetune_params(phases=[FinetunePhaseParams(task="item_context", steps=100),
                                               FinetunePhaseParams(task="sequence_next", steps=100)],
                                       batch_size=64)
-    cat = P.catalogue(prepared)
+    cat = pair_builders.catalogue(prepared)
     queries = temporal_queries(prepared, {c: i for i, c in enumerate(cat["StockCode"])}, "valid")
     assert len(queries) > 50
 

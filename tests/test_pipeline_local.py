@@ -1,5 +1,7 @@
 """The real pipeline through kfp.local, logging to a real MLflow server on 127.0.0.1."""
 
+import warnings
+
 import mlflow
 import pytest
 
@@ -28,8 +30,13 @@ def test_pipeline_runs_end_to_end(small_params, tiny_model_dir, mlflow_server, t
     small_params.finetune = tiny_finetune_params()
     small_params.recommenders = quick_recommenders_params()
     small_params.registry.model_name = "pipeline-test-recommender"  # the MLflow server is shared by the session
-    result = run_local(small_params, run_dir=tmp_path / "run", project_dir=tmp_path)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        result = run_local(small_params, run_dir=tmp_path / "run", project_dir=tmp_path)
     out = capsys.readouterr().out
+    noise = [str(w.message) for w in seen if "local runner" in str(w.message) or "non-Python base image" in
+             str(w.message)]
+    assert not noise, noise  # the local runner's two known notices are silenced
     assert result.succeeded, out
     for stage in STAGES:
         assert f"✓ {stage} success" in out  # one progress line per stage
@@ -126,3 +133,19 @@ def test_bad_data_stops_before_training(small_params, small_raw, mlflow_server, 
     assert children["validate-raw"].info.status == "FAILED"
     arts = {f.path for f in client.list_artifacts(children["validate-raw"].info.run_id, "validation_raw")}
     assert "validation_raw/report.json" in arts
+
+
+def test_the_local_runner_silences_exactly_its_two_known_notices():
+    from plmrec.localrun import quiet_local_runner
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with quiet_local_runner():
+            warnings.warn("Task 'ingest': settings ['cpu_limit', 'accelerator'] have no effect in the current local "
+                          "runner and will be ignored.")
+            warnings.warn('You may be attemping to run a task that uses custom or non-Python base image '
+                          '"ghcr.io/plmrec/plmrec:0.1.0" in a Python environment.', RuntimeWarning)
+            warnings.warn("Task 'ingest' failed to write its cache entry")
+            warnings.warn("a different RuntimeWarning", RuntimeWarning)
+    assert [str(w.message) for w in seen] == ["Task 'ingest' failed to write its cache entry",
+                                              "a different RuntimeWarning"]

@@ -11,8 +11,8 @@ from plmrec.config import ClassifierParams, Params, RecommendersParams, Syntheti
 from plmrec.data.prepare import prepare_transactions
 from plmrec.features import EmbeddingFeatures
 from plmrec.finetune.embed import item_table
-from plmrec.recsys import experiment as E
-from plmrec.recsys import recommend as R
+from plmrec.recsys import experiment
+from plmrec.recsys import recommend
 from plmrec.recsys.classify import ablation_rows, plm_counterpart, run_ablation
 
 
@@ -69,12 +69,12 @@ def test_window_history_and_relevant_items():
                  (1, "c", "2011-11-01", "test"), (1, "a", "2011-11-02", "test"), (2, "b", "2011-03-01", "train"),
                  (3, "c", "2011-11-05", "test")])  # customer 3 has no history: not evaluated
     col = {"a": 0, "b": 1, "c": 2}
-    w = R.make_window(df, col, "test", exclude_history=False)
+    w = recommend.make_window(df, col, "test", exclude_history=False)
     assert w.customers.tolist() == [1, 2] and w.eval_rows.tolist() == [0]
     assert w.relevant == [{0, 2}]
     assert w.counts.toarray().tolist() == [[2, 1, 0], [0, 1, 0]]  # train + valid purchases
-    assert R.make_window(df, col, "test", exclude_history=True).relevant == [{2}]
-    v = R.make_window(df, col, "valid", exclude_history=False)
+    assert recommend.make_window(df, col, "test", exclude_history=True).relevant == [{2}]
+    v = recommend.make_window(df, col, "valid", exclude_history=False)
     assert v.counts.toarray().tolist() == [[1, 1, 0], [0, 1, 0]] and v.relevant == [{0}]
 
 
@@ -82,12 +82,12 @@ def test_top_k_breaks_ties_by_item_and_excludes():
     import scipy.sparse as sp
 
     scores = np.array([[0.5, 0.9, 0.5, 0.1], [1.0, 1.0, 1.0, 1.0]])
-    assert R.top_k(scores, 3).tolist() == [[1, 0, 2], [0, 1, 2]]
-    assert R.top_k(scores, 2, sp.csr_matrix(np.array([[0, 1, 0, 0], [1, 0, 0, 0]]))).tolist() == [[0, 2], [1, 2]]
+    assert recommend.top_k(scores, 3).tolist() == [[1, 0, 2], [0, 1, 2]]
+    assert recommend.top_k(scores, 2, sp.csr_matrix(np.array([[0, 1, 0, 0], [1, 0, 0, 0]]))).tolist() == [[0, 2], [1, 2]]
 
 
 def test_f1_is_the_harmonic_mean_of_mean_precision_and_recall():
-    m = R.evaluate(np.array([[0, 1], [2, 3]]), [{0}, {9}], [2])
+    m = recommend.evaluate(np.array([[0, 1], [2, 3]]), [{0}, {9}], [2])
     assert m["precision@2"] == pytest.approx(0.25) and m["recall@2"] == pytest.approx(0.5)
     assert m["f1@2"] == pytest.approx(2 * 0.25 * 0.5 / 0.75)
 
@@ -95,11 +95,11 @@ def test_f1_is_the_harmonic_mean_of_mean_precision_and_recall():
 def test_verdict_reports_absolute_relative_and_std():
     table = pd.DataFrame({"model": ["mf", "mf", "mf+similarity", "mf+similarity"], "seed": [0, 1, 0, 1],
                           "test_ndcg@10": [0.20, 0.22, 0.25, 0.27]})
-    summary = E.mean_std(table, "model", ["test_ndcg@10"])
-    line = E.verdict(summary, "test_ndcg@10", "mf+similarity", "mf", "MF")
+    summary = experiment.mean_std(table, "model", ["test_ndcg@10"])
+    line = experiment.verdict(summary, "test_ndcg@10", "mf+similarity", "mf", "MF")
     assert line.startswith("MF: mf+similarity beats mf on ndcg@10: 0.2600 ± 0.0141 vs 0.2100 ± 0.0141")
     assert "(+0.0500 absolute, +23.8% relative)" in line
-    assert "within one std" in E.verdict(summary.iloc[::-1], "test_ndcg@10", "mf", "mf", "MF")
+    assert "within one std" in experiment.verdict(summary.iloc[::-1], "test_ndcg@10", "mf", "mf", "MF")
 
 
 @pytest.mark.integration
@@ -113,7 +113,7 @@ def test_text_features_help_xgboost_and_ranker_beats_popularity(prepared, minilm
     assert table.groupby("variant")["text_features"].max().to_dict() == {"vanilla": 0, "+text_pca10": 10}
 
     rp = RecommendersParams(seeds=[0], mf=dict(factors=[16], similarity_weights=[0.5], cluster_weights=[0.5]))
-    rows, info = E.run_recommenders(prepared, minilm_items, rp)
+    rows, info = experiment.run_recommenders(prepared, minilm_items, rp)
     ndcg = rows.set_index("model")["test_ndcg@10"]
     assert ndcg["ltr"] > ndcg["popularity"] + 0.05, ndcg.to_dict()
     assert ndcg["mf"] > ndcg["popularity"]

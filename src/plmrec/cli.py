@@ -76,12 +76,12 @@ def data_generate(params_path, overrides, out):
     from plmrec.data.synthetic import generate_transactions
     from plmrec.data.tables import write_table
 
-    p = load_params(params_path, overrides)
-    df = generate_transactions(p.data.synthetic)
+    params = load_params(params_path, overrides)
+    df = generate_transactions(params.data.synthetic)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.name.endswith(".parquet"):
-        write_table(df, out, {"source": "synthetic", **p.data.synthetic.model_dump(mode="json")})
+        write_table(df, out, {"source": "synthetic", **params.data.synthetic.model_dump(mode="json")})
     elif out.name.endswith(".csv.gz"):
         import gzip
 
@@ -118,9 +118,9 @@ def data_validate(path, params_path, overrides, suite, report_dir):
     from plmrec.data.tables import read_table
     from plmrec.validation import validate_table
 
-    p = load_params(params_path, overrides)
-    df = read_table(path)[0] if suite == "prepared" else load_transactions(path, encoding=p.data.encoding)
-    outcome = validate_table(df, suite, p, Path(report_dir) / suite)
+    params = load_params(params_path, overrides)
+    df = read_table(path)[0] if suite == "prepared" else load_transactions(path, encoding=params.data.encoding)
+    outcome = validate_table(df, suite, params, Path(report_dir) / suite)
     click.echo(outcome.summary + f" Report: {Path(report_dir) / suite / 'report.html'}")
 
 
@@ -135,8 +135,8 @@ def run(params_path, overrides, run_dir, verbose):
     """Run the training pipeline locally with the KFP local runner; stages log to MLflow."""
     from plmrec.localrun import run_local
 
-    p = load_params(params_path, overrides)
-    result = run_local(p, run_dir=run_dir, verbose=verbose)
+    params = load_params(params_path, overrides)
+    result = run_local(params, run_dir=run_dir, verbose=verbose)
     if not result.succeeded:
         sys.exit(1)
 
@@ -160,8 +160,8 @@ def compile_cmd(params_path, overrides, overlay, output):
     """Compile the pipeline to KFP IR YAML (params.yaml becomes the default `config`)."""
     from plmrec.pipelines import compile_pipeline
 
-    p = _cluster_params(params_path, overrides, overlay)
-    click.echo(f"wrote {compile_pipeline(p, output)}")
+    params = _cluster_params(params_path, overrides, overlay)
+    click.echo(f"wrote {compile_pipeline(params, output)}")
 
 
 @main.command()
@@ -195,21 +195,21 @@ def submit(params_path, overrides, overlay, host, token, cookies, namespace, ssl
     from plmrec.cluster import submit as kfp_submit
     from plmrec.pipelines import compile_pipeline
 
-    p = _cluster_params(params_path, overrides, overlay)
+    params = _cluster_params(params_path, overrides, overlay)
     schedule = kfp_submit.cron_expression(cron) if cron else None  # a bad one fails before compiling or connecting
     if schedule and wait:
         raise click.UsageError("--wait follows one run; it does not apply to --schedule")
     endpoint = kfp_submit.Endpoint.from_env(host=host, token=token, cookies=cookies, namespace=namespace,
                                             ssl_ca_cert=ssl_ca_cert, ui_host=ui_host)
-    experiment = experiment or p.tracking.experiment
-    run_name = run_name or f"{p.pipeline.name} {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M:%S}"
+    experiment = experiment or params.tracking.experiment
+    run_name = run_name or f"{params.pipeline.name} {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M:%S}"
     package = Path(package or Path(tempfile.mkdtemp(prefix="plmrec-submit-")) / "pipeline.yaml")
-    compile_pipeline(p, package)
-    arguments = {"tracking_uri": p.tracking.uri or ""}
+    compile_pipeline(params, package)
+    arguments = {"tracking_uri": params.tracking.uri or ""}
     plan = {"package": str(package), "host": endpoint.host, "namespace": endpoint.namespace, "experiment": experiment,
             "run_name": run_name, "service_account": service_account, "arguments": arguments,
             "schedule": schedule,
-            "images": {"cpu": p.pipeline.image, "gpu": p.pipeline.gpu_image}}
+            "images": {"cpu": params.pipeline.image, "gpu": params.pipeline.gpu_image}}
     if dry_run:
         click.echo(json.dumps(plan, indent=2))
         return
@@ -454,10 +454,10 @@ def stage_register_model(params_path, overrides, bundle_dir, prepared, decision)
 
 
 # ---------------------------------------------------------------------------- registry and serving
-def _registry_client(p):
+def _registry_client(params):
     from plmrec import tracking
 
-    uri = tracking.resolve_tracking_uri(p)
+    uri = tracking.resolve_tracking_uri(params)
     return tracking.client(uri), uri
 
 
@@ -471,19 +471,19 @@ def promote(params_path, overrides, version, force, rollback):
     """Gate a registered version for @champion, force it, or roll the champion back."""
     from plmrec import registry
 
-    p = load_params(params_path, overrides)
-    client, _ = _registry_client(p)
-    name = p.registry.model_name
+    params = load_params(params_path, overrides)
+    client, _ = _registry_client(params)
+    name = params.registry.model_name
     if rollback:
         if version or force:
             raise click.UsageError("--rollback takes no --version or --force")
-        was, now = registry.rollback(client, p.registry)
+        was, now = registry.rollback(client, params.registry)
         click.echo(f"{name}@champion: version {was} -> {now} (rolled back)")
         return
     if version is None:
         version = registry.require_alias(client, name, registry.CHALLENGER,
                                          "run the pipeline first, or pass --version").version
-    decision = registry.force_promote(client, p.registry, version) if force else registry.gate(client, p.registry, version)
+    decision = registry.force_promote(client, params.registry, version) if force else registry.gate(client, params.registry, version)
     word = "promoted to @champion" if decision.promoted else "not promoted"
     click.echo(f"{name} version {version}: {word}: {decision.reason}")
     click.echo(f"{name}@champion is version {decision.champion_after}")
@@ -502,18 +502,18 @@ def deploy(params_path, overrides, overlay, version, print_only):
     from plmrec import registry
     from plmrec.cluster import deploy as kdeploy
 
-    p = _cluster_params(params_path, overrides, overlay)
-    client, _ = _registry_client(p)
-    name = p.registry.model_name
+    params = _cluster_params(params_path, overrides, overlay)
+    client, _ = _registry_client(params)
+    name = params.registry.model_name
     if version is None:
         version = registry.require_alias(client, name, registry.CHAMPION, "promote a version first").version
-    uri = kdeploy.version_storage_uri(client, name, version, p.serving.artifacts_destination)
-    isvc = p.serving.inference_service or p.serving.model_name  # the runtime serves the model under the ISVC's name
+    uri = kdeploy.version_storage_uri(client, name, version, params.serving.artifacts_destination)
+    isvc = params.serving.inference_service or params.serving.model_name  # the runtime serves the model under the ISVC's name
     click.echo(f"{name} version {version}: storageUri {uri}")
     if print_only:
         click.echo(f"kubectl patch inferenceservice {isvc} --type merge -p '{json.dumps(kdeploy.storage_patch(uri))}'")
         return
-    kdeploy.patch_inference_service(isvc, p.serving.namespace or None, uri)
+    kdeploy.patch_inference_service(isvc, params.serving.namespace or None, uri)
     click.echo(f"InferenceService {isvc} now serves version {version}")
 
 
@@ -530,10 +530,10 @@ def runs_compare(params_path, overrides, limit):
     """The newest pipeline runs side by side: status, duration, headline metrics, registered version."""
     from plmrec.runs import compare_runs, format_runs
 
-    p = load_params(params_path, overrides)
-    client, uri = _registry_client(p)
-    table = compare_runs(client, p.tracking.experiment, limit)
-    click.echo(format_runs(table, uri, p.tracking.experiment))
+    params = load_params(params_path, overrides)
+    client, uri = _registry_client(params)
+    table = compare_runs(client, params.tracking.experiment, limit)
+    click.echo(format_runs(table, uri, params.tracking.experiment))
 
 
 @main.command()
@@ -553,14 +553,14 @@ def serve(params_path, overrides, bundle_dir, alias, host, port, download_dir):
     from plmrec import registry
     from plmrec.serving.predictor import serve as run_server
 
-    p = load_params(params_path, overrides)
+    params = load_params(params_path, overrides)
     version = None
     if bundle_dir is None:
-        client, uri = _registry_client(p)
+        client, uri = _registry_client(params)
         target = download_dir or tempfile.mkdtemp(prefix="plmrec-serve-")
-        bundle_dir, version = registry.download(uri, p.registry.model_name, alias, target)
-        click.echo(f"serving {p.registry.model_name}@{alias} (version {version}) from {uri}")
-    run_server(bundle_dir, p.serving, host, port, version=version)
+        bundle_dir, version = registry.download(uri, params.registry.model_name, alias, target)
+        click.echo(f"serving {params.registry.model_name}@{alias} (version {version}) from {uri}")
+    run_server(bundle_dir, params.serving, host, port, version=version)
 
 
 # ---------------------------------------------------------------------------- models

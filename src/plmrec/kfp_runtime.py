@@ -33,8 +33,9 @@ def ingest(config: dict, tracking_uri: str, run_key: str, *, raw_data, ingest_me
     _log(ingest_metrics, {"rows": out["rows"], "invoices": out["invoices"]})
 
 
-def _validate(config: dict, tracking_uri: str, run_key: str, *, suite: str, table, report, report_files,
-              validation_metrics) -> None:
+def validate(config: dict, tracking_uri: str, run_key: str, *, suite: str, table, report, report_files,
+             validation_metrics) -> None:
+    """validate-raw or validate-prepared, by `suite`."""
     params, uri = _setup(config, tracking_uri)
     report_dir = Path(report_files.path)
     run = stages.validate_raw if suite == "raw" else stages.validate_prepared
@@ -44,14 +45,6 @@ def _validate(config: dict, tracking_uri: str, run_key: str, *, suite: str, tabl
         if (report_dir / "report.html").exists():
             shutil.copyfile(report_dir / "report.html", report.path)
     _log(validation_metrics, {"expectations_evaluated": outcome.evaluated, "expectations_failed": len(outcome.failures)})
-
-
-def validate_raw(config: dict, tracking_uri: str, run_key: str, **artifacts) -> None:
-    _validate(config, tracking_uri, run_key, suite="raw", **artifacts)
-
-
-def validate_prepared(config: dict, tracking_uri: str, run_key: str, **artifacts) -> None:
-    _validate(config, tracking_uri, run_key, suite="prepared", **artifacts)
 
 
 def prepare(config: dict, tracking_uri: str, run_key: str, *, raw_data, prepared_data, prepare_metrics) -> None:

@@ -13,6 +13,7 @@ import re
 import sys
 import time
 import uuid
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,22 @@ from plmrec.config import Params
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _START = re.compile(r"Executing task '([^']+)'")
 _END = re.compile(r"Task '([^']+)' finished with status (\w+)")
+# kfp's local runner warns, for every task, that the settings only a cluster uses (resources, the
+# accelerator, the display name) are ignored, and that the step image is not a Python image. Both are
+# expected on a laptop; exactly these two are silenced, every other warning still shows.
+LOCAL_RUNNER_NOTICES = (
+    (r"Task '[^']+': settings \[.*\] have no effect in the current local runner", UserWarning),
+    (r"You may be attemping to run a task that uses custom or non-Python base image", RuntimeWarning),
+)
+
+
+@contextlib.contextmanager
+def quiet_local_runner():
+    """Silence the local runner's two known, harmless notices (LOCAL_RUNNER_NOTICES)."""
+    with warnings.catch_warnings():
+        for message, category in LOCAL_RUNNER_NOTICES:
+            warnings.filterwarnings("ignore", message=message, category=category)
+        yield
 
 
 class ProgressStream(io.TextIOBase):
@@ -101,7 +118,7 @@ def run_local(params: Params, run_dir: str | Path | None = None, verbose: bool =
                   f"MLflow {uri}\n")
     with open(log_path, "w", encoding="utf-8") as log:
         stream = ProgressStream(log, console, verbose)
-        with contextlib.redirect_stdout(stream):
+        with contextlib.redirect_stdout(stream), quiet_local_runner():
             pipeline(config=params.to_dict(), tracking_uri=uri, run_key=run_key)
         stream.flush()
     seconds = time.perf_counter() - start

@@ -172,11 +172,11 @@ def build_corpora(params: Params, prepared: pd.DataFrame) -> dict[str, list[str]
     """The TAPT and DAPT corpora that the configured phases use."""
     from plmrec.pretrain.corpus import dapt_corpus, tapt_corpus
 
-    pp, needed, corpora = params.pretrain, {ph.corpus for ph in params.pretrain.phases}, {}
+    pretraining, needed, corpora = params.pretrain, {ph.corpus for ph in params.pretrain.phases}, {}
     if "tapt" in needed:
-        corpora["tapt"] = tapt_corpus(prepared, pp.tapt.splits, pp.tapt.max_chars, pp.tapt.min_chars)
+        corpora["tapt"] = tapt_corpus(prepared, pretraining.tapt.splits, pretraining.tapt.max_chars, pretraining.tapt.min_chars)
     if "dapt" in needed:
-        dapt = pp.dapt
+        dapt = pretraining.dapt
         corpora["dapt"] = dapt_corpus(dapt.source, dapt.path, dapt.max_chars, dapt.min_chars, dapt.max_sentences,
                                       dapt.synthetic_sentences, seed=params.seed)
     return corpora
@@ -202,14 +202,14 @@ def pretrain(params: Params, prepared_path: str | Path, out_dir: str | Path, *, 
     from plmrec.pretrain.models import check_base_model, quiet_transformers
     from plmrec.pretrain.schedule import export, run_schedule
 
-    out, pp = Path(out_dir), params.pretrain
+    out, pretraining = Path(out_dir), params.pretrain
     with tracking.stage_run(params, "pretrain", run_key=run_key, tracking_uri=tracking_uri):
         quiet_transformers()
-        if not pp.enabled:
-            export(check_base_model(pp.base_model), out, pp.pooling, pp.max_length)
-            say("pretrain", f"disabled: exported {pp.base_model} unchanged -> {out}")
+        if not pretraining.enabled:
+            export(check_base_model(pretraining.base_model), out, pretraining.pooling, pretraining.max_length)
+            say("pretrain", f"disabled: exported {pretraining.base_model} unchanged -> {out}")
             return {"phases": []}
-        check_base_model(pp.base_model)  # fail on a bad model before reading any data
+        check_base_model(pretraining.base_model)  # fail on a bad model before reading any data
         prepared, _ = read_table(prepared_path, columns=["Description", "split"])
         corpora = build_corpora(params, prepared)
         for name, sentences in corpora.items():
@@ -217,16 +217,16 @@ def pretrain(params: Params, prepared_path: str | Path, out_dir: str | Path, *, 
                 write_corpus(sentences, out / "corpora" / f"{name}.txt")
         tracking.log_numeric({f"{k}_sentences": len(v) for k, v in corpora.items()}, "corpus_")
         say("pretrain", "corpora: " + ", ".join(f"{k.upper()} {len(v):,} sentences" for k, v in corpora.items()))
-        report = run_schedule(pp, corpora, out, seed=params.seed, on_log=tracking.loss_logger())
+        report = run_schedule(pretraining, corpora, out, seed=params.seed, on_log=tracking.loss_logger())
         for label, figures in pretrain_summary(report)["pretrain"].items():
             tracking.log_numeric(figures, f"{label}/")
         tracking.log_numeric({"pretrain_seconds": report["seconds"]})
         tracking.set_tags({"pretrain.device": report["phases"][-1]["device"],
                            "pretrain.precision": report["phases"][-1]["precision"],
-                           "pretrain.base_model": pp.base_model,
-                           "pretrain.schedule": " -> ".join(ph.name for ph in pp.phases)})
+                           "pretrain.base_model": pretraining.base_model,
+                           "pretrain.schedule": " -> ".join(ph.name for ph in pretraining.phases)})
         tracking.log_json(report, "pretrain/pretrain_report.json")
-        tracking.log_json(pp.model_dump(mode="json"), "pretrain/config.json")
+        tracking.log_json(pretraining.model_dump(mode="json"), "pretrain/config.json")
         if not is_main_process():
             return report
         tracking.log_artifact(out / "loss_curve.png", "pretrain")
@@ -262,13 +262,13 @@ def finetune(params: Params, prepared_path: str | Path, pretrained_dir: str | Pa
     from plmrec.pretrain.models import quiet_transformers
     from plmrec.training.device import resolve_device
 
-    ft, out = params.finetune, Path(out_dir)
+    tuning, out = params.finetune, Path(out_dir)
     with tracking.stage_run(params, "finetune", run_key=run_key, tracking_uri=tracking_uri):
         quiet_transformers()
         start = finetune_start_model(params, pretrained_dir)
         prepared, _ = read_table(prepared_path, columns=ENCODER_COLUMNS)
         report: dict = {"start_model": start, "phases": []}
-        if ft.enabled:
+        if tuning.enabled:
             report = run_finetune(params, prepared, start, out, on_log=tracking.loss_logger())
             if not is_main_process():  # under torchrun, rank 0 embeds, plots and logs
                 return report
@@ -278,10 +278,10 @@ def finetune(params: Params, prepared_path: str | Path, pretrained_dir: str | Pa
             tracking.log_artifact(out / "loss_curve.png", "finetune")
             say("finetune", f"{len(report['phases'])} phases in {report['seconds']}s from {start}")
         else:
-            sentence_model(start, ft.pooling, ft.max_length).save(str(out / "sentence-transformer"))
+            sentence_model(start, tuning.pooling, tuning.max_length).save(str(out / "sentence-transformer"))
             say("finetune", f"disabled: {start} exported unchanged")
-        model = load_encoder(out / "sentence-transformer", ft.pooling, ft.max_length,
-                             device=str(resolve_device(ft.device)))
+        model = load_encoder(out / "sentence-transformer", tuning.pooling, tuning.max_length,
+                             device=str(resolve_device(tuning.device)))
         embedded = embed_catalogue(model, prepared, params, out)
         picture = plot_embedding_space(embedded.pop("vectors"), params.retrieval.clusters, out / "embedding_pca.png",
                                        title=f"fine-tuned item embeddings: PCA, KMeans k={params.retrieval.clusters}",
@@ -290,10 +290,10 @@ def finetune(params: Params, prepared_path: str | Path, pretrained_dir: str | Pa
         (out / "finetune_report.json").write_text(json.dumps(report, indent=2))
         tracking.log_numeric(embedded, "embed_")
         tracking.log_numeric(picture, "pca_")
-        tracking.set_tags({"finetune.start_model": start, "finetune.loss": ft.loss, "finetune.pooling": ft.pooling,
-                           "finetune.schedule": " -> ".join(p.task for p in ft.phases) if ft.enabled else "disabled"})
+        tracking.set_tags({"finetune.start_model": start, "finetune.loss": tuning.loss, "finetune.pooling": tuning.pooling,
+                           "finetune.schedule": " -> ".join(p.task for p in tuning.phases) if tuning.enabled else "disabled"})
         tracking.log_json(report, "finetune/finetune_report.json")
-        tracking.log_json(ft.model_dump(mode="json"), "finetune/config.json")
+        tracking.log_json(tuning.model_dump(mode="json"), "finetune/config.json")
         tracking.log_artifact(out / "embedding_pca.png", "finetune")
         for name in ("item_embeddings.parquet", "user_embeddings.parquet", "index.json"):
             tracking.log_artifact(out / name, "embeddings")
@@ -364,19 +364,19 @@ def evaluate_retrieval(params: Params, prepared_path: str | Path, pretrained_dir
     from plmrec.pretrain.models import quiet_transformers
     from plmrec.training.device import resolve_device
 
-    retrieval, ft = params.retrieval, params.finetune
+    retrieval, tuning = params.retrieval, params.finetune
     with tracking.stage_run(params, "evaluate-retrieval", run_key=run_key, tracking_uri=tracking_uri):
         quiet_transformers()
         encoders = retrieval_encoders(params, pretrained_dir, finetuned_dir)
-        device = str(resolve_device(ft.device))
+        device = str(resolve_device(tuning.device))
         prepared, _ = read_table(prepared_path, columns=ENCODER_COLUMNS)
         benchmarks = _retrieval_benchmarks(params, prepared)
         results: dict = {bench: {} for bench in benchmarks}
         for name, path in encoders.items():  # each encoder is loaded once and scores every benchmark
-            model = load_encoder(path, ft.pooling, ft.max_length, device=device)
+            model = load_encoder(path, tuning.pooling, tuning.max_length, device=device)
             for bench, (texts, queries, exclude) in benchmarks.items():
                 results[bench][name] = score_encoder(
-                    model, texts, queries, ks=retrieval.ks, history_length=ft.history_length,
+                    model, texts, queries, ks=retrieval.ks, history_length=tuning.history_length,
                     half_life=retrieval.recency_half_life, exclude_history=exclude,
                     batch_size=retrieval.encode_batch_size, index_kind=retrieval.index)
                 timing = results[bench][name]["_timing"]
@@ -415,23 +415,23 @@ class Comparison:
         from plmrec.recsys.classify import run_ablation
         from plmrec.recsys.experiment import run_recommenders
 
-        rp = params.recommenders
+        recommenders = params.recommenders
 
         def progress(message: str) -> None:
             say("compare-models", message)
 
-        clf_rows, clf_detail = run_ablation(prepared, items, rp.classifier, params.clean.n_quantity_labels,
-                                            rp.seeds, rp.clusters, progress=progress)
-        rec_rows, rec_detail = run_recommenders(prepared, items, rp, progress=progress)
+        clf_rows, clf_detail = run_ablation(prepared, items, recommenders.classifier, params.clean.n_quantity_labels,
+                                            recommenders.seeds, recommenders.clusters, progress=progress)
+        rec_rows, rec_detail = run_recommenders(prepared, items, recommenders, progress=progress)
         return cls(params, clf_rows, clf_detail, rec_rows, rec_detail)
 
     def __post_init__(self) -> None:
         from plmrec.recsys.experiment import CLASSIFIER_METRICS, mean_std
 
-        rp = self.params.recommenders
+        recommenders = self.params.recommenders
         self.classifier_metrics = CLASSIFIER_METRICS
-        self.recommender_metrics = [f"test_{m}@{k}" for k in sorted(set(rp.ks)) for m in RANKING_METRICS]
-        self.primary = f"test_{rp.primary_metric}"
+        self.recommender_metrics = [f"test_{m}@{k}" for k in sorted(set(recommenders.ks)) for m in RANKING_METRICS]
+        self.primary = f"test_{recommenders.primary_metric}"
         self.classifier_summary = mean_std(self.classifier_rows, "variant", CLASSIFIER_METRICS)
         self.recommender_summary = mean_std(self.recommender_rows, "model", self.recommender_metrics)
         self.kept_features = self.classifier_rows.groupby("variant", sort=False)[["features", "text_features"]].mean()
@@ -448,16 +448,16 @@ class Comparison:
         from plmrec.recsys.classify import plm_counterpart
         from plmrec.recsys.experiment import verdict
 
-        clf, rec, primary = self.classifier_summary, self.recommender_summary, self.primary
+        classifier, recommender, primary = self.classifier_summary, self.recommender_summary, self.primary
         counterpart = plm_counterpart(self.params.recommenders.classifier)
-        found = [verdict(clf, "test_accuracy", self.plm_classifier, counterpart, "XGBoost quantity label")
+        found = [verdict(classifier, "test_accuracy", self.plm_classifier, counterpart, "XGBoost quantity label")
                  if self.text_variants else "XGBoost quantity label: no variant kept a text feature (random-forest "
                                             "selection dropped them all)",
-                 verdict(clf, "test_accuracy", self.best_classifier, "vanilla", "XGBoost, best variant on valid")
+                 verdict(classifier, "test_accuracy", self.best_classifier, "vanilla", "XGBoost, best variant on valid")
                  if self.best_classifier != "vanilla" else "XGBoost: the variant chosen on valid accuracy is vanilla",
-                 verdict(rec, primary, "mf+similarity", "mf", "MF"),
-                 verdict(rec, primary, "mf+cluster", "mf", "MF"),
-                 verdict(rec, primary, "ltr", "popularity", "Learning to rank") if "ltr" in rec.index else None]
+                 verdict(recommender, primary, "mf+similarity", "mf", "MF"),
+                 verdict(recommender, primary, "mf+cluster", "mf", "MF"),
+                 verdict(recommender, primary, "ltr", "popularity", "Learning to rank") if "ltr" in recommender.index else None]
         return [v for v in found if v]
 
     def tables(self) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -476,11 +476,11 @@ class Comparison:
         from plmrec.recsys.experiment import CURVE_KS
         from plmrec.reports import markdown_table
 
-        rp, (clf_table, rec_table) = self.params.recommenders, self.tables()
+        recommenders, (clf_table, rec_table) = self.params.recommenders, self.tables()
         (out / "results.md").write_text(
-            f"## XGBoost, 5-level quantity label (test, %, mean ± std over seeds {rp.seeds})\n\n"
+            f"## XGBoost, 5-level quantity label (test, %, mean ± std over seeds {recommenders.seeds})\n\n"
             + markdown_table(clf_table) + f"\nVariant chosen on valid accuracy: {self.best_classifier}.\n\n"
-            f"## Recommenders (test, %, mean ± std over seeds {rp.seeds}; "
+            f"## Recommenders (test, %, mean ± std over seeds {recommenders.seeds}; "
             f"{self.recommender_detail['test_customers']:,} customers)\n\n" + markdown_table(rec_table)
             + "\n## Verdicts\n\n" + "".join(f"- {v}\n" for v in verdicts))
         self.classifier_rows.to_csv(out / "classifier_runs.csv", index=False)
@@ -492,8 +492,8 @@ class Comparison:
         plot_importance(self.classifier_detail["importance"], out / "feature_importance.png",
                         f"XGBoost {self.best_classifier}")
         plot_curves(self.recommender_detail["precision_curves"], out / "precision_at_k.png", ks=CURVE_KS)
-        if rp.ltr.enabled:
-            last = self.recommender_detail["chosen"][rp.seeds[-1]]
+        if recommenders.ltr.enabled:
+            last = self.recommender_detail["chosen"][recommenders.seeds[-1]]
             plot_importance(last["ltr_importance"], out / "ltr_feature_importance.png", "learning-to-rank features")
 
     @staticmethod
@@ -511,22 +511,22 @@ class Comparison:
 
     def log(self, out: Path, verdicts: list[str], *, run_key: str | None, tracking_uri: str | None) -> None:
         """Means per variant on the stage run, the run tables and reports, headline metrics on the parent."""
-        clf, rec, rp = self.classifier_summary, self.recommender_summary, self.params.recommenders
-        for v in clf.index:
-            tracking.log_numeric({f"{m.replace('test_', '')}_mean": clf.loc[v, ("mean", m)]
+        classifier, recommender, recommenders = self.classifier_summary, self.recommender_summary, self.params.recommenders
+        for v in classifier.index:
+            tracking.log_numeric({f"{m.replace('test_', '')}_mean": classifier.loc[v, ("mean", m)]
                                   for m in self.classifier_metrics}, f"classifier/{v.lstrip('+')}/")
-        for v in rec.index:
-            tracking.log_numeric({f"{m.replace('test_', '').replace('@', '_at_')}_mean": rec.loc[v, ("mean", m)]
+        for v in recommender.index:
+            tracking.log_numeric({f"{m.replace('test_', '').replace('@', '_at_')}_mean": recommender.loc[v, ("mean", m)]
                                   for m in self.recommender_metrics}, f"recommender/{v.replace('+', '_')}/")
         tracking.log_table(self.classifier_rows, "compare/classifier_runs.json")
         tracking.log_table(self.recommender_rows, "compare/recommender_runs.json")
         tracking.log_dir(out, "compare")
         tracking.set_tags({"compare.verdicts": " | ".join(verdicts)})
         tracking.log_parent_metrics(params=self.params, run_key=run_key, tracking_uri=tracking_uri, metrics={
-            f"test_{rp.primary_metric.replace('@', '_at_')}_ltr":
-                rec.loc["ltr", ("mean", self.primary)] if "ltr" in rec.index else 0.0,
-            "test_accuracy_plm_xgboost": clf.loc[self.plm_classifier, ("mean", "test_accuracy")],
-            "test_accuracy_best_xgboost": clf.loc[self.best_classifier, ("mean", "test_accuracy")]})
+            f"test_{recommenders.primary_metric.replace('@', '_at_')}_ltr":
+                recommender.loc["ltr", ("mean", self.primary)] if "ltr" in recommender.index else 0.0,
+            "test_accuracy_plm_xgboost": classifier.loc[self.plm_classifier, ("mean", "test_accuracy")],
+            "test_accuracy_best_xgboost": classifier.loc[self.best_classifier, ("mean", "test_accuracy")]})
 
 
 def compare_models(params: Params, prepared_path: str | Path, finetuned_dir: str | Path, *,
@@ -592,8 +592,8 @@ def register_model(params: Params, bundle_dir: str | Path, prepared_path: str | 
     from plmrec import registry
     from plmrec.serving.bundle import read_meta
 
-    rg = params.registry
-    if not rg.enabled:
+    registry_params = params.registry
+    if not registry_params.enabled:
         decision = {"registered": False, "reason": "registry.enabled is false"}
         _write_json(decision_path, decision, indent=None)
         return decision
@@ -602,9 +602,9 @@ def register_model(params: Params, bundle_dir: str | Path, prepared_path: str | 
     tags = {"data.md5": file_digest(prepared_path, "md5"), "data.path": str(prepared_path),
             "served_model": meta["model"], "plmrec.run_key": run_key or ""}
     with tracking.stage_run(params, "register-model", run_key=run_key, tracking_uri=tracking_uri):
-        version = registry.register_bundle(bundle_dir, rg, metrics, tags)
+        version = registry.register_bundle(bundle_dir, registry_params, metrics, tags)
         client = tracking.client()
-        decision = registry.gate(client, rg, version)
+        decision = registry.gate(client, registry_params, version)
         tracking.log_json(decision.to_dict(), "registry/decision.json")
         outcome = {"gate_promoted": float(decision.promoted), "registered_version": float(version)}
         tracking.log_numeric(outcome)
@@ -613,8 +613,8 @@ def register_model(params: Params, bundle_dir: str | Path, prepared_path: str | 
         deployed = _deploy_champion(params, client, decision) if decision.promoted else None
         if deployed:
             tracking.set_tags({"plmrec.deployed_storage_uri": deployed})
-    out = {"registered": True, "model_name": rg.model_name, **decision.to_dict(), "deployed_storage_uri": deployed}
+    out = {"registered": True, "model_name": registry_params.model_name, **decision.to_dict(), "deployed_storage_uri": deployed}
     _write_json(decision_path, out)
-    say("register-model", f"{rg.model_name} version {version} is @challenger; "
+    say("register-model", f"{registry_params.model_name} version {version} is @challenger; "
                           f"{'promoted to @champion' if decision.promoted else 'not promoted'}: {decision.reason}")
     return out

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from plmrec.data.prepare import window_rows
-from plmrec.finetune import pairs as P
+from plmrec.finetune import pairs
 from plmrec.finetune.embed import build_index, encode_texts, user_vectors
 from plmrec.ranking import ranking_metrics
 
@@ -41,7 +41,7 @@ def temporal_queries(prepared: pd.DataFrame, item_row: dict[str, int], split: st
     past, future = window_rows(prepared, split)
     targets = future.groupby("CustomerID")["StockCode"].agg(lambda s: {str(c) for c in s})
     users, histories, relevant = [], [], []
-    for customer, codes in P.customer_histories(past):
+    for customer, codes in pairs.customer_histories(past):
         if customer not in targets.index:
             continue
         history = [item_row[c] for c in codes if c in item_row]
@@ -65,7 +65,7 @@ def seqrec_queries(split_frame: pd.DataFrame, max_users: int | None = None, seed
 
 def distinct_history(items: list[int]) -> list[int]:
     """Distinct items, each at its latest position."""
-    return [int(i) for i in P.history_before(list(items))]
+    return [int(i) for i in pairs.history_before(list(items))]
 
 
 def score_encoder(model, item_texts: list[str], queries: Queries, ks: list[int], history_length: int,
@@ -74,7 +74,7 @@ def score_encoder(model, item_texts: list[str], queries: Queries, ks: list[int],
     """Metrics per query kind for one encoder; item vectors are encoded once."""
     start = time.perf_counter()
     items = encode_texts(model, item_texts, batch_size)
-    sentences = [P.render_history([item_texts[i] for i in h], history_length) for h in queries.histories]
+    sentences = [pairs.render_history([item_texts[i] for i in h], history_length) for h in queries.histories]
     sentence_q = encode_texts(model, sentences, batch_size)
     encode_s = time.perf_counter() - start
     mean_q, recent_q = user_vectors(queries.histories, items, half_life)

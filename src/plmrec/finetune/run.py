@@ -18,7 +18,7 @@ from typing import Callable
 import pandas as pd
 
 from plmrec.config import FinetunePhaseParams, Params
-from plmrec.finetune import pairs as P
+from plmrec.finetune import pairs
 from plmrec.finetune.embed import encode_texts, item_table, save_embeddings, user_table
 from plmrec.finetune.contrastive import Contrastive
 from plmrec.errors import TrainingConfigError
@@ -34,18 +34,18 @@ def build_pairs(task: str, params: Params, rows: pd.DataFrame, seed: int) -> lis
     """The (anchor, positive) texts of one task, from training rows only."""
     ft = params.finetune
     if task == "item_context":
-        return P.item_context_pairs(rows, ft.neighbours_per_item, max_pairs=ft.max_pairs, seed=seed)
+        return pairs.item_context_pairs(rows, ft.neighbours_per_item, max_pairs=ft.max_pairs, seed=seed)
     if task == "sequence_next":
-        return P.sequence_next_pairs(rows, ft.history_length, ft.pairs_per_user, ft.max_pairs, seed)
+        return pairs.sequence_next_pairs(rows, ft.history_length, ft.pairs_per_user, ft.max_pairs, seed)
     if task == "sequence_sequence":
-        return P.sequence_sequence_pairs(rows, ft.history_length, ft.max_pairs, seed)
+        return pairs.sequence_sequence_pairs(rows, ft.history_length, ft.max_pairs, seed)
     if task == "item_text":
-        return P.item_text_pairs(P.catalogue(rows), ft.max_pairs, seed)
+        return pairs.item_text_pairs(pairs.catalogue(rows), ft.max_pairs, seed)
     if task == "review_item":
         from plmrec.data.amazon import load_reviews_with_items
 
         reviews = load_reviews_with_items(ft.reviews_path, ft.meta_path)
-        return P.review_item_pairs(reviews[reviews["has_item_meta"]], ft.min_chars, ft.max_pairs, seed)
+        return pairs.review_item_pairs(reviews[reviews["has_item_meta"]], ft.min_chars, ft.max_pairs, seed)
     raise TrainingConfigError(f"unknown fine-tuning task '{task}'")
 
 
@@ -63,7 +63,7 @@ def finetune(params: Params, prepared: pd.DataFrame, start_model: str, out_dir: 
     directory); returns the report, also written to finetune_report.json."""
     quiet_transformers()
     ft, out, seed = params.finetune, Path(out_dir), params.seed
-    rows = P.training_rows(prepared, params.split.train_end)
+    rows = pairs.training_rows(prepared, params.split.train_end)
     pair_sets = {}
     for i, phase in enumerate(ft.phases, start=1):  # every phase's data is checked before any training
         if phase.task not in pair_sets:
@@ -119,14 +119,14 @@ def finetune(params: Params, prepared: pd.DataFrame, start_model: str, out_dir: 
 def embed_catalogue(model, prepared: pd.DataFrame, params: Params, out_dir: str | Path) -> dict:
     """Item embeddings (every stock code in the table), user embeddings (training purchases) and
     the index description, written next to the model."""
-    cat = P.catalogue(prepared)
+    cat = pairs.catalogue(prepared)
     start = time.perf_counter()
     vectors = encode_texts(model, cat["Description"].tolist(), params.retrieval.encode_batch_size, progress=True)
     encode_s = time.perf_counter() - start
-    rows = P.training_rows(prepared, params.split.train_end)
+    rows = pairs.training_rows(prepared, params.split.train_end)
     row_of = {c: i for i, c in enumerate(cat["StockCode"])}
     customers, histories = [], []
-    for customer, codes in P.customer_histories(rows):
+    for customer, codes in pairs.customer_histories(rows):
         customers.append(int(customer))
         histories.append([row_of[c] for c in codes])
     users = user_table(customers, histories, vectors, cat["Description"].tolist(), model,

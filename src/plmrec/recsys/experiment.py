@@ -10,7 +10,7 @@ import pandas as pd
 
 from plmrec.config import RecommendersParams
 from plmrec.features import EmbeddingFeatures
-from plmrec.recsys import recommend as R
+from plmrec.recsys import recommend
 from plmrec.vectors import stack
 
 CLASSIFIER_METRICS = ["test_accuracy", "test_precision_macro", "test_recall_macro", "test_f1_macro"]
@@ -27,8 +27,8 @@ def run_recommenders(prepared: pd.DataFrame, items: pd.DataFrame, rp: Recommende
     train_codes = prepared.loc[prepared["split"] == "train", "StockCode"].unique()
     ks = sorted(set(rp.ks))
     kmax = max(max(ks), max(CURVE_KS))
-    wv = R.make_window(prepared, item_col, "valid", rp.exclude_history)
-    wt = R.make_window(prepared, item_col, "test", rp.exclude_history)
+    wv = recommend.make_window(prepared, item_col, "valid", rp.exclude_history)
+    wt = recommend.make_window(prepared, item_col, "test", rp.exclude_history)
     if not len(wv.eval_rows) or not len(wt.eval_rows):
         raise ValueError(f"no customer to evaluate (valid {len(wv.eval_rows)}, test {len(wt.eval_rows)}): "
                          f"customers need purchases before and inside the window")
@@ -38,41 +38,41 @@ def run_recommenders(prepared: pd.DataFrame, items: pd.DataFrame, rp: Recommende
         clusters = EmbeddingFeatures.fit(items, train_codes, rp.clusters, seed).table[:, 0].astype(np.int64)
 
         def ranked(w, scores):
-            return R.top_k(scores, kmax, w.counts[w.eval_rows] if rp.exclude_history else None)
+            return recommend.top_k(scores, kmax, w.counts[w.eval_rows] if rp.exclude_history else None)
 
         # choose the ALS size, then the blend weights, on valid
         by_factors = {}
         for f in rp.mf.factors:
-            s = R.fit_scorers(wv, vectors, clusters, rp.clusters, f, rp, seed)
-            by_factors[f] = (R.evaluate(ranked(wv, s.mf), wv.relevant, ks)[primary], s)
+            s = recommend.fit_scorers(wv, vectors, clusters, rp.clusters, f, rp, seed)
+            by_factors[f] = (recommend.evaluate(ranked(wv, s.mf), wv.relevant, ks)[primary], s)
         factors = max(by_factors, key=lambda f: by_factors[f][0])
         sv = by_factors[factors][1]
-        sim_w = max(rp.mf.similarity_weights, key=lambda a: R.evaluate(
-            ranked(wv, R.variant_scores(sv, a, 0.0)["mf+similarity"]), wv.relevant, ks)[primary])
-        clu_w = max(rp.mf.cluster_weights, key=lambda a: R.evaluate(
-            ranked(wv, R.variant_scores(sv, 0.0, a)["mf+cluster"]), wv.relevant, ks)[primary])
+        sim_w = max(rp.mf.similarity_weights, key=lambda a: recommend.evaluate(
+            ranked(wv, recommend.variant_scores(sv, a, 0.0)["mf+similarity"]), wv.relevant, ks)[primary])
+        clu_w = max(rp.mf.cluster_weights, key=lambda a: recommend.evaluate(
+            ranked(wv, recommend.variant_scores(sv, 0.0, a)["mf+cluster"]), wv.relevant, ks)[primary])
         chosen[seed] = {"factors": factors, "similarity_weight": sim_w, "cluster_weight": clu_w}
-        valid_scores = R.variant_scores(sv, sim_w, clu_w)
-        st = R.fit_scorers(wt, vectors, clusters, rp.clusters, factors, rp, seed)  # refit on train + valid
-        test_scores = R.variant_scores(st, sim_w, clu_w)
+        valid_scores = recommend.variant_scores(sv, sim_w, clu_w)
+        st = recommend.fit_scorers(wt, vectors, clusters, rp.clusters, factors, rp, seed)  # refit on train + valid
+        test_scores = recommend.variant_scores(st, sim_w, clu_w)
         lists = {name: (ranked(wv, valid_scores[name]), ranked(wt, test_scores[name])) for name in valid_scores}
         if rp.ltr.enabled:
-            cand_v = _drop_history(R.ltr_candidates(wv, sv, rp), wv, rp.exclude_history)
-            frame_v, qid_v = R.ltr_frame(wv, sv, cand_v)
-            ranker = R.fit_ranker(frame_v, qid_v, R.ltr_labels(wv, cand_v), rp, seed)
-            cand_t = _drop_history(R.ltr_candidates(wt, st, rp), wt, rp.exclude_history)
-            frame_t, qid_t = R.ltr_frame(wt, st, cand_t)
-            lists["ltr"] = (R.ltr_rank(ranker, frame_v, qid_v, cand_v, kmax), R.ltr_rank(ranker, frame_t, qid_t, cand_t, kmax))
+            cand_v = _drop_history(recommend.ltr_candidates(wv, sv, rp), wv, rp.exclude_history)
+            frame_v, qid_v = recommend.ltr_frame(wv, sv, cand_v)
+            ranker = recommend.fit_ranker(frame_v, qid_v, recommend.ltr_labels(wv, cand_v), rp, seed)
+            cand_t = _drop_history(recommend.ltr_candidates(wt, st, rp), wt, rp.exclude_history)
+            frame_t, qid_t = recommend.ltr_frame(wt, st, cand_t)
+            lists["ltr"] = (recommend.ltr_rank(ranker, frame_v, qid_v, cand_v, kmax), recommend.ltr_rank(ranker, frame_t, qid_t, cand_t, kmax))
             chosen[seed]["ltr_best_iteration"] = int(ranker.best_iteration)
             rankers[seed] = ranker
-            chosen[seed]["ltr_importance"] = dict(zip(R.LTR_FEATURES, map(float, ranker.feature_importances_)))
+            chosen[seed]["ltr_importance"] = dict(zip(recommend.LTR_FEATURES, map(float, ranker.feature_importances_)))
         for name, (on_valid, on_test) in lists.items():
-            v = R.evaluate(on_valid, wv.relevant, ks)
-            t = R.evaluate(on_test, wt.relevant, ks)
+            v = recommend.evaluate(on_valid, wv.relevant, ks)
+            t = recommend.evaluate(on_test, wt.relevant, ks)
             records.append({"model": name, "seed": seed, f"valid_{primary}": v[primary],
                             **{f"test_{k}": val for k, val in t.items() if "@" in k}, "test_customers": t["queries"]})
             if seed == rp.seeds[-1]:
-                curves[name] = [R.evaluate(on_test[:, :k], wt.relevant, [k])[f"precision@{k}"] for k in CURVE_KS]
+                curves[name] = [recommend.evaluate(on_test[:, :k], wt.relevant, [k])[f"precision@{k}"] for k in CURVE_KS]
         say(f"recommenders seed {seed}: factors {factors}, similarity weight {sim_w}, cluster weight {clu_w}; "
             + ", ".join(f"{r['model']} {r[f'test_{primary}']:.4f}" for r in records if r["seed"] == seed))
     return pd.DataFrame(records), {"chosen": chosen, "precision_curves": curves, "valid_customers": len(wv.eval_rows),
@@ -85,7 +85,7 @@ def served_model(rows: pd.DataFrame, primary: str) -> str:
     return str(by_model.idxmax())
 
 
-def _drop_history(candidates: list[np.ndarray], w: R.Window, exclude: bool) -> list[np.ndarray]:
+def _drop_history(candidates: list[np.ndarray], w: recommend.Window, exclude: bool) -> list[np.ndarray]:
     if not exclude:
         return candidates
     return [np.setdiff1d(c, w.counts[r].indices) for c, r in zip(candidates, w.eval_rows)]

@@ -31,7 +31,7 @@ from plmrec.config import RECOMMENDER_MODELS, Params, RecommendersParams
 from plmrec.errors import BundleError, UnknownCustomer
 from plmrec.data.schema import DAY_NS
 from plmrec.features import EmbeddingFeatures
-from plmrec.recsys import recommend as R
+from plmrec.recsys import recommend
 from plmrec.vectors import normalise, stack
 
 BUNDLE_FORMAT = 1
@@ -58,7 +58,7 @@ class Recommendation:
 
 def _history(prepared: pd.DataFrame, item_col: dict[str, int]) -> tuple[np.ndarray, sp.csr_matrix, sp.csr_matrix, float]:
     rows = prepared[prepared["StockCode"].astype(str).isin(item_col)]
-    customers, _, counts, last_day = R.purchase_matrices(rows, item_col)
+    customers, _, counts, last_day = recommend.purchase_matrices(rows, item_col)
     return customers, counts, last_day, float(rows["InvoiceDate"].max().value // DAY_NS + 1)
 
 
@@ -81,9 +81,9 @@ def build_bundle(prepared: pd.DataFrame, items: pd.DataFrame, encoder_dir: str |
     train_codes = prepared.loc[prepared["split"] == "train", "StockCode"].unique()
     clusters = EmbeddingFeatures.fit(items, train_codes, rp.clusters, seed).table[:, 0].astype(np.int64)
     customers, counts, last_day, end_day = _history(prepared, item_col)
-    uf, vf = R.fit_als(counts, int(chosen["factors"]), rp.mf.regularization, rp.mf.alpha, rp.mf.iterations, seed)
+    uf, vf = recommend.fit_als(counts, int(chosen["factors"]), rp.mf.regularization, rp.mf.alpha, rp.mf.iterations, seed)
     pd.DataFrame({"StockCode": codes, "Description": items["Description"].astype(str).tolist(), "cluster": clusters,
-                  "popularity": R.item_popularity(counts), "customers": R.item_customer_counts(counts)}
+                  "popularity": recommend.item_popularity(counts), "customers": recommend.item_customer_counts(counts)}
                  ).to_parquet(out / "items.parquet", index=False)
     np.save(out / "item_vectors.npy", vectors)
     np.save(out / "item_factors.npy", vf.astype(np.float32))
@@ -207,30 +207,30 @@ class Recommender:
         last_day = sp.csr_matrix((np.full(len(items), self.meta["end_day"] + 1), (rows, items)), shape=shape)
         return counts, last_day
 
-    def _window(self, counts: sp.csr_matrix, last_day: sp.csr_matrix) -> R.Window:
-        return R.Window(customers=np.zeros(1), counts=counts, last_day=last_day, eval_rows=np.zeros(1, dtype=np.int64),
+    def _window(self, counts: sp.csr_matrix, last_day: sp.csr_matrix) -> recommend.Window:
+        return recommend.Window(customers=np.zeros(1), counts=counts, last_day=last_day, eval_rows=np.zeros(1, dtype=np.int64),
                         relevant=[set()], end_day=self.meta["end_day"])
 
     def _rank(self, counts: sp.csr_matrix, last_day: sp.csr_matrix, user_factor: np.ndarray, k: int,
               exclude_seen: bool) -> tuple[np.ndarray, np.ndarray]:
         m = self.meta
-        s = R.score_rows(counts, user_factor[None, :], self.item_factors, self.item_vectors, self.clusters,
+        s = recommend.score_rows(counts, user_factor[None, :], self.item_factors, self.item_vectors, self.clusters,
                          m["n_clusters"], self.popularity)
         seen = counts.indices
         if self.model == "ltr":
             w = self._window(counts, last_day)
-            candidates = R.ltr_candidates(w, s, self.rp)
+            candidates = recommend.ltr_candidates(w, s, self.rp)
             if exclude_seen:
                 candidates = [np.setdiff1d(candidates[0], seen)]
-            frame, _ = R.ltr_frame(w, s, candidates, self.item_customers)
+            frame, _ = recommend.ltr_frame(w, s, candidates, self.item_customers)
             scores = self.ranker.predict(frame)
             items = candidates[0]
             order = np.lexsort((items, -scores))[:k]
             return items[order], scores[order]
-        scores = R.variant_scores(s, m["similarity_weight"], m["cluster_weight"])[self.model][0].astype(np.float64)
+        scores = recommend.variant_scores(s, m["similarity_weight"], m["cluster_weight"])[self.model][0].astype(np.float64)
         if exclude_seen:
             scores[seen] = -np.inf
-        top = R.top_k(scores[None, :], k)[0]
+        top = recommend.top_k(scores[None, :], k)[0]
         top = top[np.isfinite(scores[top])]
         return top, scores[top]
 
@@ -260,7 +260,7 @@ class Recommender:
         return self._result(*self._rank(counts, last_day, factor, k, exclude_seen), unknown)
 
     def _fold_in(self, counts: sp.csr_matrix) -> np.ndarray:
-        return R.fold_in(self.item_factors, counts.indices, R.confidence(counts.data, self.meta["alpha"]),
+        return recommend.fold_in(self.item_factors, counts.indices, recommend.confidence(counts.data, self.meta["alpha"]),
                          self.meta["regularization"])
 
     def recommend_basket(self, basket: list[str], k: int, exclude_seen: bool = False) -> Recommendation:
@@ -277,7 +277,7 @@ class Recommender:
             raise BundleError("this Recommender was loaded without its encoder")
         q = self.encoder.encode(queries, convert_to_numpy=True, normalize_embeddings=True, batch_size=64)
         scores = q.astype(np.float32) @ self.item_vectors.T
-        top = R.top_k(scores, k)
+        top = recommend.top_k(scores, k)
         return [self._result(t, scores[i, t]) for i, t in enumerate(top)]
 
 

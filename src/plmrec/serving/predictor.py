@@ -138,28 +138,23 @@ def _install_handlers(app, limits: ServingParams) -> None:
 
 
 class LocalModelServer(kserve.ModelServer):
-    """kserve.ModelServer bound to a chosen host (kserve itself always binds 0.0.0.0), REST only."""
+    """kserve.ModelServer, REST only, with plmrec's error handlers, bound to a chosen host."""
 
     def __init__(self, host: str, http_port: int, limits: ServingParams):
         super().__init__(http_port=http_port, enable_grpc=False, workers=1, enable_latency_logging=False)
         self.host, self.limits = host, limits
 
-    def start(self, models) -> None:  # the single-process branch of ModelServer.start, with our host
-        import asyncio
-
+    def start(self, models) -> None:
         from kserve.model_server import app
-        from kserve.protocol.rest.server import RESTServer
 
-        self._register_and_check_atleast_one_model_is_ready(models)
         _install_handlers(app, self.limits)
-        self._rest_server = RESTServer("kserve.model_server:app", self.dataplane, self.model_repository_extension,
-                                       self.http_port, workers=1, grace_period=self.grace_period,
-                                       event_loop=self.event_loop, timeout_keep_alive=self.timeout_keep_alive)
+        super().start(models)
+
+    async def _serve(self):
+        # The one override, of a private hook: kserve's RESTServer always binds 0.0.0.0 and offers no
+        # host setting, so the REST server built by start() is pointed at serving.host just before it runs.
         self._rest_server.config.host = self.host
-        self.servers.append(self._rest_server.start())
-        self.setup_event_loop()
-        self.register_signal_handler()
-        asyncio.run(self._serve())
+        await super()._serve()
 
 
 def serve(bundle_dir: str | Path, limits: ServingParams, host: str | None = None, port: int | None = None,
