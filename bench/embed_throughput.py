@@ -29,8 +29,9 @@ sys.path.insert(0, str(ROOT / "bench"))
 SHARED = Path(os.environ.get("PLMREC_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
 from _report import emit  # noqa: E402
-from plmrec.finetune.embed import encode_texts  # noqa: E402
+
 from plmrec.encoders import load_encoder  # noqa: E402
+from plmrec.finetune.embed import encode_texts  # noqa: E402
 from plmrec.pretrain.models import quiet_transformers, resolve_base_model  # noqa: E402
 from plmrec.training.device import resolve_device  # noqa: E402
 
@@ -90,15 +91,30 @@ def main() -> None:
                     torch.cuda.synchronize(device)
                 times.append(time.perf_counter() - start)
             sec = statistics.median(times)
-            results.append({"precision": precision, "batch_size": bs, "seconds": round(sec, 4),
-                            "sentences_per_s": round(len(texts) / sec, 1), "tokens_per_s": round(tokens / sec, 1),
-                            "dim": int(vecs.shape[1])})
+            results.append(
+                {
+                    "precision": precision,
+                    "batch_size": bs,
+                    "seconds": round(sec, 4),
+                    "sentences_per_s": round(len(texts) / sec, 1),
+                    "tokens_per_s": round(tokens / sec, 1),
+                    "dim": int(vecs.shape[1]),
+                }
+            )
             print(json.dumps(results[-1]), file=sys.stderr, flush=True)
-    out = {"bench": "embed_throughput", "model": args.model, "texts": source, "n_texts": len(texts),
-           "mean_chars": round(sum(map(len, texts)) / len(texts), 1), "max_length": args.max_length,
-           "device": torch.cuda.get_device_name(device) if device.type == "cuda" else
-           f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)",
-           "torch": torch.__version__, "results": results}
+    out = {
+        "bench": "embed_throughput",
+        "model": args.model,
+        "texts": source,
+        "n_texts": len(texts),
+        "mean_chars": round(sum(map(len, texts)) / len(texts), 1),
+        "max_length": args.max_length,
+        "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)",
+        "torch": torch.__version__,
+        "results": results,
+    }
     emit(out, args.out)
 
 

@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from _report import emit  # noqa: E402
+
 from plmrec.data.synthetic import synthetic_catalogue  # noqa: E402  (needs only numpy/pandas)
 from plmrec.pretrain.corpus import finish_corpus, synthetic_dapt_corpus  # noqa: E402
 from plmrec.pretrain.models import build_tiny_roberta, quiet_transformers  # noqa: E402
@@ -35,11 +36,23 @@ from plmrec.training.device import resolve_device, resolve_precision  # noqa: E4
 from plmrec.training.loop import TrainConfig, train  # noqa: E402
 
 # Dense bf16 tensor-core peaks (no sparsity), FLOP/s, by a substring of the device name.
-PEAK_BF16 = [("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989e12), ("H200", 989e12), ("GH200", 989e12),
-             ("B200", 2250e12), ("A100", 312e12), ("L40S", 362e12), ("A10G", 70e12), ("L4", 121e12)]
-SIZES = {"tiny": dict(hidden_size=64, layers=2, heads=2, intermediate_size=256),
-         "small": dict(hidden_size=256, layers=4, heads=4, intermediate_size=1024),
-         "base": dict(hidden_size=768, layers=12, heads=12, intermediate_size=3072)}  # roberta-base
+PEAK_BF16 = [
+    ("H100 PCIe", 756e12),
+    ("H100 NVL", 835e12),
+    ("H100", 989e12),
+    ("H200", 989e12),
+    ("GH200", 989e12),
+    ("B200", 2250e12),
+    ("A100", 312e12),
+    ("L40S", 362e12),
+    ("A10G", 70e12),
+    ("L4", 121e12),
+]
+SIZES = {
+    "tiny": dict(hidden_size=64, layers=2, heads=2, intermediate_size=256),
+    "small": dict(hidden_size=256, layers=4, heads=4, intermediate_size=1024),
+    "base": dict(hidden_size=768, layers=12, heads=12, intermediate_size=3072),
+}  # roberta-base
 
 
 def peak_flops(device: torch.device) -> tuple[str, float | None]:
@@ -52,8 +65,9 @@ def peak_flops(device: torch.device) -> tuple[str, float | None]:
     return name, None
 
 
-def make_model(size: str, seq_len: int, vocab: int, workdir: Path, texts: list[str],
-               attention_dropout: float | None = None) -> Path:
+def make_model(
+    size: str, seq_len: int, vocab: int, *, workdir: Path, texts: list[str], attention_dropout: float | None = None
+) -> Path:
     """A random RoBERTa of the given size; the tokenizer is a small BPE trained on `texts`, the
     embedding matrix has `vocab` rows (50,265 for roberta-base) so the head costs what it would."""
     from transformers import RobertaConfig, RobertaForMaskedLM
@@ -61,9 +75,15 @@ def make_model(size: str, seq_len: int, vocab: int, workdir: Path, texts: list[s
     path = build_tiny_roberta(texts, workdir, vocab_size=4000, max_length=seq_len, **SIZES["tiny"])
     cfg = RobertaConfig.from_pretrained(path)
     s = SIZES[size]
-    cfg.update(dict(vocab_size=max(vocab, cfg.vocab_size), hidden_size=s["hidden_size"],
-                    num_hidden_layers=s["layers"], num_attention_heads=s["heads"],
-                    intermediate_size=s["intermediate_size"]))
+    cfg.update(
+        dict(
+            vocab_size=max(vocab, cfg.vocab_size),
+            hidden_size=s["hidden_size"],
+            num_hidden_layers=s["layers"],
+            num_attention_heads=s["heads"],
+            intermediate_size=s["intermediate_size"],
+        )
+    )
     if attention_dropout is not None:
         cfg.attention_probs_dropout_prob = attention_dropout
     torch.manual_seed(0)
@@ -71,7 +91,7 @@ def make_model(size: str, seq_len: int, vocab: int, workdir: Path, texts: list[s
     return path
 
 
-def count_flops(objective, examples, batch_size: int, device, precision: str) -> tuple[float, int]:
+def count_flops(objective, examples, batch_size: int, *, device, precision: str) -> tuple[float, int]:
     """FLOPs of one eager forward+backward step and the tokens it processed."""
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -79,7 +99,11 @@ def count_flops(objective, examples, batch_size: int, device, precision: str) ->
     moved = move_to(batch, device)
     gen = torch.Generator(device=device)
     gen.manual_seed(0)
-    ctx = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else torch.autocast(device.type, enabled=False)
+    ctx = (
+        torch.autocast(device.type, dtype=torch.bfloat16)
+        if precision == "bf16"
+        else torch.autocast(device.type, enabled=False)
+    )
     counter = FlopCounterMode(display=False)
     with counter:
         with ctx:
@@ -89,7 +113,7 @@ def count_flops(objective, examples, batch_size: int, device, precision: str) ->
     return float(counter.get_total_flops()), batch["n_tokens"]
 
 
-def bench_one(objective_name: str, model_dir: Path, texts: list[str], args, device) -> dict:
+def bench_one(objective_name: str, model_dir: Path, texts: list[str], *, args, device) -> dict:
     objective = make_objective(objective_name, str(model_dir), args.seq_len, packing=True)
     if objective_name == "tsdae" and not args.short_tsdae:
         # windows of seq_len tokens of running text, comparable per token with packed MLM
@@ -97,12 +121,12 @@ def bench_one(objective_name: str, model_dir: Path, texts: list[str], args, devi
         w = args.seq_len - 2
         import numpy as np
 
-        examples = [np.asarray(stream[i:i + w]) for i in range(0, len(stream) - w, w)]
+        examples = [np.asarray(stream[i : i + w]) for i in range(0, len(stream) - w, w)]
     else:
         examples = objective.encode(texts)
     precision = resolve_precision(args.precision, device)
     objective.to(device)
-    flops_step, tokens_counted = count_flops(objective, examples, args.batch_size, device, precision)
+    flops_step, tokens_counted = count_flops(objective, examples, args.batch_size, device=device, precision=precision)
     marks: dict[str, float] = {}
 
     def on_step(done, result):
@@ -113,9 +137,19 @@ def bench_one(objective_name: str, model_dir: Path, texts: list[str], args, devi
             marks[f"tok{done}"] = result.tokens
             marks[f"smp{done}"] = result.samples
 
-    cfg = TrainConfig(steps=args.warmup + args.steps, batch_size=args.batch_size, learning_rate=1e-4,
-                      precision=args.precision, device=str(device), compile=args.compile, attention=args.attention,
-                      checkpoint_every=10 ** 9, log_every=10 ** 9, seed=0, progress=False)
+    cfg = TrainConfig(
+        steps=args.warmup + args.steps,
+        batch_size=args.batch_size,
+        learning_rate=1e-4,
+        precision=args.precision,
+        device=str(device),
+        compile=args.compile,
+        attention=args.attention,
+        checkpoint_every=10**9,
+        log_every=10**9,
+        seed=0,
+        progress=False,
+    )
     result = train(objective, examples, cfg, on_step=on_step, desc=f"bench-{objective_name}")
     a, b = args.warmup, args.warmup + args.steps
     seconds = marks[f"t{b}"] - marks[f"t{a}"]
@@ -124,13 +158,20 @@ def bench_one(objective_name: str, model_dir: Path, texts: list[str], args, devi
     achieved = flops_per_token * tokens / seconds
     name, peak = peak_flops(device)
     n_params = sum(p.numel() for p in objective.encoder.parameters())
-    return {"objective": objective_name, "tokens_per_s": round(tokens / seconds, 1),
-            "samples_per_s": round(samples / seconds, 1), "step_ms": round(1000 * seconds / args.steps, 2),
-            "tokens_per_step": round(tokens / args.steps, 1), "flops_per_token": round(flops_per_token),
-            "achieved_tflops": round(achieved / 1e12, 2),
-            "mfu": round(achieved / peak, 4) if peak else None,
-            "peak_memory_gib": round(torch.cuda.max_memory_allocated(device) / 2 ** 30, 2) if device.type == "cuda" else None,
-            "encoder_parameters": n_params, "precision": precision, "final_loss": result.losses[-1][1]}
+    return {
+        "objective": objective_name,
+        "tokens_per_s": round(tokens / seconds, 1),
+        "samples_per_s": round(samples / seconds, 1),
+        "step_ms": round(1000 * seconds / args.steps, 2),
+        "tokens_per_step": round(tokens / args.steps, 1),
+        "flops_per_token": round(flops_per_token),
+        "achieved_tflops": round(achieved / 1e12, 2),
+        "mfu": round(achieved / peak, 4) if peak else None,
+        "peak_memory_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None,
+        "encoder_parameters": n_params,
+        "precision": precision,
+        "final_loss": result.losses[-1][1],
+    }
 
 
 def main(argv=None) -> dict:
@@ -146,10 +187,15 @@ def main(argv=None) -> dict:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--compile", action="store_true", help="torch.compile the encoder")
     ap.add_argument("--short-tsdae", action="store_true", help="TSDAE on 50-character sentences, as the study")
-    ap.add_argument("--attention", default="auto", choices=["auto", "flash", "cudnn", "efficient", "math"],
-                    help="pin the SDPA kernel")
-    ap.add_argument("--attention-dropout", type=float, default=None,
-                    help="override the config's attention dropout (RoBERTa: 0.1)")
+    ap.add_argument(
+        "--attention",
+        default="auto",
+        choices=["auto", "flash", "cudnn", "efficient", "math"],
+        help="pin the SDPA kernel",
+    )
+    ap.add_argument(
+        "--attention-dropout", type=float, default=None, help="override the config's attention dropout (RoBERTa: 0.1)"
+    )
     ap.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = ap.parse_args(argv)
     device = resolve_device(args.device)
@@ -161,14 +207,33 @@ def main(argv=None) -> dict:
     quiet_transformers()
     texts = finish_corpus(list(synthetic_catalogue()["Description"]) + synthetic_dapt_corpus(40000), 200, 3)
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = make_model(args.model, args.seq_len, args.vocab, Path(tmp), texts, args.attention_dropout)
-        runs = [bench_one(o, model_dir, texts, args, device) for o in args.objectives]
+        model_dir = make_model(
+            args.model,
+            args.seq_len,
+            args.vocab,
+            workdir=Path(tmp),
+            texts=texts,
+            attention_dropout=args.attention_dropout,
+        )
+        runs = [bench_one(o, model_dir, texts, args=args, device=device) for o in args.objectives]
     name, peak = peak_flops(device)
-    out = {"bench": "pretrain_throughput", "device": name, "peak_bf16_tflops": peak / 1e12 if peak else None,
-           "torch": torch.__version__, "model": args.model, "seq_len": args.seq_len, "batch_size": args.batch_size,
-           "compile": args.compile, "attention_dropout": args.attention_dropout, "attention": args.attention, "timed_steps": args.steps, "warmup_steps": args.warmup,
-           "threads": torch.get_num_threads(), "results": runs,
-           "command": "python bench/pretrain_throughput.py " + " ".join(argv if argv is not None else sys.argv[1:])}
+    out = {
+        "bench": "pretrain_throughput",
+        "device": name,
+        "peak_bf16_tflops": peak / 1e12 if peak else None,
+        "torch": torch.__version__,
+        "model": args.model,
+        "seq_len": args.seq_len,
+        "batch_size": args.batch_size,
+        "compile": args.compile,
+        "attention_dropout": args.attention_dropout,
+        "attention": args.attention,
+        "timed_steps": args.steps,
+        "warmup_steps": args.warmup,
+        "threads": torch.get_num_threads(),
+        "results": runs,
+        "command": "python bench/pretrain_throughput.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    }
     emit(out, args.out)
     return out
 

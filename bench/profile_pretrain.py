@@ -30,17 +30,26 @@ def main() -> None:
     device = pt.resolve_device("auto")
     texts = pt.finish_corpus(list(pt.synthetic_catalogue()["Description"]) + pt.synthetic_dapt_corpus(40000), 200, 3)
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = pt.make_model(a.model, a.seq_len, 50265, Path(tmp), texts)
+        model_dir = pt.make_model(a.model, a.seq_len, 50265, workdir=Path(tmp), texts=texts)
         obj = pt.make_objective(a.objective, str(model_dir), a.seq_len, packing=True)
         examples = obj.encode(texts)
-        prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA],
-                                      schedule=torch.profiler.schedule(wait=8, warmup=2, active=3))
+        prof = torch.profiler.profile(
+            activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA],
+            schedule=torch.profiler.schedule(wait=8, warmup=2, active=3),
+        )
 
         def on_step(done, result):
             prof.step()
 
-        cfg = pt.TrainConfig(steps=14, batch_size=a.batch_size, device=str(device), compile=a.compile,
-                             checkpoint_every=10 ** 9, log_every=10 ** 9, progress=False)
+        cfg = pt.TrainConfig(
+            steps=14,
+            batch_size=a.batch_size,
+            device=str(device),
+            compile=a.compile,
+            checkpoint_every=10**9,
+            log_every=10**9,
+            progress=False,
+        )
         with prof:
             pt.train(obj, examples, cfg, None, on_step=on_step)
     print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=a.rows, max_name_column_width=70))

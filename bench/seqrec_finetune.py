@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 SHARED = Path(os.environ.get("PLMREC_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
 from _report import emit  # noqa: E402
+
 from plmrec.data.seqrec import load_seqrec  # noqa: E402
 from plmrec.finetune.contrastive import Contrastive  # noqa: E402
 from plmrec.finetune.pairs import render_history  # noqa: E402
@@ -63,8 +64,10 @@ def main() -> None:
     valid_q = seqrec_queries(ds.splits["valid"], args.eval_users, args.seed)
     test_q = seqrec_queries(ds.splits["test"], args.eval_users, args.seed)
     train_rows = ds.splits["train"]
-    pairs = [(render_history([texts[i] for i in h], args.history_length), texts[t])
-             for h, t in zip(train_rows["history"], train_rows["target"])]
+    pairs = [
+        (render_history([texts[i] for i in h], args.history_length), texts[t])
+        for h, t in zip(train_rows["history"], train_rows["target"])
+    ]
 
     objective = Contrastive(resolve_base_model(args.model), args.max_length, args.pooling)
     model = objective.st
@@ -72,21 +75,39 @@ def main() -> None:
     def score(queries) -> dict:
         model.eval()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            out = score_encoder(model, texts, queries, KS, args.history_length, 5.0, False, 512 if
-                                device.type == "cuda" else 64)
+            out = score_encoder(
+                model,
+                texts,
+                queries,
+                ks=KS,
+                history_length=args.history_length,
+                half_life=5.0,
+                exclude_history=False,
+                batch_size=512 if device.type == "cuda" else 64,
+            )
         model.train()
-        return {kind: {k: round(v, 4) for k, v in m.items() if "@" in k and k.split("@")[0] in ("recall", "ndcg")}
-                for kind, m in out.items() if not kind.startswith("_")}
+        return {
+            kind: {k: round(v, 4) for k, v in m.items() if "@" in k and k.split("@")[0] in ("recall", "ndcg")}
+            for kind, m in out.items()
+            if not kind.startswith("_")
+        }
 
     model.to(device)
     zero_valid, zero_test = score(valid_q), score(test_q)
     print(json.dumps({"zero_shot_valid": zero_valid["sentence"]}), file=sys.stderr, flush=True)
     examples = objective.encode(pairs)
-    per_epoch = steps_for_epochs(len(examples), 1, args.batch_size, 1)
+    per_epoch = steps_for_epochs(len(examples), 1, args.batch_size, grad_accum=1)
     if args.max_steps:
         per_epoch = min(per_epoch, args.max_steps)
-    cfg = TrainConfig(steps=per_epoch * args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
-                      warmup_ratio=0.1, device=str(device), log_every=max(1, per_epoch // 5), seed=args.seed)
+    cfg = TrainConfig(
+        steps=per_epoch * args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        warmup_ratio=0.1,
+        device=str(device),
+        log_every=max(1, per_epoch // 5),
+        seed=args.seed,
+    )
     history, best = [], {"ndcg": -1.0}
 
     def on_step(done, result) -> None:
@@ -95,22 +116,38 @@ def main() -> None:
             history.append({"epoch": done // per_epoch, "step": done, "valid": v["sentence"]})
             print(json.dumps(history[-1]), file=sys.stderr, flush=True)
             if v["sentence"]["ndcg@10"] > best["ndcg"]:
-                best.update(ndcg=v["sentence"]["ndcg@10"], epoch=done // per_epoch,
-                            state=copy.deepcopy(objective.module.state_dict()))
+                best.update(
+                    ndcg=v["sentence"]["ndcg@10"],
+                    epoch=done // per_epoch,
+                    state=copy.deepcopy(objective.module.state_dict()),
+                )
 
     start = time.perf_counter()
     result = train(objective, examples, cfg, on_step=on_step, desc="seqrec-finetune")
     train_s = time.perf_counter() - start
     objective.module.load_state_dict(best["state"])
-    out = {"bench": "seqrec_finetune", "data": ds.name, "items": ds.n_items, "model": args.model,
-           "train_pairs": len(examples), "eval_users": len(test_q), "protocol": "leave-one-out, full ranking, "
-           "history not masked; query = encoded history sentence (most recent first)",
-           "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-           "precision": result.precision, "batch_size": args.batch_size, "max_length": args.max_length,
-           "epochs": args.epochs, "steps": cfg.steps, "train_seconds_incl_valid_scoring": round(train_s, 1),
-           "train_pairs_per_s": round(result.samples_per_s, 1),
-           "zero_shot": {"valid": zero_valid, "test": zero_test}, "valid_by_epoch": history,
-           "chosen_epoch": best["epoch"], "finetuned_test": score(test_q)}
+    out = {
+        "bench": "seqrec_finetune",
+        "data": ds.name,
+        "items": ds.n_items,
+        "model": args.model,
+        "train_pairs": len(examples),
+        "eval_users": len(test_q),
+        "protocol": "leave-one-out, full ranking, "
+        "history not masked; query = encoded history sentence (most recent first)",
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "precision": result.precision,
+        "batch_size": args.batch_size,
+        "max_length": args.max_length,
+        "epochs": args.epochs,
+        "steps": cfg.steps,
+        "train_seconds_incl_valid_scoring": round(train_s, 1),
+        "train_pairs_per_s": round(result.samples_per_s, 1),
+        "zero_shot": {"valid": zero_valid, "test": zero_test},
+        "valid_by_epoch": history,
+        "chosen_epoch": best["epoch"],
+        "finetuned_test": score(test_q),
+    }
     emit(out, args.out)
 
 

@@ -34,8 +34,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import numpy as np  # noqa: E402
 import requests  # noqa: E402
-
 from _report import emit  # noqa: E402
+
 from plmrec.config import Params  # noqa: E402
 
 
@@ -47,7 +47,7 @@ def build_bundle_here(out: Path, seed: int) -> tuple[Path, str]:
     prepared, source = load_prepared(params)
     rp = params.recommenders.model_copy(update={"seeds": [seed]})
     with contextlib.redirect_stdout(sys.stderr):  # stdout carries only the JSON result
-        return comparison_bundles(prepared, rp, out, ("ltr",))["ltr"], source
+        return comparison_bundles(prepared, rp, out, models=("ltr",))["ltr"], source
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -83,9 +83,14 @@ def load(url: str, bodies: list[dict], concurrency: int) -> dict:
     for t in threads:
         t.join()
     wall = time.perf_counter() - start
-    return {"requests": len(latencies), "errors": len(errors), "p50_ms": round(percentile(latencies, 50), 2),
-            "p95_ms": round(percentile(latencies, 95), 2), "p99_ms": round(percentile(latencies, 99), 2),
-            "requests_per_s": round(len(latencies) / wall, 1)}
+    return {
+        "requests": len(latencies),
+        "errors": len(errors),
+        "p50_ms": round(percentile(latencies, 50), 2),
+        "p95_ms": round(percentile(latencies, 95), 2),
+        "p99_ms": round(percentile(latencies, 99), 2),
+        "requests_per_s": round(len(latencies) / wall, 1),
+    }
 
 
 def naive_customer(rec, customer: int, k: int) -> list[str]:
@@ -112,9 +117,18 @@ def timed_ms(fn, args_list) -> float:
     return statistics.median(times)
 
 
-QUERIES = ["red heart lantern for a wedding", "vintage christmas decoration", "cake stand for a party",
-           "lunch box for children", "glass candle holder", "retro alarm clock", "paper napkins", "gift wrap",
-           "hot water bottle", "garden bunting"]
+QUERIES = [
+    "red heart lantern for a wedding",
+    "vintage christmas decoration",
+    "cake stand for a party",
+    "lunch box for children",
+    "glass candle holder",
+    "retro alarm clock",
+    "paper napkins",
+    "gift wrap",
+    "hot water bottle",
+    "garden bunting",
+]
 
 
 def main() -> None:
@@ -141,13 +155,27 @@ def main() -> None:
     rng = random.Random(args.seed)
     customers = list(rec.customer_row)
     bodies = {
-        "customer": [{"instances": [{"customer_id": rng.choice(customers), "k": args.k}]} for _ in range(args.requests)],
-        "basket": [{"instances": [{"basket": rng.sample(list(rec.codes), 5), "k": args.k}]} for _ in range(args.requests)],
+        "customer": [
+            {"instances": [{"customer_id": rng.choice(customers), "k": args.k}]} for _ in range(args.requests)
+        ],
+        "basket": [
+            {"instances": [{"basket": rng.sample(list(rec.codes), 5), "k": args.k}]} for _ in range(args.requests)
+        ],
         "query": [{"instances": [{"query": rng.choice(QUERIES) + f" {i}", "k": args.k}]} for i in range(args.requests)],
     }
-    result = {"benchmark": "serve_latency", "machine": platform.processor() or platform.machine(),
-              "cpus": os.cpu_count(), "bundle": str(args.bundle), "data": source, "model": rec.meta["model"],
-              "items": rec.n_items, "customers": len(customers), "k": args.k, "protocol": "v1", "load": {}}
+    result = {
+        "benchmark": "serve_latency",
+        "machine": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "bundle": str(args.bundle),
+        "data": source,
+        "model": rec.meta["model"],
+        "items": rec.n_items,
+        "customers": len(customers),
+        "k": args.k,
+        "protocol": "v1",
+        "load": {},
+    }
     with plmrec_server(["--bundle", str(args.bundle)], tmp) as server:
         url = f"{server.url}/v1/models/plmrec:predict"
         for kind, kind_bodies in bodies.items():
@@ -160,12 +188,15 @@ def main() -> None:
     served_customer = timed_ms(rec.recommend_customer, sample)
     scan_customer = timed_ms(lambda c, k: naive_customer(rec, c, k), sample)
     served_query = timed_ms(lambda q, k: rec.search([q], k), [(q, args.k) for q in QUERIES])
-    naive = timed_ms(lambda q, k: naive_query(rec, q, k), [(q, args.k) for q in QUERIES[:args.naive_queries]])
+    naive = timed_ms(lambda q, k: naive_query(rec, q, k), [(q, args.k) for q in QUERIES[: args.naive_queries]])
     result["in_process_ms"] = {
-        "customer_served_path": round(served_customer, 3), "customer_python_scan": round(scan_customer, 3),
+        "customer_served_path": round(served_customer, 3),
+        "customer_python_scan": round(scan_customer, 3),
         "customer_speedup": round(scan_customer / served_customer, 1),
-        "query_served_path": round(served_query, 3), "query_reencode_catalogue": round(naive, 1),
-        "query_speedup": round(naive / served_query, 1)}
+        "query_served_path": round(served_query, 3),
+        "query_reencode_catalogue": round(naive, 1),
+        "query_speedup": round(naive / served_query, 1),
+    }
     c8 = result["load"].get("customer_c8")
     if c8:
         result["target"] = {"customer_c8_p99_ms": c8["p99_ms"], "under_50_ms": c8["p99_ms"] < 50}

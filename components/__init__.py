@@ -29,8 +29,14 @@ def as_stage(component, name: str):
 
 
 @component
-def ingest(config: dict, tracking_uri: str, run_key: str, job_id: str,
-           raw_data: Output[Dataset], ingest_metrics: Output[Metrics]):
+def ingest(
+    config: dict,
+    tracking_uri: str,
+    run_key: str,
+    job_id: str,
+    raw_data: Output[Dataset],
+    ingest_metrics: Output[Metrics],
+):
     """Load or generate the raw transactions table (parquet)."""
     from plmrec import kfp_runtime
 
@@ -38,13 +44,30 @@ def ingest(config: dict, tracking_uri: str, run_key: str, job_id: str,
 
 
 @component
-def validate(config: dict, tracking_uri: str, run_key: str, job_id: str, suite: str, table: Input[Dataset],
-             report: Output[HTML], report_files: Output[Artifact], validation_metrics: Output[Metrics]):
+def validate(
+    config: dict,
+    tracking_uri: str,
+    run_key: str,
+    job_id: str,
+    suite: str,
+    table: Input[Dataset],
+    report: Output[HTML],
+    report_files: Output[Artifact],
+    validation_metrics: Output[Metrics],
+):
     """A great-expectations suite (raw or prepared); a failure stops the pipeline with the report in MLflow."""
     from plmrec import kfp_runtime
 
-    kfp_runtime.validate(config, tracking_uri, run_key or job_id, suite=suite, table=table, report=report,
-                         report_files=report_files, validation_metrics=validation_metrics)
+    kfp_runtime.validate(
+        config,
+        tracking_uri,
+        run_key or job_id,
+        suite=suite,
+        table=table,
+        report=report,
+        report_files=report_files,
+        validation_metrics=validation_metrics,
+    )
 
 
 validate_raw = as_stage(validate, "validate-raw")
@@ -52,100 +75,217 @@ validate_prepared = as_stage(validate, "validate-prepared")
 
 
 @component
-def prepare(config: dict, tracking_uri: str, run_key: str, job_id: str, raw_data: Input[Dataset],
-            prepared_data: Output[Dataset], prepare_metrics: Output[Metrics]):
+def prepare(
+    config: dict,
+    tracking_uri: str,
+    run_key: str,
+    job_id: str,
+    raw_data: Input[Dataset],
+    prepared_data: Output[Dataset],
+    prepare_metrics: Output[Metrics],
+):
     """Clean, split by date and label the transactions (one parquet with a `split` column)."""
     from plmrec import kfp_runtime
 
-    kfp_runtime.prepare(config, tracking_uri, run_key or job_id, raw_data=raw_data, prepared_data=prepared_data,
-                        prepare_metrics=prepare_metrics)
+    kfp_runtime.prepare(
+        config,
+        tracking_uri,
+        run_key or job_id,
+        raw_data=raw_data,
+        prepared_data=prepared_data,
+        prepare_metrics=prepare_metrics,
+    )
 
 
 @component
-def train_baseline(config: dict, tracking_uri: str, run_key: str, job_id: str, prepared_data: Input[Dataset],
-                   model: Output[Model], train_metrics: Output[Metrics]):
+def train_baseline(
+    config: dict,
+    tracking_uri: str,
+    run_key: str,
+    job_id: str,
+    prepared_data: Input[Dataset],
+    model: Output[Model],
+    train_metrics: Output[Metrics],
+):
     """XGBoost on non-text features for the quantity label (early stopping on valid)."""
     from plmrec import kfp_runtime
 
-    kfp_runtime.train_baseline(config, tracking_uri, run_key or job_id, prepared_data=prepared_data, model=model,
-                               train_metrics=train_metrics)
+    kfp_runtime.train_baseline(
+        config, tracking_uri, run_key or job_id, prepared_data=prepared_data, model=model, train_metrics=train_metrics
+    )
 
 
 @component
-def evaluate_baseline(config: dict, tracking_uri: str, run_key: str, job_id: str, prepared_data: Input[Dataset],
-                      model: Input[Model], test_metrics: Output[Metrics],
-                      confusion: Output[ClassificationMetrics]):
+def evaluate_baseline(
+    config: dict,
+    tracking_uri: str,
+    run_key: str,
+    job_id: str,
+    prepared_data: Input[Dataset],
+    model: Input[Model],
+    test_metrics: Output[Metrics],
+    confusion: Output[ClassificationMetrics],
+):
     """Score the baseline on the test split once."""
     from plmrec import kfp_runtime
 
-    kfp_runtime.evaluate_baseline(config, tracking_uri, run_key or job_id, prepared_data=prepared_data, model=model,
-                                  test_metrics=test_metrics, confusion=confusion)
+    kfp_runtime.evaluate_baseline(
+        config,
+        tracking_uri,
+        run_key or job_id,
+        prepared_data=prepared_data,
+        model=model,
+        test_metrics=test_metrics,
+        confusion=confusion,
+    )
 
 
 @component
-def pretrain(config: dict, tracking_uri: str, run_key: str, job_id: str, prepared_data: Input[Dataset],
-             model: Output[Model], pretrain_metrics: Output[Metrics], loss_curve: Output[HTML]):
+def pretrain(
+    config: dict,
+    tracking_uri: str,
+    run_key: str,
+    job_id: str,
+    prepared_data: Input[Dataset],
+    model: Output[Model],
+    pretrain_metrics: Output[Metrics],
+    loss_curve: Output[HTML],
+):
     """DAPT/TAPT pretraining with MLM and TSDAE; uses the GPU the pipeline requests, or the CPU."""
     from plmrec import kfp_runtime
 
-    kfp_runtime.pretrain(config, tracking_uri, run_key or job_id, prepared_data=prepared_data, model=model,
-                         pretrain_metrics=pretrain_metrics, loss_curve=loss_curve)
+    kfp_runtime.pretrain(
+        config,
+        tracking_uri,
+        run_key or job_id,
+        prepared_data=prepared_data,
+        model=model,
+        pretrain_metrics=pretrain_metrics,
+        loss_curve=loss_curve,
+    )
 
 
 @component
-def finetune(config: dict, tracking_uri: str, run_key: str, job_id: str, prepared_data: Input[Dataset],
-             pretrained: Input[Model], model: Output[Model], finetune_metrics: Output[Metrics],
-             plots: Output[HTML]):
+def finetune(
+    config: dict,
+    tracking_uri: str,
+    run_key: str,
+    job_id: str,
+    prepared_data: Input[Dataset],
+    pretrained: Input[Model],
+    model: Output[Model],
+    finetune_metrics: Output[Metrics],
+    plots: Output[HTML],
+):
     """Contrastive fine-tuning (in-batch InfoNCE), then item/user embeddings and the item index."""
     from plmrec import kfp_runtime
 
-    kfp_runtime.finetune(config, tracking_uri, run_key or job_id, prepared_data=prepared_data, pretrained=pretrained,
-                         model=model, finetune_metrics=finetune_metrics, plots=plots)
+    kfp_runtime.finetune(
+        config,
+        tracking_uri,
+        run_key or job_id,
+        prepared_data=prepared_data,
+        pretrained=pretrained,
+        model=model,
+        finetune_metrics=finetune_metrics,
+        plots=plots,
+    )
 
 
 @component
-def evaluate_retrieval(config: dict, tracking_uri: str, run_key: str, job_id: str, prepared_data: Input[Dataset],
-                       pretrained: Input[Model], finetuned: Input[Model], retrieval_metrics: Output[Metrics],
-                       table: Output[HTML]):
+def evaluate_retrieval(
+    config: dict,
+    tracking_uri: str,
+    run_key: str,
+    job_id: str,
+    prepared_data: Input[Dataset],
+    pretrained: Input[Model],
+    finetuned: Input[Model],
+    retrieval_metrics: Output[Metrics],
+    table: Output[HTML],
+):
     """Next-item retrieval with full ranking for the base, pretrained and fine-tuned encoders."""
     from plmrec import kfp_runtime
 
-    kfp_runtime.evaluate_retrieval(config, tracking_uri, run_key or job_id, prepared_data=prepared_data,
-                                   pretrained=pretrained, finetuned=finetuned, retrieval_metrics=retrieval_metrics,
-                                   table=table)
+    kfp_runtime.evaluate_retrieval(
+        config,
+        tracking_uri,
+        run_key or job_id,
+        prepared_data=prepared_data,
+        pretrained=pretrained,
+        finetuned=finetuned,
+        retrieval_metrics=retrieval_metrics,
+        table=table,
+    )
 
 
 @component
-def compare_models(config: dict, tracking_uri: str, run_key: str, job_id: str, prepared_data: Input[Dataset],
-                   finetuned: Input[Model], compare_metrics: Output[Metrics], results: Output[HTML],
-                   bundle: Output[Model]):
+def compare_models(
+    config: dict,
+    tracking_uri: str,
+    run_key: str,
+    job_id: str,
+    prepared_data: Input[Dataset],
+    finetuned: Input[Model],
+    compare_metrics: Output[Metrics],
+    results: Output[HTML],
+    bundle: Output[Model],
+):
     """XGBoost with and without PLM features, ALS and its PLM variants, learning to rank: several seeds;
     the served recommender's bundle, refitted on all purchases."""
     from plmrec import kfp_runtime
 
-    kfp_runtime.compare_models(config, tracking_uri, run_key or job_id, prepared_data=prepared_data,
-                               finetuned=finetuned, compare_metrics=compare_metrics, results=results, bundle=bundle)
+    kfp_runtime.compare_models(
+        config,
+        tracking_uri,
+        run_key or job_id,
+        prepared_data=prepared_data,
+        finetuned=finetuned,
+        compare_metrics=compare_metrics,
+        results=results,
+        bundle=bundle,
+    )
 
 
 @component
-def register_model(config: dict, tracking_uri: str, run_key: str, job_id: str, prepared_data: Input[Dataset],
-                   bundle: Input[Model], decision: Output[Metrics]):
+def register_model(
+    config: dict,
+    tracking_uri: str,
+    run_key: str,
+    job_id: str,
+    prepared_data: Input[Dataset],
+    bundle: Input[Model],
+    decision: Output[Metrics],
+):
     """Register the bundle in the MLflow registry (@challenger); the gate promotes it to @champion."""
     from plmrec import kfp_runtime
 
-    kfp_runtime.register_model(config, tracking_uri, run_key or job_id, prepared_data=prepared_data, bundle=bundle,
-                               decision=decision)
+    kfp_runtime.register_model(
+        config, tracking_uri, run_key or job_id, prepared_data=prepared_data, bundle=bundle, decision=decision
+    )
 
 
 @component
-def finish_tracking(config: dict, tracking_uri: str, run_key: str, job_id: str,
-                    status: dsl.PipelineTaskFinalStatus):
+def finish_tracking(config: dict, tracking_uri: str, run_key: str, job_id: str, status: dsl.PipelineTaskFinalStatus):
     """Exit handler: close the MLflow parent run with the pipeline's final state."""
     from plmrec import kfp_runtime
 
-    kfp_runtime.finish_tracking(config, tracking_uri, run_key or job_id, state=status.state,
-                                message=status.error_message or "")
+    kfp_runtime.finish_tracking(
+        config, tracking_uri, run_key or job_id, state=status.state, message=status.error_message or ""
+    )
 
 
-__all__ = ["compare_models", "evaluate_baseline", "evaluate_retrieval", "finetune", "finish_tracking", "ingest",
-           "pretrain", "prepare", "register_model", "train_baseline", "validate_prepared", "validate_raw"]
+__all__ = [
+    "compare_models",
+    "evaluate_baseline",
+    "evaluate_retrieval",
+    "finetune",
+    "finish_tracking",
+    "ingest",
+    "pretrain",
+    "prepare",
+    "register_model",
+    "train_baseline",
+    "validate_prepared",
+    "validate_raw",
+]

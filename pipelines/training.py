@@ -28,8 +28,9 @@ def request_resources(task, resources: ResourceParams, pull_secrets: list[str] =
     for label, value in resources.node_selector.items():
         kubernetes.add_node_selector(task, label_key=label, label_value=value)
     for toleration in resources.tolerations:
-        kubernetes.add_toleration(task, key=toleration.key, operator=toleration.operator,
-                                  value=toleration.value, effect=toleration.effect)
+        kubernetes.add_toleration(
+            task, key=toleration.key, operator=toleration.operator, value=toleration.value, effect=toleration.effect
+        )
     if pull_secrets:
         kubernetes.set_image_pull_secrets(task, list(pull_secrets))
     return task
@@ -40,10 +41,12 @@ def build_training_pipeline(params: Params):
     default_config = params.to_dict()
     caching = params.pipeline.enable_caching
 
-    @dsl.pipeline(name=params.pipeline.name,
-                  description="plmrec: validated Online Retail data to pretrained and fine-tuned encoders, "
-                              "item/user embeddings, recommenders compared over seeds, the best registered and gated for serving, "
-                              "and a baseline model")
+    @dsl.pipeline(
+        name=params.pipeline.name,
+        description="plmrec: validated Online Retail data to pretrained and fine-tuned encoders, "
+        "item/user embeddings, recommenders compared over seeds, the best registered and gated for serving, "
+        "and a baseline model",
+    )
     def training_pipeline(config: dict = default_config, tracking_uri: str = "", run_key: str = ""):
         ctx = dict(config=config, tracking_uri=tracking_uri, run_key=run_key, job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
         finish = c.finish_tracking(**ctx).set_display_name(FINISH_TRACKING)
@@ -57,17 +60,23 @@ def build_training_pipeline(params: Params):
             scored = c.evaluate_baseline(**ctx, prepared_data=prepared, model=model.outputs["model"])
             encoder = c.pretrain(**ctx, prepared_data=prepared).after(prep_ok)
             tuned = c.finetune(**ctx, prepared_data=prepared, pretrained=encoder.outputs["model"])
-            retrieval = c.evaluate_retrieval(**ctx, prepared_data=prepared, pretrained=encoder.outputs["model"],
-                                             finetuned=tuned.outputs["model"])
+            retrieval = c.evaluate_retrieval(
+                **ctx, prepared_data=prepared, pretrained=encoder.outputs["model"], finetuned=tuned.outputs["model"]
+            )
             compared = c.compare_models(**ctx, prepared_data=prepared, finetuned=tuned.outputs["model"])
             registered = c.register_model(**ctx, prepared_data=prepared, bundle=compared.outputs["bundle"])
         tasks = (raw, raw_ok, prep, prep_ok, model, scored, encoder, tuned, retrieval, compared, registered)
         for name, task in zip(STAGES, tasks, strict=True):  # the task name is the stage name; show it as such
             task.set_display_name(name)
-        gpu_steps = {encoder: params.pretrain.resources, tuned: params.finetune.resources,
-                     retrieval: params.finetune.resources}
+        gpu_steps = {
+            encoder: params.pretrain.resources,
+            tuned: params.finetune.resources,
+            retrieval: params.finetune.resources,
+        }
         for task in (finish, *tasks):
-            request_resources(task, gpu_steps.get(task, params.pipeline.step_resources), params.pipeline.image_pull_secrets)
+            request_resources(
+                task, gpu_steps.get(task, params.pipeline.step_resources), params.pipeline.image_pull_secrets
+            )
             task.set_caching_options(caching)
         registered.set_caching_options(False)  # registering is a side effect: never skip it
         finish.set_caching_options(False)

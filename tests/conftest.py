@@ -14,6 +14,7 @@ from plmrec.config import Params, SyntheticParams
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
+
 @pytest.fixture
 def small_params() -> Params:
     p = Params()
@@ -39,10 +40,23 @@ def mlflow_server(mlflow_server_root):
     """A real `mlflow server` on 127.0.0.1 with a SQLite store, proxying artifacts; yields its URI."""
     root = mlflow_server_root
     port = free_port()
-    cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-           "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-           "--artifacts-destination", str(root / "artifacts"), "--workers", "1"]
-    with ChildServer("mlflow server", cmd, port, "/health", root, timeout=90) as server:
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--backend-store-uri",
+        f"sqlite:///{root / 'mlflow.db'}",
+        "--artifacts-destination",
+        str(root / "artifacts"),
+        "--workers",
+        "1",
+    ]
+    with ChildServer("mlflow server", cmd, port, health_path="/health", cwd=root, timeout=90) as server:
         yield server.url
 
 
@@ -67,7 +81,9 @@ def serving_bundles(tmp_path_factory) -> dict:
 
     p = Params()
     prepared, _ = prepare_transactions(generate_transactions(SyntheticParams(**SMALL)), p.clean, p.split)
-    return {"prepared": prepared, **comparison_bundles(prepared, quick_recommenders_params(),
-                                                       tmp_path_factory.mktemp("bundles"), ("ltr", "popularity"))}
-
-
+    return {
+        "prepared": prepared,
+        **comparison_bundles(
+            prepared, quick_recommenders_params(), tmp_path_factory.mktemp("bundles"), models=("ltr", "popularity")
+        ),
+    }

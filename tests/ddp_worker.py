@@ -16,12 +16,32 @@ texts = synthetic_catalogue()["Description"].tolist()
 
 objective = make_objective("mlm", model_dir, 32)
 start = encoder_fingerprint(objective.encoder)
-result = train(objective, objective.encode(texts), TrainConfig(steps=6, batch_size=4, learning_rate=1e-3,
-                                                              warmup_ratio=0, log_every=2, checkpoint_every=3,
-                                                              progress=False, seed=1), checkpoint_dir=out / "ckpt")
-(out / f"rank{rank}.json").write_text(json.dumps({"start": start, "end": encoder_fingerprint(objective.encoder),
-                                                  "samples": result.samples, "device": result.device,
-                                                  "losses": result.losses}))
+result = train(
+    objective,
+    objective.encode(texts),
+    TrainConfig(
+        steps=6,
+        batch_size=4,
+        learning_rate=1e-3,
+        warmup_ratio=0,
+        log_every=2,
+        checkpoint_every=3,
+        progress=False,
+        seed=1,
+    ),
+    checkpoint_dir=out / "ckpt",
+)
+(out / f"rank{rank}.json").write_text(
+    json.dumps(
+        {
+            "start": start,
+            "end": encoder_fingerprint(objective.encoder),
+            "samples": result.samples,
+            "device": result.device,
+            "losses": result.losses,
+        }
+    )
+)
 
 sys.path.insert(0, str(Path(__file__).parent))
 from helpers import tiny_pretrain_params  # noqa: E402

@@ -39,10 +39,19 @@ def tiny_pretrain_params(model_dir, **overrides):
     """Pretraining settings that run in seconds on a CPU."""
     from plmrec.config import PhaseParams, PretrainParams
 
-    base = dict(base_model=str(model_dir), batch_size=8, max_length=32, log_every=2, learning_rate=1e-3,
-                warmup_ratio=0.0, checkpoint_every=1000,
-                phases=[PhaseParams(corpus="tapt", objective="mlm", steps=6),
-                        PhaseParams(corpus="tapt", objective="tsdae", steps=4)])
+    base = dict(
+        base_model=str(model_dir),
+        batch_size=8,
+        max_length=32,
+        log_every=2,
+        learning_rate=1e-3,
+        warmup_ratio=0.0,
+        checkpoint_every=1000,
+        phases=[
+            PhaseParams(corpus="tapt", objective="mlm", steps=6),
+            PhaseParams(corpus="tapt", objective="tsdae", steps=4),
+        ],
+    )
     return PretrainParams(**{**base, **overrides})
 
 
@@ -50,10 +59,16 @@ def tiny_finetune_params(**overrides):
     """Fine-tuning settings that run in seconds on a CPU with the tiny model."""
     from plmrec.config import FinetuneParams, FinetunePhaseParams
 
-    base = dict(batch_size=16, max_length=64, log_every=2, learning_rate=1e-3, warmup_ratio=0.0,
-                checkpoint_every=1000, history_length=10,
-                phases=[FinetunePhaseParams(task="item_context", steps=4),
-                        FinetunePhaseParams(task="sequence_next", steps=4)])
+    base = dict(
+        batch_size=16,
+        max_length=64,
+        log_every=2,
+        learning_rate=1e-3,
+        warmup_ratio=0.0,
+        checkpoint_every=1000,
+        history_length=10,
+        phases=[FinetunePhaseParams(task="item_context", steps=4), FinetunePhaseParams(task="sequence_next", steps=4)],
+    )
     return FinetuneParams(**{**base, **overrides})
 
 
@@ -61,24 +76,30 @@ def quick_recommenders_params():
     """One seed, no hyperparameter grids: the comparison in seconds."""
     from plmrec.config import RecommendersParams
 
-    return RecommendersParams(seeds=[0], classifier=dict(ablation=["rf_selection", "text_cluster"]),
-                              mf=dict(factors=[16], similarity_weights=[0.5], cluster_weights=[0.5]))
+    return RecommendersParams(
+        seeds=[0],
+        classifier=dict(ablation=["rf_selection", "text_cluster"]),
+        mf=dict(factors=[16], similarity_weights=[0.5], cluster_weights=[0.5]),
+    )
 
 
 def minilm_items(prepared):
     """Item embeddings from the offline MiniLM (the default base model), and the model's directory."""
+    from plmrec.encoders import load_encoder
     from plmrec.finetune.embed import encode_texts, item_table
     from plmrec.finetune.pairs import catalogue
-    from plmrec.encoders import load_encoder
     from plmrec.pretrain.models import resolve_base_model
 
     encoder = resolve_base_model("sentence-transformers/all-MiniLM-L6-v2")
     cat = catalogue(prepared)
-    return item_table(cat["StockCode"].tolist(), cat["Description"].tolist(),
-                      encode_texts(load_encoder(encoder, "mean", 64), cat["Description"].tolist())), encoder
+    return item_table(
+        cat["StockCode"].tolist(),
+        cat["Description"].tolist(),
+        encode_texts(load_encoder(encoder, "mean", 64), cat["Description"].tolist()),
+    ), encoder
 
 
-def comparison_bundles(prepared, recommenders, root: Path, models: tuple[str, ...]) -> dict:
+def comparison_bundles(prepared, recommenders, root: Path, *, models: tuple[str, ...]) -> dict:
     """Bundles written as compare-models writes them, from one comparison with the offline MiniLM."""
     from plmrec.recsys import experiment
     from plmrec.serving.bundle import write_bundle
@@ -89,8 +110,15 @@ def comparison_bundles(prepared, recommenders, root: Path, models: tuple[str, ..
     out = {"rows": rows}
     for model in models:
         params.registry.served_model = model
-        write_bundle(params, prepared, items, recommender_rows=rows, recommender_detail=detail, encoder_dir=encoder,
-                     bundle_dir=root / model)
+        write_bundle(
+            params,
+            prepared,
+            items,
+            recommender_rows=rows,
+            recommender_detail=detail,
+            encoder_dir=encoder,
+            bundle_dir=root / model,
+        )
         out[model] = root / model
     return out
 
@@ -98,17 +126,34 @@ def comparison_bundles(prepared, recommenders, root: Path, models: tuple[str, ..
 class ChildServer:
     """A server in a child process (its own process group), ready once `health_path` answers 200."""
 
-    def __init__(self, name: str, cmd: list[str], port: int, health_path: str, cwd: Path, env: dict | None = None,
-                 timeout: float = 120):
-        self.name, self.cmd, self.port, self.health_path, self.cwd, self.timeout = name, cmd, port, health_path, cwd, timeout
+    def __init__(
+        self,
+        name: str,
+        cmd: list[str],
+        port: int,
+        *,
+        health_path: str,
+        cwd: Path,
+        env: dict | None = None,
+        timeout: float = 120,
+    ):
+        self.name, self.cmd, self.port, self.health_path, self.cwd, self.timeout = (
+            name,
+            cmd,
+            port,
+            health_path,
+            cwd,
+            timeout,
+        )
         self.url = f"http://127.0.0.1:{port}"
         self.log_path = Path(cwd) / f"{name.replace(' ', '-')}-{port}.log"
         self.env = {**os.environ, **(env or {})}
 
-    def __enter__(self) -> "ChildServer":
+    def __enter__(self) -> ChildServer:
         self.log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(self.cmd, stdout=self.log, stderr=subprocess.STDOUT, cwd=self.cwd, env=self.env,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            self.cmd, stdout=self.log, stderr=subprocess.STDOUT, cwd=self.cwd, env=self.env, start_new_session=True
+        )
         deadline = time.time() + self.timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:
@@ -135,5 +180,11 @@ class ChildServer:
 def plmrec_server(args: list[str], cwd: Path, env: dict | None = None) -> ChildServer:
     """`plmrec serve` on a free loopback port."""
     port = free_port()
-    return ChildServer("plmrec serve", [sys.executable, "-m", "plmrec.cli", "serve", "--port", str(port), *args], port,
-                       "/v2/health/ready", cwd, {"HF_HUB_OFFLINE": "1", **(env or {})})
+    return ChildServer(
+        "plmrec serve",
+        [sys.executable, "-m", "plmrec.cli", "serve", "--port", str(port), *args],
+        port,
+        health_path="/v2/health/ready",
+        cwd=cwd,
+        env={"HF_HUB_OFFLINE": "1", **(env or {})},
+    )

@@ -30,16 +30,44 @@ def _jsonl_gz(path, records):
 
 
 def test_amazon_2023_schema_joined_on_parent_asin(tmp_path):
-    reviews = _jsonl_gz(tmp_path / "All_Beauty.jsonl.gz", [
-        {"rating": 5.0, "title": "Lovely", "text": "Smells great &amp; lasts<br />long", "asin": "B01V1",
-         "parent_asin": "B01P", "user_id": "U1", "timestamp": 1588687728923, "helpful_vote": 0, "verified_purchase": True},
-        {"rating": 2.0, "title": "Meh", "text": "Too small", "asin": "B02", "parent_asin": "B02P", "user_id": "U2",
-         "timestamp": 1588687728000},
-    ])
-    meta = _jsonl_gz(tmp_path / "meta_All_Beauty.jsonl.gz", [
-        {"parent_asin": "B01P", "title": "Rose Soap", "features": ["handmade", "vegan"], "description": ["A soap."],
-         "categories": ["Beauty"], "main_category": "All Beauty"},
-    ])
+    reviews = _jsonl_gz(
+        tmp_path / "All_Beauty.jsonl.gz",
+        [
+            {
+                "rating": 5.0,
+                "title": "Lovely",
+                "text": "Smells great &amp; lasts<br />long",
+                "asin": "B01V1",
+                "parent_asin": "B01P",
+                "user_id": "U1",
+                "timestamp": 1588687728923,
+                "helpful_vote": 0,
+                "verified_purchase": True,
+            },
+            {
+                "rating": 2.0,
+                "title": "Meh",
+                "text": "Too small",
+                "asin": "B02",
+                "parent_asin": "B02P",
+                "user_id": "U2",
+                "timestamp": 1588687728000,
+            },
+        ],
+    )
+    meta = _jsonl_gz(
+        tmp_path / "meta_All_Beauty.jsonl.gz",
+        [
+            {
+                "parent_asin": "B01P",
+                "title": "Rose Soap",
+                "features": ["handmade", "vegan"],
+                "description": ["A soap."],
+                "categories": ["Beauty"],
+                "main_category": "All Beauty",
+            },
+        ],
+    )
     r = load_reviews(reviews)
     assert r.loc[0, "item_id"] == "B01P" and r.loc[0, "review_text"] == "Smells great & lasts long"
     assert str(r.loc[0, "timestamp"]).startswith("2020-05-05")
@@ -64,7 +92,9 @@ def test_unknown_schema(tmp_path):
 
 
 def test_truncated_gzip(tmp_path):
-    good = _jsonl_gz(tmp_path / "g.jsonl.gz", [{"rating": 1, "parent_asin": "A", "user_id": "u", "timestamp": 1}] * 2000)
+    good = _jsonl_gz(
+        tmp_path / "g.jsonl.gz", [{"rating": 1, "parent_asin": "A", "user_id": "u", "timestamp": 1}] * 2000
+    )
     bad = tmp_path / "bad.jsonl.gz"
     bad.write_bytes(good.read_bytes()[:-200])
     with pytest.raises(DataLoadError, match="truncated or corrupt gzip"):

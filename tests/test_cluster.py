@@ -20,8 +20,8 @@ from plmrec.cli import main
 from plmrec.cluster import deploy
 from plmrec.cluster import manifests as mf
 from plmrec.cluster.submit import cron_expression
-from plmrec.errors import DeployError, SubmitError
 from plmrec.config import load_params, overlay_params_file
+from plmrec.errors import DeployError, SubmitError
 
 OVERLAYS = sorted(p for p in (ROOT / "manifests" / "overlays").iterdir() if p.is_dir())
 
@@ -62,13 +62,22 @@ def test_the_stated_kubernetes_version_applies_to_kserve_fields_too():
     assert result.exit_code == 2 and "no Kubernetes schemas for 1.2.0" in result.output, result.output
 
 
-@pytest.mark.parametrize("mutate, expected", [
-    (lambda r: r["spec"]["predictor"]["model"].__setitem__("storageURI", "s3://x"), "'storageURI' was unexpected"),
-    (lambda r: r["spec"]["predictor"].__setitem__("minReplicas", "one"), "minReplicas: 'one' is not of type 'integer'"),
-    (lambda r: r["spec"].pop("predictor"), "'predictor' is a required property"),
-    (lambda r: r["spec"]["predictor"]["model"]["resources"]["limits"].__setitem__("cpu", [2]), "limits.cpu"),
-    (lambda r: r["spec"]["predictor"]["tolerations"].__setitem__(0, {"efect": "NoSchedule"}), "'efect' was unexpected"),
-])
+@pytest.mark.parametrize(
+    "mutate, expected",
+    [
+        (lambda r: r["spec"]["predictor"]["model"].__setitem__("storageURI", "s3://x"), "'storageURI' was unexpected"),
+        (
+            lambda r: r["spec"]["predictor"].__setitem__("minReplicas", "one"),
+            "minReplicas: 'one' is not of type 'integer'",
+        ),
+        (lambda r: r["spec"].pop("predictor"), "'predictor' is a required property"),
+        (lambda r: r["spec"]["predictor"]["model"]["resources"]["limits"].__setitem__("cpu", [2]), "limits.cpu"),
+        (
+            lambda r: r["spec"]["predictor"]["tolerations"].__setitem__(0, {"efect": "NoSchedule"}),
+            "'efect' was unexpected",
+        ),
+    ],
+)
 def test_the_kserve_schema_rejects_what_the_crd_would(rendered, mutate, expected):
     isvc = copy.deepcopy(_one(rendered["gpu-cluster"], "InferenceService"))
     isvc["spec"]["predictor"].setdefault("tolerations", [{}])
@@ -93,9 +102,12 @@ def test_the_kubernetes_schema_and_the_policy_reject_mistakes(rendered):
     assert mf.policy_problems(deployment) == [
         "Deployment/mlflow container mlflow: no limits for cpu, memory",
         "Deployment/mlflow container mlflow: runAsNonRoot is not set",
-        "Deployment/mlflow container mlflow: allowPrivilegeEscalation must be false"]
+        "Deployment/mlflow container mlflow: allowPrivilegeEscalation must be false",
+    ]
     unknown = {"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"}}
-    assert mf.schema_problems(unknown) == ["Widget/w: no schema for example.com/v1 Widget in Kubernetes 1.37.0 or KServe"]
+    assert mf.schema_problems(unknown) == [
+        "Widget/w: no schema for example.com/v1 Widget in Kubernetes 1.37.0 or KServe"
+    ]
 
 
 def test_a_broken_overlay_is_a_clear_error(tmp_path):
@@ -107,8 +119,12 @@ def test_a_broken_overlay_is_a_clear_error(tmp_path):
 def test_references_inside_each_overlay_resolve(rendered):
     """Secrets, ConfigMaps and service accounts that pods use exist in the overlay (gpu-cluster: the two
     Secrets the runbook creates), with the keys they are read by."""
-    external = {"gpu-cluster": {"plmrec-mlflow-db": {"username", "password"},
-                                "plmrec-s3": {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}}}
+    external = {
+        "gpu-cluster": {
+            "plmrec-mlflow-db": {"username", "password"},
+            "plmrec-s3": {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"},
+        }
+    }
     for overlay, resources in rendered.items():
         if overlay == "base":
             continue
@@ -137,8 +153,14 @@ def test_the_pipeline_account_may_patch_exactly_the_inference_service(rendered):
     role, binding = _one(resources, "Role", "plmrec-promoter"), _one(resources, "RoleBinding", "plmrec-promoter")
     isvc = _one(resources, "InferenceService")
     patch_rules = [r for r in role["rules"] if "patch" in r["verbs"]]
-    assert patch_rules == [{"apiGroups": ["serving.kserve.io"], "resources": ["inferenceservices"],
-                            "resourceNames": [isvc["metadata"]["name"]], "verbs": ["get", "patch"]}]
+    assert patch_rules == [
+        {
+            "apiGroups": ["serving.kserve.io"],
+            "resources": ["inferenceservices"],
+            "resourceNames": [isvc["metadata"]["name"]],
+            "verbs": ["get", "patch"],
+        }
+    ]
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "plmrec-pipeline", "namespace": "plmrec"}]
     _one(resources, "ServiceAccount", "plmrec-pipeline")
     params = load_params(ROOT / "params.yaml", patches=[overlay_params_file(ROOT / "manifests/overlays/gpu-cluster")])
@@ -171,11 +193,22 @@ def test_the_mlflow_deployment_arguments_run_a_server_that_answers_in_cluster_na
     assert "--backend-store-uri=postgresql+psycopg2://postgres:5432/mlflow" in args  # credentials: PGUSER/PGPASSWORD
     assert "--artifacts-destination=s3://mlflow-artifacts" in args and "--serve-artifacts" in args
     port = free_port()
-    local = {"--host": "127.0.0.1", "--port": str(port), "--backend-store-uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
-             "--artifacts-destination": str(tmp_path / "artifacts"), "--workers": "1"}
+    local = {
+        "--host": "127.0.0.1",
+        "--port": str(port),
+        "--backend-store-uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "--artifacts-destination": str(tmp_path / "artifacts"),
+        "--workers": "1",
+    }
     args = [f"{a.split('=', 1)[0]}={local[a.split('=', 1)[0]]}" if a.split("=", 1)[0] in local else a for a in args]
-    with ChildServer("mlflow (deployment args)", [sys.executable, "-m", "mlflow", "server", *args], port, "/health",
-                     tmp_path, timeout=90) as server:
+    with ChildServer(
+        "mlflow (deployment args)",
+        [sys.executable, "-m", "mlflow", "server", *args],
+        port,
+        health_path="/health",
+        cwd=tmp_path,
+        timeout=90,
+    ) as server:
         url = f"{server.url}/api/2.0/mlflow/experiments/search"
         for host in ("mlflow.plmrec.svc.cluster.local:5000", "mlflow:5000", "mlflow.plmrec"):
             r = requests.post(url, json={"max_results": 1}, headers={"Host": host}, timeout=10)
@@ -189,11 +222,13 @@ def _postgres_handshake(listener: socket.socket, seen: dict) -> None:
     for a cleartext one, then refuse it: only the protocol's first steps, no query is answered."""
     conn, _ = listener.accept()
     with conn:
+
         def read(n):
             data = b""
             while len(data) < n:
                 data += conn.recv(n - len(data)) or b"\0" * (n - len(data))
             return data
+
         while True:
             length, code = struct.unpack("!ii", read(8))
             if code in (80877103, 80877104):  # SSL or GSS encryption request: not offered
@@ -222,8 +257,11 @@ def test_the_mlflow_server_gives_postgresql_any_password_through_the_environment
     assert from_secret["PGPASSWORD"] == {"name": "plmrec-mlflow-db", "key": "password"}
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
-    env = {**_one(rendered["gpu-cluster"], "ConfigMap", "mlflow-config")["data"], "DB_HOST": "127.0.0.1",
-           "DB_PORT": str(port)}
+    env = {
+        **_one(rendered["gpu-cluster"], "ConfigMap", "mlflow-config")["data"],
+        "DB_HOST": "127.0.0.1",
+        "DB_PORT": str(port),
+    }
     uri = next(_expand(a, env) for a in container["args"] if a.startswith("--backend-store-uri="))
     uri = uri.split("=", 1)[1]
     seen: dict = {}
@@ -244,7 +282,9 @@ def test_the_mlflow_server_gives_postgresql_any_password_through_the_environment
 # ------------------------------------------------------------------------------- compiled pipeline
 def _compiled(tmp_path, overlay):
     out = tmp_path / f"{overlay}.yaml"
-    result = _cli("compile", "--params", ROOT / "params.yaml", "--overlay", ROOT / "manifests/overlays" / overlay, "-o", out)
+    result = _cli(
+        "compile", "--params", ROOT / "params.yaml", "--overlay", ROOT / "manifests/overlays" / overlay, "-o", out
+    )
     assert result.exit_code == 0, result.output
     spec, *platform = yaml.safe_load_all(out.read_text())  # the second document: kfp-kubernetes settings, if any
     return spec, platform[0]["platforms"]["kubernetes"]["deploymentSpec"]["executors"] if platform else {}
@@ -260,10 +300,16 @@ def test_the_gpu_overlay_puts_the_gpu_steps_on_the_gpu_pool_in_the_cuda_image(tm
     for name, executor in executors.items():
         container = executor["container"]
         res = container["resources"]
-        assert {"resourceCpuRequest", "resourceCpuLimit", "resourceMemoryRequest", "resourceMemoryLimit"} <= set(res), name
+        assert {"resourceCpuRequest", "resourceCpuLimit", "resourceMemoryRequest", "resourceMemoryLimit"} <= set(res), (
+            name
+        )
         if name in GPU_STEPS:
-            assert res["accelerator"] == {"count": "1", "resourceCount": "1", "resourceType": "nvidia.com/gpu",
-                                          "type": "nvidia.com/gpu"}, name
+            assert res["accelerator"] == {
+                "count": "1",
+                "resourceCount": "1",
+                "resourceType": "nvidia.com/gpu",
+                "type": "nvidia.com/gpu",
+            }, name
             assert container["image"] == "ghcr.io/plmrec/plmrec-cuda:0.1.0"
             assert k8s[name]["nodeSelector"]["labels"] == {"nvidia.com/gpu.present": "true"}
             assert k8s[name]["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
@@ -304,7 +350,10 @@ def test_the_kfp_client_reads_the_package_submit_sends(tmp_path, overlay):
 
 def test_caching_follows_the_params_except_for_side_effects(tmp_path):
     out = tmp_path / "cached.yaml"
-    assert _cli("compile", "--params", ROOT / "params.yaml", "-S", "pipeline.enable_caching=true", "-o", out).exit_code == 0
+    assert (
+        _cli("compile", "--params", ROOT / "params.yaml", "-S", "pipeline.enable_caching=true", "-o", out).exit_code
+        == 0
+    )
     spec, *_ = yaml.safe_load_all(out.read_text())
     inner = spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]
     assert inner["pretrain"]["cachingOptions"] == {"enableCache": True}
@@ -330,8 +379,20 @@ def test_a_bad_overlay_params_file_names_the_file_and_key(tmp_path):
 # ------------------------------------------------------------------------------- submit and deploy
 def test_submit_dry_run_compiles_and_shows_the_request(tmp_path):
     package = tmp_path / "pkg.yaml"
-    result = _cli("submit", "--overlay", ROOT / "manifests/overlays/gpu-cluster", "--dry-run", "--package", package,
-                  "--host", "https://kfp.example.com", "--run-name", "nightly", "--service-account", "plmrec-pipeline")
+    result = _cli(
+        "submit",
+        "--overlay",
+        ROOT / "manifests/overlays/gpu-cluster",
+        "--dry-run",
+        "--package",
+        package,
+        "--host",
+        "https://kfp.example.com",
+        "--run-name",
+        "nightly",
+        "--service-account",
+        "plmrec-pipeline",
+    )
     assert result.exit_code == 0, result.output
     plan = json.loads(result.output)
     assert plan["host"] == "https://kfp.example.com" and plan["run_name"] == "nightly"
@@ -388,8 +449,10 @@ def test_kfp_client_calls_keep_stdout_for_plmrec_and_fail_as_one_error(capsys):
 
 
 def test_storage_uri_maps_proxied_artifacts_to_the_bucket():
-    assert deploy.storage_uri("mlflow-artifacts:/1/models/m-abc/artifacts", "s3://mlflow-artifacts/") == \
-        "s3://mlflow-artifacts/1/models/m-abc/artifacts"
+    assert (
+        deploy.storage_uri("mlflow-artifacts:/1/models/m-abc/artifacts", "s3://mlflow-artifacts/")
+        == "s3://mlflow-artifacts/1/models/m-abc/artifacts"
+    )
     assert deploy.storage_uri("s3://bucket/1/models/m-abc/artifacts", "") == "s3://bucket/1/models/m-abc/artifacts"
     with pytest.raises(DeployError, match="set serving.artifacts_destination"):
         deploy.storage_uri("mlflow-artifacts:/1/models/m-abc/artifacts", "")

@@ -8,8 +8,18 @@ from plmrec.config import load_params
 
 def test_compiled_pipeline_ir(tmp_path):
     out = tmp_path / "pipeline.yaml"
-    res = CliRunner().invoke(main, ["compile", "--params", str(ROOT / "params.yaml"), "-o", str(out),
-                                    "-S", "pipeline.image=registry.example/plmrec:test"])
+    res = CliRunner().invoke(
+        main,
+        [
+            "compile",
+            "--params",
+            str(ROOT / "params.yaml"),
+            "-o",
+            str(out),
+            "-S",
+            "pipeline.image=registry.example/plmrec:test",
+        ],
+    )
     assert res.exit_code == 0, res.output
     spec = yaml.safe_load(out.read_text())
     assert spec["pipelineInfo"]["name"] == "plmrec-training"
@@ -31,10 +41,10 @@ def test_compiled_pipeline_ir(tmp_path):
 
 
 def _pretrain_resources(*overrides):
-    from plmrec.pipelines.training import compile_pipeline
-
     import tempfile
     from pathlib import Path
+
+    from plmrec.pipelines.training import compile_pipeline
 
     with tempfile.TemporaryDirectory() as tmp:
         out = compile_pipeline(load_params(ROOT / "params.yaml", list(overrides)), Path(tmp) / "p.yaml")

@@ -72,8 +72,11 @@ def test_finetune_phases_checked():
         parse_params({"finetune": {"phases": [{"task": "item_context", "steps": 3}, {"task": "sequence_next"}]}})
     with pytest.raises(ConfigError, match="review_item phase needs reviews_path and meta_path"):
         parse_params({"finetune": {"phases": [{"task": "review_item", "epochs": 1}]}})
-    with pytest.raises(ConfigError, match=r"unknown key 'finetune.phases.0.step' \(did you mean "
-                                          r"'finetune.phases.0.steps'\?\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"unknown key 'finetune.phases.0.step' \(did you mean "
+        r"'finetune.phases.0.steps'\?\)",
+    ):
         parse_params({"finetune": {"phases": [{"task": "item_context", "step": 3}]}})
     p = apply_overrides({}, ["finetune.phases=[{task: sequence_next, epochs: 0.5}]", "retrieval.ks=[5, 20]"])
     parsed = parse_params(p)
@@ -91,9 +94,11 @@ def test_params_file_before_or_after_the_command_or_from_the_environment(tmp_pat
 
     runner = CliRunner()
     clean = {PARAMS_ENV: None}  # restored after each call, whatever the group option set
-    for args, env in ((["--params", "mine.yaml", "params", "show"], clean),
-                      (["params", "show", "--params", "mine.yaml"], clean),
-                      (["params", "show"], {PARAMS_ENV: "mine.yaml"})):
+    for args, env in (
+        (["--params", "mine.yaml", "params", "show"], clean),
+        (["params", "show", "--params", "mine.yaml"], clean),
+        (["params", "show"], {PARAMS_ENV: "mine.yaml"}),
+    ):
         with runner.isolated_filesystem(temp_dir=tmp_path):
             (Path.cwd() / "mine.yaml").write_text("seed: 7\n")
             result = runner.invoke(main, args, env=env)

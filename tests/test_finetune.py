@@ -7,11 +7,11 @@ import pandas as pd
 import pytest
 
 from helpers import SMALL, shared, tiny_finetune_params
-from plmrec.errors import PairError
 from plmrec.config import FinetunePhaseParams, Params, SyntheticParams
 from plmrec.data.prepare import prepare_transactions
-from plmrec.finetune import pairs as pair_builders
 from plmrec.encoders import load_encoder
+from plmrec.errors import PairError
+from plmrec.finetune import pairs as pair_builders
 from plmrec.finetune.retrieval import score_encoder, temporal_queries
 from plmrec.finetune.run import build_pairs, finetune
 
@@ -57,9 +57,16 @@ def test_pairs_never_use_purchases_after_the_cutoff(prepared):
 
 
 def test_item_context_pairs_follow_co_purchases():
-    rows = _rows([(1, "A1", "2011-01-01", "a", "RED MUG", "train"), (1, "A1", "2011-01-01", "b", "RED PLATE", "train"),
-                  (2, "A2", "2011-02-01", "a", "RED MUG", "train"), (2, "A2", "2011-02-01", "b", "RED PLATE", "train"),
-                  (2, "A2", "2011-02-01", "c", "BLUE CUP", "train"), (3, "A3", "2011-03-01", "d", "LONE BOX", "train")])
+    rows = _rows(
+        [
+            (1, "A1", "2011-01-01", "a", "RED MUG", "train"),
+            (1, "A1", "2011-01-01", "b", "RED PLATE", "train"),
+            (2, "A2", "2011-02-01", "a", "RED MUG", "train"),
+            (2, "A2", "2011-02-01", "b", "RED PLATE", "train"),
+            (2, "A2", "2011-02-01", "c", "BLUE CUP", "train"),
+            (3, "A3", "2011-03-01", "d", "LONE BOX", "train"),
+        ]
+    )
     pairs = pair_builders.item_context_pairs(rows, neighbours_per_item=1)
     assert ("RED MUG", "RED PLATE") in pairs and ("RED PLATE", "RED MUG") in pairs  # bought together twice
     assert ("BLUE CUP", "RED MUG") in pairs  # tie (1 each) goes to the lower code
@@ -68,9 +75,15 @@ def test_item_context_pairs_follow_co_purchases():
 
 
 def test_sequence_pairs_render_recent_history_first():
-    rows = _rows([(1, "I1", "2011-01-01", "a", "OLD MUG", "train"), (1, "I2", "2011-02-01", "b", "MID PLATE", "train"),
-                  (1, "I3", "2011-03-01", "a", "OLD MUG", "train"), (1, "I3", "2011-03-01", "c", "NEW CUP", "train"),
-                  (2, "I4", "2011-01-05", "d", "SOLO BOX", "train")])
+    rows = _rows(
+        [
+            (1, "I1", "2011-01-01", "a", "OLD MUG", "train"),
+            (1, "I2", "2011-02-01", "b", "MID PLATE", "train"),
+            (1, "I3", "2011-03-01", "a", "OLD MUG", "train"),
+            (1, "I3", "2011-03-01", "c", "NEW CUP", "train"),
+            (2, "I4", "2011-01-05", "d", "SOLO BOX", "train"),
+        ]
+    )
     pairs = pair_builders.sequence_next_pairs(rows, history_length=5)
     assert pairs == [("OLD MUG", "MID PLATE"), ("MID PLATE; OLD MUG", "NEW CUP")]  # repurchase is no target
     assert pair_builders.sequence_next_pairs(rows, history_length=1)[1] == ("MID PLATE", "NEW CUP")
@@ -78,16 +91,26 @@ def test_sequence_pairs_render_recent_history_first():
 
 
 def test_review_item_pairs_need_30_characters_both_sides():
-    reviews = pd.DataFrame({"review_title": ["Great", "ok", "Lovely mug"],
-                            "review_text": ["Works well and looks good on my desk every day", "fine",
-                                            "I use it for tea every single morning now"],
-                            "item_text": ["Ceramic mug. 350 ml. Dishwasher safe stoneware", "short",
-                                          "Ceramic mug. 350 ml. Dishwasher safe stoneware"]})
+    reviews = pd.DataFrame(
+        {
+            "review_title": ["Great", "ok", "Lovely mug"],
+            "review_text": [
+                "Works well and looks good on my desk every day",
+                "fine",
+                "I use it for tea every single morning now",
+            ],
+            "item_text": [
+                "Ceramic mug. 350 ml. Dishwasher safe stoneware",
+                "short",
+                "Ceramic mug. 350 ml. Dishwasher safe stoneware",
+            ],
+        }
+    )
     pairs = pair_builders.review_item_pairs(reviews, min_chars=30)
-    assert pairs == [("Great. Works well and looks good on my desk every day",
-                      "Ceramic mug. 350 ml. Dishwasher safe stoneware"),
-                     ("Lovely mug. I use it for tea every single morning now",
-                      "Ceramic mug. 350 ml. Dishwasher safe stoneware")]
+    assert pairs == [
+        ("Great. Works well and looks good on my desk every day", "Ceramic mug. 350 ml. Dishwasher safe stoneware"),
+        ("Lovely mug. I use it for tea every single morning now", "Ceramic mug. 350 ml. Dishwasher safe stoneware"),
+    ]
 
 
 @pytest.mark.realdata
@@ -95,7 +118,9 @@ def test_review_item_pairs_from_amazon_2018():
     from plmrec.data.amazon import load_reviews_with_items
 
     data = shared("amazon2018")
-    reviews = load_reviews_with_items(data / "Magazine_Subscriptions_5.json.gz", data / "meta_Magazine_Subscriptions.json.gz")
+    reviews = load_reviews_with_items(
+        data / "Magazine_Subscriptions_5.json.gz", data / "meta_Magazine_Subscriptions.json.gz"
+    )
     pairs = pair_builders.review_item_pairs(reviews[reviews["has_item_meta"]], min_chars=30)
     assert len(pairs) > 500
     assert all(len(a) >= 30 and len(b) >= 30 for a, b in pairs)
@@ -103,36 +128,46 @@ def test_review_item_pairs_from_amazon_2018():
 
 def test_phases_chain_and_finetuning_raises_recall(prepared, tiny_model_dir, tmp_path):
     p = Params()
-    p.finetune = tiny_finetune_params(phases=[FinetunePhaseParams(task="item_context", steps=100),
-                                              FinetunePhaseParams(task="sequence_next", steps=100)],
-                                      batch_size=64)
+    p.finetune = tiny_finetune_params(
+        phases=[
+            FinetunePhaseParams(task="item_context", steps=100),
+            FinetunePhaseParams(task="sequence_next", steps=100),
+        ],
+        batch_size=64,
+    )
     cat = pair_builders.catalogue(prepared)
     queries = temporal_queries(prepared, {c: i for i, c in enumerate(cat["StockCode"])}, "valid")
     assert len(queries) > 50
 
     def recall(path):
         model = load_encoder(path, "mean", 64)
-        return score_encoder(model, cat["Description"].tolist(), queries, [10], 10, 5.0, True)["sentence"]["recall@10"]
+        return score_encoder(
+            model, cat["Description"].tolist(), queries, ks=[10], history_length=10, half_life=5.0, exclude_history=True
+        )["sentence"]["recall@10"]
 
     before = recall(tiny_model_dir)
-    report = finetune(p, prepared, str(tiny_model_dir), tmp_path / "ft", progress=False)
+    report = finetune(p, prepared, str(tiny_model_dir), out_dir=tmp_path / "ft", progress=False)
     first, second = report["phases"]
     assert second["start_fingerprint"] == first["end_fingerprint"] != first["start_fingerprint"]
     assert first["losses"][-1][1] < first["losses"][0][1]
     after = recall(tmp_path / "ft" / "sentence-transformer")
     assert after > before + 0.03, (before, after)
 
-    again = finetune(p, prepared, str(tiny_model_dir), tmp_path / "ft", progress=False)  # finished phases skipped
+    again = finetune(
+        p, prepared, str(tiny_model_dir), out_dir=tmp_path / "ft", progress=False
+    )  # finished phases skipped
     assert [ph["end_fingerprint"] for ph in again["phases"]] == [first["end_fingerprint"], second["end_fingerprint"]]
 
 
-@pytest.mark.parametrize("overrides", [dict(loss="cached_mnrl", mini_batch_size=4), dict(mlm_weight=0.1),
-                                       dict(pooling="cls")])
+@pytest.mark.parametrize(
+    "overrides", [dict(loss="cached_mnrl", mini_batch_size=4), dict(mlm_weight=0.1), dict(pooling="cls")]
+)
 def test_loss_variants_train(prepared, tiny_model_dir, tmp_path, overrides):
     p = Params()
-    p.finetune = tiny_finetune_params(phases=[FinetunePhaseParams(task="item_context", steps=10)],
-                                      max_pairs=32, batch_size=32, **overrides)  # one repeated batch
-    report = finetune(p, prepared, str(tiny_model_dir), tmp_path / "ft", progress=False)
+    p.finetune = tiny_finetune_params(
+        phases=[FinetunePhaseParams(task="item_context", steps=10)], max_pairs=32, batch_size=32, **overrides
+    )  # one repeated batch
+    report = finetune(p, prepared, str(tiny_model_dir), out_dir=tmp_path / "ft", progress=False)
     losses = [v for _, v in report["phases"][0]["losses"]]
     assert all(np.isfinite(losses)) and losses[-1] < losses[0]
     config = json.loads((tmp_path / "ft" / "sentence-transformer" / "modules.json").read_text())
@@ -144,15 +179,19 @@ def test_no_pairs_fails_before_training(tiny_model_dir, tmp_path):
     p = Params()
     p.finetune = tiny_finetune_params(phases=[FinetunePhaseParams(task="item_context", steps=2)])
     with pytest.raises(Exception, match=r"phase 1 \(item_context\): no training pairs from 1 training rows"):
-        finetune(p, rows, str(tiny_model_dir), tmp_path / "ft", progress=False)
+        finetune(p, rows, str(tiny_model_dir), out_dir=tmp_path / "ft", progress=False)
 
 
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs CUDA")
 def test_cuda_bf16_finetuning(prepared, tiny_model_dir, tmp_path):
     p = Params()
-    p.finetune = tiny_finetune_params(phases=[FinetunePhaseParams(task="sequence_next", steps=10)],
-                                      loss="cached_mnrl", mini_batch_size=4, mlm_weight=0.1)
-    phase = finetune(p, prepared, str(tiny_model_dir), tmp_path / "ft", progress=False)["phases"][0]
+    p.finetune = tiny_finetune_params(
+        phases=[FinetunePhaseParams(task="sequence_next", steps=10)],
+        loss="cached_mnrl",
+        mini_batch_size=4,
+        mlm_weight=0.1,
+    )
+    phase = finetune(p, prepared, str(tiny_model_dir), out_dir=tmp_path / "ft", progress=False)["phases"][0]
     assert phase["device"].startswith("cuda") and phase["precision"] == "bf16"
     assert np.isfinite([v for _, v in phase["losses"]]).all()
 

@@ -43,13 +43,16 @@ def test_every_copied_file_exists_and_the_image_runs_as_non_root(dockerfile):
             sources = line.split()[1:-1]
             for src in sources:
                 assert (ROOT / src).exists(), f"{dockerfile.name}: COPY {src} does not exist"
-    final = lines[max(i for i, line in enumerate(lines) if line.upper().startswith("FROM")):]
+    final = lines[max(i for i, line in enumerate(lines) if line.upper().startswith("FROM")) :]
     users = [line.split()[1] for line in final if line.upper().startswith("USER ")]
     assert users and users[-1] not in ("0", "root"), f"{dockerfile.name}: the final stage must run as a non-root user"
     installs = [line for line in lines if "pip install" in line and "torch==" not in line]
     assert installs and all("-c constraints.txt" in line for line in installs), "installs must use the pinned set"
-    assert not any(re.search(r"(?i)(secret|password|token|aws_access)", line) for line in lines if
-                   line.upper().startswith(("ENV", "ARG"))), "no secrets baked into the image"
+    assert not any(
+        re.search(r"(?i)(secret|password|token|aws_access)", line)
+        for line in lines
+        if line.upper().startswith(("ENV", "ARG"))
+    ), "no secrets baked into the image"
 
 
 def test_the_pinned_set_covers_the_project_and_is_consistent():
@@ -59,8 +62,9 @@ def test_the_pinned_set_covers_the_project_and_is_consistent():
     project = distribution("plmrec")
     wanted = [Requirement(r) for r in project.requires or []]
     for req in wanted:
-        extra_ok = req.marker is None or any(req.marker.evaluate({"extra": e}) for e in
-                                                  ("text", "recsys", "serve", "cluster", "tracking-server", "test"))
+        extra_ok = req.marker is None or any(
+            req.marker.evaluate({"extra": e}) for e in ("text", "recsys", "serve", "cluster", "tracking-server", "test")
+        )
         if not extra_ok:
             continue
         name = canonicalize_name(req.name)

@@ -1,6 +1,5 @@
 """The serving manifests agree with the predictor they deploy (full schema validation: cluster tests)."""
 
-
 import yaml
 from click.testing import CliRunner
 
@@ -35,7 +34,10 @@ def test_serving_runtime_runs_the_real_serve_command():
     assert runtime["spec"]["supportedModelFormats"][0]["name"] == "plmrec-bundle"
     container = runtime["spec"]["containers"][0]
     assert container["name"] == "kserve-container" and container["securityContext"]["runAsNonRoot"]
-    assert container["securityContext"]["readOnlyRootFilesystem"] and set(container["resources"]) == {"requests", "limits"}
+    assert container["securityContext"]["readOnlyRootFilesystem"] and set(container["resources"]) == {
+        "requests",
+        "limits",
+    }
     args = [a.replace("{{.Name}}", "plmrec") for a in container["args"]]
     assert "--bundle=/mnt/models" in args and "--host=0.0.0.0" in args
     port = container["ports"][0]["containerPort"]

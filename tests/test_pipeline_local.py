@@ -6,13 +6,13 @@ import mlflow
 import pytest
 
 from helpers import quick_recommenders_params, tiny_finetune_params, tiny_pretrain_params
+from plmrec import stages
 from plmrec.data.online_retail import transactions_to_csv_bytes
 from plmrec.localrun import run_local
 from plmrec.tracking import RUN_KEY_TAG, STAGE_TAG
 
 pytestmark = pytest.mark.integration
-STAGES = {"ingest", "validate-raw", "prepare", "validate-prepared", "train-baseline", "evaluate-baseline", "pretrain",
-          "finetune", "evaluate-retrieval", "compare-models", "register-model"}
+STAGES = set(stages.STAGES)  # one name per stage: the MLflow run names are the stage names
 
 
 def _runs(uri, run_key):
@@ -34,8 +34,9 @@ def test_pipeline_runs_end_to_end(small_params, tiny_model_dir, mlflow_server, t
         warnings.simplefilter("always")
         result = run_local(small_params, run_dir=tmp_path / "run", project_dir=tmp_path)
     out = capsys.readouterr().out
-    noise = [str(w.message) for w in seen if "local runner" in str(w.message) or "non-Python base image" in
-             str(w.message)]
+    noise = [
+        str(w.message) for w in seen if "local runner" in str(w.message) or "non-Python base image" in str(w.message)
+    ]
     assert not noise, noise  # the local runner's two known notices are silenced
     assert result.succeeded, out
     for stage in STAGES:
@@ -45,6 +46,7 @@ def test_pipeline_runs_end_to_end(small_params, tiny_model_dir, mlflow_server, t
     assert len(parent) == 1 and parent[0].info.status == "FINISHED"
     assert parent[0].info.run_id == result.parent_run_id
     assert set(children) == STAGES
+    assert {run.info.run_name for run in children.values()} == STAGES
     assert all(c.info.status == "FINISHED" for c in children.values())
     assert all(c.data.tags["mlflow.parentRunId"] == result.parent_run_id for c in children.values())
     assert parent[0].data.params["data.synthetic.n_customers"] == "300"
@@ -74,11 +76,17 @@ def test_pipeline_runs_end_to_end(small_params, tiny_model_dir, mlflow_server, t
     tuned = children["finetune"]
     assert tuned.data.tags["finetune.schedule"] == "item_context -> sequence_next"
     assert [m.step for m in client.get_metric_history(tuned.info.run_id, "loss/2-sequence_next")] == [2, 4]
-    assert {"embeddings/item_embeddings.parquet", "embeddings/user_embeddings.parquet",
-            "embeddings/index.json"} <= listed(tuned, "embeddings")
+    assert {
+        "embeddings/item_embeddings.parquet",
+        "embeddings/user_embeddings.parquet",
+        "embeddings/index.json",
+    } <= listed(tuned, "embeddings")
     assert "finetune/embedding_pca.png" in listed(tuned, "finetune")
-    logged = mlflow.search_logged_models(experiment_ids=[tuned.info.experiment_id], output_format="list",
-                                         filter_string=f"source_run_id = '{tuned.info.run_id}'")
+    logged = mlflow.search_logged_models(
+        experiment_ids=[tuned.info.experiment_id],
+        output_format="list",
+        filter_string=f"source_run_id = '{tuned.info.run_id}'",
+    )
     assert [lm.name for lm in logged] == ["finetuned_encoder"]
     encoder = mlflow.sentence_transformers.load_model(logged[0].model_uri)
     assert encoder.encode(["RED HEART LANTERN"], normalize_embeddings=True).shape == (1, 64)
@@ -90,11 +98,17 @@ def test_pipeline_runs_end_to_end(small_params, tiny_model_dir, mlflow_server, t
     assert 0 < m["test_retrieval_recall_at_50"] <= 1 and m["test_retrieval_ndcg_at_10"] > 0
 
     compared = children["compare-models"]
-    assert {"compare/results.md", "compare/precision_at_k.png", "compare/confusion_matrix_best.png",
-            "compare/recommender_table.csv"} <= listed(compared, "compare")
+    assert {
+        "compare/results.md",
+        "compare/precision_at_k.png",
+        "compare/confusion_matrix_best.png",
+        "compare/recommender_table.csv",
+    } <= listed(compared, "compare")
     assert "ltr beats popularity" in compared.data.tags["compare.verdicts"]
-    assert compared.data.metrics["recommender/ltr/ndcg_at_10_mean"] > compared.data.metrics[
-        "recommender/popularity/ndcg_at_10_mean"]
+    assert (
+        compared.data.metrics["recommender/ltr/ndcg_at_10_mean"]
+        > compared.data.metrics["recommender/popularity/ndcg_at_10_mean"]
+    )
     assert 0 < m["test_accuracy_plm_xgboost"] < 1
 
     registered = children["register-model"]  # the served recommender, registered and (first version) promoted
@@ -102,14 +116,30 @@ def test_pipeline_runs_end_to_end(small_params, tiny_model_dir, mlflow_server, t
     champion = client.get_model_version_by_alias("pipeline-test-recommender", "champion")
     assert champion.run_id == registered.info.run_id and registered.data.metrics["gate_promoted"] == 1.0
     assert float(champion.tags["metric.ndcg_at_10"]) == pytest.approx(
-        compared.data.metrics[f"recommender/{served.replace('+', '_')}/ndcg_at_10_mean"])
+        compared.data.metrics[f"recommender/{served.replace('+', '_')}/ndcg_at_10_mean"]
+    )
     assert m["registered_version"] == float(champion.version)
 
     files = {p.name for p in (tmp_path / "run" / "artifacts").rglob("*") if p.is_file()}
-    assert {"raw_data", "prepared_data", "model.json", "encoder.json", "report.html", "confusion_matrix.png",
-            "loss_curve", "modules.json", "pretrain_report.json", "item_embeddings.parquet",
-            "user_embeddings.parquet", "finetune_report.json", "table", "results", "bundle.json", "ranker.json",
-            "decision.json"} <= files
+    assert {
+        "raw_data",
+        "prepared_data",
+        "model.json",
+        "encoder.json",
+        "report.html",
+        "confusion_matrix.png",
+        "loss_curve",
+        "modules.json",
+        "pretrain_report.json",
+        "item_embeddings.parquet",
+        "user_embeddings.parquet",
+        "finetune_report.json",
+        "table",
+        "results",
+        "bundle.json",
+        "ranker.json",
+        "decision.json",
+    } <= files
     assert result.log_path.read_text().count("finished with status") >= 12
 
 
@@ -141,11 +171,20 @@ def test_the_local_runner_silences_exactly_its_two_known_notices():
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
         with quiet_local_runner():
-            warnings.warn("Task 'ingest': settings ['cpu_limit', 'accelerator'] have no effect in the current local "
-                          "runner and will be ignored.")
-            warnings.warn('You may be attemping to run a task that uses custom or non-Python base image '
-                          '"ghcr.io/plmrec/plmrec:0.1.0" in a Python environment.', RuntimeWarning)
-            warnings.warn("Task 'ingest' failed to write its cache entry")
-            warnings.warn("a different RuntimeWarning", RuntimeWarning)
-    assert [str(w.message) for w in seen] == ["Task 'ingest' failed to write its cache entry",
-                                              "a different RuntimeWarning"]
+            warnings.warn(
+                "Task 'ingest': settings ['cpu_limit', 'accelerator'] have no effect in the current local "
+                "runner and will be ignored.",
+                stacklevel=1,
+            )
+            warnings.warn(
+                "You may be attemping to run a task that uses custom or non-Python base image "
+                '"ghcr.io/plmrec/plmrec:0.1.0" in a Python environment.',
+                RuntimeWarning,
+                stacklevel=1,
+            )
+            warnings.warn("Task 'ingest' failed to write its cache entry", stacklevel=1)
+            warnings.warn("a different RuntimeWarning", RuntimeWarning, stacklevel=1)
+    assert [str(w.message) for w in seen] == [
+        "Task 'ingest' failed to write its cache entry",
+        "a different RuntimeWarning",
+    ]

@@ -11,22 +11,33 @@ import torch
 
 from helpers import shared, tiny_pretrain_params
 from plmrec.config import PhaseParams, parse_params
-from plmrec.pretrain.corpus import cap_text, dapt_corpus, finish_corpus, tapt_corpus
 from plmrec.errors import ConfigError, TrainingConfigError
+from plmrec.pretrain.corpus import cap_text, dapt_corpus, finish_corpus, tapt_corpus
 from plmrec.pretrain.models import check_base_model
 from plmrec.pretrain.objectives import MaskedLM, Tsdae, delete_words, make_objective, mask_tokens, word_start_table
 from plmrec.pretrain.schedule import check_schedule, run_schedule
 from plmrec.training.checkpoints import latest_checkpoint
 from plmrec.training.loop import TrainConfig, train
 
-SENTENCES = ["RED HEART T-LIGHT HOLDER", "VINTAGE GLASS CAKE STAND", "SET OF 3 SANTA GIFT BOXS",
-             "BLUE NAUTICAL ANCHOR MUG", "PINK WEDDING BUNTING", "GREEN GARDEN BIRD ORNAMENT",
-             "WHITE SPACEBOY LUNCH BOX", "IVORY REGENCY TEA TOWEL"]
+SENTENCES = [
+    "RED HEART T-LIGHT HOLDER",
+    "VINTAGE GLASS CAKE STAND",
+    "SET OF 3 SANTA GIFT BOXS",
+    "BLUE NAUTICAL ANCHOR MUG",
+    "PINK WEDDING BUNTING",
+    "GREEN GARDEN BIRD ORNAMENT",
+    "WHITE SPACEBOY LUNCH BOX",
+    "IVORY REGENCY TEA TOWEL",
+]
 
 
 def _cfg(**kw):
-    return TrainConfig(**{**dict(steps=30, batch_size=8, learning_rate=2e-3, warmup_ratio=0.0, log_every=5,
-                                 progress=False, seed=3), **kw})
+    return TrainConfig(
+        **{
+            **dict(steps=30, batch_size=8, learning_rate=2e-3, warmup_ratio=0.0, log_every=5, progress=False, seed=3),
+            **kw,
+        }
+    )
 
 
 @pytest.mark.parametrize("objective", ["mlm", "tsdae"])
@@ -53,7 +64,9 @@ def test_masking_is_dynamic_and_follows_80_10_10():
     unchanged = (inputs == ids) & chosen
     assert abs(became_mask.sum().item() / chosen.sum().item() - 0.8) < 0.03
     assert 0.07 < unchanged.sum().item() / chosen.sum().item() < 0.14  # 10% kept, plus random draws of itself
-    _, labels2 = mask_tokens(ids, maskable, 0.15, 4, 1000, torch.Generator().manual_seed(2))
+    _, labels2 = mask_tokens(
+        ids, maskable, 0.15, mask_id=4, vocab_size=1000, generator=torch.Generator().manual_seed(2)
+    )
     assert not torch.equal(labels, labels2)  # a fresh mask for another batch
 
 
@@ -66,9 +79,9 @@ def test_word_deletion_drops_whole_words(tiny_model_dir):
     ids = np.asarray(tok(text, add_special_tokens=False)["input_ids"])
     rng = np.random.default_rng(0)
     for _ in range(20):
-        kept = tok.decode(delete_words(ids, starts, 0.6, rng)).split()
+        kept = tok.decode(delete_words(ids, starts, 0.6, rng=rng)).split()
         assert kept and set(kept) <= set(text.split())  # whole words only, never empty
-    assert len(delete_words(ids, starts, 0.0, rng)) == len(ids)
+    assert len(delete_words(ids, starts, 0.0, rng=rng)) == len(ids)
 
 
 def test_schedule_hands_weights_from_phase_to_phase(tiny_model_dir, tmp_path, capsys):
@@ -138,7 +151,12 @@ def test_checkpoint_from_other_settings_is_refused(tiny_model_dir, tmp_path):
     train(obj, ex, _cfg(steps=4, checkpoint_every=2), checkpoint_dir=tmp_path / "ckpt", on_step=lambda s, r: None)
     assert latest_checkpoint(tmp_path / "ckpt") is not None
     with pytest.raises(TrainingConfigError, match="was written with"):
-        train(MaskedLM(str(tiny_model_dir), 32, packing=False), ex, _cfg(steps=4, learning_rate=1e-4), checkpoint_dir=tmp_path / "ckpt")
+        train(
+            MaskedLM(str(tiny_model_dir), 32, packing=False),
+            ex,
+            _cfg(steps=4, learning_rate=1e-4),
+            checkpoint_dir=tmp_path / "ckpt",
+        )
 
 
 def test_bad_configuration_fails_before_training(tiny_model_dir, tmp_path):
@@ -162,8 +180,9 @@ def test_bad_configuration_fails_before_training(tiny_model_dir, tmp_path):
 
 
 def test_epochs_phase_counts_steps_from_the_corpus(tiny_model_dir, tmp_path):
-    params = tiny_pretrain_params(tiny_model_dir, batch_size=4, packing=False,
-                                  phases=[PhaseParams(corpus="tapt", objective="mlm", epochs=2)])
+    params = tiny_pretrain_params(
+        tiny_model_dir, batch_size=4, packing=False, phases=[PhaseParams(corpus="tapt", objective="mlm", epochs=2)]
+    )
     report = run_schedule(params, {"tapt": SENTENCES}, tmp_path / "out", progress=False)
     assert report["phases"][0]["steps"] == 4  # 8 sentences / batch 4 = 2 steps per epoch
 
@@ -176,7 +195,7 @@ def test_corpora_are_capped_and_deduplicated(small_raw):
     from plmrec.data.prepare import prepare_transactions
 
     prepared, _ = prepare_transactions(small_raw, CleanParams(), SplitParams())
-    tapt = tapt_corpus(prepared, ["train"], 50, 3)
+    tapt = tapt_corpus(prepared, ["train"], 50, min_chars=3)
     train_desc = set(prepared.loc[prepared["split"] == "train", "Description"])
     assert tapt and all(len(s) <= 50 for s in tapt) and set(tapt) <= {cap_text(d, 50) for d in train_desc}
     synthetic = dapt_corpus("synthetic", None, synthetic_sentences=500)
@@ -237,9 +256,20 @@ def test_data_parallel_under_torchrun(tiny_model_dir, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(port), str(Path(__file__).parent / "ddp_worker.py"), str(tiny_model_dir),
-           str(tmp_path)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(port),
+        str(Path(__file__).parent / "ddp_worker.py"),
+        str(tiny_model_dir),
+        str(tmp_path),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert res.returncode == 0, res.stderr[-3000:]

@@ -84,7 +84,7 @@ def test_faiss_index_agrees_with_exact():
 def test_user_vectors_mean_and_recency():
     items = np.eye(3, dtype=np.float32)
     mean, recent = user_vectors([[0, 1], [2], []], items, half_life=1.0)
-    assert np.allclose(mean[0], [2 ** -0.5, 2 ** -0.5, 0])
+    assert np.allclose(mean[0], [2**-0.5, 2**-0.5, 0])
     w = recency_weights(2, 1.0)  # oldest first: [0.5, 1]
     assert w.tolist() == [0.5, 1.0]
     assert np.allclose(recent[0], np.array([0.5, 1.0, 0]) / np.linalg.norm([0.5, 1.0]))
@@ -98,7 +98,7 @@ def test_saved_embeddings_reload_with_their_index(tmp_path):
     vecs = rng.normal(size=(5, 4)).astype(np.float32)
     items = item_table([f"c{i}" for i in range(5)], ["x"] * 5, vecs)
     users = item_table(["u"], ["y"], vecs[:1])  # any table: saved as given
-    save_embeddings(tmp_path, items, users, "exact", {"users_from": "test"})
+    save_embeddings(tmp_path, items, users, index_kind="exact", model_info={"users_from": "test"})
     loaded, index = load_item_index(tmp_path)
     assert loaded["StockCode"].tolist() == [f"c{i}" for i in range(5)] and index.kind == "exact"
     assert index.search(vecs[[3]], 1)[0].tolist() == ExactIndex(vecs).search(vecs[[3]], 1)[0].tolist()

@@ -11,8 +11,7 @@ from plmrec.config import ClassifierParams, Params, RecommendersParams, Syntheti
 from plmrec.data.prepare import prepare_transactions
 from plmrec.features import EmbeddingFeatures
 from plmrec.finetune.embed import item_table
-from plmrec.recsys import experiment
-from plmrec.recsys import recommend
+from plmrec.recsys import experiment, recommend
 from plmrec.recsys.classify import ablation_rows, plm_counterpart, run_ablation
 
 
@@ -32,11 +31,16 @@ def minilm_items(prepared):
 
 
 def test_ablation_rows_are_cumulative():
-    rows = ablation_rows(ClassifierParams(base_groups=["transaction"],
-                                          ablation=["rf_selection", "text_cluster", "stock_code"]))
+    rows = ablation_rows(
+        ClassifierParams(base_groups=["transaction"], ablation=["rf_selection", "text_cluster", "stock_code"])
+    )
     assert [r["variant"] for r in rows] == ["vanilla", "+rf_selection", "+text_cluster", "+stock_code"]
-    assert rows[-1] == {"variant": "+stock_code", "groups": ["transaction", "stock_code"], "text": ["text_cluster"],
-                        "rf": True}
+    assert rows[-1] == {
+        "variant": "+stock_code",
+        "groups": ["transaction", "stock_code"],
+        "text": ["text_cluster"],
+        "rf": True,
+    }
     assert rows[0]["rf"] is False and rows[0]["text"] == []
     # text rows are judged against the same pipeline without text: here the +rf_selection row
     assert plm_counterpart(ClassifierParams(ablation=["rf_selection", "text_cluster", "stock_code"])) == "+rf_selection"
@@ -65,9 +69,17 @@ def _table(spec):
 
 
 def test_window_history_and_relevant_items():
-    df = _table([(1, "a", "2011-01-01", "train"), (1, "b", "2011-02-01", "train"), (1, "a", "2011-09-10", "valid"),
-                 (1, "c", "2011-11-01", "test"), (1, "a", "2011-11-02", "test"), (2, "b", "2011-03-01", "train"),
-                 (3, "c", "2011-11-05", "test")])  # customer 3 has no history: not evaluated
+    df = _table(
+        [
+            (1, "a", "2011-01-01", "train"),
+            (1, "b", "2011-02-01", "train"),
+            (1, "a", "2011-09-10", "valid"),
+            (1, "c", "2011-11-01", "test"),
+            (1, "a", "2011-11-02", "test"),
+            (2, "b", "2011-03-01", "train"),
+            (3, "c", "2011-11-05", "test"),
+        ]
+    )  # customer 3 has no history: not evaluated
     col = {"a": 0, "b": 1, "c": 2}
     w = recommend.make_window(df, col, "test", exclude_history=False)
     assert w.customers.tolist() == [1, 2] and w.eval_rows.tolist() == [0]
@@ -83,7 +95,10 @@ def test_top_k_breaks_ties_by_item_and_excludes():
 
     scores = np.array([[0.5, 0.9, 0.5, 0.1], [1.0, 1.0, 1.0, 1.0]])
     assert recommend.top_k(scores, 3).tolist() == [[1, 0, 2], [0, 1, 2]]
-    assert recommend.top_k(scores, 2, sp.csr_matrix(np.array([[0, 1, 0, 0], [1, 0, 0, 0]]))).tolist() == [[0, 2], [1, 2]]
+    assert recommend.top_k(scores, 2, sp.csr_matrix(np.array([[0, 1, 0, 0], [1, 0, 0, 0]]))).tolist() == [
+        [0, 2],
+        [1, 2],
+    ]
 
 
 def test_f1_is_the_harmonic_mean_of_mean_precision_and_recall():
@@ -93,19 +108,24 @@ def test_f1_is_the_harmonic_mean_of_mean_precision_and_recall():
 
 
 def test_verdict_reports_absolute_relative_and_std():
-    table = pd.DataFrame({"model": ["mf", "mf", "mf+similarity", "mf+similarity"], "seed": [0, 1, 0, 1],
-                          "test_ndcg@10": [0.20, 0.22, 0.25, 0.27]})
+    table = pd.DataFrame(
+        {
+            "model": ["mf", "mf", "mf+similarity", "mf+similarity"],
+            "seed": [0, 1, 0, 1],
+            "test_ndcg@10": [0.20, 0.22, 0.25, 0.27],
+        }
+    )
     summary = experiment.mean_std(table, "model", ["test_ndcg@10"])
-    line = experiment.verdict(summary, "test_ndcg@10", "mf+similarity", "mf", "MF")
+    line = experiment.verdict(summary, "test_ndcg@10", "mf+similarity", vanilla="mf", label="MF")
     assert line.startswith("MF: mf+similarity beats mf on ndcg@10: 0.2600 ± 0.0141 vs 0.2100 ± 0.0141")
     assert "(+0.0500 absolute, +23.8% relative)" in line
-    assert "within one std" in experiment.verdict(summary.iloc[::-1], "test_ndcg@10", "mf", "mf", "MF")
+    assert "within one std" in experiment.verdict(summary.iloc[::-1], "test_ndcg@10", "mf", vanilla="mf", label="MF")
 
 
 @pytest.mark.integration
 def test_text_features_help_xgboost_and_ranker_beats_popularity(prepared, minilm_items):
     cp = ClassifierParams(ablation=["text_pca10"])
-    table, detail = run_ablation(prepared, minilm_items, cp, 5, seeds=[0, 1], clusters=8)
+    table, detail = run_ablation(prepared, minilm_items, cp, n_labels=5, seeds=[0, 1], clusters=8)
     acc = table.groupby("variant")["test_accuracy"].mean()
     assert acc["+text_pca10"] > acc["vanilla"] + 0.01, acc.to_dict()
     assert detail["best_variant"] == "+text_pca10"  # chosen on valid

@@ -11,9 +11,9 @@ import pytest
 import requests
 
 from helpers import plmrec_server
-from plmrec.errors import RegistryError
 from plmrec import registry
 from plmrec.config import Params, RegistryParams
+from plmrec.errors import RegistryError
 from plmrec.runs import compare_runs
 from plmrec.serving.bundle import Recommender
 
@@ -37,19 +37,25 @@ def _register(params, bundle, metrics):
     mlflow.set_tracking_uri(params.tracking.uri)
     mlflow.set_experiment("registry-test")
     with mlflow.start_run():
-        return registry.register_bundle(bundle, params.registry, metrics, {"data.md5": "test"})
+        return registry.register_bundle(bundle, params.registry, metrics, tags={"data.md5": "test"})
 
 
 def _cli(params, *args):
     env = {**os.environ, "MLFLOW_TRACKING_URI": params.tracking.uri}
     overrides = ["-S", f"tracking.uri={params.tracking.uri}", "-S", f"registry.model_name={params.registry.model_name}"]
-    return subprocess.run([sys.executable, "-m", "plmrec.cli", args[0], *overrides, *args[1:]], capture_output=True,
-                          text=True, env=env, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "plmrec.cli", args[0], *overrides, *args[1:]],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
 
 
 def _served(server, customer):
-    r = requests.post(f"{server.url}/v1/models/plmrec:predict", json={"instances": [{"customer_id": customer, "k": 5}]},
-                      timeout=30)
+    r = requests.post(
+        f"{server.url}/v1/models/plmrec:predict", json={"instances": [{"customer_id": customer, "k": 5}]}, timeout=30
+    )
     assert r.status_code == 200, r.text
     return r.json()["model_version"], [i["stock_code"] for i in r.json()["predictions"][0]["items"]]
 
@@ -122,16 +128,31 @@ def test_runs_compare_prints_pipeline_runs_side_by_side(mlflow_server):
     params.tracking.uri = mlflow_server
     params.tracking.experiment = "runs-compare-test"
     log_parent_metrics(params, {"test_ndcg_at_10_ltr": 0.31}, run_key="key-a", tracking_uri=mlflow_server)
-    log_parent_metrics(params, {"test_ndcg_at_10_ltr": 0.35, "registered_version": 2}, run_key="key-b",
-                       tracking_uri=mlflow_server)
+    log_parent_metrics(
+        params, {"test_ndcg_at_10_ltr": 0.35, "registered_version": 2}, run_key="key-b", tracking_uri=mlflow_server
+    )
     table = compare_runs(mlflow.MlflowClient(mlflow_server), "runs-compare-test", 5)
     assert list(table.columns) == ["pipeline-key-b", "pipeline-key-a"]  # newest first
     assert table.loc["test_ndcg_at_10_ltr"].tolist() == ["0.35", "0.31"]
     assert table.loc["registered_version", "pipeline-key-a"] == "-"
     env = {**os.environ}
-    out = subprocess.run([sys.executable, "-m", "plmrec.cli", "runs", "compare", "-S", f"tracking.uri={mlflow_server}",
-                          "-S", "tracking.experiment=runs-compare-test"], capture_output=True, text=True, env=env,
-                         timeout=120)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "plmrec.cli",
+            "runs",
+            "compare",
+            "-S",
+            f"tracking.uri={mlflow_server}",
+            "-S",
+            "tracking.experiment=runs-compare-test",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert out.returncode == 0 and "pipeline-key-b" in out.stdout and "test_ndcg_at_10_ltr" in out.stdout
 
 
@@ -162,8 +183,12 @@ def test_deploy_points_at_the_champions_files_in_the_artifact_store(serving_bund
     params.registry.model_name = "deploy-test-recommender"
     version = _register(params, serving_bundles["ltr"], {"ndcg@10": 0.3, "recall@10": 0.4, "precision@5": 0.2})
     destination = mlflow_server_root / "artifacts"
-    uri = deploy.version_storage_uri(mlflow.MlflowClient(mlflow_server), params.registry.model_name, version,
-                                     f"file://{destination}")
+    uri = deploy.version_storage_uri(
+        mlflow.MlflowClient(mlflow_server),
+        params.registry.model_name,
+        version,
+        artifacts_destination=f"file://{destination}",
+    )
     assert uri.startswith(f"file://{destination}/") and "/models/m-" in uri, uri
     files = list(Path(uri.removeprefix("file://")).rglob("bundle.json"))
     assert len(files) == 1 and json.loads(files[0].read_text())["model"] == "ltr"

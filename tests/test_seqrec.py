@@ -6,8 +6,8 @@ import pytest
 
 from helpers import shared
 from plmrec.data.seqrec import load_seqrec
-from plmrec.errors import DataLoadError
 from plmrec.encoders import load_encoder
+from plmrec.errors import DataLoadError
 from plmrec.finetune.retrieval import score_encoder, seqrec_queries
 from plmrec.pretrain.models import resolve_base_model
 
@@ -55,7 +55,15 @@ def test_bad_files_name_the_file_and_line(tmp_path):
 def test_minilm_zero_shot_beats_chance_by_far(scientific):
     model = load_encoder(resolve_base_model("sentence-transformers/all-MiniLM-L6-v2"), "mean", 64)
     queries = seqrec_queries(scientific.splits["test"], max_users=300, seed=0)
-    result = score_encoder(model, scientific.items["text"].tolist(), queries, [10, 50], 20, 5.0, False)
+    result = score_encoder(
+        model,
+        scientific.items["text"].tolist(),
+        queries,
+        ks=[10, 50],
+        history_length=20,
+        half_life=5.0,
+        exclude_history=False,
+    )
     chance = 10 / scientific.n_items
     assert result["sentence"]["queries"] == 300
     assert result["sentence"]["recall@10"] > 10 * chance

@@ -38,7 +38,9 @@ def test_bundle_holds_what_the_predictor_needs(serving_bundles, recommender):
     assert meta["metrics"]["ndcg@10"] > 0
     norms = np.linalg.norm(recommender.item_vectors, axis=1)
     assert np.allclose(norms, 1.0, atol=1e-4)
-    assert (serving_bundles["ltr"] / "ranker.json").exists() and (serving_bundles["ltr"] / "encoder" / "modules.json").exists()
+    assert (serving_bundles["ltr"] / "ranker.json").exists() and (
+        serving_bundles["ltr"] / "encoder" / "modules.json"
+    ).exists()
     assert find_bundle(serving_bundles["ltr"].parent) in (serving_bundles["ltr"], serving_bundles["popularity"])
 
 
@@ -59,7 +61,9 @@ def test_customer_basket_and_query_recommendations(recommender):
     rec = recommender.recommend_customer(c, 10)
     assert len(rec.stock_codes) == 10 and len(set(rec.stock_codes)) == 10
     assert rec.scores == sorted(rec.scores, reverse=True)
-    assert all(d == recommender.descriptions[recommender.item_col[s]] for s, d in zip(rec.stock_codes, rec.descriptions))
+    assert all(
+        d == recommender.descriptions[recommender.item_col[s]] for s, d in zip(rec.stock_codes, rec.descriptions)
+    )
     seen = set(recommender.codes[recommender.counts[recommender.customer_row[c]].indices])
     fresh = recommender.recommend_customer(c, 10, exclude_seen=True)
     assert not seen & set(fresh.stock_codes)
@@ -88,20 +92,33 @@ def test_a_customers_history_as_a_basket_gets_the_same_recommendations(recommend
 
 def test_request_parsing_names_the_field():
     limits = ServingParams()
-    queries = parse_v1({"instances": [{"customer_id": "12347"}, {"basket": ["85123A", 22423], "k": 3},
-                                      {"query": " red heart ", "k": 2}]}, limits)
+    queries = parse_v1(
+        {
+            "instances": [
+                {"customer_id": "12347"},
+                {"basket": ["85123A", 22423], "k": 3},
+                {"query": " red heart ", "k": 2},
+            ]
+        },
+        limits,
+    )
     assert [(q.kind, q.k) for q in queries] == [("customer", 10), ("basket", 3), ("query", 2)]
-    assert queries[0].customer_id == 12347 and queries[1].basket == ["85123A", "22423"] and queries[2].text == "red heart"
-    cases = [({"instances": [{"customer_id": 1.5}]}, "instances[0].customer_id must be an integer"),
-             ({"instances": [{"customer_id": 1, "k": 101}]}, "1 <= k <= 100"),
-             ({"instances": [{"customer_id": 1, "k": True}]}, "instances[0].k must be an integer"),
-             ({"instances": [{"basket": "85123A"}]}, "instances[0].basket must be a list"),
-             ({"instances": [{"basket": [{"code": 1}]}]}, "instances[0].basket[0] must be a stock code"),
-             ({"instances": [{"query": 7}]}, "instances[0].query must be a non-empty string"),
-             ({"instances": [{"query": "a", "customer_id": 1}]}, "takes no customer_id"),
-             ({"instances": [{"k": 3}]}, "needs one of customer_id, basket or query"),
-             ({"instances": [{"customer": 3}]}, "unknown field(s) customer"),
-             ({"instances": []}, "non-empty list"), ({"rows": []}, '"instances"')]
+    assert (
+        queries[0].customer_id == 12347 and queries[1].basket == ["85123A", "22423"] and queries[2].text == "red heart"
+    )
+    cases = [
+        ({"instances": [{"customer_id": 1.5}]}, "instances[0].customer_id must be an integer"),
+        ({"instances": [{"customer_id": 1, "k": 101}]}, "1 <= k <= 100"),
+        ({"instances": [{"customer_id": 1, "k": True}]}, "instances[0].k must be an integer"),
+        ({"instances": [{"basket": "85123A"}]}, "instances[0].basket must be a list"),
+        ({"instances": [{"basket": [{"code": 1}]}]}, "instances[0].basket[0] must be a stock code"),
+        ({"instances": [{"query": 7}]}, "instances[0].query must be a non-empty string"),
+        ({"instances": [{"query": "a", "customer_id": 1}]}, "takes no customer_id"),
+        ({"instances": [{"k": 3}]}, "needs one of customer_id, basket or query"),
+        ({"instances": [{"customer": 3}]}, "unknown field(s) customer"),
+        ({"instances": []}, "non-empty list"),
+        ({"rows": []}, '"instances"'),
+    ]
     for payload, message in cases:
         with pytest.raises(RequestError, match=re.escape(message)) as err:
             parse_v1(payload, limits)
@@ -131,9 +148,14 @@ def test_health_endpoints(server):
 
 def test_v1_answers_each_request_kind(server, recommender):
     c = _customer(recommender)
-    body = {"instances": [{"customer_id": c, "k": 5}, {"basket": [recommender.codes[3], recommender.codes[7]], "k": 4},
-                          {"query": "red heart lantern for a wedding", "k": 3},
-                          {"customer_id": c, "basket": [recommender.codes[3]], "k": 2, "exclude_seen": True}]}
+    body = {
+        "instances": [
+            {"customer_id": c, "k": 5},
+            {"basket": [recommender.codes[3], recommender.codes[7]], "k": 4},
+            {"query": "red heart lantern for a wedding", "k": 3},
+            {"customer_id": c, "basket": [recommender.codes[3]], "k": 2, "exclude_seen": True},
+        ]
+    }
     r = _v1(server, body)
     assert r.status_code == 200, r.text
     out = r.json()["predictions"]
@@ -148,38 +170,76 @@ def test_v1_answers_each_request_kind(server, recommender):
 
 def test_v2_answers_each_request_kind(server, recommender):
     c1, c2 = list(recommender.customer_row)[:2]
-    r = _v2(server, {"id": "req-1", "inputs": [{"name": "customer_id", "shape": [2], "datatype": "INT64", "data": [c1, c2]}],
-                     "parameters": {"k": 4}})
+    r = _v2(
+        server,
+        {
+            "id": "req-1",
+            "inputs": [{"name": "customer_id", "shape": [2], "datatype": "INT64", "data": [c1, c2]}],
+            "parameters": {"k": 4},
+        },
+    )
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["id"] == "req-1" and body["model_name"] == "plmrec"
     outputs = {o["name"]: o for o in body["outputs"]}
     assert outputs["stock_code"]["shape"] == [2, 4] and outputs["score"]["datatype"] == "FP32"
     assert outputs["stock_code"]["data"][:4] == recommender.recommend_customer(c1, 4).stock_codes
-    r = _v2(server, {"inputs": [{"name": "basket", "shape": [2], "datatype": "BYTES",
-                                 "data": [recommender.codes[1], recommender.codes[2]]}], "parameters": {"k": 3}})
+    r = _v2(
+        server,
+        {
+            "inputs": [
+                {
+                    "name": "basket",
+                    "shape": [2],
+                    "datatype": "BYTES",
+                    "data": [recommender.codes[1], recommender.codes[2]],
+                }
+            ],
+            "parameters": {"k": 3},
+        },
+    )
     assert r.status_code == 200 and r.json()["outputs"][0]["shape"] == [1, 3]
     r = _v2(server, {"inputs": [{"name": "query", "shape": [1], "datatype": "BYTES", "data": ["cake stand"]}]})
     assert r.status_code == 200 and r.json()["outputs"][0]["shape"] == [1, 10] and r.json()["id"]
 
 
 BAD_V1 = [
-    ("malformed JSON", dict(data=b'{"instances": [{"customer_id": 1', headers={"content-type": "application/json"}), 400,
-     "Unrecognized request format"),
-    ("malformed JSON, no content type", dict(data=b'{"instances": [', headers={"content-type": "text/plain"}), 400,
-     "not valid JSON"),
+    (
+        "malformed JSON",
+        dict(data=b'{"instances": [{"customer_id": 1', headers={"content-type": "application/json"}),
+        400,
+        "Unrecognized request format",
+    ),
+    (
+        "malformed JSON, no content type",
+        dict(data=b'{"instances": [', headers={"content-type": "text/plain"}),
+        400,
+        "not valid JSON",
+    ),
     ("unknown customer, no basket", dict(json={"instances": [{"customer_id": 1}]}), 404, "customer 1 is unknown"),
     ("k too large", dict(json={"instances": [{"customer_id": 1, "k": 1000}]}), 400, "1 <= k <= 100"),
     ("k zero", dict(json={"instances": [{"query": "lamp", "k": 0}]}), 400, "out of range"),
-    ("customer id of the wrong type", dict(json={"instances": [{"customer_id": {"id": 1}}]}), 400, "must be an integer"),
+    (
+        "customer id of the wrong type",
+        dict(json={"instances": [{"customer_id": {"id": 1}}]}),
+        400,
+        "must be an integer",
+    ),
     ("k of the wrong type", dict(json={"instances": [{"query": "lamp", "k": "ten"}]}), 400, "must be an integer"),
     ("basket of the wrong type", dict(json={"instances": [{"basket": 85123}]}), 400, "must be a list"),
     ("no instances", dict(json={"inputs": []}), 400, '"instances"'),
     ("a list body", dict(json=[1, 2]), 400, '"instances"'),
     ("only unknown stock codes", dict(json={"instances": [{"basket": ["NOPE"]}]}), 404, "none of the basket"),
     ("too many instances", dict(json={"instances": [{"query": "lamp"}] * 65}), 413, "at most 64"),
-    ("oversized body", dict(data=b'{"instances": [' + b'{"query": "lamp"},' * 80000 + b'{"query": "x"}]}',
-                            headers={"content-type": "application/json"}), 413, "exceeds the limit"),
+    (
+        "oversized body",
+        dict(
+            data=b'{"instances": [' + b'{"query": "lamp"},' * 80000 + b'{"query": "x"}]}',
+            headers={"content-type": "application/json"},
+        ),
+        413,
+        "exceeds the limit",
+    ),
     ("query too long", dict(json={"instances": [{"query": "lamp " * 200}]}), 413, "characters"),
 ]
 
@@ -194,24 +254,46 @@ def test_v1_client_mistakes_get_a_4xx_that_says_why(server, case, kwargs, status
 BAD_V2 = [
     ("malformed JSON", b'{"inputs": [{"name": "query"', 400, "invalid request body"),
     ("inputs not a list", b'{"inputs": {"name": "query"}}', 400, "invalid request body"),
-    ("unknown input", b'{"inputs": [{"name": "user", "shape": [1], "datatype": "INT64", "data": [1]}]}', 400,
-     "unknown input(s) user"),
-    ("unknown customer", b'{"inputs": [{"name": "customer_id", "shape": [1], "datatype": "INT64", "data": [1]}]}', 404,
-     "customer 1 is unknown"),
-    ("k out of range", b'{"inputs": [{"name": "query", "shape": [1], "datatype": "BYTES", "data": ["lamp"]}], '
-                       b'"parameters": {"k": 500}}', 400, "1 <= k <= 100"),
-    ("customer id as text", b'{"inputs": [{"name": "customer_id", "shape": [1], "datatype": "BYTES", "data": ["abc"]}]}',
-     400, "must be an integer"),
-    ("query and customer together", b'{"inputs": [{"name": "query", "shape": [1], "datatype": "BYTES", "data": ["a"]},'
-                                     b'{"name": "customer_id", "shape": [1], "datatype": "INT64", "data": [1]}]}', 400,
-     "takes no customer_id"),
+    (
+        "unknown input",
+        b'{"inputs": [{"name": "user", "shape": [1], "datatype": "INT64", "data": [1]}]}',
+        400,
+        "unknown input(s) user",
+    ),
+    (
+        "unknown customer",
+        b'{"inputs": [{"name": "customer_id", "shape": [1], "datatype": "INT64", "data": [1]}]}',
+        404,
+        "customer 1 is unknown",
+    ),
+    (
+        "k out of range",
+        b'{"inputs": [{"name": "query", "shape": [1], "datatype": "BYTES", "data": ["lamp"]}], '
+        b'"parameters": {"k": 500}}',
+        400,
+        "1 <= k <= 100",
+    ),
+    (
+        "customer id as text",
+        b'{"inputs": [{"name": "customer_id", "shape": [1], "datatype": "BYTES", "data": ["abc"]}]}',
+        400,
+        "must be an integer",
+    ),
+    (
+        "query and customer together",
+        b'{"inputs": [{"name": "query", "shape": [1], "datatype": "BYTES", "data": ["a"]},'
+        b'{"name": "customer_id", "shape": [1], "datatype": "INT64", "data": [1]}]}',
+        400,
+        "takes no customer_id",
+    ),
 ]
 
 
 @pytest.mark.parametrize("case, body, status, message", BAD_V2, ids=[c[0] for c in BAD_V2])
 def test_v2_client_mistakes_get_a_4xx_that_says_why(server, case, body, status, message):
-    r = requests.post(f"{server.url}/v2/models/plmrec/infer", data=body, headers={"content-type": "application/json"},
-                      timeout=30)
+    r = requests.post(
+        f"{server.url}/v2/models/plmrec/infer", data=body, headers={"content-type": "application/json"}, timeout=30
+    )
     assert r.status_code == status, (case, r.status_code, r.text)
     assert message in r.json()["error"]
 
@@ -232,8 +314,12 @@ def test_pyfunc_answers_like_the_server(serving_bundles, recommender, tmp_path):
 
     from plmrec.serving.pyfunc import BundleModel
 
-    mlflow.pyfunc.save_model(str(tmp_path / "m"), python_model=BundleModel(),
-                             artifacts={"bundle": str(serving_bundles["ltr"])}, pip_requirements=["plmrec"])
+    mlflow.pyfunc.save_model(
+        str(tmp_path / "m"),
+        python_model=BundleModel(),
+        artifacts={"bundle": str(serving_bundles["ltr"])},
+        pip_requirements=["plmrec"],
+    )
     model = mlflow.pyfunc.load_model(str(tmp_path / "m"))
     c = _customer(recommender)
     out = model.predict(pd.DataFrame([{"customer_id": c, "k": 5}]))

@@ -52,23 +52,31 @@ def _classes(path):
 
 
 def test_every_exception_class_lives_in_the_errors_catalogue():
-    exception_names = {name for name, obj in vars(errors).items()
-                        if isinstance(obj, type) and issubclass(obj, BaseException)}
+    exception_names = {
+        name for name, obj in vars(errors).items() if isinstance(obj, type) and issubclass(obj, BaseException)
+    }
     strays = []
     for path in CODE:
         if path.name == "errors.py":
             continue
         for node in _classes(path):
             bases = {b.id if isinstance(b, ast.Name) else getattr(b, "attr", "") for b in node.bases}
-            if bases & (exception_names | {"Exception", "ValueError", "RuntimeError", "BaseException"}) \
-                    or node.name.endswith(("Error", "Exception")):
+            if bases & (
+                exception_names | {"Exception", "ValueError", "RuntimeError", "BaseException"}
+            ) or node.name.endswith(("Error", "Exception")):
                 strays.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}")
     assert not strays, strays
 
 
 def test_each_error_knows_its_exit_code_and_http_status():
-    for cls in (errors.ConfigError, errors.TrainingConfigError, errors.DataLoadError, errors.StageError,
-                errors.RegistryError, errors.BundleError):
+    for cls in (
+        errors.ConfigError,
+        errors.TrainingConfigError,
+        errors.DataLoadError,
+        errors.StageError,
+        errors.RegistryError,
+        errors.BundleError,
+    ):
         assert cls.exit_code == 2 and issubclass(cls, errors.PlmrecError)
     assert errors.DataValidationFailed.exit_code == 3
     assert errors.TrainingInterrupted.exit_code == 1
@@ -88,7 +96,8 @@ def test_mlflow_is_called_only_from_tracking_and_the_model_api_wrappers():
         for node in ast.walk(tree):
             if isinstance(node, (ast.Import, ast.ImportFrom)):
                 module = node.module if isinstance(node, ast.ImportFrom) else node.names[0].name
-                if (module or "").split(".")[0] == "mlflow" or any(a.name.split(".")[0] == "mlflow"
-                                                                   for a in node.names):
+                if (module or "").split(".")[0] == "mlflow" or any(
+                    a.name.split(".")[0] == "mlflow" for a in node.names
+                ):
                     calls.append(f"{path.relative_to(ROOT)}:{node.lineno}")
     assert not calls, calls

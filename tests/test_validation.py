@@ -21,16 +21,16 @@ def _csv(df, path):
 
 def test_clean_synthetic_passes_both_suites(small_raw, tmp_path):
     p = Params()
-    assert validate_table(small_raw, "raw", p, tmp_path / "raw").success
+    assert validate_table(small_raw, "raw", p, report_dir=tmp_path / "raw").success
     prepared, _ = prepare_transactions(small_raw, p.clean, p.split)
-    out = validate_table(prepared, "prepared", p, tmp_path / "prep")
+    out = validate_table(prepared, "prepared", p, report_dir=tmp_path / "prep")
     assert out.success and json.loads((tmp_path / "prep" / "summary.json").read_text())["validation_success"] == 1
 
 
 def test_missing_column(small_raw, tmp_path):
     df = load_transactions(_csv(small_raw.head(300).drop(columns=["Country"]), tmp_path / "no_country.csv"))
     with pytest.raises(DataValidationFailed, match=r"failed 1 of \d+ expectations: column 'Country' must exist"):
-        validate_table(df, "raw", Params(), tmp_path / "r")
+        validate_table(df, "raw", Params(), report_dir=tmp_path / "r")
     report = json.loads((tmp_path / "r" / "report.json").read_text())
     assert [f["expectation"] for f in report["failures"]] == ["expect_column_to_exist"]
     assert (tmp_path / "r" / "report.html").exists() and (tmp_path / "r" / "data_docs" / "index.html").exists()
@@ -42,7 +42,7 @@ def test_wrong_type_with_example_rows(small_raw, tmp_path):
     df.loc[[4, 17], "Quantity"] = ["six", "12 pcs"]
     loaded = load_transactions(_csv(df, tmp_path / "wrong_type.csv"))
     with pytest.raises(DataValidationFailed, match=r"column 'Quantity' must hold int64 values \(2 rows\)"):
-        validate_table(loaded, "raw", Params(), tmp_path / "r")
+        validate_table(loaded, "raw", Params(), report_dir=tmp_path / "r")
     failure = json.loads((tmp_path / "r" / "report.json").read_text())["failures"][0]
     assert [(e["row"], e["Quantity"]) for e in failure["examples"]] == [(4, "six"), (17, "12 pcs")]
 
@@ -51,17 +51,17 @@ def test_negative_prices_beyond_tolerance(small_raw, tmp_path):
     df = small_raw.head(1000).copy()
     df.loc[df.index[:3], "UnitPrice"] = -1.5
     with pytest.raises(DataValidationFailed, match=r"'UnitPrice' must be >= 0 .*\(3 rows\)"):
-        validate_table(df, "raw", Params(), tmp_path / "r")
+        validate_table(df, "raw", Params(), report_dir=tmp_path / "r")
     # within tolerance: one bad-debt adjustment in a million-row file passes
     loose = Params.model_validate({"validation": {"max_negative_price_fraction": 0.01}})
-    assert validate_table(df, "raw", loose, None).success
+    assert validate_table(df, "raw", loose, report_dir=None).success
 
 
 def test_header_only_file_fails_row_count(tmp_path):
     p = tmp_path / "header_only.csv"
     p.write_text("InvoiceNo,StockCode,Description,Quantity,InvoiceDate,UnitPrice,CustomerID,Country\n")
     with pytest.raises(DataValidationFailed, match="the table must have at least one row"):
-        validate_table(load_transactions(p), "raw", Params(), tmp_path / "r")
+        validate_table(load_transactions(p), "raw", Params(), report_dir=tmp_path / "r")
 
 
 def test_leakage_across_split(small_raw, tmp_path):
@@ -69,8 +69,10 @@ def test_leakage_across_split(small_raw, tmp_path):
     prepared, _ = prepare_transactions(small_raw, p.clean, p.split)
     row = prepared.index[prepared["split"] == "train"][0]
     prepared.loc[row, "InvoiceDate"] = pd.Timestamp("2011-11-20 10:00")
-    with pytest.raises(DataValidationFailed, match=r"split leakage: every train row must be before train_end 2011-09-01 \(1 row\)"):
-        validate_table(prepared, "prepared", p, tmp_path / "r")
+    with pytest.raises(
+        DataValidationFailed, match=r"split leakage: every train row must be before train_end 2011-09-01 \(1 row\)"
+    ):
+        validate_table(prepared, "prepared", p, report_dir=tmp_path / "r")
     ex = json.loads((tmp_path / "r" / "report.json").read_text())["failures"][0]["examples"]
     assert ex[0]["row"] == row and ex[0]["InvoiceDate"].startswith("2011-11-20")
 

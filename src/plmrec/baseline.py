@@ -25,10 +25,16 @@ def train_baseline(prepared: pd.DataFrame, params: Params) -> tuple[xgb.XGBClass
     enc = TabularEncoder.fit(train, b.feature_groups)
     x_train, x_valid = enc.transform(train), enc.transform(valid)
     model = xgb.XGBClassifier(
-        n_estimators=b.n_estimators, max_depth=b.max_depth, learning_rate=b.learning_rate,
-        objective="multi:softprob", num_class=params.clean.n_quantity_labels, tree_method="hist",
-        early_stopping_rounds=b.early_stopping_rounds, eval_metric="mlogloss",
-        random_state=params.seed, n_jobs=b.n_jobs or None,
+        n_estimators=b.n_estimators,
+        max_depth=b.max_depth,
+        learning_rate=b.learning_rate,
+        objective="multi:softprob",
+        num_class=params.clean.n_quantity_labels,
+        tree_method="hist",
+        early_stopping_rounds=b.early_stopping_rounds,
+        eval_metric="mlogloss",
+        random_state=params.seed,
+        n_jobs=b.n_jobs or None,
     )
     start = time.perf_counter()
     model.fit(x_train, train["label"], eval_set=[(x_valid, valid["label"])], verbose=False)
@@ -47,7 +53,7 @@ def train_baseline(prepared: pd.DataFrame, params: Params) -> tuple[xgb.XGBClass
     return model, enc, info
 
 
-def save_baseline(model: xgb.XGBClassifier, enc: TabularEncoder, info: dict, out_dir: str | Path) -> Path:
+def save_baseline(model: xgb.XGBClassifier, enc: TabularEncoder, info: dict, *, out_dir: str | Path) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model.save_model(out / MODEL_FILE)
@@ -65,7 +71,7 @@ def load_baseline(model_dir: str | Path) -> tuple[xgb.XGBClassifier, TabularEnco
     return model, enc, info
 
 
-def evaluate_baseline(model: xgb.XGBClassifier, enc: TabularEncoder, prepared: pd.DataFrame, params: Params) -> dict:
+def evaluate_baseline(model: xgb.XGBClassifier, enc: TabularEncoder, prepared: pd.DataFrame, *, params: Params) -> dict:
     """Score the test split once; also the majority-class accuracy as a floor to beat."""
     train = prepared[prepared["split"] == "train"]
     test = prepared[prepared["split"] == "test"]

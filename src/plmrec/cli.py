@@ -17,11 +17,23 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
 PARAMS_ENV = "PLMREC_PARAMS"
-params_option = click.option("--params", "params_path", type=click.Path(dir_okay=False), default=None,
-                             envvar=PARAMS_ENV, show_envvar=True,
-                             help="params file (default: ./params.yaml, or built-in defaults if absent)")
-set_option = click.option("-S", "--set", "overrides", multiple=True, metavar="KEY=VALUE",
-                          help="override a parameter, e.g. -S data.source=file -S data.path=retail.xlsx")
+params_option = click.option(
+    "--params",
+    "params_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    envvar=PARAMS_ENV,
+    show_envvar=True,
+    help="params file (default: ./params.yaml, or built-in defaults if absent)",
+)
+set_option = click.option(
+    "-S",
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="override a parameter, e.g. -S data.source=file -S data.path=retail.xlsx",
+)
 
 
 class _Group(click.Group):
@@ -43,8 +55,15 @@ def _params_for_every_command(ctx, param, value):
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="plmrec")
-@click.option("--params", type=click.Path(dir_okay=False), default=None, expose_value=False, is_eager=True,
-              callback=_params_for_every_command, help=f"params file for the command that follows (or ${PARAMS_ENV})")
+@click.option(
+    "--params",
+    type=click.Path(dir_okay=False),
+    default=None,
+    expose_value=False,
+    is_eager=True,
+    callback=_params_for_every_command,
+    help=f"params file for the command that follows (or ${PARAMS_ENV})",
+)
 def main():
     """plmrec: e-commerce recommendations improved with pretrained language models.
 
@@ -68,8 +87,13 @@ def data():
 @data.command("generate")
 @params_option
 @set_option
-@click.option("--out", type=click.Path(dir_okay=False), default="data/synthetic_online_retail.parquet",
-              show_default=True, help=".parquet, .csv or .csv.gz")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False),
+    default="data/synthetic_online_retail.parquet",
+    show_default=True,
+    help=".parquet, .csv or .csv.gz",
+)
 def data_generate(params_path, overrides, out):
     """Write a synthetic transactions table in the Online Retail schema (params: data.synthetic)."""
     from plmrec.data.online_retail import transactions_to_csv_bytes
@@ -90,8 +114,10 @@ def data_generate(params_path, overrides, out):
         out.write_bytes(transactions_to_csv_bytes(df))
     else:
         raise PlmrecError(f"{out}: choose a .parquet, .csv or .csv.gz file name")
-    click.echo(f"wrote {len(df):,} rows, {df['InvoiceNo'].nunique():,} invoices, "
-               f"{df['CustomerID'].nunique():,} customers, {df['StockCode'].nunique():,} stock codes to {out}")
+    click.echo(
+        f"wrote {len(df):,} rows, {df['InvoiceNo'].nunique():,} invoices, "
+        f"{df['CustomerID'].nunique():,} customers, {df['StockCode'].nunique():,} stock codes to {out}"
+    )
 
 
 @data.command("download")
@@ -120,7 +146,7 @@ def data_validate(path, params_path, overrides, suite, report_dir):
 
     params = load_params(params_path, overrides)
     df = read_table(path)[0] if suite == "prepared" else load_transactions(path, encoding=params.data.encoding)
-    outcome = validate_table(df, suite, params, Path(report_dir) / suite)
+    outcome = validate_table(df, suite, params, report_dir=Path(report_dir) / suite)
     click.echo(outcome.summary + f" Report: {Path(report_dir) / suite / 'report.html'}")
 
 
@@ -128,8 +154,12 @@ def data_validate(path, params_path, overrides, suite, report_dir):
 @main.command()
 @params_option
 @set_option
-@click.option("--run-dir", type=click.Path(file_okay=False), default=None,
-              help="where artifacts and the log go (default: runs/<run key>)")
+@click.option(
+    "--run-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="where artifacts and the log go (default: runs/<run key>)",
+)
 @click.option("-v", "--verbose", is_flag=True, help="stream every task's full log")
 def run(params_path, overrides, run_dir, verbose):
     """Run the training pipeline locally with the KFP local runner; stages log to MLflow."""
@@ -141,8 +171,12 @@ def run(params_path, overrides, run_dir, verbose):
         sys.exit(1)
 
 
-overlay_option = click.option("--overlay", type=click.Path(exists=True), default=None,
-                              help="a deployment overlay (manifests/overlays/NAME) or params file laid over params.yaml")
+overlay_option = click.option(
+    "--overlay",
+    type=click.Path(exists=True),
+    default=None,
+    help="a deployment overlay (manifests/overlays/NAME) or params file laid over params.yaml",
+)
 
 
 def _cluster_params(params_path, overrides, overlay):
@@ -176,18 +210,50 @@ def compile_cmd(params_path, overrides, overlay, output):
 @click.option("--ui-host", default=None, help="UI address for the run link, if not the endpoint (env KFP_UI_HOST)")
 @click.option("--experiment", default=None, help="KFP experiment (default: tracking.experiment)")
 @click.option("--run-name", default=None, help="default: <pipeline name> <UTC time>")
-@click.option("--service-account", default=None, help="the steps' service account (plmrec-pipeline can patch the InferenceService)")
+@click.option(
+    "--service-account",
+    default=None,
+    help="the steps' service account (plmrec-pipeline can patch the InferenceService)",
+)
 @click.option("--wait", is_flag=True, help="follow the run to its end; exit 1 unless it succeeds")
 @click.option("--timeout", type=click.IntRange(1), default=6 * 3600, show_default=True, help="seconds --wait waits")
-@click.option("--schedule", "cron", default=None, metavar="CRON",
-              help="create a recurring run instead, e.g. '0 3 * * 1' (Mondays 03:00; 6 fields: seconds first)")
-@click.option("--max-concurrency", type=click.IntRange(1, 10), default=1, show_default=True,
-              help="recurring runs allowed at once")
-@click.option("--package", type=click.Path(dir_okay=False), default=None,
-              help="keep the compiled pipeline here (default: a temporary file)")
+@click.option(
+    "--schedule",
+    "cron",
+    default=None,
+    metavar="CRON",
+    help="create a recurring run instead, e.g. '0 3 * * 1' (Mondays 03:00; 6 fields: seconds first)",
+)
+@click.option(
+    "--max-concurrency", type=click.IntRange(1, 10), default=1, show_default=True, help="recurring runs allowed at once"
+)
+@click.option(
+    "--package",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="keep the compiled pipeline here (default: a temporary file)",
+)
 @click.option("--dry-run", is_flag=True, help="compile and show what would be submitted; contact nothing")
-def submit(params_path, overrides, overlay, host, token, cookies, namespace, ssl_ca_cert, ui_host, experiment,
-           run_name, service_account, wait, timeout, cron, max_concurrency, package, dry_run):
+def submit(
+    params_path,
+    overrides,
+    overlay,
+    host,
+    token,
+    cookies,
+    namespace,
+    ssl_ca_cert,
+    ui_host,
+    experiment,
+    run_name,
+    service_account,
+    wait,
+    timeout,
+    cron,
+    max_concurrency,
+    package,
+    dry_run,
+):
     """Compile the pipeline with params.yaml (+ overlay) and submit it to Kubeflow Pipelines."""
     import datetime as dt
     import tempfile
@@ -199,32 +265,63 @@ def submit(params_path, overrides, overlay, host, token, cookies, namespace, ssl
     schedule = kfp_submit.cron_expression(cron) if cron else None  # a bad one fails before compiling or connecting
     if schedule and wait:
         raise click.UsageError("--wait follows one run; it does not apply to --schedule")
-    endpoint = kfp_submit.Endpoint.from_env(host=host, token=token, cookies=cookies, namespace=namespace,
-                                            ssl_ca_cert=ssl_ca_cert, ui_host=ui_host)
+    endpoint = kfp_submit.Endpoint.from_env(
+        host=host, token=token, cookies=cookies, namespace=namespace, ssl_ca_cert=ssl_ca_cert, ui_host=ui_host
+    )
     experiment = experiment or params.tracking.experiment
     run_name = run_name or f"{params.pipeline.name} {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M:%S}"
     package = Path(package or Path(tempfile.mkdtemp(prefix="plmrec-submit-")) / "pipeline.yaml")
     compile_pipeline(params, package)
     arguments = {"tracking_uri": params.tracking.uri or ""}
-    plan = {"package": str(package), "host": endpoint.host, "namespace": endpoint.namespace, "experiment": experiment,
-            "run_name": run_name, "service_account": service_account, "arguments": arguments,
-            "schedule": schedule,
-            "images": {"cpu": params.pipeline.image, "gpu": params.pipeline.gpu_image}}
+    plan = {
+        "package": str(package),
+        "host": endpoint.host,
+        "namespace": endpoint.namespace,
+        "experiment": experiment,
+        "run_name": run_name,
+        "service_account": service_account,
+        "arguments": arguments,
+        "schedule": schedule,
+        "images": {"cpu": params.pipeline.image, "gpu": params.pipeline.gpu_image},
+    }
     if dry_run:
         click.echo(json.dumps(plan, indent=2))
         return
     client = kfp_submit.connect(endpoint)
     if schedule:
-        done = kfp_submit.schedule_run(client, endpoint.host, package, arguments, experiment, run_name, schedule,
-                                       max_concurrency, endpoint.namespace, service_account)
+        done = kfp_submit.schedule_run(
+            client,
+            endpoint.host,
+            package,
+            arguments=arguments,
+            experiment=experiment,
+            job_name=run_name,
+            cron=schedule,
+            max_concurrency=max_concurrency,
+            namespace=endpoint.namespace,
+            service_account=service_account,
+        )
         click.echo(f"recurring run {done.id} ({done.details['cron']}): {done.url}")
         return
-    done = kfp_submit.submit_run(client, endpoint.host, package, arguments, experiment, run_name,
-                                 endpoint.namespace, service_account)
+    done = kfp_submit.submit_run(
+        client,
+        endpoint.host,
+        package,
+        arguments=arguments,
+        experiment=experiment,
+        run_name=run_name,
+        namespace=endpoint.namespace,
+        service_account=service_account,
+    )
     click.echo(f"run {done.id}: {done.url}")
     if wait:
-        state = kfp_submit.follow(client, endpoint.host, done.id, timeout,
-                                  on_state=lambda st, t: click.echo(f"  {t:7.0f} s  {st}", err=True))
+        state = kfp_submit.follow(
+            client,
+            endpoint.host,
+            done.id,
+            timeout=timeout,
+            on_state=lambda st, t: click.echo(f"  {t:7.0f} s  {st}", err=True),
+        )
         click.echo(f"run {done.id} {state}")
         if state != "SUCCEEDED":
             sys.exit(1)
@@ -250,8 +347,10 @@ def manifests_validate(overlays, kubernetes_version):
     for overlay in overlays:
         report = mf.check_overlay(overlay, kubernetes_version or mf.KUBERNETES_VERSION)
         kinds = sorted({r.get("kind") for r in report.resources})
-        click.echo(f"{overlay}: {len(report.resources)} resources ({', '.join(kinds)}): "
-                   f"{'ok' if report.ok else f'{len(report.problems)} problems'}")
+        click.echo(
+            f"{overlay}: {len(report.resources)} resources ({', '.join(kinds)}): "
+            f"{'ok' if report.ok else f'{len(report.problems)} problems'}"
+        )
         for problem in report.problems:
             click.echo(f"  {problem}")
         failed |= not report.ok
@@ -278,8 +377,9 @@ def stage():
     """Run one pipeline stage on files (what dvc.yaml calls)."""
 
 
-prepared_option = click.option("--prepared", type=click.Path(dir_okay=False, exists=True), required=True,
-                               help="the prepare stage's table")
+prepared_option = click.option(
+    "--prepared", type=click.Path(dir_okay=False, exists=True), required=True, help="the prepare stage's table"
+)
 
 
 @stage.command("ingest")
@@ -347,8 +447,9 @@ def stage_evaluate_baseline(params_path, overrides, prepared, model_dir, metrics
     """Evaluate the baseline on the test split."""
     from plmrec import stages
 
-    stages.evaluate_baseline(load_params(params_path, overrides), prepared, model_dir, metrics_path=metrics,
-                             plots_dir=plots_dir)
+    stages.evaluate_baseline(
+        load_params(params_path, overrides), prepared, model_dir, metrics_path=metrics, plots_dir=plots_dir
+    )
 
 
 def _copy_outputs(out_dir: str, plots: dict[str, Path]) -> None:
@@ -384,12 +485,17 @@ def stage_pretrain(params_path, overrides, prepared, out_dir, metrics, plot):
 @params_option
 @set_option
 @prepared_option
-@click.option("--pretrained", type=click.Path(file_okay=False), default=None,
-              help="the pretrain stage's output (needed unless finetune.start_from is base)")
+@click.option(
+    "--pretrained",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="the pretrain stage's output (needed unless finetune.start_from is base)",
+)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True)
 @click.option("--metrics", type=click.Path(dir_okay=False), default=None, help="write per-phase figures here (JSON)")
-@click.option("--plots-dir", type=click.Path(file_okay=False), default=None,
-              help="copy the loss curve and embedding picture here")
+@click.option(
+    "--plots-dir", type=click.Path(file_okay=False), default=None, help="copy the loss curve and embedding picture here"
+)
 def stage_finetune(params_path, overrides, prepared, pretrained, out_dir, metrics, plots_dir):
     """Contrastive fine-tuning, then item/user embeddings and the item index."""
     from plmrec import stages
@@ -397,12 +503,18 @@ def stage_finetune(params_path, overrides, prepared, pretrained, out_dir, metric
     report = stages.finetune(load_params(params_path, overrides), prepared, pretrained, out_dir=out_dir)
     if metrics:
         Path(metrics).parent.mkdir(parents=True, exist_ok=True)
-        Path(metrics).write_text(json.dumps({"finetune": {**stages.finetune_summary(report),
-                                                          "embeddings": report["embeddings"]}}, indent=2))
+        Path(metrics).write_text(
+            json.dumps({"finetune": {**stages.finetune_summary(report), "embeddings": report["embeddings"]}}, indent=2)
+        )
     if plots_dir:
         Path(plots_dir).mkdir(parents=True, exist_ok=True)
-        _copy_outputs(out_dir, {"loss_curve.png": Path(plots_dir) / "finetune_loss.png",
-                                "embedding_pca.png": Path(plots_dir) / "embedding_pca.png"})
+        _copy_outputs(
+            out_dir,
+            {
+                "loss_curve.png": Path(plots_dir) / "finetune_loss.png",
+                "embedding_pca.png": Path(plots_dir) / "embedding_pca.png",
+            },
+        )
 
 
 @stage.command("evaluate-retrieval")
@@ -417,34 +529,59 @@ def stage_evaluate_retrieval(params_path, overrides, prepared, pretrained, finet
     """Next-item retrieval (full ranking) for the base, pretrained and fine-tuned encoders."""
     from plmrec import stages
 
-    stages.evaluate_retrieval(load_params(params_path, overrides), prepared, pretrained, finetuned_dir=finetuned,
-                              metrics_path=metrics, tables_dir=tables_dir)
+    stages.evaluate_retrieval(
+        load_params(params_path, overrides),
+        prepared,
+        pretrained,
+        finetuned_dir=finetuned,
+        metrics_path=metrics,
+        tables_dir=tables_dir,
+    )
 
 
 @stage.command("compare-models")
 @params_option
 @set_option
 @prepared_option
-@click.option("--finetuned", type=click.Path(file_okay=False, exists=True), required=True,
-              help="the finetune stage's output (item_embeddings.parquet)")
+@click.option(
+    "--finetuned",
+    type=click.Path(file_okay=False, exists=True),
+    required=True,
+    help="the finetune stage's output (item_embeddings.parquet)",
+)
 @click.option("--metrics", type=click.Path(dir_okay=False), required=True)
 @click.option("--reports-dir", type=click.Path(file_okay=False), required=True)
-@click.option("--bundle", "bundle_dir", type=click.Path(file_okay=False), default=None,
-              help="also write the served recommender's bundle here (refitted on all purchases)")
+@click.option(
+    "--bundle",
+    "bundle_dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="also write the served recommender's bundle here (refitted on all purchases)",
+)
 def stage_compare_models(params_path, overrides, prepared, finetuned, metrics, reports_dir, bundle_dir):
     """XGBoost with and without PLM features, ALS and its PLM variants, learning to rank, over seeds."""
     from plmrec import stages
 
-    stages.compare_models(load_params(params_path, overrides), prepared, finetuned, metrics_path=metrics,
-                          reports_dir=reports_dir, bundle_dir=bundle_dir)
+    stages.compare_models(
+        load_params(params_path, overrides),
+        prepared,
+        finetuned,
+        metrics_path=metrics,
+        reports_dir=reports_dir,
+        bundle_dir=bundle_dir,
+    )
 
 
 @stage.command("register-model")
 @params_option
 @set_option
 @click.option("--bundle", "bundle_dir", type=click.Path(file_okay=False, exists=True), required=True)
-@click.option("--prepared", type=click.Path(dir_okay=False, exists=True), required=True,
-              help="the prepared table (its md5, DVC's data version, is attached to the version)")
+@click.option(
+    "--prepared",
+    type=click.Path(dir_okay=False, exists=True),
+    required=True,
+    help="the prepared table (its md5, DVC's data version, is attached to the version)",
+)
 @click.option("--decision", type=click.Path(dir_okay=False), required=True, help="where the gate's decision goes")
 def stage_register_model(params_path, overrides, bundle_dir, prepared, decision):
     """Register the bundle in the MLflow registry as @challenger; promote it to @champion if it passes the gate."""
@@ -481,9 +618,14 @@ def promote(params_path, overrides, version, force, rollback):
         click.echo(f"{name}@champion: version {was} -> {now} (rolled back)")
         return
     if version is None:
-        version = registry.require_alias(client, name, registry.CHALLENGER,
-                                         "run the pipeline first, or pass --version").version
-    decision = registry.force_promote(client, params.registry, version) if force else registry.gate(client, params.registry, version)
+        version = registry.require_alias(
+            client, name, registry.CHALLENGER, remedy="run the pipeline first, or pass --version"
+        ).version
+    decision = (
+        registry.force_promote(client, params.registry, version)
+        if force
+        else registry.gate(client, params.registry, version)
+    )
     word = "promoted to @champion" if decision.promoted else "not promoted"
     click.echo(f"{name} version {version}: {word}: {decision.reason}")
     click.echo(f"{name}@champion is version {decision.champion_after}")
@@ -506,9 +648,11 @@ def deploy(params_path, overrides, overlay, version, print_only):
     client, _ = _registry_client(params)
     name = params.registry.model_name
     if version is None:
-        version = registry.require_alias(client, name, registry.CHAMPION, "promote a version first").version
-    uri = kdeploy.version_storage_uri(client, name, version, params.serving.artifacts_destination)
-    isvc = params.serving.inference_service or params.serving.model_name  # the runtime serves the model under the ISVC's name
+        version = registry.require_alias(client, name, registry.CHAMPION, remedy="promote a version first").version
+    uri = kdeploy.version_storage_uri(client, name, version, artifacts_destination=params.serving.artifacts_destination)
+    isvc = (
+        params.serving.inference_service or params.serving.model_name
+    )  # the runtime serves the model under the ISVC's name
     click.echo(f"{name} version {version}: storageUri {uri}")
     if print_only:
         click.echo(f"kubectl patch inferenceservice {isvc} --type merge -p '{json.dumps(kdeploy.storage_patch(uri))}'")
@@ -539,13 +683,22 @@ def runs_compare(params_path, overrides, limit):
 @main.command()
 @params_option
 @set_option
-@click.option("--bundle", "bundle_dir", type=click.Path(file_okay=False, exists=True), default=None,
-              help="serve this bundle directory instead of the registry's model")
+@click.option(
+    "--bundle",
+    "bundle_dir",
+    type=click.Path(file_okay=False, exists=True),
+    default=None,
+    help="serve this bundle directory instead of the registry's model",
+)
 @click.option("--alias", default="champion", show_default=True, help="which registry alias to serve")
 @click.option("--host", default=None, help="default: serving.host (127.0.0.1)")
 @click.option("--port", type=click.IntRange(1, 65535), default=None, help="default: serving.port")
-@click.option("--download-dir", type=click.Path(file_okay=False), default=None,
-              help="where the registered model is downloaded (default: a temporary directory)")
+@click.option(
+    "--download-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="where the registered model is downloaded (default: a temporary directory)",
+)
 def serve(params_path, overrides, bundle_dir, alias, host, port, download_dir):
     """Serve the @champion recommender with the KServe model server (v1 and v2 protocols)."""
     import tempfile
@@ -558,9 +711,9 @@ def serve(params_path, overrides, bundle_dir, alias, host, port, download_dir):
     if bundle_dir is None:
         client, uri = _registry_client(params)
         target = download_dir or tempfile.mkdtemp(prefix="plmrec-serve-")
-        bundle_dir, version = registry.download(uri, params.registry.model_name, alias, target)
+        bundle_dir, version = registry.download(uri, params.registry.model_name, alias, dst=target)
         click.echo(f"serving {params.registry.model_name}@{alias} (version {version}) from {uri}")
-    run_server(bundle_dir, params.serving, host, port, version=version)
+    run_server(bundle_dir, params.serving, host, port=port, version=version)
 
 
 # ---------------------------------------------------------------------------- models

@@ -19,8 +19,6 @@ DEFAULT_PARAMS_FILE = "params.yaml"
 DEFAULT_IMAGE = "ghcr.io/plmrec/plmrec:0.1.0"  # the component image, also the KFP components' base_image
 
 
-
-
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -36,7 +34,7 @@ class SyntheticParams(_Section):
     cancel_fraction: float = Field(0.02, ge=0, le=0.5)
 
     @model_validator(mode="after")
-    def _dates_ordered(self) -> "SyntheticParams":
+    def _dates_ordered(self) -> SyntheticParams:
         if self.end <= self.start:
             raise ValueError(f"end ({self.end}) must be after start ({self.start})")
         return self
@@ -49,7 +47,7 @@ class DataParams(_Section):
     synthetic: SyntheticParams = SyntheticParams()
 
     @model_validator(mode="after")
-    def _path_for_file(self) -> "DataParams":
+    def _path_for_file(self) -> DataParams:
         if self.source == "file" and not self.path:
             raise ValueError("source is 'file' but path is empty")
         return self
@@ -65,7 +63,7 @@ class SplitParams(_Section):
     valid_end: dt.date = dt.date(2011, 10, 15)
 
     @model_validator(mode="after")
-    def _ordered(self) -> "SplitParams":
+    def _ordered(self) -> SplitParams:
         if self.valid_end <= self.train_end:
             raise ValueError(f"valid_end ({self.valid_end}) must be after train_end ({self.train_end})")
         return self
@@ -92,22 +90,25 @@ class BaselineParams(_Section):
 
 
 class TaptParams(_Section):
-    splits: list[Literal["train", "valid", "test"]] = Field(["train"], min_length=1,
-                                                           description="descriptions of items sold in these splits")
+    splits: list[Literal["train", "valid", "test"]] = Field(
+        ["train"], min_length=1, description="descriptions of items sold in these splits"
+    )
     max_chars: int = Field(50, ge=8, description="cap per sentence, cut at a word boundary (the study used 50)")
     min_chars: int = Field(3, ge=1)
 
 
 class DaptParams(_Section):
     source: Literal["synthetic", "amazon"] = "synthetic"
-    path: str | None = Field(None, description="for source=amazon: a directory or file(s) of Amazon 2018/2023 jsonl(.gz)")
+    path: str | None = Field(
+        None, description="for source=amazon: a directory or file(s) of Amazon 2018/2023 jsonl(.gz)"
+    )
     max_chars: int = Field(50, ge=8)
     min_chars: int = Field(10, ge=1)
     max_sentences: int = Field(1_024_000, ge=1, description="the study: 512 batches of 2,000 sentences")
     synthetic_sentences: int = Field(20_000, ge=10)
 
     @model_validator(mode="after")
-    def _path_for_amazon(self) -> "DaptParams":
+    def _path_for_amazon(self) -> DaptParams:
         if self.source == "amazon" and not self.path:
             raise ValueError("source is 'amazon' but path is empty")
         return self
@@ -120,7 +121,7 @@ class _PhaseLength(_Section):
     epochs: float | None = Field(None, gt=0)
 
     @model_validator(mode="after")
-    def _one_length(self) -> "_PhaseLength":
+    def _one_length(self) -> _PhaseLength:
         if (self.steps is None) == (self.epochs is None):
             raise ValueError("give exactly one of steps or epochs")
         return self
@@ -185,14 +186,17 @@ class TrainingSettings(_Section):
 
 class PretrainParams(TrainingSettings):
     enabled: bool = True
-    base_model: str = Field("sentence-transformers/all-MiniLM-L6-v2",
-                            description="Hugging Face id or local path of an encoder")
+    base_model: str = Field(
+        "sentence-transformers/all-MiniLM-L6-v2", description="Hugging Face id or local path of an encoder"
+    )
     tapt: TaptParams = TaptParams()
     dapt: DaptParams = DaptParams()
-    phases: list[PhaseParams] = [PhaseParams(corpus="dapt", objective="mlm", steps=20),
-                                 PhaseParams(corpus="tapt", objective="mlm", steps=20),
-                                 PhaseParams(corpus="dapt", objective="tsdae", steps=10),
-                                 PhaseParams(corpus="tapt", objective="tsdae", steps=10)]
+    phases: list[PhaseParams] = [
+        PhaseParams(corpus="dapt", objective="mlm", steps=20),
+        PhaseParams(corpus="tapt", objective="mlm", steps=20),
+        PhaseParams(corpus="dapt", objective="tsdae", steps=10),
+        PhaseParams(corpus="tapt", objective="tsdae", steps=10),
+    ]
     max_length: int = Field(64, ge=8, le=4096)
     packing: bool = Field(True, description="MLM: concatenate sentences into full blocks (no padding)")
     mlm_probability: float = Field(0.15, gt=0, lt=1)
@@ -200,7 +204,7 @@ class PretrainParams(TrainingSettings):
     pooling: Literal["mean", "cls"] = "mean"
 
     @model_validator(mode="after")
-    def _has_phases(self) -> "PretrainParams":
+    def _has_phases(self) -> PretrainParams:
         if self.enabled and not self.phases:
             raise ValueError("enabled but no phases: give at least one {corpus, objective, steps|epochs}")
         return self
@@ -215,10 +219,13 @@ class FinetunePhaseParams(_PhaseLength):
 
 class FinetuneParams(TrainingSettings):
     enabled: bool = True
-    start_from: Literal["pretrained", "base"] = Field("pretrained", description="the pretrain stage's encoder, "
-                                                                                "or pretrain.base_model untouched")
-    phases: list[FinetunePhaseParams] = [FinetunePhaseParams(task="item_context", steps=20),
-                                         FinetunePhaseParams(task="sequence_next", steps=20)]
+    start_from: Literal["pretrained", "base"] = Field(
+        "pretrained", description="the pretrain stage's encoder, or pretrain.base_model untouched"
+    )
+    phases: list[FinetunePhaseParams] = [
+        FinetunePhaseParams(task="item_context", steps=20),
+        FinetunePhaseParams(task="sequence_next", steps=20),
+    ]
     pooling: Literal["mean", "cls"] = Field("mean", description="cls as BLaIR, mean as Sentence-T5")
     loss: Literal["mnrl", "cached_mnrl"] = "mnrl"
     scale: float = Field(20.0, gt=0, description="1 / InfoNCE temperature (20 = temperature 0.05)")
@@ -238,7 +245,7 @@ class FinetuneParams(TrainingSettings):
     log_every: int = Field(5, ge=1)
 
     @model_validator(mode="after")
-    def _phases_have_data(self) -> "FinetuneParams":
+    def _phases_have_data(self) -> FinetuneParams:
         if self.enabled and not self.phases:
             raise ValueError("enabled but no phases: give at least one {task, steps|epochs}")
         if any(p.task == "review_item" for p in self.phases) and not (self.reviews_path and self.meta_path):
@@ -247,7 +254,9 @@ class FinetuneParams(TrainingSettings):
 
 
 class SeqrecParams(_Section):
-    path: str | None = Field(None, description="a UniSRec/RecBole directory, e.g. ../shared/data/amazon-seqrec/scientific")
+    path: str | None = Field(
+        None, description="a UniSRec/RecBole directory, e.g. ../shared/data/amazon-seqrec/scientific"
+    )
     name: str | None = Field(None, description="file prefix (Scientific); null: inferred from *.test.inter")
     max_users: int | None = Field(None, ge=1, description="evaluate a seeded sample of test users")
     exclude_history: bool = Field(False, description="RecBole's sequential protocol ranks history items too")
@@ -264,7 +273,7 @@ class RetrievalParams(_Section):
     seqrec: SeqrecParams = SeqrecParams()
 
     @model_validator(mode="after")
-    def _ks_positive(self) -> "RetrievalParams":
+    def _ks_positive(self) -> RetrievalParams:
         if any(k < 1 for k in self.ks):
             raise ValueError(f"ks must be positive, got {self.ks}")
         return self
@@ -281,16 +290,21 @@ class XGBoostParams(_Section):
     device: str = Field("cpu", description="cpu | cuda (XGBoost on GPU)")
 
 
-ClassifierStep = Literal["rf_selection", "text_cluster", "text_pca10", "text_pca2", "stock_code", "invoice", "rfm",
-                         "item"]
+ClassifierStep = Literal[
+    "rf_selection", "text_cluster", "text_pca10", "text_pca2", "stock_code", "invoice", "rfm", "item"
+]
 
 
 class ClassifierParams(_Section):
-    base_groups: list[Literal["transaction", "customer", "basket", "item", "rfm", "invoice", "stock_code"]] = \
-        ["transaction", "customer", "basket"]
+    base_groups: list[Literal["transaction", "customer", "basket", "item", "rfm", "invoice", "stock_code"]] = [
+        "transaction",
+        "customer",
+        "basket",
+    ]
     ablation: list[ClassifierStep] = Field(
         ["rf_selection", "text_cluster", "text_pca10", "text_pca2", "stock_code", "invoice"],
-        description="added one at a time, cumulatively, after the vanilla model (the study's Tables II-VI)")
+        description="added one at a time, cumulatively, after the vanilla model (the study's Tables II-VI)",
+    )
     rf_threshold: float = Field(0.04, ge=0, lt=1, description="drop features below this random-forest importance")
     rf_trees: int = Field(100, ge=1)
     rf_sample_rows: int = Field(50_000, ge=100)
@@ -302,10 +316,12 @@ class MatrixFactorizationParams(_Section):
     regularization: float = Field(0.05, ge=0)
     alpha: float = Field(10.0, gt=0, description="confidence = 1 + alpha * log1p(purchase count)")
     iterations: int = Field(15, ge=1)
-    similarity_weights: list[float] = Field([0.25, 0.5, 0.75], min_length=1,
-                                            description="MF + embedding similarity blend, chosen on valid")
-    cluster_weights: list[float] = Field([0.25, 0.5, 1.0], min_length=1,
-                                         description="MF + cluster label boost, chosen on valid")
+    similarity_weights: list[float] = Field(
+        [0.25, 0.5, 0.75], min_length=1, description="MF + embedding similarity blend, chosen on valid"
+    )
+    cluster_weights: list[float] = Field(
+        [0.25, 0.5, 1.0], min_length=1, description="MF + cluster label boost, chosen on valid"
+    )
 
 
 class LearningToRankParams(_Section):
@@ -321,19 +337,22 @@ class RecommendersParams(_Section):
     seeds: list[int] = Field([0, 1, 2, 3, 4], min_length=1)
     clusters: int = Field(8, ge=2, description="KMeans k on training items' embeddings")
     ks: list[int] = Field([5, 10], min_length=1)
-    exclude_history: bool = Field(False, description="false: repurchases count as hits (wholesale customers "
-                                                     "reorder); true: new items only")
+    exclude_history: bool = Field(
+        False, description="false: repurchases count as hits (wholesale customers reorder); true: new items only"
+    )
     primary_metric: str = Field("ndcg@10", description="<metric>@<k> for the verdict, e.g. ndcg@10, map@5")
     classifier: ClassifierParams = ClassifierParams()
     mf: MatrixFactorizationParams = MatrixFactorizationParams()
     ltr: LearningToRankParams = LearningToRankParams()
 
     @model_validator(mode="after")
-    def _primary_is_computed(self) -> "RecommendersParams":
+    def _primary_is_computed(self) -> RecommendersParams:
         name, _, k = self.primary_metric.partition("@")
         if name not in RANKING_METRICS or not k.isdigit() or int(k) not in self.ks:
-            raise ValueError(f"primary_metric '{self.primary_metric}' must be <precision|recall|f1|map|ndcg>@<k> "
-                             f"with k in ks {self.ks}")
+            raise ValueError(
+                f"primary_metric '{self.primary_metric}' must be <precision|recall|f1|map|ndcg>@<k> "
+                f"with k in ks {self.ks}"
+            )
         return self
 
 
@@ -347,20 +366,22 @@ class RegistryParams(_Section):
     served_model: str = Field("auto", description="auto: the recommender with the best valid primary metric")
     primary_metric: str = Field("ndcg@10", description="test metric the promotion gate compares")
     min_improvement: float = Field(0.0, ge=0.0, description="absolute: challenger must exceed champion by more")
-    guard_metrics: list[str] = Field(["recall@10", "precision@5"], description="must not drop by more than "
-                                                                                "guard_tolerance")
+    guard_metrics: list[str] = Field(
+        ["recall@10", "precision@5"], description="must not drop by more than guard_tolerance"
+    )
     guard_tolerance: float = Field(0.005, ge=0.0)
 
     @model_validator(mode="after")
-    def _known_model(self) -> "RegistryParams":
+    def _known_model(self) -> RegistryParams:
         if self.served_model not in SERVED_MODELS:
             raise ValueError(f"served_model '{self.served_model}' must be one of {', '.join(SERVED_MODELS)}")
         return self
 
 
 class ServingParams(_Section):
-    model_name: str = Field("plmrec", pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
-                            description="the name in /v1/models/<name>:predict")
+    model_name: str = Field(
+        "plmrec", pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", description="the name in /v1/models/<name>:predict"
+    )
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=1, le=65535)
     default_k: int = Field(10, ge=1)
@@ -369,11 +390,15 @@ class ServingParams(_Section):
     max_basket: int = Field(500, ge=1)
     max_query_chars: int = Field(500, ge=1)
     max_body_bytes: int = Field(1_048_576, ge=1024)
-    inference_service: str = Field("", description="KServe InferenceService the register step points at a new "
-                                                   "@champion ('' = none: local runs)")
+    inference_service: str = Field(
+        "", description="KServe InferenceService the register step points at a new @champion ('' = none: local runs)"
+    )
     namespace: str = Field("", description="its namespace ('' = the pipeline pod's own)")
-    artifacts_destination: str = Field("", description="the tracking server's --artifacts-destination "
-                                                       "(maps proxied mlflow-artifacts:/ locations to s3://)")
+    artifacts_destination: str = Field(
+        "",
+        description="the tracking server's --artifacts-destination "
+        "(maps proxied mlflow-artifacts:/ locations to s3://)",
+    )
 
 
 class TrackingParams(_Section):
@@ -388,12 +413,15 @@ def _cpu_step_resources() -> ResourceParams:
 class PipelineParams(_Section):
     name: str = "plmrec-training"
     image: str = Field(DEFAULT_IMAGE, description="component image (docker/Dockerfile)")
-    gpu_image: str = Field("ghcr.io/plmrec/plmrec-cuda:0.1.0",
-                           description="image of the steps that request an accelerator (docker/Dockerfile.cuda)")
+    gpu_image: str = Field(
+        "ghcr.io/plmrec/plmrec-cuda:0.1.0",
+        description="image of the steps that request an accelerator (docker/Dockerfile.cuda)",
+    )
     image_pull_secrets: list[str] = Field(default_factory=list)
     enable_caching: bool = False
-    step_resources: ResourceParams = Field(default_factory=_cpu_step_resources,
-                                           description="requests and limits of every step without its own")
+    step_resources: ResourceParams = Field(
+        default_factory=_cpu_step_resources, description="requests and limits of every step without its own"
+    )
 
 
 class Params(_Section):
@@ -413,13 +441,15 @@ class Params(_Section):
     pipeline: PipelineParams = PipelineParams()
 
     @model_validator(mode="after")
-    def _gate_metrics_are_computed(self) -> "Params":
+    def _gate_metrics_are_computed(self) -> Params:
         ks = self.recommenders.ks
         for metric in [self.registry.primary_metric, *self.registry.guard_metrics]:
             name, _, k = metric.partition("@")
             if name not in RANKING_METRICS or not k.isdigit() or int(k) not in ks:
-                raise ValueError(f"registry metric '{metric}' must be <precision|recall|f1|map|ndcg>@<k> with k in "
-                                 f"recommenders.ks {ks}")
+                raise ValueError(
+                    f"registry metric '{metric}' must be <precision|recall|f1|map|ndcg>@<k> with k in "
+                    f"recommenders.ks {ks}"
+                )
         if self.serving.default_k > self.serving.max_k:
             raise ValueError(f"serving.default_k {self.serving.default_k} exceeds serving.max_k {self.serving.max_k}")
         return self
@@ -533,8 +563,11 @@ def overlay_params_file(overlay: str | Path) -> Path:
     return path
 
 
-def load_params(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
-                patches: list[str | Path] | tuple[str | Path, ...] = ()) -> Params:
+def load_params(
+    path: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    patches: list[str | Path] | tuple[str | Path, ...] = (),
+) -> Params:
     """Read `params.yaml` (or defaults when the default file is absent), lay each patch file over it
     (e.g. a deployment overlay's pipeline-params.yaml), then apply -S overrides."""
     explicit = path is not None

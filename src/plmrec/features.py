@@ -35,7 +35,7 @@ class TabularEncoder:
     item_lines: dict[str, int] = field(default_factory=dict)
     item_customers: dict[str, int] = field(default_factory=dict)
     item_mean_price: dict[str, float] = field(default_factory=dict)
-    customer_last_day: dict[int, float] = field(default_factory=dict)   # days since epoch
+    customer_last_day: dict[int, float] = field(default_factory=dict)  # days since epoch
     customer_monetary: dict[int, float] = field(default_factory=dict)
     item_index: dict[str, int] = field(default_factory=dict)
     reference_day: float = 0.0  # the last training day: recency is measured from here
@@ -45,7 +45,7 @@ class TabularEncoder:
         return [c for g in self.groups for c in FEATURE_GROUPS[g]]
 
     @classmethod
-    def fit(cls, train: pd.DataFrame, groups: list[str]) -> "TabularEncoder":
+    def fit(cls, train: pd.DataFrame, groups: list[str]) -> TabularEncoder:
         unknown = [g for g in groups if g not in FEATURE_GROUPS]
         if unknown:
             raise ValueError(f"unknown feature group(s) {unknown}; known: {', '.join(FEATURE_GROUPS)}")
@@ -60,7 +60,10 @@ class TabularEncoder:
             item_mean_price=by_item["UnitPrice"].mean().astype(float).to_dict(),
             customer_last_day=(train.groupby("CustomerID")["InvoiceDate"].max().astype("int64") / DAY_NS).to_dict(),
             customer_monetary=train.assign(_v=train["Quantity"] * train["UnitPrice"])
-            .groupby("CustomerID")["_v"].sum().astype(float).to_dict(),
+            .groupby("CustomerID")["_v"]
+            .sum()
+            .astype(float)
+            .to_dict(),
             item_index={c: i for i, c in enumerate(sorted(train["StockCode"].astype(str).unique()))},
             reference_day=float(train["InvoiceDate"].max().value / DAY_NS),
         )
@@ -84,7 +87,9 @@ class TabularEncoder:
         basket = df.groupby("InvoiceNo")["StockCode"].transform("size")
         out["basket_lines"] = basket
         value = price  # quantity is the target, so the basket share uses prices only
-        out["basket_value_share"] = value / df.assign(_v=value).groupby("InvoiceNo")["_v"].transform("sum").replace(0, np.nan)
+        out["basket_value_share"] = value / df.assign(_v=value).groupby("InvoiceNo")["_v"].transform("sum").replace(
+            0, np.nan
+        )
         out["item_train_lines"] = item.map(self.item_lines).fillna(0)
         out["item_train_customers"] = item.map(self.item_customers).fillna(0)
         mean_price = item.map(self.item_mean_price)
@@ -104,10 +109,12 @@ class TabularEncoder:
         return out[self.columns].astype("float32")
 
     def to_dict(self) -> dict:
-        return {k: ({str(kk): vv for kk, vv in v.items()} if isinstance(v, dict) else v) for k, v in self.__dict__.items()}
+        return {
+            k: ({str(kk): vv for kk, vv in v.items()} if isinstance(v, dict) else v) for k, v in self.__dict__.items()
+        }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TabularEncoder":
+    def from_dict(cls, d: dict) -> TabularEncoder:
         enc = cls(**d)
         enc.customer_invoices = {int(k): v for k, v in enc.customer_invoices.items()}
         enc.customer_lines = {int(k): v for k, v in enc.customer_lines.items()}
@@ -116,8 +123,11 @@ class TabularEncoder:
         return enc
 
 
-TEXT_GROUPS = {"text_cluster": ["text_cluster"], "text_pca10": [f"text_pca10_{i}" for i in range(10)],
-               "text_pca2": ["text_pca2_0", "text_pca2_1"]}
+TEXT_GROUPS = {
+    "text_cluster": ["text_cluster"],
+    "text_pca10": [f"text_pca10_{i}" for i in range(10)],
+    "text_pca2": ["text_pca2_0", "text_pca2_1"],
+}
 
 
 @dataclass
@@ -129,7 +139,7 @@ class EmbeddingFeatures:
     table: np.ndarray  # rows aligned with codes: [cluster, pca10 x10, pca2 x2]
 
     @classmethod
-    def fit(cls, items: pd.DataFrame, train_codes, clusters: int, seed: int = 0) -> "EmbeddingFeatures":
+    def fit(cls, items: pd.DataFrame, train_codes, clusters: int, *, seed: int = 0) -> EmbeddingFeatures:
         from sklearn.cluster import KMeans
         from sklearn.decomposition import PCA
 
@@ -137,8 +147,10 @@ class EmbeddingFeatures:
         codes = items["StockCode"].astype(str).tolist()
         fit_rows = np.isin(codes, sorted({str(c) for c in train_codes}))
         if fit_rows.sum() < max(clusters, 10):
-            raise ValueError(f"only {int(fit_rows.sum())} training items have embeddings; need at least "
-                             f"{max(clusters, 10)} for PCA/KMeans")
+            raise ValueError(
+                f"only {int(fit_rows.sum())} training items have embeddings; need at least "
+                f"{max(clusters, 10)} for PCA/KMeans"
+            )
         fitted = vectors[fit_rows]
         kmeans = KMeans(n_clusters=clusters, n_init=4, random_state=seed).fit(fitted)
         pca10 = PCA(n_components=10, random_state=seed).fit(fitted)

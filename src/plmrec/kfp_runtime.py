@@ -33,8 +33,9 @@ def ingest(config: dict, tracking_uri: str, run_key: str, *, raw_data, ingest_me
     _log(ingest_metrics, {"rows": out["rows"], "invoices": out["invoices"]})
 
 
-def validate(config: dict, tracking_uri: str, run_key: str, *, suite: str, table, report, report_files,
-             validation_metrics) -> None:
+def validate(
+    config: dict, tracking_uri: str, run_key: str, *, suite: str, table, report, report_files, validation_metrics
+) -> None:
     """validate-raw or validate-prepared, by `suite`."""
     params, uri = _setup(config, tracking_uri)
     report_dir = Path(report_files.path)
@@ -44,14 +45,22 @@ def validate(config: dict, tracking_uri: str, run_key: str, *, suite: str, table
     finally:
         if (report_dir / "report.html").exists():
             shutil.copyfile(report_dir / "report.html", report.path)
-    _log(validation_metrics, {"expectations_evaluated": outcome.evaluated, "expectations_failed": len(outcome.failures)})
+    _log(
+        validation_metrics, {"expectations_evaluated": outcome.evaluated, "expectations_failed": len(outcome.failures)}
+    )
 
 
 def prepare(config: dict, tracking_uri: str, run_key: str, *, raw_data, prepared_data, prepare_metrics) -> None:
     params, uri = _setup(config, tracking_uri)
     meta = stages.prepare(params, raw_data.path, prepared_data.path, run_key=run_key, tracking_uri=uri)
-    prepared_data.metadata.update({"rows": meta["split"]["rows"], "label_thresholds": meta["label_thresholds"],
-                                   "train_end": meta["split"]["train_end"], "valid_end": meta["split"]["valid_end"]})
+    prepared_data.metadata.update(
+        {
+            "rows": meta["split"]["rows"],
+            "label_thresholds": meta["label_thresholds"],
+            "train_end": meta["split"]["train_end"],
+            "valid_end": meta["split"]["valid_end"],
+        }
+    )
     _log(prepare_metrics, {f"rows_{k}": v for k, v in meta["split"]["rows"].items()})
     _log(prepare_metrics, {f"dropped_{k}": v for k, v in meta["cleaning"]["dropped"].items()})
 
@@ -63,24 +72,38 @@ def train_baseline(config: dict, tracking_uri: str, run_key: str, *, prepared_da
     _log(train_metrics, {f"valid_{k}": v for k, v in info["valid"].items()})
 
 
-def evaluate_baseline(config: dict, tracking_uri: str, run_key: str, *, prepared_data, model, test_metrics,
-                      confusion) -> None:
+def evaluate_baseline(
+    config: dict, tracking_uri: str, run_key: str, *, prepared_data, model, test_metrics, confusion
+) -> None:
     params, uri = _setup(config, tracking_uri)
     plots = Path(test_metrics.path).parent / "plots"
-    metrics = stages.evaluate_baseline(params, prepared_data.path, model.path, metrics_path=plots / "metrics.json",
-                                       plots_dir=plots, run_key=run_key, tracking_uri=uri)
+    metrics = stages.evaluate_baseline(
+        params,
+        prepared_data.path,
+        model.path,
+        metrics_path=plots / "metrics.json",
+        plots_dir=plots,
+        run_key=run_key,
+        tracking_uri=uri,
+    )
     _log(test_metrics, {f"test_{k}": v for k, v in metrics.items()})
-    confusion.log_confusion_matrix([str(i) for i in range(params.clean.n_quantity_labels)],
-                                   metrics["confusion_matrix"])
+    confusion.log_confusion_matrix([str(i) for i in range(params.clean.n_quantity_labels)], metrics["confusion_matrix"])
 
 
-def pretrain(config: dict, tracking_uri: str, run_key: str, *, prepared_data, model, pretrain_metrics,
-             loss_curve) -> None:
+def pretrain(
+    config: dict, tracking_uri: str, run_key: str, *, prepared_data, model, pretrain_metrics, loss_curve
+) -> None:
     params, uri = _setup(config, tracking_uri)
     report = stages.pretrain(params, prepared_data.path, model.path, run_key=run_key, tracking_uri=uri)
-    model.metadata.update({"framework": "sentence-transformers", "base_model": params.pretrain.base_model,
-                           "schedule": [p["label"] for p in report["phases"]],
-                           "hf_dir": "hf", "sentence_transformer_dir": "sentence-transformer"})
+    model.metadata.update(
+        {
+            "framework": "sentence-transformers",
+            "base_model": params.pretrain.base_model,
+            "schedule": [p["label"] for p in report["phases"]],
+            "hf_dir": "hf",
+            "sentence_transformer_dir": "sentence-transformer",
+        }
+    )
     for label, figures in stages.pretrain_summary(report)["pretrain"].items():
         _log(pretrain_metrics, {f"{label}_{k}": v for k, v in figures.items()})
     png = Path(model.path) / "loss_curve.png"
@@ -88,67 +111,116 @@ def pretrain(config: dict, tracking_uri: str, run_key: str, *, prepared_data, mo
     Path(loss_curve.path).write_text(image_html("Pretraining loss per phase", [png], extra))
 
 
-def finetune(config: dict, tracking_uri: str, run_key: str, *, prepared_data, pretrained, model, finetune_metrics,
-             plots) -> None:
+def finetune(
+    config: dict, tracking_uri: str, run_key: str, *, prepared_data, pretrained, model, finetune_metrics, plots
+) -> None:
     params, uri = _setup(config, tracking_uri)
-    report = stages.finetune(params, prepared_data.path, pretrained.path, out_dir=model.path, run_key=run_key,
-                             tracking_uri=uri)
-    model.metadata.update({"framework": "sentence-transformers", "start_model": report["start_model"],
-                           "schedule": [p["label"] for p in report["phases"]],
-                           "sentence_transformer_dir": "sentence-transformer",
-                           "item_embeddings": "item_embeddings.parquet", "user_embeddings": "user_embeddings.parquet",
-                           "index": params.retrieval.index})
+    report = stages.finetune(
+        params, prepared_data.path, pretrained.path, out_dir=model.path, run_key=run_key, tracking_uri=uri
+    )
+    model.metadata.update(
+        {
+            "framework": "sentence-transformers",
+            "start_model": report["start_model"],
+            "schedule": [p["label"] for p in report["phases"]],
+            "sentence_transformer_dir": "sentence-transformer",
+            "item_embeddings": "item_embeddings.parquet",
+            "user_embeddings": "user_embeddings.parquet",
+            "index": params.retrieval.index,
+        }
+    )
     for label, figures in stages.finetune_summary(report).items():
         _log(finetune_metrics, {f"{label}_{k}": v for k, v in figures.items()})
     _log(finetune_metrics, {f"embed_{k}": v for k, v in report["embeddings"].items()})
     out = Path(model.path)
-    Path(plots.path).write_text(image_html("Fine-tuning loss and item embedding space",
-                                            [out / "loss_curve.png", out / "embedding_pca.png"]))
+    Path(plots.path).write_text(
+        image_html("Fine-tuning loss and item embedding space", [out / "loss_curve.png", out / "embedding_pca.png"])
+    )
 
 
-def evaluate_retrieval(config: dict, tracking_uri: str, run_key: str, *, prepared_data, pretrained, finetuned,
-                       retrieval_metrics, table) -> None:
+def evaluate_retrieval(
+    config: dict, tracking_uri: str, run_key: str, *, prepared_data, pretrained, finetuned, retrieval_metrics, table
+) -> None:
     params, uri = _setup(config, tracking_uri)
     tables_dir = Path(table.path).parent / "tables"
-    results = stages.evaluate_retrieval(params, prepared_data.path, pretrained.path, finetuned_dir=finetuned.path,
-                                        metrics_path=tables_dir / "metrics.json", tables_dir=tables_dir,
-                                        run_key=run_key, tracking_uri=uri)
+    results = stages.evaluate_retrieval(
+        params,
+        prepared_data.path,
+        pretrained.path,
+        finetuned_dir=finetuned.path,
+        metrics_path=tables_dir / "metrics.json",
+        tables_dir=tables_dir,
+        run_key=run_key,
+        tracking_uri=uri,
+    )
     for bench, by_encoder in results.items():
         for encoder, by_kind in by_encoder.items():
             for kind, m in by_kind.items():
                 if not kind.startswith("_"):
-                    _log(retrieval_metrics, {f"{bench}_{encoder}_{kind}_{k.replace('@', '_at_')}": v
-                                             for k, v in m.items() if "@" in k})
+                    _log(
+                        retrieval_metrics,
+                        {f"{bench}_{encoder}_{kind}_{k.replace('@', '_at_')}": v for k, v in m.items() if "@" in k},
+                    )
     sections = "".join(f"<h4>{p.stem}</h4><pre>{p.read_text()}</pre>" for p in sorted(tables_dir.glob("*.md")))
     Path(table.path).write_text(f"<html><body><h3>Next-item retrieval, full ranking</h3>{sections}</body></html>")
 
 
-def compare_models(config: dict, tracking_uri: str, run_key: str, *, prepared_data, finetuned, compare_metrics,
-                   results, bundle) -> None:
+def compare_models(
+    config: dict, tracking_uri: str, run_key: str, *, prepared_data, finetuned, compare_metrics, results, bundle
+) -> None:
     params, uri = _setup(config, tracking_uri)
     reports = Path(results.path).parent / "reports"
-    summary = stages.compare_models(params, prepared_data.path, finetuned.path, metrics_path=reports / "metrics.json",
-                                    reports_dir=reports, bundle_dir=bundle.path, run_key=run_key, tracking_uri=uri)
-    bundle.metadata.update({"served_model": summary["served"]["model"], "framework": "plmrec-bundle",
-                            **{k: v for k, v in summary["served"]["metrics"].items() if not k.endswith("_std")}})
+    summary = stages.compare_models(
+        params,
+        prepared_data.path,
+        finetuned.path,
+        metrics_path=reports / "metrics.json",
+        reports_dir=reports,
+        bundle_dir=bundle.path,
+        run_key=run_key,
+        tracking_uri=uri,
+    )
+    bundle.metadata.update(
+        {
+            "served_model": summary["served"]["model"],
+            "framework": "plmrec-bundle",
+            **{k: v for k, v in summary["served"]["metrics"].items() if not k.endswith("_std")},
+        }
+    )
     for section in ("classifier", "recommenders"):
         for variant, figures in summary[section].items():
-            _log(compare_metrics, {f"{section}_{variant}_{m.replace('@', '_at_')}_mean": v["mean"]
-                                   for m, v in figures.items()})
+            _log(
+                compare_metrics,
+                {f"{section}_{variant}_{m.replace('@', '_at_')}_mean": v["mean"] for m, v in figures.items()},
+            )
     tables = (reports / "results.md").read_text()
-    body = image_html("Model comparison", [reports / "precision_at_k.png", reports / "confusion_matrix_best.png",
-                                            reports / "feature_importance.png"], f"<pre>{tables}</pre>")
+    body = image_html(
+        "Model comparison",
+        [reports / "precision_at_k.png", reports / "confusion_matrix_best.png", reports / "feature_importance.png"],
+        f"<pre>{tables}</pre>",
+    )
     Path(results.path).write_text(body)
 
 
 def register_model(config: dict, tracking_uri: str, run_key: str, *, prepared_data, bundle, decision) -> None:
     params, uri = _setup(config, tracking_uri)
-    out = stages.register_model(params, bundle.path, prepared_data.path,
-                                decision_path=Path(decision.path).parent / "decision.json",
-                                run_key=run_key, tracking_uri=uri)
+    out = stages.register_model(
+        params,
+        bundle.path,
+        prepared_data.path,
+        decision_path=Path(decision.path).parent / "decision.json",
+        run_key=run_key,
+        tracking_uri=uri,
+    )
     if out.get("registered"):
-        _log(decision, {"registered_version": int(out["version"]), "promoted": int(out["promoted"]),
-                        **{f"challenger_{k}": v for k, v in out["primary"].items() if isinstance(v, float)}})
+        _log(
+            decision,
+            {
+                "registered_version": int(out["version"]),
+                "promoted": int(out["promoted"]),
+                **{f"challenger_{k}": v for k, v in out["primary"].items() if isinstance(v, float)},
+            },
+        )
 
 
 def finish_tracking(config: dict, tracking_uri: str, run_key: str, *, state: str, message: str) -> None:

@@ -95,8 +95,9 @@ class LocalRunResult:
     log_path: Path
 
 
-def run_local(params: Params, run_dir: str | Path | None = None, verbose: bool = False,
-              project_dir: str | Path | None = None) -> LocalRunResult:
+def run_local(
+    params: Params, run_dir: str | Path | None = None, verbose: bool = False, *, project_dir: str | Path | None = None
+) -> LocalRunResult:
     """Execute the training pipeline with kfp.local; returns where everything landed."""
     from kfp import local
 
@@ -110,12 +111,14 @@ def run_local(params: Params, run_dir: str | Path | None = None, verbose: bool =
     uri = tracking.resolve_tracking_uri(params, project)
     log_path = run_dir / "pipeline.log"
     pipeline = build_training_pipeline(params)
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(run_dir / "artifacts"),
-               raise_on_error=False)
+    local.init(
+        runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(run_dir / "artifacts"), raise_on_error=False
+    )
     console = sys.stdout
     start = time.perf_counter()
-    console.write(f"plmrec run {run_key}: pipeline '{params.pipeline.name}', data '{params.data.source}', "
-                  f"MLflow {uri}\n")
+    console.write(
+        f"plmrec run {run_key}: pipeline '{params.pipeline.name}', data '{params.data.source}', MLflow {uri}\n"
+    )
     with open(log_path, "w", encoding="utf-8") as log:
         stream = ProgressStream(log, console, verbose)
         with contextlib.redirect_stdout(stream), quiet_local_runner():
@@ -128,8 +131,15 @@ def run_local(params: Params, run_dir: str | Path | None = None, verbose: bool =
         parent = None
     ok = not stream.failed
     if not ok:
-        console.write("\n".join(["", f"pipeline failed at: {', '.join(stream.failed)}",
-                                 "last log lines:"] + ["  " + line for line in stream.tail[-15:] if line.strip()]) + "\n")
-    console.write(f"{'done' if ok else 'FAILED'} in {seconds:.1f}s; artifacts under {run_dir}; "
-                  f"full log {log_path}; MLflow parent run {parent}\n")
+        console.write(
+            "\n".join(
+                ["", f"pipeline failed at: {', '.join(stream.failed)}", "last log lines:"]
+                + ["  " + line for line in stream.tail[-15:] if line.strip()]
+            )
+            + "\n"
+        )
+    console.write(
+        f"{'done' if ok else 'FAILED'} in {seconds:.1f}s; artifacts under {run_dir}; "
+        f"full log {log_path}; MLflow parent run {parent}\n"
+    )
     return LocalRunResult(run_key, run_dir, uri, parent, ok, seconds, log_path)

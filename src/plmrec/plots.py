@@ -65,7 +65,7 @@ def plot_curves(curves: dict[str, list[float]], path: str | Path, ks: list[int])
     return _save(plt, fig, path)
 
 
-def plot_importance(importance: dict[str, float], path: str | Path, title: str, top: int = 20) -> Path:
+def plot_importance(importance: dict[str, float], path: str | Path, title: str, *, top: int = 20) -> Path:
     """The `top` features by gain share, largest at the top."""
     plt = _pyplot()
     items = sorted(importance.items(), key=lambda kv: kv[1])[-top:]

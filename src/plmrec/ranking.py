@@ -13,7 +13,7 @@ Conventions (also in the README):
 from __future__ import annotations
 
 import math
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -67,8 +67,13 @@ def ndcg_at_k(ranked: Sequence, relevant: Iterable, k: int) -> float:
 METRICS = {"precision": precision_at_k, "recall": recall_at_k, "map": average_precision_at_k, "ndcg": ndcg_at_k}
 
 
-def ranking_metrics(ranked_lists: Sequence[Sequence], relevant_sets: Sequence[Iterable], ks: Sequence[int],
-                    names: Sequence[str] = ("precision", "recall", "map", "ndcg")) -> dict[str, float]:
+def ranking_metrics(
+    ranked_lists: Sequence[Sequence],
+    relevant_sets: Sequence[Iterable],
+    ks: Sequence[int],
+    *,
+    names: Sequence[str] = ("precision", "recall", "map", "ndcg"),
+) -> dict[str, float]:
     """Means over the queries that have at least one relevant item, keyed `<metric>@<k>`, plus
     `queries` (used) and `queries_without_relevant` (left out)."""
     if len(ranked_lists) != len(relevant_sets):

@@ -23,22 +23,26 @@ METRIC_TAG = "metric."
 GATE_TAG = "plmrec.gate"
 
 
-
-
 def metric_tag(metric: str) -> str:
     return METRIC_TAG + metric.replace("@", "_at_")  # tag keys allow no '@'
 
 
-def register_bundle(bundle_dir: str | Path, rp: RegistryParams, metrics: dict[str, float], tags: dict[str, str]) -> str:
+def register_bundle(
+    bundle_dir: str | Path, rp: RegistryParams, metrics: dict[str, float], *, tags: dict[str, str]
+) -> str:
     """Log the bundle as a pyfunc model in the active run and register it, metrics and tags
     attached in the same call; returns the new version."""
     import mlflow
 
     from plmrec.serving.pyfunc import BundleModel, pip_requirements
 
-    info = mlflow.pyfunc.log_model(name="recommender", python_model=BundleModel(),
-                                   artifacts={"bundle": str(bundle_dir)}, pip_requirements=pip_requirements(),
-                                   metadata={"plmrec_metrics": metrics})
+    info = mlflow.pyfunc.log_model(
+        name="recommender",
+        python_model=BundleModel(),
+        artifacts={"bundle": str(bundle_dir)},
+        pip_requirements=pip_requirements(),
+        metadata={"plmrec_metrics": metrics},
+    )
     mlflow.log_metrics({k.replace("@", "_at_"): float(v) for k, v in metrics.items()}, model_id=info.model_id)
     all_tags = {**{metric_tag(k): repr(float(v)) for k, v in metrics.items()}, **tags}
     version = mlflow.register_model(info.model_uri, rp.model_name, await_registration_for=60, tags=all_tags)
@@ -46,8 +50,9 @@ def register_bundle(bundle_dir: str | Path, rp: RegistryParams, metrics: dict[st
 
 
 def version_metrics(version) -> dict[str, float]:
-    return {k[len(METRIC_TAG):].replace("_at_", "@"): float(v) for k, v in version.tags.items()
-            if k.startswith(METRIC_TAG)}
+    return {
+        k[len(METRIC_TAG) :].replace("_at_", "@"): float(v) for k, v in version.tags.items() if k.startswith(METRIC_TAG)
+    }
 
 
 def alias_version(client, name: str, alias: str):
@@ -60,7 +65,7 @@ def alias_version(client, name: str, alias: str):
         return None
 
 
-def require_alias(client, name: str, alias: str, remedy: str):
+def require_alias(client, name: str, alias: str, *, remedy: str):
     """The version behind `name@alias`; a RegistryError saying what to do when the alias is not set."""
     version = alias_version(client, name, alias)
     if version is None:
@@ -82,7 +87,9 @@ class Decision:
         return asdict(self)
 
 
-def decide(candidate: dict[str, float], champion: dict[str, float] | None, rp: RegistryParams) -> tuple[bool, str, dict, dict]:
+def decide(
+    candidate: dict[str, float], champion: dict[str, float] | None, rp: RegistryParams
+) -> tuple[bool, str, dict, dict]:
     """The gate's rule alone: (promote?, reason, primary figures, guard figures)."""
     p = rp.primary_metric
     if p not in candidate:
@@ -92,22 +99,41 @@ def decide(candidate: dict[str, float], champion: dict[str, float] | None, rp: R
     if p not in champion:
         return True, f"the champion has no '{p}' metric: the challenger replaces it", {"challenger": candidate[p]}, {}
     gain = candidate[p] - champion[p]
-    primary = {"metric": p, "challenger": candidate[p], "champion": champion[p], "gain": gain,
-               "min_improvement": rp.min_improvement}
+    primary = {
+        "metric": p,
+        "challenger": candidate[p],
+        "champion": champion[p],
+        "gain": gain,
+        "min_improvement": rp.min_improvement,
+    }
     guards, regressed = {}, []
     for g in rp.guard_metrics:
         if g in candidate and g in champion:
             drop = champion[g] - candidate[g]
-            guards[g] = {"challenger": candidate[g], "champion": champion[g], "drop": drop, "tolerance": rp.guard_tolerance}
+            guards[g] = {
+                "challenger": candidate[g],
+                "champion": champion[g],
+                "drop": drop,
+                "tolerance": rp.guard_tolerance,
+            }
             if drop > rp.guard_tolerance:
                 regressed.append(f"{g} drops by {drop:.4f} (> {rp.guard_tolerance})")
     if gain <= rp.min_improvement:
-        return False, f"{p} {candidate[p]:.4f} does not beat the champion's {champion[p]:.4f} by more than " \
-                      f"{rp.min_improvement} (gain {gain:+.4f})", primary, guards
+        return (
+            False,
+            f"{p} {candidate[p]:.4f} does not beat the champion's {champion[p]:.4f} by more than "
+            f"{rp.min_improvement} (gain {gain:+.4f})",
+            primary,
+            guards,
+        )
     if regressed:
         return False, "guard metric regressed: " + "; ".join(regressed), primary, guards
-    return True, f"{p} {candidate[p]:.4f} beats the champion's {champion[p]:.4f} by {gain:+.4f} and no guard " \
-                 f"metric regressed", primary, guards
+    return (
+        True,
+        f"{p} {candidate[p]:.4f} beats the champion's {champion[p]:.4f} by {gain:+.4f} and no guard metric regressed",
+        primary,
+        guards,
+    )
 
 
 def gate(client, rp: RegistryParams, version: str) -> Decision:
@@ -118,7 +144,9 @@ def gate(client, rp: RegistryParams, version: str) -> Decision:
     current = alias_version(client, name, CHAMPION)
     if current is not None and str(current.version) == str(version):
         raise RegistryError(f"version {version} of {name} is already the champion")
-    promote, reason, primary, guards = decide(version_metrics(candidate), version_metrics(current) if current else None, rp)
+    promote, reason, primary, guards = decide(
+        version_metrics(candidate), version_metrics(current) if current else None, rp
+    )
     before = str(current.version) if current else None
     decision = Decision(str(version), promote, reason, before, str(version) if promote else before, primary, guards)
     client.set_model_version_tag(name, version, GATE_TAG, json.dumps(decision.to_dict())[:4900])
@@ -143,22 +171,24 @@ def force_promote(client, rp: RegistryParams, version: str) -> Decision:
 def rollback(client, rp: RegistryParams) -> tuple[str, str]:
     """Point @champion back at the version it replaced; returns (from, to)."""
     name = rp.model_name
-    current = require_alias(client, name, CHAMPION, "nothing to roll back")
+    current = require_alias(client, name, CHAMPION, remedy="nothing to roll back")
     previous = current.tags.get(PREVIOUS_TAG, "")
     if not previous:
-        raise RegistryError(f"{name}@{CHAMPION} is version {current.version}, which replaced no earlier champion: "
-                            f"nothing to roll back to")
+        raise RegistryError(
+            f"{name}@{CHAMPION} is version {current.version}, which replaced no earlier champion: "
+            f"nothing to roll back to"
+        )
     client.get_model_version(name, previous)
     client.set_model_version_tag(name, str(current.version), "plmrec.rolled_back_to", previous)
     client.set_registered_model_alias(name, CHAMPION, previous)
     return str(current.version), previous
 
 
-def download(uri: str, name: str, alias: str, dst: str | Path) -> tuple[Path, str]:
+def download(uri: str, name: str, alias: str, *, dst: str | Path) -> tuple[Path, str]:
     """Download `models:/name@alias` into `dst`; returns (local directory, version)."""
     import mlflow
 
-    v = require_alias(mlflow.MlflowClient(uri), name, alias, "run the pipeline, then `plmrec promote`")
+    v = require_alias(mlflow.MlflowClient(uri), name, alias, remedy="run the pipeline, then `plmrec promote`")
     mlflow.set_tracking_uri(uri)
     local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{v.version}", dst_path=str(dst))
     return Path(local), str(v.version)
@@ -172,7 +202,14 @@ def versions_table(client, name: str, limit: int = 10) -> list[dict]:
     rows = []
     for v in client.search_model_versions(f"name = '{name}'", order_by=["version_number DESC"], max_results=limit):
         gate_info = json.loads(v.tags.get(GATE_TAG, "{}") or "{}")
-        rows.append({"version": str(v.version), "aliases": ",".join(sorted(aliases.get(str(v.version), []))),
-                     "promoted": gate_info.get("promoted"), "run_id": v.run_id, **version_metrics(v),
-                     "data_md5": v.tags.get("data.md5", "")})
+        rows.append(
+            {
+                "version": str(v.version),
+                "aliases": ",".join(sorted(aliases.get(str(v.version), []))),
+                "promoted": gate_info.get("promoted"),
+                "run_id": v.run_id,
+                **version_metrics(v),
+                "data_md5": v.tags.get("data.md5", ""),
+            }
+        )
     return rows

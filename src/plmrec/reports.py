@@ -18,6 +18,9 @@ def markdown_table(df: pd.DataFrame) -> str:
 
 def image_html(title: str, pngs: list[Path], extra: str = "") -> str:
     """An HTML page (a KFP `HTML` artifact) with a title, the PNGs inlined and `extra` markup."""
-    imgs = "".join(f'<img alt="{p.stem}" src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}">'
-                   for p in pngs if p.exists())
+    imgs = "".join(
+        f'<img alt="{p.stem}" src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}">'
+        for p in pngs
+        if p.exists()
+    )
     return f"<html><body><h3>{title}</h3>{imgs}{extra}</body></html>"

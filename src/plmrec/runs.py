@@ -15,8 +15,12 @@ def compare_runs(client, experiment: str, limit: int = 5) -> pd.DataFrame:
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         raise PlmrecError(f"no MLflow experiment '{experiment}' yet: run the pipeline first (plmrec run)")
-    found = client.search_runs([exp.experiment_id], filter_string="tags.`plmrec.kind` = 'pipeline'",
-                               order_by=["attributes.start_time DESC"], max_results=limit)
+    found = client.search_runs(
+        [exp.experiment_id],
+        filter_string="tags.`plmrec.kind` = 'pipeline'",
+        order_by=["attributes.start_time DESC"],
+        max_results=limit,
+    )
     if not found:
         raise PlmrecError(f"experiment '{experiment}' has no pipeline runs yet")
     columns = {}
@@ -24,9 +28,13 @@ def compare_runs(client, experiment: str, limit: int = 5) -> pd.DataFrame:
         info = run.info
         start = dt.datetime.fromtimestamp(info.start_time / 1000)
         seconds = (info.end_time - info.start_time) / 1000 if info.end_time else None
-        fields = {"status": info.status, "started": start.strftime("%Y-%m-%d %H:%M"),
-                  "duration": f"{seconds / 60:.1f} min" if seconds is not None else "running",
-                  "run key": run.data.tags.get(RUN_KEY_TAG, ""), "run id": info.run_id[:12]}
+        fields = {
+            "status": info.status,
+            "started": start.strftime("%Y-%m-%d %H:%M"),
+            "duration": f"{seconds / 60:.1f} min" if seconds is not None else "running",
+            "run key": run.data.tags.get(RUN_KEY_TAG, ""),
+            "run id": info.run_id[:12],
+        }
         fields.update({k: f"{v:.4g}" for k, v in sorted(run.data.metrics.items())})
         columns[info.run_name or info.run_id[:8]] = fields
     table = pd.DataFrame(columns)
@@ -34,6 +42,7 @@ def compare_runs(client, experiment: str, limit: int = 5) -> pd.DataFrame:
 
 
 def format_runs(table: pd.DataFrame, uri: str, experiment: str) -> str:
-    with pd.option_context("display.max_rows", 500, "display.max_columns", 50, "display.width", 200,
-                           "display.max_colwidth", 40):
+    with pd.option_context(
+        "display.max_rows", 500, "display.max_columns", 50, "display.width", 200, "display.max_colwidth", 40
+    ):
         return f"experiment '{experiment}' at {uri}\n{table.to_string()}"

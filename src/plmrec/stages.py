@@ -22,8 +22,19 @@ from plmrec.data.tables import read_table, write_table
 from plmrec.errors import DataValidationFailed, StageError
 from plmrec.ranking import RANKING_METRICS
 
-STAGES = ("ingest", "validate-raw", "prepare", "validate-prepared", "train-baseline", "evaluate-baseline",
-          "pretrain", "finetune", "evaluate-retrieval", "compare-models", "register-model")
+STAGES = (
+    "ingest",
+    "validate-raw",
+    "prepare",
+    "validate-prepared",
+    "train-baseline",
+    "evaluate-baseline",
+    "pretrain",
+    "finetune",
+    "evaluate-retrieval",
+    "compare-models",
+    "register-model",
+)
 FINISH_TRACKING = "finish-tracking"  # the pipeline's exit handler (KFP only): closes the MLflow parent run
 ENCODER_COLUMNS = ["CustomerID", "InvoiceNo", "InvoiceDate", "StockCode", "Description", "split"]
 
@@ -54,24 +65,39 @@ def load_source(params: Params, download_dir: str | Path = "data/external") -> p
     return load_transactions(download(source.source, download_dir), encoding=source.encoding)
 
 
-def ingest(params: Params, out_path: str | Path, *, run_key: str | None = None,
-           tracking_uri: str | None = None) -> dict:
+def ingest(
+    params: Params, out_path: str | Path, *, run_key: str | None = None, tracking_uri: str | None = None
+) -> dict:
     start = time.perf_counter()
     with tracking.stage_run(params, "ingest", run_key=run_key, tracking_uri=tracking_uri) as run:
         table = load_source(params)
-        meta = {"source": params.data.source, "path": params.data.path, "rows": len(table),
-                "columns": list(table.columns)}
+        meta = {
+            "source": params.data.source,
+            "path": params.data.path,
+            "rows": len(table),
+            "columns": list(table.columns),
+        }
         write_table(table, out_path, meta)
-        stats = {"rows": len(table), "invoices": int(table["InvoiceNo"].nunique()) if "InvoiceNo" in table else 0,
-                 "seconds": round(time.perf_counter() - start, 3)}
+        stats = {
+            "rows": len(table),
+            "invoices": int(table["InvoiceNo"].nunique()) if "InvoiceNo" in table else 0,
+            "seconds": round(time.perf_counter() - start, 3),
+        }
         tracking.log_numeric(stats, "raw_")
         tracking.set_tags({"data.raw_md5": file_digest(out_path, "md5")})
         say("ingest", f"{stats['rows']:,} rows from {params.data.source} -> {out_path} ({stats['seconds']}s)")
         return {**stats, "mlflow_run_id": run.info.run_id}
 
 
-def _validate(params: Params, suite: str, table_path: str | Path, report_dir: str | Path, *,
-              run_key: str | None, tracking_uri: str | None):
+def _validate(
+    params: Params,
+    suite: str,
+    table_path: str | Path,
+    *,
+    report_dir: str | Path,
+    run_key: str | None,
+    tracking_uri: str | None,
+):
     """Run a great-expectations suite; raises DataValidationFailed after writing and logging the report."""
     from plmrec.validation import validate_table
 
@@ -79,32 +105,52 @@ def _validate(params: Params, suite: str, table_path: str | Path, report_dir: st
     with tracking.stage_run(params, stage, run_key=run_key, tracking_uri=tracking_uri):
         table, _ = read_table(table_path)
         try:
-            outcome = validate_table(table, suite, params, report_dir, raise_on_failure=False)
+            outcome = validate_table(table, suite, params, report_dir=report_dir, raise_on_failure=False)
         finally:
             if Path(report_dir).exists():
                 tracking.log_dir(report_dir, f"validation_{suite}")
-        tracking.log_numeric({"success": int(outcome.success), "failed": len(outcome.failures),
-                              "evaluated": outcome.evaluated}, f"validation_{suite}_")
+        tracking.log_numeric(
+            {"success": int(outcome.success), "failed": len(outcome.failures), "evaluated": outcome.evaluated},
+            f"validation_{suite}_",
+        )
         say(stage, f"{outcome.summary} ({time.perf_counter() - start:.1f}s)")
         if not outcome.success:
             raise DataValidationFailed(outcome.summary, str(Path(report_dir) / "report.json"))
         return outcome
 
 
-def validate_raw(params: Params, table_path: str | Path, report_dir: str | Path, *, run_key: str | None = None,
-                 tracking_uri: str | None = None):
+def validate_raw(
+    params: Params,
+    table_path: str | Path,
+    report_dir: str | Path,
+    *,
+    run_key: str | None = None,
+    tracking_uri: str | None = None,
+):
     """The `raw` suite on the ingested table."""
-    return _validate(params, "raw", table_path, report_dir, run_key=run_key, tracking_uri=tracking_uri)
+    return _validate(params, "raw", table_path, report_dir=report_dir, run_key=run_key, tracking_uri=tracking_uri)
 
 
-def validate_prepared(params: Params, table_path: str | Path, report_dir: str | Path, *,
-                      run_key: str | None = None, tracking_uri: str | None = None):
+def validate_prepared(
+    params: Params,
+    table_path: str | Path,
+    report_dir: str | Path,
+    *,
+    run_key: str | None = None,
+    tracking_uri: str | None = None,
+):
     """The `prepared` suite on the cleaned, split and labelled table."""
-    return _validate(params, "prepared", table_path, report_dir, run_key=run_key, tracking_uri=tracking_uri)
+    return _validate(params, "prepared", table_path, report_dir=report_dir, run_key=run_key, tracking_uri=tracking_uri)
 
 
-def prepare(params: Params, raw_path: str | Path, out_path: str | Path, *, run_key: str | None = None,
-            tracking_uri: str | None = None) -> dict:
+def prepare(
+    params: Params,
+    raw_path: str | Path,
+    out_path: str | Path,
+    *,
+    run_key: str | None = None,
+    tracking_uri: str | None = None,
+) -> dict:
     from plmrec.data.prepare import prepare_transactions
 
     with tracking.stage_run(params, "prepare", run_key=run_key, tracking_uri=tracking_uri):
@@ -113,57 +159,98 @@ def prepare(params: Params, raw_path: str | Path, out_path: str | Path, *, run_k
         write_table(prepared, out_path, meta)
         tracking.log_json(meta, "prepare/summary.json")
         cleaning = meta["cleaning"]
-        tracking.log_numeric({**{f"dropped_{k}": v for k, v in cleaning["dropped"].items()},
-                              "rows": cleaning["rows_out"], "customers": cleaning["customers"],
-                              "stock_codes": cleaning["stock_codes"],
-                              **{f"rows_{k}": v for k, v in meta["split"]["rows"].items()}}, "prepared_")
+        tracking.log_numeric(
+            {
+                **{f"dropped_{k}": v for k, v in cleaning["dropped"].items()},
+                "rows": cleaning["rows_out"],
+                "customers": cleaning["customers"],
+                "stock_codes": cleaning["stock_codes"],
+                **{f"rows_{k}": v for k, v in meta["split"]["rows"].items()},
+            },
+            "prepared_",
+        )
         tracking.set_tags({"data.prepared_md5": file_digest(out_path, "md5")})
-        say("prepare", f"{cleaning['rows_out']:,} rows kept of {cleaning['rows_in']:,} "
-                       f"(dropped {cleaning['dropped']}); split {meta['split']['rows']}")
+        say(
+            "prepare",
+            f"{cleaning['rows_out']:,} rows kept of {cleaning['rows_in']:,} "
+            f"(dropped {cleaning['dropped']}); split {meta['split']['rows']}",
+        )
         return meta
 
 
 # ---------------------------------------------------------------------------- the baseline
-def train_baseline(params: Params, prepared_path: str | Path, model_dir: str | Path, *,
-                   run_key: str | None = None, tracking_uri: str | None = None) -> dict:
-    from plmrec.baseline import save_baseline, train_baseline as fit
+def train_baseline(
+    params: Params,
+    prepared_path: str | Path,
+    model_dir: str | Path,
+    *,
+    run_key: str | None = None,
+    tracking_uri: str | None = None,
+) -> dict:
+    from plmrec.baseline import save_baseline
+    from plmrec.baseline import train_baseline as fit
 
     with tracking.stage_run(params, "train-baseline", run_key=run_key, tracking_uri=tracking_uri):
         prepared, _ = read_table(prepared_path)
         model, encoder, info = fit(prepared, params)
-        save_baseline(model, encoder, info, model_dir)
+        save_baseline(model, encoder, info, out_dir=model_dir)
         tracking.log_numeric(info["valid"], "valid_")
-        tracking.log_numeric({"train_seconds": info["train_seconds"], "best_iteration": info["best_iteration"],
-                              "valid_majority_accuracy": info["valid_majority_accuracy"]})
+        tracking.log_numeric(
+            {
+                "train_seconds": info["train_seconds"],
+                "best_iteration": info["best_iteration"],
+                "valid_majority_accuracy": info["valid_majority_accuracy"],
+            }
+        )
         tracking.log_dir(model_dir, "baseline_model")
-        say("train-baseline", f"valid accuracy {info['valid']['accuracy']:.3f} "
-                              f"(majority class {info['valid_majority_accuracy']:.3f}) in {info['train_seconds']}s")
+        say(
+            "train-baseline",
+            f"valid accuracy {info['valid']['accuracy']:.3f} "
+            f"(majority class {info['valid_majority_accuracy']:.3f}) in {info['train_seconds']}s",
+        )
         return info
 
 
-def evaluate_baseline(params: Params, prepared_path: str | Path, model_dir: str | Path, *,
-                      metrics_path: str | Path, plots_dir: str | Path, run_key: str | None = None,
-                      tracking_uri: str | None = None) -> dict:
-    from plmrec.baseline import evaluate_baseline as score, load_baseline
+def evaluate_baseline(
+    params: Params,
+    prepared_path: str | Path,
+    model_dir: str | Path,
+    *,
+    metrics_path: str | Path,
+    plots_dir: str | Path,
+    run_key: str | None = None,
+    tracking_uri: str | None = None,
+) -> dict:
+    from plmrec.baseline import evaluate_baseline as score
+    from plmrec.baseline import load_baseline
     from plmrec.plots import plot_confusion
 
     with tracking.stage_run(params, "evaluate-baseline", run_key=run_key, tracking_uri=tracking_uri):
         prepared, _ = read_table(prepared_path)
         model, encoder, _ = load_baseline(model_dir)
-        metrics = score(model, encoder, prepared, params)
+        metrics = score(model, encoder, prepared, params=params)
         flat = {k: v for k, v in metrics.items() if not isinstance(v, list)}
         _write_json(metrics_path, {"baseline_xgboost": {"test": flat}})
         Path(plots_dir).mkdir(parents=True, exist_ok=True)
-        png = plot_confusion(metrics["confusion_matrix"], Path(plots_dir) / "confusion_matrix.png",
-                             f"baseline XGBoost, test (acc {metrics['accuracy']:.3f})")
+        png = plot_confusion(
+            metrics["confusion_matrix"],
+            Path(plots_dir) / "confusion_matrix.png",
+            f"baseline XGBoost, test (acc {metrics['accuracy']:.3f})",
+        )
         tracking.log_numeric(flat, "test_")
         tracking.log_json(metrics, "evaluation/test_metrics.json")
         tracking.log_artifact(png, "evaluation")
-        tracking.log_parent_metrics(params, {f"test_{k}": metrics[k] for k in
-                                             ("accuracy", "f1_macro", "majority_class_accuracy")},
-                                    run_key=run_key, tracking_uri=tracking_uri)
-        say("evaluate-baseline", f"test accuracy {metrics['accuracy']:.3f}, macro F1 {metrics['f1_macro']:.3f} "
-                                 f"(majority class {metrics['majority_class_accuracy']:.3f}) on {metrics['n']:,} rows")
+        tracking.log_parent_metrics(
+            params,
+            {f"test_{k}": metrics[k] for k in ("accuracy", "f1_macro", "majority_class_accuracy")},
+            run_key=run_key,
+            tracking_uri=tracking_uri,
+        )
+        say(
+            "evaluate-baseline",
+            f"test accuracy {metrics['accuracy']:.3f}, macro F1 {metrics['f1_macro']:.3f} "
+            f"(majority class {metrics['majority_class_accuracy']:.3f}) on {metrics['n']:,} rows",
+        )
         return metrics
 
 
@@ -174,19 +261,32 @@ def build_corpora(params: Params, prepared: pd.DataFrame) -> dict[str, list[str]
 
     pretraining, needed, corpora = params.pretrain, {ph.corpus for ph in params.pretrain.phases}, {}
     if "tapt" in needed:
-        corpora["tapt"] = tapt_corpus(prepared, pretraining.tapt.splits, pretraining.tapt.max_chars, pretraining.tapt.min_chars)
+        corpora["tapt"] = tapt_corpus(
+            prepared, pretraining.tapt.splits, pretraining.tapt.max_chars, min_chars=pretraining.tapt.min_chars
+        )
     if "dapt" in needed:
         dapt = pretraining.dapt
-        corpora["dapt"] = dapt_corpus(dapt.source, dapt.path, dapt.max_chars, dapt.min_chars, dapt.max_sentences,
-                                      dapt.synthetic_sentences, seed=params.seed)
+        corpora["dapt"] = dapt_corpus(
+            dapt.source,
+            dapt.path,
+            dapt.max_chars,
+            min_chars=dapt.min_chars,
+            max_sentences=dapt.max_sentences,
+            synthetic_sentences=dapt.synthetic_sentences,
+            seed=params.seed,
+        )
     return corpora
 
 
 def _phase_figures(phase: dict, extra: str) -> dict:
     """One phase's headline figures, with the `extra` one the stage reports (tokens/s, pairs)."""
-    return {"steps": phase["steps"], "seconds": round(phase["seconds"], 2), extra: phase[extra],
-            "samples_per_s": phase["samples_per_s"],
-            "final_loss": phase["losses"][-1][1] if phase["losses"] else None}
+    return {
+        "steps": phase["steps"],
+        "seconds": round(phase["seconds"], 2),
+        extra: phase[extra],
+        "samples_per_s": phase["samples_per_s"],
+        "final_loss": phase["losses"][-1][1] if phase["losses"] else None,
+    }
 
 
 def pretrain_summary(report: dict) -> dict:
@@ -194,8 +294,14 @@ def pretrain_summary(report: dict) -> dict:
     return {"pretrain": {ph["label"]: _phase_figures(ph, "tokens_per_s") for ph in report["phases"]}}
 
 
-def pretrain(params: Params, prepared_path: str | Path, out_dir: str | Path, *, run_key: str | None = None,
-             tracking_uri: str | None = None) -> dict:
+def pretrain(
+    params: Params,
+    prepared_path: str | Path,
+    out_dir: str | Path,
+    *,
+    run_key: str | None = None,
+    tracking_uri: str | None = None,
+) -> dict:
     """DAPT/TAPT with MLM and TSDAE in the configured order; the encoder goes to out_dir and MLflow."""
     from plmrec.distributed import is_main_process
     from plmrec.pretrain.corpus import write_corpus
@@ -206,7 +312,9 @@ def pretrain(params: Params, prepared_path: str | Path, out_dir: str | Path, *, 
     with tracking.stage_run(params, "pretrain", run_key=run_key, tracking_uri=tracking_uri):
         quiet_transformers()
         if not pretraining.enabled:
-            export(check_base_model(pretraining.base_model), out, pretraining.pooling, pretraining.max_length)
+            export(
+                check_base_model(pretraining.base_model), out, pretraining.pooling, max_length=pretraining.max_length
+            )
             say("pretrain", f"disabled: exported {pretraining.base_model} unchanged -> {out}")
             return {"phases": []}
         check_base_model(pretraining.base_model)  # fail on a bad model before reading any data
@@ -221,10 +329,14 @@ def pretrain(params: Params, prepared_path: str | Path, out_dir: str | Path, *, 
         for label, figures in pretrain_summary(report)["pretrain"].items():
             tracking.log_numeric(figures, f"{label}/")
         tracking.log_numeric({"pretrain_seconds": report["seconds"]})
-        tracking.set_tags({"pretrain.device": report["phases"][-1]["device"],
-                           "pretrain.precision": report["phases"][-1]["precision"],
-                           "pretrain.base_model": pretraining.base_model,
-                           "pretrain.schedule": " -> ".join(ph.name for ph in pretraining.phases)})
+        tracking.set_tags(
+            {
+                "pretrain.device": report["phases"][-1]["device"],
+                "pretrain.precision": report["phases"][-1]["precision"],
+                "pretrain.base_model": pretraining.base_model,
+                "pretrain.schedule": " -> ".join(ph.name for ph in pretraining.phases),
+            }
+        )
         tracking.log_json(report, "pretrain/pretrain_report.json")
         tracking.log_json(pretraining.model_dump(mode="json"), "pretrain/config.json")
         if not is_main_process():
@@ -247,17 +359,27 @@ def finetune_start_model(params: Params, pretrained_dir: str | Path | None) -> s
         return check_base_model(params.pretrain.base_model)
     hf = Path(pretrained_dir or "") / "hf"
     if not (hf / "config.json").is_file():
-        raise StageError(f"finetune.start_from is 'pretrained' but {hf} holds no encoder "
-                         f"(run the pretrain stage first, or set finetune.start_from: base)")
+        raise StageError(
+            f"finetune.start_from is 'pretrained' but {hf} holds no encoder "
+            f"(run the pretrain stage first, or set finetune.start_from: base)"
+        )
     return str(hf)
 
 
-def finetune(params: Params, prepared_path: str | Path, pretrained_dir: str | Path | None, *,
-             out_dir: str | Path, run_key: str | None = None, tracking_uri: str | None = None) -> dict:
+def finetune(
+    params: Params,
+    prepared_path: str | Path,
+    pretrained_dir: str | Path | None,
+    *,
+    out_dir: str | Path,
+    run_key: str | None = None,
+    tracking_uri: str | None = None,
+) -> dict:
     """Contrastive fine-tuning, then item/user embeddings, the index description and the embedding picture."""
     from plmrec.distributed import is_main_process
     from plmrec.encoders import load_encoder, sentence_model
-    from plmrec.finetune.run import embed_catalogue, finetune as run_finetune
+    from plmrec.finetune.run import embed_catalogue
+    from plmrec.finetune.run import finetune as run_finetune
     from plmrec.plots import plot_embedding_space
     from plmrec.pretrain.models import quiet_transformers
     from plmrec.training.device import resolve_device
@@ -269,7 +391,7 @@ def finetune(params: Params, prepared_path: str | Path, pretrained_dir: str | Pa
         prepared, _ = read_table(prepared_path, columns=ENCODER_COLUMNS)
         report: dict = {"start_model": start, "phases": []}
         if tuning.enabled:
-            report = run_finetune(params, prepared, start, out, on_log=tracking.loss_logger())
+            report = run_finetune(params, prepared, start, out_dir=out, on_log=tracking.loss_logger())
             if not is_main_process():  # under torchrun, rank 0 embeds, plots and logs
                 return report
             for label, figures in finetune_summary(report).items():
@@ -280,18 +402,29 @@ def finetune(params: Params, prepared_path: str | Path, pretrained_dir: str | Pa
         else:
             sentence_model(start, tuning.pooling, tuning.max_length).save(str(out / "sentence-transformer"))
             say("finetune", f"disabled: {start} exported unchanged")
-        model = load_encoder(out / "sentence-transformer", tuning.pooling, tuning.max_length,
-                             device=str(resolve_device(tuning.device)))
-        embedded = embed_catalogue(model, prepared, params, out)
-        picture = plot_embedding_space(embedded.pop("vectors"), params.retrieval.clusters, out / "embedding_pca.png",
-                                       title=f"fine-tuned item embeddings: PCA, KMeans k={params.retrieval.clusters}",
-                                       seed=params.seed)
+        model = load_encoder(
+            out / "sentence-transformer", tuning.pooling, tuning.max_length, device=str(resolve_device(tuning.device))
+        )
+        embedded = embed_catalogue(model, prepared, params, out_dir=out)
+        picture = plot_embedding_space(
+            embedded.pop("vectors"),
+            params.retrieval.clusters,
+            out / "embedding_pca.png",
+            title=f"fine-tuned item embeddings: PCA, KMeans k={params.retrieval.clusters}",
+            seed=params.seed,
+        )
         report["embeddings"] = {**embedded, **picture}
         (out / "finetune_report.json").write_text(json.dumps(report, indent=2))
         tracking.log_numeric(embedded, "embed_")
         tracking.log_numeric(picture, "pca_")
-        tracking.set_tags({"finetune.start_model": start, "finetune.loss": tuning.loss, "finetune.pooling": tuning.pooling,
-                           "finetune.schedule": " -> ".join(p.task for p in tuning.phases) if tuning.enabled else "disabled"})
+        tracking.set_tags(
+            {
+                "finetune.start_model": start,
+                "finetune.loss": tuning.loss,
+                "finetune.pooling": tuning.pooling,
+                "finetune.schedule": " -> ".join(p.task for p in tuning.phases) if tuning.enabled else "disabled",
+            }
+        )
         tracking.log_json(report, "finetune/finetune_report.json")
         tracking.log_json(tuning.model_dump(mode="json"), "finetune/config.json")
         tracking.log_artifact(out / "embedding_pca.png", "finetune")
@@ -306,9 +439,11 @@ def retrieval_encoders(params: Params, pretrained_dir: str | Path | None, finetu
     """name -> encoder directory for every encoder in retrieval.compare."""
     from plmrec.pretrain.models import check_base_model
 
-    where = {"base": lambda: check_base_model(params.pretrain.base_model),
-             "pretrained": lambda: Path(pretrained_dir or "") / "sentence-transformer",
-             "finetuned": lambda: Path(finetuned_dir or "") / "sentence-transformer"}
+    where = {
+        "base": lambda: check_base_model(params.pretrain.base_model),
+        "pretrained": lambda: Path(pretrained_dir or "") / "sentence-transformer",
+        "finetuned": lambda: Path(finetuned_dir or "") / "sentence-transformer",
+    }
     found = {}
     for name in params.retrieval.compare:
         path = Path(where[name]())
@@ -326,8 +461,9 @@ def _retrieval_benchmarks(params: Params, prepared: pd.DataFrame) -> dict:
 
     retrieval = params.retrieval
     items = catalogue(prepared)
-    queries = temporal_queries(prepared, {c: i for i, c in enumerate(items["StockCode"])}, "test",
-                               retrieval.exclude_history)
+    queries = temporal_queries(
+        prepared, {c: i for i, c in enumerate(items["StockCode"])}, "test", exclude_history=retrieval.exclude_history
+    )
     benchmarks = {"online_retail_test": (items["Description"].tolist(), queries, retrieval.exclude_history)}
     if retrieval.seqrec.path:
         from plmrec.data.seqrec import load_seqrec
@@ -336,7 +472,8 @@ def _retrieval_benchmarks(params: Params, prepared: pd.DataFrame) -> dict:
         benchmarks[f"seqrec_{data.name.lower()}_test"] = (
             data.items["text"].tolist(),
             seqrec_queries(data.splits["test"], retrieval.seqrec.max_users, params.seed),
-            retrieval.seqrec.exclude_history)
+            retrieval.seqrec.exclude_history,
+        )
     return benchmarks
 
 
@@ -349,18 +486,27 @@ def _log_retrieval_table(bench: str, table: pd.DataFrame, tables_dir: Path) -> N
     tracking.log_artifact(tables_dir / f"{bench}.md", "retrieval")
     tracking.log_artifact(tables_dir / f"{bench}.csv", "retrieval")
     for row in table.to_dict("records"):
-        tracking.log_numeric({f"{bench}/{row['encoder']}/{row['query']}/{k.replace('@', '_at_')}": v
-                              for k, v in row.items() if "@" in k})
+        tracking.log_numeric(
+            {f"{bench}/{row['encoder']}/{row['query']}/{k.replace('@', '_at_')}": v for k, v in row.items() if "@" in k}
+        )
     say("evaluate-retrieval", f"{bench}\n{markdown_table(table)}")
 
 
-def evaluate_retrieval(params: Params, prepared_path: str | Path, pretrained_dir: str | Path | None, *,
-                       finetuned_dir: str | Path | None, metrics_path: str | Path, tables_dir: str | Path,
-                       run_key: str | None = None, tracking_uri: str | None = None) -> dict:
+def evaluate_retrieval(
+    params: Params,
+    prepared_path: str | Path,
+    pretrained_dir: str | Path | None,
+    *,
+    finetuned_dir: str | Path | None,
+    metrics_path: str | Path,
+    tables_dir: str | Path,
+    run_key: str | None = None,
+    tracking_uri: str | None = None,
+) -> dict:
     """Full-ranking next-item retrieval on the test split for each encoder, and on the UniSRec/RecBole
     benchmark when retrieval.seqrec.path is set; one comparable table each."""
     from plmrec.encoders import load_encoder
-    from plmrec.finetune.retrieval import results_table, score_encoder
+    from plmrec.finetune.retrieval import REPORTED, results_table, score_encoder
     from plmrec.pretrain.models import quiet_transformers
     from plmrec.training.device import resolve_device
 
@@ -376,25 +522,47 @@ def evaluate_retrieval(params: Params, prepared_path: str | Path, pretrained_dir
             model = load_encoder(path, tuning.pooling, tuning.max_length, device=device)
             for bench, (texts, queries, exclude) in benchmarks.items():
                 results[bench][name] = score_encoder(
-                    model, texts, queries, ks=retrieval.ks, history_length=tuning.history_length,
-                    half_life=retrieval.recency_half_life, exclude_history=exclude,
-                    batch_size=retrieval.encode_batch_size, index_kind=retrieval.index)
+                    model,
+                    texts,
+                    queries,
+                    ks=retrieval.ks,
+                    history_length=tuning.history_length,
+                    half_life=retrieval.recency_half_life,
+                    exclude_history=exclude,
+                    batch_size=retrieval.encode_batch_size,
+                    index_kind=retrieval.index,
+                )
                 timing = results[bench][name]["_timing"]
-                say("evaluate-retrieval", f"{bench}: {name} scored {timing['queries']:,} queries over "
-                                          f"{timing['items']:,} items")
+                say(
+                    "evaluate-retrieval",
+                    f"{bench}: {name} scored {timing['queries']:,} queries over {timing['items']:,} items",
+                )
         Path(tables_dir).mkdir(parents=True, exist_ok=True)
         for bench in benchmarks:
             _log_retrieval_table(bench, results_table(results[bench], retrieval.ks), Path(tables_dir))
-        metrics = {"retrieval": {bench: {enc: {kind: m for kind, m in by_kind.items() if not kind.startswith("_")}
-                                         for enc, by_kind in by_enc.items()}
-                                 for bench, by_enc in results.items()}}
+        metrics = {
+            "retrieval": {
+                bench: {
+                    enc: {kind: m for kind, m in by_kind.items() if not kind.startswith("_")}
+                    for enc, by_kind in by_enc.items()
+                }
+                for bench, by_enc in results.items()
+            }
+        }
         _write_json(metrics_path, metrics)
         tracking.log_json(results, "retrieval/results.json")
         if "finetuned" in encoders:
             head = results["online_retail_test"]["finetuned"]["sentence"]
-            tracking.log_parent_metrics(params, {f"test_retrieval_{name}_at_{k}": head[f"{name}@{k}"]
-                                                 for k in retrieval.ks for name in ("recall", "ndcg")},
-                                        run_key=run_key, tracking_uri=tracking_uri)
+            tracking.log_parent_metrics(
+                params,
+                {
+                    f"test_retrieval_{name}_at_{k}": head[f"{name}@{k}"]
+                    for k in retrieval.ks
+                    for name in REPORTED
+                },
+                run_key=run_key,
+                tracking_uri=tracking_uri,
+            )
         return results
 
 
@@ -411,7 +579,7 @@ class Comparison:
     recommender_detail: dict
 
     @classmethod
-    def run(cls, params: Params, prepared: pd.DataFrame, items: pd.DataFrame) -> "Comparison":
+    def run(cls, params: Params, prepared: pd.DataFrame, items: pd.DataFrame) -> Comparison:
         from plmrec.recsys.classify import run_ablation
         from plmrec.recsys.experiment import run_recommenders
 
@@ -420,8 +588,15 @@ class Comparison:
         def progress(message: str) -> None:
             say("compare-models", message)
 
-        clf_rows, clf_detail = run_ablation(prepared, items, recommenders.classifier, params.clean.n_quantity_labels,
-                                            recommenders.seeds, recommenders.clusters, progress=progress)
+        clf_rows, clf_detail = run_ablation(
+            prepared,
+            items,
+            recommenders.classifier,
+            n_labels=params.clean.n_quantity_labels,
+            seeds=recommenders.seeds,
+            clusters=recommenders.clusters,
+            progress=progress,
+        )
         rec_rows, rec_detail = run_recommenders(prepared, items, recommenders, progress=progress)
         return cls(params, clf_rows, clf_detail, rec_rows, rec_detail)
 
@@ -437,8 +612,9 @@ class Comparison:
         self.kept_features = self.classifier_rows.groupby("variant", sort=False)[["features", "text_features"]].mean()
         self.best_classifier = self.classifier_detail["best_variant"]
         self.text_variants = [v for v in self.kept_features.index if self.kept_features.loc[v, "text_features"] > 0]
-        self.plm_classifier = max(self.text_variants, key=self._valid_accuracy) if self.text_variants \
-            else self.best_classifier
+        self.plm_classifier = (
+            max(self.text_variants, key=self._valid_accuracy) if self.text_variants else self.best_classifier
+        )
 
     def _valid_accuracy(self, variant: str) -> float:
         rows = self.classifier_rows
@@ -450,14 +626,27 @@ class Comparison:
 
         classifier, recommender, primary = self.classifier_summary, self.recommender_summary, self.primary
         counterpart = plm_counterpart(self.params.recommenders.classifier)
-        found = [verdict(classifier, "test_accuracy", self.plm_classifier, counterpart, "XGBoost quantity label")
-                 if self.text_variants else "XGBoost quantity label: no variant kept a text feature (random-forest "
-                                            "selection dropped them all)",
-                 verdict(classifier, "test_accuracy", self.best_classifier, "vanilla", "XGBoost, best variant on valid")
-                 if self.best_classifier != "vanilla" else "XGBoost: the variant chosen on valid accuracy is vanilla",
-                 verdict(recommender, primary, "mf+similarity", "mf", "MF"),
-                 verdict(recommender, primary, "mf+cluster", "mf", "MF"),
-                 verdict(recommender, primary, "ltr", "popularity", "Learning to rank") if "ltr" in recommender.index else None]
+        found = [
+            verdict(
+                classifier, "test_accuracy", self.plm_classifier, vanilla=counterpart, label="XGBoost quantity label"
+            )
+            if self.text_variants
+            else "XGBoost quantity label: no variant kept a text feature (random-forest selection dropped them all)",
+            verdict(
+                classifier,
+                "test_accuracy",
+                self.best_classifier,
+                vanilla="vanilla",
+                label="XGBoost, best variant on valid",
+            )
+            if self.best_classifier != "vanilla"
+            else "XGBoost: the variant chosen on valid accuracy is vanilla",
+            verdict(recommender, primary, "mf+similarity", vanilla="mf", label="MF"),
+            verdict(recommender, primary, "mf+cluster", vanilla="mf", label="MF"),
+            verdict(recommender, primary, "ltr", vanilla="popularity", label="Learning to rank")
+            if "ltr" in recommender.index
+            else None,
+        ]
         return [v for v in found if v]
 
     def tables(self) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -466,8 +655,9 @@ class Comparison:
 
         kept = self.kept_features
         classifier = format_table(self.classifier_summary, self.classifier_metrics)
-        classifier["features (text)"] = [f"{kept.loc[v, 'features']:.1f} ({kept.loc[v, 'text_features']:.1f})"
-                                         for v in classifier["variant"]]
+        classifier["features (text)"] = [
+            f"{kept.loc[v, 'features']:.1f} ({kept.loc[v, 'text_features']:.1f})" for v in classifier["variant"]
+        ]
         return classifier, format_table(self.recommender_summary, self.recommender_metrics)
 
     def write_reports(self, out: Path, verdicts: list[str]) -> None:
@@ -479,18 +669,26 @@ class Comparison:
         recommenders, (clf_table, rec_table) = self.params.recommenders, self.tables()
         (out / "results.md").write_text(
             f"## XGBoost, 5-level quantity label (test, %, mean ± std over seeds {recommenders.seeds})\n\n"
-            + markdown_table(clf_table) + f"\nVariant chosen on valid accuracy: {self.best_classifier}.\n\n"
+            + markdown_table(clf_table)
+            + f"\nVariant chosen on valid accuracy: {self.best_classifier}.\n\n"
             f"## Recommenders (test, %, mean ± std over seeds {recommenders.seeds}; "
-            f"{self.recommender_detail['test_customers']:,} customers)\n\n" + markdown_table(rec_table)
-            + "\n## Verdicts\n\n" + "".join(f"- {v}\n" for v in verdicts))
+            f"{self.recommender_detail['test_customers']:,} customers)\n\n"
+            + markdown_table(rec_table)
+            + "\n## Verdicts\n\n"
+            + "".join(f"- {v}\n" for v in verdicts)
+        )
         self.classifier_rows.to_csv(out / "classifier_runs.csv", index=False)
         self.recommender_rows.to_csv(out / "recommender_runs.csv", index=False)
         clf_table.to_csv(out / "classifier_table.csv", index=False)
         rec_table.to_csv(out / "recommender_table.csv", index=False)
-        plot_confusion(self.classifier_detail["confusion_matrix"], out / "confusion_matrix_best.png",
-                       f"XGBoost {self.best_classifier}, test")
-        plot_importance(self.classifier_detail["importance"], out / "feature_importance.png",
-                        f"XGBoost {self.best_classifier}")
+        plot_confusion(
+            self.classifier_detail["confusion_matrix"],
+            out / "confusion_matrix_best.png",
+            f"XGBoost {self.best_classifier}, test",
+        )
+        plot_importance(
+            self.classifier_detail["importance"], out / "feature_importance.png", f"XGBoost {self.best_classifier}"
+        )
         plot_curves(self.recommender_detail["precision_curves"], out / "precision_at_k.png", ks=CURVE_KS)
         if recommenders.ltr.enabled:
             last = self.recommender_detail["chosen"][recommenders.seeds[-1]]
@@ -498,40 +696,79 @@ class Comparison:
 
     @staticmethod
     def _mean_std(summary: pd.DataFrame, metrics: list[str]) -> dict:
-        return {v: {m.replace("test_", ""): {"mean": float(summary.loc[v, ("mean", m)]),
-                                             "std": float(summary.loc[v, ("std", m)])} for m in metrics}
-                for v in summary.index}
+        return {
+            v: {
+                m.replace("test_", ""): {
+                    "mean": float(summary.loc[v, ("mean", m)]),
+                    "std": float(summary.loc[v, ("std", m)]),
+                }
+                for m in metrics
+            }
+            for v in summary.index
+        }
 
     def summary(self, verdicts: list[str]) -> dict:
-        return {"classifier": self._mean_std(self.classifier_summary, self.classifier_metrics),
-                "recommenders": self._mean_std(self.recommender_summary, self.recommender_metrics),
-                "best_classifier_variant": self.best_classifier, "chosen": self.recommender_detail["chosen"],
-                "verdicts": verdicts, "test_customers": self.recommender_detail["test_customers"],
-                "seeds": self.params.recommenders.seeds}
+        return {
+            "classifier": self._mean_std(self.classifier_summary, self.classifier_metrics),
+            "recommenders": self._mean_std(self.recommender_summary, self.recommender_metrics),
+            "best_classifier_variant": self.best_classifier,
+            "chosen": self.recommender_detail["chosen"],
+            "verdicts": verdicts,
+            "test_customers": self.recommender_detail["test_customers"],
+            "seeds": self.params.recommenders.seeds,
+        }
 
     def log(self, out: Path, verdicts: list[str], *, run_key: str | None, tracking_uri: str | None) -> None:
         """Means per variant on the stage run, the run tables and reports, headline metrics on the parent."""
-        classifier, recommender, recommenders = self.classifier_summary, self.recommender_summary, self.params.recommenders
+        classifier, recommender, recommenders = (
+            self.classifier_summary,
+            self.recommender_summary,
+            self.params.recommenders,
+        )
         for v in classifier.index:
-            tracking.log_numeric({f"{m.replace('test_', '')}_mean": classifier.loc[v, ("mean", m)]
-                                  for m in self.classifier_metrics}, f"classifier/{v.lstrip('+')}/")
+            tracking.log_numeric(
+                {f"{m.replace('test_', '')}_mean": classifier.loc[v, ("mean", m)] for m in self.classifier_metrics},
+                f"classifier/{v.lstrip('+')}/",
+            )
         for v in recommender.index:
-            tracking.log_numeric({f"{m.replace('test_', '').replace('@', '_at_')}_mean": recommender.loc[v, ("mean", m)]
-                                  for m in self.recommender_metrics}, f"recommender/{v.replace('+', '_')}/")
+            tracking.log_numeric(
+                {
+                    f"{m.replace('test_', '').replace('@', '_at_')}_mean": recommender.loc[v, ("mean", m)]
+                    for m in self.recommender_metrics
+                },
+                f"recommender/{v.replace('+', '_')}/",
+            )
         tracking.log_table(self.classifier_rows, "compare/classifier_runs.json")
         tracking.log_table(self.recommender_rows, "compare/recommender_runs.json")
         tracking.log_dir(out, "compare")
         tracking.set_tags({"compare.verdicts": " | ".join(verdicts)})
-        tracking.log_parent_metrics(params=self.params, run_key=run_key, tracking_uri=tracking_uri, metrics={
-            f"test_{recommenders.primary_metric.replace('@', '_at_')}_ltr":
-                recommender.loc["ltr", ("mean", self.primary)] if "ltr" in recommender.index else 0.0,
-            "test_accuracy_plm_xgboost": classifier.loc[self.plm_classifier, ("mean", "test_accuracy")],
-            "test_accuracy_best_xgboost": classifier.loc[self.best_classifier, ("mean", "test_accuracy")]})
+        tracking.log_parent_metrics(
+            params=self.params,
+            run_key=run_key,
+            tracking_uri=tracking_uri,
+            metrics={
+                f"test_{recommenders.primary_metric.replace('@', '_at_')}_ltr": recommender.loc[
+                    "ltr", ("mean", self.primary)
+                ]
+                if "ltr" in recommender.index
+                else 0.0,
+                "test_accuracy_plm_xgboost": classifier.loc[self.plm_classifier, ("mean", "test_accuracy")],
+                "test_accuracy_best_xgboost": classifier.loc[self.best_classifier, ("mean", "test_accuracy")],
+            },
+        )
 
 
-def compare_models(params: Params, prepared_path: str | Path, finetuned_dir: str | Path, *,
-                   metrics_path: str | Path, reports_dir: str | Path, bundle_dir: str | Path | None = None,
-                   run_key: str | None = None, tracking_uri: str | None = None) -> dict:
+def compare_models(
+    params: Params,
+    prepared_path: str | Path,
+    finetuned_dir: str | Path,
+    *,
+    metrics_path: str | Path,
+    reports_dir: str | Path,
+    bundle_dir: str | Path | None = None,
+    run_key: str | None = None,
+    tracking_uri: str | None = None,
+) -> dict:
     """The classifier ablation (XGBoost with and without PLM features) and the recommenders
     (popularity, ALS and its PLM variants, text neighbours, learning to rank), over several seeds.
     With `bundle_dir`, the served recommender (registry.served_model) is refitted on all purchases
@@ -556,11 +793,20 @@ def compare_models(params: Params, prepared_path: str | Path, finetuned_dir: str
         _write_json(metrics_path, {"compare": {k: summary[k] for k in ("classifier", "recommenders")}})
         if bundle_dir is not None:
             started = time.perf_counter()
-            served = write_bundle(params, prepared, items, recommender_rows=comparison.recommender_rows,
-                                  recommender_detail=comparison.recommender_detail,
-                                  encoder_dir=Path(finetuned_dir) / "sentence-transformer", bundle_dir=bundle_dir)
-            say("compare-models", f"serving bundle: {served['model']} ({served['chosen_by']}), refitted on all "
-                                  f"purchases in {time.perf_counter() - started:.1f} s -> {bundle_dir}")
+            served = write_bundle(
+                params,
+                prepared,
+                items,
+                recommender_rows=comparison.recommender_rows,
+                recommender_detail=comparison.recommender_detail,
+                encoder_dir=Path(finetuned_dir) / "sentence-transformer",
+                bundle_dir=bundle_dir,
+            )
+            say(
+                "compare-models",
+                f"serving bundle: {served['model']} ({served['chosen_by']}), refitted on all "
+                f"purchases in {time.perf_counter() - started:.1f} s -> {bundle_dir}",
+            )
             summary["served"] = served
             tracking.set_tags({"plmrec.served_model": summary["served"]["model"]})
         (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
@@ -578,15 +824,23 @@ def _deploy_champion(params: Params, client, decision) -> str | None:
     serving = params.serving
     if not serving.inference_service:
         return None
-    uri = deploy.version_storage_uri(client, params.registry.model_name, decision.champion_after,
-                                     serving.artifacts_destination)
+    uri = deploy.version_storage_uri(
+        client, params.registry.model_name, decision.champion_after, artifacts_destination=serving.artifacts_destination
+    )
     deploy.patch_inference_service(serving.inference_service, serving.namespace or None, uri)
     say("register-model", f"InferenceService {serving.inference_service} -> {uri}")
     return uri
 
 
-def register_model(params: Params, bundle_dir: str | Path, prepared_path: str | Path, *,
-                   decision_path: str | Path, run_key: str | None = None, tracking_uri: str | None = None) -> dict:
+def register_model(
+    params: Params,
+    bundle_dir: str | Path,
+    prepared_path: str | Path,
+    *,
+    decision_path: str | Path,
+    run_key: str | None = None,
+    tracking_uri: str | None = None,
+) -> dict:
     """Register the bundle as a new version (metrics and data version attached), make it the
     challenger and promote it to champion if it passes the gate."""
     from plmrec import registry
@@ -599,10 +853,14 @@ def register_model(params: Params, bundle_dir: str | Path, prepared_path: str | 
         return decision
     meta = read_meta(bundle_dir)
     metrics = {k: v for k, v in meta["metrics"].items() if not k.endswith("_std")}
-    tags = {"data.md5": file_digest(prepared_path, "md5"), "data.path": str(prepared_path),
-            "served_model": meta["model"], "plmrec.run_key": run_key or ""}
+    tags = {
+        "data.md5": file_digest(prepared_path, "md5"),
+        "data.path": str(prepared_path),
+        "served_model": meta["model"],
+        "plmrec.run_key": run_key or "",
+    }
     with tracking.stage_run(params, "register-model", run_key=run_key, tracking_uri=tracking_uri):
-        version = registry.register_bundle(bundle_dir, registry_params, metrics, tags)
+        version = registry.register_bundle(bundle_dir, registry_params, metrics, tags=tags)
         client = tracking.client()
         decision = registry.gate(client, registry_params, version)
         tracking.log_json(decision.to_dict(), "registry/decision.json")
@@ -613,8 +871,16 @@ def register_model(params: Params, bundle_dir: str | Path, prepared_path: str | 
         deployed = _deploy_champion(params, client, decision) if decision.promoted else None
         if deployed:
             tracking.set_tags({"plmrec.deployed_storage_uri": deployed})
-    out = {"registered": True, "model_name": registry_params.model_name, **decision.to_dict(), "deployed_storage_uri": deployed}
+    out = {
+        "registered": True,
+        "model_name": registry_params.model_name,
+        **decision.to_dict(),
+        "deployed_storage_uri": deployed,
+    }
     _write_json(decision_path, out)
-    say("register-model", f"{registry_params.model_name} version {version} is @challenger; "
-                          f"{'promoted to @champion' if decision.promoted else 'not promoted'}: {decision.reason}")
+    say(
+        "register-model",
+        f"{registry_params.model_name} version {version} is @challenger; "
+        f"{'promoted to @champion' if decision.promoted else 'not promoted'}: {decision.reason}",
+    )
     return out

@@ -12,9 +12,10 @@ import contextlib
 import json
 import logging
 import os
-from pathlib import Path
+from collections.abc import Callable, Iterator
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any, Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 from plmrec.config import Params
 from plmrec.distributed import is_main_process, rank
@@ -40,7 +41,7 @@ def resolve_tracking_uri(params: Params, project_dir: str | Path | None = None) 
 
 def _artifact_root(uri: str) -> str | None:
     if uri.startswith("sqlite:///"):
-        return (Path(uri[len("sqlite:///"):]).parent / DEFAULT_ARTIFACTS).resolve().as_uri()
+        return (Path(uri[len("sqlite:///") :]).parent / DEFAULT_ARTIFACTS).resolve().as_uri()
     return None  # a tracking server decides where artifacts go
 
 
@@ -87,15 +88,20 @@ def parent_run(uri: str, params: Params, run_key: str, *, run_name: str | None =
 
     exp_id = ensure_experiment(uri, params.tracking.experiment)
     client = mlflow.MlflowClient(uri)
-    found = client.search_runs([exp_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{run_key}'",
-                               order_by=["attributes.start_time ASC"], max_results=1)
+    found = client.search_runs(
+        [exp_id],
+        filter_string=f"tags.`{RUN_KEY_TAG}` = '{run_key}'",
+        order_by=["attributes.start_time ASC"],
+        max_results=1,
+    )
     if found:
         return found[0].info.run_id
-    run = client.create_run(exp_id, run_name=run_name or f"pipeline-{run_key}",
-                            tags={RUN_KEY_TAG: run_key, "plmrec.kind": "pipeline"})
+    run = client.create_run(
+        exp_id, run_name=run_name or f"pipeline-{run_key}", tags={RUN_KEY_TAG: run_key, "plmrec.kind": "pipeline"}
+    )
     batch = [mlflow.entities.Param(k, str(v)[:6000]) for k, v in flatten(params.to_dict()).items()]
     for i in range(0, len(batch), 100):
-        client.log_batch(run.info.run_id, params=batch[i:i + 100])
+        client.log_batch(run.info.run_id, params=batch[i : i + 100])
     return run.info.run_id
 
 
@@ -111,8 +117,9 @@ def finish_parent(uri: str, params: Params, run_key: str, *, status: str, messag
     return run_id
 
 
-def log_parent_metrics(params: Params, metrics: dict[str, float], *, run_key: str | None,
-                       tracking_uri: str | None) -> None:
+def log_parent_metrics(
+    params: Params, metrics: dict[str, float], *, run_key: str | None, tracking_uri: str | None
+) -> None:
     """Headline numbers on the pipeline's parent run, for side-by-side comparison in the UI;
     nothing without a run key (a standalone stage has no parent)."""
     if not run_key:
@@ -127,8 +134,9 @@ def log_parent_metrics(params: Params, metrics: dict[str, float], *, run_key: st
 
 
 @contextlib.contextmanager
-def stage_run(params: Params, stage: str, *, run_key: str | None = None,
-              tracking_uri: str | None = None) -> Iterator[Any]:
+def stage_run(
+    params: Params, stage: str, *, run_key: str | None = None, tracking_uri: str | None = None
+) -> Iterator[Any]:
     """A nested MLflow run for one stage under the parent of `run_key` (standalone if None)."""
     import mlflow
 
@@ -161,8 +169,11 @@ def log_dir(path: str | Path, artifact_path: str) -> None:
 def log_numeric(metrics: dict[str, Any], prefix: str = "") -> None:
     import mlflow
 
-    clean = {f"{prefix}{k}": float(v) for k, v in metrics.items()
-             if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v}
+    clean = {
+        f"{prefix}{k}": float(v)
+        for k, v in metrics.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v
+    }
     if clean:
         mlflow.log_metrics(clean)
 

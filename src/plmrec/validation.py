@@ -60,13 +60,21 @@ class ValidationOutcome:
     def summary(self) -> str:
         if self.success:
             return f"validation '{self.suite}' passed: {self.evaluated} expectations"
-        what = "; ".join(f["says"] + (f" ({f['unexpected_count']:,} row{'s' if f['unexpected_count'] != 1 else ''})"
-                                        if f.get("unexpected_count") else "")
-                         for f in self.failures[:3])
+        what = "; ".join(
+            f["says"]
+            + (
+                f" ({f['unexpected_count']:,} row{'s' if f['unexpected_count'] != 1 else ''})"
+                if f.get("unexpected_count")
+                else ""
+            )
+            for f in self.failures[:3]
+        )
         more = f"; and {len(self.failures) - 3} more" if len(self.failures) > 3 else ""
         where = f" Report: {self.report_dir / 'report.html'}" if self.report_dir else ""
-        return (f"validation '{self.suite}' failed {len(self.failures)} of {self.evaluated} expectations: "
-                f"{what}{more}.{where}")
+        return (
+            f"validation '{self.suite}' failed {len(self.failures)} of {self.evaluated} expectations: "
+            f"{what}{more}.{where}"
+        )
 
 
 def _gx():
@@ -93,7 +101,7 @@ def _dtype_ok(df: pd.DataFrame, col: str) -> bool:
         return pd.api.types.is_numeric_dtype(dtype)
     if col == "InvoiceDate":
         return pd.api.types.is_datetime64_any_dtype(dtype)
-    return dtype == object and df[col].dropna().map(type).eq(str).all()
+    return pd.api.types.is_object_dtype(dtype) and df[col].dropna().map(type).eq(str).all()
 
 
 def _ts(day: dt.date) -> dt.datetime:
@@ -109,36 +117,78 @@ def raw_checks(df: pd.DataFrame, params: Params) -> list[Check]:
         checks.append(Check(E.ExpectColumnToExist(column=col), f"column '{col}' must exist"))
     present = [c for c in TRANSACTION_COLUMNS if c in df.columns]
     for col in present:
-        checks.append(Check(E.ExpectColumnValuesToBeInTypeList(column=col, type_list=EXPECTED_DTYPES[col]),
-                            f"column '{col}' must hold {EXPECTED_DTYPES[col][0]} values"))
+        checks.append(
+            Check(
+                E.ExpectColumnValuesToBeInTypeList(column=col, type_list=EXPECTED_DTYPES[col]),
+                f"column '{col}' must hold {EXPECTED_DTYPES[col][0]} values",
+            )
+        )
     typed = [c for c in present if _dtype_ok(df, c)]  # value checks only where the type is right
     for col in ("InvoiceNo", "StockCode", "Quantity", "InvoiceDate", "UnitPrice", "Country"):
         if col in typed:
             checks.append(Check(E.ExpectColumnValuesToNotBeNull(column=col), f"'{col}' must not be empty"))
     if "Description" in typed:
-        checks.append(Check(E.ExpectColumnValuesToNotBeNull(column="Description", mostly=1 - v.max_missing_description_fraction),
-                            f"at most {v.max_missing_description_fraction:.2%} of 'Description' may be empty"))
+        checks.append(
+            Check(
+                E.ExpectColumnValuesToNotBeNull(column="Description", mostly=1 - v.max_missing_description_fraction),
+                f"at most {v.max_missing_description_fraction:.2%} of 'Description' may be empty",
+            )
+        )
     if "CustomerID" in typed:
-        checks.append(Check(E.ExpectColumnValuesToNotBeNull(column="CustomerID", mostly=1 - v.max_missing_customer_fraction),
-                            f"at most {v.max_missing_customer_fraction:.0%} of 'CustomerID' may be empty"))
+        checks.append(
+            Check(
+                E.ExpectColumnValuesToNotBeNull(column="CustomerID", mostly=1 - v.max_missing_customer_fraction),
+                f"at most {v.max_missing_customer_fraction:.0%} of 'CustomerID' may be empty",
+            )
+        )
     if "InvoiceNo" in typed:
-        checks.append(Check(E.ExpectColumnValuesToMatchRegex(column="InvoiceNo", regex=INVOICE_PATTERN),
-                            "'InvoiceNo' must be 6 digits, optionally prefixed by C (cancelled) or A (adjustment)"))
+        checks.append(
+            Check(
+                E.ExpectColumnValuesToMatchRegex(column="InvoiceNo", regex=INVOICE_PATTERN),
+                "'InvoiceNo' must be 6 digits, optionally prefixed by C (cancelled) or A (adjustment)",
+            )
+        )
     if "StockCode" in typed:
-        checks.append(Check(E.ExpectColumnValuesToMatchRegex(column="StockCode", regex=STOCK_CODE_PATTERN),
-                            "'StockCode' must be 5 digits with an optional letter suffix, or a short service code"))
+        checks.append(
+            Check(
+                E.ExpectColumnValuesToMatchRegex(column="StockCode", regex=STOCK_CODE_PATTERN),
+                "'StockCode' must be 5 digits with an optional letter suffix, or a short service code",
+            )
+        )
     if "Quantity" in typed:
-        checks.append(Check(E.ExpectColumnValuesToBeBetween(column="Quantity", min_value=-v.max_abs_quantity, max_value=v.max_abs_quantity),
-                            f"'Quantity' must be within ±{v.max_abs_quantity:,}"))
+        checks.append(
+            Check(
+                E.ExpectColumnValuesToBeBetween(
+                    column="Quantity", min_value=-v.max_abs_quantity, max_value=v.max_abs_quantity
+                ),
+                f"'Quantity' must be within ±{v.max_abs_quantity:,}",
+            )
+        )
     if "UnitPrice" in typed:
-        checks.append(Check(E.ExpectColumnValuesToBeBetween(column="UnitPrice", min_value=0, mostly=1 - v.max_negative_price_fraction),
-                            f"'UnitPrice' must be >= 0 (at most {v.max_negative_price_fraction:.4%} of rows may be negative)"))
+        checks.append(
+            Check(
+                E.ExpectColumnValuesToBeBetween(
+                    column="UnitPrice", min_value=0, mostly=1 - v.max_negative_price_fraction
+                ),
+                f"'UnitPrice' must be >= 0 (at most {v.max_negative_price_fraction:.4%} of rows may be negative)",
+            )
+        )
     if "InvoiceDate" in typed:
-        checks.append(Check(E.ExpectColumnValuesToBeBetween(column="InvoiceDate", min_value=_ts(v.min_date), max_value=_ts(max_date)),
-                            f"'InvoiceDate' must lie between {v.min_date} and {max_date}"))
+        checks.append(
+            Check(
+                E.ExpectColumnValuesToBeBetween(
+                    column="InvoiceDate", min_value=_ts(v.min_date), max_value=_ts(max_date)
+                ),
+                f"'InvoiceDate' must lie between {v.min_date} and {max_date}",
+            )
+        )
     if len(typed) == len(TRANSACTION_COLUMNS):
-        checks.append(Check(E.ExpectCompoundColumnsToBeUnique(column_list=TRANSACTION_COLUMNS, mostly=1 - v.max_duplicate_fraction),
-                            f"at most {v.max_duplicate_fraction:.1%} of rows may be exact duplicates"))
+        checks.append(
+            Check(
+                E.ExpectCompoundColumnsToBeUnique(column_list=TRANSACTION_COLUMNS, mostly=1 - v.max_duplicate_fraction),
+                f"at most {v.max_duplicate_fraction:.1%} of rows may be exact duplicates",
+            )
+        )
     return checks
 
 
@@ -152,22 +202,54 @@ def prepared_checks(df: pd.DataFrame, params: Params) -> list[Check]:
         return checks
     min_price = 0.01 if params.clean.drop_zero_price else 0
     checks += [
-        Check(E.ExpectColumnValuesToBeInSet(column="split", value_set=list(SPLITS)), "'split' must be train, valid or test"),
-        Check(E.ExpectColumnDistinctValuesToContainSet(column="split", value_set=list(SPLITS)), "every split must have rows"),
-        Check(E.ExpectColumnValuesToBeBetween(column="label", min_value=0, max_value=n - 1), f"'label' must be in 0..{n - 1}"),
+        Check(
+            E.ExpectColumnValuesToBeInSet(column="split", value_set=list(SPLITS)),
+            "'split' must be train, valid or test",
+        ),
+        Check(
+            E.ExpectColumnDistinctValuesToContainSet(column="split", value_set=list(SPLITS)),
+            "every split must have rows",
+        ),
+        Check(
+            E.ExpectColumnValuesToBeBetween(column="label", min_value=0, max_value=n - 1),
+            f"'label' must be in 0..{n - 1}",
+        ),
         Check(E.ExpectColumnValuesToNotBeNull(column="CustomerID"), "cleaned rows must have a CustomerID"),
         Check(E.ExpectColumnValuesToBeBetween(column="Quantity", min_value=1), "cleaned 'Quantity' must be positive"),
-        Check(E.ExpectColumnValuesToBeBetween(column="UnitPrice", min_value=min_price), f"cleaned 'UnitPrice' must be >= {min_price}"),
-        Check(E.ExpectColumnValuesToNotMatchRegex(column="InvoiceNo", regex=r"^C"), "cancelled invoices must be removed"),
-        Check(E.ExpectColumnValuesToBeBetween(column="InvoiceDate", max_value=train_end, strict_max=True,
-                                              row_condition='split=="train"', condition_parser="pandas"),
-              f"split leakage: every train row must be before train_end {params.split.train_end}"),
-        Check(E.ExpectColumnValuesToBeBetween(column="InvoiceDate", min_value=train_end, max_value=valid_end, strict_max=True,
-                                              row_condition='split=="valid"', condition_parser="pandas"),
-              f"split leakage: every valid row must be in [{params.split.train_end}, {params.split.valid_end})"),
-        Check(E.ExpectColumnValuesToBeBetween(column="InvoiceDate", min_value=valid_end,
-                                              row_condition='split=="test"', condition_parser="pandas"),
-              f"split leakage: every test row must be on or after valid_end {params.split.valid_end}"),
+        Check(
+            E.ExpectColumnValuesToBeBetween(column="UnitPrice", min_value=min_price),
+            f"cleaned 'UnitPrice' must be >= {min_price}",
+        ),
+        Check(
+            E.ExpectColumnValuesToNotMatchRegex(column="InvoiceNo", regex=r"^C"), "cancelled invoices must be removed"
+        ),
+        Check(
+            E.ExpectColumnValuesToBeBetween(
+                column="InvoiceDate",
+                max_value=train_end,
+                strict_max=True,
+                row_condition='split=="train"',
+                condition_parser="pandas",
+            ),
+            f"split leakage: every train row must be before train_end {params.split.train_end}",
+        ),
+        Check(
+            E.ExpectColumnValuesToBeBetween(
+                column="InvoiceDate",
+                min_value=train_end,
+                max_value=valid_end,
+                strict_max=True,
+                row_condition='split=="valid"',
+                condition_parser="pandas",
+            ),
+            f"split leakage: every valid row must be in [{params.split.train_end}, {params.split.valid_end})",
+        ),
+        Check(
+            E.ExpectColumnValuesToBeBetween(
+                column="InvoiceDate", min_value=valid_end, row_condition='split=="test"', condition_parser="pandas"
+            ),
+            f"split leakage: every test row must be on or after valid_end {params.split.valid_end}",
+        ),
     ]
     return checks
 
@@ -180,7 +262,7 @@ def _unconvertible(values: pd.Series, col: str) -> pd.Series:
     return values.notna() & ~values.map(lambda v: isinstance(v, str))
 
 
-def _examples(df: pd.DataFrame, expectation: str, result: dict, col: str | None, limit: int) -> list[dict]:
+def _examples(df: pd.DataFrame, expectation: str, result: dict, *, col: str | None, limit: int) -> list[dict]:
     idx = result.get("unexpected_index_list") or []
     if expectation == "expect_column_values_to_be_in_type_list" and col in df.columns:
         idx = list(df.index[_unconvertible(df[col], col)][:limit])  # the values a person must fix
@@ -191,7 +273,7 @@ def _examples(df: pd.DataFrame, expectation: str, result: dict, col: str | None,
     return out
 
 
-def _run_gx(df: pd.DataFrame, suite_name: str, checks: list[Check], docs_dir: Path | None):
+def _run_gx(df: pd.DataFrame, suite_name: str, checks: list[Check], *, docs_dir: Path | None):
     gx = _gx()
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
@@ -199,26 +281,40 @@ def _run_gx(df: pd.DataFrame, suite_name: str, checks: list[Check], docs_dir: Pa
     ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
     actions = []
     if docs_dir is not None:
-        ctx.add_data_docs_site(site_name="plmrec", site_config={
-            "class_name": "SiteBuilder",
-            "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir.resolve())},
-            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
-        })
+        ctx.add_data_docs_site(
+            site_name="plmrec",
+            site_config={
+                "class_name": "SiteBuilder",
+                "store_backend": {
+                    "class_name": "TupleFilesystemStoreBackend",
+                    "base_directory": str(docs_dir.resolve()),
+                },
+                "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+            },
+        )
         actions.append(gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=["plmrec"]))
-    batch = ctx.data_sources.add_pandas("plmrec").add_dataframe_asset(name=suite_name).add_batch_definition_whole_dataframe("all")
+    batch = (
+        ctx.data_sources.add_pandas("plmrec")
+        .add_dataframe_asset(name=suite_name)
+        .add_batch_definition_whole_dataframe("all")
+    )
     suite = ctx.suites.add(gx.ExpectationSuite(name=suite_name))
     for i, c in enumerate(checks):
         c.expectation.meta = {**(c.expectation.meta or {}), "plmrec_check": i, "says": c.says}
         suite.add_expectation(c.expectation)
     vd = ctx.validation_definitions.add(gx.ValidationDefinition(name=suite_name, data=batch, suite=suite))
-    checkpoint = ctx.checkpoints.add(gx.Checkpoint(name=suite_name, validation_definitions=[vd], actions=actions,
-                                                   result_format={"result_format": "COMPLETE"}))
+    checkpoint = ctx.checkpoints.add(
+        gx.Checkpoint(
+            name=suite_name, validation_definitions=[vd], actions=actions, result_format={"result_format": "COMPLETE"}
+        )
+    )
     result = checkpoint.run(batch_parameters={"dataframe": df})
     return next(iter(result.run_results.values()))
 
 
-def validate_table(df: pd.DataFrame, suite: str, params: Params, report_dir: str | Path | None = None,
-                   raise_on_failure: bool = True) -> ValidationOutcome:
+def validate_table(
+    df: pd.DataFrame, suite: str, params: Params, *, report_dir: str | Path | None = None, raise_on_failure: bool = True
+) -> ValidationOutcome:
     """Run the named suite on `df`; write reports to `report_dir`; raise if it fails."""
     if suite not in SUITES:
         raise ValueError(f"unknown suite '{suite}'; choose one of {', '.join(SUITES)}")
@@ -226,7 +322,7 @@ def validate_table(df: pd.DataFrame, suite: str, params: Params, report_dir: str
     checks = (raw_checks if suite == "raw" else prepared_checks)(df, params)
     report_dir = Path(report_dir) if report_dir else None
     docs_dir = report_dir / "data_docs" if report_dir else None
-    res = _run_gx(df, suite, checks, docs_dir)
+    res = _run_gx(df, suite, checks, docs_dir=docs_dir)
     failures = []
     for r in sorted(res.results, key=lambda r: r.expectation_config.meta["plmrec_check"]):
         d = r.to_json_dict()
@@ -237,23 +333,34 @@ def validate_table(df: pd.DataFrame, suite: str, params: Params, report_dir: str
         result = d.get("result") or {}
         if d["expectation_config"]["type"] == "expect_column_values_to_be_in_type_list" and kwargs["column"] in df:
             bad = int(_unconvertible(df[kwargs["column"]], kwargs["column"]).sum())
-            result = {**result, "unexpected_count": bad or result.get("unexpected_count"),
-                      "unexpected_percent": 100.0 * (bad or result.get("unexpected_count") or 0) / max(len(df), 1)}
-        exc = (d.get("exception_info") or {})
-        failures.append({
-            "says": check.says,
-            "expectation": d["expectation_config"]["type"],
-            "column": kwargs.get("column"),
-            "kwargs": kwargs,
-            "unexpected_count": result.get("unexpected_count"),
-            "unexpected_percent": result.get("unexpected_percent"),
-            "observed_value": result.get("observed_value"),
-            "error": exc.get("exception_message") if exc.get("raised_exception") else None,
-            "examples": _examples(df, d["expectation_config"]["type"], result, kwargs.get("column"),
-                                  params.validation.example_rows),
-        })
-    outcome = ValidationOutcome(suite=suite, success=not failures, evaluated=len(checks), failures=failures,
-                                report_dir=report_dir)
+            result = {
+                **result,
+                "unexpected_count": bad or result.get("unexpected_count"),
+                "unexpected_percent": 100.0 * (bad or result.get("unexpected_count") or 0) / max(len(df), 1),
+            }
+        exc = d.get("exception_info") or {}
+        failures.append(
+            {
+                "says": check.says,
+                "expectation": d["expectation_config"]["type"],
+                "column": kwargs.get("column"),
+                "kwargs": kwargs,
+                "unexpected_count": result.get("unexpected_count"),
+                "unexpected_percent": result.get("unexpected_percent"),
+                "observed_value": result.get("observed_value"),
+                "error": exc.get("exception_message") if exc.get("raised_exception") else None,
+                "examples": _examples(
+                    df,
+                    d["expectation_config"]["type"],
+                    result,
+                    col=kwargs.get("column"),
+                    limit=params.validation.example_rows,
+                ),
+            }
+        )
+    outcome = ValidationOutcome(
+        suite=suite, success=not failures, evaluated=len(checks), failures=failures, report_dir=report_dir
+    )
     if report_dir:
         write_reports(outcome, df)
     if failures and raise_on_failure:
@@ -264,35 +371,54 @@ def validate_table(df: pd.DataFrame, suite: str, params: Params, report_dir: str
 def write_reports(outcome: ValidationOutcome, df: pd.DataFrame) -> None:
     d = outcome.report_dir
     d.mkdir(parents=True, exist_ok=True)
-    body = {"suite": outcome.suite, "success": outcome.success, "evaluated": outcome.evaluated,
-            "failed": len(outcome.failures), "rows": len(df), "summary": outcome.summary,
-            "failures": outcome.failures, "data_docs": "data_docs/index.html"}
+    body = {
+        "suite": outcome.suite,
+        "success": outcome.success,
+        "evaluated": outcome.evaluated,
+        "failed": len(outcome.failures),
+        "rows": len(df),
+        "summary": outcome.summary,
+        "failures": outcome.failures,
+        "data_docs": "data_docs/index.html",
+    }
     (d / "report.json").write_text(json.dumps(body, indent=2, default=str), encoding="utf-8")
-    (d / "summary.json").write_text(json.dumps({"validation_success": int(outcome.success),
-                                                "expectations_evaluated": outcome.evaluated,
-                                                "expectations_failed": len(outcome.failures),
-                                                "rows": len(df)}, indent=2), encoding="utf-8")
+    (d / "summary.json").write_text(
+        json.dumps(
+            {
+                "validation_success": int(outcome.success),
+                "expectations_evaluated": outcome.evaluated,
+                "expectations_failed": len(outcome.failures),
+                "rows": len(df),
+            },
+            indent=2,
+        ),
+        encoding="utf-8",
+    )
     (d / "report.html").write_text(render_html(outcome, len(df)), encoding="utf-8")
 
 
 def render_html(outcome: ValidationOutcome, rows: int) -> str:
     e = html.escape
     status = "passed" if outcome.success else "FAILED"
-    parts = [f"<!doctype html><meta charset='utf-8'><title>plmrec validation: {e(outcome.suite)}</title>",
-             "<style>body{font:14px sans-serif;margin:2em}table{border-collapse:collapse;margin:.5em 0 1.5em}"
-             "td,th{border:1px solid #ccc;padding:3px 6px;text-align:left}.fail{color:#b00}.ok{color:#070}</style>",
-             f"<h1>Validation of the <code>{e(outcome.suite)}</code> table: "
-             f"<span class='{'ok' if outcome.success else 'fail'}'>{status}</span></h1>",
-             f"<p>{rows:,} rows; {outcome.evaluated} expectations; {len(outcome.failures)} failed. "
-             f"Full great-expectations Data Docs: <a href='data_docs/index.html'>data_docs/index.html</a></p>"]
+    parts = [
+        f"<!doctype html><meta charset='utf-8'><title>plmrec validation: {e(outcome.suite)}</title>",
+        "<style>body{font:14px sans-serif;margin:2em}table{border-collapse:collapse;margin:.5em 0 1.5em}"
+        "td,th{border:1px solid #ccc;padding:3px 6px;text-align:left}.fail{color:#b00}.ok{color:#070}</style>",
+        f"<h1>Validation of the <code>{e(outcome.suite)}</code> table: "
+        f"<span class='{'ok' if outcome.success else 'fail'}'>{status}</span></h1>",
+        f"<p>{rows:,} rows; {outcome.evaluated} expectations; {len(outcome.failures)} failed. "
+        f"Full great-expectations Data Docs: <a href='data_docs/index.html'>data_docs/index.html</a></p>",
+    ]
     for f in outcome.failures:
         stat = ""
         if f.get("unexpected_count") is not None:
             stat = f" &mdash; {f['unexpected_count']:,} rows ({(f.get('unexpected_percent') or 0):.3f}%)"
         elif f.get("observed_value") is not None:
             stat = f" &mdash; observed {e(str(f['observed_value']))}"
-        parts.append(f"<h2 class='fail'>{e(f['says'])}{stat}</h2><p><code>{e(f['expectation'])}</code> "
-                     f"<code>{e(json.dumps(f['kwargs'], default=str))}</code></p>")
+        parts.append(
+            f"<h2 class='fail'>{e(f['says'])}{stat}</h2><p><code>{e(f['expectation'])}</code> "
+            f"<code>{e(json.dumps(f['kwargs'], default=str))}</code></p>"
+        )
         if f["examples"]:
             cols = list(f["examples"][0])
             parts.append("<table><tr>" + "".join(f"<th>{e(c)}</th>" for c in cols) + "</tr>")

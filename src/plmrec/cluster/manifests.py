@@ -19,15 +19,20 @@ import yaml
 from plmrec.errors import ManifestError
 
 KUBERNETES_VERSION = "1.37.0"
-KSERVE_KINDS = {("serving.kserve.io/v1beta1", "InferenceService"): "V1beta1InferenceService",
-                ("serving.kserve.io/v1alpha1", "ServingRuntime"): "V1alpha1ServingRuntime",
-                ("serving.kserve.io/v1alpha1", "ClusterServingRuntime"): "V1alpha1ClusterServingRuntime"}
+KSERVE_KINDS = {
+    ("serving.kserve.io/v1beta1", "InferenceService"): "V1beta1InferenceService",
+    ("serving.kserve.io/v1alpha1", "ServingRuntime"): "V1alpha1ServingRuntime",
+    ("serving.kserve.io/v1alpha1", "ClusterServingRuntime"): "V1alpha1ClusterServingRuntime",
+}
 K8S_DEFS_URI = "https://kubernetes.io/api/_definitions.json"
-_POD_SPEC_PATHS = {"Deployment": ("spec", "template", "spec"), "StatefulSet": ("spec", "template", "spec"),
-                   "DaemonSet": ("spec", "template", "spec"), "Job": ("spec", "template", "spec"),
-                   "CronJob": ("spec", "jobTemplate", "spec", "template", "spec"), "Pod": ("spec",)}
-
-
+_POD_SPEC_PATHS = {
+    "Deployment": ("spec", "template", "spec"),
+    "StatefulSet": ("spec", "template", "spec"),
+    "DaemonSet": ("spec", "template", "spec"),
+    "Job": ("spec", "template", "spec"),
+    "CronJob": ("spec", "jobTemplate", "spec", "template", "spec"),
+    "Pod": ("spec",),
+}
 
 
 @dataclass
@@ -61,12 +66,19 @@ def render(overlay: str | Path) -> list[dict]:
 
 
 # ------------------------------------------------------------------------------- KServe schema
-_SCALARS = {"str": {"type": "string"}, "int": {"type": "integer"}, "float": {"type": "number"},
-            "bool": {"type": "boolean"}, "object": {}, "dict": {"type": "object"},
-            "V1Time": {"type": "string"}, "datetime": {"type": "string"}}
+_SCALARS = {
+    "str": {"type": "string"},
+    "int": {"type": "integer"},
+    "float": {"type": "number"},
+    "bool": {"type": "boolean"},
+    "object": {},
+    "dict": {"type": "object"},
+    "V1Time": {"type": "string"},
+    "datetime": {"type": "string"},
+}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def kubernetes_definitions(kubernetes_version: str = KUBERNETES_VERSION) -> dict:
     """The strict Kubernetes definitions kubernetes-validate uses for this version (its newest schemas
     not newer than the version's major.minor), so KServe's Kubernetes fields follow the same version."""
@@ -86,14 +98,18 @@ def _kubernetes_ref(type_name: str, kubernetes_version: str) -> dict | None:
     if type_name.startswith("K8sIo"):
         parts = re.findall(r"[A-Z][a-z0-9]*", type_name)  # K8s Io Api Apps V1 Deployment Strategy
         version_at = next(i for i, p in enumerate(parts) if re.fullmatch(r"V\d+", p))
-        key = "io.k8s." + ".".join(p.lower() for p in parts[2:version_at + 1]) + "." + "".join(parts[version_at + 1:])
+        key = (
+            "io.k8s." + ".".join(p.lower() for p in parts[2 : version_at + 1]) + "." + "".join(parts[version_at + 1 :])
+        )
         return {"$ref": f"{K8S_DEFS_URI}#/$defs/{key}"} if key in defs else None
     match = re.fullmatch(r"(V\d+(?:alpha\d+|beta\d+)?)([A-Z]\w*)", type_name)
     if not match:
         return None
     suffix = f".{match.group(1).lower()}.{match.group(2)}"
-    found = sorted((k for k in defs if k.endswith(suffix)),
-                   key=lambda k: (not k.startswith("io.k8s.api.core."), not k.startswith("io.k8s.apimachinery."), k))
+    found = sorted(
+        (k for k in defs if k.endswith(suffix)),
+        key=lambda k: (not k.startswith("io.k8s.api.core."), not k.startswith("io.k8s.apimachinery."), k),
+    )
     return {"$ref": f"{K8S_DEFS_URI}#/$defs/{found[0]}"} if found else None
 
 
@@ -126,8 +142,12 @@ def kserve_schema(model_class: str, kubernetes_version: str = KUBERNETES_VERSION
             if type_name not in defs:
                 defs[type_name] = {}  # placeholder against recursion
                 properties = {cls.attribute_map[attr]: schema_of(t) for attr, t in cls.openapi_types.items()}
-                defs[type_name] = {"type": "object", "properties": properties, "additionalProperties": False,
-                                   "required": _required_fields(cls)}
+                defs[type_name] = {
+                    "type": "object",
+                    "properties": properties,
+                    "additionalProperties": False,
+                    "required": _required_fields(cls),
+                }
             return {"$ref": f"#/$defs/{type_name}"}
         return _kubernetes_ref(type_name, kubernetes_version) or {}
 
@@ -135,7 +155,7 @@ def kserve_schema(model_class: str, kubernetes_version: str = KUBERNETES_VERSION
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", "$defs": defs, **root}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _kserve_validator(model_class: str, kubernetes_version: str):
     import jsonschema
     from referencing import Registry, Resource
@@ -161,8 +181,10 @@ def schema_problems(resource: dict, kubernetes_version: str = KUBERNETES_VERSION
         path = ".".join(map(str, exc.path)) or "<root>"
         return [f"{name}: {path}: {exc.message}"]
     except kubernetes_validate.SchemaNotFoundError:
-        return [f"{name}: no schema for {resource.get('apiVersion')} {resource.get('kind')} "
-                f"in Kubernetes {kubernetes_version} or KServe"]
+        return [
+            f"{name}: no schema for {resource.get('apiVersion')} {resource.get('kind')} "
+            f"in Kubernetes {kubernetes_version} or KServe"
+        ]
     return []
 
 

@@ -96,7 +96,7 @@ def extract_member(archive: Path, member: str, dest: Path) -> Path:
     return dest / member
 
 
-def download(name: str, dest: str | Path, sha256: str | None = None, timeout: float = 60.0) -> Path:
+def download(name: str, dest: str | Path, sha256: str | None = None, *, timeout: float = 60.0) -> Path:
     """Fetch a known dataset into `dest`, verify it, and return the path of the data file."""
     import requests
     from tqdm import tqdm

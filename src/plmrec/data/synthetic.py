@@ -84,7 +84,7 @@ def _customers(rng: np.random.Generator, n: int) -> pd.DataFrame:
     })
 
 
-def _invoice_times(rng: np.random.Generator, n: int, start: dt.date, end: dt.date) -> np.ndarray:
+def _invoice_times(rng: np.random.Generator, n: int, start: dt.date, *, end: dt.date) -> np.ndarray:
     days = pd.date_range(start, end, freq="D")
     days = days[days.dayofweek != 5]  # the shop took no orders on Saturdays
     month_weight = np.array([1.0, 0.8, 0.8, 1.0, 0.9, 1.0, 1.0, 1.0, 1.1, 1.5, 1.9, 1.6])[days.month - 1]
@@ -104,7 +104,7 @@ def generate_transactions(params: SyntheticParams | None = None) -> pd.DataFrame
     by_theme = [np.flatnonzero(cat["theme"].map(theme_index).to_numpy() == i) for i in range(len(THEMES))]
     theme_pop = [cat["popularity"].to_numpy()[ix] / cat["popularity"].to_numpy()[ix].sum() for ix in by_theme]
 
-    times = _invoice_times(rng, p.n_invoices, p.start, p.end)
+    times = _invoice_times(rng, p.n_invoices, p.start, end=p.end)
     guest = rng.random(p.n_invoices) < p.guest_fraction
     who = rng.choice(len(cust), size=p.n_invoices, p=cust["activity"] / cust["activity"].sum())
     n_lines = np.clip(rng.lognormal(2.3, 0.9, size=p.n_invoices).astype(int), 1, 250)

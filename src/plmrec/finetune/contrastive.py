@@ -24,7 +24,7 @@ class PairExample:
 
     __slots__ = ("anchor", "positive", "anchor_key", "positive_key")
 
-    def __init__(self, anchor: np.ndarray, positive: np.ndarray, anchor_key: int, positive_key: int):
+    def __init__(self, anchor: np.ndarray, positive: np.ndarray, anchor_key: int, *, positive_key: int):
         self.anchor, self.positive, self.anchor_key, self.positive_key = anchor, positive, anchor_key, positive_key
 
     def __len__(self) -> int:
@@ -36,19 +36,33 @@ class Contrastive:
 
     name = "contrastive"
 
-    def __init__(self, model_dir: str, max_length: int, pooling: str = "mean", loss: str = "mnrl",
-                 scale: float = 20.0, mini_batch_size: int = 32, mlm_weight: float = 0.0,
-                 mlm_probability: float = 0.15):
+    def __init__(
+        self,
+        model_dir: str,
+        max_length: int,
+        pooling: str = "mean",
+        *,
+        loss: str = "mnrl",
+        scale: float = 20.0,
+        mini_batch_size: int = 32,
+        mlm_weight: float = 0.0,
+        mlm_probability: float = 0.15,
+    ):
         from sentence_transformers import losses
 
-        self.model_dir, self.max_length, self.mlm_weight, self.mlm_probability = \
-            model_dir, max_length, mlm_weight, mlm_probability
+        self.model_dir, self.max_length, self.mlm_weight, self.mlm_probability = (
+            model_dir,
+            max_length,
+            mlm_weight,
+            mlm_probability,
+        )
         self.st = sentence_model(model_dir, pooling, max_length)
         if loss == "mnrl":
             self.loss_fn = losses.MultipleNegativesRankingLoss(self.st, scale=scale)
         elif loss == "cached_mnrl":
-            self.loss_fn = losses.CachedMultipleNegativesRankingLoss(self.st, scale=scale,
-                                                                      mini_batch_size=mini_batch_size)
+            self.loss_fn = losses.CachedMultipleNegativesRankingLoss(
+                self.st, scale=scale, mini_batch_size=mini_batch_size
+            )
         else:
             raise TrainingConfigError(f"unknown contrastive loss '{loss}' (expected mnrl or cached_mnrl)")
         self.encoder = self.st.transformers_model
@@ -92,10 +106,11 @@ class Contrastive:
             keys.setdefault(a, len(keys))
             keys.setdefault(p, len(keys))
         self._texts = list(keys)
-        ids = self.tokenizer(self._texts, add_special_tokens=True, truncation=True,
-                             max_length=self.max_length)["input_ids"]
+        ids = self.tokenizer(self._texts, add_special_tokens=True, truncation=True, max_length=self.max_length)[
+            "input_ids"
+        ]
         tokens = [np.asarray(x, dtype=np.int64) for x in ids]
-        return [PairExample(tokens[keys[a]], tokens[keys[p]], keys[a], keys[p]) for a, p in pairs]
+        return [PairExample(tokens[keys[a]], tokens[keys[p]], keys[a], positive_key=keys[p]) for a, p in pairs]
 
     def collate(self, examples: list[PairExample], seed: int) -> dict[str, Any]:
         """Drop pairs whose anchor or positive text is already in the batch: a repeated positive would
@@ -109,15 +124,24 @@ class Contrastive:
             kept.append(e)
         a_ids, a_mask = pad_sequences([e.anchor for e in kept], self.pad_id)
         p_ids, p_mask = pad_sequences([e.positive for e in kept], self.pad_id)
-        return {"anchor": {"input_ids": a_ids, "attention_mask": a_mask},
-                "positive": {"input_ids": p_ids, "attention_mask": p_mask},
-                "n_tokens": int(a_mask.sum() + p_mask.sum()), "n_samples": len(kept)}
+        return {
+            "anchor": {"input_ids": a_ids, "attention_mask": a_mask},
+            "positive": {"input_ids": p_ids, "attention_mask": p_mask},
+            "n_tokens": int(a_mask.sum() + p_mask.sum()),
+            "n_samples": len(kept),
+        }
 
     def _mlm_loss(self, features: dict[str, torch.Tensor], generator: torch.Generator) -> torch.Tensor:
         ids, attn = features["input_ids"], features["attention_mask"]
         maskable = ~torch.isin(ids, self._special) & attn.bool()
-        inputs, labels = mask_tokens(ids, maskable, self.mlm_probability, self.tokenizer.mask_token_id,
-                                     len(self.tokenizer), generator)
+        inputs, labels = mask_tokens(
+            ids,
+            maskable,
+            self.mlm_probability,
+            mask_id=self.tokenizer.mask_token_id,
+            vocab_size=len(self.tokenizer),
+            generator=generator,
+        )
         hidden = self.encoder(input_ids=inputs, attention_mask=attn).last_hidden_state
         flat = labels.view(-1)
         rows = flat.ne(IGNORE).nonzero().squeeze(1)

@@ -20,12 +20,13 @@ from plmrec.finetune.pairs import render_history
 from plmrec.vectors import normalise, stack
 
 
-def encode_texts(model, texts: list[str], batch_size: int = 128, progress: bool = False) -> np.ndarray:
+def encode_texts(model, texts: list[str], batch_size: int = 128, *, progress: bool = False) -> np.ndarray:
     """L2-normalised float32 embeddings, one row per text, in the input order."""
     if not texts:
         return np.zeros((0, model.get_sentence_embedding_dimension()), dtype=np.float32)
-    vecs = model.encode(list(texts), batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=True,
-                        show_progress_bar=progress)
+    vecs = model.encode(
+        list(texts), batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=progress
+    )
     return np.ascontiguousarray(vecs, dtype=np.float32)
 
 
@@ -35,7 +36,9 @@ def recency_weights(n: int, half_life: float) -> np.ndarray:
     return np.power(0.5, age / half_life)
 
 
-def user_vectors(histories: list[list[int]], item_vectors: np.ndarray, half_life: float) -> tuple[np.ndarray, np.ndarray]:
+def user_vectors(
+    histories: list[list[int]], item_vectors: np.ndarray, half_life: float
+) -> tuple[np.ndarray, np.ndarray]:
     """Mean and recency-weighted mean of each history's item vectors (item row indices, oldest first)."""
     dim = item_vectors.shape[1]
     mean = np.zeros((len(histories), dim), dtype=np.float32)
@@ -62,15 +65,17 @@ class ExactIndex:
     def __len__(self) -> int:
         return self.vectors.shape[0]
 
-    def search(self, queries: np.ndarray, k: int, exclude: list[list[int]] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self, queries: np.ndarray, k: int, exclude: list[list[int]] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k item rows and scores per query, best first; ties go to the lower row index."""
         k = min(k, len(self))
         q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
         ids, scores = [], []
         for start in range(0, len(q), self.chunk):
-            s = q[start:start + self.chunk] @ self.vectors.T
+            s = q[start : start + self.chunk] @ self.vectors.T
             if exclude is not None:
-                for r, rows in enumerate(exclude[start:start + self.chunk]):
+                for r, rows in enumerate(exclude[start : start + self.chunk]):
                     if len(rows):
                         s[r, torch.as_tensor(rows, dtype=torch.long)] = float("-inf")
             # stable descending sort: equal scores keep ascending item order
@@ -101,7 +106,9 @@ class FaissIndex:
     def __len__(self) -> int:
         return self.index.ntotal
 
-    def search(self, queries: np.ndarray, k: int, exclude: list[list[int]] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self, queries: np.ndarray, k: int, exclude: list[list[int]] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         k = min(k, len(self))
         extra = max((len(e) for e in exclude), default=0) if exclude else 0
         fetch = min(len(self), k + extra)
@@ -128,26 +135,52 @@ def item_table(codes: list[str], texts: list[str], vectors: np.ndarray) -> pd.Da
     return pd.DataFrame({"StockCode": codes, "Description": texts, "embedding": list(vectors)})
 
 
-def user_table(customers: list, histories: list[list[int]], item_vectors: np.ndarray, item_texts: list[str],
-               model, history_length: int, half_life: float, batch_size: int = 128) -> pd.DataFrame:
+def user_table(
+    customers: list,
+    histories: list[list[int]],
+    item_vectors: np.ndarray,
+    *,
+    item_texts: list[str],
+    model,
+    history_length: int,
+    half_life: float,
+    batch_size: int = 128,
+) -> pd.DataFrame:
     """Per customer: mean and recency-weighted item vectors, and the encoded history sentence."""
     mean, recent = user_vectors(histories, item_vectors, half_life)
     sentences = [render_history([item_texts[i] for i in rows], history_length) for rows in histories]
     sentence = encode_texts(model, sentences, batch_size)
-    return pd.DataFrame({"CustomerID": customers, "n_items": [len(h) for h in histories],
-                         "mean": list(mean), "recency": list(recent), "sentence": list(sentence)})
+    return pd.DataFrame(
+        {
+            "CustomerID": customers,
+            "n_items": [len(h) for h in histories],
+            "mean": list(mean),
+            "recency": list(recent),
+            "sentence": list(sentence),
+        }
+    )
 
 
-def save_embeddings(out_dir: str | Path, items: pd.DataFrame, users: pd.DataFrame, index_kind: str,
-                    model_info: dict) -> None:
+def save_embeddings(
+    out_dir: str | Path, items: pd.DataFrame, users: pd.DataFrame, *, index_kind: str, model_info: dict
+) -> None:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     items.to_parquet(out / "item_embeddings.parquet", index=False)
     users.to_parquet(out / "user_embeddings.parquet", index=False)
     dim = len(items["embedding"].iloc[0]) if len(items) else 0
-    (out / "index.json").write_text(json.dumps({"kind": index_kind, "items": len(items), "dim": dim,
-                                                "metric": "inner product of L2-normalised vectors (cosine)",
-                                                **model_info}, indent=2))
+    (out / "index.json").write_text(
+        json.dumps(
+            {
+                "kind": index_kind,
+                "items": len(items),
+                "dim": dim,
+                "metric": "inner product of L2-normalised vectors (cosine)",
+                **model_info,
+            },
+            indent=2,
+        )
+    )
 
 
 def load_item_index(out_dir: str | Path):

@@ -22,8 +22,6 @@ from plmrec.errors import PairError
 HISTORY_SEPARATOR = "; "
 
 
-
-
 def training_rows(prepared: pd.DataFrame, train_end: dt.date | str) -> pd.DataFrame:
     """The rows fine-tuning may learn from: split 'train', all strictly before train_end (checked)."""
     missing = {"CustomerID", "InvoiceNo", "InvoiceDate", "StockCode", "Description", "split"} - set(prepared.columns)
@@ -34,9 +32,11 @@ def training_rows(prepared: pd.DataFrame, train_end: dt.date | str) -> pd.DataFr
     late = train[train["InvoiceDate"] >= cut]
     if len(late):
         first = late.iloc[0]
-        raise PairError(f"{len(late)} rows marked 'train' are on or after train_end={train_end} (first: invoice "
-                        f"{first['InvoiceNo']} at {first['InvoiceDate']}); the prepared table is inconsistent "
-                        f"with split.train_end")
+        raise PairError(
+            f"{len(late)} rows marked 'train' are on or after train_end={train_end} (first: invoice "
+            f"{first['InvoiceNo']} at {first['InvoiceDate']}); the prepared table is inconsistent "
+            f"with split.train_end"
+        )
     if train.empty:
         raise PairError(f"no training rows before train_end={train_end}")
     return train
@@ -69,8 +69,11 @@ def purchase_sequences(rows: pd.DataFrame) -> pd.DataFrame:
     """Per customer, invoices in time order, each with its distinct stock codes (line order kept)."""
     ordered = rows.sort_values(["CustomerID", "InvoiceDate", "InvoiceNo"], kind="stable")
     ordered = ordered.drop_duplicates(["CustomerID", "InvoiceNo", "StockCode"])
-    baskets = ordered.groupby(["CustomerID", "InvoiceNo"], sort=False, observed=True).agg(
-        when=("InvoiceDate", "first"), codes=("StockCode", lambda s: [str(c) for c in s])).reset_index()
+    baskets = (
+        ordered.groupby(["CustomerID", "InvoiceNo"], sort=False, observed=True)
+        .agg(when=("InvoiceDate", "first"), codes=("StockCode", lambda s: [str(c) for c in s]))
+        .reset_index()
+    )
     return baskets.sort_values(["CustomerID", "when", "InvoiceNo"], kind="stable").reset_index(drop=True)
 
 
@@ -95,8 +98,14 @@ def _sample(pairs: list[tuple[str, str]], max_pairs: int, seed: int) -> list[tup
     return [pairs[i] for i in sorted(keep)]
 
 
-def item_context_pairs(rows: pd.DataFrame, neighbours_per_item: int = 10, max_items_per_basket: int = 50,
-                       max_pairs: int = 200_000, seed: int = 0) -> list[tuple[str, str]]:
+def item_context_pairs(
+    rows: pd.DataFrame,
+    neighbours_per_item: int = 10,
+    max_items_per_basket: int = 50,
+    *,
+    max_pairs: int = 200_000,
+    seed: int = 0,
+) -> list[tuple[str, str]]:
     """Each item's description with those of its most co-purchased items (ties: by code)."""
     cat = catalogue(rows)
     index = {c: i for i, c in enumerate(cat["StockCode"])}
@@ -122,8 +131,9 @@ def item_context_pairs(rows: pd.DataFrame, neighbours_per_item: int = 10, max_it
     return _sample(pairs, max_pairs, seed)
 
 
-def sequence_next_pairs(rows: pd.DataFrame, history_length: int = 20, pairs_per_user: int = 20,
-                        max_pairs: int = 200_000, seed: int = 0) -> list[tuple[str, str]]:
+def sequence_next_pairs(
+    rows: pd.DataFrame, history_length: int = 20, pairs_per_user: int = 20, *, max_pairs: int = 200_000, seed: int = 0
+) -> list[tuple[str, str]]:
     """(history sentence before a basket, an item of that basket not bought before), most recent first."""
     text = descriptions(rows)
     pairs: list[tuple[str, str]] = []
@@ -146,8 +156,9 @@ def sequence_next_pairs(rows: pd.DataFrame, history_length: int = 20, pairs_per_
     return _sample(pairs, max_pairs, seed)
 
 
-def sequence_sequence_pairs(rows: pd.DataFrame, history_length: int = 20, max_pairs: int = 200_000,
-                            seed: int = 0) -> list[tuple[str, str]]:
+def sequence_sequence_pairs(
+    rows: pd.DataFrame, history_length: int = 20, max_pairs: int = 200_000, *, seed: int = 0
+) -> list[tuple[str, str]]:
     """Two disjoint random halves of each user's distinct items, as history sentences."""
     text = descriptions(rows)
     rng = np.random.default_rng(seed)
@@ -170,8 +181,9 @@ def word_dropout(text: str, rate: float, rng: np.random.Generator) -> str:
     return " ".join(kept or words[:1])
 
 
-def item_text_pairs(items: pd.DataFrame, max_pairs: int = 200_000, seed: int = 0,
-                    dropout: float = 0.3) -> list[tuple[str, str]]:
+def item_text_pairs(
+    items: pd.DataFrame, max_pairs: int = 200_000, seed: int = 0, *, dropout: float = 0.3
+) -> list[tuple[str, str]]:
     """Amazon items (title, item_text): title <-> full text. Shop catalogue (Description only):
     description <-> a word-dropout view of it."""
     rng = np.random.default_rng(seed)
@@ -182,8 +194,9 @@ def item_text_pairs(items: pd.DataFrame, max_pairs: int = 200_000, seed: int = 0
     return _sample(pairs, max_pairs, seed)
 
 
-def review_item_pairs(reviews: pd.DataFrame, min_chars: int = 30, max_pairs: int = 200_000,
-                      seed: int = 0) -> list[tuple[str, str]]:
+def review_item_pairs(
+    reviews: pd.DataFrame, min_chars: int = 30, max_pairs: int = 200_000, *, seed: int = 0
+) -> list[tuple[str, str]]:
     """BLaIR: (review title + text, item title + features + description), both at least min_chars,
     from reviews joined with their items (plmrec.data.amazon.load_reviews_with_items)."""
     frame = reviews

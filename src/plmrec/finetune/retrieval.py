@@ -36,8 +36,9 @@ class Queries:
         return len(self.users)
 
 
-def temporal_queries(prepared: pd.DataFrame, item_row: dict[str, int], split: str = "test",
-                     exclude_history: bool = True) -> Queries:
+def temporal_queries(
+    prepared: pd.DataFrame, item_row: dict[str, int], split: str = "test", *, exclude_history: bool = True
+) -> Queries:
     past, future = window_rows(prepared, split)
     targets = future.groupby("CustomerID")["StockCode"].agg(lambda s: {str(c) for c in s})
     users, histories, relevant = [], [], []
@@ -68,9 +69,18 @@ def distinct_history(items: list[int]) -> list[int]:
     return [int(i) for i in pairs.history_before(list(items))]
 
 
-def score_encoder(model, item_texts: list[str], queries: Queries, ks: list[int], history_length: int,
-                  half_life: float, exclude_history: bool, batch_size: int = 128,
-                  index_kind: str = "exact") -> dict[str, dict[str, float]]:
+def score_encoder(
+    model,
+    item_texts: list[str],
+    queries: Queries,
+    *,
+    ks: list[int],
+    history_length: int,
+    half_life: float,
+    exclude_history: bool,
+    batch_size: int = 128,
+    index_kind: str = "exact",
+) -> dict[str, dict[str, float]]:
     """Metrics per query kind for one encoder; item vectors are encoded once."""
     start = time.perf_counter()
     items = encode_texts(model, item_texts, batch_size)
@@ -94,9 +104,12 @@ def results_table(results: dict[str, dict], ks: list[int]) -> pd.DataFrame:
     for encoder, by_kind in results.items():
         for kind in QUERY_KINDS:
             m = by_kind[kind]
-            rows.append({"encoder": encoder, "query": kind,
-                         **{f"{name}@{k}": round(m[f"{name}@{k}"], 4) for k in ks for name in REPORTED},
-                         "queries": m["queries"]})
+            rows.append(
+                {
+                    "encoder": encoder,
+                    "query": kind,
+                    **{f"{name}@{k}": round(m[f"{name}@{k}"], 4) for k in ks for name in REPORTED},
+                    "queries": m["queries"],
+                }
+            )
     return pd.DataFrame(rows)
-
-

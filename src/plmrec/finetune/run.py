@@ -12,53 +12,76 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pandas as pd
 
 from plmrec.config import FinetunePhaseParams, Params
-from plmrec.finetune import pairs
-from plmrec.finetune.embed import encode_texts, item_table, save_embeddings, user_table
-from plmrec.finetune.contrastive import Contrastive
+from plmrec.distributed import barrier, is_main_process
 from plmrec.errors import TrainingConfigError
-from plmrec.pretrain.models import quiet_transformers
+from plmrec.finetune import pairs
+from plmrec.finetune.contrastive import Contrastive
+from plmrec.finetune.embed import encode_texts, item_table, save_embeddings, user_table
 from plmrec.plots import plot_losses
+from plmrec.pretrain.models import quiet_transformers
 from plmrec.training.batches import steps_for_epochs
 from plmrec.training.checkpoints import save_phase
 from plmrec.training.loop import TrainConfig, train
-from plmrec.distributed import barrier, is_main_process
 
 
-def build_pairs(task: str, params: Params, rows: pd.DataFrame, seed: int) -> list[tuple[str, str]]:
+def build_pairs(task: str, params: Params, rows: pd.DataFrame, *, seed: int) -> list[tuple[str, str]]:
     """The (anchor, positive) texts of one task, from training rows only."""
     ft = params.finetune
     if task == "item_context":
         return pairs.item_context_pairs(rows, ft.neighbours_per_item, max_pairs=ft.max_pairs, seed=seed)
     if task == "sequence_next":
-        return pairs.sequence_next_pairs(rows, ft.history_length, ft.pairs_per_user, ft.max_pairs, seed)
+        return pairs.sequence_next_pairs(rows, ft.history_length, ft.pairs_per_user, max_pairs=ft.max_pairs, seed=seed)
     if task == "sequence_sequence":
-        return pairs.sequence_sequence_pairs(rows, ft.history_length, ft.max_pairs, seed)
+        return pairs.sequence_sequence_pairs(rows, ft.history_length, ft.max_pairs, seed=seed)
     if task == "item_text":
         return pairs.item_text_pairs(pairs.catalogue(rows), ft.max_pairs, seed)
     if task == "review_item":
         from plmrec.data.amazon import load_reviews_with_items
 
         reviews = load_reviews_with_items(ft.reviews_path, ft.meta_path)
-        return pairs.review_item_pairs(reviews[reviews["has_item_meta"]], ft.min_chars, ft.max_pairs, seed)
+        return pairs.review_item_pairs(reviews[reviews["has_item_meta"]], ft.min_chars, ft.max_pairs, seed=seed)
     raise TrainingConfigError(f"unknown fine-tuning task '{task}'")
 
 
-def _record(phase: FinetunePhaseParams, params: Params, start: str, seed: int) -> dict:
+def _record(phase: FinetunePhaseParams, params: Params, start: str, *, seed: int) -> dict:
     ft = params.finetune
-    return {"phase": phase.model_dump(exclude_none=True), "start_model": start, "seed": seed,
-            "settings": ft.model_dump(mode="json", exclude={"phases", "enabled", "start_from", "resources",
-                                                            "device", "precision", "compile", "log_every",
-                                                            "checkpoint_every", "checkpoint_dir"})}
+    return {
+        "phase": phase.model_dump(exclude_none=True),
+        "start_model": start,
+        "seed": seed,
+        "settings": ft.model_dump(
+            mode="json",
+            exclude={
+                "phases",
+                "enabled",
+                "start_from",
+                "resources",
+                "device",
+                "precision",
+                "compile",
+                "log_every",
+                "checkpoint_every",
+                "checkpoint_dir",
+            },
+        ),
+    }
 
 
-def finetune(params: Params, prepared: pd.DataFrame, start_model: str, out_dir: str | Path,
-             on_log: Callable[[str, int, float], None] | None = None, progress: bool = True) -> dict:
+def finetune(
+    params: Params,
+    prepared: pd.DataFrame,
+    start_model: str,
+    *,
+    out_dir: str | Path,
+    on_log: Callable[[str, int, float], None] | None = None,
+    progress: bool = True,
+) -> dict:
     """Run the configured phases from `start_model` (a Hugging Face or sentence-transformers
     directory); returns the report, also written to finetune_report.json."""
     quiet_transformers()
@@ -67,26 +90,44 @@ def finetune(params: Params, prepared: pd.DataFrame, start_model: str, out_dir: 
     pair_sets = {}
     for i, phase in enumerate(ft.phases, start=1):  # every phase's data is checked before any training
         if phase.task not in pair_sets:
-            pair_sets[phase.task] = build_pairs(phase.task, params, rows, seed)
+            pair_sets[phase.task] = build_pairs(phase.task, params, rows, seed=seed)
         if not pair_sets[phase.task]:
-            raise TrainingConfigError(f"fine-tuning phase {i} ({phase.task}): no training pairs from "
-                                      f"{len(rows):,} training rows")
+            raise TrainingConfigError(
+                f"fine-tuning phase {i} ({phase.task}): no training pairs from {len(rows):,} training rows"
+            )
+
     def contrastive(model_dir: str) -> Contrastive:
-        return Contrastive(model_dir, ft.max_length, ft.pooling, ft.loss, ft.scale, ft.mini_batch_size,
-                           ft.mlm_weight, ft.mlm_probability)
+        return Contrastive(
+            model_dir,
+            ft.max_length,
+            ft.pooling,
+            loss=ft.loss,
+            scale=ft.scale,
+            mini_batch_size=ft.mini_batch_size,
+            mlm_weight=ft.mlm_weight,
+            mlm_probability=ft.mlm_probability,
+        )
 
     objective = contrastive(start_model)
     ckpt_root = Path(ft.checkpoint_dir) if ft.checkpoint_dir else out / "checkpoints"
-    report = {"start_model": start_model, "pairs": {k: len(v) for k, v in pair_sets.items()},
-              "training_rows": len(rows), "train_end": str(params.split.train_end), "phases": []}
+    report = {
+        "start_model": start_model,
+        "pairs": {k: len(v) for k, v in pair_sets.items()},
+        "training_rows": len(rows),
+        "train_end": str(params.split.train_end),
+        "phases": [],
+    }
     started, current = time.time(), start_model
     for i, phase in enumerate(ft.phases, start=1):
         label = f"{i}-{phase.task}"
         phase_dir = out / "phases" / label
-        record = _record(phase, params, current, seed)
+        record = _record(phase, params, current, seed=seed)
         done_file = phase_dir / "phase.json"
-        if done_file.exists() and json.loads(done_file.read_text())["record"] == record \
-                and (phase_dir / "config.json").exists():
+        if (
+            done_file.exists()
+            and json.loads(done_file.read_text())["record"] == record
+            and (phase_dir / "config.json").exists()
+        ):
             objective = contrastive(str(phase_dir))
             report["phases"].append(json.loads(done_file.read_text()))
             current = str(phase_dir)
@@ -94,17 +135,35 @@ def finetune(params: Params, prepared: pd.DataFrame, start_model: str, out_dir: 
             continue
         start_fp = objective.start_fingerprint()
         examples = objective.encode(pair_sets[phase.task])
-        steps = phase.steps or steps_for_epochs(len(examples), phase.epochs, ft.batch_size, ft.grad_accum)
+        steps = phase.steps or steps_for_epochs(len(examples), phase.epochs, ft.batch_size, grad_accum=ft.grad_accum)
         cfg = TrainConfig.from_settings(ft, steps, seed=seed + 100 + i, progress=progress)
-        result = train(objective, examples, cfg, checkpoint_dir=ckpt_root / label,
-                       on_log=(lambda s, v, _l=label: on_log(_l, s, v)) if on_log else None, desc=label)
-        entry = save_phase(objective, phase_dir, ckpt_root / label,
-                           {"label": label, "record": record, "pairs": len(examples), "start_fingerprint": start_fp,
-                            **result.to_dict()})
+        result = train(
+            objective,
+            examples,
+            cfg,
+            checkpoint_dir=ckpt_root / label,
+            on_log=(lambda s, v, _l=label: on_log(_l, s, v)) if on_log else None,
+            desc=label,
+        )
+        entry = save_phase(
+            objective,
+            phase_dir,
+            ckpt_root / label,
+            entry={
+                "label": label,
+                "record": record,
+                "pairs": len(examples),
+                "start_fingerprint": start_fp,
+                **result.to_dict(),
+            },
+        )
         report["phases"].append(entry)
         current = str(phase_dir)
-        print(f"[plmrec] finetune: phase {label} {steps} steps on {len(examples):,} pairs in {result.seconds:.1f}s "
-              f"on {result.device} ({result.precision}), final loss {result.final_loss:.4f}", flush=True)
+        print(
+            f"[plmrec] finetune: phase {label} {steps} steps on {len(examples):,} pairs in {result.seconds:.1f}s "
+            f"on {result.device} ({result.precision}), final loss {result.final_loss:.4f}",
+            flush=True,
+        )
     report["seconds"] = round(time.time() - started, 2)
     if is_main_process():
         st_dir = out / "sentence-transformer"
@@ -116,7 +175,7 @@ def finetune(params: Params, prepared: pd.DataFrame, start_model: str, out_dir: 
     return report
 
 
-def embed_catalogue(model, prepared: pd.DataFrame, params: Params, out_dir: str | Path) -> dict:
+def embed_catalogue(model, prepared: pd.DataFrame, params: Params, *, out_dir: str | Path) -> dict:
     """Item embeddings (every stock code in the table), user embeddings (training purchases) and
     the index description, written next to the model."""
     cat = pairs.catalogue(prepared)
@@ -129,12 +188,31 @@ def embed_catalogue(model, prepared: pd.DataFrame, params: Params, out_dir: str 
     for customer, codes in pairs.customer_histories(rows):
         customers.append(int(customer))
         histories.append([row_of[c] for c in codes])
-    users = user_table(customers, histories, vectors, cat["Description"].tolist(), model,
-                       params.finetune.history_length, params.retrieval.recency_half_life,
-                       params.retrieval.encode_batch_size)
-    save_embeddings(out_dir, item_table(cat["StockCode"].tolist(), cat["Description"].tolist(), vectors), users,
-                    params.retrieval.index, {"users_from": f"purchases before {params.split.train_end}",
-                                             "history_length": params.finetune.history_length,
-                                             "recency_half_life": params.retrieval.recency_half_life})
-    return {"items": len(cat), "users": len(users), "encode_seconds": round(encode_s, 3),
-            "items_per_s": round(len(cat) / encode_s, 1) if encode_s else None, "vectors": vectors}
+    users = user_table(
+        customers,
+        histories,
+        vectors,
+        item_texts=cat["Description"].tolist(),
+        model=model,
+        history_length=params.finetune.history_length,
+        half_life=params.retrieval.recency_half_life,
+        batch_size=params.retrieval.encode_batch_size,
+    )
+    save_embeddings(
+        out_dir,
+        item_table(cat["StockCode"].tolist(), cat["Description"].tolist(), vectors),
+        users,
+        index_kind=params.retrieval.index,
+        model_info={
+            "users_from": f"purchases before {params.split.train_end}",
+            "history_length": params.finetune.history_length,
+            "recency_half_life": params.retrieval.recency_half_life,
+        },
+    )
+    return {
+        "items": len(cat),
+        "users": len(users),
+        "encode_seconds": round(encode_s, 3),
+        "items_per_s": round(len(cat) / encode_s, 1) if encode_s else None,
+        "vectors": vectors,
+    }

@@ -8,8 +8,8 @@ Both are lists of short sentences: whitespace collapsed, cut at a word boundary 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import pandas as pd
@@ -33,7 +33,7 @@ def split_sentences(text: str) -> list[str]:
     return [s for s in _SENTENCE_END.split(" ".join(str(text).split())) if s]
 
 
-def finish_corpus(texts: Iterable[str], max_chars: int, min_chars: int, limit: int | None = None) -> list[str]:
+def finish_corpus(texts: Iterable[str], max_chars: int, min_chars: int, *, limit: int | None = None) -> list[str]:
     out, seen = [], set()
     for t in texts:
         s = cap_text(t, max_chars)
@@ -47,7 +47,7 @@ def finish_corpus(texts: Iterable[str], max_chars: int, min_chars: int, limit: i
     return out
 
 
-def tapt_corpus(prepared: pd.DataFrame, splits: list[str], max_chars: int = 50, min_chars: int = 3) -> list[str]:
+def tapt_corpus(prepared: pd.DataFrame, splits: list[str], max_chars: int = 50, *, min_chars: int = 3) -> list[str]:
     """Distinct descriptions of the items sold in `splits` of the prepared table."""
     missing = {"Description", "split"} - set(prepared.columns)
     if missing:
@@ -87,10 +87,31 @@ def amazon_texts(path: str | Path) -> Iterable[str]:
 
 
 _SYNTH_OPENERS = ["Perfect for", "Great for", "Ideal for", "Lovely as a gift for", "Bought this for", "Works well for"]
-_SYNTH_OCCASIONS = ["a wedding", "the kitchen", "a birthday party", "the garden", "christmas dinner", "a baby shower",
-                    "the living room", "a picnic", "the office", "a school fair", "the holidays", "a tea party"]
-_SYNTH_QUALITIES = ["sturdy and well made", "smaller than expected", "bright colours", "arrived quickly",
-                    "good value for money", "looks vintage", "easy to clean", "a bit fragile", "lovely finish"]
+_SYNTH_OCCASIONS = [
+    "a wedding",
+    "the kitchen",
+    "a birthday party",
+    "the garden",
+    "christmas dinner",
+    "a baby shower",
+    "the living room",
+    "a picnic",
+    "the office",
+    "a school fair",
+    "the holidays",
+    "a tea party",
+]
+_SYNTH_QUALITIES = [
+    "sturdy and well made",
+    "smaller than expected",
+    "bright colours",
+    "arrived quickly",
+    "good value for money",
+    "looks vintage",
+    "easy to clean",
+    "a bit fragile",
+    "lovely finish",
+]
 
 
 def synthetic_dapt_corpus(n: int, seed: int = 0) -> list[str]:
@@ -115,15 +136,27 @@ def synthetic_dapt_corpus(n: int, seed: int = 0) -> list[str]:
     return out
 
 
-def dapt_corpus(source: str, path: str | None, max_chars: int = 50, min_chars: int = 10,
-                max_sentences: int = 1_024_000, synthetic_sentences: int = 20_000, seed: int = 0) -> list[str]:
+def dapt_corpus(
+    source: str,
+    path: str | None,
+    max_chars: int = 50,
+    *,
+    min_chars: int = 10,
+    max_sentences: int = 1_024_000,
+    synthetic_sentences: int = 20_000,
+    seed: int = 0,
+) -> list[str]:
     if source == "amazon":
         if not path:
             raise DataLoadError("DAPT source 'amazon' needs pretrain.dapt.path")
-        return finish_corpus(amazon_texts(path), max_chars, min_chars, max_sentences)
+        return finish_corpus(amazon_texts(path), max_chars, min_chars, limit=max_sentences)
     if source == "synthetic":
-        return finish_corpus(synthetic_dapt_corpus(synthetic_sentences, seed), max_chars, min_chars,
-                             min(max_sentences, synthetic_sentences))
+        return finish_corpus(
+            synthetic_dapt_corpus(synthetic_sentences, seed),
+            max_chars,
+            min_chars,
+            limit=min(max_sentences, synthetic_sentences),
+        )
     raise DataLoadError(f"unknown DAPT source '{source}' (expected synthetic or amazon)")
 
 

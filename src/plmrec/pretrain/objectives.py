@@ -34,8 +34,15 @@ def encoder_fingerprint(model: nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-def mask_tokens(input_ids: torch.Tensor, maskable: torch.Tensor, probability: float, mask_id: int,
-                vocab_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def mask_tokens(
+    input_ids: torch.Tensor,
+    maskable: torch.Tensor,
+    probability: float,
+    *,
+    mask_id: int,
+    vocab_size: int,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """BERT's dynamic masking: choose `probability` of the maskable positions; of those 80% become
     the mask token, 10% a random token and 10% stay; labels are IGNORE elsewhere."""
     shape, dev = input_ids.shape, input_ids.device
@@ -62,20 +69,29 @@ class MaskedLM:
 
     name = "mlm"
 
-    def __init__(self, model_dir: str, max_length: int, mlm_probability: float = 0.15, packing: bool = True):
+    def __init__(self, model_dir: str, max_length: int, mlm_probability: float = 0.15, *, packing: bool = True):
         from transformers import AutoModelForMaskedLM, AutoTokenizer
 
-        self.model_dir, self.max_length, self.probability, self.packing = model_dir, max_length, mlm_probability, packing
+        self.model_dir, self.max_length, self.probability, self.packing = (
+            model_dir,
+            max_length,
+            mlm_probability,
+            packing,
+        )
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         if self.tokenizer.mask_token_id is None:
             raise TrainingConfigError(f"{model_dir}: the tokenizer has no mask token, so it cannot do MLM")
-        self.model, info = AutoModelForMaskedLM.from_pretrained(model_dir, attn_implementation="sdpa",
-                                                                output_loading_info=True)
+        self.model, info = AutoModelForMaskedLM.from_pretrained(
+            model_dir, attn_implementation="sdpa", output_loading_info=True
+        )
         fresh = [k for k in info.get("missing_keys", []) if not k.startswith(self.model.base_model_prefix + ".")]
         if fresh:  # e.g. sentence-transformers checkpoints: the encoder only
-            print(f"[plmrec] pretrain: {model_dir} has no trained MLM head ({len(fresh)} head weights start "
-                  f"random); short MLM runs can degrade the encoder: prefer a checkpoint with its MLM head "
-                  f"or more steps", flush=True)
+            print(
+                f"[plmrec] pretrain: {model_dir} has no trained MLM head ({len(fresh)} head weights start "
+                f"random); short MLM runs can degrade the encoder: prefer a checkpoint with its MLM head "
+                f"or more steps",
+                flush=True,
+            )
         if self.model.config.vocab_size % VOCAB_MULTIPLE:  # e.g. RoBERTa's 50,265: unaligned GEMMs are slow
             real = self.model.config.vocab_size
             self.model.resize_token_embeddings(pad_to_multiple_of=VOCAB_MULTIPLE, mean_resizing=False)
@@ -110,8 +126,9 @@ class MaskedLM:
         self._special = self._special.to(device)
 
     def encode(self, texts: list[str]) -> list[np.ndarray]:
-        ids = self.tokenizer(list(texts), add_special_tokens=True, truncation=True,
-                             max_length=self.max_length)["input_ids"]
+        ids = self.tokenizer(list(texts), add_special_tokens=True, truncation=True, max_length=self.max_length)[
+            "input_ids"
+        ]
         if not self.packing:
             return [np.asarray(x, dtype=np.int32) for x in ids if len(x) > 2]
         stream = np.fromiter((t for seq in ids for t in seq), dtype=np.int32)
@@ -123,14 +140,24 @@ class MaskedLM:
     def collate(self, examples: list[np.ndarray], seed: int) -> dict[str, Any]:
         ids, mask = pad_sequences(examples, self.pad_id)
         full = bool(mask.all())
-        return {"input_ids": ids, "attention_mask": None if full else mask,
-                "n_tokens": int(mask.sum()), "n_samples": len(examples)}
+        return {
+            "input_ids": ids,
+            "attention_mask": None if full else mask,
+            "n_tokens": int(mask.sum()),
+            "n_samples": len(examples),
+        }
 
     def loss(self, batch: dict[str, Any], generator: torch.Generator) -> torch.Tensor:
         ids, attn = batch["input_ids"], batch["attention_mask"]
         maskable = ~torch.isin(ids, self._special)
-        inputs, labels = mask_tokens(ids, maskable, self.probability, self.tokenizer.mask_token_id,
-                                     self.vocab_size, generator)
+        inputs, labels = mask_tokens(
+            ids,
+            maskable,
+            self.probability,
+            mask_id=self.tokenizer.mask_token_id,
+            vocab_size=self.vocab_size,
+            generator=generator,
+        )
         if self.head is None:  # an architecture whose head we cannot split off: full logits
             return self.model(input_ids=inputs, attention_mask=attn, labels=labels).loss
         hidden = self._encode_fn(input_ids=inputs, attention_mask=attn).last_hidden_state
@@ -173,7 +200,7 @@ def word_start_table(tokenizer) -> np.ndarray:
     return np.ones(len(vocab), dtype=bool)
 
 
-def delete_words(ids: np.ndarray, starts: np.ndarray, ratio: float, rng: np.random.Generator) -> np.ndarray:
+def delete_words(ids: np.ndarray, starts: np.ndarray, ratio: float, *, rng: np.random.Generator) -> np.ndarray:
     """TSDAE's noise: drop whole words with probability `ratio`, keeping at least one."""
     if len(ids) == 0 or ratio <= 0:
         return ids
@@ -193,7 +220,7 @@ class Tsdae:
 
     name = "tsdae"
 
-    def __init__(self, model_dir: str, max_length: int, pooling: str = "mean", deletion_ratio: float = 0.6):
+    def __init__(self, model_dir: str, max_length: int, pooling: str = "mean", *, deletion_ratio: float = 0.6):
         from sentence_transformers import SentenceTransformer, losses, models
         from transformers import AutoConfig
 
@@ -217,21 +244,25 @@ class Tsdae:
         self.loss_fn.to(device)
 
     def encode(self, texts: list[str]) -> list[np.ndarray]:
-        ids = self.tokenizer(list(texts), add_special_tokens=False, truncation=True,
-                             max_length=self.max_length - 2)["input_ids"]
+        ids = self.tokenizer(list(texts), add_special_tokens=False, truncation=True, max_length=self.max_length - 2)[
+            "input_ids"
+        ]
         return [np.asarray(x, dtype=np.int64) for x in ids if len(x) > 0]
 
     def collate(self, examples: list[np.ndarray], seed: int) -> dict[str, Any]:
         rng = np.random.default_rng(seed)
         cls, sep = self.tokenizer.cls_token_id, self.tokenizer.sep_token_id
         wrap = lambda x: np.concatenate(([cls], x, [sep]))  # noqa: E731
-        noisy = [wrap(delete_words(e, self._starts, self.ratio, rng)) for e in examples]
+        noisy = [wrap(delete_words(e, self._starts, self.ratio, rng=rng)) for e in examples]
         clean = [wrap(e) for e in examples]
         n_ids, n_mask = pad_sequences(noisy, self.pad_id)
         c_ids, c_mask = pad_sequences(clean, self.pad_id)
-        return {"noisy": {"input_ids": n_ids, "attention_mask": n_mask},
-                "target": {"input_ids": c_ids, "attention_mask": c_mask},
-                "n_tokens": int(n_mask.sum() + c_mask.sum()), "n_samples": len(examples)}
+        return {
+            "noisy": {"input_ids": n_ids, "attention_mask": n_mask},
+            "target": {"input_ids": c_ids, "attention_mask": c_mask},
+            "n_tokens": int(n_mask.sum() + c_mask.sum()),
+            "n_samples": len(examples),
+        }
 
     def loss(self, batch: dict[str, Any], generator: torch.Generator) -> torch.Tensor:
         return self.loss_fn([batch["noisy"], batch["target"]], labels=None)
@@ -253,10 +284,18 @@ class Tsdae:
         return encoder_fingerprint(self.encoder)
 
 
-def make_objective(objective: str, model_dir: str, max_length: int, *, mlm_probability: float = 0.15,
-                   packing: bool = True, pooling: str = "mean", deletion_ratio: float = 0.6):
+def make_objective(
+    objective: str,
+    model_dir: str,
+    max_length: int,
+    *,
+    mlm_probability: float = 0.15,
+    packing: bool = True,
+    pooling: str = "mean",
+    deletion_ratio: float = 0.6,
+):
     if objective == "mlm":
-        return MaskedLM(model_dir, max_length, mlm_probability, packing)
+        return MaskedLM(model_dir, max_length, mlm_probability, packing=packing)
     if objective == "tsdae":
-        return Tsdae(model_dir, max_length, pooling, deletion_ratio)
+        return Tsdae(model_dir, max_length, pooling, deletion_ratio=deletion_ratio)
     raise TrainingConfigError(f"unknown pretraining objective '{objective}' (expected mlm or tsdae)")

@@ -14,19 +14,19 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from plmrec.config import PhaseParams, PretrainParams
+from plmrec.distributed import barrier, is_main_process
 from plmrec.encoders import sentence_model
 from plmrec.errors import TrainingConfigError
+from plmrec.plots import plot_losses
 from plmrec.pretrain.models import check_base_model, quiet_transformers
 from plmrec.pretrain.objectives import make_objective
-from plmrec.plots import plot_losses
 from plmrec.training.batches import steps_for_epochs
 from plmrec.training.checkpoints import save_phase
 from plmrec.training.loop import TrainConfig, train
-from plmrec.distributed import barrier, is_main_process
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
@@ -44,22 +44,38 @@ def check_schedule(params: PretrainParams, corpora: dict[str, list[str]]) -> str
     return check_base_model(params.base_model)
 
 
-def _phase_record(phase: PhaseParams, params: PretrainParams, start: str, seed: int) -> dict:
-    return {"phase": phase.model_dump(exclude_none=True), "start_model": start, "seed": seed,
-            "settings": params.model_dump(include={"batch_size", "grad_accum", "learning_rate", "weight_decay",
-                                                   "warmup_ratio", "max_length", "packing", "mlm_probability",
-                                                   "tsdae_deletion_ratio", "pooling"})}
+def _phase_record(phase: PhaseParams, params: PretrainParams, start: str, *, seed: int) -> dict:
+    return {
+        "phase": phase.model_dump(exclude_none=True),
+        "start_model": start,
+        "seed": seed,
+        "settings": params.model_dump(
+            include={
+                "batch_size",
+                "grad_accum",
+                "learning_rate",
+                "weight_decay",
+                "warmup_ratio",
+                "max_length",
+                "packing",
+                "mlm_probability",
+                "tsdae_deletion_ratio",
+                "pooling",
+            }
+        ),
+    }
 
 
-def _finished_phases(params: PretrainParams, out: Path, base: str, seed: int) -> int:
+def _finished_phases(params: PretrainParams, out: Path, base: str, *, seed: int) -> int:
     """How many leading phases a previous run with this configuration completed (the last of them
     still holding its weights), so that a rerun continues after them."""
     finished, start = 0, base
     for i, phase in enumerate(params.phases, start=1):
         phase_dir = out / "phases" / f"{i}-{phase.name}"
         done_file = phase_dir / "phase.json"
-        if not done_file.exists() or json.loads(done_file.read_text())["record"] != \
-                _phase_record(phase, params, start, seed):
+        if not done_file.exists() or json.loads(done_file.read_text())["record"] != _phase_record(
+            phase, params, start, seed=seed
+        ):
             break
         if any((phase_dir / w).exists() for w in WEIGHT_FILES):
             finished = i
@@ -72,59 +88,102 @@ def _drop_weights(directory: Path) -> None:
         (directory / name).unlink(missing_ok=True)
 
 
-def run_schedule(params: PretrainParams, corpora: dict[str, list[str]], out_dir: str | Path, seed: int = 0,
-                 on_log: Callable[[str, int, float], None] | None = None, progress: bool = True) -> dict:
+def run_schedule(
+    params: PretrainParams,
+    corpora: dict[str, list[str]],
+    out_dir: str | Path,
+    *,
+    seed: int = 0,
+    on_log: Callable[[str, int, float], None] | None = None,
+    progress: bool = True,
+) -> dict:
     """Train every phase in order; returns the report (also written to pretrain_report.json)."""
     out = Path(out_dir)
     quiet_transformers()
     base = check_schedule(params, corpora)
     ckpt_root = Path(params.checkpoint_dir) if params.checkpoint_dir else out / "checkpoints"
-    current, report, started = base, {"base_model": params.base_model, "resolved_base_model": base,
-                                      "corpora": {k: len(v) for k, v in corpora.items()}, "phases": []}, time.time()
-    finished = _finished_phases(params, out, base, seed)
+    current, report, started = (
+        base,
+        {
+            "base_model": params.base_model,
+            "resolved_base_model": base,
+            "corpora": {k: len(v) for k, v in corpora.items()},
+            "phases": [],
+        },
+        time.time(),
+    )
+    finished = _finished_phases(params, out, base, seed=seed)
     for i, phase in enumerate(params.phases, start=1):
         label = f"{i}-{phase.name}"
         phase_dir = out / "phases" / label
-        record = _phase_record(phase, params, current, seed)
+        record = _phase_record(phase, params, current, seed=seed)
         done_file = phase_dir / "phase.json"
         if i <= finished:
             print(f"[plmrec] pretrain: phase {label} already done, skipped", flush=True)
             report["phases"].append(json.loads(done_file.read_text()))
             current = str(phase_dir)
             continue
-        objective = make_objective(phase.objective, current, params.max_length, mlm_probability=params.mlm_probability,
-                                   packing=params.packing, pooling=params.pooling,
-                                   deletion_ratio=params.tsdae_deletion_ratio)
+        objective = make_objective(
+            phase.objective,
+            current,
+            params.max_length,
+            mlm_probability=params.mlm_probability,
+            packing=params.packing,
+            pooling=params.pooling,
+            deletion_ratio=params.tsdae_deletion_ratio,
+        )
         start_fp = objective.start_fingerprint()
         load_start = time.perf_counter()
         examples = objective.encode(corpora[phase.corpus])
         if not examples:
-            raise TrainingConfigError(f"phase {label}: the {phase.corpus.upper()} corpus gives no training examples "
-                                      f"after tokenisation")
-        steps = phase.steps or steps_for_epochs(len(examples), phase.epochs, params.batch_size, params.grad_accum)
+            raise TrainingConfigError(
+                f"phase {label}: the {phase.corpus.upper()} corpus gives no training examples after tokenisation"
+            )
+        steps = phase.steps or steps_for_epochs(
+            len(examples), phase.epochs, params.batch_size, grad_accum=params.grad_accum
+        )
         cfg = TrainConfig.from_settings(params, steps, seed=seed + i, progress=progress)
         tokenise_s = time.perf_counter() - load_start
-        result = train(objective, examples, cfg, checkpoint_dir=ckpt_root / label,
-                       on_log=(lambda s, v, _l=label: on_log(_l, s, v)) if on_log else None, desc=label)
-        entry = save_phase(objective, phase_dir, ckpt_root / label,
-                           {"label": label, "record": record, "examples": len(examples), "start_fingerprint": start_fp,
-                            "tokenise_seconds": round(tokenise_s, 3), **result.to_dict()})
+        result = train(
+            objective,
+            examples,
+            cfg,
+            checkpoint_dir=ckpt_root / label,
+            on_log=(lambda s, v, _l=label: on_log(_l, s, v)) if on_log else None,
+            desc=label,
+        )
+        entry = save_phase(
+            objective,
+            phase_dir,
+            ckpt_root / label,
+            entry={
+                "label": label,
+                "record": record,
+                "examples": len(examples),
+                "start_fingerprint": start_fp,
+                "tokenise_seconds": round(tokenise_s, 3),
+                **result.to_dict(),
+            },
+        )
         if is_main_process() and Path(current).parent == out / "phases":  # the previous weights are not needed
             _drop_weights(Path(current))
         report["phases"].append(entry)
         current = str(phase_dir)
-        print(f"[plmrec] pretrain: phase {label} {steps} steps in {result.seconds:.1f}s on {result.device} "
-              f"({result.precision}), {result.tokens_per_s:,.0f} tokens/s, final loss {result.final_loss:.4f}", flush=True)
+        print(
+            f"[plmrec] pretrain: phase {label} {steps} steps in {result.seconds:.1f}s on {result.device} "
+            f"({result.precision}), {result.tokens_per_s:,.0f} tokens/s, final loss {result.final_loss:.4f}",
+            flush=True,
+        )
     report["seconds"] = round(time.time() - started, 2)
     if is_main_process():
-        export(current, out, params.pooling, params.max_length)
+        export(current, out, params.pooling, max_length=params.max_length)
         (out / "pretrain_report.json").write_text(json.dumps(report, indent=2))
         plot_losses(report, out / "loss_curve.png")
     barrier()
     return report
 
 
-def export(model_dir: str, out: Path, pooling: str, max_length: int) -> None:
+def export(model_dir: str, out: Path, pooling: str, *, max_length: int) -> None:
     """Copy the final checkpoint to hf/ and wrap it for sentence-transformers."""
     hf = out / "hf"
     if Path(model_dir).resolve() != hf.resolve():

@@ -40,7 +40,7 @@ def plm_counterpart(cp: ClassifierParams) -> str:
     return rows[first_text - 1]["variant"] if first_text else "vanilla"
 
 
-def design(frame: pd.DataFrame, enc: TabularEncoder, emb: EmbeddingFeatures | None, text: list[str]) -> pd.DataFrame:
+def design(frame: pd.DataFrame, enc: TabularEncoder, emb: EmbeddingFeatures | None, *, text: list[str]) -> pd.DataFrame:
     x = enc.transform(frame)
     if text:
         if emb is None:
@@ -49,7 +49,7 @@ def design(frame: pd.DataFrame, enc: TabularEncoder, emb: EmbeddingFeatures | No
     return x
 
 
-def rf_select(x: pd.DataFrame, y: pd.Series, threshold: float, trees: int, sample_rows: int, seed: int) -> list[str]:
+def rf_select(x: pd.DataFrame, y: pd.Series, threshold: float, *, trees: int, sample_rows: int, seed: int) -> list[str]:
     """Columns whose random-forest importance reaches `threshold` (at least the best one)."""
     from sklearn.ensemble import RandomForestClassifier
 
@@ -63,15 +63,33 @@ def rf_select(x: pd.DataFrame, y: pd.Series, threshold: float, trees: int, sampl
 
 
 def classifier(xp: XGBoostParams, n_labels: int, seed: int) -> xgb.XGBClassifier:
-    return xgb.XGBClassifier(n_estimators=xp.n_estimators, max_depth=xp.max_depth, learning_rate=xp.learning_rate,
-                             subsample=xp.subsample, colsample_bytree=xp.colsample_bytree,
-                             objective="multi:softprob", num_class=n_labels, tree_method="hist", device=xp.device,
-                             early_stopping_rounds=xp.early_stopping_rounds, eval_metric="mlogloss",
-                             random_state=seed, n_jobs=xp.n_jobs or None)
+    return xgb.XGBClassifier(
+        n_estimators=xp.n_estimators,
+        max_depth=xp.max_depth,
+        learning_rate=xp.learning_rate,
+        subsample=xp.subsample,
+        colsample_bytree=xp.colsample_bytree,
+        objective="multi:softprob",
+        num_class=n_labels,
+        tree_method="hist",
+        device=xp.device,
+        early_stopping_rounds=xp.early_stopping_rounds,
+        eval_metric="mlogloss",
+        random_state=seed,
+        n_jobs=xp.n_jobs or None,
+    )
 
 
-def run_ablation(prepared: pd.DataFrame, items: pd.DataFrame | None, cp: ClassifierParams, n_labels: int,
-                 seeds: list[int], clusters: int, progress=None) -> tuple[pd.DataFrame, dict]:
+def run_ablation(
+    prepared: pd.DataFrame,
+    items: pd.DataFrame | None,
+    cp: ClassifierParams,
+    *,
+    n_labels: int,
+    seeds: list[int],
+    clusters: int,
+    progress=None,
+) -> tuple[pd.DataFrame, dict]:
     """One row per (variant, seed) with valid and test metrics; returns it and the details of the
     best variant's last seed (confusion matrix, feature importances)."""
     train = prepared[prepared["split"] == "train"]
@@ -79,26 +97,47 @@ def run_ablation(prepared: pd.DataFrame, items: pd.DataFrame | None, cp: Classif
     test = prepared[prepared["split"] == "test"]
     records, details = [], {}
     for seed in seeds:
-        emb = EmbeddingFeatures.fit(items, train["StockCode"].unique(), clusters, seed) if items is not None else None
+        emb = (
+            EmbeddingFeatures.fit(items, train["StockCode"].unique(), clusters, seed=seed)
+            if items is not None
+            else None
+        )
         for row in ablation_rows(cp):
             enc = TabularEncoder.fit(train, row["groups"])
-            x_train, x_valid, x_test = (design(f, enc, emb, row["text"]) for f in (train, valid, test))
+            x_train, x_valid, x_test = (design(f, enc, emb, text=row["text"]) for f in (train, valid, test))
             columns = list(x_train.columns)
             if row["rf"]:
-                columns = rf_select(x_train, train["label"], cp.rf_threshold, cp.rf_trees, cp.rf_sample_rows, seed)
+                columns = rf_select(
+                    x_train,
+                    train["label"],
+                    cp.rf_threshold,
+                    trees=cp.rf_trees,
+                    sample_rows=cp.rf_sample_rows,
+                    seed=seed,
+                )
             model = classifier(cp.xgboost, n_labels, seed)
             start = time.perf_counter()
             model.fit(x_train[columns], train["label"], eval_set=[(x_valid[columns], valid["label"])], verbose=False)
             seconds = time.perf_counter() - start
             v = classification_metrics(valid["label"], model.predict(x_valid[columns]), n_labels)
             t = classification_metrics(test["label"], model.predict(x_test[columns]), n_labels)
-            records.append({"variant": row["variant"], "seed": seed, "features": len(columns),
-                            "text_features": sum(c.startswith("text_") for c in columns),
-                            "train_seconds": round(seconds, 3), "best_iteration": int(model.best_iteration),
-                            **{f"valid_{k}": v[k] for k in ("accuracy", "f1_macro")},
-                            **{f"test_{k}": val for k, val in t.items() if k not in ("confusion_matrix", "n")}})
-            details[(row["variant"], seed)] = {"confusion_matrix": t["confusion_matrix"], "columns": columns,
-                                               "importance": dict(zip(columns, map(float, model.feature_importances_)))}
+            records.append(
+                {
+                    "variant": row["variant"],
+                    "seed": seed,
+                    "features": len(columns),
+                    "text_features": sum(c.startswith("text_") for c in columns),
+                    "train_seconds": round(seconds, 3),
+                    "best_iteration": int(model.best_iteration),
+                    **{f"valid_{k}": v[k] for k in ("accuracy", "f1_macro")},
+                    **{f"test_{k}": val for k, val in t.items() if k not in ("confusion_matrix", "n")},
+                }
+            )
+            details[(row["variant"], seed)] = {
+                "confusion_matrix": t["confusion_matrix"],
+                "columns": columns,
+                "importance": dict(zip(columns, map(float, model.feature_importances_))),
+            }
             if progress:
                 progress(f"classifier {row['variant']} seed {seed}: test accuracy {t['accuracy']:.3f}")
     table = pd.DataFrame(records)

@@ -3,7 +3,7 @@ as mean ± std tables in the study's layout, with a one-line verdict per compari
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -17,8 +17,13 @@ CLASSIFIER_METRICS = ["test_accuracy", "test_precision_macro", "test_recall_macr
 CURVE_KS = list(range(1, 21))
 
 
-def run_recommenders(prepared: pd.DataFrame, items: pd.DataFrame, rp: RecommendersParams,
-                     progress: Callable[[str], None] | None = None) -> tuple[pd.DataFrame, dict]:
+def run_recommenders(
+    prepared: pd.DataFrame,
+    items: pd.DataFrame,
+    rp: RecommendersParams,
+    *,
+    progress: Callable[[str], None] | None = None,
+) -> tuple[pd.DataFrame, dict]:
     """One row per (model, seed) with test metrics (and the valid figure that chose its settings)."""
     say = progress or (lambda _m: None)
     codes = items["StockCode"].astype(str).tolist()
@@ -27,15 +32,17 @@ def run_recommenders(prepared: pd.DataFrame, items: pd.DataFrame, rp: Recommende
     train_codes = prepared.loc[prepared["split"] == "train", "StockCode"].unique()
     ks = sorted(set(rp.ks))
     kmax = max(max(ks), max(CURVE_KS))
-    wv = recommend.make_window(prepared, item_col, "valid", rp.exclude_history)
-    wt = recommend.make_window(prepared, item_col, "test", rp.exclude_history)
+    wv = recommend.make_window(prepared, item_col, "valid", exclude_history=rp.exclude_history)
+    wt = recommend.make_window(prepared, item_col, "test", exclude_history=rp.exclude_history)
     if not len(wv.eval_rows) or not len(wt.eval_rows):
-        raise ValueError(f"no customer to evaluate (valid {len(wv.eval_rows)}, test {len(wt.eval_rows)}): "
-                         f"customers need purchases before and inside the window")
+        raise ValueError(
+            f"no customer to evaluate (valid {len(wv.eval_rows)}, test {len(wt.eval_rows)}): "
+            f"customers need purchases before and inside the window"
+        )
     primary = rp.primary_metric
     records, curves, chosen, rankers = [], {}, {}, {}
     for seed in rp.seeds:
-        clusters = EmbeddingFeatures.fit(items, train_codes, rp.clusters, seed).table[:, 0].astype(np.int64)
+        clusters = EmbeddingFeatures.fit(items, train_codes, rp.clusters, seed=seed).table[:, 0].astype(np.int64)
 
         def ranked(w, scores):
             return recommend.top_k(scores, kmax, w.counts[w.eval_rows] if rp.exclude_history else None)
@@ -43,40 +50,69 @@ def run_recommenders(prepared: pd.DataFrame, items: pd.DataFrame, rp: Recommende
         # choose the ALS size, then the blend weights, on valid
         by_factors = {}
         for f in rp.mf.factors:
-            s = recommend.fit_scorers(wv, vectors, clusters, rp.clusters, f, rp, seed)
+            s = recommend.fit_scorers(wv, vectors, clusters, n_clusters=rp.clusters, factors=f, rp=rp, seed=seed)
             by_factors[f] = (recommend.evaluate(ranked(wv, s.mf), wv.relevant, ks)[primary], s)
         factors = max(by_factors, key=lambda f: by_factors[f][0])
         sv = by_factors[factors][1]
-        sim_w = max(rp.mf.similarity_weights, key=lambda a: recommend.evaluate(
-            ranked(wv, recommend.variant_scores(sv, a, 0.0)["mf+similarity"]), wv.relevant, ks)[primary])
-        clu_w = max(rp.mf.cluster_weights, key=lambda a: recommend.evaluate(
-            ranked(wv, recommend.variant_scores(sv, 0.0, a)["mf+cluster"]), wv.relevant, ks)[primary])
+        sim_w = max(
+            rp.mf.similarity_weights,
+            key=lambda a: recommend.evaluate(
+                ranked(wv, recommend.variant_scores(sv, a, 0.0)["mf+similarity"]), wv.relevant, ks
+            )[primary],
+        )
+        clu_w = max(
+            rp.mf.cluster_weights,
+            key=lambda a: recommend.evaluate(
+                ranked(wv, recommend.variant_scores(sv, 0.0, a)["mf+cluster"]), wv.relevant, ks
+            )[primary],
+        )
         chosen[seed] = {"factors": factors, "similarity_weight": sim_w, "cluster_weight": clu_w}
         valid_scores = recommend.variant_scores(sv, sim_w, clu_w)
-        st = recommend.fit_scorers(wt, vectors, clusters, rp.clusters, factors, rp, seed)  # refit on train + valid
+        st = recommend.fit_scorers(
+            wt, vectors, clusters, n_clusters=rp.clusters, factors=factors, rp=rp, seed=seed
+        )  # refit on train + valid
         test_scores = recommend.variant_scores(st, sim_w, clu_w)
         lists = {name: (ranked(wv, valid_scores[name]), ranked(wt, test_scores[name])) for name in valid_scores}
         if rp.ltr.enabled:
             cand_v = _drop_history(recommend.ltr_candidates(wv, sv, rp), wv, rp.exclude_history)
             frame_v, qid_v = recommend.ltr_frame(wv, sv, cand_v)
-            ranker = recommend.fit_ranker(frame_v, qid_v, recommend.ltr_labels(wv, cand_v), rp, seed)
+            ranker = recommend.fit_ranker(frame_v, qid_v, recommend.ltr_labels(wv, cand_v), rp=rp, seed=seed)
             cand_t = _drop_history(recommend.ltr_candidates(wt, st, rp), wt, rp.exclude_history)
             frame_t, qid_t = recommend.ltr_frame(wt, st, cand_t)
-            lists["ltr"] = (recommend.ltr_rank(ranker, frame_v, qid_v, cand_v, kmax), recommend.ltr_rank(ranker, frame_t, qid_t, cand_t, kmax))
+            lists["ltr"] = (
+                recommend.ltr_rank(ranker, frame_v, qid_v, candidates=cand_v, k=kmax),
+                recommend.ltr_rank(ranker, frame_t, qid_t, candidates=cand_t, k=kmax),
+            )
             chosen[seed]["ltr_best_iteration"] = int(ranker.best_iteration)
             rankers[seed] = ranker
             chosen[seed]["ltr_importance"] = dict(zip(recommend.LTR_FEATURES, map(float, ranker.feature_importances_)))
         for name, (on_valid, on_test) in lists.items():
             v = recommend.evaluate(on_valid, wv.relevant, ks)
             t = recommend.evaluate(on_test, wt.relevant, ks)
-            records.append({"model": name, "seed": seed, f"valid_{primary}": v[primary],
-                            **{f"test_{k}": val for k, val in t.items() if "@" in k}, "test_customers": t["queries"]})
+            records.append(
+                {
+                    "model": name,
+                    "seed": seed,
+                    f"valid_{primary}": v[primary],
+                    **{f"test_{k}": val for k, val in t.items() if "@" in k},
+                    "test_customers": t["queries"],
+                }
+            )
             if seed == rp.seeds[-1]:
-                curves[name] = [recommend.evaluate(on_test[:, :k], wt.relevant, [k])[f"precision@{k}"] for k in CURVE_KS]
-        say(f"recommenders seed {seed}: factors {factors}, similarity weight {sim_w}, cluster weight {clu_w}; "
-            + ", ".join(f"{r['model']} {r[f'test_{primary}']:.4f}" for r in records if r["seed"] == seed))
-    return pd.DataFrame(records), {"chosen": chosen, "precision_curves": curves, "valid_customers": len(wv.eval_rows),
-                                   "test_customers": len(wt.eval_rows), "rankers": rankers}
+                curves[name] = [
+                    recommend.evaluate(on_test[:, :k], wt.relevant, [k])[f"precision@{k}"] for k in CURVE_KS
+                ]
+        say(
+            f"recommenders seed {seed}: factors {factors}, similarity weight {sim_w}, cluster weight {clu_w}; "
+            + ", ".join(f"{r['model']} {r[f'test_{primary}']:.4f}" for r in records if r["seed"] == seed)
+        )
+    return pd.DataFrame(records), {
+        "chosen": chosen,
+        "precision_curves": curves,
+        "valid_customers": len(wv.eval_rows),
+        "test_customers": len(wt.eval_rows),
+        "rankers": rankers,
+    }
 
 
 def served_model(rows: pd.DataFrame, primary: str) -> str:
@@ -98,16 +134,18 @@ def mean_std(table: pd.DataFrame, by: str, metrics: list[str]) -> pd.DataFrame:
     return pd.concat({"mean": mean, "std": std}, axis=1)
 
 
-def format_table(summary: pd.DataFrame, metrics: list[str], scale: float = 100.0, digits: int = 1) -> pd.DataFrame:
+def format_table(summary: pd.DataFrame, metrics: list[str], scale: float = 100.0, *, digits: int = 1) -> pd.DataFrame:
     """'mean ± std' strings (percent by default), the study's layout."""
     out = pd.DataFrame(index=summary.index)
     for m in metrics:
-        out[m.replace("test_", "")] = [f"{a * scale:.{digits}f} ± {b * scale:.{digits}f}"
-                                       for a, b in zip(summary[("mean", m)], summary[("std", m)])]
+        out[m.replace("test_", "")] = [
+            f"{a * scale:.{digits}f} ± {b * scale:.{digits}f}"
+            for a, b in zip(summary[("mean", m)], summary[("std", m)])
+        ]
     return out.reset_index()
 
 
-def verdict(summary: pd.DataFrame, metric: str, plm: str, vanilla: str, label: str) -> str:
+def verdict(summary: pd.DataFrame, metric: str, plm: str, *, vanilla: str, label: str) -> str:
     """Does the PLM variant beat its vanilla counterpart on the metric, by how much."""
     a, sa = summary.loc[plm, ("mean", metric)], summary.loc[plm, ("std", metric)]
     b, sb = summary.loc[vanilla, ("mean", metric)], summary.loc[vanilla, ("std", metric)]
@@ -115,7 +153,7 @@ def verdict(summary: pd.DataFrame, metric: str, plm: str, vanilla: str, label: s
     rel = diff / b * 100 if b else float("nan")
     clear = abs(diff) > (sa + sb)
     word = ("beats" if diff > 0 else "trails") + ("" if clear else " (within one std of)")
-    return (f"{label}: {plm} {word} {vanilla} on {metric.replace('test_', '')}: {a:.4f} ± {sa:.4f} vs "
-            f"{b:.4f} ± {sb:.4f} ({diff:+.4f} absolute, {rel:+.1f}% relative)")
-
-
+    return (
+        f"{label}: {plm} {word} {vanilla} on {metric.replace('test_', '')}: {a:.4f} ± {sa:.4f} vs "
+        f"{b:.4f} ± {sb:.4f} ({diff:+.4f} absolute, {rel:+.1f}% relative)"
+    )

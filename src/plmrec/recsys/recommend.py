@@ -26,12 +26,12 @@ from plmrec.ranking import ranking_metrics
 class Window:
     """Purchases before an evaluation window and what each evaluated customer bought in it."""
 
-    customers: np.ndarray          # every customer with history (matrix rows)
-    counts: sp.csr_matrix          # customers x items, purchase lines before the window
-    last_day: sp.csr_matrix        # customers x items, day (since epoch) of the latest such purchase + 1
-    eval_rows: np.ndarray          # matrix rows of the evaluated customers
-    relevant: list[set[int]]       # item columns bought in the window, per evaluated customer
-    end_day: float                 # the window's first day
+    customers: np.ndarray  # every customer with history (matrix rows)
+    counts: sp.csr_matrix  # customers x items, purchase lines before the window
+    last_day: sp.csr_matrix  # customers x items, day (since epoch) of the latest such purchase + 1
+    eval_rows: np.ndarray  # matrix rows of the evaluated customers
+    relevant: list[set[int]]  # item columns bought in the window, per evaluated customer
+    end_day: float  # the window's first day
 
 
 def purchase_matrices(rows: pd.DataFrame, item_col: dict[str, int]):
@@ -49,11 +49,14 @@ def purchase_matrices(rows: pd.DataFrame, item_col: dict[str, int]):
     return customers, row, counts, last_day
 
 
-def make_window(prepared: pd.DataFrame, item_col: dict[str, int], split: str, exclude_history: bool) -> Window:
+def make_window(prepared: pd.DataFrame, item_col: dict[str, int], split: str, *, exclude_history: bool) -> Window:
     past, future = window_rows(prepared, split)
     customers, row, counts, last_day = purchase_matrices(past, item_col)
-    wanted = future[future["CustomerID"].isin(row)].groupby("CustomerID")["StockCode"].agg(
-        lambda s: {item_col[str(x)] for x in s if str(x) in item_col})
+    wanted = (
+        future[future["CustomerID"].isin(row)]
+        .groupby("CustomerID")["StockCode"]
+        .agg(lambda s: {item_col[str(x)] for x in s if str(x) in item_col})
+    )
     eval_rows, relevant = [], []
     for customer, items in wanted.items():
         i = row[customer]
@@ -66,15 +69,17 @@ def make_window(prepared: pd.DataFrame, item_col: dict[str, int], split: str, ex
     return Window(customers, counts, last_day, np.array(eval_rows, dtype=np.int64), relevant, end_day)
 
 
-def fit_als(counts: sp.csr_matrix, factors: int, regularization: float, alpha: float, iterations: int,
-            seed: int) -> tuple[np.ndarray, np.ndarray]:
+def fit_als(
+    counts: sp.csr_matrix, factors: int, regularization: float, *, alpha: float, iterations: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     from implicit.als import AlternatingLeastSquares
     from threadpoolctl import threadpool_limits
 
     conf = confidence(counts, alpha)
     with threadpool_limits(1, "blas"):  # implicit parallelises itself; threaded BLAS only slows it down
-        model = AlternatingLeastSquares(factors=factors, regularization=regularization, alpha=1.0,
-                                        iterations=iterations, random_state=seed)
+        model = AlternatingLeastSquares(
+            factors=factors, regularization=regularization, alpha=1.0, iterations=iterations, random_state=seed
+        )
         model.fit(conf.astype(np.float32), show_progress=False)
     return np.asarray(model.user_factors), np.asarray(model.item_factors)
 
@@ -85,16 +90,18 @@ def _zscore(scores: np.ndarray) -> np.ndarray:
     return (scores - mean) / np.where(std > 0, std, 1.0)
 
 
-def user_profiles(counts: sp.csr_matrix, rows: np.ndarray, item_vectors: np.ndarray, clusters: np.ndarray,
-                  n_clusters: int) -> tuple[np.ndarray, np.ndarray]:
+def user_profiles(
+    counts: sp.csr_matrix, rows: np.ndarray, item_vectors: np.ndarray, *, clusters: np.ndarray, n_clusters: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Per customer: the normalised mean of their items' vectors and their share of purchases per cluster."""
     sub = counts[rows]
     binary = sub.copy()
     binary.data[:] = 1.0
     vecs = binary @ item_vectors
     vecs /= np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
-    onehot = sp.csr_matrix((np.ones(len(clusters)), (np.arange(len(clusters)), clusters)),
-                           shape=(len(clusters), n_clusters))
+    onehot = sp.csr_matrix(
+        (np.ones(len(clusters)), (np.arange(len(clusters)), clusters)), shape=(len(clusters), n_clusters)
+    )
     share = np.asarray((sub @ onehot).todense(), dtype=np.float32)
     share /= np.maximum(share.sum(axis=1, keepdims=True), 1e-12)
     return vecs.astype(np.float32), share
@@ -123,30 +130,59 @@ def evaluate(ranked: np.ndarray, relevant: list[set[int]], ks: list[int]) -> dic
 class Scorers:
     """Everything fitted on one window's history that the recommenders score with."""
 
-    mf: np.ndarray          # eval customers x items
+    mf: np.ndarray  # eval customers x items
     similarity: np.ndarray  # cosine(customer mean vector, item vector)
-    cluster: np.ndarray     # the customer's purchase share of the item's cluster
+    cluster: np.ndarray  # the customer's purchase share of the item's cluster
     popularity: np.ndarray  # items, log1p purchase lines
 
 
-def fit_scorers(w: Window, item_vectors: np.ndarray, clusters: np.ndarray, n_clusters: int, factors: int,
-                rp: RecommendersParams, seed: int) -> Scorers:
-    uf, vf = fit_als(w.counts, factors, rp.mf.regularization, rp.mf.alpha, rp.mf.iterations, seed)
-    return score_rows(w.counts[w.eval_rows], uf[w.eval_rows], vf, item_vectors, clusters, n_clusters,
-                      item_popularity(w.counts))
+def fit_scorers(
+    w: Window,
+    item_vectors: np.ndarray,
+    clusters: np.ndarray,
+    *,
+    n_clusters: int,
+    factors: int,
+    rp: RecommendersParams,
+    seed: int,
+) -> Scorers:
+    uf, vf = fit_als(w.counts, factors, rp.mf.regularization, alpha=rp.mf.alpha, iterations=rp.mf.iterations, seed=seed)
+    return score_rows(
+        w.counts[w.eval_rows],
+        uf[w.eval_rows],
+        vf,
+        item_vectors=item_vectors,
+        clusters=clusters,
+        n_clusters=n_clusters,
+        popularity=item_popularity(w.counts),
+    )
 
 
 def item_popularity(counts: sp.csr_matrix) -> np.ndarray:
     return np.log1p(np.asarray(counts.sum(axis=0)).ravel())
 
 
-def score_rows(counts: sp.csr_matrix, user_factors: np.ndarray, item_factors: np.ndarray, item_vectors: np.ndarray,
-               clusters: np.ndarray, n_clusters: int, popularity: np.ndarray) -> Scorers:
+def score_rows(
+    counts: sp.csr_matrix,
+    user_factors: np.ndarray,
+    item_factors: np.ndarray,
+    *,
+    item_vectors: np.ndarray,
+    clusters: np.ndarray,
+    n_clusters: int,
+    popularity: np.ndarray,
+) -> Scorers:
     """Scorers for the customers whose purchase rows (and ALS vectors) are given; the served path
     scores one customer or basket with the same function as the evaluation."""
-    vecs, share = user_profiles(counts, np.arange(counts.shape[0]), item_vectors, clusters, n_clusters)
-    return Scorers(mf=user_factors @ item_factors.T, similarity=vecs @ item_vectors.T, cluster=share[:, clusters],
-                   popularity=popularity)
+    vecs, share = user_profiles(
+        counts, np.arange(counts.shape[0]), item_vectors, clusters=clusters, n_clusters=n_clusters
+    )
+    return Scorers(
+        mf=user_factors @ item_factors.T,
+        similarity=vecs @ item_vectors.T,
+        cluster=share[:, clusters],
+        popularity=popularity,
+    )
 
 
 def confidence(counts: sp.csr_matrix | np.ndarray, alpha: float):
@@ -158,7 +194,7 @@ def confidence(counts: sp.csr_matrix | np.ndarray, alpha: float):
     return 1.0 + alpha * np.log1p(np.asarray(counts, dtype=np.float64))
 
 
-def fold_in(item_factors: np.ndarray, items: np.ndarray, conf: np.ndarray, regularization: float) -> np.ndarray:
+def fold_in(item_factors: np.ndarray, items: np.ndarray, conf: np.ndarray, *, regularization: float) -> np.ndarray:
     """The ALS user vector of a new purchase row (the least-squares step for one user, items held fixed):
     (V'V + V_i'(C_i - 1)V_i + lambda I) x = V_i' C_i."""
     v = item_factors.astype(np.float64)
@@ -169,22 +205,33 @@ def fold_in(item_factors: np.ndarray, items: np.ndarray, conf: np.ndarray, regul
 
 def variant_scores(s: Scorers, similarity_weight: float, cluster_weight: float) -> dict[str, np.ndarray]:
     mf = _zscore(s.mf)
-    return {"popularity": np.broadcast_to(s.popularity, s.mf.shape),
-            "mf": s.mf,
-            "mf+cluster": mf + cluster_weight * _zscore(s.cluster),
-            "mf+similarity": (1 - similarity_weight) * mf + similarity_weight * _zscore(s.similarity),
-            "text_neighbours": s.similarity}
+    return {
+        "popularity": np.broadcast_to(s.popularity, s.mf.shape),
+        "mf": s.mf,
+        "mf+cluster": mf + cluster_weight * _zscore(s.cluster),
+        "mf+similarity": (1 - similarity_weight) * mf + similarity_weight * _zscore(s.similarity),
+        "text_neighbours": s.similarity,
+    }
 
 
-LTR_FEATURES = ["mf", "mf_rank", "similarity", "cluster_share", "popularity", "user_item_lines",
-                "days_since_user_bought_item", "user_lines", "item_customers"]
+LTR_FEATURES = [
+    "mf",
+    "mf_rank",
+    "similarity",
+    "cluster_share",
+    "popularity",
+    "user_item_lines",
+    "days_since_user_bought_item",
+    "user_lines",
+    "item_customers",
+]
 
 
 def ltr_candidates(w: Window, s: Scorers, rp: RecommendersParams) -> list[np.ndarray]:
     lt = rp.ltr
     mf_top = top_k(s.mf, lt.mf_candidates)
     nn_top = top_k(s.similarity, lt.neighbour_candidates)
-    popular = np.argsort(-s.popularity, kind="stable")[:lt.popular_candidates]
+    popular = np.argsort(-s.popularity, kind="stable")[: lt.popular_candidates]
     out = []
     for i, r in enumerate(w.eval_rows):
         own = w.counts[r].indices
@@ -196,8 +243,9 @@ def item_customer_counts(counts: sp.csr_matrix) -> np.ndarray:
     return np.asarray((counts > 0).sum(axis=0)).ravel()
 
 
-def ltr_frame(w: Window, s: Scorers, candidates: list[np.ndarray],
-              item_customers: np.ndarray | None = None) -> tuple[pd.DataFrame, np.ndarray]:
+def ltr_frame(
+    w: Window, s: Scorers, candidates: list[np.ndarray], *, item_customers: np.ndarray | None = None
+) -> tuple[pd.DataFrame, np.ndarray]:
     """One row per (customer, candidate) with the ranker's features; also the query id per row.
     `item_customers` (buyers per item) defaults to the window's own counts."""
     mf_rank = np.argsort(np.argsort(-s.mf, axis=1), axis=1)
@@ -207,20 +255,30 @@ def ltr_frame(w: Window, s: Scorers, candidates: list[np.ndarray],
     for i, (r, items) in enumerate(zip(w.eval_rows, candidates)):
         lines = np.asarray(w.counts[r, items].todense()).ravel()
         last = np.asarray(w.last_day[r, items].todense()).ravel()
-        parts.append(np.column_stack([
-            s.mf[i, items], mf_rank[i, items], s.similarity[i, items], s.cluster[i, items], s.popularity[items],
-            lines, np.where(last > 0, w.end_day - (last - 1), 9999.0), np.full(len(items), w.counts[r].sum()),
-            item_customers[items]]))
+        parts.append(
+            np.column_stack(
+                [
+                    s.mf[i, items],
+                    mf_rank[i, items],
+                    s.similarity[i, items],
+                    s.cluster[i, items],
+                    s.popularity[items],
+                    lines,
+                    np.where(last > 0, w.end_day - (last - 1), 9999.0),
+                    np.full(len(items), w.counts[r].sum()),
+                    item_customers[items],
+                ]
+            )
+        )
         qids.append(np.full(len(items), i))
     return pd.DataFrame(np.vstack(parts), columns=LTR_FEATURES), np.concatenate(qids)
 
 
 def ltr_labels(w: Window, candidates: list[np.ndarray]) -> np.ndarray:
-    return np.concatenate([np.isin(items, list(rel)).astype(np.float32)
-                           for items, rel in zip(candidates, w.relevant)])
+    return np.concatenate([np.isin(items, list(rel)).astype(np.float32) for items, rel in zip(candidates, w.relevant)])
 
 
-def fit_ranker(frame: pd.DataFrame, qid: np.ndarray, labels: np.ndarray, rp: RecommendersParams, seed: int):
+def fit_ranker(frame: pd.DataFrame, qid: np.ndarray, labels: np.ndarray, *, rp: RecommendersParams, seed: int):
     """XGBoost rank:ndcg on the valid window; early stopping on a held-out fifth of its customers."""
     import xgboost as xgb
 
@@ -228,23 +286,38 @@ def fit_ranker(frame: pd.DataFrame, qid: np.ndarray, labels: np.ndarray, rp: Rec
     queries = np.unique(qid)
     held = np.random.default_rng(seed).choice(queries, size=max(1, len(queries) // 5), replace=False)
     is_held = np.isin(qid, held)
-    ranker = xgb.XGBRanker(objective="rank:ndcg", n_estimators=xp.n_estimators, max_depth=xp.max_depth,
-                           learning_rate=xp.learning_rate, subsample=xp.subsample,
-                           colsample_bytree=xp.colsample_bytree, tree_method="hist", device=xp.device,
-                           early_stopping_rounds=xp.early_stopping_rounds, eval_metric="ndcg@10",
-                           random_state=seed, n_jobs=xp.n_jobs or None)
-    ranker.fit(frame[~is_held], labels[~is_held], qid=qid[~is_held],
-               eval_set=[(frame[is_held], labels[is_held])], eval_qid=[qid[is_held]], verbose=False)
+    ranker = xgb.XGBRanker(
+        objective="rank:ndcg",
+        n_estimators=xp.n_estimators,
+        max_depth=xp.max_depth,
+        learning_rate=xp.learning_rate,
+        subsample=xp.subsample,
+        colsample_bytree=xp.colsample_bytree,
+        tree_method="hist",
+        device=xp.device,
+        early_stopping_rounds=xp.early_stopping_rounds,
+        eval_metric="ndcg@10",
+        random_state=seed,
+        n_jobs=xp.n_jobs or None,
+    )
+    ranker.fit(
+        frame[~is_held],
+        labels[~is_held],
+        qid=qid[~is_held],
+        eval_set=[(frame[is_held], labels[is_held])],
+        eval_qid=[qid[is_held]],
+        verbose=False,
+    )
     return ranker
 
 
-def ltr_rank(ranker, frame: pd.DataFrame, qid: np.ndarray, candidates: list[np.ndarray], k: int) -> np.ndarray:
+def ltr_rank(ranker, frame: pd.DataFrame, qid: np.ndarray, *, candidates: list[np.ndarray], k: int) -> np.ndarray:
     scores = ranker.predict(frame)
     out = np.full((len(candidates), k), -1, dtype=np.int64)
     start = 0
     for i, items in enumerate(candidates):
-        sc = scores[start:start + len(items)]
+        sc = scores[start : start + len(items)]
         order = np.lexsort((items, -sc))[:k]
-        out[i, :len(order)] = items[order]
+        out[i, : len(order)] = items[order]
         start += len(items)
     return out

@@ -28,17 +28,13 @@ import pandas as pd
 import scipy.sparse as sp
 
 from plmrec.config import RECOMMENDER_MODELS, Params, RecommendersParams
-from plmrec.errors import BundleError, UnknownCustomer
 from plmrec.data.schema import DAY_NS
+from plmrec.errors import BundleError, UnknownCustomer
 from plmrec.features import EmbeddingFeatures
 from plmrec.recsys import recommend
 from plmrec.vectors import normalise, stack
 
 BUNDLE_FORMAT = 1
-
-
-
-
 
 
 @dataclass
@@ -49,22 +45,38 @@ class Recommendation:
     unknown_stock_codes: list[str]
 
     def to_dict(self) -> dict:
-        out = {"items": [{"stock_code": c, "description": d, "score": s}
-                         for c, d, s in zip(self.stock_codes, self.descriptions, self.scores)]}
+        out = {
+            "items": [
+                {"stock_code": c, "description": d, "score": s}
+                for c, d, s in zip(self.stock_codes, self.descriptions, self.scores)
+            ]
+        }
         if self.unknown_stock_codes:
             out["unknown_stock_codes"] = self.unknown_stock_codes
         return out
 
 
-def _history(prepared: pd.DataFrame, item_col: dict[str, int]) -> tuple[np.ndarray, sp.csr_matrix, sp.csr_matrix, float]:
+def _history(
+    prepared: pd.DataFrame, item_col: dict[str, int]
+) -> tuple[np.ndarray, sp.csr_matrix, sp.csr_matrix, float]:
     rows = prepared[prepared["StockCode"].astype(str).isin(item_col)]
     customers, _, counts, last_day = recommend.purchase_matrices(rows, item_col)
     return customers, counts, last_day, float(rows["InvoiceDate"].max().value // DAY_NS + 1)
 
 
-def build_bundle(prepared: pd.DataFrame, items: pd.DataFrame, encoder_dir: str | Path, *, out_dir: str | Path,
-                 rp: RecommendersParams, model: str, chosen: dict, ranker=None, metrics: dict | None = None,
-                 encoder_info: dict | None = None) -> Path:
+def build_bundle(
+    prepared: pd.DataFrame,
+    items: pd.DataFrame,
+    encoder_dir: str | Path,
+    *,
+    out_dir: str | Path,
+    rp: RecommendersParams,
+    model: str,
+    chosen: dict,
+    ranker=None,
+    metrics: dict | None = None,
+    encoder_info: dict | None = None,
+) -> Path:
     """Refit `model` with the settings chosen on valid (`chosen`: factors, weights) on all purchases."""
     if model not in RECOMMENDER_MODELS:
         raise BundleError(f"unknown served model '{model}' (expected one of {', '.join(RECOMMENDER_MODELS)})")
@@ -79,12 +91,20 @@ def build_bundle(prepared: pd.DataFrame, items: pd.DataFrame, encoder_dir: str |
     vectors = normalise(stack(items["embedding"]))
     seed = int(chosen.get("seed", rp.seeds[-1]))
     train_codes = prepared.loc[prepared["split"] == "train", "StockCode"].unique()
-    clusters = EmbeddingFeatures.fit(items, train_codes, rp.clusters, seed).table[:, 0].astype(np.int64)
+    clusters = EmbeddingFeatures.fit(items, train_codes, rp.clusters, seed=seed).table[:, 0].astype(np.int64)
     customers, counts, last_day, end_day = _history(prepared, item_col)
-    uf, vf = recommend.fit_als(counts, int(chosen["factors"]), rp.mf.regularization, rp.mf.alpha, rp.mf.iterations, seed)
-    pd.DataFrame({"StockCode": codes, "Description": items["Description"].astype(str).tolist(), "cluster": clusters,
-                  "popularity": recommend.item_popularity(counts), "customers": recommend.item_customer_counts(counts)}
-                 ).to_parquet(out / "items.parquet", index=False)
+    uf, vf = recommend.fit_als(
+        counts, int(chosen["factors"]), rp.mf.regularization, alpha=rp.mf.alpha, iterations=rp.mf.iterations, seed=seed
+    )
+    pd.DataFrame(
+        {
+            "StockCode": codes,
+            "Description": items["Description"].astype(str).tolist(),
+            "cluster": clusters,
+            "popularity": recommend.item_popularity(counts),
+            "customers": recommend.item_customer_counts(counts),
+        }
+    ).to_parquet(out / "items.parquet", index=False)
     np.save(out / "item_vectors.npy", vectors)
     np.save(out / "item_factors.npy", vf.astype(np.float32))
     np.save(out / "user_factors.npy", uf.astype(np.float32))
@@ -94,19 +114,39 @@ def build_bundle(prepared: pd.DataFrame, items: pd.DataFrame, encoder_dir: str |
     if model == "ltr":
         ranker.save_model(str(out / "ranker.json"))
     shutil.copytree(encoder_dir, out / "encoder")
-    meta = {"format": BUNDLE_FORMAT, "model": model, "seed": seed, "factors": int(chosen["factors"]),
-            "similarity_weight": float(chosen.get("similarity_weight", 0.0)),
-            "cluster_weight": float(chosen.get("cluster_weight", 0.0)), "n_clusters": rp.clusters,
-            "regularization": rp.mf.regularization, "alpha": rp.mf.alpha, "ltr": rp.ltr.model_dump(mode="json"),
-            "end_day": end_day, "items": len(codes), "customers": int(len(customers)),
-            "purchase_lines": int(counts.sum()), "metrics": metrics or {}, "encoder": encoder_info or {},
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    meta = {
+        "format": BUNDLE_FORMAT,
+        "model": model,
+        "seed": seed,
+        "factors": int(chosen["factors"]),
+        "similarity_weight": float(chosen.get("similarity_weight", 0.0)),
+        "cluster_weight": float(chosen.get("cluster_weight", 0.0)),
+        "n_clusters": rp.clusters,
+        "regularization": rp.mf.regularization,
+        "alpha": rp.mf.alpha,
+        "ltr": rp.ltr.model_dump(mode="json"),
+        "end_day": end_day,
+        "items": len(codes),
+        "customers": int(len(customers)),
+        "purchase_lines": int(counts.sum()),
+        "metrics": metrics or {},
+        "encoder": encoder_info or {},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
     (out / "bundle.json").write_text(json.dumps(meta, indent=2))
     return out
 
 
-def write_bundle(params: Params, prepared: pd.DataFrame, items: pd.DataFrame, *, recommender_rows: pd.DataFrame,
-                 recommender_detail: dict, encoder_dir: str | Path, bundle_dir: str | Path) -> dict:
+def write_bundle(
+    params: Params,
+    prepared: pd.DataFrame,
+    items: pd.DataFrame,
+    *,
+    recommender_rows: pd.DataFrame,
+    recommender_detail: dict,
+    encoder_dir: str | Path,
+    bundle_dir: str | Path,
+) -> dict:
     """The serving bundle of registry.served_model (auto: the recommender chosen on valid) from a
     comparison's rows and detail, with its test metrics (mean and std over seeds)."""
     from plmrec.recsys.experiment import served_model
@@ -115,18 +155,28 @@ def write_bundle(params: Params, prepared: pd.DataFrame, items: pd.DataFrame, *,
     if model == "auto":
         model, chosen_by = served_model(recommender_rows, rp.primary_metric), f"best valid {rp.primary_metric}"
     if model not in set(recommender_rows["model"]):
-        raise BundleError(f"registry.served_model '{model}' was not evaluated (evaluated: "
-                          f"{', '.join(recommender_rows['model'].unique())}; ltr needs recommenders.ltr.enabled)")
+        raise BundleError(
+            f"registry.served_model '{model}' was not evaluated (evaluated: "
+            f"{', '.join(recommender_rows['model'].unique())}; ltr needs recommenders.ltr.enabled)"
+        )
     rows = recommender_rows[recommender_rows["model"] == model]
-    metrics = {c.replace("test_", ""): float(rows[c].mean()) for c in rows.columns
-               if c.startswith("test_") and "@" in c}
-    metrics.update({f"{k}_std": float(rows[f"test_{k}"].std(ddof=1)) if len(rows) > 1 else 0.0
-                    for k in list(metrics)})
+    metrics = {
+        c.replace("test_", ""): float(rows[c].mean()) for c in rows.columns if c.startswith("test_") and "@" in c
+    }
+    metrics.update({f"{k}_std": float(rows[f"test_{k}"].std(ddof=1)) if len(rows) > 1 else 0.0 for k in list(metrics)})
     seed = rp.seeds[-1]
-    build_bundle(prepared, items, encoder_dir, out_dir=bundle_dir, rp=rp, model=model,
-                 chosen={**recommender_detail["chosen"][seed], "seed": seed},
-                 ranker=recommender_detail["rankers"].get(seed), metrics=metrics,
-                 encoder_info={"source": str(encoder_dir)})
+    build_bundle(
+        prepared,
+        items,
+        encoder_dir,
+        out_dir=bundle_dir,
+        rp=rp,
+        model=model,
+        chosen={**recommender_detail["chosen"][seed], "seed": seed},
+        ranker=recommender_detail["rankers"].get(seed),
+        metrics=metrics,
+        encoder_info={"source": str(encoder_dir)},
+    )
     return {"model": model, "metrics": metrics, "bundle": str(bundle_dir), "chosen_by": chosen_by}
 
 
@@ -165,11 +215,16 @@ class Recommender:
         self.item_customers = items["customers"].to_numpy(np.float64)
         self.item_col = {c: i for i, c in enumerate(self.codes)}
         self.customer_row = {int(c): i for i, c in enumerate(customers)}
-        shapes = {"item_vectors": self.item_vectors.shape[0], "item_factors": self.item_factors.shape[0],
-                  "history": self.counts.shape[1]}
+        shapes = {
+            "item_vectors": self.item_vectors.shape[0],
+            "item_factors": self.item_factors.shape[0],
+            "history": self.counts.shape[1],
+        }
         bad = {k: v for k, v in shapes.items() if v != len(self.codes)}
         if bad or self.user_factors.shape[0] != len(customers):
-            raise BundleError(f"{path}: arrays do not match {len(self.codes)} items / {len(customers)} customers: {bad}")
+            raise BundleError(
+                f"{path}: arrays do not match {len(self.codes)} items / {len(customers)} customers: {bad}"
+            )
         self.model = self.meta["model"]
         self.rp = RecommendersParams.model_validate({"ltr": self.meta["ltr"]})  # the candidate settings
         self.ranker = None
@@ -208,26 +263,42 @@ class Recommender:
         return counts, last_day
 
     def _window(self, counts: sp.csr_matrix, last_day: sp.csr_matrix) -> recommend.Window:
-        return recommend.Window(customers=np.zeros(1), counts=counts, last_day=last_day, eval_rows=np.zeros(1, dtype=np.int64),
-                        relevant=[set()], end_day=self.meta["end_day"])
+        return recommend.Window(
+            customers=np.zeros(1),
+            counts=counts,
+            last_day=last_day,
+            eval_rows=np.zeros(1, dtype=np.int64),
+            relevant=[set()],
+            end_day=self.meta["end_day"],
+        )
 
-    def _rank(self, counts: sp.csr_matrix, last_day: sp.csr_matrix, user_factor: np.ndarray, k: int,
-              exclude_seen: bool) -> tuple[np.ndarray, np.ndarray]:
+    def _rank(
+        self, counts: sp.csr_matrix, last_day: sp.csr_matrix, user_factor: np.ndarray, *, k: int, exclude_seen: bool
+    ) -> tuple[np.ndarray, np.ndarray]:
         m = self.meta
-        s = recommend.score_rows(counts, user_factor[None, :], self.item_factors, self.item_vectors, self.clusters,
-                         m["n_clusters"], self.popularity)
+        s = recommend.score_rows(
+            counts,
+            user_factor[None, :],
+            self.item_factors,
+            item_vectors=self.item_vectors,
+            clusters=self.clusters,
+            n_clusters=m["n_clusters"],
+            popularity=self.popularity,
+        )
         seen = counts.indices
         if self.model == "ltr":
             w = self._window(counts, last_day)
             candidates = recommend.ltr_candidates(w, s, self.rp)
             if exclude_seen:
                 candidates = [np.setdiff1d(candidates[0], seen)]
-            frame, _ = recommend.ltr_frame(w, s, candidates, self.item_customers)
+            frame, _ = recommend.ltr_frame(w, s, candidates, item_customers=self.item_customers)
             scores = self.ranker.predict(frame)
             items = candidates[0]
             order = np.lexsort((items, -scores))[:k]
             return items[order], scores[order]
-        scores = recommend.variant_scores(s, m["similarity_weight"], m["cluster_weight"])[self.model][0].astype(np.float64)
+        scores = recommend.variant_scores(s, m["similarity_weight"], m["cluster_weight"])[self.model][0].astype(
+            np.float64
+        )
         if exclude_seen:
             scores[seen] = -np.inf
         top = recommend.top_k(scores[None, :], k)[0]
@@ -235,19 +306,26 @@ class Recommender:
         return top, scores[top]
 
     def _result(self, items: np.ndarray, scores: np.ndarray, unknown: list[str] | None = None) -> Recommendation:
-        return Recommendation(self.codes[items].tolist(), self.descriptions[items].tolist(),
-                              [round(float(x), 6) for x in scores], unknown or [])
+        return Recommendation(
+            self.codes[items].tolist(),
+            self.descriptions[items].tolist(),
+            [round(float(x), 6) for x in scores],
+            unknown or [],
+        )
 
-    def recommend_customer(self, customer_id: int, k: int, basket: list[str] | None = None,
-                           exclude_seen: bool = False) -> Recommendation:
+    def recommend_customer(
+        self, customer_id: int, k: int, basket: list[str] | None = None, *, exclude_seen: bool = False
+    ) -> Recommendation:
         """Top-K for a known customer (their history, plus an optional current basket)."""
         row = self.customer_row.get(int(customer_id))
         if row is None:
             if basket:
                 return self.recommend_basket(basket, k, exclude_seen)
-            raise UnknownCustomer(f"customer {customer_id} is unknown (no purchases in the served model's data) "
-                                  f"and the request has no basket: send \"basket\": [stock codes] for a cold-start "
-                                  f"recommendation")
+            raise UnknownCustomer(
+                f"customer {customer_id} is unknown (no purchases in the served model's data) "
+                f'and the request has no basket: send "basket": [stock codes] for a cold-start '
+                f"recommendation"
+            )
         counts, last_day, factor = self.counts[row], self.last_day[row], self.user_factors[row]
         unknown: list[str] = []
         if basket:
@@ -257,11 +335,15 @@ class Recommender:
                 counts = (counts + add).tocsr()
                 last_day = last_day.maximum(today).tocsr()
                 factor = self._fold_in(counts)
-        return self._result(*self._rank(counts, last_day, factor, k, exclude_seen), unknown)
+        return self._result(*self._rank(counts, last_day, factor, k=k, exclude_seen=exclude_seen), unknown)
 
     def _fold_in(self, counts: sp.csr_matrix) -> np.ndarray:
-        return recommend.fold_in(self.item_factors, counts.indices, recommend.confidence(counts.data, self.meta["alpha"]),
-                         self.meta["regularization"])
+        return recommend.fold_in(
+            self.item_factors,
+            counts.indices,
+            recommend.confidence(counts.data, self.meta["alpha"]),
+            regularization=self.meta["regularization"],
+        )
 
     def recommend_basket(self, basket: list[str], k: int, exclude_seen: bool = False) -> Recommendation:
         """Top-K for an anonymous basket: its ALS vector folded in, its items as the history."""
@@ -269,7 +351,9 @@ class Recommender:
         if not len(items):
             raise UnknownCustomer(f"none of the basket's stock codes is in the catalogue: {', '.join(basket[:10])}")
         counts, last_day = self._bought_now(items)
-        return self._result(*self._rank(counts, last_day, self._fold_in(counts), k, exclude_seen), unknown)
+        return self._result(
+            *self._rank(counts, last_day, self._fold_in(counts), k=k, exclude_seen=exclude_seen), unknown
+        )
 
     def search(self, queries: list[str], k: int) -> list[Recommendation]:
         """Items nearest to each free-text query (one encoder pass for all queries)."""

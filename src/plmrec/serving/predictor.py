@@ -17,8 +17,8 @@ import uuid
 from pathlib import Path
 
 from plmrec.config import ServingParams
-from plmrec.serving.bundle import Recommender, find_bundle
 from plmrec.errors import RequestError
+from plmrec.serving.bundle import Recommender, find_bundle
 from plmrec.serving.requests import answer, parse_v1, parse_v2
 
 log = logging.getLogger("plmrec.serving")
@@ -43,8 +43,9 @@ from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse 
 class RecommenderModel(kserve.Model):
     """Loads the bundle in `load()`; answers v1 and v2 predict requests."""
 
-    def __init__(self, name: str, bundle_dir: str | Path, limits: ServingParams | None = None,
-                 version: str | None = None):
+    def __init__(
+        self, name: str, bundle_dir: str | Path, limits: ServingParams | None = None, *, version: str | None = None
+    ):
         super().__init__(name)
         self.bundle_dir, self.version = Path(bundle_dir), version
         self.limits = limits or ServingParams()
@@ -65,22 +66,28 @@ class RecommenderModel(kserve.Model):
         if isinstance(payload, InferRequest):
             results = answer(self.recommender, parse_v2(payload, self.limits))
             return self._v2_response(payload, results)
-        return {"predictions": answer(self.recommender, parse_v1(payload, self.limits)),
-                "model_version": self.version}
+        return {"predictions": answer(self.recommender, parse_v1(payload, self.limits)), "model_version": self.version}
 
     def _v2_response(self, request: InferRequest, results: list[dict]) -> InferResponse:
         width = max(len(r["items"]) for r in results)
         codes, descriptions, scores = [], [], []
         for r in results:
             pad = width - len(r["items"])
-            codes += [i["stock_code"] for i in r["items"]] + [""] * pad          # "" marks padding
+            codes += [i["stock_code"] for i in r["items"]] + [""] * pad  # "" marks padding
             descriptions += [i["description"] for i in r["items"]] + [""] * pad
             scores += [i["score"] for i in r["items"]] + [0.0] * pad
         shape = [len(results), width]
-        outputs = [InferOutput("stock_code", shape, "BYTES", codes), InferOutput("description", shape, "BYTES", descriptions),
-                   InferOutput("score", shape, "FP32", scores)]
-        return InferResponse(response_id=request.id or str(uuid.uuid4()), model_name=self.name, infer_outputs=outputs,
-                             model_version=self.version)
+        outputs = [
+            InferOutput("stock_code", shape, "BYTES", codes),
+            InferOutput("description", shape, "BYTES", descriptions),
+            InferOutput("score", shape, "FP32", scores),
+        ]
+        return InferResponse(
+            response_id=request.id or str(uuid.uuid4()),
+            model_name=self.name,
+            infer_outputs=outputs,
+            model_version=self.version,
+        )
 
 
 class BodyLimit:
@@ -114,10 +121,19 @@ class BodyLimit:
         return await self.app(scope, replay, send)
 
     async def _reject(self, send, size: int):
-        body = json.dumps({"error": f"request body of {size} bytes exceeds the limit of {self.max_bytes} bytes "
-                                    f"(serving.max_body_bytes)"}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        body = json.dumps(
+            {
+                "error": f"request body of {size} bytes exceeds the limit of {self.max_bytes} bytes "
+                f"(serving.max_body_bytes)"
+            }
+        ).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
 
@@ -157,13 +173,27 @@ class LocalModelServer(kserve.ModelServer):
         await super()._serve()
 
 
-def serve(bundle_dir: str | Path, limits: ServingParams, host: str | None = None, port: int | None = None,
-          name: str | None = None, version: str | None = None) -> None:
+def serve(
+    bundle_dir: str | Path,
+    limits: ServingParams,
+    host: str | None = None,
+    *,
+    port: int | None = None,
+    name: str | None = None,
+    version: str | None = None,
+) -> None:
     """Load the bundle and serve it until interrupted (blocks)."""
     logging.getLogger("kserve.trace").setLevel(logging.WARNING)  # one line per request and timing otherwise
-    model = RecommenderModel(name or limits.model_name, bundle_dir, limits, version)
+    model = RecommenderModel(name or limits.model_name, bundle_dir, limits, version=version)
     model.load()
     meta = model.recommender.meta
-    log.info("serving %s (%s, %d items, %d customers) on http://%s:%d", model.name, meta["model"], meta["items"],
-             meta["customers"], host or limits.host, port or limits.port)
+    log.info(
+        "serving %s (%s, %d items, %d customers) on http://%s:%d",
+        model.name,
+        meta["model"],
+        meta["items"],
+        meta["customers"],
+        host or limits.host,
+        port or limits.port,
+    )
     LocalModelServer(host or limits.host, port or limits.port, limits).start([model])

@@ -32,7 +32,10 @@ class BundleModel(mlflow.pyfunc.PythonModel):
         limits = ServingParams()
         queries = []
         for i, row in enumerate(model_input.to_dict("records")):
-            inst = {k: (list(v) if k == "basket" else v) for k, v in row.items()
-                    if v is not None and not (isinstance(v, float) and v != v)}
+            inst = {
+                k: (list(v) if k == "basket" else v)
+                for k, v in row.items()
+                if v is not None and not (isinstance(v, float) and v != v)
+            }
             queries.append(parse_instance(inst, f"row {i}", limits))
         return pd.DataFrame(answer(self.recommender, queries))

@@ -15,13 +15,11 @@ from plmrec.errors import RequestError, UnknownCustomer
 from plmrec.serving.bundle import Recommender
 
 
-
-
 @dataclass
 class Query:
     """One recommendation request: a customer (optionally with a basket), a basket, or a text query."""
 
-    kind: str                     # customer | basket | query
+    kind: str  # customer | basket | query
     k: int
     customer_id: int | None = None
     basket: list[str] = field(default_factory=list)
@@ -84,11 +82,14 @@ _INSTANCE_KEYS = {"customer_id", "basket", "query", "k", "exclude_seen"}
 
 def parse_instance(inst: Any, where: str, limits: ServingParams) -> Query:
     if not isinstance(inst, dict):
-        raise RequestError(f"{where} must be an object such as {{\"customer_id\": 12347, \"k\": 10}}, "
-                           f"got {type(inst).__name__}")
+        raise RequestError(
+            f'{where} must be an object such as {{"customer_id": 12347, "k": 10}}, got {type(inst).__name__}'
+        )
     extra = sorted(set(inst) - _INSTANCE_KEYS)
     if extra:
-        raise RequestError(f"{where} has unknown field(s) {', '.join(extra)}; allowed: {', '.join(sorted(_INSTANCE_KEYS))}")
+        raise RequestError(
+            f"{where} has unknown field(s) {', '.join(extra)}; allowed: {', '.join(sorted(_INSTANCE_KEYS))}"
+        )
     k = _k(inst.get("k"), f"{where}.k", limits)
     exclude = _flag(inst.get("exclude_seen"), f"{where}.exclude_seen")
     if "query" in inst:
@@ -97,8 +98,13 @@ def parse_instance(inst: Any, where: str, limits: ServingParams) -> Query:
         return Query("query", k, text=_text(inst["query"], f"{where}.query", limits))
     basket = _basket(inst["basket"], f"{where}.basket", limits) if "basket" in inst else []
     if "customer_id" in inst:
-        return Query("customer", k, customer_id=_int(inst["customer_id"], f"{where}.customer_id"), basket=basket,
-                     exclude_seen=exclude)
+        return Query(
+            "customer",
+            k,
+            customer_id=_int(inst["customer_id"], f"{where}.customer_id"),
+            basket=basket,
+            exclude_seen=exclude,
+        )
     if "basket" in inst:
         if not basket:
             raise RequestError(f"{where}.basket is empty")
@@ -108,8 +114,10 @@ def parse_instance(inst: Any, where: str, limits: ServingParams) -> Query:
 
 def parse_v1(payload: Any, limits: ServingParams) -> list[Query]:
     if not isinstance(payload, dict) or "instances" not in payload:
-        raise RequestError('the body must be a JSON object with "instances": [...] '
-                           '(e.g. {"instances": [{"customer_id": 12347, "k": 10}]})')
+        raise RequestError(
+            'the body must be a JSON object with "instances": [...] '
+            '(e.g. {"instances": [{"customer_id": 12347, "k": 10}]})'
+        )
     instances = payload["instances"]
     if not isinstance(instances, list) or not instances:
         raise RequestError('"instances" must be a non-empty list')
@@ -159,8 +167,10 @@ def parse_v2(request, limits: ServingParams) -> list[Query]:
             raise RequestError(f"a basket goes with one customer_id, got {len(ids)}")
         if not ids:
             raise RequestError("input 'customer_id' is empty")
-        return [Query("customer", k, customer_id=_int(v, f"customer_id[{i}]"), basket=basket, exclude_seen=exclude)
-                for i, v in enumerate(ids)]
+        return [
+            Query("customer", k, customer_id=_int(v, f"customer_id[{i}]"), basket=basket, exclude_seen=exclude)
+            for i, v in enumerate(ids)
+        ]
     if basket:
         return [Query("basket", k, basket=basket, exclude_seen=exclude)]
     raise RequestError("the request needs an input named customer_id, basket or query")
@@ -172,7 +182,11 @@ def answer(recommender: Recommender, queries: list[Query]) -> list[dict]:
     if texts:
         k = max(q.k for q in texts)
         for q, rec in zip(texts, recommender.search([q.text for q in texts], k)):
-            rec.stock_codes, rec.descriptions, rec.scores = rec.stock_codes[:q.k], rec.descriptions[:q.k], rec.scores[:q.k]
+            rec.stock_codes, rec.descriptions, rec.scores = (
+                rec.stock_codes[: q.k],
+                rec.descriptions[: q.k],
+                rec.scores[: q.k],
+            )
             found[id(q)] = rec
     out = []
     for q in queries:
@@ -180,11 +194,12 @@ def answer(recommender: Recommender, queries: list[Query]) -> list[dict]:
             if q.kind == "query":
                 rec = found[id(q)]
             elif q.kind == "customer":
-                rec = recommender.recommend_customer(q.customer_id, q.k, q.basket, q.exclude_seen)
+                rec = recommender.recommend_customer(q.customer_id, q.k, q.basket, exclude_seen=q.exclude_seen)
             else:
                 rec = recommender.recommend_basket(q.basket, q.k, q.exclude_seen)
         except UnknownCustomer as exc:
             raise RequestError(str(exc), 404) from None
-        out.append({"kind": q.kind, **({"customer_id": q.customer_id} if q.customer_id is not None else {}),
-                    **rec.to_dict()})
+        out.append(
+            {"kind": q.kind, **({"customer_id": q.customer_id} if q.customer_id is not None else {}), **rec.to_dict()}
+        )
     return out

@@ -13,7 +13,7 @@ class BatchPlan:
     """Micro-batches of example indices: a seeded shuffle per epoch, lengths grouped within windows
     of 50 batches (less padding), window order shuffled again. batch(i) depends only on (seed, i)."""
 
-    def __init__(self, lengths: np.ndarray, batch_size: int, seed: int, window: int = 50):
+    def __init__(self, lengths: np.ndarray, batch_size: int, seed: int, *, window: int = 50):
         self.lengths, self.batch_size, self.seed, self.window = np.asarray(lengths), batch_size, seed, window
         self.per_epoch = max(1, math.ceil(len(self.lengths) / batch_size))
         self._epoch, self._batches = -1, []
@@ -24,9 +24,9 @@ class BatchPlan:
         span = self.batch_size * self.window
         batches = []
         for start in range(0, len(order), span):
-            chunk = order[start:start + span]
+            chunk = order[start : start + span]
             chunk = chunk[np.argsort(self.lengths[chunk], kind="stable")]
-            batches += [chunk[i:i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+            batches += [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
         return [batches[i] for i in rng.permutation(len(batches))]
 
     def batch(self, index: int) -> np.ndarray:
@@ -36,7 +36,7 @@ class BatchPlan:
         return self._batches[index % self.per_epoch]
 
 
-def steps_for_epochs(n_examples: int, epochs: float, batch_size: int, grad_accum: int) -> int:
+def steps_for_epochs(n_examples: int, epochs: float, batch_size: int, *, grad_accum: int) -> int:
     micro = math.ceil(n_examples / batch_size)
     return max(1, math.ceil(epochs * micro / grad_accum))
 
@@ -47,8 +47,8 @@ def pad_sequences(seqs: list[np.ndarray], pad_id: int) -> tuple[torch.Tensor, to
     ids = np.full((len(seqs), width), pad_id, dtype=np.int64)
     mask = np.zeros((len(seqs), width), dtype=np.int64)
     for i, s in enumerate(seqs):
-        ids[i, :len(s)] = s
-        mask[i, :len(s)] = 1
+        ids[i, : len(s)] = s
+        mask[i, : len(s)] = 1
     return torch.from_numpy(ids), torch.from_numpy(mask)
 
 

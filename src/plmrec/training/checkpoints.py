@@ -32,7 +32,7 @@ def save_checkpoint(directory: Path, step: int, state: dict) -> Path:
     return final
 
 
-def save_phase(objective, phase_dir: Path, checkpoint_dir: Path, entry: dict) -> dict:
+def save_phase(objective, phase_dir: Path, checkpoint_dir: Path, *, entry: dict) -> dict:
     """A finished phase: its weights and phase.json (with the end fingerprint) written by rank 0,
     its checkpoints removed; under torchrun the other ranks wait until that is done."""
     main = is_main_process()

@@ -16,9 +16,10 @@ import json
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,20 +40,31 @@ class TrainConfig:
     weight_decay: float = 0.01
     warmup_ratio: float = 0.06
     max_grad_norm: float = 1.0
-    precision: str = "auto"      # auto | bf16 | fp32
-    device: str = "auto"         # auto | cpu | cuda | cuda:N
+    precision: str = "auto"  # auto | bf16 | fp32
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
     compile: bool = False
-    attention: str = "auto"      # auto | flash | cudnn | efficient | math: the SDPA kernel to use
+    attention: str = "auto"  # auto | flash | cudnn | efficient | math: the SDPA kernel to use
     checkpoint_every: int = 200
     log_every: int = 10
     seed: int = 0
     progress: bool = True
 
     @classmethod
-    def from_settings(cls, settings, steps: int, seed: int, progress: bool = True) -> "TrainConfig":
+    def from_settings(cls, settings, steps: int, seed: int, *, progress: bool = True) -> TrainConfig:
         """From a params section with the shared training settings (plmrec.config.TrainingSettings)."""
-        keys = ("batch_size", "grad_accum", "learning_rate", "weight_decay", "warmup_ratio", "max_grad_norm",
-                "precision", "device", "compile", "checkpoint_every", "log_every")
+        keys = (
+            "batch_size",
+            "grad_accum",
+            "learning_rate",
+            "weight_decay",
+            "warmup_ratio",
+            "max_grad_norm",
+            "precision",
+            "device",
+            "compile",
+            "checkpoint_every",
+            "log_every",
+        )
         return cls(steps=steps, seed=seed, progress=progress, **{k: getattr(settings, k) for k in keys})
 
     def signature(self) -> dict[str, Any]:
@@ -86,8 +98,11 @@ class PhaseResult:
         return self.losses[-1][1] if self.losses else float("nan")
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "tokens_per_s": round(self.tokens_per_s, 1),
-                "samples_per_s": round(self.samples_per_s, 2)}
+        return {
+            **asdict(self),
+            "tokens_per_s": round(self.tokens_per_s, 1),
+            "samples_per_s": round(self.samples_per_s, 2),
+        }
 
 
 def _param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -105,6 +120,7 @@ def _linear_schedule(total: int, warmup: int) -> Callable[[int], float]:
         if step < warmup:
             return (step + 1) / warmup
         return max(0.0, (total - step) / max(1, total - warmup))
+
     return factor
 
 
@@ -114,8 +130,12 @@ def _attention_context(name: str):
         return contextlib.nullcontext()
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    backends = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
-                "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
+    backends = {
+        "flash": SDPBackend.FLASH_ATTENTION,
+        "cudnn": SDPBackend.CUDNN_ATTENTION,
+        "efficient": SDPBackend.EFFICIENT_ATTENTION,
+        "math": SDPBackend.MATH,
+    }
     return _Reusable(lambda: sdpa_kernel([backends[name]]))
 
 
@@ -165,9 +185,17 @@ class Trainer:
     checkpoint in `checkpoint_dir` when one exists. `fit` is the loop; each part of a step is a
     named method."""
 
-    def __init__(self, objective, examples: list[np.ndarray], cfg: TrainConfig, *,
-                 checkpoint_dir: str | Path | None = None, on_log: Callable[[int, float], None] | None = None,
-                 on_step: Callable[[int, PhaseResult], None] | None = None, desc: str = "train"):
+    def __init__(
+        self,
+        objective,
+        examples: list[np.ndarray],
+        cfg: TrainConfig,
+        *,
+        checkpoint_dir: str | Path | None = None,
+        on_log: Callable[[int, float], None] | None = None,
+        on_step: Callable[[int, PhaseResult], None] | None = None,
+        desc: str = "train",
+    ):
         if not examples:
             raise TrainingConfigError(f"{desc}: no training examples")
         self.objective, self.examples, self.cfg, self.desc = objective, examples, cfg, desc
@@ -189,18 +217,26 @@ class Trainer:
         if self.world > 1:  # data parallel: each rank takes every world-th micro-batch; gradients averaged
             from torch.nn.parallel import DistributedDataParallel
 
-            self.ddp = DistributedDataParallel(_ObjectiveModule(objective), find_unused_parameters=True,
-                                               device_ids=[device] if device.type == "cuda" else None)
+            self.ddp = DistributedDataParallel(
+                _ObjectiveModule(objective),
+                find_unused_parameters=True,
+                device_ids=[device] if device.type == "cuda" else None,
+            )
             self.compute = self.ddp
-        self.optimizer = torch.optim.AdamW(_param_groups(module, cfg.weight_decay), lr=cfg.learning_rate,
-                                           fused=device.type == "cuda")
+        self.optimizer = torch.optim.AdamW(
+            _param_groups(module, cfg.weight_decay), lr=cfg.learning_rate, fused=device.type == "cuda"
+        )
         warmup = int(cfg.warmup_ratio * cfg.steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _linear_schedule(cfg.steps, warmup))
         self.plan = BatchPlan(np.array([len(e) for e in self.examples]), cfg.batch_size, cfg.seed)
-        self.result = PhaseResult(steps=cfg.steps, precision=self.precision,
-                                  device=str(device) if self.world == 1 else f"{device} x{self.world} ranks")
-        self.autocast = torch.autocast(device.type, dtype=torch.bfloat16) if self.precision == "bf16" \
-            else contextlib.nullcontext()
+        self.result = PhaseResult(
+            steps=cfg.steps,
+            precision=self.precision,
+            device=str(device) if self.world == 1 else f"{device} x{self.world} ranks",
+        )
+        self.autocast = (
+            torch.autocast(device.type, dtype=torch.bfloat16) if self.precision == "bf16" else contextlib.nullcontext()
+        )
         self.attention = _attention_context(cfg.attention)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
@@ -217,11 +253,14 @@ class Trainer:
         if state["signature"] != cfg.signature():
             raise TrainingConfigError(
                 f"checkpoint {found} was written with {json.dumps(state['signature'])}, not "
-                f"{json.dumps(cfg.signature())}; delete {self.checkpoint_dir} or use another checkpoint_dir")
+                f"{json.dumps(cfg.signature())}; delete {self.checkpoint_dir} or use another checkpoint_dir"
+            )
         if state.get("world", 1) != self.world:
-            raise TrainingConfigError(f"checkpoint {found} was written by {state.get('world', 1)} process(es), this "
-                                      f"run has {self.world}: the batch order would differ; resume with the same "
-                                      f"world size")
+            raise TrainingConfigError(
+                f"checkpoint {found} was written by {state.get('world', 1)} process(es), this "
+                f"run has {self.world}: the batch order would differ; resume with the same "
+                f"world size"
+            )
         self.module.load_state_dict(state["module"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -287,11 +326,20 @@ class Trainer:
 
     def _snapshot(self, step: int) -> dict:
         result, device = self.result, self.device
-        return {"step": step, "module": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "rng_cpu": torch.get_rng_state(),
-                "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-                "losses": result.losses, "seconds": result.seconds, "tokens": result.tokens,
-                "samples": result.samples, "signature": self.cfg.signature(), "world": self.world}
+        return {
+            "step": step,
+            "module": self.module.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+            "losses": result.losses,
+            "seconds": result.seconds,
+            "tokens": result.tokens,
+            "samples": result.samples,
+            "signature": self.cfg.signature(),
+            "world": self.world,
+        }
 
     def _save_checkpoint(self, done: int) -> None:
         now = time.perf_counter()
@@ -333,12 +381,13 @@ class Trainer:
                         self._log_loss(done, progress)
                     if progress:
                         progress.update(1)
-                    if self.checkpoint_dir and (done % cfg.checkpoint_every == 0 or stop.is_set()) \
-                            and done < cfg.steps:
+                    if self.checkpoint_dir and (done % cfg.checkpoint_every == 0 or stop.is_set()) and done < cfg.steps:
                         self._save_checkpoint(done)
                     if stop.is_set():
-                        raise TrainingInterrupted(f"{self.desc}: stopped by SIGTERM after step {done}; "
-                                                  f"rerun to resume from {self.checkpoint_dir}")
+                        raise TrainingInterrupted(
+                            f"{self.desc}: stopped by SIGTERM after step {done}; "
+                            f"rerun to resume from {self.checkpoint_dir}"
+                        )
                     if self.on_step:
                         self.on_step(done, result)
             self._finish()
@@ -349,9 +398,17 @@ class Trainer:
         return result
 
 
-def train(objective, examples: list[np.ndarray], cfg: TrainConfig, *, checkpoint_dir: str | Path | None = None,
-          on_log: Callable[[int, float], None] | None = None,
-          on_step: Callable[[int, PhaseResult], None] | None = None, desc: str = "train") -> PhaseResult:
+def train(
+    objective,
+    examples: list[np.ndarray],
+    cfg: TrainConfig,
+    *,
+    checkpoint_dir: str | Path | None = None,
+    on_log: Callable[[int, float], None] | None = None,
+    on_step: Callable[[int, PhaseResult], None] | None = None,
+    desc: str = "train",
+) -> PhaseResult:
     """`Trainer(...).fit()`: run `cfg.steps` optimizer steps, resuming from `checkpoint_dir`."""
-    return Trainer(objective, examples, cfg, checkpoint_dir=checkpoint_dir, on_log=on_log, on_step=on_step,
-                   desc=desc).fit()
+    return Trainer(
+        objective, examples, cfg, checkpoint_dir=checkpoint_dir, on_log=on_log, on_step=on_step, desc=desc
+    ).fit()
