@@ -65,7 +65,7 @@ def test_amazon_2023_schema_joined_on_parent_asin(tmp_path):
                 "description": ["A soap."],
                 "categories": ["Beauty"],
                 "main_category": "All Beauty",
-            },
+            }
         ],
     )
     r = load_reviews(reviews)

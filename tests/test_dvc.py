@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from helpers import ROOT, SMALL
+from plmrec import stages
 
 pytestmark = pytest.mark.integration
 
@@ -52,19 +53,7 @@ def test_dvc_repro_runs_only_what_changed(tmp_path):
     _run(dvc + ["init", "-q"], repo, env)
 
     first = _run(dvc + ["repro"], repo, env)
-    for stage in (
-        "ingest",
-        "validate-raw",
-        "prepare",
-        "validate-prepared",
-        "train-baseline",
-        "evaluate-baseline",
-        "pretrain",
-        "finetune",
-        "evaluate-retrieval",
-        "compare-models",
-        "register-model",
-    ):
+    for stage in stages.STAGES:
         assert f"Running stage '{stage}'" in first
     pretrain = yaml.safe_load((repo / "metrics" / "pretrain.json").read_text())["pretrain"]
     assert list(pretrain) == ["1-tapt-mlm", "2-dapt-tsdae"] and pretrain["1-tapt-mlm"]["steps"] == 3

@@ -289,6 +289,20 @@ class XGBoostParams(_Section):
     n_jobs: int = Field(0, description="0: all cores")
     device: str = Field("cpu", description="cpu | cuda (XGBoost on GPU)")
 
+    def booster_settings(self) -> dict:
+        """The keyword arguments every plmrec XGBoost model (classifier or ranker) takes from these settings."""
+        return dict(
+            n_estimators=self.n_estimators,
+            max_depth=self.max_depth,
+            learning_rate=self.learning_rate,
+            subsample=self.subsample,
+            colsample_bytree=self.colsample_bytree,
+            tree_method="hist",
+            device=self.device,
+            early_stopping_rounds=self.early_stopping_rounds,
+            n_jobs=self.n_jobs or None,
+        )
+
 
 ClassifierStep = Literal[
     "rf_selection", "text_cluster", "text_pca10", "text_pca2", "stock_code", "invoice", "rfm", "item"

@@ -555,11 +555,7 @@ def evaluate_retrieval(
             head = results["online_retail_test"]["finetuned"]["sentence"]
             tracking.log_parent_metrics(
                 params,
-                {
-                    f"test_retrieval_{name}_at_{k}": head[f"{name}@{k}"]
-                    for k in retrieval.ks
-                    for name in REPORTED
-                },
+                {f"test_retrieval_{name}_at_{k}": head[f"{name}@{k}"] for k in retrieval.ks for name in REPORTED},
                 run_key=run_key,
                 tracking_uri=tracking_uri,
             )

@@ -25,9 +25,7 @@ from plmrec.finetune.contrastive import Contrastive
 from plmrec.finetune.embed import encode_texts, item_table, save_embeddings, user_table
 from plmrec.plots import plot_losses
 from plmrec.pretrain.models import quiet_transformers
-from plmrec.training.batches import steps_for_epochs
-from plmrec.training.checkpoints import save_phase
-from plmrec.training.loop import TrainConfig, train
+from plmrec.training.loop import run_phase
 
 
 def build_pairs(task: str, params: Params, rows: pd.DataFrame, *, seed: int) -> list[tuple[str, str]]:
@@ -135,33 +133,24 @@ def finetune(
             continue
         start_fp = objective.start_fingerprint()
         examples = objective.encode(pair_sets[phase.task])
-        steps = phase.steps or steps_for_epochs(len(examples), phase.epochs, ft.batch_size, grad_accum=ft.grad_accum)
-        cfg = TrainConfig.from_settings(ft, steps, seed=seed + 100 + i, progress=progress)
-        result = train(
+        result, entry = run_phase(
             objective,
             examples,
-            cfg,
-            checkpoint_dir=ckpt_root / label,
-            on_log=(lambda s, v, _l=label: on_log(_l, s, v)) if on_log else None,
-            desc=label,
-        )
-        entry = save_phase(
-            objective,
-            phase_dir,
-            ckpt_root / label,
-            entry={
-                "label": label,
-                "record": record,
-                "pairs": len(examples),
-                "start_fingerprint": start_fp,
-                **result.to_dict(),
-            },
+            phase,
+            settings=ft,
+            seed=seed + 100 + i,
+            progress=progress,
+            label=label,
+            phase_dir=phase_dir,
+            checkpoint_root=ckpt_root,
+            on_log=on_log,
+            facts={"record": record, "pairs": len(examples), "start_fingerprint": start_fp},
         )
         report["phases"].append(entry)
         current = str(phase_dir)
         print(
-            f"[plmrec] finetune: phase {label} {steps} steps on {len(examples):,} pairs in {result.seconds:.1f}s "
-            f"on {result.device} ({result.precision}), final loss {result.final_loss:.4f}",
+            f"[plmrec] finetune: phase {label} {result.steps} steps on {len(examples):,} pairs in "
+            f"{result.seconds:.1f}s on {result.device} ({result.precision}), final loss {result.final_loss:.4f}",
             flush=True,
         )
     report["seconds"] = round(time.time() - started, 2)

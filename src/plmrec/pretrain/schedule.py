@@ -24,9 +24,7 @@ from plmrec.errors import TrainingConfigError
 from plmrec.plots import plot_losses
 from plmrec.pretrain.models import check_base_model, quiet_transformers
 from plmrec.pretrain.objectives import make_objective
-from plmrec.training.batches import steps_for_epochs
-from plmrec.training.checkpoints import save_phase
-from plmrec.training.loop import TrainConfig, train
+from plmrec.training.loop import run_phase
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
@@ -139,38 +137,27 @@ def run_schedule(
             raise TrainingConfigError(
                 f"phase {label}: the {phase.corpus.upper()} corpus gives no training examples after tokenisation"
             )
-        steps = phase.steps or steps_for_epochs(
-            len(examples), phase.epochs, params.batch_size, grad_accum=params.grad_accum
-        )
-        cfg = TrainConfig.from_settings(params, steps, seed=seed + i, progress=progress)
         tokenise_s = time.perf_counter() - load_start
-        result = train(
+        facts = {"record": record, "examples": len(examples), "start_fingerprint": start_fp}
+        result, entry = run_phase(
             objective,
             examples,
-            cfg,
-            checkpoint_dir=ckpt_root / label,
-            on_log=(lambda s, v, _l=label: on_log(_l, s, v)) if on_log else None,
-            desc=label,
-        )
-        entry = save_phase(
-            objective,
-            phase_dir,
-            ckpt_root / label,
-            entry={
-                "label": label,
-                "record": record,
-                "examples": len(examples),
-                "start_fingerprint": start_fp,
-                "tokenise_seconds": round(tokenise_s, 3),
-                **result.to_dict(),
-            },
+            phase,
+            settings=params,
+            seed=seed + i,
+            progress=progress,
+            label=label,
+            phase_dir=phase_dir,
+            checkpoint_root=ckpt_root,
+            on_log=on_log,
+            facts={**facts, "tokenise_seconds": round(tokenise_s, 3)},
         )
         if is_main_process() and Path(current).parent == out / "phases":  # the previous weights are not needed
             _drop_weights(Path(current))
         report["phases"].append(entry)
         current = str(phase_dir)
         print(
-            f"[plmrec] pretrain: phase {label} {steps} steps in {result.seconds:.1f}s on {result.device} "
+            f"[plmrec] pretrain: phase {label} {result.steps} steps in {result.seconds:.1f}s on {result.device} "
             f"({result.precision}), {result.tokens_per_s:,.0f} tokens/s, final loss {result.final_loss:.4f}",
             flush=True,
         )

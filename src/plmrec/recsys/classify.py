@@ -64,19 +64,11 @@ def rf_select(x: pd.DataFrame, y: pd.Series, threshold: float, *, trees: int, sa
 
 def classifier(xp: XGBoostParams, n_labels: int, seed: int) -> xgb.XGBClassifier:
     return xgb.XGBClassifier(
-        n_estimators=xp.n_estimators,
-        max_depth=xp.max_depth,
-        learning_rate=xp.learning_rate,
-        subsample=xp.subsample,
-        colsample_bytree=xp.colsample_bytree,
+        **xp.booster_settings(),
         objective="multi:softprob",
         num_class=n_labels,
-        tree_method="hist",
-        device=xp.device,
-        early_stopping_rounds=xp.early_stopping_rounds,
         eval_metric="mlogloss",
         random_state=seed,
-        n_jobs=xp.n_jobs or None,
     )
 
 

@@ -286,20 +286,7 @@ def fit_ranker(frame: pd.DataFrame, qid: np.ndarray, labels: np.ndarray, *, rp: 
     queries = np.unique(qid)
     held = np.random.default_rng(seed).choice(queries, size=max(1, len(queries) // 5), replace=False)
     is_held = np.isin(qid, held)
-    ranker = xgb.XGBRanker(
-        objective="rank:ndcg",
-        n_estimators=xp.n_estimators,
-        max_depth=xp.max_depth,
-        learning_rate=xp.learning_rate,
-        subsample=xp.subsample,
-        colsample_bytree=xp.colsample_bytree,
-        tree_method="hist",
-        device=xp.device,
-        early_stopping_rounds=xp.early_stopping_rounds,
-        eval_metric="ndcg@10",
-        random_state=seed,
-        n_jobs=xp.n_jobs or None,
-    )
+    ranker = xgb.XGBRanker(**xp.booster_settings(), objective="rank:ndcg", eval_metric="ndcg@10", random_state=seed)
     ranker.fit(
         frame[~is_held],
         labels[~is_held],

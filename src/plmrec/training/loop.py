@@ -26,8 +26,8 @@ import torch
 
 from plmrec.distributed import barrier, init_distributed
 from plmrec.errors import TrainingConfigError, TrainingInterrupted
-from plmrec.training.batches import BatchPlan, move_to
-from plmrec.training.checkpoints import latest_checkpoint, save_checkpoint
+from plmrec.training.batches import BatchPlan, move_to, steps_for_epochs
+from plmrec.training.checkpoints import latest_checkpoint, save_checkpoint, save_phase
 from plmrec.training.device import resolve_device, resolve_precision
 
 
@@ -398,17 +398,43 @@ class Trainer:
         return result
 
 
-def train(
+def train(objective, examples: list[np.ndarray], cfg: TrainConfig, **options) -> PhaseResult:
+    """`Trainer(objective, examples, cfg, **options).fit()`; the options are the Trainer's keywords
+    (checkpoint_dir, on_log, on_step, desc)."""
+    return Trainer(objective, examples, cfg, **options).fit()
+
+
+def run_phase(
     objective,
-    examples: list[np.ndarray],
-    cfg: TrainConfig,
+    examples: list,
+    phase,
     *,
-    checkpoint_dir: str | Path | None = None,
-    on_log: Callable[[int, float], None] | None = None,
-    on_step: Callable[[int, PhaseResult], None] | None = None,
-    desc: str = "train",
-) -> PhaseResult:
-    """`Trainer(...).fit()`: run `cfg.steps` optimizer steps, resuming from `checkpoint_dir`."""
-    return Trainer(
-        objective, examples, cfg, checkpoint_dir=checkpoint_dir, on_log=on_log, on_step=on_step, desc=desc
-    ).fit()
+    settings,
+    seed: int,
+    label: str,
+    phase_dir: Path,
+    checkpoint_root: Path,
+    facts: dict,
+    on_log: Callable[[str, int, float], None] | None = None,
+    progress: bool = True,
+) -> tuple[PhaseResult, dict]:
+    """One phase of a schedule (pretraining or fine-tuning): `phase.steps` optimizer steps, or
+    `phase.epochs` over the examples, with the section's training `settings`, resuming from the phase's
+    checkpoints; then the phase is saved. Returns the result and the phase's entry (phase.json: label,
+    `facts`, the result)."""
+    steps = phase.steps or steps_for_epochs(
+        len(examples), phase.epochs, settings.batch_size, grad_accum=settings.grad_accum
+    )
+    cfg = TrainConfig.from_settings(settings, steps, seed=seed, progress=progress)
+    result = train(
+        objective,
+        examples,
+        cfg,
+        checkpoint_dir=checkpoint_root / label,
+        on_log=(lambda step, value: on_log(label, step, value)) if on_log else None,
+        desc=label,
+    )
+    entry = save_phase(
+        objective, phase_dir, checkpoint_root / label, entry={"label": label, **facts, **result.to_dict()}
+    )
+    return result, entry
