@@ -96,3 +96,18 @@ def test_step_images_let_the_kfp_launcher_stage_artifacts_as_the_non_root_user(n
     text = " ".join(_instructions(ROOT / "docker" / name))
     user = re.findall(r"USER (\S+)", text)[-1]
     assert re.search(rf"mkdir -p /gcs /minio /s3 && chown {user} /gcs /minio /s3", text), name
+
+
+def test_a_non_editable_install_ships_every_package():
+    """The images install with `pip install .`, which ships only the packages pyproject.toml lists:
+    every package directory of plmrec must be there (plmrec.cluster once was not)."""
+    import tomllib
+
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    on_disk = {"plmrec", "plmrec.components", "plmrec.pipelines"}
+    on_disk |= {
+        "plmrec." + ".".join(p.parent.relative_to(ROOT / "src" / "plmrec").parts)
+        for p in (ROOT / "src" / "plmrec").glob("*/**/__init__.py")
+    }
+    assert set(setuptools["packages"]) == on_disk
+    assert all((ROOT / setuptools["package-dir"][name] / "__init__.py").exists() for name in setuptools["package-dir"])
