@@ -372,7 +372,16 @@ def params_show(params_path, overrides):
 
 
 # ---------------------------------------------------------------------------- stages (DVC)
-@main.group()
+class _InPipelineOrder(click.Group):
+    """Lists the stage commands in pipeline order (plmrec.stages.STAGES), not alphabetically."""
+
+    def list_commands(self, ctx):
+        from plmrec.stages import STAGES
+
+        return sorted(self.commands, key=lambda name: STAGES.index(name) if name in STAGES else len(STAGES))
+
+
+@main.group(cls=_InPipelineOrder)
 def stage():
     """Run one pipeline stage on files (what dvc.yaml calls)."""
 
