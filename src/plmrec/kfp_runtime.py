@@ -15,9 +15,11 @@ from plmrec.config import Params, parse_params
 from plmrec.reports import image_html
 
 
-def _setup(config: dict, tracking_uri: str) -> tuple[Params, str]:
+def _setup(config: dict, tracking_uri: str, run_key: str) -> tuple[Params, dict]:
+    """The validated params, and the stage's tracking keywords (run key, MLflow URI: the pipeline
+    parameter, else the params' default)."""
     params = parse_params(config, origin="pipeline parameter 'config'")
-    return params, tracking_uri or tracking.resolve_tracking_uri(params)
+    return params, {"run_key": run_key, "tracking_uri": tracking_uri or tracking.resolve_tracking_uri(params)}
 
 
 def _log(metrics_artifact, values: dict) -> None:
@@ -27,8 +29,8 @@ def _log(metrics_artifact, values: dict) -> None:
 
 
 def ingest(config: dict, tracking_uri: str, run_key: str, *, raw_data, ingest_metrics) -> None:
-    params, uri = _setup(config, tracking_uri)
-    out = stages.ingest(params, raw_data.path, run_key=run_key, tracking_uri=uri)
+    params, tracked = _setup(config, tracking_uri, run_key)
+    out = stages.ingest(params, raw_data.path, **tracked)
     raw_data.metadata.update({"rows": out["rows"], "format": "parquet", "source": params.data.source})
     _log(ingest_metrics, {"rows": out["rows"], "invoices": out["invoices"]})
 
@@ -37,11 +39,11 @@ def validate(
     config: dict, tracking_uri: str, run_key: str, *, suite: str, table, report, report_files, validation_metrics
 ) -> None:
     """validate-raw or validate-prepared, by `suite`."""
-    params, uri = _setup(config, tracking_uri)
+    params, tracked = _setup(config, tracking_uri, run_key)
     report_dir = Path(report_files.path)
     run = stages.validate_raw if suite == "raw" else stages.validate_prepared
     try:
-        outcome = run(params, table.path, report_dir, run_key=run_key, tracking_uri=uri)
+        outcome = run(params, table.path, report_dir, **tracked)
     finally:
         if (report_dir / "report.html").exists():
             shutil.copyfile(report_dir / "report.html", report.path)
@@ -51,8 +53,8 @@ def validate(
 
 
 def prepare(config: dict, tracking_uri: str, run_key: str, *, raw_data, prepared_data, prepare_metrics) -> None:
-    params, uri = _setup(config, tracking_uri)
-    meta = stages.prepare(params, raw_data.path, prepared_data.path, run_key=run_key, tracking_uri=uri)
+    params, tracked = _setup(config, tracking_uri, run_key)
+    meta = stages.prepare(params, raw_data.path, prepared_data.path, **tracked)
     prepared_data.metadata.update(
         {
             "rows": meta["split"]["rows"],
@@ -66,8 +68,8 @@ def prepare(config: dict, tracking_uri: str, run_key: str, *, raw_data, prepared
 
 
 def train_baseline(config: dict, tracking_uri: str, run_key: str, *, prepared_data, model, train_metrics) -> None:
-    params, uri = _setup(config, tracking_uri)
-    info = stages.train_baseline(params, prepared_data.path, model.path, run_key=run_key, tracking_uri=uri)
+    params, tracked = _setup(config, tracking_uri, run_key)
+    info = stages.train_baseline(params, prepared_data.path, model.path, **tracked)
     model.metadata.update({"framework": "xgboost", "features": info["features"]})
     _log(train_metrics, {f"valid_{k}": v for k, v in info["valid"].items()})
 
@@ -75,16 +77,10 @@ def train_baseline(config: dict, tracking_uri: str, run_key: str, *, prepared_da
 def evaluate_baseline(
     config: dict, tracking_uri: str, run_key: str, *, prepared_data, model, test_metrics, confusion
 ) -> None:
-    params, uri = _setup(config, tracking_uri)
+    params, tracked = _setup(config, tracking_uri, run_key)
     plots = Path(test_metrics.path).parent / "plots"
     metrics = stages.evaluate_baseline(
-        params,
-        prepared_data.path,
-        model.path,
-        metrics_path=plots / "metrics.json",
-        plots_dir=plots,
-        run_key=run_key,
-        tracking_uri=uri,
+        params, prepared_data.path, model.path, metrics_path=plots / "metrics.json", plots_dir=plots, **tracked
     )
     _log(test_metrics, {f"test_{k}": v for k, v in metrics.items()})
     confusion.log_confusion_matrix([str(i) for i in range(params.clean.n_quantity_labels)], metrics["confusion_matrix"])
@@ -93,8 +89,8 @@ def evaluate_baseline(
 def pretrain(
     config: dict, tracking_uri: str, run_key: str, *, prepared_data, model, pretrain_metrics, loss_curve
 ) -> None:
-    params, uri = _setup(config, tracking_uri)
-    report = stages.pretrain(params, prepared_data.path, model.path, run_key=run_key, tracking_uri=uri)
+    params, tracked = _setup(config, tracking_uri, run_key)
+    report = stages.pretrain(params, prepared_data.path, model.path, **tracked)
     model.metadata.update(
         {
             "framework": "sentence-transformers",
@@ -114,10 +110,8 @@ def pretrain(
 def finetune(
     config: dict, tracking_uri: str, run_key: str, *, prepared_data, pretrained, model, finetune_metrics, plots
 ) -> None:
-    params, uri = _setup(config, tracking_uri)
-    report = stages.finetune(
-        params, prepared_data.path, pretrained.path, out_dir=model.path, run_key=run_key, tracking_uri=uri
-    )
+    params, tracked = _setup(config, tracking_uri, run_key)
+    report = stages.finetune(params, prepared_data.path, pretrained.path, out_dir=model.path, **tracked)
     model.metadata.update(
         {
             "framework": "sentence-transformers",
@@ -141,7 +135,7 @@ def finetune(
 def evaluate_retrieval(
     config: dict, tracking_uri: str, run_key: str, *, prepared_data, pretrained, finetuned, retrieval_metrics, table
 ) -> None:
-    params, uri = _setup(config, tracking_uri)
+    params, tracked = _setup(config, tracking_uri, run_key)
     tables_dir = Path(table.path).parent / "tables"
     results = stages.evaluate_retrieval(
         params,
@@ -150,8 +144,7 @@ def evaluate_retrieval(
         finetuned_dir=finetuned.path,
         metrics_path=tables_dir / "metrics.json",
         tables_dir=tables_dir,
-        run_key=run_key,
-        tracking_uri=uri,
+        **tracked,
     )
     for bench, by_encoder in results.items():
         for encoder, by_kind in by_encoder.items():
@@ -168,7 +161,7 @@ def evaluate_retrieval(
 def compare_models(
     config: dict, tracking_uri: str, run_key: str, *, prepared_data, finetuned, compare_metrics, results, bundle
 ) -> None:
-    params, uri = _setup(config, tracking_uri)
+    params, tracked = _setup(config, tracking_uri, run_key)
     reports = Path(results.path).parent / "reports"
     summary = stages.compare_models(
         params,
@@ -177,8 +170,7 @@ def compare_models(
         metrics_path=reports / "metrics.json",
         reports_dir=reports,
         bundle_dir=bundle.path,
-        run_key=run_key,
-        tracking_uri=uri,
+        **tracked,
     )
     bundle.metadata.update(
         {
@@ -203,14 +195,9 @@ def compare_models(
 
 
 def register_model(config: dict, tracking_uri: str, run_key: str, *, prepared_data, bundle, decision) -> None:
-    params, uri = _setup(config, tracking_uri)
+    params, tracked = _setup(config, tracking_uri, run_key)
     out = stages.register_model(
-        params,
-        bundle.path,
-        prepared_data.path,
-        decision_path=Path(decision.path).parent / "decision.json",
-        run_key=run_key,
-        tracking_uri=uri,
+        params, bundle.path, prepared_data.path, decision_path=Path(decision.path).parent / "decision.json", **tracked
     )
     if out.get("registered"):
         _log(
@@ -224,6 +211,6 @@ def register_model(config: dict, tracking_uri: str, run_key: str, *, prepared_da
 
 
 def finish_tracking(config: dict, tracking_uri: str, run_key: str, *, state: str, message: str) -> None:
-    params, uri = _setup(config, tracking_uri)
-    run_id = tracking.finish_parent(uri, params, run_key, status=state, message=message)
+    params, tracked = _setup(config, tracking_uri, run_key)
+    run_id = tracking.finish_parent(tracked["tracking_uri"], params, tracked["run_key"], status=state, message=message)
     print(json.dumps({"mlflow_parent_run": run_id, "state": state}))
