@@ -40,8 +40,9 @@ from plmrec.config import Params  # noqa: E402
 
 
 def build_bundle_here(out: Path, seed: int) -> tuple[Path, str]:
-    from conftest import comparison_bundles
     from train_speed import load_prepared
+
+    from helpers import comparison_bundles
 
     params = Params()
     prepared, source = load_prepared(params)
@@ -142,8 +143,7 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
 
-    from conftest import plmrec_server
-
+    from helpers import plmrec_server
     from plmrec.serving.bundle import Recommender
 
     source = "given"
