@@ -133,10 +133,11 @@ def finetune(
             continue
         start_fp = objective.start_fingerprint()
         examples = objective.encode(pair_sets[phase.task])
-        result, entry = run_phase(
+        entry = run_phase(
             objective,
             examples,
             phase,
+            stage="finetune",
             settings=ft,
             seed=seed + 100 + i,
             progress=progress,
@@ -148,11 +149,6 @@ def finetune(
         )
         report["phases"].append(entry)
         current = str(phase_dir)
-        print(
-            f"[plmrec] finetune: phase {label} {result.steps} steps on {len(examples):,} pairs in "
-            f"{result.seconds:.1f}s on {result.device} ({result.precision}), final loss {result.final_loss:.4f}",
-            flush=True,
-        )
     report["seconds"] = round(time.time() - started, 2)
     if is_main_process():
         st_dir = out / "sentence-transformer"

@@ -139,10 +139,11 @@ def run_schedule(
             )
         tokenise_s = time.perf_counter() - load_start
         facts = {"record": record, "examples": len(examples), "start_fingerprint": start_fp}
-        result, entry = run_phase(
+        entry = run_phase(
             objective,
             examples,
             phase,
+            stage="pretrain",
             settings=params,
             seed=seed + i,
             progress=progress,
@@ -156,11 +157,6 @@ def run_schedule(
             _drop_weights(Path(current))
         report["phases"].append(entry)
         current = str(phase_dir)
-        print(
-            f"[plmrec] pretrain: phase {label} {result.steps} steps in {result.seconds:.1f}s on {result.device} "
-            f"({result.precision}), {result.tokens_per_s:,.0f} tokens/s, final loss {result.final_loss:.4f}",
-            flush=True,
-        )
     report["seconds"] = round(time.time() - started, 2)
     if is_main_process():
         export(current, out, params.pooling, max_length=params.max_length)

@@ -409,6 +409,7 @@ def run_phase(
     examples: list,
     phase,
     *,
+    stage: str,
     settings,
     seed: int,
     label: str,
@@ -417,11 +418,11 @@ def run_phase(
     facts: dict,
     on_log: Callable[[str, int, float], None] | None = None,
     progress: bool = True,
-) -> tuple[PhaseResult, dict]:
+) -> dict:
     """One phase of a schedule (pretraining or fine-tuning): `phase.steps` optimizer steps, or
     `phase.epochs` over the examples, with the section's training `settings`, resuming from the phase's
-    checkpoints; then the phase is saved. Returns the result and the phase's entry (phase.json: label,
-    `facts`, the result)."""
+    checkpoints; then the phase is saved and reported in one `[plmrec] <stage>:` line. Returns the phase's
+    entry (phase.json: label, `facts`, the training result)."""
     steps = phase.steps or steps_for_epochs(
         len(examples), phase.epochs, settings.batch_size, grad_accum=settings.grad_accum
     )
@@ -437,4 +438,10 @@ def run_phase(
     entry = save_phase(
         objective, phase_dir, checkpoint_root / label, entry={"label": label, **facts, **result.to_dict()}
     )
-    return result, entry
+    print(
+        f"[plmrec] {stage}: phase {label} {result.steps} steps on {len(examples):,} examples in {result.seconds:.1f}s "
+        f"on {result.device} ({result.precision}), {result.tokens_per_s:,.0f} tokens/s, "
+        f"final loss {result.final_loss:.4f}",
+        flush=True,
+    )
+    return entry
