@@ -32,7 +32,7 @@ def test_every_stage_has_one_name_in_dvc_cli_kfp_and_the_functions(tmp_path):
         assert callable(getattr(stages, name.replace("-", "_"))), name
     out = tmp_path / "pipeline.yaml"
     assert CliRunner().invoke(main, ["compile", "--params", str(ROOT / "params.yaml"), "-o", str(out)]).exit_code == 0
-    spec = yaml.safe_load_all(out.read_text()).__next__()
+    spec = next(yaml.safe_load_all(out.read_text()))
     inner = spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]
     assert sorted(inner) == sorted(names)
     assert all(task["taskInfo"]["name"] == name for name, task in inner.items())

@@ -484,8 +484,7 @@ def stage_pretrain(params_path, overrides, prepared, out_dir, metrics, plot):
 
     report = stages.pretrain(load_params(params_path, overrides), prepared, out_dir)
     if metrics:
-        Path(metrics).parent.mkdir(parents=True, exist_ok=True)
-        Path(metrics).write_text(json.dumps(stages.pretrain_summary(report), indent=2))
+        stages.write_json(metrics, stages.pretrain_summary(report))
     if plot:
         _copy_outputs(out_dir, {"loss_curve.png": Path(plot)})
 
@@ -511,9 +510,8 @@ def stage_finetune(params_path, overrides, prepared, pretrained, out_dir, metric
 
     report = stages.finetune(load_params(params_path, overrides), prepared, pretrained, out_dir=out_dir)
     if metrics:
-        Path(metrics).parent.mkdir(parents=True, exist_ok=True)
-        Path(metrics).write_text(
-            json.dumps({"finetune": {**stages.finetune_summary(report), "embeddings": report["embeddings"]}}, indent=2)
+        stages.write_json(
+            metrics, {"finetune": {**stages.finetune_summary(report), "embeddings": report["embeddings"]}}
         )
     if plots_dir:
         Path(plots_dir).mkdir(parents=True, exist_ok=True)
@@ -604,7 +602,7 @@ def _registry_client(params):
     from plmrec import tracking
 
     uri = tracking.resolve_tracking_uri(params)
-    return tracking.client(uri), uri
+    return tracking.mlflow_client(uri), uri
 
 
 @main.command()

@@ -44,7 +44,8 @@ def say(stage: str, message: str) -> None:
     print(f"[plmrec] {stage}: {message}", flush=True)
 
 
-def _write_json(path: str | Path, obj, indent: int | None = 2) -> None:
+def write_json(path: str | Path, obj, indent: int | None = 2) -> None:
+    """A stage's JSON output (metrics, decisions), its folder created."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(obj, indent=indent, default=str), encoding="utf-8")
 
@@ -230,7 +231,7 @@ def evaluate_baseline(
         model, encoder, _ = load_baseline(model_dir)
         metrics = score(model, encoder, prepared, params=params)
         flat = {k: v for k, v in metrics.items() if not isinstance(v, list)}
-        _write_json(metrics_path, {"baseline_xgboost": {"test": flat}})
+        write_json(metrics_path, {"baseline_xgboost": {"test": flat}})
         Path(plots_dir).mkdir(parents=True, exist_ok=True)
         png = plot_confusion(
             metrics["confusion_matrix"],
@@ -549,7 +550,7 @@ def evaluate_retrieval(
                 for bench, by_enc in results.items()
             }
         }
-        _write_json(metrics_path, metrics)
+        write_json(metrics_path, metrics)
         tracking.log_json(results, "retrieval/results.json")
         if "finetuned" in encoders:
             head = results["online_retail_test"]["finetuned"]["sentence"]
@@ -775,7 +776,7 @@ def compare_models(
     out.mkdir(parents=True, exist_ok=True)
     with tracking.stage_run(params, "compare-models", run_key=run_key, tracking_uri=tracking_uri):
         if not params.recommenders.enabled:
-            _write_json(metrics_path, {"compare": {}}, indent=None)
+            write_json(metrics_path, {"compare": {}}, indent=None)
             (out / "results.md").write_text("recommenders.enabled is false: no comparison run\n")
             say("compare-models", "disabled (recommenders.enabled: false)")
             return {"classifier": {}, "recommenders": {}, "verdicts": []}
@@ -786,7 +787,7 @@ def compare_models(
         verdicts = comparison.verdicts()
         comparison.write_reports(out, verdicts)
         summary = {**comparison.summary(verdicts), "seconds": round(time.perf_counter() - start, 1)}
-        _write_json(metrics_path, {"compare": {k: summary[k] for k in ("classifier", "recommenders")}})
+        write_json(metrics_path, {"compare": {k: summary[k] for k in ("classifier", "recommenders")}})
         if bundle_dir is not None:
             started = time.perf_counter()
             served = write_bundle(
@@ -845,7 +846,7 @@ def register_model(
     registry_params = params.registry
     if not registry_params.enabled:
         decision = {"registered": False, "reason": "registry.enabled is false"}
-        _write_json(decision_path, decision, indent=None)
+        write_json(decision_path, decision, indent=None)
         return decision
     meta = read_meta(bundle_dir)
     metrics = {k: v for k, v in meta["metrics"].items() if not k.endswith("_std")}
@@ -857,7 +858,7 @@ def register_model(
     }
     with tracking.stage_run(params, "register-model", run_key=run_key, tracking_uri=tracking_uri):
         version = registry.register_bundle(bundle_dir, registry_params, metrics, tags=tags)
-        client = tracking.client()
+        client = tracking.mlflow_client()
         decision = registry.gate(client, registry_params, version)
         tracking.log_json(decision.to_dict(), "registry/decision.json")
         outcome = {"gate_promoted": float(decision.promoted), "registered_version": float(version)}
@@ -873,7 +874,7 @@ def register_model(
         **decision.to_dict(),
         "deployed_storage_uri": deployed,
     }
-    _write_json(decision_path, out)
+    write_json(decision_path, out)
     say(
         "register-model",
         f"{registry_params.model_name} version {version} is @challenger; "

@@ -45,7 +45,7 @@ def _artifact_root(uri: str) -> str | None:
     return None  # a tracking server decides where artifacts go
 
 
-def client(uri: str | None = None):
+def mlflow_client(uri: str | None = None):
     """An MlflowClient on `uri` (which also becomes the process's tracking URI), or on the current one."""
     import mlflow
 
@@ -55,10 +55,7 @@ def client(uri: str | None = None):
 
 
 def ensure_experiment(uri: str, name: str) -> str:
-    import mlflow
-
-    mlflow.set_tracking_uri(uri)
-    client = mlflow.MlflowClient(uri)
+    client = mlflow_client(uri)
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
