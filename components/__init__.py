@@ -203,8 +203,10 @@ def evaluate_retrieval(
     finetuned: Input[Model],
     retrieval_metrics: Output[Metrics],
     table: Output[HTML],
+    encoder: Output[Model],
 ):
-    """Next-item retrieval with full ranking for the base, pretrained and fine-tuned encoders."""
+    """Next-item retrieval with full ranking for the base, pretrained and fine-tuned encoders; the one
+    chosen on the valid window, with its item and user embeddings, is the `encoder` output."""
     from plmrec import kfp_runtime
 
     kfp_runtime.evaluate_retrieval(
@@ -216,6 +218,7 @@ def evaluate_retrieval(
         finetuned=finetuned,
         retrieval_metrics=retrieval_metrics,
         table=table,
+        encoder=encoder,
     )
 
 
@@ -226,7 +229,7 @@ def compare_models(
     run_key: str,
     job_id: str,
     prepared_data: Input[Dataset],
-    finetuned: Input[Model],
+    encoder: Input[Model],
     compare_metrics: Output[Metrics],
     results: Output[HTML],
     bundle: Output[Model],
@@ -240,7 +243,7 @@ def compare_models(
         tracking_uri,
         run_key or job_id,
         prepared_data=prepared_data,
-        finetuned=finetuned,
+        encoder=encoder,
         compare_metrics=compare_metrics,
         results=results,
         bundle=bundle,

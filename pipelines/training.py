@@ -1,7 +1,8 @@
 """The training pipeline: ingest -> validate raw -> prepare -> validate prepared, then two branches:
-pretrain encoder (GPU) -> fine-tune encoder (GPU) -> evaluate retrieval and compare models (XGBoost with PLM
-features, ALS variants, learning to rank) -> register the served recommender in MLflow (a gate
-promotes it to @champion), and train -> evaluate the baseline.
+pretrain encoder (GPU) -> fine-tune encoder (GPU) -> evaluate retrieval (the valid window chooses
+the encoder every later step uses) -> compare models (XGBoost with PLM features, ALS variants,
+learning to rank) -> register the served recommender in MLflow (a gate promotes it to @champion),
+and train -> evaluate the baseline.
 
 Every stage logs to one MLflow parent run (keyed by the KFP job id, or `run_key`); an exit
 handler closes that run with the pipeline's final state, failed or not.
@@ -63,7 +64,7 @@ def build_training_pipeline(params: Params):
             retrieval = c.evaluate_retrieval(
                 **ctx, prepared_data=prepared, pretrained=encoder.outputs["model"], finetuned=tuned.outputs["model"]
             )
-            compared = c.compare_models(**ctx, prepared_data=prepared, finetuned=tuned.outputs["model"])
+            compared = c.compare_models(**ctx, prepared_data=prepared, encoder=retrieval.outputs["encoder"])
             registered = c.register_model(**ctx, prepared_data=prepared, bundle=compared.outputs["bundle"])
         tasks = (raw, raw_ok, prep, prep_ok, model, scored, encoder, tuned, retrieval, compared, registered)
         for name, task in zip(STAGES, tasks, strict=True):  # the task name is the stage name; show it as such

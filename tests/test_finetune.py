@@ -201,8 +201,10 @@ def test_missing_encoders_are_named(tmp_path):
     from plmrec.errors import PlmrecError
 
     p = Params()
-    with pytest.raises(PlmrecError, match=r"start_from is 'pretrained' but .*hf holds no encoder"):
-        stages.finetune_start_model(p, tmp_path / "nothing-here")
+    for start_from in ("auto", "pretrained"):
+        p.finetune.start_from = start_from
+        with pytest.raises(PlmrecError, match=rf"start_from is '{start_from}' but .*hf holds no encoder"):
+            stages.finetune_start_model(p, tmp_path / "nothing-here")
     p.retrieval.compare = ["finetuned"]
     with pytest.raises(PlmrecError, match=r"compare includes 'finetuned' but .*sentence-transformer holds no encoder"):
         stages.retrieval_encoders(p, None, tmp_path)

@@ -532,8 +532,17 @@ def stage_finetune(params_path, overrides, prepared, pretrained, out_dir, metric
 @click.option("--finetuned", type=click.Path(file_okay=False), default=None)
 @click.option("--metrics", type=click.Path(dir_okay=False), required=True)
 @click.option("--tables-dir", type=click.Path(file_okay=False), required=True)
-def stage_evaluate_retrieval(params_path, overrides, prepared, pretrained, finetuned, metrics, tables_dir):
-    """Next-item retrieval (full ranking) for the base, pretrained and fine-tuned encoders."""
+@click.option(
+    "--selected",
+    "selected_dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="write the encoder chosen on valid (retrieval.encoder_selection) and its embeddings here",
+)
+def stage_evaluate_retrieval(
+    params_path, overrides, prepared, pretrained, finetuned, metrics, tables_dir, selected_dir
+):
+    """Next-item retrieval (full ranking) of the base, pretrained and fine-tuned encoders; valid chooses one."""
     from plmrec import stages
 
     stages.evaluate_retrieval(
@@ -543,6 +552,7 @@ def stage_evaluate_retrieval(params_path, overrides, prepared, pretrained, finet
         finetuned_dir=finetuned,
         metrics_path=metrics,
         tables_dir=tables_dir,
+        selected_dir=selected_dir,
     )
 
 
@@ -551,10 +561,11 @@ def stage_evaluate_retrieval(params_path, overrides, prepared, pretrained, finet
 @set_option
 @prepared_option
 @click.option(
-    "--finetuned",
+    "--encoder",
+    "encoder_dir",
     type=click.Path(file_okay=False, exists=True),
     required=True,
-    help="the finetune stage's output (item_embeddings.parquet)",
+    help="the encoder chosen by evaluate-retrieval (its --selected: item_embeddings.parquet, sentence-transformer/)",
 )
 @click.option("--metrics", type=click.Path(dir_okay=False), required=True)
 @click.option("--reports-dir", type=click.Path(file_okay=False), required=True)
@@ -565,14 +576,14 @@ def stage_evaluate_retrieval(params_path, overrides, prepared, pretrained, finet
     default=None,
     help="also write the served recommender's bundle here (refitted on all purchases)",
 )
-def stage_compare_models(params_path, overrides, prepared, finetuned, metrics, reports_dir, bundle_dir):
+def stage_compare_models(params_path, overrides, prepared, encoder_dir, metrics, reports_dir, bundle_dir):
     """XGBoost with and without PLM features, ALS and its PLM variants, learning to rank, over seeds."""
     from plmrec import stages
 
     stages.compare_models(
         load_params(params_path, overrides),
         prepared,
-        finetuned,
+        encoder_dir,
         metrics_path=metrics,
         reports_dir=reports_dir,
         bundle_dir=bundle_dir,

@@ -202,6 +202,16 @@ class PretrainParams(TrainingSettings):
     mlm_probability: float = Field(0.15, gt=0, lt=1)
     tsdae_deletion_ratio: float = Field(0.6, ge=0, lt=1)
     pooling: Literal["mean", "cls"] = "mean"
+    mlm_head: Literal["informed", "random"] = Field(
+        "informed",
+        description="a checkpoint without an MLM head: start the head from the frozen encoder "
+        "(plmrec.pretrain.head) or at random",
+    )
+    head_warmup_steps: int = Field(
+        0, ge=0, description="head-only MLM steps (encoder frozen) before a fresh head's phase"
+    )
+    head_learning_rate: float = Field(1e-3, gt=0, le=1, description="the head warm-up's learning rate")
+    valid_proxy: bool = Field(True, description="score each phase's encoder on the valid window (retrieval proxy)")
 
     @model_validator(mode="after")
     def _has_phases(self) -> PretrainParams:
@@ -219,8 +229,10 @@ class FinetunePhaseParams(_PhaseLength):
 
 class FinetuneParams(TrainingSettings):
     enabled: bool = True
-    start_from: Literal["pretrained", "base"] = Field(
-        "pretrained", description="the pretrain stage's encoder, or pretrain.base_model untouched"
+    start_from: Literal["auto", "pretrained", "base"] = Field(
+        "auto",
+        description="auto: whichever of base and pretrained scores higher on the valid window; "
+        "pretrained: the pretrain stage's encoder; base: pretrain.base_model untouched",
     )
     phases: list[FinetunePhaseParams] = [
         FinetunePhaseParams(task="item_context", steps=20),
@@ -234,6 +246,12 @@ class FinetuneParams(TrainingSettings):
     mlm_probability: float = Field(0.15, gt=0, lt=1)
     max_length: int = Field(128, ge=8, le=4096)
     history_length: int = Field(20, ge=1, description="purchases in a user's history sentence")
+    history_template: Literal["plain", "structured"] = Field(
+        "plain", description="plain: '<newest>; <older>; ...'; structured (Sentence-T5): '1: <newest>; 2: <older>; ...'"
+    )
+    pair_weighting: Literal["uniform", "count"] = Field(
+        "uniform", description="item_context: each pair once, or drawn in proportion to the baskets holding both"
+    )
     min_chars: int = Field(30, ge=1, description="review_item: both sides at least this long (BLaIR)")
     neighbours_per_item: int = Field(10, ge=1, description="item_context: most co-purchased items per item")
     pairs_per_user: int = Field(20, ge=1, description="sequence tasks: most recent positions per user")
@@ -270,6 +288,10 @@ class RetrievalParams(_Section):
     encode_batch_size: int = Field(128, ge=1)
     clusters: int = Field(8, ge=2, description="KMeans clusters in the embedding picture")
     compare: list[Literal["base", "pretrained", "finetuned"]] = ["base", "pretrained", "finetuned"]
+    encoder_selection: Literal["auto", "base", "pretrained", "finetuned"] = Field(
+        "auto",
+        description="the encoder every later stage uses: auto = best valid NDCG@10 of retrieval.compare",
+    )
     seqrec: SeqrecParams = SeqrecParams()
 
     @model_validator(mode="after")

@@ -133,7 +133,16 @@ def finetune(
 
 
 def evaluate_retrieval(
-    config: dict, tracking_uri: str, run_key: str, *, prepared_data, pretrained, finetuned, retrieval_metrics, table
+    config: dict,
+    tracking_uri: str,
+    run_key: str,
+    *,
+    prepared_data,
+    pretrained,
+    finetuned,
+    retrieval_metrics,
+    table,
+    encoder,
 ) -> None:
     params, tracked = _setup(config, tracking_uri, run_key)
     tables_dir = Path(table.path).parent / "tables"
@@ -144,29 +153,51 @@ def evaluate_retrieval(
         finetuned_dir=finetuned.path,
         metrics_path=tables_dir / "metrics.json",
         tables_dir=tables_dir,
+        selected_dir=encoder.path,
         **tracked,
     )
-    for bench, by_encoder in results.items():
-        for encoder, by_kind in by_encoder.items():
+    selection = results["selection"]
+    encoder.metadata.update(
+        {
+            "framework": "sentence-transformers",
+            "encoder": selection["chosen"],
+            "query": selection["query"],
+            "chosen_by": f"valid {selection['metric']}" if selection["mode"] == "auto" else "encoder_selection",
+            "sentence_transformer_dir": "sentence-transformer",
+            "item_embeddings": "item_embeddings.parquet",
+            "user_embeddings": "user_embeddings.parquet",
+        }
+    )
+    for name, figures in selection["valid"].items():
+        _log(
+            retrieval_metrics,
+            {f"valid_{name}_{selection['metric'].replace('@', '_at_')}": figures[selection["metric"]]},
+        )
+    _log(retrieval_metrics, {f"selected_{name}": int(name == selection["chosen"]) for name in selection["valid"]})
+    for bench, by_encoder in results["benchmarks"].items():
+        for name, by_kind in by_encoder.items():
             for kind, m in by_kind.items():
                 if not kind.startswith("_"):
                     _log(
                         retrieval_metrics,
-                        {f"{bench}_{encoder}_{kind}_{k.replace('@', '_at_')}": v for k, v in m.items() if "@" in k},
+                        {f"{bench}_{name}_{kind}_{k.replace('@', '_at_')}": v for k, v in m.items() if "@" in k},
                     )
     sections = "".join(f"<h4>{p.stem}</h4><pre>{p.read_text()}</pre>" for p in sorted(tables_dir.glob("*.md")))
-    Path(table.path).write_text(f"<html><body><h3>Next-item retrieval, full ranking</h3>{sections}</body></html>")
+    Path(table.path).write_text(
+        f"<html><body><h3>Next-item retrieval, full ranking</h3><p>Encoder chosen on valid: "
+        f"<b>{selection['chosen']}</b> ({selection['query']} query)</p>{sections}</body></html>"
+    )
 
 
 def compare_models(
-    config: dict, tracking_uri: str, run_key: str, *, prepared_data, finetuned, compare_metrics, results, bundle
+    config: dict, tracking_uri: str, run_key: str, *, prepared_data, encoder, compare_metrics, results, bundle
 ) -> None:
     params, tracked = _setup(config, tracking_uri, run_key)
     reports = Path(results.path).parent / "reports"
     summary = stages.compare_models(
         params,
         prepared_data.path,
-        finetuned.path,
+        encoder.path,
         metrics_path=reports / "metrics.json",
         reports_dir=reports,
         bundle_dir=bundle.path,
@@ -176,6 +207,7 @@ def compare_models(
         {
             "served_model": summary["served"]["model"],
             "framework": "plmrec-bundle",
+            "encoder": summary["encoder"],
             **{k: v for k, v in summary["served"]["metrics"].items() if not k.endswith("_std")},
         }
     )

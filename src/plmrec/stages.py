@@ -12,6 +12,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
@@ -21,6 +22,9 @@ from plmrec.data.files import file_digest
 from plmrec.data.tables import read_table, write_table
 from plmrec.errors import DataValidationFailed, StageError
 from plmrec.ranking import RANKING_METRICS
+
+if TYPE_CHECKING:
+    from plmrec.selection import EncoderSelection
 
 STAGES = (
     "ingest",
@@ -291,8 +295,29 @@ def _phase_figures(phase: dict, extra: str) -> dict:
 
 
 def pretrain_summary(report: dict) -> dict:
-    """Per-phase headline figures: DVC metrics, the KFP Metrics artifact and the MLflow stage run."""
-    return {"pretrain": {ph["label"]: _phase_figures(ph, "tokens_per_s") for ph in report["phases"]}}
+    """Per-phase headline figures: DVC metrics, the KFP Metrics artifact and the MLflow stage run; with
+    the valid proxy, `valid_ndcg_at_10` per phase and for the base model."""
+    phases = {}
+    for ph in report["phases"]:
+        phases[ph["label"]] = _phase_figures(ph, "tokens_per_s")
+        if ph.get("valid_proxy"):
+            phases[ph["label"]]["valid_ndcg_at_10"] = ph["valid_proxy"]["ndcg@10"]
+    if report.get("valid_proxy_base"):
+        phases["base"] = {"valid_ndcg_at_10": report["valid_proxy_base"]["ndcg@10"]}
+    return {"pretrain": phases}
+
+
+def _pretrain_probe(params: Params, prepared: pd.DataFrame):
+    """The valid-window probe for the per-phase proxy, or None (switched off, or no valid customers)."""
+    from plmrec.selection import ValidProbe
+
+    if not params.pretrain.valid_proxy:
+        return None
+    try:
+        return ValidProbe.from_prepared(prepared, params)
+    except StageError as exc:
+        say("pretrain", f"no valid proxy: {exc}")
+        return None
 
 
 def pretrain(
@@ -319,14 +344,25 @@ def pretrain(
             say("pretrain", f"disabled: exported {pretraining.base_model} unchanged -> {out}")
             return {"phases": []}
         check_base_model(pretraining.base_model)  # fail on a bad model before reading any data
-        prepared, _ = read_table(prepared_path, columns=["Description", "split"])
+        prepared, _ = read_table(prepared_path, columns=ENCODER_COLUMNS)
         corpora = build_corpora(params, prepared)
+        probe = _pretrain_probe(params, prepared)
         for name, sentences in corpora.items():
             if is_main_process():
                 write_corpus(sentences, out / "corpora" / f"{name}.txt")
         tracking.log_numeric({f"{k}_sentences": len(v) for k, v in corpora.items()}, "corpus_")
         say("pretrain", "corpora: " + ", ".join(f"{k.upper()} {len(v):,} sentences" for k, v in corpora.items()))
-        report = run_schedule(pretraining, corpora, out, seed=params.seed, on_log=tracking.loss_logger())
+        report = run_schedule(
+            pretraining,
+            corpora,
+            out,
+            seed=params.seed,
+            on_log=tracking.loss_logger(),
+            probe=probe,
+            on_proxy=lambda index, figures: tracking.log_metric(
+                "valid_proxy_ndcg_at_10", figures["ndcg@10"], step=index
+            ),
+        )
         for label, figures in pretrain_summary(report)["pretrain"].items():
             tracking.log_numeric(figures, f"{label}/")
         tracking.log_numeric({"pretrain_seconds": report["seconds"]})
@@ -352,19 +388,39 @@ def finetune_summary(report: dict) -> dict[str, dict]:
     return {ph["label"]: _phase_figures(ph, "pairs") for ph in report["phases"]}
 
 
-def finetune_start_model(params: Params, pretrained_dir: str | Path | None) -> str:
-    """The encoder fine-tuning starts from: the pretrain stage's output, or the untouched base model."""
+def finetune_start_model(
+    params: Params, pretrained_dir: str | Path | None, prepared: pd.DataFrame | None = None
+) -> tuple[str, EncoderSelection | None]:
+    """The encoder fine-tuning starts from: the pretrain stage's output, the untouched base model, or
+    (start_from: auto) whichever of the two scores higher on the valid window; and that selection."""
     from plmrec.pretrain.models import check_base_model
+    from plmrec.selection import ValidProbe, select_encoder
+    from plmrec.training.device import resolve_device
 
-    if params.finetune.start_from == "base":
-        return check_base_model(params.pretrain.base_model)
+    tuning = params.finetune
+    base = check_base_model(params.pretrain.base_model)
+    if tuning.start_from == "base" or (tuning.start_from == "auto" and not params.pretrain.enabled):
+        return base, None
     hf = Path(pretrained_dir or "") / "hf"
     if not (hf / "config.json").is_file():
         raise StageError(
-            f"finetune.start_from is 'pretrained' but {hf} holds no encoder "
+            f"finetune.start_from is '{tuning.start_from}' but {hf} holds no encoder "
             f"(run the pretrain stage first, or set finetune.start_from: base)"
         )
-    return str(hf)
+    if tuning.start_from == "pretrained":
+        return str(hf), None
+    if prepared is None:
+        raise StageError("finetune.start_from is 'auto': the prepared table is needed to score on the valid window")
+    selection = select_encoder(
+        {"base": base, "pretrained": str(hf)},
+        ValidProbe.from_prepared(prepared, params),
+        mode="auto",
+        pooling=tuning.pooling,
+        max_length=tuning.max_length,
+        device=str(resolve_device(tuning.device)),
+        progress=lambda message: say("finetune", f"start_from auto: {message}"),
+    )
+    return selection.path, selection
 
 
 def finetune(
@@ -388,8 +444,12 @@ def finetune(
     tuning, out = params.finetune, Path(out_dir)
     with tracking.stage_run(params, "finetune", run_key=run_key, tracking_uri=tracking_uri):
         quiet_transformers()
-        start = finetune_start_model(params, pretrained_dir)
         prepared, _ = read_table(prepared_path, columns=ENCODER_COLUMNS)
+        start, start_selection = finetune_start_model(params, pretrained_dir, prepared)
+        if start_selection is not None:
+            say("finetune", f"start_from auto: {start_selection.line()}")
+            tracking.log_table(start_selection.table(), "finetune/start_selection.json")
+            tracking.set_tags({"finetune.start_from_chosen": start_selection.chosen})
         report: dict = {"start_model": start, "phases": []}
         if tuning.enabled:
             report = run_finetune(params, prepared, start, out_dir=out, on_log=tracking.loss_logger())
@@ -415,6 +475,8 @@ def finetune(
             seed=params.seed,
         )
         report["embeddings"] = {**embedded, **picture}
+        if start_selection is not None:
+            report["start_selection"] = start_selection.to_dict()
         (out / "finetune_report.json").write_text(json.dumps(report, indent=2))
         tracking.log_numeric(embedded, "embed_")
         tracking.log_numeric(picture, "pca_")
@@ -493,6 +555,52 @@ def _log_retrieval_table(bench: str, table: pd.DataFrame, tables_dir: Path) -> N
     say("evaluate-retrieval", f"{bench}\n{markdown_table(table)}")
 
 
+def write_selected_encoder(
+    selection: EncoderSelection, model, prepared: pd.DataFrame, *, params: Params, out_dir: str | Path
+) -> dict:
+    """The chosen encoder as every later stage reads it: sentence-transformer/, item and user
+    embeddings, index.json and selection.json under `out_dir`."""
+    from plmrec.finetune.run import embed_catalogue
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save(str(out / "sentence-transformer"))
+    embedded = embed_catalogue(model, prepared, params, out_dir=out)
+    embedded.pop("vectors")
+    write_json(out / "selection.json", selection.to_dict())
+    return embedded
+
+
+def _log_selection(selection: EncoderSelection, test: dict, *, tables_dir: Path, params: Params, tracked: dict) -> None:
+    """The decision and its valid figures: the stage run (table, metrics, tags), the parent run (tag and
+    the chosen encoder's test figures) and a markdown table next to the test tables."""
+    from plmrec.reports import markdown_table
+
+    table = selection.table()
+    table.to_csv(tables_dir / "valid_selection.csv", index=False)
+    (tables_dir / "valid_selection.md").write_text(markdown_table(table))
+    tracking.log_table(table, "retrieval/selection.json")
+    tracking.log_artifact(tables_dir / "valid_selection.md", "retrieval")
+    for name, (_, value) in selection.best.items():
+        tracking.log_numeric({f"valid/{name}/{selection.metric.replace('@', '_at_')}": value})
+    tags = {"plmrec.encoder": selection.chosen, "plmrec.encoder_query": selection.query}
+    tracking.set_tags({**tags, "plmrec.encoder_selection": selection.line()})
+    chosen = test[selection.chosen][selection.query]
+    tracking.log_parent_metrics(
+        params,
+        {
+            **{f"valid_ndcg_at_10_{name}": value for name, (_, value) in selection.best.items()},
+            **{
+                f"test_retrieval_{name}_at_{k}": chosen[f"{name}@{k}"]
+                for k in params.retrieval.ks
+                for name in ("recall", "ndcg")
+            },
+        },
+        **tracked,
+    )
+    tracking.set_parent_tags(params, tags, **tracked)
+
+
 def evaluate_retrieval(
     params: Params,
     prepared_path: str | Path,
@@ -501,26 +609,39 @@ def evaluate_retrieval(
     finetuned_dir: str | Path | None,
     metrics_path: str | Path,
     tables_dir: str | Path,
+    selected_dir: str | Path | None = None,
     run_key: str | None = None,
     tracking_uri: str | None = None,
 ) -> dict:
-    """Full-ranking next-item retrieval on the test split for each encoder, and on the UniSRec/RecBole
-    benchmark when retrieval.seqrec.path is set; one comparable table each."""
+    """Each encoder of retrieval.compare scored on the valid window (which chooses the encoder:
+    retrieval.encoder_selection) and once on the test window, and on the UniSRec/RecBole benchmark when
+    retrieval.seqrec.path is set; one comparable table each. With `selected_dir`, the chosen encoder and
+    its item and user embeddings are written there for compare-models and the serving bundle."""
     from plmrec.encoders import load_encoder
-    from plmrec.finetune.retrieval import REPORTED, results_table, score_encoder
+    from plmrec.finetune.retrieval import results_table, score_encoder
     from plmrec.pretrain.models import quiet_transformers
+    from plmrec.selection import EncoderSelection, ValidProbe, best_query
     from plmrec.training.device import resolve_device
 
     retrieval, tuning = params.retrieval, params.finetune
-    with tracking.stage_run(params, "evaluate-retrieval", run_key=run_key, tracking_uri=tracking_uri):
+    tracked = {"run_key": run_key, "tracking_uri": tracking_uri}
+    with tracking.stage_run(params, "evaluate-retrieval", **tracked):
         quiet_transformers()
         encoders = retrieval_encoders(params, pretrained_dir, finetuned_dir)
         device = str(resolve_device(tuning.device))
         prepared, _ = read_table(prepared_path, columns=ENCODER_COLUMNS)
+        probe = ValidProbe.from_prepared(prepared, params)
         benchmarks = _retrieval_benchmarks(params, prepared)
         results: dict = {bench: {} for bench in benchmarks}
+        valid: dict = {}
         for name, path in encoders.items():  # each encoder is loaded once and scores every benchmark
             model = load_encoder(path, tuning.pooling, tuning.max_length, device=device)
+            valid[name] = probe.score(model)
+            kind, value = best_query(valid[name])
+            say(
+                "evaluate-retrieval",
+                f"valid: {name} ndcg@10 {value:.4f} ({kind} query, {len(probe.queries):,} queries)",
+            )
             for bench, (texts, queries, exclude) in benchmarks.items():
                 results[bench][name] = score_encoder(
                     model,
@@ -532,15 +653,20 @@ def evaluate_retrieval(
                     exclude_history=exclude,
                     batch_size=retrieval.encode_batch_size,
                     index_kind=retrieval.index,
+                    template=tuning.history_template,
                 )
                 timing = results[bench][name]["_timing"]
                 say(
                     "evaluate-retrieval",
                     f"{bench}: {name} scored {timing['queries']:,} queries over {timing['items']:,} items",
                 )
-        Path(tables_dir).mkdir(parents=True, exist_ok=True)
+        selection = EncoderSelection(retrieval.encoder_selection, valid, paths=encoders)
+        tables = Path(tables_dir)
+        tables.mkdir(parents=True, exist_ok=True)
         for bench in benchmarks:
-            _log_retrieval_table(bench, results_table(results[bench], retrieval.ks), Path(tables_dir))
+            _log_retrieval_table(bench, results_table(results[bench], retrieval.ks), tables)
+        test = results["online_retail_test"]
+        _log_selection(selection, test, tables_dir=tables, params=params, tracked=tracked)
         metrics = {
             "retrieval": {
                 bench: {
@@ -548,19 +674,22 @@ def evaluate_retrieval(
                     for enc, by_kind in by_enc.items()
                 }
                 for bench, by_enc in results.items()
-            }
+            },
+            "selection": {k: v for k, v in selection.to_dict().items() if k not in ("scores", "paths")},
         }
         write_json(metrics_path, metrics)
-        tracking.log_json(results, "retrieval/results.json")
-        if "finetuned" in encoders:
-            head = results["online_retail_test"]["finetuned"]["sentence"]
-            tracking.log_parent_metrics(
-                params,
-                {f"test_retrieval_{name}_at_{k}": head[f"{name}@{k}"] for k in retrieval.ks for name in REPORTED},
-                run_key=run_key,
-                tracking_uri=tracking_uri,
-            )
-        return results
+        tracking.log_json({"test": results, "valid": valid}, "retrieval/results.json")
+        if selected_dir is not None:
+            model = load_encoder(selection.path, tuning.pooling, tuning.max_length, device=device)
+            embedded = write_selected_encoder(selection, model, prepared, params=params, out_dir=selected_dir)
+            tracking.log_numeric(embedded, "selected_embed_")
+        figure = test[selection.chosen][selection.query][f"ndcg@{retrieval.ks[0]}"]
+        say(
+            "evaluate-retrieval",
+            f"{selection.line()}; test ndcg@{retrieval.ks[0]} {figure:.4f}"
+            + (f" -> {selected_dir}" if selected_dir is not None else ""),
+        )
+        return {"benchmarks": results, "valid": valid, "selection": selection.to_dict()}
 
 
 # ---------------------------------------------------------------------------- the comparison
@@ -755,10 +884,16 @@ class Comparison:
         )
 
 
+def _selected_encoder_name(encoder_dir: str | Path) -> str:
+    """Which encoder a directory holds: selection.json's choice (evaluate-retrieval), else 'finetuned'."""
+    found = Path(encoder_dir) / "selection.json"
+    return json.loads(found.read_text())["chosen"] if found.exists() else "finetuned"
+
+
 def compare_models(
     params: Params,
     prepared_path: str | Path,
-    finetuned_dir: str | Path,
+    encoder_dir: str | Path,
     *,
     metrics_path: str | Path,
     reports_dir: str | Path,
@@ -767,7 +902,8 @@ def compare_models(
     tracking_uri: str | None = None,
 ) -> dict:
     """The classifier ablation (XGBoost with and without PLM features) and the recommenders
-    (popularity, ALS and its PLM variants, text neighbours, learning to rank), over several seeds.
+    (popularity, ALS and its PLM variants, text neighbours, learning to rank), over several seeds, with
+    the encoder evaluate-retrieval chose on valid (`encoder_dir`: its item embeddings and model).
     With `bundle_dir`, the served recommender (registry.served_model) is refitted on all purchases
     and written there as a serving bundle."""
     from plmrec.serving.bundle import write_bundle
@@ -782,11 +918,18 @@ def compare_models(
             return {"classifier": {}, "recommenders": {}, "verdicts": []}
         start = time.perf_counter()
         prepared, _ = read_table(prepared_path)
-        items = pd.read_parquet(Path(finetuned_dir) / "item_embeddings.parquet")
+        items = pd.read_parquet(Path(encoder_dir) / "item_embeddings.parquet")
+        encoder = _selected_encoder_name(encoder_dir)
+        say("compare-models", f"text features from the '{encoder}' encoder ({encoder_dir})")
+        tracking.set_tags({"plmrec.encoder": encoder})
         comparison = Comparison.run(params, prepared, items)
         verdicts = comparison.verdicts()
         comparison.write_reports(out, verdicts)
-        summary = {**comparison.summary(verdicts), "seconds": round(time.perf_counter() - start, 1)}
+        summary = {
+            **comparison.summary(verdicts),
+            "encoder": encoder,
+            "seconds": round(time.perf_counter() - start, 1),
+        }
         write_json(metrics_path, {"compare": {k: summary[k] for k in ("classifier", "recommenders")}})
         if bundle_dir is not None:
             started = time.perf_counter()
@@ -796,7 +939,7 @@ def compare_models(
                 items,
                 recommender_rows=comparison.recommender_rows,
                 recommender_detail=comparison.recommender_detail,
-                encoder_dir=Path(finetuned_dir) / "sentence-transformer",
+                encoder_dir=Path(encoder_dir) / "sentence-transformer",
                 bundle_dir=bundle_dir,
             )
             say(

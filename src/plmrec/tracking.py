@@ -130,6 +130,19 @@ def log_parent_metrics(
         client.log_metric(parent, name, float(value))
 
 
+def set_parent_tags(params: Params, tags: dict[str, Any], *, run_key: str | None, tracking_uri: str | None) -> None:
+    """Tags on the pipeline's parent run (e.g. which encoder the run chose); nothing without a run key."""
+    if not run_key:
+        return
+    import mlflow
+
+    uri = tracking_uri or resolve_tracking_uri(params)
+    parent = parent_run(uri, params, run_key)
+    client = mlflow.MlflowClient(uri)
+    for name, value in tags.items():
+        client.set_tag(parent, name, str(value)[:5000])
+
+
 @contextlib.contextmanager
 def stage_run(
     params: Params, stage: str, *, run_key: str | None = None, tracking_uri: str | None = None

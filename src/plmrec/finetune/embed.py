@@ -144,11 +144,12 @@ def user_table(
     model,
     history_length: int,
     half_life: float,
+    template: str = "plain",
     batch_size: int = 128,
 ) -> pd.DataFrame:
     """Per customer: mean and recency-weighted item vectors, and the encoded history sentence."""
     mean, recent = user_vectors(histories, item_vectors, half_life)
-    sentences = [render_history([item_texts[i] for i in rows], history_length) for rows in histories]
+    sentences = [render_history([item_texts[i] for i in rows], history_length, template) for rows in histories]
     sentence = encode_texts(model, sentences, batch_size)
     return pd.DataFrame(
         {

@@ -7,7 +7,11 @@ Tasks (one per fine-tuning phase):
   sequence_sequence  two views of one user's history (disjoint halves)
   item_text          item title <-> its full text (Amazon); Online Retail has one description per
                      item, so the second side is a word-dropout view of it
-A history sentence lists the most recent purchases first, so truncation drops the oldest.
+A history sentence lists the most recent purchases first, so the tokenizer's truncation to
+max_length drops the oldest. Two templates (finetune.history_template):
+  plain       "<newest>; <older>; ...; <oldest>"
+  structured  "1: <newest>; 2: <older>; ...; n: <oldest>"  (Sentence-T5's structured form: item titles
+              only, each behind its position marker, most recent first)
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import pandas as pd
 from plmrec.errors import PairError
 
 HISTORY_SEPARATOR = "; "
+HISTORY_TEMPLATES = ("plain", "structured")
 
 
 def training_rows(prepared: pd.DataFrame, train_end: dt.date | str) -> pd.DataFrame:
@@ -60,9 +65,14 @@ def descriptions(rows: pd.DataFrame) -> dict[str, str]:
     return dict(zip(cat["StockCode"], cat["Description"]))
 
 
-def render_history(descriptions: list[str], length: int) -> str:
-    """The last `length` purchases as one sentence, most recent first."""
-    return HISTORY_SEPARATOR.join(reversed(descriptions[-length:]))
+def render_history(descriptions: list[str], length: int, template: str = "plain") -> str:
+    """The last `length` purchases (`descriptions` oldest first) as one sentence, most recent first."""
+    newest_first = list(reversed(descriptions[-length:]))
+    if template == "plain":
+        return HISTORY_SEPARATOR.join(newest_first)
+    if template == "structured":
+        return HISTORY_SEPARATOR.join(f"{i}: {text}" for i, text in enumerate(newest_first, start=1))
+    raise PairError(f"unknown history template '{template}' (expected one of {', '.join(HISTORY_TEMPLATES)})")
 
 
 def purchase_sequences(rows: pd.DataFrame) -> pd.DataFrame:
@@ -104,9 +114,14 @@ def item_context_pairs(
     max_items_per_basket: int = 50,
     *,
     max_pairs: int = 200_000,
+    weighting: str = "uniform",
     seed: int = 0,
 ) -> list[tuple[str, str]]:
-    """Each item's description with those of its most co-purchased items (ties: by code)."""
+    """Each item's description with those of its most co-purchased items (ties: by code).
+
+    weighting "uniform": each (item, neighbour) pair once. "count": `max_pairs` pairs drawn with
+    replacement, each (item, neighbour) with probability proportional to the number of baskets
+    that hold both, so the pairs the shop sees most are trained on most."""
     cat = catalogue(rows)
     index = {c: i for i, c in enumerate(cat["StockCode"])}
     texts = cat["Description"].tolist()
@@ -127,12 +142,26 @@ def item_context_pairs(
     frame = pd.DataFrame({"a": uniq // len(texts), "b": uniq % len(texts), "n": counts})
     frame = frame.sort_values(["a", "n", "b"], ascending=[True, False, True])
     frame = frame.groupby("a", sort=False).head(neighbours_per_item)
-    pairs = [(texts[a], texts[b]) for a, b in zip(frame["a"], frame["b"]) if texts[a] != texts[b]]
+    frame = frame[[texts[a] != texts[b] for a, b in zip(frame["a"], frame["b"])]]
+    if weighting == "count" and len(frame):
+        n = frame["n"].to_numpy(dtype=np.float64)
+        drawn = np.sort(rng.choice(len(frame), size=max_pairs, replace=True, p=n / n.sum()))
+        a, b = frame["a"].to_numpy()[drawn], frame["b"].to_numpy()[drawn]
+        return [(texts[i], texts[j]) for i, j in zip(a, b)]
+    if weighting not in ("uniform", "count"):
+        raise PairError(f"unknown pair weighting '{weighting}' (expected uniform or count)")
+    pairs = [(texts[a], texts[b]) for a, b in zip(frame["a"], frame["b"])]
     return _sample(pairs, max_pairs, seed)
 
 
 def sequence_next_pairs(
-    rows: pd.DataFrame, history_length: int = 20, pairs_per_user: int = 20, *, max_pairs: int = 200_000, seed: int = 0
+    rows: pd.DataFrame,
+    history_length: int = 20,
+    pairs_per_user: int = 20,
+    *,
+    max_pairs: int = 200_000,
+    template: str = "plain",
+    seed: int = 0,
 ) -> list[tuple[str, str]]:
     """(history sentence before a basket, an item of that basket not bought before), most recent first."""
     text = descriptions(rows)
@@ -149,7 +178,7 @@ def sequence_next_pairs(
                 if new:
                     history = sorted(last_seen, key=last_seen.__getitem__)
                     target = new[rng.integers(len(new))]
-                    pairs.append((render_history([text[c] for c in history], history_length), text[target]))
+                    pairs.append((render_history([text[c] for c in history], history_length, template), text[target]))
             for c in basket:
                 last_seen[c] = position
                 position += 1
@@ -157,7 +186,7 @@ def sequence_next_pairs(
 
 
 def sequence_sequence_pairs(
-    rows: pd.DataFrame, history_length: int = 20, max_pairs: int = 200_000, *, seed: int = 0
+    rows: pd.DataFrame, history_length: int = 20, max_pairs: int = 200_000, *, template: str = "plain", seed: int = 0
 ) -> list[tuple[str, str]]:
     """Two disjoint random halves of each user's distinct items, as history sentences."""
     text = descriptions(rows)
@@ -171,7 +200,9 @@ def sequence_sequence_pairs(
             side[: len(items) // 2] = ~side[: len(items) // 2]
         first = [text[c] for c, s in zip(items, side) if s]
         second = [text[c] for c, s in zip(items, side) if not s]
-        pairs.append((render_history(first, history_length), render_history(second, history_length)))
+        pairs.append(
+            (render_history(first, history_length, template), render_history(second, history_length, template))
+        )
     return _sample(pairs, max_pairs, seed)
 
 

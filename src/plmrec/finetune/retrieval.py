@@ -80,19 +80,26 @@ def score_encoder(
     exclude_history: bool,
     batch_size: int = 128,
     index_kind: str = "exact",
+    kinds: tuple[str, ...] = QUERY_KINDS,
+    template: str = "plain",
 ) -> dict[str, dict[str, float]]:
-    """Metrics per query kind for one encoder; item vectors are encoded once."""
+    """Metrics per query kind (of `kinds`) for one encoder; item vectors are encoded once, history
+    sentences only when the sentence query is asked for."""
     start = time.perf_counter()
     items = encode_texts(model, item_texts, batch_size)
-    sentences = [pairs.render_history([item_texts[i] for i in h], history_length) for h in queries.histories]
-    sentence_q = encode_texts(model, sentences, batch_size)
+    built = {}
+    if "sentence" in kinds:
+        sentences = [
+            pairs.render_history([item_texts[i] for i in h], history_length, template) for h in queries.histories
+        ]
+        built["sentence"] = encode_texts(model, sentences, batch_size)
     encode_s = time.perf_counter() - start
-    mean_q, recent_q = user_vectors(queries.histories, items, half_life)
+    built["mean"], built["recency"] = user_vectors(queries.histories, items, half_life)
     index = build_index(items, index_kind)
     exclude = queries.histories if exclude_history else None
     out = {}
-    for kind, q in zip(QUERY_KINDS, (sentence_q, mean_q, recent_q)):
-        top, _ = index.search(q, max(ks), exclude)
+    for kind in (k for k in QUERY_KINDS if k in kinds):
+        top, _ = index.search(built[kind], max(ks), exclude)
         out[kind] = ranking_metrics(top.tolist(), queries.relevant, ks)
     out["_timing"] = {"encode_seconds": round(encode_s, 2), "items": len(item_texts), "queries": len(queries)}
     return out

@@ -32,11 +32,17 @@ def build_pairs(task: str, params: Params, rows: pd.DataFrame, *, seed: int) -> 
     """The (anchor, positive) texts of one task, from training rows only."""
     ft = params.finetune
     if task == "item_context":
-        return pairs.item_context_pairs(rows, ft.neighbours_per_item, max_pairs=ft.max_pairs, seed=seed)
+        return pairs.item_context_pairs(
+            rows, ft.neighbours_per_item, max_pairs=ft.max_pairs, weighting=ft.pair_weighting, seed=seed
+        )
     if task == "sequence_next":
-        return pairs.sequence_next_pairs(rows, ft.history_length, ft.pairs_per_user, max_pairs=ft.max_pairs, seed=seed)
+        return pairs.sequence_next_pairs(
+            rows, ft.history_length, ft.pairs_per_user, max_pairs=ft.max_pairs, template=ft.history_template, seed=seed
+        )
     if task == "sequence_sequence":
-        return pairs.sequence_sequence_pairs(rows, ft.history_length, ft.max_pairs, seed=seed)
+        return pairs.sequence_sequence_pairs(
+            rows, ft.history_length, ft.max_pairs, template=ft.history_template, seed=seed
+        )
     if task == "item_text":
         return pairs.item_text_pairs(pairs.catalogue(rows), ft.max_pairs, seed)
     if task == "review_item":
@@ -180,6 +186,7 @@ def embed_catalogue(model, prepared: pd.DataFrame, params: Params, *, out_dir: s
         item_texts=cat["Description"].tolist(),
         model=model,
         history_length=params.finetune.history_length,
+        template=params.finetune.history_template,
         half_life=params.retrieval.recency_half_life,
         batch_size=params.retrieval.encode_batch_size,
     )
@@ -191,6 +198,7 @@ def embed_catalogue(model, prepared: pd.DataFrame, params: Params, *, out_dir: s
         model_info={
             "users_from": f"purchases before {params.split.train_end}",
             "history_length": params.finetune.history_length,
+            "history_template": params.finetune.history_template,
             "recency_half_life": params.retrieval.recency_half_life,
         },
     )

@@ -85,11 +85,11 @@ class MaskedLM:
             model_dir, attn_implementation="sdpa", output_loading_info=True
         )
         fresh = [k for k in info.get("missing_keys", []) if not k.startswith(self.model.base_model_prefix + ".")]
-        if fresh:  # e.g. sentence-transformers checkpoints: the encoder only
+        self.fresh_head = bool(fresh)  # e.g. sentence-transformers checkpoints: the encoder only
+        if fresh:
             print(
-                f"[plmrec] pretrain: {model_dir} has no trained MLM head ({len(fresh)} head weights start "
-                f"random); short MLM runs can degrade the encoder: prefer a checkpoint with its MLM head "
-                f"or more steps",
+                f"[plmrec] pretrain: {model_dir} has no trained MLM head ({len(fresh)} head weights are new; "
+                f"pretrain.mlm_head decides how they start)",
                 flush=True,
             )
         if self.model.config.vocab_size % VOCAB_MULTIPLE:  # e.g. RoBERTa's 50,265: unaligned GEMMs are slow

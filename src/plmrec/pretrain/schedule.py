@@ -59,6 +59,9 @@ def _phase_record(phase: PhaseParams, params: PretrainParams, start: str, *, see
                 "mlm_probability",
                 "tsdae_deletion_ratio",
                 "pooling",
+                "mlm_head",
+                "head_warmup_steps",
+                "head_learning_rate",
             }
         ),
     }
@@ -86,6 +89,43 @@ def _drop_weights(directory: Path) -> None:
         (directory / name).unlink(missing_ok=True)
 
 
+def _start_head(objective, examples: list, params: PretrainParams, *, label: str, seed: int) -> dict:
+    """A fresh MLM head (the checkpoint has none) started as pretrain.mlm_head says, then warmed up."""
+    from plmrec.pretrain.head import start_informed_head, warm_up_head
+
+    facts: dict = {"mlm_head": params.mlm_head}
+    if params.mlm_head == "informed":
+        facts.update(start_informed_head(objective, examples, seed=seed))
+        if facts.get("informed"):
+            print(
+                f"[plmrec] pretrain: phase {label}: informed MLM head, held-out loss "
+                f"{facts['random_head_loss']:.3f} (random) -> {facts['informed_head_loss']:.3f}",
+                flush=True,
+            )
+    if params.head_warmup_steps:
+        facts["warmup"] = warm_up_head(
+            objective,
+            examples,
+            steps=params.head_warmup_steps,
+            learning_rate=params.head_learning_rate,
+            settings=params,
+            seed=seed,
+        )
+    return facts
+
+
+def _valid_proxy(probe, model_dir: str, params: PretrainParams) -> dict:
+    """The retrieval proxy of one encoder on the valid window: the best of the mean and recency queries."""
+    from plmrec.encoders import load_encoder
+    from plmrec.selection import PROXY_KINDS, best_query
+    from plmrec.training.device import resolve_device
+
+    model = load_encoder(model_dir, params.pooling, params.max_length, device=str(resolve_device(params.device)))
+    scores = probe.score(model, kinds=PROXY_KINDS)
+    kind, value = best_query(scores)
+    return {"query": kind, "ndcg@10": round(value, 5), "recall@10": round(scores[kind]["recall@10"], 5)}
+
+
 def run_schedule(
     params: PretrainParams,
     corpora: dict[str, list[str]],
@@ -93,9 +133,13 @@ def run_schedule(
     *,
     seed: int = 0,
     on_log: Callable[[str, int, float], None] | None = None,
+    probe=None,
+    on_proxy: Callable[[int, dict], None] | None = None,
     progress: bool = True,
 ) -> dict:
-    """Train every phase in order; returns the report (also written to pretrain_report.json)."""
+    """Train every phase in order; returns the report (also written to pretrain_report.json). With a
+    `probe` (plmrec.selection.ValidProbe), the base encoder and each phase's encoder are scored on the
+    valid window (`valid_proxy` in the report; `on_proxy(phase index, figures)`, 0 for the base)."""
     out = Path(out_dir)
     quiet_transformers()
     base = check_schedule(params, corpora)
@@ -111,6 +155,21 @@ def run_schedule(
         time.time(),
     )
     finished = _finished_phases(params, out, base, seed=seed)
+
+    def score(index: int, model_dir: str, label: str) -> dict | None:
+        if probe is None or not is_main_process():
+            return None
+        figures = _valid_proxy(probe, model_dir, params)
+        print(
+            f"[plmrec] pretrain: {label}: valid proxy ndcg@10 {figures['ndcg@10']:.4f} ({figures['query']} query)",
+            flush=True,
+        )
+        if on_proxy:
+            on_proxy(index, figures)
+        return figures
+
+    if probe is not None:
+        report["valid_proxy_base"] = score(0, base, "base model")
     for i, phase in enumerate(params.phases, start=1):
         label = f"{i}-{phase.name}"
         phase_dir = out / "phases" / label
@@ -118,7 +177,10 @@ def run_schedule(
         done_file = phase_dir / "phase.json"
         if i <= finished:
             print(f"[plmrec] pretrain: phase {label} already done, skipped", flush=True)
-            report["phases"].append(json.loads(done_file.read_text()))
+            entry = json.loads(done_file.read_text())
+            if on_proxy and entry.get("valid_proxy"):
+                on_proxy(i, entry["valid_proxy"])
+            report["phases"].append(entry)
             current = str(phase_dir)
             continue
         objective = make_objective(
@@ -139,6 +201,8 @@ def run_schedule(
             )
         tokenise_s = time.perf_counter() - load_start
         facts = {"record": record, "examples": len(examples), "start_fingerprint": start_fp}
+        if phase.objective == "mlm" and getattr(objective, "fresh_head", False):
+            facts["head_start"] = _start_head(objective, examples, params, label=label, seed=seed + i)
         entry = run_phase(
             objective,
             examples,
@@ -155,6 +219,10 @@ def run_schedule(
         )
         if is_main_process() and Path(current).parent == out / "phases":  # the previous weights are not needed
             _drop_weights(Path(current))
+        proxy = score(i, str(phase_dir), f"phase {label}")
+        if proxy is not None:
+            entry["valid_proxy"] = proxy
+            done_file.write_text(json.dumps(entry, indent=2))
         report["phases"].append(entry)
         current = str(phase_dir)
     report["seconds"] = round(time.time() - started, 2)
