@@ -4,7 +4,6 @@ window), fine-tuning starts from whichever valid prefers, and a fresh MLM head s
 import shutil
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
@@ -109,8 +108,8 @@ def test_the_structured_history_template_renders_the_documented_format():
 
 def test_the_informed_mlm_head_starts_with_a_lower_loss_than_a_random_head(prepared):
     from plmrec.pretrain.head import start_informed_head
-    from plmrec.pretrain.objectives import MaskedLM
     from plmrec.pretrain.models import quiet_transformers
+    from plmrec.pretrain.objectives import MaskedLM
 
     quiet_transformers()
     texts = prepared["Description"].drop_duplicates().tolist()
