@@ -34,13 +34,29 @@ def test_ablation_rows_are_cumulative():
     rows = ablation_rows(
         ClassifierParams(base_groups=["transaction"], ablation=["rf_selection", "text_cluster", "stock_code"])
     )
-    assert [r["variant"] for r in rows] == ["vanilla", "+rf_selection", "+text_cluster", "+stock_code"]
-    assert rows[-1] == {
+    assert [r["variant"] for r in rows] == [
+        "vanilla",
+        "+rf_selection",
+        "+text_cluster",
+        "+stock_code",
+        "text+rf_selection",
+    ]
+    assert rows[-2] == {
         "variant": "+stock_code",
         "groups": ["transaction", "stock_code"],
         "text": ["text_cluster"],
         "rf": True,
     }
+    # selection after the text features: vanilla's groups, every text group, threshold chosen on valid
+    assert rows[-1] == {
+        "variant": "text+rf_selection",
+        "groups": ["transaction"],
+        "text": ["text_cluster"],
+        "rf": "valid",
+    }
+    assert "text+rf_selection" not in [
+        r["variant"] for r in ablation_rows(ClassifierParams(ablation=["rf_selection"], selection_after_text=True))
+    ]  # no text group: no such row
     assert rows[0]["rf"] is False and rows[0]["text"] == []
     # text rows are judged against the same pipeline without text: here the +rf_selection row
     assert plm_counterpart(ClassifierParams(ablation=["rf_selection", "text_cluster", "stock_code"])) == "+rf_selection"
@@ -124,13 +140,18 @@ def test_verdict_reports_absolute_relative_and_std():
 
 @pytest.mark.integration
 def test_text_features_help_xgboost_and_ranker_beats_popularity(prepared, minilm_items):
-    cp = ClassifierParams(ablation=["text_pca10"])
+    cp = ClassifierParams(ablation=["text_pca10"], rf_thresholds=[0.0, 0.5])
     table, detail = run_ablation(prepared, minilm_items, cp, n_labels=5, seeds=[0, 1], clusters=8)
     acc = table.groupby("variant")["test_accuracy"].mean()
     assert acc["+text_pca10"] > acc["vanilla"] + 0.01, acc.to_dict()
-    assert detail["best_variant"] == "+text_pca10"  # chosen on valid
+    assert detail["best_variant"] in ("+text_pca10", "text+rf_selection")  # chosen on valid
     assert any(c.startswith("text_pca10_") for c in detail["columns"])
-    assert table.groupby("variant")["text_features"].max().to_dict() == {"vanilla": 0, "+text_pca10": 10}
+    assert table.groupby("variant")["text_features"].max().to_dict() == {
+        "vanilla": 0,
+        "+text_pca10": 10,
+        "text+rf_selection": 10,  # threshold 0 keeps every feature, 0.5 only the best one: valid prefers all
+    }
+    assert table[table["variant"] == "text+rf_selection"]["rf_threshold"].tolist() == [0.0, 0.0]
 
     rp = RecommendersParams(seeds=[0], mf=dict(factors=[16], similarity_weights=[0.5], cluster_weights=[0.5]))
     rows, info = experiment.run_recommenders(prepared, minilm_items, rp)

@@ -342,6 +342,12 @@ class ClassifierParams(_Section):
         description="added one at a time, cumulatively, after the vanilla model (the study's Tables II-VI)",
     )
     rf_threshold: float = Field(0.04, ge=0, lt=1, description="drop features below this random-forest importance")
+    selection_after_text: bool = Field(
+        True, description="also the row text groups -> random-forest selection, threshold chosen on valid"
+    )
+    rf_thresholds: list[float] = Field(
+        [0.005, 0.01, 0.02, 0.04], min_length=1, description="the text+rf_selection row's thresholds, chosen on valid"
+    )
     rf_trees: int = Field(100, ge=1)
     rf_sample_rows: int = Field(50_000, ge=100)
     xgboost: XGBoostParams = XGBoostParams()

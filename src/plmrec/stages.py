@@ -747,11 +747,15 @@ class Comparison:
         return rows[rows["variant"] == variant]["valid_accuracy"].mean()
 
     def verdicts(self) -> list[str]:
-        from plmrec.recsys.classify import plm_counterpart
+        from plmrec.recsys.classify import TEXT_THEN_SELECTION, plm_counterpart
         from plmrec.recsys.experiment import verdict
 
         classifier, recommender, primary = self.classifier_summary, self.recommender_summary, self.primary
-        counterpart = plm_counterpart(self.params.recommenders.classifier)
+        counterpart = (  # the text-then-selection row starts from vanilla; the cumulative rows from the row before
+            "vanilla"
+            if self.plm_classifier == TEXT_THEN_SELECTION
+            else plm_counterpart(self.params.recommenders.classifier)
+        )
         found = [
             verdict(
                 classifier, "test_accuracy", self.plm_classifier, vanilla=counterpart, label="XGBoost quantity label"

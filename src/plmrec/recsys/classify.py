@@ -2,6 +2,9 @@
 
 Rows of the sweep are cumulative: vanilla (recommenders.classifier.base_groups), then each step of
 `ablation` added to the previous row (e.g. +rf_selection, +text_cluster, +text_pca10, ...).
+The study's order runs random-forest selection before any text feature exists, so one more row
+(`text+rf_selection`, when `selection_after_text` is on) adds every text group of the ablation to
+vanilla first and selects afterwards, with the importance threshold chosen on valid accuracy.
 Fitted on train, early-stopped on valid, scored on test once per (row, seed).
 """
 
@@ -17,6 +20,8 @@ from plmrec.config import ClassifierParams, XGBoostParams
 from plmrec.features import TEXT_GROUPS, EmbeddingFeatures, TabularEncoder
 from plmrec.metrics import classification_metrics
 
+TEXT_THEN_SELECTION = "text+rf_selection"
+
 
 def ablation_rows(cp: ClassifierParams) -> list[dict]:
     rows = [{"variant": "vanilla", "groups": list(cp.base_groups), "text": [], "rf": False}]
@@ -30,12 +35,15 @@ def ablation_rows(cp: ClassifierParams) -> list[dict]:
         elif step not in row["groups"]:
             row["groups"].append(step)
         rows.append(row)
+    text = [step for step in cp.ablation if step in TEXT_GROUPS]
+    if cp.selection_after_text and text:
+        rows.append({"variant": TEXT_THEN_SELECTION, "groups": list(cp.base_groups), "text": text, "rf": "valid"})
     return rows
 
 
 def plm_counterpart(cp: ClassifierParams) -> str:
     """The row to compare text-feature rows with: the last row before the first text step."""
-    rows = ablation_rows(cp)
+    rows = [r for r in ablation_rows(cp) if r["variant"] != TEXT_THEN_SELECTION]
     first_text = next((i for i, r in enumerate(rows) if r["text"]), None)
     return rows[first_text - 1]["variant"] if first_text else "vanilla"
 
@@ -49,17 +57,26 @@ def design(frame: pd.DataFrame, enc: TabularEncoder, emb: EmbeddingFeatures | No
     return x
 
 
-def rf_select(x: pd.DataFrame, y: pd.Series, threshold: float, *, trees: int, sample_rows: int, seed: int) -> list[str]:
-    """Columns whose random-forest importance reaches `threshold` (at least the best one)."""
+def rf_importance(x: pd.DataFrame, y: pd.Series, *, trees: int, sample_rows: int, seed: int) -> pd.Series:
+    """Random-forest importance of each column, fitted on a seeded sample of rows."""
     from sklearn.ensemble import RandomForestClassifier
 
     rng = np.random.default_rng(seed)
     rows = rng.choice(len(x), size=min(sample_rows, len(x)), replace=False)
     rf = RandomForestClassifier(n_estimators=trees, max_depth=12, n_jobs=-1, random_state=seed)
     rf.fit(x.iloc[rows].fillna(-1), y.iloc[rows])
-    importance = pd.Series(rf.feature_importances_, index=x.columns)
+    return pd.Series(rf.feature_importances_, index=x.columns)
+
+
+def kept_columns(importance: pd.Series, threshold: float) -> list[str]:
+    """Columns whose importance reaches `threshold` (at least the best one), in their order."""
     keep = importance[importance >= threshold].index.tolist()
     return keep or [importance.idxmax()]
+
+
+def rf_select(x: pd.DataFrame, y: pd.Series, threshold: float, *, trees: int, sample_rows: int, seed: int) -> list[str]:
+    """Columns whose random-forest importance reaches `threshold` (at least the best one)."""
+    return kept_columns(rf_importance(x, y, trees=trees, sample_rows=sample_rows, seed=seed), threshold)
 
 
 def classifier(xp: XGBoostParams, n_labels: int, seed: int) -> xgb.XGBClassifier:
@@ -70,6 +87,22 @@ def classifier(xp: XGBoostParams, n_labels: int, seed: int) -> xgb.XGBClassifier
         eval_metric="mlogloss",
         random_state=seed,
     )
+
+
+def _fit_chosen_on_valid(fits: list[tuple], train: tuple, valid: tuple, *, xp: XGBoostParams, n_labels: int, seed: int):
+    """One XGBoost per (threshold, columns) candidate, early-stopped on valid; the one with the best
+    valid accuracy (the first on ties) as (threshold, columns, model, fit seconds)."""
+    (x_train, y_train), (x_valid, y_valid) = train, valid
+    best = None
+    for threshold, columns in fits:
+        model = classifier(xp, n_labels, seed)
+        start = time.perf_counter()
+        model.fit(x_train[columns], y_train, eval_set=[(x_valid[columns], y_valid)], verbose=False)
+        seconds = time.perf_counter() - start
+        accuracy = classification_metrics(y_valid, model.predict(x_valid[columns]), n_labels)["accuracy"]
+        if best is None or accuracy > best[0]:
+            best = (accuracy, threshold, columns, model, seconds)
+    return best[1:]
 
 
 def run_ablation(
@@ -97,20 +130,18 @@ def run_ablation(
         for row in ablation_rows(cp):
             enc = TabularEncoder.fit(train, row["groups"])
             x_train, x_valid, x_test = (design(f, enc, emb, text=row["text"]) for f in (train, valid, test))
-            columns = list(x_train.columns)
+            columns, threshold = list(x_train.columns), None
             if row["rf"]:
-                columns = rf_select(
-                    x_train,
-                    train["label"],
-                    cp.rf_threshold,
-                    trees=cp.rf_trees,
-                    sample_rows=cp.rf_sample_rows,
-                    seed=seed,
+                importance = rf_importance(
+                    x_train, train["label"], trees=cp.rf_trees, sample_rows=cp.rf_sample_rows, seed=seed
                 )
-            model = classifier(cp.xgboost, n_labels, seed)
-            start = time.perf_counter()
-            model.fit(x_train[columns], train["label"], eval_set=[(x_valid[columns], valid["label"])], verbose=False)
-            seconds = time.perf_counter() - start
+                thresholds = cp.rf_thresholds if row["rf"] == "valid" else [cp.rf_threshold]
+                fits = [(t, kept_columns(importance, t)) for t in thresholds]
+            else:
+                fits = [(None, columns)]
+            threshold, columns, model, seconds = _fit_chosen_on_valid(
+                fits, (x_train, train["label"]), (x_valid, valid["label"]), xp=cp.xgboost, n_labels=n_labels, seed=seed
+            )
             v = classification_metrics(valid["label"], model.predict(x_valid[columns]), n_labels)
             t = classification_metrics(test["label"], model.predict(x_test[columns]), n_labels)
             records.append(
@@ -119,6 +150,7 @@ def run_ablation(
                     "seed": seed,
                     "features": len(columns),
                     "text_features": sum(c.startswith("text_") for c in columns),
+                    "rf_threshold": threshold,
                     "train_seconds": round(seconds, 3),
                     "best_iteration": int(model.best_iteration),
                     **{f"valid_{k}": v[k] for k in ("accuracy", "f1_macro")},
