@@ -1,3 +1,4 @@
+import os
 from pathlib import Path
 
 import pytest
@@ -106,3 +107,25 @@ def test_params_file_before_or_after_the_command_or_from_the_environment(tmp_pat
         assert json.loads(result.output)["seed"] == 7, args
     result = runner.invoke(main, ["--params", str(tmp_path / "absent.yaml"), "params", "show"], env=clean)
     assert result.exit_code == 2 and "absent.yaml: params file not found" in result.output
+
+    # given again, each file is laid over the ones before (a profile over params.yaml)
+    (tmp_path / "base.yaml").write_text("seed: 7\nfinetune: {batch_size: 8, max_length: 64}\n")
+    (tmp_path / "profile.yaml").write_text("finetune: {batch_size: 96}\n")
+    files = ["--params", str(tmp_path / "base.yaml"), "--params", str(tmp_path / "profile.yaml")]
+    for args, env in (
+        ([*files, "params", "show"], clean),
+        (["params", "show", *files], clean),
+        (["params", "show"], {PARAMS_ENV: f"{tmp_path / 'base.yaml'}{os.pathsep}{tmp_path / 'profile.yaml'}"}),
+    ):
+        result = runner.invoke(main, args, env=env)
+        assert result.exit_code == 0, result.output
+        shown = json.loads(result.output)
+        assert (shown["seed"], shown["finetune"]["batch_size"], shown["finetune"]["max_length"]) == (7, 96, 64), args
+
+
+def test_the_real_data_profile_lays_over_params_yaml():
+    from helpers import ROOT
+
+    params = load_params([ROOT / "params.yaml", ROOT / "params" / "real-data.yaml"])
+    assert params.retrieval.encoder_selection == "auto" and params.finetune.start_from == "auto"
+    assert params.data == load_params(ROOT / "params.yaml").data  # data stays the user's: -S data.path=...

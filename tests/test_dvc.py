@@ -1,5 +1,6 @@
 """`dvc repro` on a temporary copy: everything runs once, then only what a change touches."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -63,7 +64,13 @@ def test_dvc_repro_runs_only_what_changed(tmp_path):
     assert set(retrieval) == {"base", "pretrained", "finetuned"}
     assert 0 <= retrieval["finetuned"]["sentence"]["ndcg@10"] <= 1
     compare = yaml.safe_load((repo / "metrics" / "compare.json").read_text())["compare"]
-    assert set(compare["classifier"]) == {"vanilla", "+text_cluster"} and "ltr" in compare["recommenders"]
+    assert set(compare["classifier"]) == {"vanilla", "+text_cluster", "text+rf_selection"}
+    assert "ltr" in compare["recommenders"]
+    selection = yaml.safe_load((repo / "metrics" / "retrieval.json").read_text())["selection"]
+    assert selection["mode"] == "auto" and selection["chosen"] in {"base", "pretrained", "finetuned"}
+    chosen = json.loads((repo / "models" / "selected" / "selection.json").read_text())["chosen"]
+    assert chosen == selection["chosen"] and (repo / "models" / "selected" / "item_embeddings.parquet").exists()
+    assert "valid_ndcg_at_10" in pretrain["base"]  # the per-phase valid proxy, from the base model on
     decision = yaml.safe_load((repo / "metrics" / "registry.json").read_text())
     assert decision["registered"] and decision["version"] == "1" and decision["promoted"], decision
     lock = yaml.safe_load((repo / "dvc.lock").read_text())

@@ -72,6 +72,8 @@ def test_pipeline_runs_end_to_end(small_params, tiny_model_dir, mlflow_server, t
     assert pre.data.metrics["corpus_tapt_sentences"] > 50
     assert "pretrain/loss_curve.png" in listed(pre, "pretrain")
     assert "pretrained_encoder/modules.json" in listed(pre, "pretrained_encoder")
+    proxy = client.get_metric_history(pre.info.run_id, "valid_proxy_ndcg_at_10")
+    assert [m.step for m in proxy] == [0, 1, 2]  # the base model, then each phase, on the valid window
 
     tuned = children["finetune"]
     assert tuned.data.tags["finetune.schedule"] == "item_context -> sequence_next"
@@ -96,6 +98,12 @@ def test_pipeline_runs_end_to_end(small_params, tiny_model_dir, mlflow_server, t
     for encoder_name in ("base", "pretrained", "finetuned"):
         assert 0 <= retrieval.data.metrics[f"online_retail_test/{encoder_name}/sentence/recall_at_10"] <= 1
     assert 0 < m["test_retrieval_recall_at_50"] <= 1 and m["test_retrieval_ndcg_at_10"] > 0
+    chosen = parent[0].data.tags["plmrec.encoder"]  # chosen on valid, handed to compare-models and the bundle
+    assert chosen in {"base", "pretrained", "finetuned"} and retrieval.data.tags["plmrec.encoder"] == chosen
+    valid = {name: m[f"valid_ndcg_at_10_{name}"] for name in ("base", "pretrained", "finetuned")}
+    assert valid[chosen] == max(valid.values())
+    assert "retrieval/selection.json" in listed(retrieval, "retrieval")
+    assert f"encoder '{chosen}' (best on valid" in out  # the stage's one-line summary
 
     compared = children["compare-models"]
     assert {
@@ -105,6 +113,7 @@ def test_pipeline_runs_end_to_end(small_params, tiny_model_dir, mlflow_server, t
         "compare/recommender_table.csv",
     } <= listed(compared, "compare")
     assert "ltr beats popularity" in compared.data.tags["compare.verdicts"]
+    assert compared.data.tags["plmrec.encoder"] == chosen
     assert (
         compared.data.metrics["recommender/ltr/ndcg_at_10_mean"]
         > compared.data.metrics["recommender/popularity/ndcg_at_10_mean"]
@@ -134,6 +143,7 @@ def test_pipeline_runs_end_to_end(small_params, tiny_model_dir, mlflow_server, t
         "item_embeddings.parquet",
         "user_embeddings.parquet",
         "finetune_report.json",
+        "selection.json",
         "table",
         "results",
         "bundle.json",

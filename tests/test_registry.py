@@ -122,7 +122,7 @@ def test_serving_without_a_champion_says_so(mlflow_server):
 
 
 def test_runs_compare_prints_pipeline_runs_side_by_side(mlflow_server):
-    from plmrec.tracking import log_parent_metrics
+    from plmrec.tracking import ENCODER_TAG, log_parent_metrics, set_parent_tags
 
     params = Params()
     params.tracking.uri = mlflow_server
@@ -131,9 +131,11 @@ def test_runs_compare_prints_pipeline_runs_side_by_side(mlflow_server):
     log_parent_metrics(
         params, {"test_ndcg_at_10_ltr": 0.35, "registered_version": 2}, run_key="key-b", tracking_uri=mlflow_server
     )
+    set_parent_tags(params, {ENCODER_TAG: "finetuned"}, run_key="key-b", tracking_uri=mlflow_server)
     table = compare_runs(mlflow.MlflowClient(mlflow_server), "runs-compare-test", 5)
     assert list(table.columns) == ["pipeline-key-b", "pipeline-key-a"]  # newest first
     assert table.loc["test_ndcg_at_10_ltr"].tolist() == ["0.35", "0.31"]
+    assert table.loc["encoder"].tolist() == ["finetuned", "-"]  # the encoder each run chose on valid
     assert table.loc["registered_version", "pipeline-key-a"] == "-"
     env = {**os.environ}
     out = subprocess.run(

@@ -21,10 +21,11 @@ params_option = click.option(
     "--params",
     "params_path",
     type=click.Path(dir_okay=False),
-    default=None,
+    multiple=True,
     envvar=PARAMS_ENV,
     show_envvar=True,
-    help="params file (default: ./params.yaml, or built-in defaults if absent)",
+    help="params file (default: ./params.yaml, or built-in defaults if absent); given again, each later file is "
+    "laid over the ones before, e.g. --params params.yaml --params params/real-data.yaml",
 )
 set_option = click.option(
     "-S",
@@ -49,7 +50,7 @@ class _Group(click.Group):
 
 def _params_for_every_command(ctx, param, value):
     if value:  # `plmrec --params F <command>` means the same as `plmrec <command> --params F`
-        os.environ[PARAMS_ENV] = value
+        os.environ[PARAMS_ENV] = os.pathsep.join(value)  # click splits a path list on the path separator
     return value
 
 
@@ -58,7 +59,7 @@ def _params_for_every_command(ctx, param, value):
 @click.option(
     "--params",
     type=click.Path(dir_okay=False),
-    default=None,
+    multiple=True,
     expose_value=False,
     is_eager=True,
     callback=_params_for_every_command,

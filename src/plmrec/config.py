@@ -606,12 +606,15 @@ def overlay_params_file(overlay: str | Path) -> Path:
 
 
 def load_params(
-    path: str | Path | None = None,
+    path: str | Path | list | tuple | None = None,
     overrides: list[str] | tuple[str, ...] = (),
     patches: list[str | Path] | tuple[str | Path, ...] = (),
 ) -> Params:
     """Read `params.yaml` (or defaults when the default file is absent), lay each patch file over it
-    (e.g. a deployment overlay's pipeline-params.yaml), then apply -S overrides."""
+    (e.g. a deployment overlay's pipeline-params.yaml, or a profile such as params/real-data.yaml), then
+    apply -S overrides. A list of paths is the first file and patches (the CLI's repeated --params)."""
+    if isinstance(path, (list, tuple)):
+        path, patches = (path[0], [*path[1:], *patches]) if path else (None, patches)
     explicit = path is not None
     path = Path(path or DEFAULT_PARAMS_FILE)
     raw: dict[str, Any] = {}

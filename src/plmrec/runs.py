@@ -7,7 +7,7 @@ import datetime as dt
 import pandas as pd
 
 from plmrec.errors import PlmrecError
-from plmrec.tracking import RUN_KEY_TAG
+from plmrec.tracking import ENCODER_TAG, RUN_KEY_TAG
 
 
 def compare_runs(client, experiment: str, limit: int = 5) -> pd.DataFrame:
@@ -34,6 +34,7 @@ def compare_runs(client, experiment: str, limit: int = 5) -> pd.DataFrame:
             "duration": f"{seconds / 60:.1f} min" if seconds is not None else "running",
             "run key": run.data.tags.get(RUN_KEY_TAG, ""),
             "run id": info.run_id[:12],
+            "encoder": run.data.tags.get(ENCODER_TAG, "-"),  # chosen on valid by evaluate-retrieval
         }
         fields.update({k: f"{v:.4g}" for k, v in sorted(run.data.metrics.items())})
         columns[info.run_name or info.run_id[:8]] = fields

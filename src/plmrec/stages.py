@@ -583,7 +583,7 @@ def _log_selection(selection: EncoderSelection, test: dict, *, tables_dir: Path,
     tracking.log_artifact(tables_dir / "valid_selection.md", "retrieval")
     for name, (_, value) in selection.best.items():
         tracking.log_numeric({f"valid/{name}/{selection.metric.replace('@', '_at_')}": value})
-    tags = {"plmrec.encoder": selection.chosen, "plmrec.encoder_query": selection.query}
+    tags = {tracking.ENCODER_TAG: selection.chosen, "plmrec.encoder_query": selection.query}
     tracking.set_tags({**tags, "plmrec.encoder_selection": selection.line()})
     chosen = test[selection.chosen][selection.query]
     tracking.log_parent_metrics(
@@ -858,7 +858,7 @@ class Comparison:
         for v in classifier.index:
             tracking.log_numeric(
                 {f"{m.replace('test_', '')}_mean": classifier.loc[v, ("mean", m)] for m in self.classifier_metrics},
-                f"classifier/{v.lstrip('+')}/",
+                f"classifier/{v.lstrip('+').replace('+', '_')}/",
             )
         for v in recommender.index:
             tracking.log_numeric(
@@ -925,7 +925,7 @@ def compare_models(
         items = pd.read_parquet(Path(encoder_dir) / "item_embeddings.parquet")
         encoder = _selected_encoder_name(encoder_dir)
         say("compare-models", f"text features from the '{encoder}' encoder ({encoder_dir})")
-        tracking.set_tags({"plmrec.encoder": encoder})
+        tracking.set_tags({tracking.ENCODER_TAG: encoder})
         comparison = Comparison.run(params, prepared, items)
         verdicts = comparison.verdicts()
         comparison.write_reports(out, verdicts)

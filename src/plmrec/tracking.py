@@ -21,6 +21,7 @@ from plmrec.config import Params
 from plmrec.distributed import is_main_process, rank
 
 RUN_KEY_TAG = "plmrec.run_key"
+ENCODER_TAG = "plmrec.encoder"  # which encoder the run chose on valid (parent run, evaluate-retrieval, compare-models)
 STAGE_TAG = "plmrec.stage"
 DEFAULT_DB = "mlflow.db"
 DEFAULT_ARTIFACTS = "mlartifacts"

@@ -1,0 +1,230 @@
+"""Does the language model pay off on real data? The whole protocol, seed by seed, on an Online Retail file.
+
+For each seed: pretrain -> finetune -> evaluate-retrieval (the valid window chooses the encoder; the
+test window is scored once) -> compare-models with the chosen encoder (recommenders.seeds = [seed]),
+the same stage functions the pipeline runs, with params.yaml and a profile laid over it. Then every
+table is aggregated over the seeds (mean ± std) and written as JSON, one file per table, under --out;
+the markdown tables go to stdout. Stages already done in --work are not run again (rerun to resume).
+
+    python bench/real_data.py --data ../shared/data/online-retail/online_retail.parquet \\
+        --profile params/real-data.yaml --seeds 0 1 2 --work /tmp/plmrec-real --out bench/results
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+QUERY_KINDS = ("sentence", "mean", "recency")
+RETRIEVAL_METRICS = ("recall@10", "ndcg@10", "recall@50", "ndcg@50")
+
+
+def _stage(work: Path, name: str, fn) -> dict:
+    """Run `fn` once: its seconds are kept in <work>/<name>.done.json, and a later call skips it."""
+    done = work / f"{name}.done.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    start = time.perf_counter()
+    fn()
+    record = {"stage": name, "seconds": round(time.perf_counter() - start, 1)}
+    work.mkdir(parents=True, exist_ok=True)
+    done.write_text(json.dumps(record))
+    return record
+
+
+def run_seed(params, prepared: Path, work: Path) -> dict:
+    from plmrec import stages
+
+    timings = {}
+    timings["pretrain"] = _stage(work, "pretrain", lambda: stages.pretrain(params, prepared, work / "pretrained"))
+    timings["finetune"] = _stage(
+        work, "finetune", lambda: stages.finetune(params, prepared, work / "pretrained", out_dir=work / "finetuned")
+    )
+    timings["evaluate-retrieval"] = _stage(
+        work,
+        "evaluate-retrieval",
+        lambda: stages.evaluate_retrieval(
+            params,
+            prepared,
+            work / "pretrained",
+            finetuned_dir=work / "finetuned",
+            metrics_path=work / "retrieval.json",
+            tables_dir=work / "retrieval",
+            selected_dir=work / "selected",
+        ),
+    )
+    timings["compare-models"] = _stage(
+        work,
+        "compare-models",
+        lambda: stages.compare_models(
+            params, prepared, work / "selected", metrics_path=work / "compare.json", reports_dir=work / "compare"
+        ),
+    )
+    return {k: v["seconds"] for k, v in timings.items()}
+
+
+def mean_std(values: list[float]) -> dict:
+    n = len(values)
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+    return {"mean": mean, "std": std, "values": values}
+
+
+def _cell(stat: dict, scale: float = 1.0, digits: int = 4) -> str:
+    return f"{stat['mean'] * scale:.{digits}f} ± {stat['std'] * scale:.{digits}f}"
+
+
+def _markdown(rows: list[dict], columns: list[str]) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(str(r[c]) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def clear_win(a: dict, b: dict) -> dict:
+    """a - b, and whether it exceeds 2 standard deviations of the difference (sqrt(sa² + sb²))."""
+    diff = a["mean"] - b["mean"]
+    spread = math.sqrt(a["std"] ** 2 + b["std"] ** 2)
+    return {"difference": diff, "two_std": 2 * spread, "beats_by_more_than_2_std": diff > 2 * spread}
+
+
+def retrieval_table(seeds: dict[int, Path]) -> dict:
+    """Test figures per (encoder, query kind) over seeds, and the valid-chosen encoder against the base
+    model with its own valid-chosen query."""
+    per_seed = {s: json.loads((w / "retrieval.json").read_text()) for s, w in seeds.items()}
+    rows = {}
+    for enc in ("base", "pretrained", "finetuned"):
+        for kind in QUERY_KINDS:
+            figures = [per_seed[s]["retrieval"]["online_retail_test"][enc][kind] for s in seeds]
+            rows[f"{enc}/{kind}"] = {m: mean_std([f[m] for f in figures]) for m in RETRIEVAL_METRICS}
+    chosen, base = [], []
+    for s in seeds:
+        found = per_seed[s]
+        selection = found["selection"]
+        chosen.append(found["retrieval"]["online_retail_test"][selection["chosen"]][selection["query"]])
+        base_kind = selection["valid"]["base"]["query"]
+        base.append(found["retrieval"]["online_retail_test"]["base"][base_kind])
+    rows["selected (valid)"] = {m: mean_std([f[m] for f in chosen]) for m in RETRIEVAL_METRICS}
+    rows["base (valid query)"] = {m: mean_std([f[m] for f in base]) for m in RETRIEVAL_METRICS}
+    verdict = {
+        m: clear_win(rows["selected (valid)"][m], rows["base (valid query)"][m]) for m in ("ndcg@10", "recall@10")
+    }
+    selections = {s: {k: per_seed[s]["selection"][k] for k in ("chosen", "query", "valid")} for s in seeds}
+    return {"rows": rows, "selected_vs_base": verdict, "selections": selections}
+
+
+def proxy_table(seeds: dict[int, Path]) -> dict:
+    """The valid proxy (NDCG@10 of the mean/recency query) of the base model and after each phase."""
+    reports = {s: json.loads((w / "pretrained" / "pretrain_report.json").read_text()) for s, w in seeds.items()}
+    first = next(iter(reports.values()))
+    labels = ["base"] + [p["label"] for p in first["phases"]]
+    rows = {}
+    for label in labels:
+        values = []
+        for report in reports.values():
+            if label == "base":
+                values.append(report["valid_proxy_base"]["ndcg@10"])
+            else:
+                values.append(next(p for p in report["phases"] if p["label"] == label)["valid_proxy"]["ndcg@10"])
+        rows[label] = mean_std(values)
+    head = {s: r["phases"][0].get("head_start") for s, r in reports.items()}
+    return {"rows": rows, "head_start": head}
+
+
+def runs_table(seeds: dict[int, Path], name: str, *, by: str, metrics: list[str]) -> dict:
+    frames = [pd.read_csv(w / "compare" / f"{name}_runs.csv") for w in seeds.values()]
+    table = pd.concat(frames, ignore_index=True)
+    rows = {}
+    for group, part in table.groupby(by, sort=False):
+        rows[group] = {m.replace("test_", ""): mean_std(part[m].astype(float).tolist()) for m in metrics}
+        if "text_features" in part:
+            rows[group]["features"] = mean_std(part["features"].astype(float).tolist())
+            rows[group]["text_features"] = mean_std(part["text_features"].astype(float).tolist())
+        if "valid_accuracy" in part:
+            rows[group]["valid_accuracy"] = mean_std(part["valid_accuracy"].astype(float).tolist())
+    return {"rows": rows}
+
+
+def main() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", required=True, help="an Online Retail file (.xlsx, .csv(.gz), .parquet)")
+    parser.add_argument("--profile", default=str(ROOT / "params" / "real-data.yaml"))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--work", default="/tmp/plmrec-real")
+    parser.add_argument("--out", default=None, help="write one JSON per table here (e.g. bench/results)")
+    parser.add_argument("--name", default="real_online_retail", help="prefix of the JSON files")
+    parser.add_argument("-S", "--set", dest="overrides", action="append", default=[], help="key=value, as plmrec -S")
+    args = parser.parse_args()
+
+    from plmrec import stages
+    from plmrec.config import load_params
+
+    work = Path(args.work)
+    os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{work / 'mlflow.db'}")
+    base_overrides = ["data.source=file", f"data.path={args.data}", *args.overrides]
+    files = [ROOT / "params.yaml", args.profile]
+    params = load_params(files, base_overrides)
+    raw, prepared = work / "data" / "raw.parquet", work / "data" / "prepared.parquet"
+    data_seconds = _stage(work / "data", "ingest", lambda: stages.ingest(params, raw))["seconds"]
+    data_seconds += _stage(work / "data", "prepare", lambda: stages.prepare(params, raw, prepared))["seconds"]
+    timings, dirs = {}, {}
+    for seed in args.seeds:
+        seeded = load_params(files, [*base_overrides, f"seed={seed}", f"recommenders.seeds=[{seed}]"])
+        dirs[seed] = work / f"seed-{seed}"
+        print(f"[bench] seed {seed} -> {dirs[seed]}", flush=True)
+        timings[seed] = run_seed(seeded, prepared, dirs[seed])
+
+    from plmrec.ranking import RANKING_METRICS
+    from plmrec.recsys.experiment import CLASSIFIER_METRICS
+
+    ks = sorted(set(params.recommenders.ks))
+    tables = {
+        "retrieval": retrieval_table(dirs),
+        "pretrain_proxy": proxy_table(dirs),
+        "classifier": runs_table(dirs, "classifier", by="variant", metrics=CLASSIFIER_METRICS),
+        "recommenders": runs_table(
+            dirs, "recommender", by="model", metrics=[f"test_{m}@{k}" for k in ks for m in RANKING_METRICS]
+        ),
+        "timings": {"data_seconds": data_seconds, "per_seed_seconds": timings},
+    }
+    common = {"data": args.data, "profile": str(args.profile), "overrides": args.overrides, "seeds": args.seeds}
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        for name, table in tables.items():
+            Path(args.out, f"{args.name}_{name}.json").write_text(json.dumps({**common, **table}, indent=2))
+
+    retrieval = tables["retrieval"]["rows"]
+    print("\n## Next-item retrieval, test (mean ± std over seeds)\n")
+    print(
+        _markdown(
+            [{"encoder / query": k, **{m: _cell(v[m]) for m in RETRIEVAL_METRICS}} for k, v in retrieval.items()],
+            ["encoder / query", *RETRIEVAL_METRICS],
+        )
+    )
+    print("\nselected vs base:", json.dumps(tables["retrieval"]["selected_vs_base"]))
+    print("selections:", json.dumps(tables["retrieval"]["selections"]))
+    print("\n## Valid proxy per pretraining phase (NDCG@10)\n")
+    proxy = tables["pretrain_proxy"]["rows"]
+    print(_markdown([{"phase": k, "valid ndcg@10": _cell(v)} for k, v in proxy.items()], ["phase", "valid ndcg@10"]))
+    for section, metrics in (("classifier", CLASSIFIER_METRICS), ("recommenders", None)):
+        rows = tables[section]["rows"]
+        names = [m.replace("test_", "") for m in metrics] if metrics else list(next(iter(rows.values())))
+        print(f"\n## {section} (test, %, mean ± std over seeds)\n")
+        print(
+            _markdown(
+                [{"variant": k, **{m: _cell(v[m], 100, 1) for m in names if m in v}} for k, v in rows.items()],
+                ["variant", *names],
+            )
+        )
+    print("\ntimings:", json.dumps(tables["timings"]))
+
+
+if __name__ == "__main__":
+    main()
