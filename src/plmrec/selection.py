@@ -21,7 +21,8 @@ from plmrec.finetune.pairs import catalogue
 from plmrec.finetune.retrieval import QUERY_KINDS, Queries, score_encoder, temporal_queries
 
 CANDIDATES = ("base", "pretrained", "finetuned")  # ties go to the earlier: the simpler model wins a tie
-SELECTION_METRIC = "ndcg@10"
+SELECTION_K = 10
+SELECTION_METRIC = f"ndcg@{SELECTION_K}"
 PROXY_KINDS = ("mean", "recency")  # no history sentences to encode: cheap enough to run after every phase
 
 
@@ -59,7 +60,7 @@ class ValidProbe:
         return cls(
             item_texts=items["Description"].tolist(),
             queries=queries,
-            ks=sorted({10, *retrieval.ks}),
+            ks=[SELECTION_K],  # the choice reads NDCG@10 only, whatever retrieval.ks reports
             history_length=params.finetune.history_length,
             half_life=retrieval.recency_half_life,
             exclude_history=retrieval.exclude_history,

@@ -298,12 +298,12 @@ def pretrain_summary(report: dict) -> dict:
     """Per-phase headline figures: DVC metrics, the KFP Metrics artifact and the MLflow stage run; with
     the valid proxy, `valid_ndcg_at_10` per phase and for the base model."""
     phases = {}
+    if report.get("valid_proxy_base"):
+        phases["base"] = {"valid_ndcg_at_10": report["valid_proxy_base"]["ndcg@10"]}
     for ph in report["phases"]:
         phases[ph["label"]] = _phase_figures(ph, "tokens_per_s")
         if ph.get("valid_proxy"):
             phases[ph["label"]]["valid_ndcg_at_10"] = ph["valid_proxy"]["ndcg@10"]
-    if report.get("valid_proxy_base"):
-        phases["base"] = {"valid_ndcg_at_10": report["valid_proxy_base"]["ndcg@10"]}
     return {"pretrain": phases}
 
 
