@@ -16,6 +16,7 @@ import argparse
 import json
 import math
 import os
+import statistics
 import time
 from pathlib import Path
 
@@ -71,10 +72,9 @@ def run_seed(params, prepared: Path, work: Path) -> dict:
 
 
 def mean_std(values: list[float]) -> dict:
-    n = len(values)
-    mean = sum(values) / n
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
-    return {"mean": mean, "std": std, "values": values}
+    """Mean and sample std (ddof 1, as compare-models; 0 for one seed), with the values."""
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return {"mean": statistics.fmean(values), "std": std, "values": values}
 
 
 def _cell(stat: dict, scale: float = 1.0, digits: int = 4) -> str:
@@ -82,9 +82,9 @@ def _cell(stat: dict, scale: float = 1.0, digits: int = 4) -> str:
 
 
 def _markdown(rows: list[dict], columns: list[str]) -> str:
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(str(r[c]) for c in columns) + " |" for r in rows]
-    return "\n".join(lines)
+    from plmrec.reports import markdown_table
+
+    return markdown_table(pd.DataFrame(rows, columns=columns))
 
 
 def clear_win(a: dict, b: dict) -> dict:

@@ -574,6 +574,7 @@ def write_selected_encoder(
 def _log_selection(selection: EncoderSelection, test: dict, *, tables_dir: Path, params: Params, tracked: dict) -> None:
     """The decision and its valid figures: the stage run (table, metrics, tags), the parent run (tag and
     the chosen encoder's test figures) and a markdown table next to the test tables."""
+    from plmrec.finetune.retrieval import REPORTED
     from plmrec.reports import markdown_table
 
     table = selection.table()
@@ -591,9 +592,7 @@ def _log_selection(selection: EncoderSelection, test: dict, *, tables_dir: Path,
         {
             **{f"valid_ndcg_at_10_{name}": value for name, (_, value) in selection.best.items()},
             **{
-                f"test_retrieval_{name}_at_{k}": chosen[f"{name}@{k}"]
-                for k in params.retrieval.ks
-                for name in ("recall", "ndcg")
+                f"test_retrieval_{name}_at_{k}": chosen[f"{name}@{k}"] for k in params.retrieval.ks for name in REPORTED
             },
         },
         **tracked,

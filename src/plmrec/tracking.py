@@ -115,33 +115,36 @@ def finish_parent(uri: str, params: Params, run_key: str, *, status: str, messag
     return run_id
 
 
+def _parent_client(params: Params, *, run_key: str | None, tracking_uri: str | None):
+    """(MlflowClient, parent run id) of the pipeline run `run_key`, or None without a run key (a
+    standalone stage has no parent)."""
+    if not run_key:
+        return None
+    import mlflow
+
+    uri = tracking_uri or resolve_tracking_uri(params)
+    return mlflow.MlflowClient(uri), parent_run(uri, params, run_key)
+
+
 def log_parent_metrics(
     params: Params, metrics: dict[str, float], *, run_key: str | None, tracking_uri: str | None
 ) -> None:
     """Headline numbers on the pipeline's parent run, for side-by-side comparison in the UI;
-    nothing without a run key (a standalone stage has no parent)."""
-    if not run_key:
-        return
-    import mlflow
-
-    uri = tracking_uri or resolve_tracking_uri(params)
-    parent = parent_run(uri, params, run_key)
-    client = mlflow.MlflowClient(uri)
-    for name, value in metrics.items():
-        client.log_metric(parent, name, float(value))
+    nothing without a run key."""
+    found = _parent_client(params, run_key=run_key, tracking_uri=tracking_uri)
+    if found:
+        client, parent = found
+        for name, value in metrics.items():
+            client.log_metric(parent, name, float(value))
 
 
 def set_parent_tags(params: Params, tags: dict[str, Any], *, run_key: str | None, tracking_uri: str | None) -> None:
     """Tags on the pipeline's parent run (e.g. which encoder the run chose); nothing without a run key."""
-    if not run_key:
-        return
-    import mlflow
-
-    uri = tracking_uri or resolve_tracking_uri(params)
-    parent = parent_run(uri, params, run_key)
-    client = mlflow.MlflowClient(uri)
-    for name, value in tags.items():
-        client.set_tag(parent, name, str(value)[:5000])
+    found = _parent_client(params, run_key=run_key, tracking_uri=tracking_uri)
+    if found:
+        client, parent = found
+        for name, value in tags.items():
+            client.set_tag(parent, name, str(value)[:5000])
 
 
 @contextlib.contextmanager

@@ -122,6 +122,8 @@ def item_context_pairs(
     weighting "uniform": each (item, neighbour) pair once. "count": `max_pairs` pairs drawn with
     replacement, each (item, neighbour) with probability proportional to the number of baskets
     that hold both, so the pairs the shop sees most are trained on most."""
+    if weighting not in ("uniform", "count"):
+        raise PairError(f"unknown pair weighting '{weighting}' (expected uniform or count)")
     cat = catalogue(rows)
     index = {c: i for i, c in enumerate(cat["StockCode"])}
     texts = cat["Description"].tolist()
@@ -148,8 +150,6 @@ def item_context_pairs(
         drawn = np.sort(rng.choice(len(frame), size=max_pairs, replace=True, p=n / n.sum()))
         a, b = frame["a"].to_numpy()[drawn], frame["b"].to_numpy()[drawn]
         return [(texts[i], texts[j]) for i, j in zip(a, b)]
-    if weighting not in ("uniform", "count"):
-        raise PairError(f"unknown pair weighting '{weighting}' (expected uniform or count)")
     pairs = [(texts[a], texts[b]) for a, b in zip(frame["a"], frame["b"])]
     return _sample(pairs, max_pairs, seed)
 

@@ -201,7 +201,7 @@ def run_schedule(
             )
         tokenise_s = time.perf_counter() - load_start
         facts = {"record": record, "examples": len(examples), "start_fingerprint": start_fp}
-        if phase.objective == "mlm" and getattr(objective, "fresh_head", False):
+        if phase.objective == "mlm" and objective.fresh_head:
             facts["head_start"] = _start_head(objective, examples, params, label=label, seed=seed + i)
         entry = run_phase(
             objective,
