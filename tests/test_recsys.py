@@ -4,6 +4,7 @@ integration claims (text features help XGBoost; learning to rank beats popularit
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.sparse as sp
 
 import helpers
 from helpers import SMALL
@@ -117,6 +118,36 @@ def test_top_k_breaks_ties_by_item_and_excludes():
     ]
 
 
+@pytest.mark.parametrize("keep_matrix", [True, False])
+def test_max_similarity_is_the_best_cosine_to_a_bought_item(monkeypatch, keep_matrix):
+    if not keep_matrix:  # a catalogue too large for the item x item matrix: scored block by block
+        monkeypatch.setattr(recommend, "SIMILARITY_MATRIX_MAX_ITEMS", 0)
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((40, 8)).astype(np.float32)
+    dense = (rng.random((7, 40)) < 0.1).astype(np.float32) * rng.integers(1, 4, (7, 40))
+    dense[2] = 0  # a customer without history scores 0 everywhere
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    got = recommend.max_similarity(sp.csr_matrix(dense), vectors, block=3)
+    for r in range(len(dense)):
+        bought = np.flatnonzero(dense[r])
+        want = (unit[bought] @ unit.T).max(axis=0) if len(bought) else np.zeros(40)
+        np.testing.assert_allclose(got[r], want, atol=1e-5)
+    assert np.allclose(got[dense > 0], 1.0, atol=1e-5)  # a bought item is its own nearest neighbour
+
+
+def test_repeat_blend_is_the_text_free_counterpart():
+    """mf+repeat moves bought items up and leaves the order of the others to ALS."""
+    s = recommend.Scorers(
+        mf=np.array([[3.0, 2.0, 1.0, 0.0]]),
+        similarity=np.zeros((1, 4)),
+        cluster=np.zeros((1, 4)),
+        popularity=np.zeros(4),
+        bought=np.array([[0.0, 0.0, 0.0, 1.0]]),
+    )
+    scores = recommend.variant_scores(s, similarity_weight=0.0, cluster_weight=0.0, repeat_weight=0.75)["mf+repeat"]
+    assert recommend.top_k(scores, 4)[0].tolist() == [3, 0, 1, 2]
+
+
 def test_f1_is_the_harmonic_mean_of_mean_precision_and_recall():
     m = recommend.evaluate(np.array([[0, 1], [2, 3]]), [{0}, {9}], [2])
     assert m["precision@2"] == pytest.approx(0.25) and m["recall@2"] == pytest.approx(0.5)
@@ -158,5 +189,5 @@ def test_text_features_help_xgboost_and_ranker_beats_popularity(prepared, minilm
     ndcg = rows.set_index("model")["test_ndcg@10"]
     assert ndcg["ltr"] > ndcg["popularity"] + 0.05, ndcg.to_dict()
     assert ndcg["mf"] > ndcg["popularity"]
-    assert set(ndcg.index) == {"popularity", "mf", "mf+cluster", "mf+similarity", "text_neighbours", "ltr"}
+    assert set(ndcg.index) == {"popularity", "mf", "mf+repeat", "mf+cluster", "mf+similarity", "text_neighbours", "ltr"}
     assert info["chosen"][0]["factors"] == 16 and len(info["precision_curves"]["ltr"]) == 20

@@ -358,8 +358,18 @@ class MatrixFactorizationParams(_Section):
     regularization: float = Field(0.05, ge=0)
     alpha: float = Field(10.0, gt=0, description="confidence = 1 + alpha * log1p(purchase count)")
     iterations: int = Field(15, ge=1)
+    similarity: Literal["max", "mean"] = Field(
+        "max",
+        description="the customer-item text score: max = cosine to the most similar item the customer bought "
+        "(item-to-item neighbours over text); mean = cosine to the normalised mean of their items",
+    )
     similarity_weights: list[float] = Field(
         [0.25, 0.5, 0.75], min_length=1, description="MF + embedding similarity blend, chosen on valid"
+    )
+    repeat_weights: list[float] = Field(
+        [0.25, 0.5, 0.75],
+        min_length=1,
+        description="MF + bought-before blend (mf+repeat, the text-free counterpart), chosen on valid",
     )
     cluster_weights: list[float] = Field(
         [0.25, 0.5, 1.0], min_length=1, description="MF + cluster label boost, chosen on valid"
@@ -398,7 +408,7 @@ class RecommendersParams(_Section):
         return self
 
 
-RECOMMENDER_MODELS = ("popularity", "mf", "mf+cluster", "mf+similarity", "text_neighbours", "ltr")
+RECOMMENDER_MODELS = ("popularity", "mf", "mf+repeat", "mf+cluster", "mf+similarity", "text_neighbours", "ltr")
 SERVED_MODELS = ("auto", *RECOMMENDER_MODELS)
 
 

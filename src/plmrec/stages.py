@@ -771,6 +771,7 @@ class Comparison:
             if self.best_classifier != "vanilla"
             else "XGBoost: the variant chosen on valid accuracy is vanilla",
             verdict(recommender, primary, "mf+similarity", vanilla="mf", label="MF"),
+            verdict(recommender, primary, "mf+similarity", vanilla="mf+repeat", label="MF, text vs bought-before"),
             verdict(recommender, primary, "mf+cluster", vanilla="mf", label="MF"),
             verdict(recommender, primary, "ltr", vanilla="popularity", label="Learning to rank")
             if "ltr" in recommender.index

@@ -47,6 +47,9 @@ def run_recommenders(
         def ranked(w, scores):
             return recommend.top_k(scores, kmax, w.counts[w.eval_rows] if rp.exclude_history else None)
 
+        def on_valid(scores):
+            return recommend.evaluate(ranked(wv, scores), wv.relevant, ks)[primary]
+
         # choose the ALS size, then the blend weights, on valid
         by_factors = {}
         for f in rp.mf.factors:
@@ -54,24 +57,17 @@ def run_recommenders(
             by_factors[f] = (recommend.evaluate(ranked(wv, s.mf), wv.relevant, ks)[primary], s)
         factors = max(by_factors, key=lambda f: by_factors[f][0])
         sv = by_factors[factors][1]
-        sim_w = max(
-            rp.mf.similarity_weights,
-            key=lambda a: recommend.evaluate(
-                ranked(wv, recommend.variant_scores(sv, a, 0.0)["mf+similarity"]), wv.relevant, ks
-            )[primary],
-        )
-        clu_w = max(
-            rp.mf.cluster_weights,
-            key=lambda a: recommend.evaluate(
-                ranked(wv, recommend.variant_scores(sv, 0.0, a)["mf+cluster"]), wv.relevant, ks
-            )[primary],
-        )
-        chosen[seed] = {"factors": factors, "similarity_weight": sim_w, "cluster_weight": clu_w}
-        valid_scores = recommend.variant_scores(sv, sim_w, clu_w)
+        weights = {
+            "similarity_weight": _chosen_weight(sv, "mf+similarity", rp.mf.similarity_weights, score=on_valid),
+            "cluster_weight": _chosen_weight(sv, "mf+cluster", rp.mf.cluster_weights, score=on_valid),
+            "repeat_weight": _chosen_weight(sv, "mf+repeat", rp.mf.repeat_weights, score=on_valid),
+        }
+        chosen[seed] = {"factors": factors, **weights}
+        valid_scores = recommend.variant_scores(sv, **weights)
         st = recommend.fit_scorers(
             wt, vectors, clusters, n_clusters=rp.clusters, factors=factors, rp=rp, seed=seed
         )  # refit on train + valid
-        test_scores = recommend.variant_scores(st, sim_w, clu_w)
+        test_scores = recommend.variant_scores(st, **weights)
         lists = {name: (ranked(wv, valid_scores[name]), ranked(wt, test_scores[name])) for name in valid_scores}
         if rp.ltr.enabled:
             cand_v = _drop_history(recommend.ltr_candidates(wv, sv, rp), wv, rp.exclude_history)
@@ -103,7 +99,9 @@ def run_recommenders(
                     recommend.evaluate(on_test[:, :k], wt.relevant, [k])[f"precision@{k}"] for k in CURVE_KS
                 ]
         say(
-            f"recommenders seed {seed}: factors {factors}, similarity weight {sim_w}, cluster weight {clu_w}; "
+            f"recommenders seed {seed}: factors {factors}, "
+            + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in weights.items())
+            + "; "
             + ", ".join(f"{r['model']} {r[f'test_{primary}']:.4f}" for r in records if r["seed"] == seed)
         )
     return pd.DataFrame(records), {
@@ -113,6 +111,15 @@ def run_recommenders(
         "test_customers": len(wt.eval_rows),
         "rankers": rankers,
     }
+
+
+_NOTHING_ADDED = {"similarity_weight": 0.0, "cluster_weight": 0.0, "repeat_weight": 0.0}
+
+
+def _chosen_weight(s: recommend.Scorers, model: str, grid: list[float], *, score) -> float:
+    """The blend weight of `model` with the best valid figure (the first of equals)."""
+    key = {"mf+similarity": "similarity_weight", "mf+cluster": "cluster_weight", "mf+repeat": "repeat_weight"}[model]
+    return max(grid, key=lambda a: score(recommend.variant_scores(s, **{**_NOTHING_ADDED, key: a})[model]))
 
 
 def served_model(rows: pd.DataFrame, primary: str) -> str:

@@ -107,6 +107,28 @@ def user_profiles(
     return vecs.astype(np.float32), share
 
 
+SIMILARITY_MATRIX_MAX_ITEMS = 8192  # below this the item x item cosine matrix is kept (256 MiB at most)
+
+
+def max_similarity(counts: sp.csr_matrix, item_vectors: np.ndarray, *, block: int = 256) -> np.ndarray:
+    """Per customer row and item: the cosine of the item to the most similar item the customer bought
+    (item-to-item neighbours over text, one interest per bought item); 0 for a customer without history."""
+    counts = sp.csr_matrix(counts)
+    v = item_vectors / np.maximum(np.linalg.norm(item_vectors, axis=1, keepdims=True), 1e-12)
+    v = v.astype(np.float32)
+    pairwise = v @ v.T if len(v) <= SIMILARITY_MATRIX_MAX_ITEMS else None
+    out = np.zeros((counts.shape[0], len(v)), dtype=np.float32)
+    for start in range(0, counts.shape[0], block):
+        part = counts[start : start + block]
+        lengths = np.diff(part.indptr)
+        if not lengths.any():
+            continue
+        rows = pairwise[part.indices] if pairwise is not None else v[part.indices] @ v.T
+        filled = np.flatnonzero(lengths)  # segments of the non-empty rows are contiguous in `rows`
+        out[start + filled] = np.maximum.reduceat(rows, part.indptr[filled], axis=0)
+    return out
+
+
 def top_k(scores: np.ndarray, k: int, exclude: sp.csr_matrix | None = None) -> np.ndarray:
     scores = scores.copy()
     if exclude is not None:
@@ -131,9 +153,10 @@ class Scorers:
     """Everything fitted on one window's history that the recommenders score with."""
 
     mf: np.ndarray  # eval customers x items
-    similarity: np.ndarray  # cosine(customer mean vector, item vector)
+    similarity: np.ndarray  # text score: max (or mean-profile) cosine to the customer's items
     cluster: np.ndarray  # the customer's purchase share of the item's cluster
     popularity: np.ndarray  # items, log1p purchase lines
+    bought: np.ndarray  # eval customers x items, 1 where the customer bought the item before
 
 
 def fit_scorers(
@@ -155,6 +178,7 @@ def fit_scorers(
         clusters=clusters,
         n_clusters=n_clusters,
         popularity=item_popularity(w.counts),
+        similarity=rp.mf.similarity,
     )
 
 
@@ -171,17 +195,21 @@ def score_rows(
     clusters: np.ndarray,
     n_clusters: int,
     popularity: np.ndarray,
+    similarity: str = "max",
 ) -> Scorers:
     """Scorers for the customers whose purchase rows (and ALS vectors) are given; the served path
     scores one customer or basket with the same function as the evaluation."""
     vecs, share = user_profiles(
         counts, np.arange(counts.shape[0]), item_vectors, clusters=clusters, n_clusters=n_clusters
     )
+    if similarity not in ("max", "mean"):
+        raise ValueError(f"unknown similarity '{similarity}' (expected max or mean)")
     return Scorers(
         mf=user_factors @ item_factors.T,
-        similarity=vecs @ item_vectors.T,
+        similarity=max_similarity(counts, item_vectors) if similarity == "max" else vecs @ item_vectors.T,
         cluster=share[:, clusters],
         popularity=popularity,
+        bought=(counts > 0).toarray().astype(np.float32),
     )
 
 
@@ -203,11 +231,16 @@ def fold_in(item_factors: np.ndarray, items: np.ndarray, conf: np.ndarray, *, re
     return np.linalg.solve(a, vi.T @ conf).astype(np.float32)
 
 
-def variant_scores(s: Scorers, similarity_weight: float, cluster_weight: float) -> dict[str, np.ndarray]:
+def variant_scores(
+    s: Scorers, *, similarity_weight: float, cluster_weight: float, repeat_weight: float
+) -> dict[str, np.ndarray]:
+    """Every recommender's scores. mf+repeat blends ALS with the bought-before indicator: the
+    counterpart without text that mf+similarity must beat (with max similarity, a bought item scores 1)."""
     mf = _zscore(s.mf)
     return {
         "popularity": np.broadcast_to(s.popularity, s.mf.shape),
         "mf": s.mf,
+        "mf+repeat": (1 - repeat_weight) * mf + repeat_weight * _zscore(s.bought),
         "mf+cluster": mf + cluster_weight * _zscore(s.cluster),
         "mf+similarity": (1 - similarity_weight) * mf + similarity_weight * _zscore(s.similarity),
         "text_neighbours": s.similarity,

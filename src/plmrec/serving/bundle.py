@@ -121,6 +121,8 @@ def build_bundle(
         "factors": int(chosen["factors"]),
         "similarity_weight": float(chosen.get("similarity_weight", 0.0)),
         "cluster_weight": float(chosen.get("cluster_weight", 0.0)),
+        "repeat_weight": float(chosen.get("repeat_weight", 0.0)),
+        "similarity": rp.mf.similarity,
         "n_clusters": rp.clusters,
         "regularization": rp.mf.regularization,
         "alpha": rp.mf.alpha,
@@ -284,6 +286,7 @@ class Recommender:
             clusters=self.clusters,
             n_clusters=m["n_clusters"],
             popularity=self.popularity,
+            similarity=m.get("similarity", "mean"),
         )
         seen = counts.indices
         if self.model == "ltr":
@@ -296,9 +299,8 @@ class Recommender:
             items = candidates[0]
             order = np.lexsort((items, -scores))[:k]
             return items[order], scores[order]
-        scores = recommend.variant_scores(s, m["similarity_weight"], m["cluster_weight"])[self.model][0].astype(
-            np.float64
-        )
+        weights = {k: m.get(k, 0.0) for k in ("similarity_weight", "cluster_weight", "repeat_weight")}
+        scores = recommend.variant_scores(s, **weights)[self.model][0].astype(np.float64)
         if exclude_seen:
             scores[seen] = -np.inf
         top = recommend.top_k(scores[None, :], k)[0]
