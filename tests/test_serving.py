@@ -6,6 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import requests
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from helpers import plmrec_server
 from plmrec.config import ServingParams
@@ -21,7 +23,8 @@ def recommender(serving_bundles):
 
 @pytest.fixture(scope="module")
 def server(serving_bundles, tmp_path_factory):
-    with plmrec_server(["--bundle", str(serving_bundles["ltr"])], tmp_path_factory.mktemp("serve")) as s:
+    args = ["--bundle", str(serving_bundles["ltr"]), "-S", "serving.body_timeout_s=2"]
+    with plmrec_server(args, tmp_path_factory.mktemp("serve")) as s:
         yield s
 
 
@@ -95,8 +98,8 @@ def test_request_parsing_names_the_field():
     queries = parse_v1(
         {
             "instances": [
-                {"customer_id": "12347"},
-                {"basket": ["85123A", 22423], "k": 3},
+                {"customer_id": 12347},
+                {"basket": ["85123A", " 22423 "], "k": 3},
                 {"query": " red heart ", "k": 2},
             ]
         },
@@ -108,14 +111,23 @@ def test_request_parsing_names_the_field():
     )
     cases = [
         ({"instances": [{"customer_id": 1.5}]}, "instances[0].customer_id must be an integer"),
+        ({"instances": [{"customer_id": "12347"}]}, "instances[0].customer_id must be an integer, got str"),
+        ({"instances": [{"customer_id": "--5"}]}, "instances[0].customer_id must be an integer"),
+        ({"instances": [{"customer_id": 2**64, "basket": ["A"]}]}, "customer_id must be <= 9223372036854775807"),
+        ({"instances": [{"customer_id": -1}]}, "customer_id must be >= 0"),
+        ({"instances": [{"query": "lamp", "k": "5"}]}, "instances[0].k must be an integer, got str '5'"),
+        ({"instances": [{"basket": ["85123A", 22423]}]}, "instances[0].basket[1] must be a string"),
+        ({"instances": [{"query": "lamp", "exclude_seen": 1}]}, "exclude_seen must be true or false"),
+        ({"instances": [{"query": "lamp"}], "parameters": {}}, "unknown top-level field(s) parameters"),
         ({"instances": [{"customer_id": 1, "k": 101}]}, "1 <= k <= 100"),
         ({"instances": [{"customer_id": 1, "k": True}]}, "instances[0].k must be an integer"),
         ({"instances": [{"basket": "85123A"}]}, "instances[0].basket must be a list"),
-        ({"instances": [{"basket": [{"code": 1}]}]}, "instances[0].basket[0] must be a stock code"),
-        ({"instances": [{"query": 7}]}, "instances[0].query must be a non-empty string"),
+        ({"instances": [{"basket": [{"code": 1}]}]}, "instances[0].basket[0] must be a string"),
+        ({"instances": [{"query": 7}]}, "instances[0].query must be a string"),
+        ({"instances": [{"query": "  "}]}, "instances[0].query must be a non-empty string"),
         ({"instances": [{"query": "a", "customer_id": 1}]}, "takes no customer_id"),
         ({"instances": [{"k": 3}]}, "needs one of customer_id, basket or query"),
-        ({"instances": [{"customer": 3}]}, "unknown field(s) customer"),
+        ({"instances": [{"customer": 3}]}, "instances[0].customer is an unknown field"),
         ({"instances": []}, "non-empty list"),
         ({"rows": []}, '"instances"'),
     ]
@@ -241,6 +253,15 @@ BAD_V1 = [
         "exceeds the limit",
     ),
     ("query too long", dict(json={"instances": [{"query": "lamp " * 200}]}), 413, "characters"),
+    ("customer id as a digit string", dict(json={"instances": [{"customer_id": "--5"}]}), 400, "must be an integer"),
+    ("k as a string", dict(json={"instances": [{"query": "lamp", "k": "5"}]}), 400, "k must be an integer"),
+    ("unknown top-level field", dict(json={"instances": [{"query": "lamp"}], "x": 1}), 400, "unknown top-level"),
+    (
+        "customer id beyond 64 bits, with a basket",
+        dict(json={"instances": [{"customer_id": 2**70, "basket": ["85123A"]}]}),
+        400,
+        "customer_id must be <=",
+    ),
 ]
 
 
@@ -277,7 +298,52 @@ BAD_V2 = [
         "customer id as text",
         b'{"inputs": [{"name": "customer_id", "shape": [1], "datatype": "BYTES", "data": ["abc"]}]}',
         400,
-        "must be an integer",
+        "datatype 'BYTES'; expected INT64",
+    ),
+    (
+        "unknown datatype",
+        b'{"inputs": [{"name": "query", "shape": [1], "datatype": "WAT", "data": ["lamp"]}]}',
+        400,
+        "datatype 'WAT'",
+    ),
+    (
+        "shape larger than the data",
+        b'{"inputs": [{"name": "query", "shape": [3], "datatype": "BYTES", "data": ["lamp", "cake"]}]}',
+        400,
+        "shape [3] declares 3 values, the data holds 2",
+    ),
+    (
+        "two dimensions",
+        b'{"inputs": [{"name": "query", "shape": [1, 1], "datatype": "BYTES", "data": [["lamp"]]}]}',
+        400,
+        "expected one dimension",
+    ),
+    (
+        "duplicate input names",
+        b'{"inputs": [{"name": "query", "shape": [1], "datatype": "BYTES", "data": ["a"]},'
+        b'{"name": "query", "shape": [1], "datatype": "BYTES", "data": ["b"]}]}',
+        400,
+        "query given more than once",
+    ),
+    (
+        "integer data under BYTES",
+        b'{"inputs": [{"name": "basket", "shape": [1], "datatype": "BYTES", "data": [85123]}]}',
+        400,
+        "basket[0] must be a string",
+    ),
+    (
+        "k as a string",
+        b'{"inputs": [{"name": "query", "shape": [1], "datatype": "BYTES", "data": ["lamp"]}], '
+        b'"parameters": {"k": "5"}}',
+        400,
+        "parameters.k must be an integer",
+    ),
+    (
+        "unknown parameter",
+        b'{"inputs": [{"name": "query", "shape": [1], "datatype": "BYTES", "data": ["lamp"]}], '
+        b'"parameters": {"top": 5}}',
+        400,
+        "parameters.top is an unknown field",
     ),
     (
         "query and customer together",
@@ -296,6 +362,47 @@ def test_v2_client_mistakes_get_a_4xx_that_says_why(server, case, body, status, 
     )
     assert r.status_code == status, (case, r.status_code, r.text)
     assert message in r.json()["error"]
+
+
+def test_predict_urls_take_post_only(server):
+    for url in ("/v1/models/plmrec:predict", "/v2/models/plmrec/infer"):
+        r = requests.get(f"{server.url}{url}", timeout=5)
+        assert r.status_code == 405 and r.headers["allow"] == "POST", (url, r.status_code, r.text)
+        assert "use POST" in r.json()["error"]
+
+
+def test_a_body_that_never_arrives_gets_a_408(server):
+    """A client that declares 1,000 bytes and sends 47 cannot hold its connection past the timeout."""
+    import socket
+    import time
+
+    start = time.monotonic()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.sendall(
+            b"POST /v1/models/plmrec:predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 1000\r\n\r\n" + b'{"instances": [{"customer_id": 1}], "padding": "'
+        )
+        reply = sock.recv(4096).decode()
+    assert reply.startswith("HTTP/1.1 408"), reply
+    assert "serving.body_timeout_s" in reply and time.monotonic() - start < 20
+
+
+def test_client_mistakes_are_one_warning_line_each(server):
+    """A 4xx writes one WARNING line with the reason; tracebacks are for 5xx."""
+    before = server.log_path.read_text()
+    for _, kwargs, _, _ in BAD_V1[:6]:
+        requests.post(f"{server.url}/v1/models/plmrec:predict", timeout=30, **kwargs)
+    for _, body, _, _ in BAD_V2[:3]:
+        requests.post(
+            f"{server.url}/v2/models/plmrec/infer", data=body, headers={"content-type": "application/json"}, timeout=30
+        )
+    requests.get(f"{server.url}/v1/models/plmrec:predict", timeout=5)
+    requests.post(f"{server.url}/v1/models/other:predict", json={"instances": []}, timeout=5)
+    new = server.log_path.read_text()[len(before) :]
+    assert "Traceback" not in new and " ERROR " not in new, new[-3000:]
+    warnings = [line for line in new.splitlines() if "WARNING" in line and "plmrec.serving" in line]
+    assert len(warnings) >= 11, new[-3000:]
+    assert any("405 GET is not allowed" in w for w in warnings) and any("customer 1 is unknown" in w for w in warnings)
 
 
 def test_the_server_survives_bad_input_and_keeps_answering(server, recommender):
@@ -324,3 +431,58 @@ def test_pyfunc_answers_like_the_server(serving_bundles, recommender, tmp_path):
     c = _customer(recommender)
     out = model.predict(pd.DataFrame([{"customer_id": c, "k": 5}]))
     assert [i["stock_code"] for i in out.loc[0, "items"]] == recommender.recommend_customer(c, 5).stock_codes
+
+
+# ------------------------------------------------------------------------------ arbitrary JSON (hypothesis)
+
+_JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+_INSTANCE = (
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "customer_id": st.integers(min_value=-(2**70), max_value=2**70) | _JSON,
+            "basket": st.lists(st.sampled_from(["85123A", "22423", "NOPE", ""]) | _JSON, max_size=4),
+            "query": st.text(max_size=40) | _JSON,
+            "k": st.integers(min_value=-3, max_value=300) | _JSON,
+            "exclude_seen": _JSON,
+            "extra": _JSON,
+        },
+    )
+    | _JSON
+)
+_V1 = st.fixed_dictionaries({"instances": st.lists(_INSTANCE, max_size=4)}, optional={"parameters": _JSON}) | _JSON
+_V2_INPUT = st.fixed_dictionaries(
+    {
+        "name": st.sampled_from(["customer_id", "basket", "query", "user"]),
+        "shape": st.lists(st.integers(min_value=-2, max_value=5), max_size=3) | _JSON,
+        "datatype": st.sampled_from(["INT64", "INT32", "BYTES", "FP32", "BOOL", "WAT"]) | _JSON,
+        "data": st.lists(st.integers(min_value=-(2**70), max_value=2**70) | st.text(max_size=8) | _JSON, max_size=5)
+        | _JSON,
+    }
+)
+_V2 = (
+    st.fixed_dictionaries(
+        {"inputs": st.lists(_V2_INPUT, max_size=3)},
+        optional={"parameters": st.dictionaries(st.sampled_from(["k", "exclude_seen", "top"]), _JSON), "id": _JSON},
+    )
+    | _JSON
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(v1=_V1, v2=_V2)
+def test_arbitrary_json_never_gets_a_5xx(server, v1, v2):
+    r1 = requests.post(f"{server.url}/v1/models/plmrec:predict", json=v1, timeout=30)
+    assert r1.status_code < 500, (v1, r1.status_code, r1.text)
+    r2 = requests.post(f"{server.url}/v2/models/plmrec/infer", json=v2, timeout=30)
+    assert r2.status_code < 500, (v2, r2.status_code, r2.text)
+    assert "error" in r1.json() or r1.status_code == 200
+    assert requests.get(f"{server.url}/v2/health/ready", timeout=5).status_code == 200

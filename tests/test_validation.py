@@ -41,7 +41,9 @@ def test_wrong_type_with_example_rows(small_raw, tmp_path):
     df["Quantity"] = df["Quantity"].astype(str)
     df.loc[[4, 17], "Quantity"] = ["six", "12 pcs"]
     loaded = load_transactions(_csv(df, tmp_path / "wrong_type.csv"))
-    with pytest.raises(DataValidationFailed, match=r"column 'Quantity' must hold int64 values \(2 rows\)"):
+    with pytest.raises(
+        DataValidationFailed, match=r"column 'Quantity' must hold int64 values \(2 rows, e\.g\. row 4: Quantity='six'\)"
+    ):
         validate_table(loaded, "raw", Params(), report_dir=tmp_path / "r")
     failure = json.loads((tmp_path / "r" / "report.json").read_text())["failures"][0]
     assert [(e["row"], e["Quantity"]) for e in failure["examples"]] == [(4, "six"), (17, "12 pcs")]
@@ -50,7 +52,7 @@ def test_wrong_type_with_example_rows(small_raw, tmp_path):
 def test_negative_prices_beyond_tolerance(small_raw, tmp_path):
     df = small_raw.head(1000).copy()
     df.loc[df.index[:3], "UnitPrice"] = -1.5
-    with pytest.raises(DataValidationFailed, match=r"'UnitPrice' must be >= 0 .*\(3 rows\)"):
+    with pytest.raises(DataValidationFailed, match=r"'UnitPrice' must be >= 0 .*\(3 rows, e\.g\. row 0: UnitPrice="):
         validate_table(df, "raw", Params(), report_dir=tmp_path / "r")
     # within tolerance: one bad-debt adjustment in a million-row file passes
     loose = Params.model_validate({"validation": {"max_negative_price_fraction": 0.01}})
@@ -93,3 +95,88 @@ def test_cli_load_errors_are_one_line(tmp_path):
     p.write_bytes(b"")
     res = CliRunner().invoke(main, ["data", "validate", str(p)])
     assert res.exit_code == 2 and "empty.csv: file is empty" in res.output and "Traceback" not in res.output
+
+
+def test_one_bad_value_is_named_not_the_whole_column(small_raw, tmp_path):
+    """A single Quantity of 2.5, or one date in a second format, is reported as that row, not 5,000."""
+    df = small_raw.head(500).copy()
+    df["Quantity"] = df["Quantity"].astype(float)
+    df.loc[123, "Quantity"] = 2.5
+    with pytest.raises(DataValidationFailed, match=r"'Quantity' must hold int64 values \(1 row, e\.g\. row 123: "):
+        validate_table(load_transactions(_csv(df, tmp_path / "q.csv")), "raw", Params(), report_dir=tmp_path / "r1")
+    text = small_raw.head(500).copy()
+    text["InvoiceDate"] = text["InvoiceDate"].dt.strftime("%m/%d/%Y %H:%M")
+    text.loc[42, "InvoiceDate"] = "2011-01-05 09:30:00"
+    loaded = load_transactions(_csv(text, tmp_path / "d.csv"))
+    with pytest.raises(
+        DataValidationFailed, match=r"'InvoiceDate' must hold datetime64\[ns\] values \(1 row, e\.g\. row 42"
+    ):
+        validate_table(loaded, "raw", Params(), report_dir=tmp_path / "r2")
+    failure = json.loads((tmp_path / "r2" / "report.json").read_text())["failures"][0]
+    assert failure["unexpected_count"] == 1 and [e["row"] for e in failure["examples"]] == [42]
+
+
+def test_duplicates_failure_names_the_setting_and_cleaning_can_merge_them(small_raw, tmp_path):
+    df = pd.concat([small_raw.head(400), small_raw.head(400).iloc[:20]], ignore_index=True)  # 4.8% duplicates
+    with pytest.raises(DataValidationFailed, match=r"exact duplicates \(validation\.max_duplicate_fraction; clean"):
+        validate_table(df, "raw", Params(), report_dir=None)
+    loose = Params.model_validate({"validation": {"max_duplicate_fraction": 0.05}})
+    assert validate_table(df, "raw", loose, report_dir=None).success
+    from plmrec.data.prepare import clean_transactions
+
+    merged = Params.model_validate({"clean": {"drop_exact_duplicates": True}}).clean
+    out, report = clean_transactions(df, merged)
+    assert report.dropped["exact_duplicate"] == 20 and not out.duplicated().any()
+    assert "exact_duplicate" not in clean_transactions(df, Params().clean)[1].dropped  # off by default (the study)
+
+
+def _stage(args, cwd=None):
+    import os
+
+    old = os.getcwd()
+    try:
+        if cwd:
+            os.chdir(cwd)
+        return CliRunner().invoke(main, ["stage", *args])
+    finally:
+        os.chdir(old)
+
+
+def test_stage_prepare_stops_on_a_table_that_failed_validation(small_raw, tmp_path, monkeypatch):
+    """A raw table without a column, or with the header repeated mid-file, stops prepare with exit 3 and
+    the rows at fault; nothing is written."""
+    from plmrec.data.tables import write_table
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    write_table(small_raw.head(300).drop(columns=["Country"]), tmp_path / "no_country.parquet", {})
+    res = _stage(["prepare", "--raw", str(tmp_path / "no_country.parquet"), "--out", str(tmp_path / "p1.parquet")])
+    assert res.exit_code == 3, res.output
+    assert "no_country.parquet is not a valid raw table: column 'Country' is missing" in res.output
+    assert "Traceback" not in res.output and not (tmp_path / "p1.parquet").exists()
+
+    csv = transactions_to_csv_bytes(small_raw.head(300)).decode().splitlines()
+    csv.insert(150, csv[0])  # the header again, as when two exports are concatenated
+    (tmp_path / "twice.csv").write_text("\n".join(csv) + "\n")
+    source = ["-S", "data.source=file", "-S", f"data.path={tmp_path / 'twice.csv'}"]
+    res = _stage(["ingest", *source, "--out", str(tmp_path / "raw.parquet")])
+    assert res.exit_code == 0, res.output
+    res = _stage(["prepare", "--raw", str(tmp_path / "raw.parquet"), "--out", str(tmp_path / "p2.parquet")])
+    assert res.exit_code == 3 and "Traceback" not in res.output, res.output
+    assert "column 'Quantity' must hold int64 values: 1 of 301 rows do not (row 149: 'Quantity')" in res.output
+
+
+def test_cleaning_that_empties_the_table_names_the_step(small_raw):
+    df = small_raw.head(200).copy()
+    df["CustomerID"] = float("nan")
+    with pytest.raises(Exception, match=r"cleaning dropped every row: 200 in, none left \(missing_customer 200\)"):
+        prepare_transactions(df, Params().clean, Params().split)
+
+
+def test_a_stage_says_where_tracking_goes(small_raw, tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    small = ["-S", "data.synthetic.n_customers=50", "-S", "data.synthetic.n_invoices=200"]
+    res = _stage(["ingest", *small, "--out", "raw.parquet"], cwd=elsewhere)
+    assert res.exit_code == 0, res.output
+    assert f"[plmrec] tracking: sqlite:///{elsewhere.resolve() / 'mlflow.db'}, artifacts in" in res.output

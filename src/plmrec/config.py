@@ -55,6 +55,9 @@ class DataParams(_Section):
 
 class CleanParams(_Section):
     drop_zero_price: bool = False
+    drop_exact_duplicates: bool = Field(
+        False, description="merge lines identical in every column (counted as exact_duplicate); the study keeps them"
+    )
     n_quantity_labels: int = Field(5, ge=2, le=20)
 
 
@@ -442,6 +445,7 @@ class ServingParams(_Section):
     max_basket: int = Field(500, ge=1)
     max_query_chars: int = Field(500, ge=1)
     max_body_bytes: int = Field(1_048_576, ge=1024)
+    body_timeout_s: float = Field(10.0, gt=0, description="a request body must arrive within this (408 otherwise)")
     inference_service: str = Field(
         "", description="KServe InferenceService the register step points at a new @champion ('' = none: local runs)"
     )

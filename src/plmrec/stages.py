@@ -94,6 +94,21 @@ def ingest(
         return {**stats, "mlflow_run_id": run.info.run_id}
 
 
+def read_checked(path: str | Path, suite: str, *, columns: list[str] | None = None) -> tuple[pd.DataFrame, dict]:
+    """A stage's input table, after checking it has the columns the stage reads, each of its type: a table
+    that failed validation stops here with the rows that are wrong (exit 3), never deeper with a traceback."""
+    import pyarrow.parquet as pq
+
+    from plmrec.validation import check_columns, check_schema
+
+    if not Path(path).is_file():
+        raise StageError(f"{path} does not exist: run the stage that writes it first (dvc.yaml lists the order)")
+    check_columns(pq.read_schema(path).names, suite, source=path, columns=columns)
+    table, meta = read_table(path, columns=columns)
+    check_schema(table, suite, source=path, columns=columns)
+    return table, meta
+
+
 def _validate(
     params: Params,
     suite: str,
@@ -159,7 +174,7 @@ def prepare(
     from plmrec.data.prepare import prepare_transactions
 
     with tracking.stage_run(params, "prepare", run_key=run_key, tracking_uri=tracking_uri):
-        raw, _ = read_table(raw_path)
+        raw, _ = read_checked(raw_path, "raw")
         prepared, meta = prepare_transactions(raw, params.clean, params.split)
         write_table(prepared, out_path, meta)
         tracking.log_json(meta, "prepare/summary.json")
@@ -196,7 +211,7 @@ def train_baseline(
     from plmrec.baseline import train_baseline as fit
 
     with tracking.stage_run(params, "train-baseline", run_key=run_key, tracking_uri=tracking_uri):
-        prepared, _ = read_table(prepared_path)
+        prepared, _ = read_checked(prepared_path, "prepared")
         model, encoder, info = fit(prepared, params)
         save_baseline(model, encoder, info, out_dir=model_dir)
         tracking.log_numeric(info["valid"], "valid_")
@@ -231,7 +246,7 @@ def evaluate_baseline(
     from plmrec.plots import plot_confusion
 
     with tracking.stage_run(params, "evaluate-baseline", run_key=run_key, tracking_uri=tracking_uri):
-        prepared, _ = read_table(prepared_path)
+        prepared, _ = read_checked(prepared_path, "prepared")
         model, encoder, _ = load_baseline(model_dir)
         metrics = score(model, encoder, prepared, params=params)
         flat = {k: v for k, v in metrics.items() if not isinstance(v, list)}
@@ -344,7 +359,7 @@ def pretrain(
             say("pretrain", f"disabled: exported {pretraining.base_model} unchanged -> {out}")
             return {"phases": []}
         check_base_model(pretraining.base_model)  # fail on a bad model before reading any data
-        prepared, _ = read_table(prepared_path, columns=ENCODER_COLUMNS)
+        prepared, _ = read_checked(prepared_path, "prepared", columns=ENCODER_COLUMNS)
         corpora = build_corpora(params, prepared)
         probe = _pretrain_probe(params, prepared)
         for name, sentences in corpora.items():
@@ -444,7 +459,7 @@ def finetune(
     tuning, out = params.finetune, Path(out_dir)
     with tracking.stage_run(params, "finetune", run_key=run_key, tracking_uri=tracking_uri):
         quiet_transformers()
-        prepared, _ = read_table(prepared_path, columns=ENCODER_COLUMNS)
+        prepared, _ = read_checked(prepared_path, "prepared", columns=ENCODER_COLUMNS)
         start, start_selection = finetune_start_model(params, pretrained_dir, prepared)
         if start_selection is not None:
             say("finetune", f"start_from auto: {start_selection.line()}")
@@ -628,7 +643,7 @@ def evaluate_retrieval(
         quiet_transformers()
         encoders = retrieval_encoders(params, pretrained_dir, finetuned_dir)
         device = str(resolve_device(tuning.device))
-        prepared, _ = read_table(prepared_path, columns=ENCODER_COLUMNS)
+        prepared, _ = read_checked(prepared_path, "prepared", columns=ENCODER_COLUMNS)
         probe = ValidProbe.from_prepared(prepared, params)
         benchmarks = _retrieval_benchmarks(params, prepared)
         results: dict = {bench: {} for bench in benchmarks}
@@ -921,7 +936,7 @@ def compare_models(
             say("compare-models", "disabled (recommenders.enabled: false)")
             return {"classifier": {}, "recommenders": {}, "verdicts": []}
         start = time.perf_counter()
-        prepared, _ = read_table(prepared_path)
+        prepared, _ = read_checked(prepared_path, "prepared")
         items = pd.read_parquet(Path(encoder_dir) / "item_embeddings.parquet")
         encoder = _selected_encoder_name(encoder_dir)
         say("compare-models", f"text features from the '{encoder}' encoder ({encoder_dir})")

@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import os
+import sys
 from collections.abc import Callable, Iterator
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -37,7 +38,19 @@ def resolve_tracking_uri(params: Params, project_dir: str | Path | None = None) 
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
     root = Path(project_dir or os.getcwd()).resolve()
-    return f"sqlite:///{root / DEFAULT_DB}"
+    uri = f"sqlite:///{root / DEFAULT_DB}"
+    if uri not in _ANNOUNCED:  # a store nobody asked for is created here: say where, once per process
+        _ANNOUNCED.add(uri)
+        print(
+            f"[plmrec] tracking: {uri}, artifacts in {root / DEFAULT_ARTIFACTS} "
+            "(set tracking.uri or MLFLOW_TRACKING_URI to track elsewhere)",
+            file=sys.stderr,
+            flush=True,
+        )
+    return uri
+
+
+_ANNOUNCED: set[str] = set()
 
 
 def _artifact_root(uri: str) -> str | None:

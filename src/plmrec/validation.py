@@ -60,21 +60,24 @@ class ValidationOutcome:
     def summary(self) -> str:
         if self.success:
             return f"validation '{self.suite}' passed: {self.evaluated} expectations"
-        what = "; ".join(
-            f["says"]
-            + (
-                f" ({f['unexpected_count']:,} row{'s' if f['unexpected_count'] != 1 else ''})"
-                if f.get("unexpected_count")
-                else ""
-            )
-            for f in self.failures[:3]
-        )
+        what = "; ".join(f["says"] + _rows_in_words(f) for f in self.failures[:3])
         more = f"; and {len(self.failures) - 3} more" if len(self.failures) > 3 else ""
         where = f" Report: {self.report_dir / 'report.html'}" if self.report_dir else ""
         return (
             f"validation '{self.suite}' failed {len(self.failures)} of {self.evaluated} expectations: "
             f"{what}{more}.{where}"
         )
+
+
+def _rows_in_words(failure: dict) -> str:
+    """' (3 rows, e.g. row 17: Quantity=2.5)': how many rows fail and the first of them."""
+    n = failure.get("unexpected_count")
+    if not n:
+        return ""
+    first = (failure.get("examples") or [None])[0]
+    col = failure.get("column")
+    example = f", e.g. row {first['row']}: {col}={first.get(col)!r}" if first and col in first else ""
+    return f" ({n:,} row{'s' if n != 1 else ''}{example})"
 
 
 def _gx():
@@ -131,14 +134,16 @@ def raw_checks(df: pd.DataFrame, params: Params) -> list[Check]:
         checks.append(
             Check(
                 E.ExpectColumnValuesToNotBeNull(column="Description", mostly=1 - v.max_missing_description_fraction),
-                f"at most {v.max_missing_description_fraction:.2%} of 'Description' may be empty",
+                f"at most {v.max_missing_description_fraction:.2%} of 'Description' may be empty "
+                "(validation.max_missing_description_fraction)",
             )
         )
     if "CustomerID" in typed:
         checks.append(
             Check(
                 E.ExpectColumnValuesToNotBeNull(column="CustomerID", mostly=1 - v.max_missing_customer_fraction),
-                f"at most {v.max_missing_customer_fraction:.0%} of 'CustomerID' may be empty",
+                f"at most {v.max_missing_customer_fraction:.0%} of 'CustomerID' may be empty "
+                "(validation.max_missing_customer_fraction)",
             )
         )
     if "InvoiceNo" in typed:
@@ -161,7 +166,7 @@ def raw_checks(df: pd.DataFrame, params: Params) -> list[Check]:
                 E.ExpectColumnValuesToBeBetween(
                     column="Quantity", min_value=-v.max_abs_quantity, max_value=v.max_abs_quantity
                 ),
-                f"'Quantity' must be within ±{v.max_abs_quantity:,}",
+                f"'Quantity' must be within ±{v.max_abs_quantity:,} (validation.max_abs_quantity)",
             )
         )
     if "UnitPrice" in typed:
@@ -170,7 +175,8 @@ def raw_checks(df: pd.DataFrame, params: Params) -> list[Check]:
                 E.ExpectColumnValuesToBeBetween(
                     column="UnitPrice", min_value=0, mostly=1 - v.max_negative_price_fraction
                 ),
-                f"'UnitPrice' must be >= 0 (at most {v.max_negative_price_fraction:.4%} of rows may be negative)",
+                f"'UnitPrice' must be >= 0 (at most {v.max_negative_price_fraction:.4%} of rows may be negative: "
+                "validation.max_negative_price_fraction)",
             )
         )
     if "InvoiceDate" in typed:
@@ -179,14 +185,16 @@ def raw_checks(df: pd.DataFrame, params: Params) -> list[Check]:
                 E.ExpectColumnValuesToBeBetween(
                     column="InvoiceDate", min_value=_ts(v.min_date), max_value=_ts(max_date)
                 ),
-                f"'InvoiceDate' must lie between {v.min_date} and {max_date}",
+                f"'InvoiceDate' must lie between {v.min_date} and {max_date} "
+                "(validation.min_date, validation.max_date)",
             )
         )
     if len(typed) == len(TRANSACTION_COLUMNS):
         checks.append(
             Check(
                 E.ExpectCompoundColumnsToBeUnique(column_list=TRANSACTION_COLUMNS, mostly=1 - v.max_duplicate_fraction),
-                f"at most {v.max_duplicate_fraction:.1%} of rows may be exact duplicates",
+                f"at most {v.max_duplicate_fraction:.1%} of rows may be exact duplicates "
+                "(validation.max_duplicate_fraction; clean.drop_exact_duplicates merges them)",
             )
         )
     return checks
@@ -255,11 +263,73 @@ def prepared_checks(df: pd.DataFrame, params: Params) -> list[Check]:
 
 
 def _unconvertible(values: pd.Series, col: str) -> pd.Series:
+    """The values that keep a column from its type: what a person must fix, not the whole column."""
+    present = values.notna()
     if col == "InvoiceDate":
-        return values.notna() & pd.to_datetime(values, errors="coerce", format="mixed").isna()
+        if pd.api.types.is_datetime64_any_dtype(values):
+            return pd.Series(False, index=values.index)
+        from plmrec.data.online_retail import DATE_FORMATS
+
+        # the format most dates are in; a date in another format (or none) is the one to fix
+        text = values.astype("string")
+        parsed = max(
+            (pd.to_datetime(text, format=fmt, errors="coerce") for fmt in DATE_FORMATS), key=lambda d: d.notna().sum()
+        )
+        return present & parsed.isna()
     if col in NUMERIC_COLUMNS:
-        return values.notna() & pd.to_numeric(values, errors="coerce").isna()
-    return values.notna() & ~values.map(lambda v: isinstance(v, str))
+        numbers = pd.to_numeric(values, errors="coerce")
+        bad = present & numbers.isna()
+        if col in ("Quantity", "CustomerID"):  # whole numbers: 2.5 is as wrong as "two"
+            bad |= present & numbers.notna() & (numbers % 1 != 0)
+        return bad
+    return present & ~values.map(lambda v: isinstance(v, str))
+
+
+def schema_problems(df: pd.DataFrame, columns: list[str], *, limit: int = 3) -> list[str]:
+    """Missing columns and the rows whose values do not fit a column's type, in words."""
+    problems = [f"column '{c}' is missing" for c in columns if c not in df.columns]
+    for col in (c for c in columns if c in df.columns and c in EXPECTED_DTYPES):
+        if _dtype_ok(df, col):
+            continue
+        bad = _unconvertible(df[col], col)
+        n = int(bad.sum())
+        if not n:
+            problems.append(f"column '{col}' has type {df[col].dtype}, expected {EXPECTED_DTYPES[col][0]}")
+            continue
+        shown = ", ".join(f"row {i}: {v!r}" for i, v in df.loc[bad, col].head(limit).items())
+        problems.append(
+            f"column '{col}' must hold {EXPECTED_DTYPES[col][0]} values: {n:,} of {len(df):,} row"
+            f"{'s' if len(df) != 1 else ''} do not ({shown})"
+        )
+    return problems
+
+
+def _needed(suite: str, columns: list[str] | None) -> list[str]:
+    from plmrec.data.schema import TRANSACTION_COLUMNS as transactions
+
+    return columns or (transactions + (["split", "label"] if suite == "prepared" else []))
+
+
+def _not_valid(source: str | Path, suite: str, problems: list[str]) -> DataValidationFailed:
+    more = f"; and {len(problems) - 5} more" if len(problems) > 5 else ""
+    return DataValidationFailed(
+        f"{source} is not a valid {suite} table: {'; '.join(problems[:5])}{more}. "
+        f"`plmrec data validate {source} --suite {suite}` writes the full report"
+    )
+
+
+def check_columns(names: list[str], suite: str, *, source: str | Path, columns: list[str] | None = None) -> None:
+    """The columns a stage reads are all there (before reading any of them)."""
+    missing = [f"column '{c}' is missing" for c in _needed(suite, columns) if c not in names]
+    if missing:
+        raise _not_valid(source, suite, missing)
+
+
+def check_schema(df: pd.DataFrame, suite: str, *, source: str | Path, columns: list[str] | None = None) -> None:
+    """What a stage reads: the columns it needs, each of its type; raises DataValidationFailed naming the rows."""
+    problems = schema_problems(_plain_view(df), _needed(suite, columns))
+    if problems:
+        raise _not_valid(source, suite, problems)
 
 
 def _examples(df: pd.DataFrame, expectation: str, result: dict, *, col: str | None, limit: int) -> list[dict]:

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from plmrec.config import CleanParams, SplitParams
-from plmrec.data.schema import SPLITS
+from plmrec.data.schema import SPLITS, TRANSACTION_COLUMNS
 from plmrec.errors import PlmrecError
 
 
@@ -28,7 +28,8 @@ class CleaningReport:
 def clean_transactions(df: pd.DataFrame, params: CleanParams) -> tuple[pd.DataFrame, CleaningReport]:
     """Drop rows without a customer, cancelled invoices and non-positive quantities (and, if asked, zero prices)."""
     report = CleaningReport(rows_in=len(df))
-    rules = [
+    rules = [("exact_duplicate", df.duplicated(subset=TRANSACTION_COLUMNS))] if params.drop_exact_duplicates else []
+    rules += [
         ("missing_customer", df["CustomerID"].isna()),
         ("cancelled_invoice", df["InvoiceNo"].str.startswith("C", na=False)),
         ("non_positive_quantity", df["Quantity"] <= 0),
@@ -41,6 +42,14 @@ def clean_transactions(df: pd.DataFrame, params: CleanParams) -> tuple[pd.DataFr
         drop = drop.fillna(False).astype(bool) & keep
         report.dropped[reason] = int(drop.sum())
         keep &= ~drop
+    if not keep.any():
+        dropped = ", ".join(f"{reason} {n:,}" for reason, n in report.dropped.items() if n)
+        last = [reason for reason, n in report.dropped.items() if n][-1] if report.rows_in else None
+        raise PlmrecError(
+            f"cleaning dropped every row: {report.rows_in:,} in, none left ({dropped or 'the table is empty'})"
+            + (f"; the last ones went at '{last}'" if last else "")
+            + ". The rules and their settings: clean.* in params.yaml, 'Cleaning' in the README"
+        )
     out = df.loc[keep].reset_index(drop=True)
     out["CustomerID"] = out["CustomerID"].astype("int64")
     report.rows_out = len(out)

@@ -4,14 +4,18 @@ v1  POST /v1/models/<name>:predict   {"instances": [{"customer_id": 12347, "k": 
 v2  POST /v2/models/<name>/infer      Open Inference Protocol tensors (see `parse_v2`)
 Health: GET /v2/health/live, /v2/health/ready, /v1/models/<name> (readiness), /v2/models/<name>/ready.
 
-Every client mistake is a 4xx with a message naming the field: bad JSON and wrong types 400,
-unknown customer without a basket 404, too many instances or too large a body 413.
+Every client mistake is a 4xx with a message naming the field, logged as one WARNING line: bad JSON,
+wrong types, unknown fields and a v2 datatype or shape that does not match its data 400; an unknown
+customer without a basket 404; a predict URL called without POST 405; a body that does not arrive
+within `serving.body_timeout_s` 408; too many instances or too large a body 413.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import re
 import sys
 import uuid
 from pathlib import Path
@@ -90,27 +94,45 @@ class RecommenderModel(kserve.Model):
         )
 
 
-class BodyLimit:
-    """ASGI middleware: bodies over `max_bytes` get a 413 before they are read in full."""
+_PREDICT_PATH = re.compile(r"^/v1/models/[^/]+:(predict|explain)$|^/v2/models/[^/]+(/versions/[^/]+)?/infer$")
 
-    def __init__(self, app, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
+
+class RequestGuard:
+    """ASGI middleware in front of the model server: a predict URL takes POST only (405 otherwise); a body
+    over `max_bytes` gets a 413 before it is read in full; a body that does not arrive within
+    `timeout_s` gets a 408, so a client that declares more than it sends cannot hold a connection."""
+
+    def __init__(self, app, *, max_bytes: int, timeout_s: float):
+        self.app, self.max_bytes, self.timeout_s = app, max_bytes, timeout_s
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        if _PREDICT_PATH.match(scope.get("path", "")) and scope.get("method") != "POST":
+            return await _reply(
+                send, 405, f"{scope.get('method')} is not allowed on {scope.get('path')}; use POST", allow=b"POST"
+            )
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            return await self._reject(send, int(declared))
+            return await self._too_large(send, int(declared))
         seen = 0
         chunks = []
+        deadline = asyncio.get_running_loop().time() + self.timeout_s
         while True:  # a chunked body has no length header: count it as it arrives
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(deadline - asyncio.get_running_loop().time(), 0))
+            except TimeoutError:
+                return await _reply(
+                    send,
+                    408,
+                    f"the request body did not arrive within {self.timeout_s:g} s ({seen} bytes came; "
+                    f"serving.body_timeout_s)",
+                )
             if message["type"] != "http.request":
                 break
             seen += len(message.get("body", b""))
             if seen > self.max_bytes:
-                return await self._reject(send, seen)
+                return await self._too_large(send, seen)
             chunks.append(message)
             if not message.get("more_body"):
                 break
@@ -120,37 +142,58 @@ class BodyLimit:
 
         return await self.app(scope, replay, send)
 
-    async def _reject(self, send, size: int):
-        body = json.dumps(
-            {
-                "error": f"request body of {size} bytes exceeds the limit of {self.max_bytes} bytes "
-                f"(serving.max_body_bytes)"
-            }
-        ).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-            }
+    async def _too_large(self, send, size: int):
+        await _reply(
+            send,
+            413,
+            f"request body of {size} bytes exceeds the limit of {self.max_bytes} bytes (serving.max_body_bytes)",
         )
-        await send({"type": "http.response.body", "body": body})
 
 
-def _install_handlers(app, limits: ServingParams) -> None:
-    from fastapi.exceptions import RequestValidationError
+async def _reply(send, status: int, message: str, *, allow: bytes | None = None) -> None:
+    """Answer from the middleware, before the application sees the request (logged as a client mistake)."""
+    log.warning("%d %s", status, message)
+    body = json.dumps({"error": message}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if allow:
+        headers.append((b"allow", allow))
+    if status in (408, 413):
+        headers.append((b"connection", b"close"))  # the rest of the body is not read
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _client_mistake(status: int):
+    """An exception handler for a 4xx: one WARNING line with the reason, no traceback (those are for 5xx)."""
     from fastapi.responses import JSONResponse
 
-    async def request_error(_, exc: RequestError):
+    async def handler(request, exc):
+        log.warning("%d %s %s: %s", status, request.method, request.url.path, exc)
+        return JSONResponse(status_code=status, content={"error": str(exc)})
+
+    return handler
+
+
+def _install_handlers(app) -> None:
+    """plmrec's handlers for client mistakes, over kserve's (which log each one with a traceback at ERROR)."""
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+    from kserve.errors import InvalidInput, ModelNotFound
+
+    async def request_error(request, exc: RequestError):
+        log.warning("%d %s %s: %s", exc.http_status, request.method, request.url.path, exc)
         return JSONResponse(status_code=exc.http_status, content={"error": str(exc)})
 
-    async def invalid_v2_body(_, exc: RequestValidationError):
+    async def invalid_v2_body(request, exc: RequestValidationError):
         problems = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors()[:5])
-        return JSONResponse(status_code=400, content={"error": f"invalid request body: {problems}"})
+        message = f"invalid request body: {problems}"
+        log.warning("400 %s %s: %s", request.method, request.url.path, message)
+        return JSONResponse(status_code=400, content={"error": message})
 
     app.add_exception_handler(RequestError, request_error)
     app.add_exception_handler(RequestValidationError, invalid_v2_body)
-    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
+    app.add_exception_handler(InvalidInput, _client_mistake(400))
+    app.add_exception_handler(ModelNotFound, _client_mistake(404))
 
 
 class LocalModelServer(kserve.ModelServer):
@@ -163,13 +206,24 @@ class LocalModelServer(kserve.ModelServer):
     def start(self, models) -> None:
         from kserve.model_server import app
 
-        _install_handlers(app, self.limits)
+        app.add_middleware(RequestGuard, max_bytes=self.limits.max_body_bytes, timeout_s=self.limits.body_timeout_s)
         super().start(models)
 
     async def _serve(self):
         # The one override, of a private hook: kserve's RESTServer always binds 0.0.0.0 and offers no
-        # host setting, so the REST server built by start() is pointed at serving.host just before it runs.
-        self._rest_server.config.host = self.host
+        # host setting, so the REST server built by start() is pointed at serving.host just before it
+        # runs; and it registers kserve's exception handlers as it starts, so plmrec's go in after them.
+        rest = self._rest_server
+        rest.config.host = self.host
+        create_application = rest.create_application
+
+        def with_plmrec_handlers():
+            create_application()
+            from kserve.model_server import app
+
+            _install_handlers(app)
+
+        rest.create_application = with_plmrec_handlers
         await super()._serve()
 
 

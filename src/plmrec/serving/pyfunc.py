@@ -19,6 +19,11 @@ def pip_requirements() -> list[str]:
     return pinned_requirements([*_RUNTIME, "plmrec"])
 
 
+def _python(value):
+    """A numpy scalar from the frame as the plain value the strict request model checks."""
+    return value.item() if hasattr(value, "item") and not isinstance(value, (list, dict)) else value
+
+
 class BundleModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
         from plmrec.serving.bundle import Recommender, find_bundle
@@ -33,9 +38,9 @@ class BundleModel(mlflow.pyfunc.PythonModel):
         queries = []
         for i, row in enumerate(model_input.to_dict("records")):
             inst = {
-                k: (list(v) if k == "basket" else v)
+                k: ([_python(c) for c in v] if k == "basket" else _python(v))
                 for k, v in row.items()
-                if v is not None and not (isinstance(v, float) and v != v)
+                if v is not None and not (isinstance(v, float) and v != v)  # a column this row leaves empty
             }
             queries.append(parse_instance(inst, f"row {i}", limits))
         return pd.DataFrame(answer(self.recommender, queries))

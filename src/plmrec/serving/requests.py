@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
 from plmrec.config import ServingParams
 from plmrec.errors import RequestError, UnknownCustomer
 from plmrec.serving.bundle import Recommender
@@ -27,89 +29,126 @@ class Query:
     exclude_seen: bool = False
 
 
-def _int(value: Any, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, str, float)):
-        raise RequestError(f"{where} must be an integer, got {type(value).__name__} {value!r}")
-    if isinstance(value, float):
-        if not value.is_integer():
-            raise RequestError(f"{where} must be an integer, got {value!r}")
-        return int(value)
-    if isinstance(value, str):
-        if not value.strip().lstrip("-").isdigit():
-            raise RequestError(f"{where} must be an integer, got the string {value!r}")
-        return int(value.strip())
-    return value
+INT64_MAX = 2**63 - 1
+_STRICT = ConfigDict(strict=True, extra="forbid")
 
 
-def _k(value: Any, where: str, limits: ServingParams) -> int:
-    k = limits.default_k if value is None else _int(value, where)
+class Instance(BaseModel):
+    """One v1 instance (and one pyfunc row): a customer (optionally with a basket), a basket, or a query.
+    Strict: JSON integers, strings and booleans only, no field beyond these."""
+
+    model_config = _STRICT
+    customer_id: int | None = Field(None, ge=0, le=INT64_MAX)
+    basket: list[str] | None = None
+    query: str | None = None
+    k: int | None = None
+    exclude_seen: bool = False
+
+
+class V1Request(BaseModel):
+    """The v1 body: `{"instances": [...]}` and nothing else."""
+
+    model_config = _STRICT
+    instances: list[Instance] = Field(min_length=1)
+
+
+class V2Parameters(BaseModel):
+    model_config = _STRICT
+    k: int | None = None
+    exclude_seen: bool = False
+
+
+_KIND = {
+    "int_type": "must be an integer",
+    "int_parsing": "must be an integer",
+    "string_type": "must be a string",
+    "bool_type": "must be true or false",
+    "list_type": "must be a list",
+    "model_type": "must be an object",
+    "dict_type": "must be an object",
+    "missing": "is required",
+    "too_short": "must be a non-empty list",
+}
+
+
+def _where(prefix: str, loc: tuple) -> str:
+    out = prefix
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def request_error(err: ValidationError, prefix: str = "", *, allowed: tuple[str, ...] = ()) -> RequestError:
+    """One 400 naming each wrong field (at most five), what it must be and what was sent."""
+    problems = []
+    for e in err.errors(include_url=False)[:5]:
+        where = _where(prefix, e["loc"])
+        if e["type"] == "extra_forbidden":
+            known = f"; allowed: {', '.join(allowed)}" if allowed else ""
+            problems.append(f"{where} is an unknown field{known}")
+            continue
+        ctx = e.get("ctx") or {}
+        if e["type"] in ("greater_than_equal", "less_than_equal"):
+            what = f"must be >= {ctx['ge']}" if "ge" in ctx else f"must be <= {ctx['le']}"
+        else:
+            what = _KIND.get(e["type"], e["msg"][0].lower() + e["msg"][1:])
+        got = e.get("input")
+        shown = repr(got) if len(repr(got)) <= 60 else repr(got)[:57] + "..."
+        problems.append(f"{where} {what}, got {type(got).__name__} {shown}")
+    return RequestError("; ".join(problems))
+
+
+def _k(value: int | None, where: str, limits: ServingParams) -> int:
+    k = limits.default_k if value is None else value
     if not 1 <= k <= limits.max_k:
         raise RequestError(f"{where} = {k} is out of range: 1 <= k <= {limits.max_k}")
     return k
 
 
-def _basket(value: Any, where: str, limits: ServingParams) -> list[str]:
-    if not isinstance(value, list):
-        raise RequestError(f"{where} must be a list of stock codes, got {type(value).__name__}")
-    if len(value) > limits.max_basket:
-        raise RequestError(f"{where} has {len(value)} stock codes; at most {limits.max_basket}", 413)
-    out = []
-    for i, code in enumerate(value):
-        if isinstance(code, bool) or not isinstance(code, (str, int)):
-            raise RequestError(f"{where}[{i}] must be a stock code string, got {type(code).__name__} {code!r}")
-        out.append(str(code).strip())
-    return out
+def _basket(codes: list[str], where: str, limits: ServingParams) -> list[str]:
+    if len(codes) > limits.max_basket:
+        raise RequestError(f"{where} has {len(codes)} stock codes; at most {limits.max_basket}", 413)
+    return [c.strip() for c in codes]
 
 
-def _text(value: Any, where: str, limits: ServingParams) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise RequestError(f"{where} must be a non-empty string, got {type(value).__name__} {value!r}")
+def _text(value: str, where: str, limits: ServingParams) -> str:
+    if not value.strip():
+        raise RequestError(f"{where} must be a non-empty string, got {value!r}")
     if len(value) > limits.max_query_chars:
         raise RequestError(f"{where} has {len(value)} characters; at most {limits.max_query_chars}", 413)
     return value.strip()
 
 
-def _flag(value: Any, where: str) -> bool:
-    if value is None:
-        return False
-    if not isinstance(value, bool):
-        raise RequestError(f"{where} must be true or false, got {type(value).__name__} {value!r}")
-    return value
+_INSTANCE_KEYS = tuple(Instance.model_fields)
 
 
-_INSTANCE_KEYS = {"customer_id", "basket", "query", "k", "exclude_seen"}
+def _query(inst: Instance, where: str, limits: ServingParams) -> Query:
+    k = _k(inst.k, f"{where}.k", limits)
+    if inst.query is not None:
+        if inst.customer_id is not None or inst.basket is not None:
+            raise RequestError(f"{where}: a query instance takes no customer_id or basket")
+        return Query("query", k, text=_text(inst.query, f"{where}.query", limits))
+    basket = _basket(inst.basket, f"{where}.basket", limits) if inst.basket is not None else []
+    if inst.customer_id is not None:
+        return Query("customer", k, customer_id=inst.customer_id, basket=basket, exclude_seen=inst.exclude_seen)
+    if inst.basket is not None:
+        if not basket:
+            raise RequestError(f"{where}.basket is empty")
+        return Query("basket", k, basket=basket, exclude_seen=inst.exclude_seen)
+    raise RequestError(f"{where} needs one of customer_id, basket or query")
 
 
 def parse_instance(inst: Any, where: str, limits: ServingParams) -> Query:
+    """One instance, e.g. {"customer_id": 12347, "k": 10}; `where` names it in errors."""
     if not isinstance(inst, dict):
         raise RequestError(
             f'{where} must be an object such as {{"customer_id": 12347, "k": 10}}, got {type(inst).__name__}'
         )
-    extra = sorted(set(inst) - _INSTANCE_KEYS)
-    if extra:
-        raise RequestError(
-            f"{where} has unknown field(s) {', '.join(extra)}; allowed: {', '.join(sorted(_INSTANCE_KEYS))}"
-        )
-    k = _k(inst.get("k"), f"{where}.k", limits)
-    exclude = _flag(inst.get("exclude_seen"), f"{where}.exclude_seen")
-    if "query" in inst:
-        if "customer_id" in inst or "basket" in inst:
-            raise RequestError(f"{where}: a query instance takes no customer_id or basket")
-        return Query("query", k, text=_text(inst["query"], f"{where}.query", limits))
-    basket = _basket(inst["basket"], f"{where}.basket", limits) if "basket" in inst else []
-    if "customer_id" in inst:
-        return Query(
-            "customer",
-            k,
-            customer_id=_int(inst["customer_id"], f"{where}.customer_id"),
-            basket=basket,
-            exclude_seen=exclude,
-        )
-    if "basket" in inst:
-        if not basket:
-            raise RequestError(f"{where}.basket is empty")
-        return Query("basket", k, basket=basket, exclude_seen=exclude)
-    raise RequestError(f"{where} needs one of customer_id, basket or query")
+    try:
+        parsed = Instance.model_validate(inst)
+    except ValidationError as err:
+        raise request_error(err, where, allowed=_INSTANCE_KEYS) from None
+    return _query(parsed, where, limits)
 
 
 def parse_v1(payload: Any, limits: ServingParams) -> list[Query]:
@@ -118,44 +157,83 @@ def parse_v1(payload: Any, limits: ServingParams) -> list[Query]:
             'the body must be a JSON object with "instances": [...] '
             '(e.g. {"instances": [{"customer_id": 12347, "k": 10}]})'
         )
+    extra = sorted(set(payload) - {"instances"})
+    if extra:
+        raise RequestError(f'unknown top-level field(s) {", ".join(map(str, extra))}; the body takes only "instances"')
     instances = payload["instances"]
-    if not isinstance(instances, list) or not instances:
-        raise RequestError('"instances" must be a non-empty list')
-    if len(instances) > limits.max_instances:
+    if isinstance(instances, list) and len(instances) > limits.max_instances:
         raise RequestError(f'"instances" has {len(instances)} entries; at most {limits.max_instances} per request', 413)
-    return [parse_instance(inst, f"instances[{i}]", limits) for i, inst in enumerate(instances)]
+    try:
+        parsed = V1Request.model_validate(payload)
+    except ValidationError as err:
+        raise request_error(err, allowed=_INSTANCE_KEYS) from None
+    return [_query(inst, f"instances[{i}]", limits) for i, inst in enumerate(parsed.instances)]
 
 
-def _tensor_values(inp) -> list:
-    data = inp.data
+# v2: the datatypes each input accepts (the Open Inference Protocol's names)
+V2_INPUTS = {
+    "customer_id": ("INT64", "INT32", "UINT64", "UINT32"),
+    "basket": ("BYTES",),
+    "query": ("BYTES",),
+}
+
+
+def _flat(data: Any) -> list:
     if hasattr(data, "tolist"):
         data = data.tolist()
     if not isinstance(data, list):
-        raise RequestError(f"input '{inp.name}': data must be a list")
-    flat = []
+        return [data]
+    out = []
     for v in data:
-        flat.extend(v if isinstance(v, list) else [v])
-    return [v.decode() if isinstance(v, bytes) else v for v in flat]
+        out.extend(_flat(v) if isinstance(v, list) else [v])
+    return out
+
+
+def _tensor_values(inp) -> list:
+    """An input's values, after checking its datatype and that its shape holds exactly its data."""
+    name = inp.name
+    if inp.datatype not in V2_INPUTS[name]:
+        raise RequestError(f"input '{name}': datatype {inp.datatype!r}; expected {' or '.join(V2_INPUTS[name])}")
+    shape = list(inp.shape)
+    if len(shape) != 1 or shape[0] < 0:
+        raise RequestError(f"input '{name}': shape {shape}; expected one dimension, [n]")
+    values = [v.decode("utf-8", "replace") if isinstance(v, bytes) else v for v in _flat(inp.data)]
+    if len(values) != shape[0]:
+        raise RequestError(f"input '{name}': shape {shape} declares {shape[0]} values, the data holds {len(values)}")
+    expected, check = (str, "a string") if inp.datatype == "BYTES" else (int, "an integer")
+    for i, v in enumerate(values):
+        if isinstance(v, bool) or not isinstance(v, expected):
+            raise RequestError(f"{name}[{i}] must be {check} ({inp.datatype}), got {type(v).__name__} {v!r}")
+        if expected is int and not 0 <= v <= INT64_MAX:
+            raise RequestError(f"{name}[{i}] = {v} is out of range: 0 <= customer_id <= {INT64_MAX}")
+    return values
 
 
 def parse_v2(request, limits: ServingParams) -> list[Query]:
-    """Inputs (one kind per request): `customer_id` [B] (INT64 or BYTES), optionally with `basket` [n]
-    when B = 1; `basket` [n] BYTES alone; or `query` [B] BYTES. Parameters: `k`, `exclude_seen`."""
-    inputs = {inp.name: inp for inp in request.inputs}
-    unknown = sorted(set(inputs) - {"customer_id", "basket", "query"})
+    """Inputs (one kind per request), each one-dimensional with its datatype: `customer_id` [B] INT64,
+    optionally with `basket` [n] BYTES when B = 1; `basket` [n] BYTES alone; or `query` [B] BYTES.
+    Parameters: `k`, `exclude_seen`."""
+    names = [inp.name for inp in request.inputs]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise RequestError(f"input(s) {', '.join(repeated)} given more than once")
+    unknown = sorted(set(names) - set(V2_INPUTS))
     if unknown:
         raise RequestError(f"unknown input(s) {', '.join(unknown)}; expected customer_id, basket or query")
     params = request.parameters or {}
     params = {k: (v.to_dict() if hasattr(v, "to_dict") else v) for k, v in params.items()}
-    extra = sorted(set(params) - {"k", "exclude_seen"})
-    if extra:
-        raise RequestError(f"unknown parameter(s) {', '.join(extra)}; allowed: k, exclude_seen")
-    k = _k(params.get("k"), "parameters.k", limits)
-    exclude = _flag(params.get("exclude_seen"), "parameters.exclude_seen")
+    try:
+        parameters = V2Parameters.model_validate(params)
+    except ValidationError as err:
+        raise request_error(err, "parameters", allowed=tuple(V2Parameters.model_fields)) from None
+    k = _k(parameters.k, "parameters.k", limits)
+    exclude = parameters.exclude_seen
+    inputs = {inp.name: inp for inp in request.inputs}
+    for name, inp in inputs.items():
+        rows = inp.shape[0] if len(inp.shape) == 1 else 0
+        if name != "basket" and rows > limits.max_instances:
+            raise RequestError(f"input '{name}' has {rows} rows; at most {limits.max_instances}", 413)
     values = {name: _tensor_values(inp) for name, inp in inputs.items()}
-    for name, vals in values.items():
-        if name != "basket" and len(vals) > limits.max_instances:
-            raise RequestError(f"input '{name}' has {len(vals)} rows; at most {limits.max_instances}", 413)
     if "query" in values:
         if len(values) > 1:
             raise RequestError("a query request takes no customer_id or basket input")
@@ -167,10 +245,7 @@ def parse_v2(request, limits: ServingParams) -> list[Query]:
             raise RequestError(f"a basket goes with one customer_id, got {len(ids)}")
         if not ids:
             raise RequestError("input 'customer_id' is empty")
-        return [
-            Query("customer", k, customer_id=_int(v, f"customer_id[{i}]"), basket=basket, exclude_seen=exclude)
-            for i, v in enumerate(ids)
-        ]
+        return [Query("customer", k, customer_id=v, basket=basket, exclude_seen=exclude) for v in ids]
     if basket:
         return [Query("basket", k, basket=basket, exclude_seen=exclude)]
     raise RequestError("the request needs an input named customer_id, basket or query")
