@@ -1,0 +1,187 @@
+"""A bounded soak of the KServe predictor: mixed valid and invalid requests, no 5xx, bounded memory.
+
+Starts `plmrec serve` on a bundle (`--bundle`, or one built here as bench/serve_latency.py does) and
+sends `--requests` requests drawn from a fixed mix of valid kinds (v1 customer, basket and query, v2
+customer) and client mistakes (wrong types, unknown fields, a v2 datatype or shape that does not
+match its data, malformed JSON, a GET on the predict URL) from `--concurrency` keep-alive clients.
+Reports, per kind, the status codes seen and p50/p99 latency; the 5xx count (the target: 0); and the
+server's resident memory after a warm-up and at the end (the growth must stay bounded). One JSON object.
+
+  python bench/serve_soak.py --requests 20000 --concurrency 8 --out bench/results/serve_soak_cpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import platform
+import random
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT / "tests"))
+
+import requests  # noqa: E402
+from _report import emit  # noqa: E402
+from serve_latency import build_bundle_here, percentile  # noqa: E402
+
+V1, V2 = "/v1/models/plmrec:predict", "/v2/models/plmrec/infer"
+
+
+def request_mix(customers: list[int], codes: list[str]) -> dict:
+    """Each kind: (method, path, json body or raw bytes, the status it must get)."""
+    c, code = customers[0], codes[0]
+
+    def v2(name, datatype, data, *, shape=None, parameters=None):
+        body = {"inputs": [{"name": name, "shape": shape or [len(data)], "datatype": datatype, "data": data}]}
+        return {**body, **({"parameters": parameters} if parameters else {})}
+
+    return {
+        "v1 customer": lambda r: ("POST", V1, {"instances": [{"customer_id": r.choice(customers), "k": 10}]}, 200),
+        "v1 basket": lambda r: ("POST", V1, {"instances": [{"basket": r.sample(codes, 5), "k": 10}]}, 200),
+        "v1 query": lambda r: ("POST", V1, {"instances": [{"query": f"red heart lantern {r.random()}"}]}, 200),
+        "v2 customer": lambda r: (
+            "POST",
+            V2,
+            v2("customer_id", "INT64", [r.choice(customers)], parameters={"k": 5}),
+            200,
+        ),
+        "bad: id as a string": lambda r: ("POST", V1, {"instances": [{"customer_id": str(c)}]}, 400),
+        "bad: k as a string": lambda r: ("POST", V1, {"instances": [{"query": "lamp", "k": "5"}]}, 400),
+        "bad: unknown field": lambda r: ("POST", V1, {"instances": [{"customer_id": c}], "extra": 1}, 400),
+        "bad: id beyond 64 bits": lambda r: (
+            "POST",
+            V1,
+            {"instances": [{"customer_id": 2**70, "basket": [code]}]},
+            400,
+        ),
+        "bad: v2 datatype": lambda r: ("POST", V2, v2("query", "WAT", ["lamp"]), 400),
+        "bad: v2 shape": lambda r: ("POST", V2, v2("query", "BYTES", ["lamp", "cake"], shape=[3]), 400),
+        "bad: malformed JSON": lambda r: ("POST", V1, b'{"instances": [{"customer_id": 1', 400),
+        "bad: unknown customer": lambda r: ("POST", V1, {"instances": [{"customer_id": 1}]}, 404),
+        "bad: GET on predict": lambda r: ("GET", V1, None, 405),
+    }
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def soak(url: str, mix: dict, *, n: int, concurrency: int, seed: int) -> dict:
+    """Send n requests, kinds drawn uniformly, from `concurrency` keep-alive clients."""
+    kinds = list(mix)
+    plan = [random.Random(seed + i).choice(kinds) for i in range(n)]
+    lock = threading.Lock()
+    seen = collections.defaultdict(collections.Counter)
+    latency = collections.defaultdict(list)
+    wrong = collections.Counter()
+
+    def worker(part: list[tuple[int, str]]):
+        session = requests.Session()
+        for i, kind in part:
+            method, path, body, expected = mix[kind](random.Random(seed * 7919 + i))
+            start = time.perf_counter()
+            if isinstance(body, bytes):
+                r = session.request(method, url + path, data=body, headers={"content-type": "application/json"})
+            else:
+                r = session.request(method, url + path, json=body, timeout=60)
+            elapsed = (time.perf_counter() - start) * 1000
+            with lock:
+                seen[kind][r.status_code] += 1
+                latency[kind].append(elapsed)
+                if r.status_code != expected:
+                    wrong[kind] += 1
+
+    parts = [list(enumerate(plan))[w::concurrency] for w in range(concurrency)]
+    threads = [threading.Thread(target=worker, args=(p,)) for p in parts]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - start
+    per_kind = {
+        kind: {
+            "requests": len(latency[kind]),
+            "statuses": {str(s): k for s, k in sorted(seen[kind].items())},
+            "unexpected_status": wrong[kind],
+            "p50_ms": round(percentile(latency[kind], 50), 2),
+            "p99_ms": round(percentile(latency[kind], 99), 2),
+        }
+        for kind in kinds
+        if latency[kind]
+    }
+    server_errors = sum(k for kind in seen.values() for s, k in kind.items() if s >= 500)
+    return {
+        "seconds": round(wall, 1),
+        "requests_per_s": round(n / wall, 1),
+        "server_errors": server_errors,
+        "per_kind": per_kind,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--bundle", type=Path, default=None)
+    ap.add_argument("--requests", type=int, default=20000)
+    ap.add_argument("--concurrency", type=int, default=8)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+
+    from helpers import plmrec_server
+    from plmrec.serving.bundle import Recommender
+
+    source = "given"
+    tmp = Path(tempfile.mkdtemp(prefix="plmrec-soak-"))
+    if args.bundle is None:
+        print("building a bundle (embeddings, one comparison seed, refit) ...", file=sys.stderr, flush=True)
+        args.bundle, source = build_bundle_here(tmp, args.seed)
+    rec = Recommender(args.bundle, load_encoder=False)
+    mix = request_mix(list(rec.customer_row), list(rec.codes))
+    with plmrec_server(["--bundle", str(args.bundle)], tmp) as server:
+        soak(server.url, mix, n=min(500, args.requests), concurrency=args.concurrency, seed=args.seed + 1)  # warm-up
+        rss_start = rss_mib(server.proc.pid)
+        result = soak(server.url, mix, n=args.requests, concurrency=args.concurrency, seed=args.seed)
+        rss_end = rss_mib(server.proc.pid)
+        ready = requests.get(f"{server.url}/v2/health/ready", timeout=5).status_code == 200
+        log = server.log_path.read_text()
+    emit(
+        {
+            "benchmark": "serve_soak",
+            "machine": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(),
+            "bundle": str(args.bundle),
+            "data": source,
+            "model": rec.meta["model"],
+            "requests": args.requests,
+            "concurrency": args.concurrency,
+            **result,
+            "rss_mib": {
+                "after_warm_up": round(rss_start, 1),
+                "end": round(rss_end, 1),
+                "growth": round(rss_end - rss_start, 1),
+            },
+            "ready_after": ready,
+            "server_log": {"tracebacks": log.count("Traceback"), "warning_lines": log.count("WARNING")},
+            "target": {
+                "no_5xx": result["server_errors"] == 0,
+                "every_status_as_expected": all(k["unexpected_status"] == 0 for k in result["per_kind"].values()),
+            },
+        },
+        args.out,
+    )
+
+
+if __name__ == "__main__":
+    main()
