@@ -201,3 +201,52 @@ def test_deploy_points_at_the_champions_files_in_the_artifact_store(serving_bund
     relative = uri.removeprefix(f"file://{destination}/")
     assert f"version {version}: storageUri s3://mlflow-artifacts/{relative}" in shown.stdout
     assert "kubectl patch inferenceservice plmrec --type merge" in shown.stdout
+
+
+RACER = """
+import json, sys, time
+from plmrec import registry
+from plmrec.config import RegistryParams
+from plmrec.tracking import mlflow_client
+
+uri, start, step, version, *names = sys.argv[1:]
+client = mlflow_client(uri)
+out = []
+for i, name in enumerate(names):
+    time.sleep(max(0.0, float(start) + i * float(step) - time.time()))  # both racers leave together
+    out.append(registry.gate(client, RegistryParams(model_name=name, guard_metrics=[]), version).to_dict())
+print(json.dumps(out))
+"""
+
+
+def test_two_racing_registrations_leave_the_better_champion(mlflow_server):
+    """Two processes gate a better and a worse challenger at the same instant against one real server:
+    @champion always ends on the better one."""
+    import time
+
+    client = mlflow.MlflowClient(mlflow_server)
+    names = [f"race-{os.getpid()}-{i}" for i in range(4)]
+    for name in names:
+        client.create_registered_model(name)
+        for ndcg in (0.2, 0.4, 0.3):  # v1 the champion, v2 the better challenger, v3 the worse
+            v = client.create_model_version(
+                name, source="mlflow-artifacts:/race", tags={registry.metric_tag("ndcg@10"): repr(ndcg)}
+            )
+        client.set_registered_model_alias(name, registry.CHAMPION, "1")
+        assert v.version == "3"
+    start = time.time() + 12  # after both interpreters have imported mlflow
+    racers = [
+        subprocess.Popen(
+            [sys.executable, "-c", RACER, mlflow_server, str(start), "4", version, *names],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for version in ("2", "3")
+    ]
+    outputs = [r.communicate(timeout=120) for r in racers]
+    assert all(r.returncode == 0 for r in racers), [o[1][-2000:] for o in outputs]
+    better, worse = (json.loads(o[0]) for o in outputs)
+    for name, b, w in zip(names, better, worse):
+        assert client.get_model_version_by_alias(name, registry.CHAMPION).version == "2", (name, b, w)
+        assert b["promoted"] and b["champion_after"] == "2", (b, w)

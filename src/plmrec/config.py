@@ -425,6 +425,10 @@ class RegistryParams(_Section):
         ["recall@10", "precision@5"], description="must not drop by more than guard_tolerance"
     )
     guard_tolerance: float = Field(0.005, ge=0.0)
+    gate_settle_s: float = Field(
+        1.0, ge=0.0, description="after moving @champion, wait this long and check nobody moved it meanwhile"
+    )
+    gate_rounds: int = Field(5, ge=1, description="times the gate re-decides when a racing registration moved it")
 
     @model_validator(mode="after")
     def _known_model(self) -> RegistryParams:

@@ -11,6 +11,7 @@ the replaced version is recorded on the new champion first, so `rollback` can mo
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -137,22 +138,43 @@ def decide(
 
 
 def gate(client, rp: RegistryParams, version: str) -> Decision:
-    """Make `version` the challenger; promote it to champion if it passes the gate."""
+    """Make `version` the challenger; promote it to champion if it passes the gate.
+
+    Two registrations may race (two pipeline runs finishing together). MLflow has no transaction, so
+    the gate is optimistic: it re-reads @champion just before moving it and, after `gate_settle_s`,
+    checks that nobody moved it meanwhile; if someone did, it decides again against the version now
+    there. Each racer runs the same loop, so the alias ends on the best of them."""
     name = rp.model_name
     candidate = client.get_model_version(name, version)
     client.set_registered_model_alias(name, CHALLENGER, version)
     current = alias_version(client, name, CHAMPION)
     if current is not None and str(current.version) == str(version):
         raise RegistryError(f"version {version} of {name} is already the champion")
-    promote, reason, primary, guards = decide(
-        version_metrics(candidate), version_metrics(current) if current else None, rp
-    )
-    before = str(current.version) if current else None
-    decision = Decision(str(version), promote, reason, before, str(version) if promote else before, primary, guards)
-    client.set_model_version_tag(name, version, GATE_TAG, json.dumps(decision.to_dict())[:4900])
-    if promote:
+    first = str(current.version) if current else None
+    decision = None
+    for _ in range(rp.gate_rounds):
+        promote, reason, primary, guards = decide(
+            version_metrics(candidate), version_metrics(current) if current else None, rp
+        )
+        before = str(current.version) if current else None
+        decision = Decision(str(version), promote, reason, first, str(version) if promote else before, primary, guards)
+        if not promote:
+            break
+        now = alias_version(client, name, CHAMPION)  # moved since we read it: decide again against that one
+        if (str(now.version) if now else None) != before:
+            current = now
+            continue
         client.set_model_version_tag(name, version, PREVIOUS_TAG, before or "")
         client.set_registered_model_alias(name, CHAMPION, version)  # the one step that changes what is served
+        time.sleep(rp.gate_settle_s)
+        now = alias_version(client, name, CHAMPION)
+        if now is not None and str(now.version) == str(version):
+            break
+        current = now  # a racer moved it after us: are we still better than what it left there?
+    else:
+        decision.promoted, decision.champion_after = False, str(current.version) if current else None
+        decision.reason = f"the champion kept moving during {rp.gate_rounds} rounds of the gate; not promoted"
+    client.set_model_version_tag(name, version, GATE_TAG, json.dumps(decision.to_dict())[:4900])
     return decision
 
 
