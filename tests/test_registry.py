@@ -250,3 +250,57 @@ def test_two_racing_registrations_leave_the_better_champion(mlflow_server):
     for name, b, w in zip(names, better, worse):
         assert client.get_model_version_by_alias(name, registry.CHAMPION).version == "2", (name, b, w)
         assert b["promoted"] and b["champion_after"] == "2", (b, w)
+
+
+def _own_mlflow_server(root: Path, port: int):
+    from helpers import ChildServer
+
+    cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port)]
+    cmd += ["--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "a")]
+    return ChildServer("mlflow server", [*cmd, "--workers", "1"], port, health_path="/health", cwd=root, timeout=90)
+
+
+def test_a_stage_rides_out_a_tracking_server_restart_and_says_when_it_stays_down(tmp_path):
+    """The server goes down between two stages of a run: the next stage, started while it is down, retries
+    (the MLflow client's backoff) and finishes once it is back, its run and metrics recorded; a server that
+    never comes back is one clear line and exit 2, not a traceback."""
+    import time
+
+    from helpers import free_port
+
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "HF_HUB_OFFLINE": "1"}
+    small = ["-S", "data.synthetic.n_customers=60", "-S", "data.synthetic.n_invoices=600", "-S", f"tracking.uri={uri}"]
+    stage = [sys.executable, "-m", "plmrec.cli", "stage"]
+    with _own_mlflow_server(tmp_path, port):
+        done = subprocess.run(
+            [*stage, "ingest", *small, "--out", str(tmp_path / "raw.parquet")], env=env, capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+    # down now: prepare starts against nothing, and the server comes back 4 s later on the same store
+    prepare = subprocess.Popen(
+        [*stage, "prepare", *small, "--raw", str(tmp_path / "raw.parquet"), "--out", str(tmp_path / "p.parquet")],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(4)
+    with _own_mlflow_server(tmp_path, port):
+        out, err = prepare.communicate(timeout=240)
+        assert prepare.returncode == 0, err[-3000:]
+        runs = mlflow.MlflowClient(uri).search_runs(
+            [mlflow.MlflowClient(uri).get_experiment_by_name("plmrec").experiment_id],
+            filter_string="tags.`plmrec.stage` = 'prepare'",
+        )
+        assert len(runs) == 1 and runs[0].info.status == "FINISHED" and runs[0].data.metrics["prepared_rows"] > 0
+    never = subprocess.run(
+        [*stage, "prepare", *small, "--raw", str(tmp_path / "raw.parquet"), "--out", str(tmp_path / "q.parquet")],
+        env={**env, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"},
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert never.returncode == 2 and "Traceback" not in never.stderr, never.stderr[-3000:]
+    assert "the MLflow tracking server did not answer after 1 retries" in never.stderr

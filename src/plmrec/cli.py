@@ -46,6 +46,14 @@ class _Group(click.Group):
         except PlmrecError as exc:
             click.secho(f"error: {exc}", fg="red", err=True)
             sys.exit(exc.exit_code)
+        except Exception as exc:
+            from plmrec.tracking import unavailable
+
+            down = unavailable(exc)
+            if down is None:
+                raise
+            click.secho(f"error: {down}", fg="red", err=True)
+            sys.exit(down.exit_code)
 
 
 def _params_for_every_command(ctx, param, value):

@@ -56,6 +56,10 @@ class StageError(PlmrecError):
 
 
 # ---------------------------------------------------------------------------- registry and cluster
+class TrackingUnavailable(PlmrecError):
+    """The MLflow tracking server did not answer, after the MLflow client's own retries with backoff."""
+
+
 class RegistryError(PlmrecError):
     """The model registry cannot do what was asked (no such alias, nothing to roll back to, no metric)."""
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from plmrec.config import Params
 from plmrec.distributed import is_main_process, rank
+from plmrec.errors import TrackingUnavailable
 
 RUN_KEY_TAG = "plmrec.run_key"
 ENCODER_TAG = "plmrec.encoder"  # which encoder the run chose on valid (parent run, evaluate-retrieval, compare-models)
@@ -51,6 +52,26 @@ def resolve_tracking_uri(params: Params, project_dir: str | Path | None = None) 
 
 
 _ANNOUNCED: set[str] = set()
+
+
+def unavailable(exc: BaseException) -> TrackingUnavailable | None:
+    """The clear error for a tracking server that stayed down through the client's retries (None: not that)."""
+    import requests
+
+    seen = exc
+    while seen is not None:
+        text = str(seen)
+        if isinstance(seen, requests.exceptions.ConnectionError) or (
+            text.startswith("API request to") and "failed with exception" in text
+        ):
+            retries = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "7")
+            return TrackingUnavailable(
+                f"the MLflow tracking server did not answer after {retries} retries with backoff "
+                f"({text[:160]}{'...' if len(text) > 160 else ''}): check that it runs, or point tracking.uri / "
+                "MLFLOW_TRACKING_URI at one that does (MLFLOW_HTTP_REQUEST_MAX_RETRIES sets the retries)"
+            )
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _artifact_root(uri: str) -> str | None:
