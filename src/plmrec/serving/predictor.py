@@ -238,6 +238,12 @@ def serve(
 ) -> None:
     """Load the bundle and serve it until interrupted (blocks)."""
     logging.getLogger("kserve.trace").setLevel(logging.WARNING)  # one line per request and timing otherwise
+    if not log.handlers:  # one line per client mistake, in the model server's own layout
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(process)d %(name)s %(levelname)s %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
     model = RecommenderModel(name or limits.model_name, bundle_dir, limits, version=version)
     model.load()
     meta = model.recommender.meta
