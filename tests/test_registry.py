@@ -226,11 +226,16 @@ def test_two_racing_registrations_leave_the_better_champion(mlflow_server):
 
     client = mlflow.MlflowClient(mlflow_server)
     names = [f"race-{os.getpid()}-{i}" for i in range(4)]
+    experiment = client.get_experiment_by_name("race") or client.get_experiment(client.create_experiment("race"))
+    run = client.create_run(experiment.experiment_id)
     for name in names:
         client.create_registered_model(name)
         for ndcg in (0.2, 0.4, 0.3):  # v1 the champion, v2 the better challenger, v3 the worse
             v = client.create_model_version(
-                name, source="mlflow-artifacts:/race", tags={registry.metric_tag("ndcg@10"): repr(ndcg)}
+                name,
+                source=f"{run.info.artifact_uri}/model",
+                run_id=run.info.run_id,
+                tags={registry.metric_tag("ndcg@10"): repr(ndcg)},
             )
         client.set_registered_model_alias(name, registry.CHAMPION, "1")
         assert v.version == "3"
