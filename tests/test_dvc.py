@@ -82,6 +82,14 @@ def test_dvc_repro_runs_only_what_changed(tmp_path):
         "plmrec-recommender", "champion"
     )
     assert str(version.version) == "1" and version.tags["data.md5"] == prepared_md5  # the data version DVC records
+    store = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
+    experiment = store.get_experiment_by_name("plmrec")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens on training runs
+    (baseline,) = store.search_runs([experiment.experiment_id], filter_string="tags.`plmrec.stage` = 'train-baseline'")
+    inputs = {(i.dataset.name, i.dataset.digest) for i in baseline.inputs.dataset_inputs}
+    assert inputs == {(f"prepared-{s}", prepared_md5) for s in ("train", "valid", "test")}  # DVC's md5 as digest
+    contexts = {t.value for i in baseline.inputs.dataset_inputs for t in i.tags if t.key == "mlflow.data.context"}
+    assert contexts == {"train", "valid", "test"}
     assert (repo / "models" / "bundle" / "bundle.json").exists()
     metrics = yaml.safe_load((repo / "metrics" / "baseline.json").read_text())["baseline_xgboost"]["test"]
     assert metrics["accuracy"] > metrics["majority_class_accuracy"]

@@ -128,6 +128,24 @@ def test_pipeline_runs_end_to_end(small_params, tiny_model_dir, mlflow_server, t
         compared.data.metrics[f"recommender/{served.replace('+', '_')}/ndcg_at_10_mean"]
     )
     assert m["registered_version"] == float(champion.version)
+    info = mlflow.models.get_model_info(f"models:/pipeline-test-recommender/{champion.version}")
+    assert info.signature is not None and "customer_id" in info.signature.inputs.input_names()
+    model_uri = f"models:/pipeline-test-recommender/{champion.version}"
+    example = mlflow.models.Model.load(model_uri).load_input_example(mlflow.artifacts.download_artifacts(model_uri))
+    answered = mlflow.pyfunc.load_model(model_uri).predict(example)  # the logged example answers
+    assert len(answered.loc[0, "items"]) == example.loc[0, "k"] and answered.loc[0, "kind"] == "customer"
+
+    experiment = client.get_experiment(parent[0].info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    from plmrec.data.files import file_digest
+
+    prepared_file = next(p for p in (tmp_path / "run" / "artifacts").rglob("prepared_data") if p.is_file())
+    datasets = {(i.dataset.name, i.dataset.digest) for i in children["train-baseline"].inputs.dataset_inputs}
+    assert datasets == {(f"prepared-{s}", file_digest(prepared_file, "md5")) for s in ("train", "valid", "test")}
+    assert {i.dataset.name for i in children["prepare"].inputs.dataset_inputs} == {"raw"}
+    description = parent[0].data.tags["mlflow.note.content"]  # what the run concluded, in the runs table
+    assert f"**encoder** (chosen on valid): encoder '{chosen}'" in description and "**gate** (version" in description
+    assert "**served model**" in description and "**split**: train < " in description
 
     files = {p.name for p in (tmp_path / "run" / "artifacts").rglob("*") if p.is_file()}
     assert {

@@ -35,14 +35,17 @@ def register_bundle(
     attached in the same call; returns the new version."""
     import mlflow
 
-    from plmrec.serving.pyfunc import BundleModel, pip_requirements
+    from plmrec.serving.pyfunc import BundleModel, pip_requirements, request_example, signature
 
+    example = request_example(bundle_dir)
     info = mlflow.pyfunc.log_model(
         name="recommender",
         python_model=BundleModel(),
         artifacts={"bundle": str(bundle_dir)},
         pip_requirements=pip_requirements(),
         metadata={"plmrec_metrics": metrics},
+        signature=signature(bundle_dir, example),
+        input_example=example,
     )
     mlflow.log_metrics({k.replace("@", "_at_"): float(v) for k, v in metrics.items()}, model_id=info.model_id)
     all_tags = {**{metric_tag(k): repr(float(v)) for k, v in metrics.items()}, **tags}

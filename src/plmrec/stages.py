@@ -106,6 +106,7 @@ def read_checked(path: str | Path, suite: str, *, columns: list[str] | None = No
     check_columns(pq.read_schema(path).names, suite, source=path, columns=columns)
     table, meta = read_table(path, columns=columns)
     check_schema(table, suite, source=path, columns=columns)
+    tracking.log_input_table(table, path=path, name=suite, context=suite)
     return table, meta
 
 
@@ -124,6 +125,7 @@ def _validate(
     stage, start = f"validate-{suite}", time.perf_counter()
     with tracking.stage_run(params, stage, run_key=run_key, tracking_uri=tracking_uri):
         table, _ = read_table(table_path)
+        tracking.log_input_table(table, path=table_path, name=suite, context=suite)
         try:
             outcome = validate_table(table, suite, params, report_dir=report_dir, raise_on_failure=False)
         finally:
@@ -865,6 +867,8 @@ class Comparison:
 
     def log(self, out: Path, verdicts: list[str], *, run_key: str | None, tracking_uri: str | None) -> None:
         """Means per variant on the stage run, the run tables and reports, headline metrics on the parent."""
+        from plmrec.recsys.experiment import CURVE_KS
+
         classifier, recommender, recommenders = (
             self.classifier_summary,
             self.recommender_summary,
@@ -883,6 +887,9 @@ class Comparison:
                 },
                 f"recommender/{v.replace('+', '_')}/",
             )
+        for model, curve in self.recommender_detail["precision_curves"].items():  # K as the step: runs overlay
+            for k, value in zip(CURVE_KS, curve):
+                tracking.log_metric(f"precision_at_k/{model.replace('+', '_')}", value, step=k)
         tracking.log_table(self.classifier_rows, "compare/classifier_runs.json")
         tracking.log_table(self.recommender_rows, "compare/recommender_runs.json")
         tracking.log_dir(out, "compare")

@@ -89,18 +89,24 @@ def mlflow_client(uri: str | None = None):
     return mlflow.MlflowClient(uri)
 
 
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+
+
 def ensure_experiment(uri: str, name: str) -> str:
+    """The experiment's id, created if new; marked as model training so the MLflow UI opens on its
+    runs (not the GenAI traces view)."""
     client = mlflow_client(uri)
     exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    try:
-        return client.create_experiment(name, artifact_location=_artifact_root(uri))
-    except Exception:  # created meanwhile by a parallel stage
-        exp = client.get_experiment_by_name(name)
-        if exp is None:
-            raise
-        return exp.experiment_id
+    if exp is None:
+        try:
+            exp = client.get_experiment(client.create_experiment(name, artifact_location=_artifact_root(uri)))
+        except Exception:  # created meanwhile by a parallel stage
+            exp = client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+    if exp.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+        client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    return exp.experiment_id
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -137,14 +143,45 @@ def parent_run(uri: str, params: Params, run_key: str, *, run_name: str | None =
     return run.info.run_id
 
 
+def run_description(client, params: Params, *, run_id: str, run_key: str) -> str:
+    """What a pipeline run concluded, in a few lines (the run's description in the MLflow UI): data,
+    split, the encoder valid chose, the served model and the gate's decision."""
+    parent = client.get_run(run_id)
+    children = client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{run_key}'", max_results=200
+    )
+    tags = {}
+    for run in [*children, parent]:  # the parent's own tags win
+        tags.update(run.data.tags)
+    d, sp = params.data, params.split
+    lines = [
+        f"**data**: {d.source}{f' {d.path}' if d.path else ''}"
+        + (f" (prepared md5 {tags['data.prepared_md5']})" if "data.prepared_md5" in tags else ""),
+        f"**split**: train < {sp.train_end} <= valid < {sp.valid_end} <= test",
+    ]
+    if ENCODER_TAG in tags:
+        lines.append(f"**encoder** (chosen on valid): {tags.get('plmrec.encoder_selection', tags[ENCODER_TAG])}")
+    if "plmrec.served_model" in tags:
+        lines.append(f"**served model**: {tags['plmrec.served_model']}")
+    if "plmrec.gate" in tags:
+        version = tags.get("plmrec.registered_version", "?")
+        lines.append(f"**gate** (version {version}): {tags['plmrec.gate']}")
+    return "\n\n".join(lines)
+
+
 def finish_parent(uri: str, params: Params, run_key: str, *, status: str, message: str = "") -> str:
-    """Close the parent run with FINISHED or FAILED (the pipeline's final state)."""
+    """Close the parent run with FINISHED or FAILED (the pipeline's final state), its description
+    saying what it concluded."""
     import mlflow
 
     run_id = parent_run(uri, params, run_key)
     client = mlflow.MlflowClient(uri)
     if message:
         client.set_tag(run_id, "plmrec.final_message", message[:5000])
+    description = run_description(client, params, run_id=run_id, run_key=run_key)
+    if message and status.upper() not in ("SUCCEEDED", "FINISHED"):
+        description += f"\n\n**failed**: {message[:2000]}"
+    client.set_tag(run_id, "mlflow.note.content", description)
     client.set_terminated(run_id, status="FINISHED" if status.upper() in ("SUCCEEDED", "FINISHED") else "FAILED")
     return run_id
 
@@ -200,6 +237,26 @@ def stage_run(
         if not parent:
             mlflow.log_params({k: str(v)[:6000] for k, v in flatten(params.to_dict()).items()})
         yield run
+
+
+def log_input_table(table, *, path: str | Path, name: str, context: str | None = None) -> None:
+    """A table a stage reads, as MLflow dataset inputs of the active run: its file as the source, the
+    file's md5 (the digest dvc.lock records) as the digest; a split table as one input per split
+    (`<name>-train`, ...), the split as the context."""
+    import mlflow
+    import mlflow.data
+
+    if mlflow.active_run() is None:
+        return
+    from plmrec.data.files import file_digest
+
+    digest = file_digest(path, "md5")
+    splits = [s for s in ("train", "valid", "test") if "split" in table and (table["split"] == s).any()]
+    for split in splits or [None]:
+        part = table if split is None else table[table["split"] == split]
+        label = name if split is None else f"{name}-{split}"
+        dataset = mlflow.data.from_pandas(part, source=str(Path(path).resolve()), name=label, digest=digest)
+        mlflow.log_input(dataset, context=split or context)
 
 
 def log_json(obj: Any, artifact_file: str) -> None:

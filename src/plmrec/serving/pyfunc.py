@@ -19,6 +19,51 @@ def pip_requirements() -> list[str]:
     return pinned_requirements([*_RUNTIME, "plmrec"])
 
 
+def request_example(bundle_dir) -> pd.DataFrame:
+    """One request row for the bundle's first customer: the registered model's input example."""
+    import numpy as np
+
+    from plmrec.serving.bundle import find_bundle
+
+    customer = int(np.load(find_bundle(bundle_dir) / "customers.npy")[0])
+    return pd.DataFrame([{"customer_id": customer, "k": 5}])
+
+
+def signature(bundle_dir, example: pd.DataFrame):
+    """The request frame's columns (each optional: one request kind per row) and the answer's, inferred
+    from the bundle's own answer to `example`."""
+    from mlflow.models import infer_signature
+    from mlflow.types import ColSpec, Schema
+    from mlflow.types.schema import Array
+
+    from plmrec.config import ServingParams
+    from plmrec.serving.bundle import Recommender, find_bundle
+    from plmrec.serving.requests import answer, parse_instance
+
+    inputs = Schema(
+        [
+            ColSpec("long", "customer_id", required=False),
+            ColSpec(Array("string"), "basket", required=False),
+            ColSpec("string", "query", required=False),
+            ColSpec("long", "k", required=False),
+            ColSpec("boolean", "exclude_seen", required=False),
+        ]
+    )
+    recommender = Recommender(find_bundle(bundle_dir), load_encoder=False)
+    rows = example.to_dict("records")
+    output = pd.DataFrame(answer(recommender, [parse_instance(_row(r), "example", ServingParams()) for r in rows]))
+    found = infer_signature(example, output[["kind", "customer_id", "items"]])
+    return type(found)(inputs=inputs, outputs=found.outputs)
+
+
+def _row(row: dict) -> dict:
+    return {
+        k: ([_python(c) for c in v] if k == "basket" else _python(v))
+        for k, v in row.items()
+        if v is not None and not (isinstance(v, float) and v != v)  # a column this row leaves empty
+    }
+
+
 def _python(value):
     """A numpy scalar from the frame as the plain value the strict request model checks."""
     return value.item() if hasattr(value, "item") and not isinstance(value, (list, dict)) else value
@@ -37,10 +82,5 @@ class BundleModel(mlflow.pyfunc.PythonModel):
         limits = ServingParams()
         queries = []
         for i, row in enumerate(model_input.to_dict("records")):
-            inst = {
-                k: ([_python(c) for c in v] if k == "basket" else _python(v))
-                for k, v in row.items()
-                if v is not None and not (isinstance(v, float) and v != v)  # a column this row leaves empty
-            }
-            queries.append(parse_instance(inst, f"row {i}", limits))
+            queries.append(parse_instance(_row(row), f"row {i}", limits))
         return pd.DataFrame(answer(self.recommender, queries))
