@@ -31,10 +31,14 @@ def request_example(bundle_dir) -> pd.DataFrame:
 
 def signature(bundle_dir, example: pd.DataFrame):
     """The request frame's columns (each optional: one request kind per row) and the answer's, inferred
-    from the bundle's own answer to `example`."""
+    from the bundle's own answer to `example`. customer_id and k are `any` in the schema: a frame that
+    mixes request kinds holds them as floats or nullable integers (NaN where a row has none); the
+    strict request model checks each row's values instead."""
+    import warnings
+
     from mlflow.models import infer_signature
     from mlflow.types import ColSpec, Schema
-    from mlflow.types.schema import Array
+    from mlflow.types.schema import AnyType, Array
 
     from plmrec.config import ServingParams
     from plmrec.serving.bundle import Recommender, find_bundle
@@ -42,26 +46,34 @@ def signature(bundle_dir, example: pd.DataFrame):
 
     inputs = Schema(
         [
-            ColSpec("long", "customer_id", required=False),
+            ColSpec(AnyType(), "customer_id", required=False),
             ColSpec(Array("string"), "basket", required=False),
             ColSpec("string", "query", required=False),
-            ColSpec("long", "k", required=False),
+            ColSpec(AnyType(), "k", required=False),
             ColSpec("boolean", "exclude_seen", required=False),
         ]
     )
     recommender = Recommender(find_bundle(bundle_dir), load_encoder=False)
     rows = example.to_dict("records")
     output = pd.DataFrame(answer(recommender, [parse_instance(_row(r), "example", ServingParams()) for r in rows]))
-    found = infer_signature(example, output[["kind", "customer_id", "items"]])
+    with warnings.catch_warnings():  # its hint on integer columns: the inputs are declared above
+        warnings.simplefilter("ignore", UserWarning)
+        found = infer_signature(example, output[["kind", "customer_id", "items"]])
     return type(found)(inputs=inputs, outputs=found.outputs)
 
 
 def _row(row: dict) -> dict:
-    return {
-        k: ([_python(c) for c in v] if k == "basket" else _python(v))
-        for k, v in row.items()
-        if v is not None and not (isinstance(v, float) and v != v)  # a column this row leaves empty
-    }
+    """One frame row as a request instance: empty cells dropped, numpy values made plain, and a whole
+    float in customer_id or k (pandas' way of holding an integer beside NaN) made an integer."""
+    out = {}
+    for k, v in row.items():
+        if v is None or (isinstance(v, float) and v != v):  # a column this row leaves empty
+            continue
+        v = [_python(c) for c in v] if k == "basket" else _python(v)
+        if k in ("customer_id", "k") and isinstance(v, float) and v.is_integer():
+            v = int(v)
+        out[k] = v
+    return out
 
 
 def _python(value):
