@@ -51,6 +51,16 @@ def build_bundle_here(out: Path, seed: int) -> tuple[Path, str]:
         return comparison_bundles(prepared, rp, out, models=("ltr",))["ltr"], source
 
 
+def given_or_built(bundle: Path | None, seed: int, *, prefix: str) -> tuple[Path, str, Path]:
+    """(bundle, data source, scratch dir): the bundle given, or one built here from the real data."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    if bundle is not None:
+        return bundle, "given", tmp
+    print("building a bundle (embeddings, one comparison seed, refit) ...", file=sys.stderr, flush=True)
+    built, source = build_bundle_here(tmp, seed)
+    return built, source, tmp
+
+
 def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
@@ -146,11 +156,7 @@ def main() -> None:
     from helpers import plmrec_server
     from plmrec.serving.bundle import Recommender
 
-    source = "given"
-    tmp = Path(tempfile.mkdtemp(prefix="plmrec-bench-"))
-    if args.bundle is None:
-        print("building a bundle (embeddings, one comparison seed, refit) ...", file=sys.stderr, flush=True)
-        args.bundle, source = build_bundle_here(tmp, args.seed)
+    args.bundle, source, tmp = given_or_built(args.bundle, args.seed, prefix="plmrec-bench-")
     rec = Recommender(args.bundle)
     rng = random.Random(args.seed)
     customers = list(rec.customer_row)

@@ -18,7 +18,6 @@ import os
 import platform
 import random
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -30,7 +29,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import requests  # noqa: E402
 from _report import emit  # noqa: E402
-from serve_latency import build_bundle_here, percentile  # noqa: E402
+from serve_latency import given_or_built, percentile  # noqa: E402
 
 V1, V2 = "/v1/models/plmrec:predict", "/v2/models/plmrec/infer"
 
@@ -142,11 +141,7 @@ def main() -> None:
     from helpers import plmrec_server
     from plmrec.serving.bundle import Recommender
 
-    source = "given"
-    tmp = Path(tempfile.mkdtemp(prefix="plmrec-soak-"))
-    if args.bundle is None:
-        print("building a bundle (embeddings, one comparison seed, refit) ...", file=sys.stderr, flush=True)
-        args.bundle, source = build_bundle_here(tmp, args.seed)
+    args.bundle, source, tmp = given_or_built(args.bundle, args.seed, prefix="plmrec-soak-")
     rec = Recommender(args.bundle, load_encoder=False)
     mix = request_mix(list(rec.customer_row), list(rec.codes))
     with plmrec_server(["--bundle", str(args.bundle)], tmp) as server:

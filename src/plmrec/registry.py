@@ -69,6 +69,11 @@ def alias_version(client, name: str, alias: str):
         return None
 
 
+def _number(version) -> str | None:
+    """A model version's number as text; None for no version (an alias not set)."""
+    return str(version.version) if version is not None else None
+
+
 def require_alias(client, name: str, alias: str, *, remedy: str):
     """The version behind `name@alias`; a RegistryError saying what to do when the alias is not set."""
     version = alias_version(client, name, alias)
@@ -151,31 +156,30 @@ def gate(client, rp: RegistryParams, version: str) -> Decision:
     candidate = client.get_model_version(name, version)
     client.set_registered_model_alias(name, CHALLENGER, version)
     current = alias_version(client, name, CHAMPION)
-    if current is not None and str(current.version) == str(version):
+    if _number(current) == str(version):
         raise RegistryError(f"version {version} of {name} is already the champion")
-    first = str(current.version) if current else None
-    decision = None
+    first = _number(current)
     for _ in range(rp.gate_rounds):
         promote, reason, primary, guards = decide(
             version_metrics(candidate), version_metrics(current) if current else None, rp
         )
-        before = str(current.version) if current else None
+        before = _number(current)
         decision = Decision(str(version), promote, reason, first, str(version) if promote else before, primary, guards)
         if not promote:
             break
         now = alias_version(client, name, CHAMPION)  # moved since we read it: decide again against that one
-        if (str(now.version) if now else None) != before:
+        if _number(now) != before:
             current = now
             continue
         client.set_model_version_tag(name, version, PREVIOUS_TAG, before or "")
         client.set_registered_model_alias(name, CHAMPION, version)  # the one step that changes what is served
         time.sleep(rp.gate_settle_s)
         now = alias_version(client, name, CHAMPION)
-        if now is not None and str(now.version) == str(version):
+        if _number(now) == str(version):
             break
         current = now  # a racer moved it after us: are we still better than what it left there?
     else:
-        decision.promoted, decision.champion_after = False, str(current.version) if current else None
+        decision.promoted, decision.champion_after = False, _number(current)
         decision.reason = f"the champion kept moving during {rp.gate_rounds} rounds of the gate; not promoted"
     client.set_model_version_tag(name, version, GATE_TAG, json.dumps(decision.to_dict())[:4900])
     return decision
@@ -186,7 +190,7 @@ def force_promote(client, rp: RegistryParams, version: str) -> Decision:
     name = rp.model_name
     client.get_model_version(name, version)  # raises if it does not exist
     current = alias_version(client, name, CHAMPION)
-    before = str(current.version) if current else None
+    before = _number(current)
     if before != str(version):
         client.set_model_version_tag(name, version, PREVIOUS_TAG, before or "")
         client.set_registered_model_alias(name, CHAMPION, version)

@@ -179,10 +179,11 @@ def finish_parent(uri: str, params: Params, run_key: str, *, status: str, messag
     if message:
         client.set_tag(run_id, "plmrec.final_message", message[:5000])
     description = run_description(client, params, run_id=run_id, run_key=run_key)
-    if message and status.upper() not in ("SUCCEEDED", "FINISHED"):
+    finished = status.upper() in ("SUCCEEDED", "FINISHED")
+    if message and not finished:
         description += f"\n\n**failed**: {message[:2000]}"
     client.set_tag(run_id, "mlflow.note.content", description)
-    client.set_terminated(run_id, status="FINISHED" if status.upper() in ("SUCCEEDED", "FINISHED") else "FAILED")
+    client.set_terminated(run_id, status="FINISHED" if finished else "FAILED")
     return run_id
 
 

@@ -327,7 +327,8 @@ def check_columns(names: list[str], suite: str, *, source: str | Path, columns: 
 
 def check_schema(df: pd.DataFrame, suite: str, *, source: str | Path, columns: list[str] | None = None) -> None:
     """What a stage reads: the columns it needs, each of its type; raises DataValidationFailed naming the rows."""
-    problems = schema_problems(_plain_view(df), _needed(suite, columns))
+    wanted = _needed(suite, columns)
+    problems = schema_problems(_plain_view(df[[c for c in wanted if c in df.columns]]), wanted)  # copy only these
     if problems:
         raise _not_valid(source, suite, problems)
 

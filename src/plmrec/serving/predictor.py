@@ -163,13 +163,15 @@ async def _reply(send, status: int, message: str, *, allow: bytes | None = None)
     await send({"type": "http.response.body", "body": body})
 
 
-def _client_mistake(status: int):
-    """An exception handler for a 4xx: one WARNING line with the reason, no traceback (those are for 5xx)."""
+def _client_mistake(status: int | None = None):
+    """An exception handler for a 4xx (`status`, else the exception's own `http_status`): one WARNING
+    line with the reason, no traceback (those are for 5xx)."""
     from fastapi.responses import JSONResponse
 
     async def handler(request, exc):
-        log.warning("%d %s %s: %s", status, request.method, request.url.path, exc)
-        return JSONResponse(status_code=status, content={"error": str(exc)})
+        code = status or exc.http_status
+        log.warning("%d %s %s: %s", code, request.method, request.url.path, exc)
+        return JSONResponse(status_code=code, content={"error": str(exc)})
 
     return handler
 
@@ -180,17 +182,13 @@ def _install_handlers(app) -> None:
     from fastapi.responses import JSONResponse
     from kserve.errors import InvalidInput, ModelNotFound
 
-    async def request_error(request, exc: RequestError):
-        log.warning("%d %s %s: %s", exc.http_status, request.method, request.url.path, exc)
-        return JSONResponse(status_code=exc.http_status, content={"error": str(exc)})
-
     async def invalid_v2_body(request, exc: RequestValidationError):
         problems = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors()[:5])
         message = f"invalid request body: {problems}"
         log.warning("400 %s %s: %s", request.method, request.url.path, message)
         return JSONResponse(status_code=400, content={"error": message})
 
-    app.add_exception_handler(RequestError, request_error)
+    app.add_exception_handler(RequestError, _client_mistake())
     app.add_exception_handler(RequestValidationError, invalid_v2_body)
     app.add_exception_handler(InvalidInput, _client_mistake(400))
     app.add_exception_handler(ModelNotFound, _client_mistake(404))

@@ -40,9 +40,7 @@ def signature(bundle_dir, example: pd.DataFrame):
     from mlflow.types import ColSpec, Schema
     from mlflow.types.schema import AnyType, Array
 
-    from plmrec.config import ServingParams
     from plmrec.serving.bundle import Recommender, find_bundle
-    from plmrec.serving.requests import answer, parse_instance
 
     inputs = Schema(
         [
@@ -53,13 +51,21 @@ def signature(bundle_dir, example: pd.DataFrame):
             ColSpec("boolean", "exclude_seen", required=False),
         ]
     )
-    recommender = Recommender(find_bundle(bundle_dir), load_encoder=False)
-    rows = example.to_dict("records")
-    output = pd.DataFrame(answer(recommender, [parse_instance(_row(r), "example", ServingParams()) for r in rows]))
+    output = answer_frame(Recommender(find_bundle(bundle_dir), load_encoder=False), example)
     with warnings.catch_warnings():  # its hint on integer columns: the inputs are declared above
         warnings.simplefilter("ignore", UserWarning)
         found = infer_signature(example, output[["kind", "customer_id", "items"]])
     return type(found)(inputs=inputs, outputs=found.outputs)
+
+
+def answer_frame(recommender, frame: pd.DataFrame) -> pd.DataFrame:
+    """One answer per request row, through the same strict request model as the server."""
+    from plmrec.config import ServingParams
+    from plmrec.serving.requests import answer, parse_instance
+
+    limits = ServingParams()
+    rows = frame.to_dict("records")
+    return pd.DataFrame(answer(recommender, [parse_instance(_row(r), f"row {i}", limits) for i, r in enumerate(rows)]))
 
 
 def _row(row: dict) -> dict:
@@ -88,11 +94,4 @@ class BundleModel(mlflow.pyfunc.PythonModel):
         self.recommender = Recommender(find_bundle(context.artifacts["bundle"]))
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
-        from plmrec.config import ServingParams
-        from plmrec.serving.requests import answer, parse_instance
-
-        limits = ServingParams()
-        queries = []
-        for i, row in enumerate(model_input.to_dict("records")):
-            queries.append(parse_instance(_row(row), f"row {i}", limits))
-        return pd.DataFrame(answer(self.recommender, queries))
+        return answer_frame(self.recommender, model_input)
