@@ -74,6 +74,21 @@ def _number(version) -> str | None:
     return str(version.version) if version is not None else None
 
 
+def _set_alias(client, name: str, alias: str, *, version: str, tries: int = 3) -> None:
+    """Point `name@alias` at `version`. Two registrations setting the same new alias at once can collide
+    in the store (one insert wins, the other gets an integrity error); the alias then exists, and a
+    second try updates it."""
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(tries):
+        try:
+            return client.set_registered_model_alias(name, alias, version)
+        except MlflowException:
+            if attempt == tries - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+
+
 def require_alias(client, name: str, alias: str, *, remedy: str):
     """The version behind `name@alias`; a RegistryError saying what to do when the alias is not set."""
     version = alias_version(client, name, alias)
@@ -154,7 +169,7 @@ def gate(client, rp: RegistryParams, version: str) -> Decision:
     there. Each racer runs the same loop, so the alias ends on the best of them."""
     name = rp.model_name
     candidate = client.get_model_version(name, version)
-    client.set_registered_model_alias(name, CHALLENGER, version)
+    _set_alias(client, name, CHALLENGER, version=version)
     current = alias_version(client, name, CHAMPION)
     if _number(current) == str(version):
         raise RegistryError(f"version {version} of {name} is already the champion")
@@ -172,7 +187,7 @@ def gate(client, rp: RegistryParams, version: str) -> Decision:
             current = now
             continue
         client.set_model_version_tag(name, version, PREVIOUS_TAG, before or "")
-        client.set_registered_model_alias(name, CHAMPION, version)  # the one step that changes what is served
+        _set_alias(client, name, CHAMPION, version=version)  # the one step that changes what is served
         time.sleep(rp.gate_settle_s)
         now = alias_version(client, name, CHAMPION)
         if _number(now) == str(version):
