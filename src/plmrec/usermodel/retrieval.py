@@ -1,0 +1,120 @@
+"""Retrieval for users with several vectors: an item's score is max_c cos(u_c, v_j), so one item index
+serves all C vectors. Each u_c is searched for its own top K; the union, ranked by the max, holds the
+exact top K (an item in the top K by max is in the top K of the c that attains its max), so the
+answer equals brute force with the exact index and inherits faiss's approximation with faiss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from plmrec.ranking import ranking_metrics
+from plmrec.usermodel.objective import pad_batch
+
+
+def search_max(index, users: np.ndarray, k: int, *, exclude: list[list[int]] | None = None):
+    """Top-k item rows and max-over-c scores for users (U, C, w) against `index`
+    (plmrec.finetune.embed.ExactIndex or FaissIndex); ties go to the lower item row."""
+    n_users, c, w = users.shape
+    k = min(k, len(index))
+    if getattr(index, "kind", None) == "exact":
+        return _exact_max(index.vectors, users, k, exclude=exclude)
+    flat_exclude = [e for e in exclude for _ in range(c)] if exclude is not None else None
+    ids, scores = index.search(users.reshape(n_users * c, w), k, flat_exclude)
+    ids, scores = ids.reshape(n_users, c * k), scores.reshape(n_users, c * k)
+    out_ids = np.full((n_users, k), -1, dtype=np.int64)
+    out_scores = np.full((n_users, k), -np.inf, dtype=np.float32)
+    for u in range(n_users):
+        best: dict[int, float] = {}
+        for i, s in zip(ids[u], scores[u]):
+            if i >= 0 and s > best.get(int(i), -np.inf):
+                best[int(i)] = float(s)
+        top = sorted(best.items(), key=lambda kv: (-kv[1], kv[0]))[:k]
+        for j, (i, s) in enumerate(top):
+            out_ids[u, j], out_scores[u, j] = i, s
+    return out_ids, out_scores
+
+
+def _exact_max(items: torch.Tensor, users: np.ndarray, k: int, *, exclude, chunk: int = 512):
+    """The max over c computed directly: one (chunk, C, n) product per chunk of users."""
+    ids, scores = [], []
+    u = torch.from_numpy(np.ascontiguousarray(users, dtype=np.float32))
+    for start in range(0, len(u), chunk):
+        s = torch.einsum("bcw,nw->bcn", u[start : start + chunk], items).amax(1)
+        if exclude is not None:
+            for r, rows in enumerate(exclude[start : start + chunk]):
+                if len(rows):
+                    s[r, torch.as_tensor(rows, dtype=torch.long)] = float("-inf")
+        top = torch.sort(s, dim=1, descending=True, stable=True)
+        ids.append(top.indices[:, :k].numpy())
+        scores.append(top.values[:, :k].numpy())
+    if not ids:
+        return np.zeros((0, k), dtype=np.int64), np.zeros((0, k), dtype=np.float32)
+    return np.concatenate(ids), np.concatenate(scores)
+
+
+def which_vector(users: np.ndarray, items: np.ndarray, chosen: np.ndarray) -> np.ndarray:
+    """For each user and each chosen item row, the c whose vector scores it highest: (U, K)."""
+    out = np.zeros(chosen.shape, dtype=np.int64)
+    for u in range(len(users)):
+        rows = chosen[u][chosen[u] >= 0]
+        out[u, : len(rows)] = np.argmax(users[u] @ items[rows].T, axis=0)
+    return out
+
+
+@dataclass
+class UserQueries:
+    """Sequences to encode (item rows oldest first, their time buckets) and what each user bought next."""
+
+    users: list
+    sequences: list[np.ndarray]
+    buckets: list[np.ndarray]
+    relevant: list[set[int]]
+    exclude: list[list[int]] | None = field(default=None)
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+
+@torch.no_grad()
+def encode_users(model, sequences: list[np.ndarray], buckets: list[np.ndarray], *, batch_size: int = 512) -> np.ndarray:
+    """(U, C', w) normalised user vectors; an empty sequence gives the model's answer for no history."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    for start in range(0, len(sequences), batch_size):
+        seq, buck = pad_batch(
+            sequences[start : start + batch_size],
+            buckets[start : start + batch_size],
+            pad_index=model.pad_index,
+            max_length=model.spec.max_length,
+        )
+        out.append(model.user_vectors(seq.to(device), buck.to(device)).float().cpu().numpy())
+    model.train(was_training)
+    if not out:
+        return np.zeros((0, model.spec.n_user_vectors, model.spec.width), dtype=np.float32)
+    return np.concatenate(out)
+
+
+@torch.no_grad()
+def encode_items(model) -> np.ndarray:
+    was_training = model.training
+    model.eval()
+    vectors = model.item_vectors().float().cpu().numpy()
+    model.train(was_training)
+    return vectors
+
+
+def evaluate(model, queries: UserQueries, ks: list[int], *, index_kind: str = "exact") -> dict[str, float]:
+    """Recall and NDCG at each K, full ranking over every item (max over the user's vectors)."""
+    from plmrec.finetune.embed import build_index
+
+    items = encode_items(model)
+    users = encode_users(model, queries.sequences, queries.buckets)
+    index = build_index(items, index_kind)
+    top, _ = search_max(index, users, max(ks), exclude=queries.exclude)
+    return ranking_metrics(top.tolist(), queries.relevant, ks, names=("recall", "ndcg"))

@@ -1,0 +1,175 @@
+"""The sequential user model (GUIM): the mixture works on planted two-interest users, max-over-C
+retrieval equals brute force, masked items never reach the encoder, leave-one-out training never
+sees a valid or test target, and bad configuration fails before training."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import shared
+from plmrec.data.seqrec import load_seqrec
+from plmrec.errors import TrainingConfigError
+from plmrec.finetune.embed import build_index
+from plmrec.usermodel.fit import FitSettings, fit
+from plmrec.usermodel.model import UserModel, UserModelSpec
+from plmrec.usermodel.objective import UserModelObjective, example
+from plmrec.usermodel.retrieval import UserQueries, evaluate, search_max
+from plmrec.usermodel.sequences import leave_one_out
+
+
+def planted_users(n_users: int, *, topics: int = 16, per_topic: int = 4, length: int = 8, seed: int = 0):
+    """Each user buys from two random topics of `per_topic` items; the next items come from the same
+    two. With 4-dimensional vectors one vector cannot rank an arbitrary pair of topics first."""
+    rng = np.random.default_rng(seed)
+
+    def user():
+        a, b = rng.choice(topics, 2, replace=False)
+        pool = np.concatenate([a * per_topic + np.arange(per_topic), b * per_topic + np.arange(per_topic)])
+        return rng.choice(pool, length), pool
+
+    train = []
+    for _ in range(n_users):
+        seq, pool = user()
+        train.append(example(seq, targets=rng.choice(pool, 2, replace=False)))
+
+    def queries(n: int) -> UserQueries:
+        seqs, relevant = [], []
+        for _ in range(n):
+            seq, pool = user()
+            seqs.append(seq)
+            relevant.append({int(x) for x in pool})
+        return UserQueries(list(range(n)), seqs, [np.zeros(len(s), dtype=np.int64) for s in seqs], relevant)
+
+    return train, queries(300), queries(300), topics * per_topic
+
+
+def tiny_model(n_items: int, *, vectors: int = 1, inputs: str = "id", text=None, **spec) -> UserModel:
+    torch.manual_seed(0)
+    options = {"dim": 4, "heads": 1, "layers": 1, "id_dim": 8, "dropout": 0.0, "max_length": 8, **spec}
+    return UserModel(
+        UserModelSpec(vectors=vectors, inputs=inputs, **options), item_text=text, item_ids=np.arange(1, n_items + 1)
+    )
+
+
+def test_two_vectors_beat_one_on_two_interest_users():
+    train, valid, test, n_items = planted_users(1500)
+    settings = FitSettings(
+        epochs=12, patience=100, batch_size=64, learning_rate=3e-3, mlm_weight=0.0, select="recall@8", progress=False
+    )
+    recall = {}
+    for c in (1, 2):
+        model = tiny_model(n_items, vectors=c)
+        fit(model, train, valid, settings=settings, ks=[8])
+        recall[c] = evaluate(model, test, [8])["recall@8"]
+    assert recall[2] > recall[1] + 0.04, recall
+
+
+def brute_force_top(users: np.ndarray, items: np.ndarray, k: int, exclude=None) -> list[list[int]]:
+    out = []
+    for u, user in enumerate(users):
+        scores = {j: max(float(c @ items[j]) for c in user) for j in range(len(items))}
+        if exclude is not None:
+            for j in exclude[u]:
+                scores.pop(j)
+        out.append([j for j, _ in sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))[:k]])
+    return out
+
+
+@pytest.mark.parametrize("kind", ["exact", "faiss"])
+def test_max_over_vectors_equals_brute_force(kind):
+    pytest.importorskip("faiss") if kind == "faiss" else None
+    rng = np.random.default_rng(3)
+    items = rng.normal(size=(60, 8)).astype(np.float32)
+    items /= np.linalg.norm(items, axis=1, keepdims=True)
+    users = rng.normal(size=(25, 3, 8)).astype(np.float32)
+    users /= np.linalg.norm(users, axis=2, keepdims=True)
+    exclude = [list(rng.choice(60, 4, replace=False)) for _ in range(25)]
+    index = build_index(items, kind)
+    if kind == "faiss":  # a small HNSW graph searched exhaustively is exact
+        index.index.hnsw.efSearch = 200
+    for ex in (None, exclude):
+        top, scores = search_max(index, users, 10, exclude=ex)
+        assert top.tolist() == brute_force_top(users, items, 10, ex)
+        assert np.all(np.diff(scores, axis=1) <= 1e-6)
+
+
+def test_masked_items_never_reach_the_encoder():
+    model = tiny_model(30, max_length=12)
+    objective = UserModelObjective(model, mask_probability=0.3)
+    rows = [example(np.arange(i, i + 10), targets=[20 + i]) for i in range(6)]
+    batch = objective.collate(rows, seed=11)
+    masked = batch["seq"].eq(model.mask_index)
+    assert masked.any() and masked.sum(1).ge(1).all()  # at least one masked position per sequence
+    truth = torch.stack([torch.as_tensor(r[:10, 0]) for r in rows])
+    assert torch.equal(truth[masked], batch["candidates"][batch["mlm_cols"]])  # labels are the hidden items
+    # rewriting the hidden items changes nothing the model computes
+    model.eval()
+    users, _ = model(batch["seq"], batch["buckets"])
+    other = [r.copy() for r in rows]
+    for i, r in enumerate(other):
+        r[:10, 0] = np.where(masked[i].numpy(), 29, r[:10, 0])
+    again = objective.collate(other, seed=11)
+    assert torch.equal(again["seq"], batch["seq"])
+    assert torch.allclose(model(again["seq"], again["buckets"])[0], users)
+
+
+def test_targets_are_never_in_the_sequence():
+    model = tiny_model(40)
+    objective = UserModelObjective(model, mlm_weight=0.0)
+    rows = [example([1, 2, 3], targets=[7, 8]), example([4, 5], targets=[9])]
+    batch = objective.collate(rows, seed=0)
+    seq = batch["seq"][batch["seq"].lt(model.pad_index)]
+    assert set(seq.tolist()) == {1, 2, 3, 4, 5}
+    assert batch["candidates"][batch["match_cols"]].tolist() == [7, 8, 9]
+    assert batch["match_rows"].tolist() == [0, 0, 1]
+
+
+@pytest.mark.realdata
+def test_leave_one_out_training_never_sees_valid_or_test_targets():
+    ds = load_seqrec(shared("amazon-seqrec", "scientific"))
+    examples, valid, test = leave_one_out(ds, max_length=50)
+    train_part = {u: list(h) for u, h in zip(ds.splits["valid"]["user"], ds.splits["valid"]["history"])}
+    train_users = ds.splits["train"]["user"].tolist()
+    checked = 0
+    for user, e in zip(train_users, examples):
+        full = train_part[user]
+        if len(full) >= 50:  # the benchmark cuts long valid histories to their newest 50 items
+            continue
+        seen = e[:, 0].tolist()  # the sequence and its target
+        # a training example is a prefix of the user's training part: it ends before the valid target
+        assert seen == full[: len(seen)]
+        checked += 1
+    assert checked > 0.9 * len(examples)
+    assert len(valid) == len(ds.splits["valid"]) and len(test) == len(ds.splits["test"])
+
+
+@pytest.mark.parametrize(
+    ("spec", "words"),
+    [
+        ({"vectors": 0}, "vectors (C) is 0"),
+        ({"variant": "moe"}, "variant 'moe' is not one of guim, edi, mh"),
+        ({"inputs": "image"}, "inputs 'image'"),
+    ],
+)
+def test_bad_configuration_fails_before_training(spec, words):
+    with pytest.raises(TrainingConfigError, match=words.replace("(", r"\(").replace(")", r"\)")):
+        UserModel(UserModelSpec(**spec), item_text=None, item_ids=np.arange(1, 11))
+
+
+def test_text_inputs_need_item_embeddings():
+    with pytest.raises(TrainingConfigError, match="needs item text embeddings"):
+        UserModel(UserModelSpec(inputs="id+text"), item_text=None, item_ids=np.arange(1, 11))
+
+
+def test_text_model_starts_at_the_pooled_text_signal():
+    """Before any training, a text model's user vector is the recency-pooled history in a projection
+    of the text space: the item a user bought last is its best match."""
+    rng = np.random.default_rng(0)
+    text = rng.normal(size=(50, 32)).astype(np.float32)
+    text /= np.linalg.norm(text, axis=1, keepdims=True)
+    model = tiny_model(50, inputs="text", text=text, dim=16, heads=2)
+    seqs = [rng.choice(50, 5, replace=False) for _ in range(20)]
+    queries = UserQueries(list(range(20)), seqs, [np.zeros(5, dtype=np.int64)] * 20, [{int(s[-1])} for s in seqs])
+    assert evaluate(model, queries, [1])["recall@1"] >= 0.9
