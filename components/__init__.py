@@ -223,6 +223,32 @@ def evaluate_retrieval(
 
 
 @component
+def train_user_model(
+    config: dict,
+    tracking_uri: str,
+    run_key: str,
+    job_id: str,
+    prepared_data: Input[Dataset],
+    encoder: Input[Model],
+    user_model: Output[Model],
+    user_model_metrics: Output[Metrics],
+):
+    """GUIM user-model variants over the selected encoder's item text on the temporal windows; the best
+    on valid, with every customer's C vectors, is the `user_model` output."""
+    from plmrec import kfp_runtime
+
+    kfp_runtime.train_user_model(
+        config,
+        tracking_uri,
+        run_key or job_id,
+        prepared_data=prepared_data,
+        encoder=encoder,
+        user_model=user_model,
+        user_model_metrics=user_model_metrics,
+    )
+
+
+@component
 def compare_models(
     config: dict,
     tracking_uri: str,
@@ -289,6 +315,7 @@ __all__ = [
     "prepare",
     "register_model",
     "train_baseline",
+    "train_user_model",
     "validate_prepared",
     "validate_raw",
 ]

@@ -1,8 +1,8 @@
 """The training pipeline: ingest -> validate raw -> prepare -> validate prepared, then two branches:
 pretrain encoder (GPU) -> fine-tune encoder (GPU) -> evaluate retrieval (the valid window chooses
-the encoder every later step uses) -> compare models (XGBoost with PLM features, ALS variants,
-learning to rank) -> register the served recommender in MLflow (a gate promotes it to @champion),
-and train -> evaluate the baseline.
+the encoder every later step uses) -> train the user model (GUIM) and compare models (XGBoost with
+PLM features, ALS variants, learning to rank) -> register the served recommender in MLflow (a gate
+promotes it to @champion), and train -> evaluate the baseline.
 
 Every stage logs to one MLflow parent run (keyed by the KFP job id, or `run_key`); an exit
 handler closes that run with the pipeline's final state, failed or not.
@@ -64,15 +64,17 @@ def build_training_pipeline(params: Params):
             retrieval = c.evaluate_retrieval(
                 **ctx, prepared_data=prepared, pretrained=encoder.outputs["model"], finetuned=tuned.outputs["model"]
             )
+            users = c.train_user_model(**ctx, prepared_data=prepared, encoder=retrieval.outputs["encoder"])
             compared = c.compare_models(**ctx, prepared_data=prepared, encoder=retrieval.outputs["encoder"])
             registered = c.register_model(**ctx, prepared_data=prepared, bundle=compared.outputs["bundle"])
-        tasks = (raw, raw_ok, prep, prep_ok, model, scored, encoder, tuned, retrieval, compared, registered)
+        tasks = (raw, raw_ok, prep, prep_ok, model, scored, encoder, tuned, retrieval, users, compared, registered)
         for name, task in zip(STAGES, tasks, strict=True):  # the task name is the stage name; show it as such
             task.set_display_name(name)
         gpu_steps = {
             encoder: params.pretrain.resources,
             tuned: params.finetune.resources,
             retrieval: params.finetune.resources,
+            users: params.user_model.resources,
         }
         for task in (finish, *tasks):
             request_resources(

@@ -83,6 +83,23 @@ def quick_recommenders_params():
     )
 
 
+QUICK_USER_MODEL = {
+    "variants": [{"vectors": 1, "inputs": "id"}, {"vectors": 2, "inputs": "id+text"}],
+    "dim": 32,
+    "layers": 1,
+    "id_dim": 16,
+    "epochs": 2,
+    "batch_size": 64,
+}
+
+
+def quick_user_model_params(**overrides):
+    """Two small variants, two epochs: the user-model stage in seconds."""
+    from plmrec.config import UserModelParams
+
+    return UserModelParams(**{**QUICK_USER_MODEL, **overrides})
+
+
 def minilm_items(prepared):
     """Item embeddings from the offline MiniLM (the default base model), and the model's directory."""
     from plmrec.encoders import load_encoder

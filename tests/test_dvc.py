@@ -9,7 +9,7 @@ import sys
 import pytest
 import yaml
 
-from helpers import ROOT, SMALL
+from helpers import QUICK_USER_MODEL, ROOT, SMALL
 from plmrec import stages
 
 pytestmark = pytest.mark.integration
@@ -39,6 +39,7 @@ def test_dvc_repro_runs_only_what_changed(tmp_path):
     params["finetune"]["batch_size"] = 8
     params["recommenders"].update(seeds=[0], mf={**params["recommenders"]["mf"], "factors": [16]})
     params["recommenders"]["classifier"]["ablation"] = ["text_cluster"]
+    params["user_model"].update(QUICK_USER_MODEL)
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     env = {
         **os.environ,

@@ -5,7 +5,7 @@ import warnings
 import mlflow
 import pytest
 
-from helpers import quick_recommenders_params, tiny_finetune_params, tiny_pretrain_params
+from helpers import quick_recommenders_params, quick_user_model_params, tiny_finetune_params, tiny_pretrain_params
 from plmrec import stages
 from plmrec.data.online_retail import transactions_to_csv_bytes
 from plmrec.localrun import run_local
@@ -29,6 +29,7 @@ def test_pipeline_runs_end_to_end(small_params, tiny_model_dir, mlflow_server, t
     small_params.pretrain = tiny_pretrain_params(tiny_model_dir)
     small_params.finetune = tiny_finetune_params()
     small_params.recommenders = quick_recommenders_params()
+    small_params.user_model = quick_user_model_params()
     small_params.registry.model_name = "pipeline-test-recommender"  # the MLflow server is shared by the session
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")

@@ -173,3 +173,94 @@ def test_text_model_starts_at_the_pooled_text_signal():
     seqs = [rng.choice(50, 5, replace=False) for _ in range(20)]
     queries = UserQueries(list(range(20)), seqs, [np.zeros(5, dtype=np.int64)] * 20, [{int(s[-1])} for s in seqs])
     assert evaluate(model, queries, [1])["recall@1"] >= 0.9
+
+
+@pytest.fixture(scope="module")
+def synthetic_prepared():
+    from helpers import SMALL
+    from plmrec.config import Params, SyntheticParams
+    from plmrec.data.prepare import prepare_transactions
+    from plmrec.data.synthetic import generate_transactions
+
+    p = Params()
+    table, _ = prepare_transactions(generate_transactions(SyntheticParams(**SMALL)), p.clean, p.split)
+    return table
+
+
+def test_window_sequences_never_read_past_their_cut_off(synthetic_prepared):
+    """Training sequences and targets end before train_end (valid) or valid_end (refit); valid and
+    test sequences hold only purchases before their window."""
+    import pandas as pd
+
+    from plmrec.config import Params
+    from plmrec.usermodel.sequences import window_examples, window_queries, with_item_rows
+
+    p = Params()
+    codes = sorted(synthetic_prepared["StockCode"].astype(str).unique())
+    rows = with_item_rows(synthetic_prepared, {c: i for i, c in enumerate(codes)})
+    train_end, valid_end = pd.Timestamp(p.split.train_end), pd.Timestamp(p.split.valid_end)
+    late = set(rows[rows["InvoiceDate"] >= train_end].index)
+    # plant a purchase after the cut-off of an item nobody bought before it: it may never appear
+    planted = rows.iloc[[0]].copy()
+    planted["item"], planted["InvoiceDate"] = len(codes), train_end + pd.Timedelta(days=1)
+    rows = pd.concat([rows, planted])
+    examples = window_examples(rows, end=train_end, horizon=valid_end - train_end, cutoffs=3, max_length=50, buckets=12)
+    assert examples and late
+    assert all(len(codes) not in e[:, 0] for e in examples)
+    valid = window_queries(rows, cutoff=train_end, end=valid_end, max_length=50, buckets=12, exclude_history=True)
+    assert all(len(codes) not in s for s in valid.sequences)
+    assert all(not (r & set(e)) for r, e in zip(valid.relevant, valid.exclude))  # new items only
+
+
+def test_train_user_model_stage_saves_the_chosen_variant(synthetic_prepared, tmp_path):
+    import json
+
+    import pandas as pd
+
+    import helpers
+    from plmrec import stages
+    from plmrec.config import Params
+
+    items, _ = helpers.minilm_items(synthetic_prepared)
+    (tmp_path / "selected").mkdir()
+    items.to_parquet(tmp_path / "selected" / "item_embeddings.parquet", index=False)
+    synthetic_prepared.to_parquet(tmp_path / "prepared.parquet", index=False)
+    params = Params(user_model=helpers.quick_user_model_params())
+    params.tracking.uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = stages.train_user_model(
+        params,
+        tmp_path / "prepared.parquet",
+        tmp_path / "selected",
+        out_dir=tmp_path / "user_model",
+        metrics_path=tmp_path / "metrics.json",
+    )["user_model"]
+    assert set(out["variants"]) == {"guim-c1-id", "guim-c2-id+text"}
+    assert out["chosen"] in out["variants"]
+    assert json.loads((tmp_path / "metrics.json").read_text())["user_model"]["chosen"] == out["chosen"]
+    saved = json.loads((tmp_path / "user_model" / "user_model.json").read_text())
+    assert saved["variant"] == out["chosen"] and len(saved["items"]) == len(items)
+    vectors = pd.read_parquet(tmp_path / "user_model" / "user_vectors.parquet")
+    width = saved["spec"]["dim"] * (1 if saved["spec"]["variant"] != "edi" else saved["spec"]["vectors"])
+    c = saved["spec"]["vectors"] if saved["spec"]["variant"] != "edi" else 1
+    assert len(vectors) == out["saved"]["customers"] > 0
+    assert all(len(v) == c * width for v in vectors["vectors"])
+    assert (tmp_path / "user_model" / "results.md").read_text().count("guim-") >= 2
+
+
+def test_missing_item_embeddings_is_a_clear_error(synthetic_prepared, tmp_path):
+    from plmrec import stages
+    from plmrec.config import Params
+    from plmrec.errors import StageError
+
+    synthetic_prepared.to_parquet(tmp_path / "prepared.parquet", index=False)
+    (tmp_path / "empty").mkdir()
+    params = Params()
+    params.tracking.uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with pytest.raises(StageError, match="item_embeddings.parquet is missing; pass the directory evaluate-retrieval"):
+        stages.train_user_model(
+            params,
+            tmp_path / "prepared.parquet",
+            tmp_path / "empty",
+            out_dir=tmp_path / "u",
+            metrics_path=tmp_path / "m.json",
+        )

@@ -565,6 +565,28 @@ def stage_evaluate_retrieval(
     )
 
 
+@stage.command("train-user-model")
+@params_option
+@set_option
+@prepared_option
+@click.option(
+    "--encoder",
+    "encoder_dir",
+    type=click.Path(file_okay=False, exists=True),
+    required=True,
+    help="the encoder chosen by evaluate-retrieval (its --selected: item_embeddings.parquet)",
+)
+@click.option("--out-dir", type=click.Path(file_okay=False), required=True)
+@click.option("--metrics", type=click.Path(dir_okay=False), required=True)
+def stage_train_user_model(params_path, overrides, prepared, encoder_dir, out_dir, metrics):
+    """GUIM user-model variants over the selected encoder's item text; the best on valid is saved."""
+    from plmrec import stages
+
+    stages.train_user_model(
+        load_params(params_path, overrides), prepared, encoder_dir, out_dir=out_dir, metrics_path=metrics
+    )
+
+
 @stage.command("compare-models")
 @params_option
 @set_option

@@ -304,6 +304,71 @@ class RetrievalParams(_Section):
         return self
 
 
+class UserModelVariantParams(_Section):
+    """One user-model variant of the comparison (plmrec.usermodel.model)."""
+
+    variant: Literal["guim", "edi", "mh"] = Field("guim", description="guim: C CLS tokens | edi: one C*d vector | mh")
+    vectors: int = Field(1, ge=1, le=64, description="C: user vectors (guim, mh) or the size factor (edi)")
+    inputs: Literal["id", "text", "id+text"] = "id+text"
+
+    @property
+    def label(self) -> str:
+        return f"{self.variant}-c{self.vectors}-{self.inputs}"
+
+
+class UserModelParams(_Section):
+    """train-user-model: GUIM over the selected encoder's item text, on the temporal windows."""
+
+    enabled: bool = True
+    variants: list[UserModelVariantParams] = Field(
+        default_factory=lambda: [
+            UserModelVariantParams(vectors=1, inputs="id"),
+            UserModelVariantParams(vectors=1, inputs="id+text"),
+            UserModelVariantParams(vectors=4, inputs="id+text"),
+        ],
+        min_length=1,
+        description="compared on the same data and seeds; the best by valid `select` is saved",
+    )
+    seeds: list[int] = Field([0], min_length=1)
+    ks: list[int] = Field([10, 50, 100], min_length=1)
+    select: str = Field("ndcg@10", description="recall@K | ndcg@K (K in ks): chooses epoch and variant on valid")
+    exclude_history: bool = Field(True, description="true: only items the customer has not bought count")
+    horizon_days: int | None = Field(None, ge=1, description="matching window; null: the valid window's length")
+    cutoffs: int = Field(4, ge=1, description="training cut-offs, one horizon apart, before the window scored")
+    dim: int = Field(128, ge=4)
+    layers: int = Field(2, ge=0, le=12)
+    heads: int = Field(2, ge=1)
+    max_length: int = Field(50, ge=1, description="newest distinct items in a sequence")
+    top_ids: int = Field(20_000, ge=1, description="items with their own id embedding (by training purchases)")
+    id_dim: int = Field(64, ge=1)
+    time_buckets: int = Field(12, ge=0, description="log2 day buckets before the cut-off; 0: no time embedding")
+    dropout: float = Field(0.1, ge=0, lt=1)
+    scale: float = Field(20.0, gt=0, description="alpha: 1 / temperature of the cosine scores")
+    epochs: int = Field(20, ge=1)
+    patience: int = Field(4, ge=1, description="epochs without a valid gain before stopping")
+    batch_size: int = Field(256, ge=2)
+    learning_rate: float = Field(1e-3, gt=0, le=1)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_ratio: float = Field(0.05, ge=0, lt=1)
+    mask_probability: float = Field(0.15, gt=0, lt=1)
+    mlm_weight: float = Field(0.2, ge=0, description="masked item modelling's weight beside matching; 0: off")
+    log_q: bool = Field(True, description="sampled-softmax correction for in-batch candidates")
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    checkpoint_every: int = Field(200, ge=1)
+    log_every: int = Field(20, ge=1)
+    resources: ResourceParams = ResourceParams()
+
+    @model_validator(mode="after")
+    def _select_is_computed(self) -> UserModelParams:
+        name, _, k = self.select.partition("@")
+        if name not in ("recall", "ndcg") or not k.isdigit() or int(k) not in self.ks:
+            raise ValueError(f"user_model.select '{self.select}' must be recall@K or ndcg@K with K in ks {self.ks}")
+        if self.dim % self.heads:
+            raise ValueError(f"user_model.dim {self.dim} must be divisible by user_model.heads {self.heads}")
+        return self
+
+
 class XGBoostParams(_Section):
     n_estimators: int = Field(300, ge=1)
     max_depth: int = Field(6, ge=1, le=16)
@@ -494,6 +559,7 @@ class Params(_Section):
     pretrain: PretrainParams = PretrainParams()
     finetune: FinetuneParams = FinetuneParams()
     retrieval: RetrievalParams = RetrievalParams()
+    user_model: UserModelParams = UserModelParams()
     recommenders: RecommendersParams = RecommendersParams()
     registry: RegistryParams = RegistryParams()
     serving: ServingParams = ServingParams()

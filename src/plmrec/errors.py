@@ -51,6 +51,12 @@ class TrainingInterrupted(PlmrecError):
     exit_code = 1
 
 
+class EarlyStop(PlmrecError):
+    """Control flow, never shown: a training loop's callback ends the loop (valid stopped improving)."""
+
+    exit_code = 0
+
+
 class StageError(PlmrecError):
     """A stage cannot run with what the earlier stages left (a missing encoder, an unevaluated model)."""
 

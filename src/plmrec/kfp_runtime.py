@@ -189,6 +189,26 @@ def evaluate_retrieval(
     )
 
 
+def train_user_model(
+    config: dict, tracking_uri: str, run_key: str, *, prepared_data, encoder, user_model, user_model_metrics
+) -> None:
+    params, tracked = _setup(config, tracking_uri, run_key)
+    out = stages.train_user_model(
+        params,
+        prepared_data.path,
+        encoder.path,
+        out_dir=user_model.path,
+        metrics_path=Path(user_model.path) / "metrics.json",
+        **tracked,
+    )["user_model"]
+    if not out.get("chosen"):
+        return
+    user_model.metadata.update({"framework": "plmrec-user-model", "variant": out["chosen"], "select": out["select"]})
+    for variant, figures in out["variants"].items():
+        label = variant.replace("+", "_")
+        _log(user_model_metrics, {f"{label}_{m.replace('@', '_at_')}": v for m, v in figures.items()})
+
+
 def compare_models(
     config: dict, tracking_uri: str, run_key: str, *, prepared_data, encoder, compare_metrics, results, bundle
 ) -> None:

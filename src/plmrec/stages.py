@@ -36,6 +36,7 @@ STAGES = (
     "pretrain",
     "finetune",
     "evaluate-retrieval",
+    "train-user-model",
     "compare-models",
     "register-model",
 )
@@ -706,6 +707,180 @@ def evaluate_retrieval(
             + (f" -> {selected_dir}" if selected_dir is not None else ""),
         )
         return {"benchmarks": results, "valid": valid, "selection": selection.to_dict()}
+
+
+# ---------------------------------------------------------------------------- the user model
+USER_MODEL_VERDICTS = (  # (metric, better, worse): the questions the user-model table answers
+    ("recall@100", "guim-c4-id+text", "guim-c1-id+text"),
+    ("ndcg@10", "guim-c1-id+text", "guim-c1-id"),
+    ("ndcg@10", "guim-c4-id+text", "guim-c1-id"),
+)
+
+
+def _metric_safe(name: str) -> str:
+    """A variant label as MLflow metric names allow it (no '+')."""
+    return name.replace("+", "_")
+
+
+def user_model_summary(rows: pd.DataFrame, ks: list[int]) -> tuple[pd.DataFrame, list[str]]:
+    """Mean ± std per variant (valid and test) and the verdicts among the variants that ran."""
+    from plmrec.recsys.experiment import mean_std, verdict
+
+    metrics = [c for c in rows.columns if c.startswith(("valid_", "test_"))]
+    summary = mean_std(rows, "variant", metrics)
+    verdicts = []
+    for metric, better, worse in USER_MODEL_VERDICTS:
+        column = f"test_{metric}"
+        if better in summary.index and worse in summary.index and column in metrics:
+            line = verdict(summary, column, better, vanilla=worse, label="user model")
+            gap = summary.loc[better, ("mean", column)] - summary.loc[worse, ("mean", column)]
+            spread = 2 * max(summary.loc[better, ("std", column)], summary.loc[worse, ("std", column)])
+            verdicts.append(f"{line}; {'exceeds' if abs(gap) > spread else 'within'} 2 std")
+    return summary, verdicts
+
+
+def _save_user_model(run: dict, data, out: Path, *, params: Params) -> dict:
+    """The chosen variant's refitted model, its spec and item codes, and every customer's C vectors
+    (from all purchases), under `out`."""
+    import numpy as np
+    import torch
+
+    from plmrec.usermodel.retrieval import encode_users
+    from plmrec.usermodel.sequences import sequences_before
+
+    model = run["model"]
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), out / "user_model.pt")
+    write_json(
+        out / "user_model.json",
+        {
+            "variant": run["variant"],
+            "spec": model.spec.to_dict(),
+            "items": data.codes,
+            "valid": run["valid"],
+            "test": run["test"],
+        },
+    )
+    end = data.rows["InvoiceDate"].max() + pd.Timedelta(seconds=1)
+    um = params.user_model
+    seqs = sequences_before(data.rows, end, max_length=um.max_length, buckets=um.time_buckets)
+    customers = sorted(seqs)
+    start = time.perf_counter()
+    vectors = encode_users(model, [seqs[c][0] for c in customers], [seqs[c][1] for c in customers])
+    seconds = time.perf_counter() - start
+    pd.DataFrame({"CustomerID": customers, "vectors": [v.astype(np.float32).ravel() for v in vectors]}).to_parquet(
+        out / "user_vectors.parquet", index=False
+    )
+    return {"customers": len(customers), "user_vectors_seconds": round(seconds, 2), "vectors": int(vectors.shape[1])}
+
+
+def train_user_model(
+    params: Params,
+    prepared_path: str | Path,
+    encoder_dir: str | Path,
+    *,
+    out_dir: str | Path,
+    metrics_path: str | Path,
+    run_key: str | None = None,
+    tracking_uri: str | None = None,
+) -> dict:
+    """GUIM variants (user_model.variants) over the selected encoder's item text on the temporal
+    windows, each seed: epoch chosen on valid, refit on train + valid, test scored once; the variant
+    with the best mean valid `user_model.select` is saved with every customer's vectors."""
+    from plmrec.reports import markdown_table
+    from plmrec.usermodel.run import run_variant, window_data
+
+    um, out = params.user_model, Path(out_dir)
+    tracked = {"run_key": run_key, "tracking_uri": tracking_uri}
+    with tracking.stage_run(params, "train-user-model", **tracked):
+        out.mkdir(parents=True, exist_ok=True)
+        if not um.enabled:
+            write_json(metrics_path, {"user_model": {"enabled": False}})
+            say("train-user-model", "disabled (user_model.enabled: false)")
+            return {"enabled": False}
+        prepared, _ = read_checked(prepared_path, "prepared", columns=ENCODER_COLUMNS)
+        items_path = Path(encoder_dir) / "item_embeddings.parquet"
+        if not items_path.is_file():
+            raise StageError(
+                f"train-user-model: {items_path} is missing; pass the directory evaluate-retrieval wrote "
+                f"with --selected (its item_embeddings.parquet holds the item text vectors)"
+            )
+        data = window_data(prepared, pd.read_parquet(items_path), params)
+        say("train-user-model", ", ".join(f"{v:,} {k.replace('_', ' ')}" for k, v in data.facts().items()))
+        runs, rows = [], []
+        for variant in um.variants:
+            for seed in um.seeds:
+                run = run_variant(data, params, variant, seed=seed, progress=False)
+                for row in run["fit"].by_epoch:
+                    for key, value in row.items():
+                        if key != "epoch":
+                            name = f"{_metric_safe(run['variant'])}/s{seed}/valid_{key.replace('@', '_at_')}"
+                            tracking.log_metric(name, value, step=row["epoch"])
+                rows.append(
+                    {
+                        "variant": run["variant"],
+                        "seed": seed,
+                        "epoch": run["fit"].chosen_epoch,
+                        "sequences_per_s": round(run["fit"].sequences_per_s, 1),
+                        **{f"valid_{k}": v for k, v in run["valid"].items()},
+                        **{f"test_{k}": v for k, v in run["test"].items()},
+                    }
+                )
+                runs.append(run)
+                say(
+                    "train-user-model",
+                    f"{run['variant']} seed {seed}: epoch {run['fit'].chosen_epoch}, valid {um.select} "
+                    f"{run['valid'][um.select]:.4f}, test {um.select} {run['test'][um.select]:.4f}",
+                )
+        table = pd.DataFrame(rows)
+        summary, verdicts = user_model_summary(table, um.ks)
+        chosen = summary[("mean", f"valid_{um.select}")].idxmax()
+        best = max((r for r in runs if r["variant"] == chosen), key=lambda r: r["valid"][um.select])
+        saved = _save_user_model(best, data, out, params=params)
+        table.to_csv(out / "runs.csv", index=False)
+        flat = summary.copy()
+        flat.columns = [f"{m}_{stat}" for stat, m in flat.columns]
+        (out / "results.md").write_text(
+            markdown_table(flat.reset_index().round(4)) + "\n\n" + "\n".join(f"- {v}" for v in verdicts) + "\n"
+        )
+        tracking.log_table(table, "user_model/runs.json")
+        tracking.log_table(flat.reset_index(), "user_model/summary.json")
+        tracking.log_artifact(out / "results.md", "user_model")
+        for variant in summary.index:
+            tracking.log_numeric(
+                {
+                    f"{_metric_safe(variant)}/{m.replace('@', '_at_')}_mean": summary.loc[variant, ("mean", m)]
+                    for m in summary["mean"].columns
+                }
+            )
+        tracking.set_tags({"plmrec.user_model.chosen": chosen, "plmrec.user_model.verdicts": " | ".join(verdicts)})
+        tracking.log_parent_metrics(
+            params,
+            {f"test_{um.select.replace('@', '_at_')}_user_model": summary.loc[chosen, ("mean", f"test_{um.select}")]},
+            **tracked,
+        )
+        metrics = {
+            "user_model": {
+                "chosen": chosen,
+                "select": um.select,
+                "data": data.facts(),
+                "saved": saved,
+                "variants": {
+                    v: {m: round(float(summary.loc[v, ("mean", m)]), 4) for m in summary["mean"].columns}
+                    for v in summary.index
+                },
+                "verdicts": verdicts,
+            }
+        }
+        write_json(metrics_path, metrics)
+        for line in verdicts:
+            say("train-user-model", line)
+        say(
+            "train-user-model",
+            f"chosen on valid: {chosen} ({um.select} {summary.loc[chosen, ('mean', f'valid_{um.select}')]:.4f}); "
+            f"{saved['customers']:,} customers' vectors in {saved['user_vectors_seconds']}s -> {out}",
+        )
+        return metrics
 
 
 # ---------------------------------------------------------------------------- the comparison

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from plmrec.errors import TrainingConfigError
+from plmrec.errors import EarlyStop, TrainingConfigError
 from plmrec.training.batches import steps_for_epochs
 from plmrec.training.loop import TrainConfig, Trainer
 from plmrec.usermodel.model import UserModel
@@ -65,10 +65,6 @@ class FitResult:
             "device": self.device,
             "precision": self.precision,
         }
-
-
-class _Stop(Exception):
-    """Raised from the epoch callback when valid has not improved for `patience` epochs."""
 
 
 class UserModelTrainer:
@@ -149,7 +145,7 @@ class UserModelTrainer:
             path.parent.mkdir(parents=True, exist_ok=True)
             torch.save({"best": self.best, "by_epoch": self.by_epoch}, path)
         if epoch - self.best["epoch"] >= self.settings.patience:
-            raise _Stop
+            raise EarlyStop(f"{self.desc}: no valid gain for {self.settings.patience} epochs")
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> FitResult:
@@ -180,7 +176,7 @@ class UserModelTrainer:
         start = time.perf_counter()
         try:
             trainer.fit()
-        except _Stop:
+        except EarlyStop:  # valid stopped improving: the best epoch is kept
             pass
         seconds = time.perf_counter() - start
         if self.best["state"] is None:

@@ -274,7 +274,7 @@ class UserModel(nn.Module):
     def forward(self, seq: torch.Tensor, buckets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(user vectors (b, C', width), per-position outputs (b, n, width)), both unnormalised."""
         x, pad = self._inputs(seq, buckets)
-        full_pad = torch.cat([torch.zeros_like(pad[:, : self.spec.n_cls]), pad], dim=1)
+        full_pad = torch.cat([pad.new_zeros(pad.shape[0], self.spec.n_cls), pad], dim=1)
         h = self.dropout(self.input_norm(x))
         if self.encoder is not None:
             h = self.encoder(h, src_key_padding_mask=full_pad)

@@ -59,7 +59,7 @@ def time_bucket(days: np.ndarray, buckets: int) -> np.ndarray:
     return np.minimum(1 + np.floor(np.log2(1.0 + days)), buckets).astype(np.int64)
 
 
-def _sequences_before(rows: pd.DataFrame, cutoff: pd.Timestamp, *, max_length: int, buckets: int) -> dict:
+def sequences_before(rows: pd.DataFrame, cutoff: pd.Timestamp, *, max_length: int, buckets: int) -> dict:
     """customer -> (item rows oldest first, each distinct item at its latest purchase, time buckets)."""
     before = rows[rows["InvoiceDate"] < cutoff].sort_values(["InvoiceDate", "InvoiceNo"], kind="stable")
     before = before.drop_duplicates(["CustomerID", "item"], keep="last")
@@ -103,7 +103,7 @@ def window_examples(
         cutoff = end - k * horizon
         if cutoff <= rows["InvoiceDate"].min():
             break
-        seqs = _sequences_before(rows, cutoff, max_length=max_length, buckets=buckets)
+        seqs = sequences_before(rows, cutoff, max_length=max_length, buckets=buckets)
         for customer, items in _items_in(rows, cutoff, cutoff + horizon).items():
             if customer in seqs:
                 seq, buck = seqs[customer]
@@ -122,7 +122,7 @@ def window_queries(
 ) -> UserQueries:
     """Sequences before `cutoff` and the items bought in [cutoff, end); with exclude_history, items
     bought before are neither relevant nor ranked (only new items count)."""
-    seqs = _sequences_before(rows, cutoff, max_length=max_length, buckets=buckets)
+    seqs = sequences_before(rows, cutoff, max_length=max_length, buckets=buckets)
     users, sequences, bucket_lists, relevant, exclude = [], [], [], [], []
     for customer, items in _items_in(rows, cutoff, end).items():
         if customer not in seqs:

@@ -1,0 +1,164 @@
+"""The user-model comparison on the temporal windows (what `train-user-model` runs).
+
+For each variant and seed: train on sequences before cut-offs inside the training window (matching
+the items bought in the next horizon), choose the epoch on the valid window, then refit on train +
+valid for that many epochs and score the test window once. The variant with the best mean valid
+figure is the one saved.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+
+from plmrec.errors import TrainingConfigError
+from plmrec.training.batches import steps_for_epochs
+from plmrec.training.loop import TrainConfig, train
+from plmrec.usermodel.fit import FitSettings, fit
+from plmrec.usermodel.model import UserModel, UserModelSpec
+from plmrec.usermodel.objective import UserModelObjective, inclusion_log_q
+from plmrec.usermodel.retrieval import UserQueries, evaluate
+from plmrec.usermodel.sequences import id_vocabulary, window_examples, window_queries, with_item_rows
+
+
+def spec_for(settings, variant) -> UserModelSpec:
+    """The model shape of one `user_model.variants` entry under the `user_model` settings."""
+    return UserModelSpec(
+        variant=variant.variant,
+        vectors=variant.vectors,
+        inputs=variant.inputs,
+        dim=settings.dim,
+        layers=settings.layers,
+        heads=settings.heads,
+        max_length=settings.max_length,
+        top_ids=settings.top_ids,
+        id_dim=settings.id_dim,
+        time_buckets=settings.time_buckets,
+        dropout=settings.dropout,
+        scale=settings.scale,
+    ).check()
+
+
+def fit_settings(settings, *, progress: bool = True) -> FitSettings:
+    keys = (
+        "epochs",
+        "patience",
+        "batch_size",
+        "learning_rate",
+        "weight_decay",
+        "warmup_ratio",
+        "mask_probability",
+        "mlm_weight",
+        "log_q",
+        "select",
+        "device",
+        "precision",
+        "checkpoint_every",
+        "log_every",
+    )
+    return FitSettings(progress=progress, **{k: getattr(settings, k) for k in keys})
+
+
+def refit(model: UserModel, examples: list[np.ndarray], *, settings: FitSettings, epochs: int, seed: int) -> dict:
+    """`epochs` epochs on `examples` with no valid set (the count valid chose); returns the loop's result."""
+    per_epoch = steps_for_epochs(len(examples), 1, settings.batch_size, grad_accum=1)
+    log_q = inclusion_log_q(examples, model.items.n_items, settings.batch_size) if settings.log_q else None
+    objective = UserModelObjective(
+        model, mask_probability=settings.mask_probability, mlm_weight=settings.mlm_weight, log_q=log_q
+    )
+    cfg = TrainConfig(
+        steps=per_epoch * max(1, epochs),
+        batch_size=settings.batch_size,
+        learning_rate=settings.learning_rate,
+        weight_decay=settings.weight_decay,
+        warmup_ratio=settings.warmup_ratio,
+        precision=settings.precision,
+        device=settings.device,
+        log_every=settings.log_every,
+        seed=seed,
+        progress=settings.progress,
+    )
+    return train(objective, examples, cfg, desc="user-model refit").to_dict()
+
+
+@dataclass
+class WindowData:
+    """The three temporal tasks over one catalogue (item rows = the encoder's item table)."""
+
+    codes: list[str]
+    text: np.ndarray
+    train: list[np.ndarray]
+    valid: UserQueries
+    refit: list[np.ndarray]
+    test: UserQueries
+    ids: np.ndarray
+    refit_ids: np.ndarray
+    rows: pd.DataFrame = field(repr=False)
+
+    def facts(self) -> dict:
+        return {
+            "items": len(self.codes),
+            "train_sequences": len(self.train),
+            "valid_users": len(self.valid),
+            "refit_sequences": len(self.refit),
+            "test_users": len(self.test),
+        }
+
+
+def window_data(prepared: pd.DataFrame, items: pd.DataFrame, params) -> WindowData:
+    """Sequences and queries from the prepared table and the selected encoder's item table
+    (StockCode, embedding); the split's cut-offs place the valid and test windows."""
+    from plmrec.data.prepare import _cutoffs
+    from plmrec.vectors import stack
+
+    um = params.user_model
+    codes = items["StockCode"].astype(str).tolist()
+    rows = with_item_rows(prepared, {c: i for i, c in enumerate(codes)})
+    train_end, valid_end = (pd.Timestamp(x) for x in _cutoffs(params.split))
+    horizon = pd.Timedelta(days=um.horizon_days) if um.horizon_days else valid_end - train_end
+    end = rows["InvoiceDate"].max() + pd.Timedelta(seconds=1)
+    shape = {"horizon": horizon, "cutoffs": um.cutoffs, "max_length": um.max_length, "buckets": um.time_buckets}
+    train_rows = rows[rows["InvoiceDate"] < train_end]
+    seen = {"max_length": um.max_length, "buckets": um.time_buckets, "exclude_history": um.exclude_history}
+    data = WindowData(
+        codes=codes,
+        text=stack(items["embedding"]),
+        train=window_examples(rows, end=train_end, **shape),
+        valid=window_queries(rows, cutoff=train_end, end=valid_end, **seen),
+        refit=window_examples(rows, end=valid_end, **shape),
+        test=window_queries(rows, cutoff=valid_end, end=end, **seen),
+        ids=id_vocabulary(train_rows["item"], len(codes), um.top_ids),
+        refit_ids=id_vocabulary(rows[rows["InvoiceDate"] < valid_end]["item"], len(codes), um.top_ids),
+        rows=rows,
+    )
+    if not data.train or not len(data.valid):
+        raise TrainingConfigError(
+            f"user_model: {len(data.train)} training sequences and {len(data.valid)} valid users from the windows "
+            f"before split.train_end={params.split.train_end}; lower user_model.horizon_days or cutoffs"
+        )
+    return data
+
+
+def run_variant(data: WindowData, params, variant, *, seed: int, progress: bool = True) -> dict:
+    """One variant and seed: valid-chosen epoch, refit on train + valid, test scored once."""
+    um = params.user_model
+    spec, settings = spec_for(um, variant), fit_settings(um, progress=progress)
+    torch.manual_seed(seed)
+    model = UserModel(spec, item_text=data.text if spec.uses_text else None, item_ids=data.ids)
+    result = fit(model, data.train, data.valid, settings=settings, ks=um.ks, seed=seed, desc=variant.label)
+    torch.manual_seed(seed)
+    final = UserModel(spec, item_text=data.text if spec.uses_text else None, item_ids=data.refit_ids)
+    refit_result = refit(final, data.refit, settings=settings, epochs=result.chosen_epoch, seed=seed)
+    test = evaluate(final, data.test, um.ks)
+    return {
+        "variant": variant.label,
+        "seed": seed,
+        "model": final,
+        "fit": result,
+        "refit": refit_result,
+        "valid": {k: v for k, v in result.valid.items() if "@" in k},
+        "test": {k: round(v, 4) for k, v in test.items() if "@" in k},
+    }
