@@ -264,3 +264,19 @@ def test_missing_item_embeddings_is_a_clear_error(synthetic_prepared, tmp_path):
             out_dir=tmp_path / "u",
             metrics_path=tmp_path / "m.json",
         )
+
+
+@pytest.mark.parametrize(("variant", "n_vectors", "width"), [("guim", 3, 8), ("edi", 1, 24), ("mh", 3, 8)])
+def test_each_variant_gives_its_user_vectors_and_a_finite_loss(variant, n_vectors, width):
+    rng = np.random.default_rng(0)
+    text = rng.normal(size=(30, 16)).astype(np.float32)
+    model = tiny_model(30, vectors=3, variant=variant, inputs="id+text", text=text, dim=8, heads=2, time_buckets=4)
+    rows = [example(rng.choice(30, 6), buckets=rng.integers(0, 5, 6), targets=[i]) for i in range(8)]
+    objective = UserModelObjective(model)
+    batch = objective.collate(rows, seed=0)
+    loss = objective.loss(batch, torch.Generator())
+    loss.backward()
+    assert torch.isfinite(loss)
+    users = model.user_vectors(batch["seq"], batch["buckets"])
+    assert users.shape == (8, n_vectors, width)
+    assert model.item_vectors().shape == (30, width)
