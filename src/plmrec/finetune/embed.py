@@ -68,12 +68,14 @@ class ExactIndex:
     def search(
         self, queries: np.ndarray, k: int, exclude: list[list[int]] | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k item rows and scores per query, best first; ties go to the lower row index."""
+        """Top-k item rows and scores per query, best first; ties go to the lower row index. Queries of
+        shape (n, C, dim) are users with C vectors: an item scores its max over the C."""
         k = min(k, len(self))
         q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
         ids, scores = [], []
         for start in range(0, len(q), self.chunk):
-            s = q[start : start + self.chunk] @ self.vectors.T
+            chunk = q[start : start + self.chunk]
+            s = chunk @ self.vectors.T if chunk.ndim == 2 else torch.einsum("bcw,nw->bcn", chunk, self.vectors).amax(1)
             if exclude is not None:
                 for r, rows in enumerate(exclude[start : start + self.chunk]):
                     if len(rows):

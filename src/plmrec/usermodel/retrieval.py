@@ -21,7 +21,7 @@ def search_max(index, users: np.ndarray, k: int, *, exclude: list[list[int]] | N
     n_users, c, w = users.shape
     k = min(k, len(index))
     if getattr(index, "kind", None) == "exact":
-        return _exact_max(index.vectors, users, k, exclude=exclude)
+        return index.search(users, k, exclude)  # the max over c in one product per chunk
     flat_exclude = [e for e in exclude for _ in range(c)] if exclude is not None else None
     ids, scores = index.search(users.reshape(n_users * c, w), k, flat_exclude)
     ids, scores = ids.reshape(n_users, c * k), scores.reshape(n_users, c * k)
@@ -36,24 +36,6 @@ def search_max(index, users: np.ndarray, k: int, *, exclude: list[list[int]] | N
         for j, (i, s) in enumerate(top):
             out_ids[u, j], out_scores[u, j] = i, s
     return out_ids, out_scores
-
-
-def _exact_max(items: torch.Tensor, users: np.ndarray, k: int, *, exclude, chunk: int = 512):
-    """The max over c computed directly: one (chunk, C, n) product per chunk of users."""
-    ids, scores = [], []
-    u = torch.from_numpy(np.ascontiguousarray(users, dtype=np.float32))
-    for start in range(0, len(u), chunk):
-        s = torch.einsum("bcw,nw->bcn", u[start : start + chunk], items).amax(1)
-        if exclude is not None:
-            for r, rows in enumerate(exclude[start : start + chunk]):
-                if len(rows):
-                    s[r, torch.as_tensor(rows, dtype=torch.long)] = float("-inf")
-        top = torch.sort(s, dim=1, descending=True, stable=True)
-        ids.append(top.indices[:, :k].numpy())
-        scores.append(top.values[:, :k].numpy())
-    if not ids:
-        return np.zeros((0, k), dtype=np.int64), np.zeros((0, k), dtype=np.float32)
-    return np.concatenate(ids), np.concatenate(scores)
 
 
 def which_vector(users: np.ndarray, items: np.ndarray, chosen: np.ndarray) -> np.ndarray:
