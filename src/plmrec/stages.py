@@ -717,12 +717,12 @@ USER_MODEL_VERDICTS = (  # (metric, better, worse): the questions the user-model
 )
 
 
-def _metric_safe(name: str) -> str:
+def metric_safe(name: str) -> str:
     """A variant label as MLflow metric names allow it (no '+')."""
     return name.replace("+", "_")
 
 
-def user_model_summary(rows: pd.DataFrame, ks: list[int]) -> tuple[pd.DataFrame, list[str]]:
+def user_model_summary(rows: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     """Mean ± std per variant (valid and test) and the verdicts among the variants that ran."""
     from plmrec.recsys.experiment import mean_std, verdict
 
@@ -761,9 +761,8 @@ def _save_user_model(run: dict, data, out: Path, *, params: Params) -> dict:
             "test": run["test"],
         },
     )
-    end = data.rows["InvoiceDate"].max() + pd.Timedelta(seconds=1)
     um = params.user_model
-    seqs = sequences_before(data.rows, end, max_length=um.max_length, buckets=um.time_buckets)
+    seqs = sequences_before(data.rows, data.end, max_length=um.max_length, buckets=um.time_buckets)
     customers = sorted(seqs)
     start = time.perf_counter()
     vectors = encode_users(model, [seqs[c][0] for c in customers], [seqs[c][1] for c in customers])
@@ -814,7 +813,7 @@ def train_user_model(
                 for row in run["fit"].by_epoch:
                     for key, value in row.items():
                         if key != "epoch":
-                            name = f"{_metric_safe(run['variant'])}/s{seed}/valid_{key.replace('@', '_at_')}"
+                            name = f"{metric_safe(run['variant'])}/s{seed}/valid_{key.replace('@', '_at_')}"
                             tracking.log_metric(name, value, step=row["epoch"])
                 rows.append(
                     {
@@ -833,7 +832,7 @@ def train_user_model(
                     f"{run['valid'][um.select]:.4f}, test {um.select} {run['test'][um.select]:.4f}",
                 )
         table = pd.DataFrame(rows)
-        summary, verdicts = user_model_summary(table, um.ks)
+        summary, verdicts = user_model_summary(table)
         chosen = summary[("mean", f"valid_{um.select}")].idxmax()
         best = max((r for r in runs if r["variant"] == chosen), key=lambda r: r["valid"][um.select])
         saved = _save_user_model(best, data, out, params=params)
@@ -849,7 +848,7 @@ def train_user_model(
         for variant in summary.index:
             tracking.log_numeric(
                 {
-                    f"{_metric_safe(variant)}/{m.replace('@', '_at_')}_mean": summary.loc[variant, ("mean", m)]
+                    f"{metric_safe(variant)}/{m.replace('@', '_at_')}_mean": summary.loc[variant, ("mean", m)]
                     for m in summary["mean"].columns
                 }
             )

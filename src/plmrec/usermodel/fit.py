@@ -5,7 +5,6 @@ metric is kept, and training stops after `patience` epochs without a gain. Test 
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from collections.abc import Callable
@@ -101,22 +100,6 @@ class UserModelTrainer:
         self.best: dict = {"score": -np.inf, "epoch": 0, "state": None}
         self.eval_seconds = 0.0
 
-    def _config(self) -> TrainConfig:
-        s = self.settings
-        return TrainConfig(
-            steps=self.per_epoch * s.epochs,
-            batch_size=s.batch_size,
-            learning_rate=s.learning_rate,
-            weight_decay=s.weight_decay,
-            warmup_ratio=s.warmup_ratio,
-            precision=s.precision,
-            device=s.device,
-            checkpoint_every=s.checkpoint_every,
-            log_every=s.log_every,
-            seed=self.seed,
-            progress=s.progress,
-        )
-
     # ------------------------------------------------------------------ per epoch
     def _best_file(self) -> Path | None:
         return self.checkpoint_dir / "best.pt" if self.checkpoint_dir else None
@@ -150,11 +133,6 @@ class UserModelTrainer:
     # ------------------------------------------------------------------ the loop
     def fit(self) -> FitResult:
         self._restore_best()
-        s = self.settings
-        log_q = inclusion_log_q(self.examples, self.model.items.n_items, s.batch_size) if s.log_q else None
-        objective = UserModelObjective(
-            self.model, mask_probability=s.mask_probability, mlm_weight=s.mlm_weight, log_q=log_q
-        )
         last_loss = {"value": float("nan")}
 
         def on_log(step: int, value: float) -> None:
@@ -165,9 +143,9 @@ class UserModelTrainer:
                 self._valid_epoch(done // self.per_epoch, last_loss["value"])
 
         trainer = Trainer(
-            objective,
+            objective_for(self.model, self.examples, self.settings),
             self.examples,
-            self._config(),
+            train_config(self.settings, steps=self.per_epoch * self.settings.epochs, seed=self.seed),
             checkpoint_dir=self.checkpoint_dir / "steps" if self.checkpoint_dir else None,
             on_log=on_log,
             on_step=on_step,
@@ -203,5 +181,25 @@ def fit(model, examples, valid, **options) -> FitResult:
     return UserModelTrainer(model, examples, valid, **options).fit()
 
 
-def write_history(result: FitResult, path: Path) -> None:
-    path.write_text(json.dumps(result.to_dict(), indent=2))
+def train_config(settings: FitSettings, *, steps: int, seed: int) -> TrainConfig:
+    """The shared training loop's settings for `steps` optimizer steps."""
+    keys = (
+        "batch_size",
+        "learning_rate",
+        "weight_decay",
+        "warmup_ratio",
+        "precision",
+        "device",
+        "checkpoint_every",
+        "log_every",
+        "progress",
+    )
+    return TrainConfig(steps=steps, seed=seed, **{k: getattr(settings, k) for k in keys})
+
+
+def objective_for(model: UserModel, examples: list[np.ndarray], settings: FitSettings) -> UserModelObjective:
+    """The two tasks over `model`, with the log-q correction measured on `examples` when asked for."""
+    log_q = inclusion_log_q(examples, model.items.n_items, settings.batch_size) if settings.log_q else None
+    return UserModelObjective(
+        model, mask_probability=settings.mask_probability, mlm_weight=settings.mlm_weight, log_q=log_q
+    )

@@ -43,7 +43,6 @@ class UserModelSpec:
     layers: int = 2
     heads: int = 2
     max_length: int = 50
-    top_ids: int = 20_000  # items with their own id embedding; the rest share one
     id_dim: int = 64
     category_dim: int = 16
     time_buckets: int = 0  # 0: no time embedding (data without dates)
@@ -93,8 +92,8 @@ class UserModelSpec:
 
 
 def _principal_projection(text: np.ndarray, width: int) -> torch.Tensor:
-    """(width x text_dim) rows = the text matrix's leading principal directions (zero rows past its
-    rank), scaled so projected vectors keep the text's norms on average."""
+    """(width x text_dim): rows are the text matrix's leading principal directions (unit length),
+    zero rows past its rank."""
     x = torch.as_tensor(text, dtype=torch.float64)
     centred = x - x.mean(0, keepdim=True)
     _, _, vt = torch.linalg.svd(centred, full_matrices=False)
@@ -240,12 +239,13 @@ class UserModel(nn.Module):
         return F.normalize(out, dim=-1).view(*items.shape, -1)
 
     # ------------------------------------------------------------------ users
-    def _inputs(self, seq: torch.Tensor, buckets: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _inputs(
+        self, seq: torch.Tensor, buckets: torch.Tensor | None, tower: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encoder inputs from the tower's vectors of `seq` (pad and mask rows are placeholders)."""
         pad = seq.eq(self.pad_index)
         masked = seq.eq(self.mask_index)
-        real = seq.clamp(max=self.items.n_items - 1)
-        x = self.items(real)
-        x = torch.where(masked[..., None], self.mask_token.expand_as(x), x)
+        x = torch.where(masked[..., None], self.mask_token.expand_as(tower), tower)
         b, n = seq.shape
         positions = torch.arange(self.spec.n_cls, self.spec.n_cls + n, device=seq.device)
         x = x + self.position(positions)[None]
@@ -256,9 +256,9 @@ class UserModel(nn.Module):
             cls = cls + self.time.weight[0]
         return torch.cat([cls, x], dim=1), pad
 
-    def _pooled(self, seq: torch.Tensor) -> torch.Tensor:
-        """(b, C', width): per user vector, the history's normalised item vectors pooled with
-        recency weights (its own decay); pad and masked positions weigh nothing."""
+    def _pooled(self, seq: torch.Tensor, tower: torch.Tensor) -> torch.Tensor:
+        """(b, C', width): per user vector, the history's normalised item vectors (`tower`, unnormalised)
+        pooled with recency weights (its own decay); pad and masked positions weigh nothing."""
         visible = seq.lt(self.items.n_items)
         n = seq.shape[1]
         # age 0 is the newest visible position (sequences are oldest first, right-padded)
@@ -268,12 +268,12 @@ class UserModel(nn.Module):
         rate = F.softplus(self.decay)[None, :, None]  # (1, C', 1)
         logits = (-rate * age[:, None, :]).masked_fill(~visible[:, None, :], float("-inf"))
         weights = torch.softmax(logits, dim=-1).nan_to_num(0.0)  # a row with nothing visible pools to 0
-        vectors = self.item_vectors(seq.clamp(max=self.items.n_items - 1))
-        return weights @ vectors
+        return weights @ F.normalize(tower, dim=-1)
 
     def forward(self, seq: torch.Tensor, buckets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(user vectors (b, C', width), per-position outputs (b, n, width)), both unnormalised."""
-        x, pad = self._inputs(seq, buckets)
+        tower = self.items(seq.clamp(max=self.items.n_items - 1))  # pad and mask rows are replaced or ignored
+        x, pad = self._inputs(seq, buckets, tower)
         full_pad = torch.cat([pad.new_zeros(pad.shape[0], self.spec.n_cls), pad], dim=1)
         h = self.dropout(self.input_norm(x))
         if self.encoder is not None:
@@ -285,7 +285,7 @@ class UserModel(nn.Module):
         users = self.user_out(cls)
         outputs = self.item_out(positions)
         if self.spec.residual_pool:
-            users = users + self._pooled(seq)
+            users = users + self._pooled(seq, tower)
         return users, outputs
 
     def user_vectors(self, seq: torch.Tensor, buckets: torch.Tensor | None = None) -> torch.Tensor:
@@ -301,8 +301,3 @@ def mixture_scores(users: torch.Tensor, items: torch.Tensor, scale: float) -> to
         return scale * cos[:, 0]
     weights = torch.softmax(scale * cos, dim=1)
     return scale * (weights * cos).sum(1)
-
-
-def max_scores(users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-    """The retrieval score max_c cos(u_c, v_j) (the paper's Eq. 3): (b, C, w), (k, w) -> (b, k)."""
-    return torch.einsum("bcw,kw->bck", users, items).amax(1)

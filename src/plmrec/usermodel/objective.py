@@ -15,7 +15,6 @@ Never a softmax over the whole catalogue.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from plmrec.pretrain.objectives import encoder_fingerprint
 from plmrec.usermodel.model import UserModel, mixture_scores
 
 ITEM, BUCKET, TARGET = 0, 1, 2
@@ -145,13 +145,13 @@ class UserModelObjective:
         return loss
 
     def start_fingerprint(self) -> str:
-        return fingerprint(self.model)
+        return encoder_fingerprint(self.model)
 
     def save(self, out_dir: str | Path) -> str:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         torch.save(self.model.state_dict(), out / "user_model.pt")
-        return fingerprint(self.model)
+        return encoder_fingerprint(self.model)
 
 
 def inclusion_log_q(examples: list[np.ndarray], n_items: int, batch_size: int) -> np.ndarray:
@@ -161,11 +161,3 @@ def inclusion_log_q(examples: list[np.ndarray], n_items: int, batch_size: int) -
     share = counts / max(1, counts.sum())
     rows = batch_size * counts.sum() / max(1, len(examples))
     return np.log(np.clip(-np.expm1(-rows * share), 1e-6, 1.0)).astype(np.float32)
-
-
-def fingerprint(model: torch.nn.Module) -> str:
-    h = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]

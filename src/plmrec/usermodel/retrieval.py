@@ -38,15 +38,6 @@ def search_max(index, users: np.ndarray, k: int, *, exclude: list[list[int]] | N
     return out_ids, out_scores
 
 
-def which_vector(users: np.ndarray, items: np.ndarray, chosen: np.ndarray) -> np.ndarray:
-    """For each user and each chosen item row, the c whose vector scores it highest: (U, K)."""
-    out = np.zeros(chosen.shape, dtype=np.int64)
-    for u in range(len(users)):
-        rows = chosen[u][chosen[u] >= 0]
-        out[u, : len(rows)] = np.argmax(users[u] @ items[rows].T, axis=0)
-    return out
-
-
 @dataclass
 class UserQueries:
     """Sequences to encode (item rows oldest first, their time buckets) and what each user bought next."""

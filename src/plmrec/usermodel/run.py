@@ -16,10 +16,9 @@ import torch
 
 from plmrec.errors import TrainingConfigError
 from plmrec.training.batches import steps_for_epochs
-from plmrec.training.loop import TrainConfig, train
-from plmrec.usermodel.fit import FitSettings, fit
+from plmrec.training.loop import train
+from plmrec.usermodel.fit import FitSettings, fit, objective_for, train_config
 from plmrec.usermodel.model import UserModel, UserModelSpec
-from plmrec.usermodel.objective import UserModelObjective, inclusion_log_q
 from plmrec.usermodel.retrieval import UserQueries, evaluate
 from plmrec.usermodel.sequences import id_vocabulary, window_examples, window_queries, with_item_rows
 
@@ -34,7 +33,6 @@ def spec_for(settings, variant) -> UserModelSpec:
         layers=settings.layers,
         heads=settings.heads,
         max_length=settings.max_length,
-        top_ids=settings.top_ids,
         id_dim=settings.id_dim,
         time_buckets=settings.time_buckets,
         dropout=settings.dropout,
@@ -65,23 +63,8 @@ def fit_settings(settings, *, progress: bool = True) -> FitSettings:
 def refit(model: UserModel, examples: list[np.ndarray], *, settings: FitSettings, epochs: int, seed: int) -> dict:
     """`epochs` epochs on `examples` with no valid set (the count valid chose); returns the loop's result."""
     per_epoch = steps_for_epochs(len(examples), 1, settings.batch_size, grad_accum=1)
-    log_q = inclusion_log_q(examples, model.items.n_items, settings.batch_size) if settings.log_q else None
-    objective = UserModelObjective(
-        model, mask_probability=settings.mask_probability, mlm_weight=settings.mlm_weight, log_q=log_q
-    )
-    cfg = TrainConfig(
-        steps=per_epoch * max(1, epochs),
-        batch_size=settings.batch_size,
-        learning_rate=settings.learning_rate,
-        weight_decay=settings.weight_decay,
-        warmup_ratio=settings.warmup_ratio,
-        precision=settings.precision,
-        device=settings.device,
-        log_every=settings.log_every,
-        seed=seed,
-        progress=settings.progress,
-    )
-    return train(objective, examples, cfg, desc="user-model refit").to_dict()
+    cfg = train_config(settings, steps=per_epoch * max(1, epochs), seed=seed)
+    return train(objective_for(model, examples, settings), examples, cfg, desc="user-model refit").to_dict()
 
 
 @dataclass
@@ -96,6 +79,7 @@ class WindowData:
     test: UserQueries
     ids: np.ndarray
     refit_ids: np.ndarray
+    end: pd.Timestamp  # just after the last purchase
     rows: pd.DataFrame = field(repr=False)
 
     def facts(self) -> dict:
@@ -132,6 +116,7 @@ def window_data(prepared: pd.DataFrame, items: pd.DataFrame, params) -> WindowDa
         test=window_queries(rows, cutoff=valid_end, end=end, **seen),
         ids=id_vocabulary(train_rows["item"], len(codes), um.top_ids),
         refit_ids=id_vocabulary(rows[rows["InvoiceDate"] < valid_end]["item"], len(codes), um.top_ids),
+        end=end,
         rows=rows,
     )
     if not data.train or not len(data.valid):

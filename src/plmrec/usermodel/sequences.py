@@ -46,8 +46,8 @@ def leave_one_out(ds: SeqRecDataset, *, max_length: int) -> tuple[list[np.ndarra
 
 
 def training_purchases(ds: SeqRecDataset) -> list[int]:
-    """Every item bought in the training part: the longest training history per user and its target
-    (the valid and test targets are left out)."""
+    """Items bought in the training part, one entry per purchase: each user's valid history (the
+    benchmark keeps its newest 50 items; the valid and test targets are left out)."""
     valid = ds.splits["valid"]
     return [i for h in valid["history"] for i in h]
 
@@ -123,11 +123,12 @@ def window_queries(
     """Sequences before `cutoff` and the items bought in [cutoff, end); with exclude_history, items
     bought before are neither relevant nor ranked (only new items count)."""
     seqs = sequences_before(rows, cutoff, max_length=max_length, buckets=buckets)
+    bought = rows[rows["InvoiceDate"] < cutoff].groupby("CustomerID", sort=False)["item"].agg(set)
     users, sequences, bucket_lists, relevant, exclude = [], [], [], [], []
     for customer, items in _items_in(rows, cutoff, end).items():
         if customer not in seqs:
             continue
-        seen = set(rows[(rows["CustomerID"] == customer) & (rows["InvoiceDate"] < cutoff)]["item"].tolist())
+        seen = bought[customer]
         wanted = items - seen if exclude_history else items
         if not wanted:
             continue
