@@ -109,6 +109,21 @@ def soak(url: str, mix: dict, *, n: int, concurrency: int, seed: int) -> dict:
     for t in threads:
         t.join()
     wall = time.perf_counter() - start
+    return {"seconds": wall, "requests": n, "seen": seen, "latency": latency, "wrong": wrong, "kinds": kinds}
+
+
+def merged(parts: list[dict]) -> dict:
+    """One summary of several soak parts: statuses, unexpected statuses and p50/p99 per kind."""
+    kinds = parts[0]["kinds"]
+    seen = collections.defaultdict(collections.Counter)
+    latency = collections.defaultdict(list)
+    wrong = collections.Counter()
+    for part in parts:
+        for kind in kinds:
+            seen[kind].update(part["seen"][kind])
+            latency[kind].extend(part["latency"][kind])
+            wrong[kind] += part["wrong"][kind]
+    wall, n = sum(p["seconds"] for p in parts), sum(p["requests"] for p in parts)
     per_kind = {
         kind: {
             "requests": len(latency[kind]),
@@ -135,6 +150,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=20000)
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--parts", type=int, default=4, help="resident memory is read after each part")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
 
@@ -145,10 +161,16 @@ def main() -> None:
     rec = Recommender(args.bundle, load_encoder=False)
     mix = request_mix(list(rec.customer_row), list(rec.codes))
     with plmrec_server(["--bundle", str(args.bundle)], tmp) as server:
-        soak(server.url, mix, n=min(500, args.requests), concurrency=args.concurrency, seed=args.seed + 1)  # warm-up
+        soak(server.url, mix, n=min(500, args.requests), concurrency=args.concurrency, seed=args.seed + 7)  # warm-up
         rss_start = rss_mib(server.proc.pid)
-        result = soak(server.url, mix, n=args.requests, concurrency=args.concurrency, seed=args.seed)
-        rss_end = rss_mib(server.proc.pid)
+        parts, rss_path = [], []
+        for part in range(args.parts):  # resident memory after each part: growth that levels off is bounded
+            n = args.requests // args.parts + (part < args.requests % args.parts)
+            parts.append(soak(server.url, mix, n=n, concurrency=args.concurrency, seed=args.seed + 1000 * part))
+            rss_path.append(round(rss_mib(server.proc.pid), 1))
+            print(f"  {sum(p['requests'] for p in parts):,} requests, RSS {rss_path[-1]} MiB", file=sys.stderr)
+        result = merged(parts)
+        rss_end = rss_path[-1]
         ready = requests.get(f"{server.url}/v2/health/ready", timeout=5).status_code == 200
         log = server.log_path.read_text()
     emit(
@@ -164,6 +186,7 @@ def main() -> None:
             **result,
             "rss_mib": {
                 "after_warm_up": round(rss_start, 1),
+                "after_each_part": rss_path,
                 "end": round(rss_end, 1),
                 "growth": round(rss_end - rss_start, 1),
             },

@@ -256,12 +256,13 @@ def compare_models(
     job_id: str,
     prepared_data: Input[Dataset],
     encoder: Input[Model],
+    user_model: Input[Model],
     compare_metrics: Output[Metrics],
     results: Output[HTML],
     bundle: Output[Model],
 ):
-    """XGBoost with and without PLM features, ALS and its PLM variants, learning to rank: several seeds;
-    the served recommender's bundle, refitted on all purchases."""
+    """XGBoost with and without PLM features, ALS and its PLM variants, the user model, learning to rank
+    with and without it: several seeds; the served recommender's bundle, refitted on all purchases."""
     from plmrec import kfp_runtime
 
     kfp_runtime.compare_models(
@@ -270,6 +271,7 @@ def compare_models(
         run_key or job_id,
         prepared_data=prepared_data,
         encoder=encoder,
+        user_model=user_model,
         compare_metrics=compare_metrics,
         results=results,
         bundle=bundle,

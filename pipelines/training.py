@@ -65,7 +65,12 @@ def build_training_pipeline(params: Params):
                 **ctx, prepared_data=prepared, pretrained=encoder.outputs["model"], finetuned=tuned.outputs["model"]
             )
             users = c.train_user_model(**ctx, prepared_data=prepared, encoder=retrieval.outputs["encoder"])
-            compared = c.compare_models(**ctx, prepared_data=prepared, encoder=retrieval.outputs["encoder"])
+            compared = c.compare_models(
+                **ctx,
+                prepared_data=prepared,
+                encoder=retrieval.outputs["encoder"],
+                user_model=users.outputs["user_model"],
+            )
             registered = c.register_model(**ctx, prepared_data=prepared, bundle=compared.outputs["bundle"])
         tasks = (raw, raw_ok, prep, prep_ok, model, scored, encoder, tuned, retrieval, users, compared, registered)
         for name, task in zip(STAGES, tasks, strict=True):  # the task name is the stage name; show it as such

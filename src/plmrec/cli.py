@@ -607,7 +607,16 @@ def stage_train_user_model(params_path, overrides, prepared, encoder_dir, out_di
     default=None,
     help="also write the served recommender's bundle here (refitted on all purchases)",
 )
-def stage_compare_models(params_path, overrides, prepared, encoder_dir, metrics, reports_dir, bundle_dir):
+@click.option(
+    "--user-model",
+    "user_model_dir",
+    type=click.Path(file_okay=False, exists=True),
+    default=None,
+    help="train-user-model's --out-dir: adds the user model's row and learning to rank with it",
+)
+def stage_compare_models(
+    params_path, overrides, prepared, encoder_dir, metrics, reports_dir, bundle_dir, user_model_dir
+):
     """XGBoost with and without PLM features, ALS and its PLM variants, learning to rank, over seeds."""
     from plmrec import stages
 
@@ -618,6 +627,7 @@ def stage_compare_models(params_path, overrides, prepared, encoder_dir, metrics,
         metrics_path=metrics,
         reports_dir=reports_dir,
         bundle_dir=bundle_dir,
+        user_model_dir=user_model_dir,
     )
 
 

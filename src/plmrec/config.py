@@ -449,6 +449,9 @@ class LearningToRankParams(_Section):
     mf_candidates: int = Field(100, ge=1)
     neighbour_candidates: int = Field(100, ge=1)
     popular_candidates: int = Field(50, ge=0)
+    user_model_candidates: int = Field(
+        100, ge=0, description="top items by the user model's max-over-C score (the ltr+user_model row)"
+    )
     xgboost: XGBoostParams = XGBoostParams(n_estimators=200)
 
 
@@ -476,7 +479,18 @@ class RecommendersParams(_Section):
         return self
 
 
-RECOMMENDER_MODELS = ("popularity", "mf", "mf+repeat", "mf+cluster", "mf+similarity", "text_neighbours", "ltr")
+RECOMMENDER_MODELS = (
+    "popularity",
+    "mf",
+    "mf+repeat",
+    "mf+cluster",
+    "mf+similarity",
+    "text_neighbours",
+    "ltr",
+    "user_model",  # train-user-model's GUIM: max over the customer's C vectors
+    "ltr+user_model",  # learning to rank with the user model's candidates and features
+)
+USER_MODEL_ROWS = ("user_model", "ltr+user_model")  # rows that need train-user-model's output
 SERVED_MODELS = ("auto", *RECOMMENDER_MODELS)
 
 

@@ -210,7 +210,16 @@ def train_user_model(
 
 
 def compare_models(
-    config: dict, tracking_uri: str, run_key: str, *, prepared_data, encoder, compare_metrics, results, bundle
+    config: dict,
+    tracking_uri: str,
+    run_key: str,
+    *,
+    prepared_data,
+    encoder,
+    user_model,
+    compare_metrics,
+    results,
+    bundle,
 ) -> None:
     params, tracked = _setup(config, tracking_uri, run_key)
     reports = Path(results.path).parent / "reports"
@@ -221,6 +230,7 @@ def compare_models(
         metrics_path=reports / "metrics.json",
         reports_dir=reports,
         bundle_dir=bundle.path,
+        user_model_dir=user_model.path,
         **tracked,
     )
     bundle.metadata.update(

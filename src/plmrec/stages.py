@@ -739,29 +739,60 @@ def user_model_summary(rows: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     return summary, verdicts
 
 
-def _save_user_model(run: dict, data, out: Path, *, params: Params) -> dict:
-    """The chosen variant's refitted model, its spec and item codes, and every customer's C vectors
-    (from all purchases), under `out`."""
-    import numpy as np
-    import torch
+PROBE_COLUMNS = ["Country", "Quantity", "UnitPrice"]  # the consumer-profile probe's labels
 
+
+def _profile_probe(runs: list[dict], data, prepared: pd.DataFrame, *, params: Params) -> pd.DataFrame:
+    """The consumer-profile probe per seed on the refitted model's vectors from purchases before the
+    test window (labels: home country, spend tercile in the test window), against the mean of item
+    text vectors; one row per (seed, task, vectors)."""
+    from plmrec.data.prepare import _cutoffs
+    from plmrec.usermodel.probe import customer_labels, probe_user_model
+
+    cutoff = _cutoffs(params.split)[1]
+    labels = customer_labels(prepared, cutoff=cutoff)
+    rows = []
+    for run in runs:
+        found = probe_user_model(run["model"], data.rows, data.text, cutoff=cutoff, labels=labels, seed=run["seed"])
+        for task, by_vectors in found.items():
+            for vectors, figures in by_vectors.items():
+                rows.append({"seed": run["seed"], "task": task, "vectors": vectors, **figures})
+    return pd.DataFrame(rows)
+
+
+def _save_user_model(runs: list[dict], data, out: Path, *, params: Params) -> dict:
+    """The chosen variant, per seed: the model fitted on the training windows (`seeds/<seed>/valid.pt`,
+    what compare-models scores the valid window with) and the one refitted on train + valid
+    (`seeds/<seed>/refit.pt`, for the test window and serving); the best seed's refit as
+    `user_model.pt` with `user_model.json`, and every customer's C vectors from all purchases."""
+    import numpy as np
+
+    from plmrec.usermodel import store
     from plmrec.usermodel.retrieval import encode_users
     from plmrec.usermodel.sequences import sequences_before
 
-    model = run["model"]
+    um = params.user_model
+    best = max(runs, key=lambda r: r["valid"][um.select])
     out.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), out / "user_model.pt")
+    for run in runs:
+        seed_dir = out / "seeds" / str(run["seed"])
+        facts = {"variant": run["variant"], "seed": run["seed"], "valid": run["valid"], "test": run["test"]}
+        store.save(run["fit_model"], seed_dir / "valid.pt", codes=data.codes, window="train", **facts)
+        store.save(run["model"], seed_dir / "refit.pt", codes=data.codes, window="train+valid", **facts)
+    model = best["model"]
+    store.save(model, out / "user_model.pt", codes=data.codes, variant=best["variant"], seed=best["seed"])
     write_json(
         out / "user_model.json",
         {
-            "variant": run["variant"],
+            "variant": best["variant"],
+            "seed": best["seed"],
+            "seeds": [r["seed"] for r in runs],
             "spec": model.spec.to_dict(),
             "items": data.codes,
-            "valid": run["valid"],
-            "test": run["test"],
+            "valid": best["valid"],
+            "test": best["test"],
         },
     )
-    um = params.user_model
     seqs = sequences_before(data.rows, data.end, max_length=um.max_length, buckets=um.time_buckets)
     customers = sorted(seqs)
     start = time.perf_counter()
@@ -797,7 +828,7 @@ def train_user_model(
             write_json(metrics_path, {"user_model": {"enabled": False}})
             say("train-user-model", "disabled (user_model.enabled: false)")
             return {"enabled": False}
-        prepared, _ = read_checked(prepared_path, "prepared", columns=ENCODER_COLUMNS)
+        prepared, _ = read_checked(prepared_path, "prepared", columns=[*ENCODER_COLUMNS, *PROBE_COLUMNS])
         items_path = Path(encoder_dir) / "item_embeddings.parquet"
         if not items_path.is_file():
             raise StageError(
@@ -834,14 +865,20 @@ def train_user_model(
         table = pd.DataFrame(rows)
         summary, verdicts = user_model_summary(table)
         chosen = summary[("mean", f"valid_{um.select}")].idxmax()
-        best = max((r for r in runs if r["variant"] == chosen), key=lambda r: r["valid"][um.select])
-        saved = _save_user_model(best, data, out, params=params)
+        saved = _save_user_model([r for r in runs if r["variant"] == chosen], data, out, params=params)
+        probe = _profile_probe([r for r in runs if r["variant"] == chosen], data, prepared, params=params)
         table.to_csv(out / "runs.csv", index=False)
         flat = summary.copy()
         flat.columns = [f"{m}_{stat}" for stat, m in flat.columns]
         (out / "results.md").write_text(
-            markdown_table(flat.reset_index().round(4)) + "\n\n" + "\n".join(f"- {v}" for v in verdicts) + "\n"
+            markdown_table(flat.reset_index().round(4))
+            + "\n\n"
+            + "\n".join(f"- {v}" for v in verdicts)
+            + "\n\n## Consumer-profile probe (chosen variant vs mean of item text vectors)\n\n"
+            + (markdown_table(probe.round(4)) if len(probe) else "no task had 10 customers in each class\n")
         )
+        if len(probe):
+            tracking.log_table(probe, "user_model/profile_probe.json")
         tracking.log_table(table, "user_model/runs.json")
         tracking.log_table(flat.reset_index(), "user_model/summary.json")
         tracking.log_artifact(out / "results.md", "user_model")
@@ -869,11 +906,24 @@ def train_user_model(
                     for v in summary.index
                 },
                 "verdicts": verdicts,
+                "profile_probe": probe.to_dict(orient="records"),
             }
         }
         write_json(metrics_path, metrics)
         for line in verdicts:
             say("train-user-model", line)
+        if len(probe):
+            means = probe.groupby(["task", "vectors"]).mean(numeric_only=True)
+            say(
+                "train-user-model",
+                "profile probe: "
+                + "; ".join(
+                    f"{task} {'auc' if task == 'home' else 'macro f1'} user model "
+                    f"{means.loc[(task, 'user_model'), 'auc' if task == 'home' else 'macro_f1']:.3f} vs mean of items "
+                    f"{means.loc[(task, 'mean_of_items'), 'auc' if task == 'home' else 'macro_f1']:.3f}"
+                    for task in probe["task"].unique()
+                ),
+            )
         say(
             "train-user-model",
             f"chosen on valid: {chosen} ({um.select} {summary.loc[chosen, ('mean', f'valid_{um.select}')]:.4f}); "
@@ -895,7 +945,7 @@ class Comparison:
     recommender_detail: dict
 
     @classmethod
-    def run(cls, params: Params, prepared: pd.DataFrame, items: pd.DataFrame) -> Comparison:
+    def run(cls, params: Params, prepared: pd.DataFrame, items: pd.DataFrame, *, user_models=None) -> Comparison:
         from plmrec.recsys.classify import run_ablation
         from plmrec.recsys.experiment import run_recommenders
 
@@ -913,7 +963,9 @@ class Comparison:
             clusters=recommenders.clusters,
             progress=progress,
         )
-        rec_rows, rec_detail = run_recommenders(prepared, items, recommenders, progress=progress)
+        rec_rows, rec_detail = run_recommenders(
+            prepared, items, recommenders, user_models=user_models, progress=progress
+        )
         return cls(params, clf_rows, clf_detail, rec_rows, rec_detail)
 
     def __post_init__(self) -> None:
@@ -967,6 +1019,12 @@ class Comparison:
             verdict(recommender, primary, "ltr", vanilla="popularity", label="Learning to rank")
             if "ltr" in recommender.index
             else None,
+            verdict(recommender, primary, "user_model", vanilla="mf", label="User model (GUIM)")
+            if "user_model" in recommender.index
+            else None,
+            verdict(recommender, primary, "ltr+user_model", vanilla="ltr", label="Learning to rank with the user model")
+            if {"ltr", "ltr+user_model"} <= set(recommender.index)
+            else None,
         ]
         return [v for v in found if v]
 
@@ -1011,9 +1069,12 @@ class Comparison:
             self.classifier_detail["importance"], out / "feature_importance.png", f"XGBoost {self.best_classifier}"
         )
         plot_curves(self.recommender_detail["precision_curves"], out / "precision_at_k.png", ks=CURVE_KS)
-        if recommenders.ltr.enabled:
-            last = self.recommender_detail["chosen"][recommenders.seeds[-1]]
-            plot_importance(last["ltr_importance"], out / "ltr_feature_importance.png", "learning-to-rank features")
+        last = self.recommender_detail["chosen"][recommenders.seeds[-1]]
+        for name, picture in (("ltr", "ltr"), ("ltr+user_model", "ltr_user_model")):
+            if f"{name}_importance" in last:
+                plot_importance(
+                    last[f"{name}_importance"], out / f"{picture}_feature_importance.png", f"{name} features"
+                )
 
     @staticmethod
     def _mean_std(summary: pd.DataFrame, metrics: list[str]) -> dict:
@@ -1084,6 +1145,21 @@ class Comparison:
         )
 
 
+def _user_models(user_model_dir, prepared: pd.DataFrame, items: pd.DataFrame, *, params: Params):
+    """train-user-model's per-seed models for the comparison, or None (not given, or none trained)."""
+    from plmrec.usermodel.store import SavedUserModels
+
+    if user_model_dir is None:
+        return None
+    if not any(Path(user_model_dir).glob("seeds/*/refit.pt")):
+        say("compare-models", f"no user model in {user_model_dir} (user_model.enabled: false?): its rows are left out")
+        return None
+    codes = items["StockCode"].astype(str).tolist()
+    saved = SavedUserModels(user_model_dir, prepared, codes, split_params=params.split)
+    say("compare-models", f"user model from {user_model_dir} (seeds {saved.seeds})")
+    return saved
+
+
 def _selected_encoder_name(encoder_dir: str | Path) -> str:
     """Which encoder a directory holds: selection.json's choice (evaluate-retrieval), else 'finetuned'."""
     found = Path(encoder_dir) / "selection.json"
@@ -1098,14 +1174,16 @@ def compare_models(
     metrics_path: str | Path,
     reports_dir: str | Path,
     bundle_dir: str | Path | None = None,
+    user_model_dir: str | Path | None = None,
     run_key: str | None = None,
     tracking_uri: str | None = None,
 ) -> dict:
     """The classifier ablation (XGBoost with and without PLM features) and the recommenders
     (popularity, ALS and its PLM variants, text neighbours, learning to rank), over several seeds, with
     the encoder evaluate-retrieval chose on valid (`encoder_dir`: its item embeddings and model).
-    With `bundle_dir`, the served recommender (registry.served_model) is refitted on all purchases
-    and written there as a serving bundle."""
+    With `user_model_dir` (train-user-model's output, when it trained one) also the user model's row
+    and learning to rank with it. With `bundle_dir`, the served recommender (registry.served_model) is
+    refitted on all purchases and written there as a serving bundle."""
     from plmrec.serving.bundle import write_bundle
 
     out = Path(reports_dir)
@@ -1122,7 +1200,8 @@ def compare_models(
         encoder = _selected_encoder_name(encoder_dir)
         say("compare-models", f"text features from the '{encoder}' encoder ({encoder_dir})")
         tracking.set_tags({tracking.ENCODER_TAG: encoder})
-        comparison = Comparison.run(params, prepared, items)
+        user_models = _user_models(user_model_dir, prepared, items, params=params)
+        comparison = Comparison.run(params, prepared, items, user_models=user_models)
         verdicts = comparison.verdicts()
         comparison.write_reports(out, verdicts)
         summary = {
@@ -1141,6 +1220,7 @@ def compare_models(
                 recommender_detail=comparison.recommender_detail,
                 encoder_dir=Path(encoder_dir) / "sentence-transformer",
                 bundle_dir=bundle_dir,
+                user_models=user_models,
             )
             say(
                 "compare-models",

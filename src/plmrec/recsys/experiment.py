@@ -22,9 +22,12 @@ def run_recommenders(
     items: pd.DataFrame,
     rp: RecommendersParams,
     *,
+    user_models=None,
     progress: Callable[[str], None] | None = None,
 ) -> tuple[pd.DataFrame, dict]:
-    """One row per (model, seed) with test metrics (and the valid figure that chose its settings)."""
+    """One row per (model, seed) with test metrics (and the valid figure that chose its settings).
+    `user_models` (plmrec.usermodel.store.SavedUserModels, optional) adds the user model's row, for the
+    seeds it was trained with, and learning to rank with its candidates and features (ltr+user_model)."""
     say = progress or (lambda _m: None)
     codes = items["StockCode"].astype(str).tolist()
     item_col = {c: i for i, c in enumerate(codes)}
@@ -67,21 +70,26 @@ def run_recommenders(
         st = recommend.fit_scorers(
             wt, vectors, clusters, n_clusters=rp.clusters, factors=factors, rp=rp, seed=seed
         )  # refit on train + valid
+        if user_models is not None:
+            sv = sv.with_user_model(*user_models.scores("valid", wv.customers[wv.eval_rows], seed=seed))
+            st = st.with_user_model(*user_models.scores("test", wt.customers[wt.eval_rows], seed=seed))
+            chosen[seed]["user_model_seed"] = user_models.seed_for(seed)
         test_scores = recommend.variant_scores(st, **weights)
         lists = {name: (ranked(wv, valid_scores[name]), ranked(wt, test_scores[name])) for name in valid_scores}
+        if user_models is not None and seed in user_models.seeds:  # its own seed only, so the std is honest
+            lists["user_model"] = (ranked(wv, sv.user_model), ranked(wt, st.user_model))
         if rp.ltr.enabled:
-            cand_v = _drop_history(recommend.ltr_candidates(wv, sv, rp), wv, rp.exclude_history)
-            frame_v, qid_v = recommend.ltr_frame(wv, sv, cand_v)
-            ranker = recommend.fit_ranker(frame_v, qid_v, recommend.ltr_labels(wv, cand_v), rp=rp, seed=seed)
-            cand_t = _drop_history(recommend.ltr_candidates(wt, st, rp), wt, rp.exclude_history)
-            frame_t, qid_t = recommend.ltr_frame(wt, st, cand_t)
-            lists["ltr"] = (
-                recommend.ltr_rank(ranker, frame_v, qid_v, candidates=cand_v, k=kmax),
-                recommend.ltr_rank(ranker, frame_t, qid_t, candidates=cand_t, k=kmax),
-            )
-            chosen[seed]["ltr_best_iteration"] = int(ranker.best_iteration)
-            rankers[seed] = ranker
-            chosen[seed]["ltr_importance"] = dict(zip(recommend.LTR_FEATURES, map(float, ranker.feature_importances_)))
+            for name, with_user in (("ltr", False), ("ltr+user_model", True)):
+                if with_user and user_models is None:
+                    continue
+                ranker, lists[name] = _learning_to_rank(
+                    (wv, wt), (sv, st), rp=rp, seed=seed, k=kmax, user_model=with_user
+                )
+                chosen[seed][f"{name}_best_iteration"] = int(ranker.best_iteration)
+                chosen[seed][f"{name}_importance"] = dict(
+                    zip(recommend.ltr_features(with_user), map(float, ranker.feature_importances_))
+                )
+                rankers.setdefault(seed, {})[name] = ranker
         for name, (on_valid, on_test) in lists.items():
             v = recommend.evaluate(on_valid, wv.relevant, ks)
             t = recommend.evaluate(on_test, wt.relevant, ks)
@@ -111,6 +119,33 @@ def run_recommenders(
         "test_customers": len(wt.eval_rows),
         "rankers": rankers,
     }
+
+
+def _learning_to_rank(
+    windows: tuple[recommend.Window, recommend.Window],
+    scorers: tuple[recommend.Scorers, recommend.Scorers],
+    *,
+    rp: RecommendersParams,
+    seed: int,
+    k: int,
+    user_model: bool,
+):
+    """The ranker trained on the valid window (features from models fitted on train) and the top-k
+    lists it gives on valid and on test (features from models refitted on train + valid); `windows`
+    and `scorers` are (valid, test)."""
+    (wv, wt), (sv, st) = windows, scorers
+
+    def frame(w, s):
+        candidates = _drop_history(recommend.ltr_candidates(w, s, rp, user_model=user_model), w, rp.exclude_history)
+        return (*recommend.ltr_frame(w, s, candidates, user_model=user_model), candidates)
+
+    frame_v, qid_v, cand_v = frame(wv, sv)
+    ranker = recommend.fit_ranker(frame_v, qid_v, recommend.ltr_labels(wv, cand_v), rp=rp, seed=seed)
+    frame_t, qid_t, cand_t = frame(wt, st)
+    return ranker, (
+        recommend.ltr_rank(ranker, frame_v, qid_v, candidates=cand_v, k=k),
+        recommend.ltr_rank(ranker, frame_t, qid_t, candidates=cand_t, k=k),
+    )
 
 
 _NOTHING_ADDED = {"similarity_weight": 0.0, "cluster_weight": 0.0, "repeat_weight": 0.0}

@@ -10,6 +10,7 @@ on train) and ranks the test window (features from models refitted on train + va
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -157,6 +158,14 @@ class Scorers:
     cluster: np.ndarray  # the customer's purchase share of the item's cluster
     popularity: np.ndarray  # items, log1p purchase lines
     bought: np.ndarray  # eval customers x items, 1 where the customer bought the item before
+    user_model: np.ndarray | None = None  # eval customers x items: max_c cos(u_c, v_j) of the user model
+    user_model_c: np.ndarray | None = None  # the c that attains it
+
+    def with_user_model(self, scores: np.ndarray, which: np.ndarray) -> Scorers:
+        """These scorers with the user model's scores (from plmrec.usermodel.store.item_scores) added."""
+        if scores.shape != self.mf.shape:
+            raise ValueError(f"user-model scores {scores.shape} do not match the customers x items {self.mf.shape}")
+        return dataclasses.replace(self, user_model=scores, user_model_c=which)
 
 
 def fit_scorers(
@@ -237,7 +246,7 @@ def variant_scores(
     """Every recommender's scores. mf+repeat blends ALS with the bought-before indicator: the
     counterpart without text that mf+similarity must beat (with max similarity, a bought item scores 1)."""
     mf = _zscore(s.mf)
-    return {
+    out = {
         "popularity": np.broadcast_to(s.popularity, s.mf.shape),
         "mf": s.mf,
         "mf+repeat": (1 - repeat_weight) * mf + repeat_weight * _zscore(s.bought),
@@ -245,6 +254,9 @@ def variant_scores(
         "mf+similarity": (1 - similarity_weight) * mf + similarity_weight * _zscore(s.similarity),
         "text_neighbours": s.similarity,
     }
+    if s.user_model is not None:
+        out["user_model"] = s.user_model
+    return out
 
 
 LTR_FEATURES = [
@@ -258,17 +270,28 @@ LTR_FEATURES = [
     "user_lines",
     "item_customers",
 ]
+USER_MODEL_FEATURES = ["user_model", "user_model_c"]  # max_c cos and which c won (the ltr+user_model row)
 
 
-def ltr_candidates(w: Window, s: Scorers, rp: RecommendersParams) -> list[np.ndarray]:
+def ltr_features(user_model: bool) -> list[str]:
+    return LTR_FEATURES + (USER_MODEL_FEATURES if user_model else [])
+
+
+def ltr_candidates(w: Window, s: Scorers, rp: RecommendersParams, *, user_model: bool = False) -> list[np.ndarray]:
+    """Per evaluated customer: the top items by MF and by text similarity, the most popular items, the
+    customer's own items and, with `user_model`, the user model's top items."""
     lt = rp.ltr
-    mf_top = top_k(s.mf, lt.mf_candidates)
-    nn_top = top_k(s.similarity, lt.neighbour_candidates)
+    sources = [top_k(s.mf, lt.mf_candidates), top_k(s.similarity, lt.neighbour_candidates)]
+    if user_model:
+        if s.user_model is None:
+            raise ValueError("ltr candidates from the user model asked for, but the scorers have no user model")
+        if lt.user_model_candidates:
+            sources.append(top_k(s.user_model, lt.user_model_candidates))
     popular = np.argsort(-s.popularity, kind="stable")[: lt.popular_candidates]
     out = []
     for i, r in enumerate(w.eval_rows):
         own = w.counts[r].indices
-        out.append(np.unique(np.concatenate([mf_top[i], nn_top[i], popular, own])))
+        out.append(np.unique(np.concatenate([*(top[i] for top in sources), popular, own])))
     return out
 
 
@@ -277,10 +300,15 @@ def item_customer_counts(counts: sp.csr_matrix) -> np.ndarray:
 
 
 def ltr_frame(
-    w: Window, s: Scorers, candidates: list[np.ndarray], *, item_customers: np.ndarray | None = None
+    w: Window,
+    s: Scorers,
+    candidates: list[np.ndarray],
+    *,
+    item_customers: np.ndarray | None = None,
+    user_model: bool = False,
 ) -> tuple[pd.DataFrame, np.ndarray]:
-    """One row per (customer, candidate) with the ranker's features; also the query id per row.
-    `item_customers` (buyers per item) defaults to the window's own counts."""
+    """One row per (customer, candidate) with the ranker's features (`ltr_features(user_model)`); also
+    the query id per row. `item_customers` (buyers per item) defaults to the window's own counts."""
     mf_rank = np.argsort(np.argsort(-s.mf, axis=1), axis=1)
     if item_customers is None:
         item_customers = item_customer_counts(w.counts)
@@ -288,6 +316,7 @@ def ltr_frame(
     for i, (r, items) in enumerate(zip(w.eval_rows, candidates)):
         lines = np.asarray(w.counts[r, items].todense()).ravel()
         last = np.asarray(w.last_day[r, items].todense()).ravel()
+        extra = [s.user_model[i, items], s.user_model_c[i, items]] if user_model else []
         parts.append(
             np.column_stack(
                 [
@@ -300,11 +329,12 @@ def ltr_frame(
                     np.where(last > 0, w.end_day - (last - 1), 9999.0),
                     np.full(len(items), w.counts[r].sum()),
                     item_customers[items],
+                    *extra,
                 ]
             )
         )
         qids.append(np.full(len(items), i))
-    return pd.DataFrame(np.vstack(parts), columns=LTR_FEATURES), np.concatenate(qids)
+    return pd.DataFrame(np.vstack(parts), columns=ltr_features(user_model)), np.concatenate(qids)
 
 
 def ltr_labels(w: Window, candidates: list[np.ndarray]) -> np.ndarray:

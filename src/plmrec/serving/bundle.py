@@ -8,8 +8,11 @@ settings, the ranker trained on the valid window) and writes one directory:
     item_vectors.npy     L2-normalised item embeddings (the fine-tuned encoder)
     item_factors.npy     ALS item factors;  user_factors.npy, customers.npy: one row per customer
     history.npz          purchase lines and latest purchase day per (customer, item)
-    ranker.json          the learning-to-rank XGBoost model (when the served model is ltr)
+    ranker.json          the learning-to-rank XGBoost model (when the served model is ltr or ltr+user_model)
     encoder/             the sentence-transformers encoder, for free-text queries
+    user_model.pt        the GUIM user model (served user_model or ltr+user_model), with
+    user_vectors.npy     every customer's C vectors (one row per customer) and
+    user_item_vectors.npy  its item vectors: a customer scores an item by max_c cos(u_c, v_j)
 
 `Recommender` loads it and scores a customer, a basket or a text query with the same functions
 the evaluation used (`plmrec.recsys.recommend`), so what is served is what was measured.
@@ -27,7 +30,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from plmrec.config import RECOMMENDER_MODELS, Params, RecommendersParams
+from plmrec.config import RECOMMENDER_MODELS, USER_MODEL_ROWS, Params, RecommendersParams
 from plmrec.data.schema import DAY_NS
 from plmrec.errors import BundleError, UnknownCustomer
 from plmrec.features import EmbeddingFeatures
@@ -76,12 +79,16 @@ def build_bundle(
     ranker=None,
     metrics: dict | None = None,
     encoder_info: dict | None = None,
+    user_model: str | Path | None = None,
 ) -> Path:
-    """Refit `model` with the settings chosen on valid (`chosen`: factors, weights) on all purchases."""
+    """Refit `model` with the settings chosen on valid (`chosen`: factors, weights) on all purchases;
+    `user_model` (a file plmrec.usermodel.store saved, refitted on train + valid) for the user-model rows."""
     if model not in RECOMMENDER_MODELS:
         raise BundleError(f"unknown served model '{model}' (expected one of {', '.join(RECOMMENDER_MODELS)})")
-    if model == "ltr" and ranker is None:
-        raise BundleError("served model is ltr but no ranker was given")
+    if model.startswith("ltr") and ranker is None:
+        raise BundleError(f"served model is {model} but no ranker was given")
+    if model in USER_MODEL_ROWS and user_model is None:
+        raise BundleError(f"served model is {model} but no user model was given (run train-user-model)")
     out = Path(out_dir)
     if out.exists():
         shutil.rmtree(out)
@@ -111,8 +118,10 @@ def build_bundle(
     np.save(out / "customers.npy", customers.astype(np.int64))
     sp.save_npz(out / "history_counts.npz", counts)
     sp.save_npz(out / "history_last_day.npz", last_day)
-    if model == "ltr":
+    if model.startswith("ltr"):
         ranker.save_model(str(out / "ranker.json"))
+    if model in USER_MODEL_ROWS:
+        _write_user_model(user_model, out, prepared=prepared, customers=customers, codes=codes)
     shutil.copytree(encoder_dir, out / "encoder")
     meta = {
         "format": BUNDLE_FORMAT,
@@ -139,6 +148,25 @@ def build_bundle(
     return out
 
 
+def _write_user_model(source: str | Path, out: Path, *, prepared: pd.DataFrame, customers, codes) -> None:
+    """The user model, every customer's C vectors (all purchases, in `customers` order) and its item vectors."""
+    from plmrec.usermodel import store
+    from plmrec.usermodel.retrieval import encode_items, encode_users
+    from plmrec.usermodel.sequences import sequences_before, with_item_rows
+
+    model, saved = store.load(source)
+    if saved["codes"] != list(codes):
+        raise BundleError(f"{source}: the user model's item rows are not the bundle's {len(codes):,} items")
+    rows = with_item_rows(prepared, {c: i for i, c in enumerate(codes)})
+    end = rows["InvoiceDate"].max() + pd.Timedelta(seconds=1)
+    seqs = sequences_before(rows, end, max_length=model.spec.max_length, buckets=model.spec.time_buckets)
+    empty = (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
+    chosen = [seqs.get(c, empty) for c in customers]
+    np.save(out / "user_vectors.npy", encode_users(model, [s for s, _ in chosen], [b for _, b in chosen]))
+    np.save(out / "user_item_vectors.npy", encode_items(model))
+    shutil.copy(source, out / "user_model.pt")
+
+
 def write_bundle(
     params: Params,
     prepared: pd.DataFrame,
@@ -148,9 +176,11 @@ def write_bundle(
     recommender_detail: dict,
     encoder_dir: str | Path,
     bundle_dir: str | Path,
+    user_models=None,
 ) -> dict:
     """The serving bundle of registry.served_model (auto: the recommender chosen on valid) from a
-    comparison's rows and detail, with its test metrics (mean and std over seeds)."""
+    comparison's rows and detail, with its test metrics (mean and std over seeds); `user_models`
+    (plmrec.usermodel.store.SavedUserModels) when the comparison had the user model."""
     from plmrec.recsys.experiment import served_model
 
     rp, model, chosen_by = params.recommenders, params.registry.served_model, "registry.served_model"
@@ -167,6 +197,9 @@ def write_bundle(
     }
     metrics.update({f"{k}_std": float(rows[f"test_{k}"].std(ddof=1)) if len(rows) > 1 else 0.0 for k in list(metrics)})
     seed = rp.seeds[-1]
+    user_model = None
+    if model in USER_MODEL_ROWS:
+        user_model = user_models.directory / "seeds" / str(user_models.seed_for(seed)) / "refit.pt"
     build_bundle(
         prepared,
         items,
@@ -175,9 +208,10 @@ def write_bundle(
         rp=rp,
         model=model,
         chosen={**recommender_detail["chosen"][seed], "seed": seed},
-        ranker=recommender_detail["rankers"].get(seed),
+        ranker=recommender_detail["rankers"].get(seed, {}).get(model),
         metrics=metrics,
         encoder_info={"source": str(encoder_dir)},
+        user_model=user_model,
     )
     return {"model": model, "metrics": metrics, "bundle": str(bundle_dir), "chosen_by": chosen_by}
 
@@ -230,13 +264,28 @@ class Recommender:
         self.model = self.meta["model"]
         self.rp = RecommendersParams.model_validate({"ltr": self.meta["ltr"]})  # the candidate settings
         self.ranker = None
-        if self.model == "ltr":
+        self.user_model = self.user_vectors = self.user_item_vectors = None
+        if self.model in USER_MODEL_ROWS:
+            self._load_user_model(len(customers))
+        if self.model.startswith("ltr"):
             import xgboost as xgb
 
             self.ranker = xgb.XGBRanker()
             self.ranker.load_model(str(path / "ranker.json"))
             self.ranker.set_params(n_jobs=1)  # one request is a few hundred rows: threads only add overhead
         self.encoder = self._load_encoder() if load_encoder else None
+
+    def _load_user_model(self, n_customers: int) -> None:
+        from plmrec.usermodel import store
+
+        self.user_model, _ = store.load(self.path / "user_model.pt")
+        try:
+            self.user_vectors = np.load(self.path / "user_vectors.npy")
+            self.user_item_vectors = np.load(self.path / "user_item_vectors.npy")
+        except FileNotFoundError as exc:
+            raise BundleError(f"{self.path}: bundle file missing: {Path(exc.filename).name}") from None
+        if len(self.user_vectors) != n_customers or len(self.user_item_vectors) != len(self.codes):
+            raise BundleError(f"{self.path}: user-model arrays do not match the customers and items")
 
     def _load_encoder(self):
         from sentence_transformers import SentenceTransformer
@@ -274,9 +323,33 @@ class Recommender:
             end_day=self.meta["end_day"],
         )
 
+    def _user_vectors(self, last_day: sp.csr_matrix) -> np.ndarray:
+        """(C, w): the user model over a purchase row as a sequence (distinct items oldest first, by the
+        day of their latest purchase; days counted back from the day after the newest)."""
+        from plmrec.usermodel.retrieval import encode_users
+        from plmrec.usermodel.sequences import time_bucket
+
+        items, day = last_day.indices, last_day.data  # day since epoch + 1
+        order = np.lexsort((items, day))
+        spec = self.user_model.spec
+        days_before = self.meta["end_day"] + 1 - day[order]
+        buckets = time_bucket(days_before, spec.time_buckets) if spec.time_buckets else np.zeros(len(order), np.int64)
+        return encode_users(self.user_model, [items[order].astype(np.int64)], [buckets])[0]
+
     def _rank(
-        self, counts: sp.csr_matrix, last_day: sp.csr_matrix, user_factor: np.ndarray, *, k: int, exclude_seen: bool
+        self,
+        counts: sp.csr_matrix,
+        last_day: sp.csr_matrix,
+        user_factor: np.ndarray,
+        *,
+        k: int,
+        exclude_seen: bool,
+        users: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k item rows and scores for one purchase row; `users` (C, w): its user-model vectors, for
+        the user-model rows (computed from the row when not given)."""
+        from plmrec.usermodel.store import item_scores
+
         m = self.meta
         s = recommend.score_rows(
             counts,
@@ -288,13 +361,16 @@ class Recommender:
             popularity=self.popularity,
             similarity=m.get("similarity", "mean"),
         )
+        if self.user_model is not None:
+            users = self._user_vectors(last_day) if users is None else users
+            s = s.with_user_model(*item_scores(users[None], self.user_item_vectors))
         seen = counts.indices
-        if self.model == "ltr":
-            w = self._window(counts, last_day)
-            candidates = recommend.ltr_candidates(w, s, self.rp)
+        if self.model.startswith("ltr"):
+            w, with_user = self._window(counts, last_day), self.model == "ltr+user_model"
+            candidates = recommend.ltr_candidates(w, s, self.rp, user_model=with_user)
             if exclude_seen:
                 candidates = [np.setdiff1d(candidates[0], seen)]
-            frame, _ = recommend.ltr_frame(w, s, candidates, item_customers=self.item_customers)
+            frame, _ = recommend.ltr_frame(w, s, candidates, item_customers=self.item_customers, user_model=with_user)
             scores = self.ranker.predict(frame)
             items = candidates[0]
             order = np.lexsort((items, -scores))[:k]
@@ -329,6 +405,7 @@ class Recommender:
                 f"recommendation"
             )
         counts, last_day, factor = self.counts[row], self.last_day[row], self.user_factors[row]
+        users = self.user_vectors[row] if self.user_vectors is not None else None  # from the exact timestamps
         unknown: list[str] = []
         if basket:
             items, unknown = self._basket_row(basket)
@@ -336,8 +413,8 @@ class Recommender:
                 add, today = self._bought_now(items)
                 counts = (counts + add).tocsr()
                 last_day = last_day.maximum(today).tocsr()
-                factor = self._fold_in(counts)
-        return self._result(*self._rank(counts, last_day, factor, k=k, exclude_seen=exclude_seen), unknown)
+                factor, users = self._fold_in(counts), None  # the user model reads the basket as its newest items
+        return self._result(*self._rank(counts, last_day, factor, k=k, exclude_seen=exclude_seen, users=users), unknown)
 
     def _fold_in(self, counts: sp.csr_matrix) -> np.ndarray:
         return recommend.fold_in(

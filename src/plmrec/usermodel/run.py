@@ -142,6 +142,7 @@ def run_variant(data: WindowData, params, variant, *, seed: int, progress: bool 
         "variant": variant.label,
         "seed": seed,
         "model": final,
+        "fit_model": model,
         "fit": result,
         "refit": refit_result,
         "valid": {k: v for k, v in result.valid.items() if "@" in k},

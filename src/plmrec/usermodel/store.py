@@ -1,0 +1,120 @@
+"""A trained user model as one file, and the dense scores other models read from it.
+
+The file holds the spec, the weights (the item text and id vocabulary are buffers, so nothing else is
+needed to rebuild it) and the item codes its rows stand for. `item_scores` gives, for each user,
+max_c cos(u_c, v_j) over every item and which c attained it: the recommender row, the learning-to-rank
+features and the served path all read these.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from plmrec.errors import BundleError
+from plmrec.usermodel.model import UserModel, UserModelSpec
+
+
+def save(model: UserModel, path: str | Path, *, codes: list[str], **extra) -> Path:
+    """`model` with its spec and the item codes of its rows (plus any JSON-able `extra`) in `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    torch.save({"spec": model.spec.to_dict(), "state": state, "codes": list(codes), **extra}, path)
+    return path
+
+
+def load(path: str | Path) -> tuple[UserModel, dict]:
+    """(the model in eval mode on the CPU, the file's other entries: codes and extras)."""
+    path = Path(path)
+    if not path.is_file():
+        raise BundleError(f"{path}: no saved user model")
+    saved = torch.load(path, map_location="cpu", weights_only=False)
+    state = saved.pop("state")
+    spec = UserModelSpec(**saved.pop("spec"))
+    text = state.get("items.text")
+    model = UserModel(
+        spec,
+        item_text=text.numpy() if text is not None else None,
+        item_ids=state["items.id_of"].numpy(),
+        item_categories=state["items.category_of"].numpy() if "items.category_of" in state else None,
+    )
+    model.load_state_dict(state)
+    model.eval()
+    return model, saved
+
+
+def item_scores(users: np.ndarray, items: np.ndarray, *, chunk: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """Users (U, C, w) and items (N, w), both normalised -> (max_c cos (U, N) float32, the c that
+    attains it (U, N) int64; ties go to the lower c)."""
+    u = torch.from_numpy(np.ascontiguousarray(users, dtype=np.float32))
+    v = torch.from_numpy(np.ascontiguousarray(items, dtype=np.float32))
+    best, which = [], []
+    for start in range(0, len(u), chunk):
+        s = torch.einsum("ucw,nw->ucn", u[start : start + chunk], v)
+        top = s.max(dim=1)
+        best.append(top.values.numpy())
+        which.append(top.indices.numpy())
+    if not best:
+        return np.zeros((0, len(v)), dtype=np.float32), np.zeros((0, len(v)), dtype=np.int64)
+    return np.concatenate(best), np.concatenate(which).astype(np.int64)
+
+
+class SavedUserModels:
+    """The per-seed models train-user-model saved (`<dir>/seeds/<seed>/{valid,refit}.pt`), scoring the
+    customers of compare-models' windows: the valid window with the model fitted before it, the test
+    window with the one refitted on train + valid; each from the customer's purchases before the window."""
+
+    FILES = {"valid": "valid.pt", "test": "refit.pt"}
+
+    def __init__(self, directory: str | Path, prepared, codes: list[str], *, split_params):
+        from plmrec.data.prepare import _cutoffs
+
+        self.directory = Path(directory)
+        found = sorted(self.directory.glob("seeds/*/refit.pt"))
+        if not found:
+            raise BundleError(
+                f"{self.directory}: no per-seed user models (seeds/<seed>/refit.pt); run train-user-model "
+                f"with user_model.enabled: true, or leave the user model out"
+            )
+        self.seeds = sorted(int(p.parent.name) for p in found)
+        self.codes = list(codes)
+        self.prepared = prepared
+        self.cutoffs = dict(zip(("valid", "test"), _cutoffs(split_params)))
+        self._loaded: dict[tuple[int, str], UserModel] = {}
+
+    def seed_for(self, seed: int) -> int:
+        """The user-model seed that scores a comparison seed: its own when saved, else the first."""
+        return seed if seed in self.seeds else self.seeds[0]
+
+    def model(self, seed: int, split: str) -> UserModel:
+        key = (self.seed_for(seed), split)
+        if key not in self._loaded:
+            path = self.directory / "seeds" / str(key[0]) / self.FILES[split]
+            model, saved = load(path)
+            if saved["codes"] != self.codes:
+                raise BundleError(
+                    f"{path}: its {len(saved['codes']):,} item rows are not the {len(self.codes):,} items of the "
+                    f"encoder's item table; train the user model on the same models/selected"
+                )
+            self._loaded[key] = model
+        return self._loaded[key]
+
+    def scores(self, split: str, customers, *, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """(max_c cos, winning c) for `customers` (rows) over every item, from purchases before `split`."""
+        from plmrec.data.prepare import window_rows
+        from plmrec.usermodel.retrieval import encode_items, encode_users
+        from plmrec.usermodel.sequences import sequences_before, with_item_rows
+
+        model = self.model(seed, split)
+        past, _ = window_rows(self.prepared, split)
+        rows = with_item_rows(past, {c: i for i, c in enumerate(self.codes)})
+        seqs = sequences_before(
+            rows, self.cutoffs[split], max_length=model.spec.max_length, buckets=model.spec.time_buckets
+        )
+        empty = (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
+        chosen = [seqs.get(c, empty) for c in customers]
+        users = encode_users(model, [s for s, _ in chosen], [b for _, b in chosen])
+        return item_scores(users, encode_items(model))
