@@ -208,7 +208,7 @@ def test_served_customer_and_basket_paths_over_http(bundles, trained, tmp_path):
     got = [rec.item_col[i["stock_code"]] for i in v1.json()["predictions"][0]["items"]]
     assert got == _top(rec.user_vectors[row], rec.user_item_vectors, 10)
     fresh = v2.json()["outputs"]
-    codes = next(o for o in fresh if o["name"] == "stock_codes")["data"]
+    codes = next(o for o in fresh if o["name"] == "stock_code")["data"]
     assert [rec.item_col[c] for c in codes] == _top(rec.user_vectors[row], rec.user_item_vectors, 10, exclude=seen)
     basket_rows = [rec.item_col[c] for c in basket]
     users = encode_users(rec.user_model, [np.asarray(sorted(basket_rows), dtype=np.int64)], [np.ones(2, np.int64)])
@@ -238,3 +238,48 @@ def test_ltr_with_the_user_model_serves(bundles):
     out = rec.recommend_customer(customer, 10, basket=[rec.codes[1]])
     assert len(out.stock_codes) == 10 and out.scores == sorted(out.scores, reverse=True)
     assert len(rec.recommend_basket([rec.codes[2]], 5).stock_codes) == 5
+
+
+def test_customer_labels_read_the_country_and_the_next_window_spend():
+    from plmrec.usermodel.probe import customer_labels
+
+    day = pd.Timestamp("2011-01-01")
+    rows = pd.DataFrame(
+        {
+            "CustomerID": [1, 2, 3, 4, 1, 2, 3, 4],
+            "Country": ["United Kingdom", "France", "United Kingdom", "Germany"] * 2,
+            "InvoiceDate": [day] * 4 + [day + pd.Timedelta(days=10)] * 4,
+            "Quantity": [1, 1, 1, 1, 1, 2, 30, 0],
+            "UnitPrice": [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0],
+        }
+    )
+    labels = customer_labels(rows, cutoff=day + pd.Timedelta(days=5))
+    assert labels["home"].to_dict() == {1: 1, 2: 0, 3: 1, 4: 0}
+    assert labels["spend_tercile"].to_dict() == {1: 0, 2: 1, 3: 2, 4: -1}  # 4 spent nothing after the cut-off
+
+
+def test_the_profile_probe_finds_a_planted_property():
+    from plmrec.usermodel.probe import profile_probe
+
+    rng = np.random.default_rng(0)
+    n = 400
+    home = rng.integers(0, 2, n)
+    tercile = rng.integers(0, 3, n)
+    labels = pd.DataFrame({"home": home, "spend_tercile": tercile}, index=range(n))
+    telling = rng.normal(size=(n, 2, 8)).astype(np.float32)
+    telling[:, 0, 0] += 3 * home  # the first vector carries the country
+    telling[:, 1, 1] += 3 * tercile  # the second the spend
+    blind = rng.normal(size=(n, 8)).astype(np.float32)
+    out = profile_probe({"telling": telling, "blind": blind}, list(range(n)), labels, seed=0)
+    assert out["home"]["telling"]["auc"] > 0.9 > 0.7 > out["home"]["blind"]["auc"]
+    assert out["spend_tercile"]["telling"]["macro_f1"] > 0.6 > 0.45 > out["spend_tercile"]["blind"]["macro_f1"]
+
+
+def test_the_stage_reports_the_profile_probe(trained):
+    import json
+
+    found = json.loads((trained["root"] / "metrics.json").read_text())["user_model"]["profile_probe"]
+    tasks = {(r["task"], r["vectors"]) for r in found}
+    assert ("home", "user_model") in tasks and ("home", "mean_of_items") in tasks
+    assert all(0.0 <= r["accuracy"] <= 1.0 for r in found)
+    assert "Consumer-profile probe" in (trained["dir"] / "results.md").read_text()
