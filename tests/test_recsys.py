@@ -169,6 +169,70 @@ def test_verdict_reports_absolute_relative_and_std():
     assert "within one std" in experiment.verdict(summary.iloc[::-1], "test_ndcg@10", "mf", vanilla="mf", label="MF")
 
 
+def _ltr_frame_by_customer(w, s, candidates, item_customers, user_model):
+    """The learning-to-rank features computed one customer at a time: the reference for ltr_frame."""
+    mf_rank = np.argsort(np.argsort(-s.mf, axis=1), axis=1)
+    parts = []
+    for i, (r, items) in enumerate(zip(w.eval_rows, candidates)):
+        lines = w.counts[r].toarray().ravel()[items]
+        last = w.last_day[r].toarray().ravel()[items]
+        row = [
+            s.mf[i, items],
+            mf_rank[i, items],
+            s.similarity[i, items],
+            s.cluster[i, items],
+            s.popularity[items],
+            lines,
+            np.where(last > 0, w.end_day - (last - 1), 9999.0),
+            np.full(len(items), w.counts[r].sum()),
+            item_customers[items],
+        ]
+        if user_model:
+            row += [s.user_model[i, items], s.user_model_c[i, items]]
+        parts.append(np.column_stack(row))
+    return np.vstack(parts)
+
+
+@pytest.mark.parametrize("user_model", [False, True])
+def test_ltr_features_match_a_per_customer_reference(user_model):
+    rng = np.random.default_rng(0)
+    n_customers, n_items = 9, 30
+    dense = (rng.random((n_customers, n_items)) < 0.2) * rng.integers(1, 5, (n_customers, n_items))
+    counts = sp.csr_matrix(dense.astype(np.float32))
+    last_day = sp.csr_matrix(np.where(dense > 0, rng.integers(100, 200, dense.shape), 0).astype(np.float64))
+    w = recommend.Window(
+        customers=np.arange(n_customers),
+        counts=counts,
+        last_day=last_day,
+        eval_rows=np.array([1, 4, 7]),
+        relevant=[{0}, {1}, {2}],
+        end_day=210.0,
+    )
+    s = recommend.Scorers(
+        mf=rng.normal(size=(3, n_items)),
+        similarity=rng.normal(size=(3, n_items)),
+        cluster=rng.random((3, n_items)),
+        popularity=rng.random(n_items),
+        bought=(dense[[1, 4, 7]] > 0).astype(np.float32),
+    ).with_user_model(rng.normal(size=(3, n_items)).astype(np.float32), rng.integers(0, 4, (3, n_items)))
+    candidates = [np.sort(rng.choice(n_items, k, replace=False)) for k in (5, 12, 1)]
+    item_customers = recommend.item_customer_counts(counts)
+    frame, qid = recommend.ltr_frame(w, s, candidates, item_customers=item_customers, user_model=user_model)
+    assert list(frame.columns) == recommend.ltr_features(user_model)
+    assert qid.tolist() == [0] * 5 + [1] * 12 + [2]
+    np.testing.assert_allclose(frame.to_numpy(), _ltr_frame_by_customer(w, s, candidates, item_customers, user_model))
+
+
+def test_a_verdict_carries_a_short_tag():
+    table = pd.DataFrame({"model": ["ltr", "ltr+user_model"], "seed": [0, 0], "test_ndcg@10": [0.60, 0.66]})
+    summary = experiment.mean_std(table, "model", ["test_ndcg@10"])
+    line = experiment.verdict(summary, "test_ndcg@10", "ltr+user_model", vanilla="ltr", label="LTR")
+    assert line.tag_name == "verdict.ltr_user_model.vs.ltr"
+    assert line.tag_value == "ndcg@10 +0.0600 (+10.0%)" and len(line.tag_value) < 40
+    longer = line.extended("; one seed", ", one seed")
+    assert longer.endswith("; one seed") and longer.tag_value.endswith(", one seed")
+
+
 @pytest.mark.integration
 def test_text_features_help_xgboost_and_ranker_beats_popularity(prepared, minilm_items):
     cp = ClassifierParams(ablation=["text_pca10"], rf_thresholds=[0.0, 0.5])

@@ -344,8 +344,8 @@ class UserModelParams(_Section):
     time_buckets: int = Field(12, ge=0, description="log2 day buckets before the cut-off; 0: no time embedding")
     dropout: float = Field(0.1, ge=0, lt=1)
     scale: float = Field(20.0, gt=0, description="alpha: 1 / temperature of the cosine scores")
-    epochs: int = Field(20, ge=1)
-    patience: int = Field(4, ge=1, description="epochs without a valid gain before stopping")
+    epochs: int = Field(8, ge=1)
+    patience: int = Field(3, ge=1, description="epochs without a valid gain before stopping")
     batch_size: int = Field(256, ge=2)
     learning_rate: float = Field(1e-3, gt=0, le=1)
     weight_decay: float = Field(0.01, ge=0)
@@ -457,7 +457,7 @@ class LearningToRankParams(_Section):
 
 class RecommendersParams(_Section):
     enabled: bool = True
-    seeds: list[int] = Field([0, 1, 2, 3, 4], min_length=1)
+    seeds: list[int] = Field([0, 1, 2], min_length=1)
     clusters: int = Field(8, ge=2, description="KMeans k on training items' embeddings")
     ks: list[int] = Field([5, 10], min_length=1)
     exclude_history: bool = Field(

@@ -127,8 +127,9 @@ def run_local(
     seconds = time.perf_counter() - start
     try:
         parent = tracking.parent_run(uri, params, run_key)
+        link = tracking.ui_link(uri, tracking.ensure_experiment(uri, params.tracking.experiment), parent)
     except Exception:  # nothing reached MLflow (e.g. the store is unreachable)
-        parent = None
+        parent = link = None
     ok = not stream.failed
     if not ok:
         console.write(
@@ -142,4 +143,7 @@ def run_local(
         f"{'done' if ok else 'FAILED'} in {seconds:.1f}s; artifacts under {run_dir}; "
         f"full log {log_path}; MLflow parent run {parent}\n"
     )
+    if link:
+        serve = "" if uri.startswith(("http://", "https://")) else f"mlflow ui --backend-store-uri {uri}, then "
+        console.write(f"MLflow UI: {serve}{link}\n")
     return LocalRunResult(run_key, run_dir, uri, parent, ok, seconds, log_path)

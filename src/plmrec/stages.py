@@ -728,6 +728,7 @@ def user_model_summary(rows: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
 
     metrics = [c for c in rows.columns if c.startswith(("valid_", "test_"))]
     summary = mean_std(rows, "variant", metrics)
+    seeds = rows.groupby("variant")["seed"].nunique()
     verdicts = []
     for metric, better, worse in USER_MODEL_VERDICTS:
         column = f"test_{metric}"
@@ -735,7 +736,11 @@ def user_model_summary(rows: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
             line = verdict(summary, column, better, vanilla=worse, label="user model")
             gap = summary.loc[better, ("mean", column)] - summary.loc[worse, ("mean", column)]
             spread = 2 * max(summary.loc[better, ("std", column)], summary.loc[worse, ("std", column)])
-            verdicts.append(f"{line}; {'exceeds' if abs(gap) > spread else 'within'} 2 std")
+            if seeds[[better, worse]].min() < 2:
+                verdicts.append(line.extended("; one seed: no spread to judge the gap by", ", one seed"))
+            else:
+                word = "exceeds" if abs(gap) > spread else "within"
+                verdicts.append(line.extended(f"; {word} 2 std", f", {word} 2 std"))
     return summary, verdicts
 
 
@@ -889,7 +894,8 @@ def train_user_model(
                     for m in summary["mean"].columns
                 }
             )
-        tracking.set_tags({"plmrec.user_model.chosen": chosen, "plmrec.user_model.verdicts": " | ".join(verdicts)})
+        tracking.set_tags({"plmrec.user_model.chosen": chosen})
+        tracking.set_verdicts(verdicts, title="User model verdicts (test, mean ± std over seeds)")
         tracking.log_parent_metrics(
             params,
             {f"test_{um.select.replace('@', '_at_')}_user_model": summary.loc[chosen, ("mean", f"test_{um.select}")]},
@@ -1128,7 +1134,7 @@ class Comparison:
         tracking.log_table(self.classifier_rows, "compare/classifier_runs.json")
         tracking.log_table(self.recommender_rows, "compare/recommender_runs.json")
         tracking.log_dir(out, "compare")
-        tracking.set_tags({"compare.verdicts": " | ".join(verdicts)})
+        tracking.set_verdicts(verdicts, title="Verdicts (test, mean ± std over seeds)")
         tracking.log_parent_metrics(
             params=self.params,
             run_key=run_key,

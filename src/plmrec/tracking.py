@@ -109,6 +109,19 @@ def ensure_experiment(uri: str, name: str) -> str:
     return exp.experiment_id
 
 
+UI_VIEW = "workflowType=machine_learning"  # the MLflow 3.17 UI's "Model training" view
+
+
+def ui_link(uri: str, experiment_id: str, run_id: str | None = None) -> str:
+    """Where a run (or the experiment) opens in the MLflow UI, on its training runs. The installed UI
+    keeps a GenAI / Model training switch per browser (default GenAI) and does not read the
+    experiment's kind tag while that switch exists; the link's `workflowType` sets it. A file or
+    SQLite store is read by `mlflow ui --backend-store-uri <uri>` (http://127.0.0.1:5000)."""
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    page = f"#/experiments/{experiment_id}" + (f"/runs/{run_id}" if run_id else "")
+    return f"{base}/{page}?{UI_VIEW}"
+
+
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in d.items():
@@ -301,6 +314,15 @@ def set_tags(tags: dict[str, Any]) -> None:
     import mlflow
 
     mlflow.set_tags({k: str(v)[:5000] for k, v in tags.items()})
+
+
+def set_verdicts(verdicts: list[str], *, title: str) -> None:
+    """The active run's verdicts: each as a short tag the run page shows whole (verdicts that carry
+    `tag_name` / `tag_value`, see plmrec.recsys.experiment.Verdict), and all of them in full as the
+    run's description (Markdown)."""
+    tags = {v.tag_name: v.tag_value for v in verdicts if getattr(v, "tag_name", "")}
+    description = f"## {title}\n\n" + "".join(f"- {v}\n" for v in verdicts)
+    set_tags({**tags, "mlflow.note.content": description})
 
 
 def log_artifact(path: str | Path, artifact_path: str | None = None) -> None:

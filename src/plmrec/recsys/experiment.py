@@ -187,7 +187,24 @@ def format_table(summary: pd.DataFrame, metrics: list[str], scale: float = 100.0
     return out.reset_index()
 
 
-def verdict(summary: pd.DataFrame, metric: str, plm: str, *, vanilla: str, label: str) -> str:
+class Verdict(str):
+    """A verdict line that also carries a short MLflow tag (`tag_name`, `tag_value`): the run page shows
+    a tag whole only when it is short, so the full line goes to the run's description."""
+
+    tag_name: str = ""
+    tag_value: str = ""
+
+    def extended(self, suffix: str, short: str) -> Verdict:
+        out = Verdict(self + suffix)
+        out.tag_name, out.tag_value = self.tag_name, self.tag_value + short
+        return out
+
+
+def _tag_safe(name: str) -> str:
+    return name.replace("+", "_")  # MLflow tag names: letters, digits, _ - . / and spaces
+
+
+def verdict(summary: pd.DataFrame, metric: str, plm: str, *, vanilla: str, label: str) -> Verdict:
     """Does the PLM variant beat its vanilla counterpart on the metric, by how much."""
     a, sa = summary.loc[plm, ("mean", metric)], summary.loc[plm, ("std", metric)]
     b, sb = summary.loc[vanilla, ("mean", metric)], summary.loc[vanilla, ("std", metric)]
@@ -195,7 +212,11 @@ def verdict(summary: pd.DataFrame, metric: str, plm: str, *, vanilla: str, label
     rel = diff / b * 100 if b else float("nan")
     clear = abs(diff) > (sa + sb)
     word = ("beats" if diff > 0 else "trails") + ("" if clear else " (within one std of)")
-    return (
-        f"{label}: {plm} {word} {vanilla} on {metric.replace('test_', '')}: {a:.4f} ± {sa:.4f} vs "
+    name = metric.replace("test_", "")
+    out = Verdict(
+        f"{label}: {plm} {word} {vanilla} on {name}: {a:.4f} ± {sa:.4f} vs "
         f"{b:.4f} ± {sb:.4f} ({diff:+.4f} absolute, {rel:+.1f}% relative)"
     )
+    out.tag_name = f"verdict.{_tag_safe(plm)}.vs.{_tag_safe(vanilla)}"
+    out.tag_value = f"{name} {diff:+.4f} ({rel:+.1f}%)" + ("" if clear else ", within 1 std")
+    return out

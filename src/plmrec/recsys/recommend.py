@@ -309,32 +309,33 @@ def ltr_frame(
 ) -> tuple[pd.DataFrame, np.ndarray]:
     """One row per (customer, candidate) with the ranker's features (`ltr_features(user_model)`); also
     the query id per row. `item_customers` (buyers per item) defaults to the window's own counts."""
-    mf_rank = np.argsort(np.argsort(-s.mf, axis=1), axis=1)
     if item_customers is None:
         item_customers = item_customer_counts(w.counts)
-    parts, qids = [], []
-    for i, (r, items) in enumerate(zip(w.eval_rows, candidates)):
-        lines = np.asarray(w.counts[r, items].todense()).ravel()
-        last = np.asarray(w.last_day[r, items].todense()).ravel()
-        extra = [s.user_model[i, items], s.user_model_c[i, items]] if user_model else []
-        parts.append(
-            np.column_stack(
-                [
-                    s.mf[i, items],
-                    mf_rank[i, items],
-                    s.similarity[i, items],
-                    s.cluster[i, items],
-                    s.popularity[items],
-                    lines,
-                    np.where(last > 0, w.end_day - (last - 1), 9999.0),
-                    np.full(len(items), w.counts[r].sum()),
-                    item_customers[items],
-                    *extra,
-                ]
-            )
-        )
-        qids.append(np.full(len(items), i))
-    return pd.DataFrame(np.vstack(parts), columns=ltr_features(user_model)), np.concatenate(qids)
+    lengths = np.array([len(c) for c in candidates], dtype=np.int64)
+    qid = np.repeat(np.arange(len(candidates)), lengths)  # the query (row of the scorers) of each pair
+    items = np.concatenate(candidates).astype(np.int64) if len(candidates) else np.zeros(0, dtype=np.int64)
+    rows = w.eval_rows[qid]
+    order = np.argsort(-s.mf, axis=1)  # its inverse permutation is the rank (as argsort of argsort)
+    mf_rank = np.empty_like(order)
+    np.put_along_axis(mf_rank, order, np.arange(s.mf.shape[1])[None, :], axis=1)
+    lines = np.asarray(w.counts[rows, items]).ravel()
+    last = np.asarray(w.last_day[rows, items]).ravel()
+    user_lines = np.asarray(w.counts.sum(axis=1)).ravel()
+    columns = [
+        s.mf[qid, items],
+        mf_rank[qid, items],
+        s.similarity[qid, items],
+        s.cluster[qid, items],
+        s.popularity[items],
+        lines,
+        np.where(last > 0, w.end_day - (last - 1), 9999.0),
+        user_lines[rows],
+        item_customers[items],
+    ]
+    if user_model:
+        columns += [s.user_model[qid, items], s.user_model_c[qid, items]]
+    frame = np.column_stack(columns).astype(np.float64) if len(items) else np.zeros((0, len(columns)))
+    return pd.DataFrame(frame, columns=ltr_features(user_model)), qid
 
 
 def ltr_labels(w: Window, candidates: list[np.ndarray]) -> np.ndarray:
