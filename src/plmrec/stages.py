@@ -737,10 +737,10 @@ def user_model_summary(rows: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
             gap = summary.loc[better, ("mean", column)] - summary.loc[worse, ("mean", column)]
             spread = 2 * max(summary.loc[better, ("std", column)], summary.loc[worse, ("std", column)])
             if seeds[[better, worse]].min() < 2:
-                verdicts.append(line.extended("; one seed: no spread to judge the gap by", ", one seed"))
+                verdicts.append(line.extended("; one seed: no spread to judge the gap by", ", 1 seed"))
             else:
                 word = "exceeds" if abs(gap) > spread else "within"
-                verdicts.append(line.extended(f"; {word} 2 std", f", {word} 2 std"))
+                verdicts.append(line.extended(f"; {word} 2 std", f", {'>' if abs(gap) > spread else '<'} 2 std"))
     return summary, verdicts
 
 

@@ -253,6 +253,9 @@ def stage_run(
         yield run
 
 
+SCHEMA_SAMPLE_ROWS = 1000
+
+
 def log_input_table(table, *, path: str | Path, name: str, context: str | None = None) -> None:
     """A table a stage reads, as MLflow dataset inputs of the active run: its file as the source, the
     file's md5 (the digest dvc.lock records) as the digest; a split table as one input per split
@@ -266,10 +269,14 @@ def log_input_table(table, *, path: str | Path, name: str, context: str | None =
 
     digest = file_digest(path, "md5")
     splits = [s for s in ("train", "valid", "test") if "split" in table and (table["split"] == s).any()]
+    source = str(Path(path).resolve())
+    # the column types from a sample: MLflow would otherwise look at every value of every text column
+    schema = mlflow.data.from_pandas(table.head(SCHEMA_SAMPLE_ROWS), source=source).schema
     for split in splits or [None]:
         part = table if split is None else table[table["split"] == split]
         label = name if split is None else f"{name}-{split}"
-        dataset = mlflow.data.from_pandas(part, source=str(Path(path).resolve()), name=label, digest=digest)
+        dataset = mlflow.data.from_pandas(part, source=source, name=label, digest=digest)
+        dataset.__dict__["schema"] = schema  # fills the dataset's cached `schema` property
         mlflow.log_input(dataset, context=split or context)
 
 

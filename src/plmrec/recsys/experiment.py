@@ -188,8 +188,9 @@ def format_table(summary: pd.DataFrame, metrics: list[str], scale: float = 100.0
 
 
 class Verdict(str):
-    """A verdict line that also carries a short MLflow tag (`tag_name`, `tag_value`): the run page shows
-    a tag whole only when it is short, so the full line goes to the run's description."""
+    """A verdict line that also carries a short MLflow tag (`tag_name` `<model>.vs.<counterpart>`,
+    `tag_value` the difference): the run page shows a tag whole only when name and value together
+    stay within about 50 characters, so the full line goes to the run's description."""
 
     tag_name: str = ""
     tag_value: str = ""
@@ -217,6 +218,6 @@ def verdict(summary: pd.DataFrame, metric: str, plm: str, *, vanilla: str, label
         f"{label}: {plm} {word} {vanilla} on {name}: {a:.4f} ± {sa:.4f} vs "
         f"{b:.4f} ± {sb:.4f} ({diff:+.4f} absolute, {rel:+.1f}% relative)"
     )
-    out.tag_name = f"verdict.{_tag_safe(plm)}.vs.{_tag_safe(vanilla)}"
-    out.tag_value = f"{name} {diff:+.4f} ({rel:+.1f}%)" + ("" if clear else ", within 1 std")
+    out.tag_name = f"{_tag_safe(plm)}.vs.{_tag_safe(vanilla)}"  # about 50 characters in all show whole
+    out.tag_value = f"{diff:+.4f}" + ("" if clear else " (within std)")
     return out
