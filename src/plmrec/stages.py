@@ -845,7 +845,18 @@ def train_user_model(
         runs, rows = [], []
         for variant in um.variants:
             for seed in um.seeds:
-                run = run_variant(data, params, variant, seed=seed, progress=False)
+                run = run_variant(
+                    data,
+                    params,
+                    variant,
+                    seed=seed,
+                    progress=False,
+                    on_epoch=lambda row, label=variant.label, seed=seed: say(
+                        "train-user-model",
+                        f"{label} seed {seed} epoch {row['epoch']}/{um.epochs}: loss {row['loss']}, "
+                        f"valid {um.select} {row[um.select]:.4f}",
+                    ),
+                )
                 for row in run["fit"].by_epoch:
                     for key, value in row.items():
                         if key != "epoch":

@@ -127,13 +127,16 @@ def window_data(prepared: pd.DataFrame, items: pd.DataFrame, params) -> WindowDa
     return data
 
 
-def run_variant(data: WindowData, params, variant, *, seed: int, progress: bool = True) -> dict:
-    """One variant and seed: valid-chosen epoch, refit on train + valid, test scored once."""
+def run_variant(data: WindowData, params, variant, *, seed: int, progress: bool = True, on_epoch=None) -> dict:
+    """One variant and seed: valid-chosen epoch, refit on train + valid, test scored once; `on_epoch`
+    gets each epoch's valid row while the variant trains."""
     um = params.user_model
     spec, settings = spec_for(um, variant), fit_settings(um, progress=progress)
     torch.manual_seed(seed)
     model = UserModel(spec, item_text=data.text if spec.uses_text else None, item_ids=data.ids)
-    result = fit(model, data.train, data.valid, settings=settings, ks=um.ks, seed=seed, desc=variant.label)
+    result = fit(
+        model, data.train, data.valid, settings=settings, ks=um.ks, seed=seed, desc=variant.label, on_epoch=on_epoch
+    )
     torch.manual_seed(seed)
     final = UserModel(spec, item_text=data.text if spec.uses_text else None, item_ids=data.refit_ids)
     refit_result = refit(final, data.refit, settings=settings, epochs=result.chosen_epoch, seed=seed)
