@@ -42,6 +42,8 @@ def test_pipeline_runs_end_to_end(small_params, tiny_model_dir, mlflow_server, t
     assert result.succeeded, out
     for stage in STAGES:
         assert f"✓ {stage} success" in out  # one progress line per stage
+    # the UI link opens the run in the Model training view (the UI's GenAI default shows only traces)
+    assert f"/runs/{result.parent_run_id}?workflowType=machine_learning" in out
 
     client, parent, children = _runs(mlflow_server, result.run_key)
     assert len(parent) == 1 and parent[0].info.status == "FINISHED"
