@@ -773,8 +773,7 @@ def _save_user_model(runs: list[dict], data, out: Path, *, params: Params) -> di
     import numpy as np
 
     from plmrec.usermodel import store
-    from plmrec.usermodel.retrieval import encode_users
-    from plmrec.usermodel.sequences import sequences_before
+    from plmrec.usermodel.retrieval import customer_vectors
 
     um = params.user_model
     best = max(runs, key=lambda r: r["valid"][um.select])
@@ -798,10 +797,8 @@ def _save_user_model(runs: list[dict], data, out: Path, *, params: Params) -> di
             "test": best["test"],
         },
     )
-    seqs = sequences_before(data.rows, data.end, max_length=um.max_length, buckets=um.time_buckets)
-    customers = sorted(seqs)
     start = time.perf_counter()
-    vectors = encode_users(model, [seqs[c][0] for c in customers], [seqs[c][1] for c in customers])
+    customers, vectors = customer_vectors(model, data.rows, cutoff=data.end)
     seconds = time.perf_counter() - start
     pd.DataFrame({"CustomerID": customers, "vectors": [v.astype(np.float32).ravel() for v in vectors]}).to_parquet(
         out / "user_vectors.parquet", index=False

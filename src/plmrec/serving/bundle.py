@@ -151,18 +151,15 @@ def build_bundle(
 def _write_user_model(source: str | Path, out: Path, *, prepared: pd.DataFrame, customers, codes) -> None:
     """The user model, every customer's C vectors (all purchases, in `customers` order) and its item vectors."""
     from plmrec.usermodel import store
-    from plmrec.usermodel.retrieval import encode_items, encode_users
-    from plmrec.usermodel.sequences import sequences_before, with_item_rows
+    from plmrec.usermodel.retrieval import customer_vectors, encode_items
+    from plmrec.usermodel.sequences import with_item_rows
 
     model, saved = store.load(source)
     if saved["codes"] != list(codes):
         raise BundleError(f"{source}: the user model's item rows are not the bundle's {len(codes):,} items")
     rows = with_item_rows(prepared, {c: i for i, c in enumerate(codes)})
     end = rows["InvoiceDate"].max() + pd.Timedelta(seconds=1)
-    seqs = sequences_before(rows, end, max_length=model.spec.max_length, buckets=model.spec.time_buckets)
-    empty = (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
-    chosen = [seqs.get(c, empty) for c in customers]
-    np.save(out / "user_vectors.npy", encode_users(model, [s for s, _ in chosen], [b for _, b in chosen]))
+    np.save(out / "user_vectors.npy", customer_vectors(model, rows, cutoff=end, customers=customers)[1])
     np.save(out / "user_item_vectors.npy", encode_items(model))
     shutil.copy(source, out / "user_model.pt")
 

@@ -76,13 +76,11 @@ def profile_probe(vectors: dict[str, np.ndarray], customers: list, labels: pd.Da
 def probe_user_model(model, rows: pd.DataFrame, text: np.ndarray, *, cutoff, labels: pd.DataFrame, seed: int) -> dict:
     """The probe on `model`'s vectors and on the mean of the item text vectors, both from each
     customer's purchases (`rows`, with item rows as `item`) before `cutoff`."""
-    from plmrec.usermodel.retrieval import encode_users
+    from plmrec.usermodel.retrieval import customer_vectors
     from plmrec.usermodel.sequences import sequences_before
 
-    spec = model.spec
-    seqs = sequences_before(rows, cutoff, max_length=spec.max_length, buckets=spec.time_buckets)
-    customers = sorted(seqs)
-    users = encode_users(model, [seqs[c][0] for c in customers], [seqs[c][1] for c in customers])
+    customers, users = customer_vectors(model, rows, cutoff=cutoff)
+    seqs = sequences_before(rows, cutoff, max_length=model.spec.max_length, buckets=0)
     mean = np.stack([text[seqs[c][0]].mean(axis=0) for c in customers])
     mean /= np.maximum(np.linalg.norm(mean, axis=1, keepdims=True), 1e-12)
     return profile_probe({"user_model": users, "mean_of_items": mean}, customers, labels, seed=seed)

@@ -91,3 +91,17 @@ def evaluate(model, queries: UserQueries, ks: list[int], *, index_kind: str = "e
     index = build_index(items, index_kind)
     top, _ = search_max(index, users, max(ks), exclude=queries.exclude)
     return ranking_metrics(top.tolist(), queries.relevant, ks, names=("recall", "ndcg"))
+
+
+def customer_vectors(model, rows, *, cutoff, customers=None) -> tuple[list, np.ndarray]:
+    """(customers, their (U, C', w) vectors) from each customer's purchases before `cutoff` (`rows`:
+    purchases with item rows as `item`); `customers` defaults to everyone who bought before it, and
+    one without a purchase gets the model's answer for no history."""
+    from plmrec.usermodel.sequences import sequences_before
+
+    spec = model.spec
+    seqs = sequences_before(rows, cutoff, max_length=spec.max_length, buckets=spec.time_buckets)
+    customers = sorted(seqs) if customers is None else list(customers)
+    empty = (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
+    chosen = [seqs.get(c, empty) for c in customers]
+    return customers, encode_users(model, [s for s, _ in chosen], [b for _, b in chosen])

@@ -105,16 +105,11 @@ class SavedUserModels:
     def scores(self, split: str, customers, *, seed: int) -> tuple[np.ndarray, np.ndarray]:
         """(max_c cos, winning c) for `customers` (rows) over every item, from purchases before `split`."""
         from plmrec.data.prepare import window_rows
-        from plmrec.usermodel.retrieval import encode_items, encode_users
-        from plmrec.usermodel.sequences import sequences_before, with_item_rows
+        from plmrec.usermodel.retrieval import customer_vectors, encode_items
+        from plmrec.usermodel.sequences import with_item_rows
 
         model = self.model(seed, split)
         past, _ = window_rows(self.prepared, split)
         rows = with_item_rows(past, {c: i for i, c in enumerate(self.codes)})
-        seqs = sequences_before(
-            rows, self.cutoffs[split], max_length=model.spec.max_length, buckets=model.spec.time_buckets
-        )
-        empty = (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
-        chosen = [seqs.get(c, empty) for c in customers]
-        users = encode_users(model, [s for s, _ in chosen], [b for _, b in chosen])
+        _, users = customer_vectors(model, rows, cutoff=self.cutoffs[split], customers=customers)
         return item_scores(users, encode_items(model))
