@@ -5,6 +5,7 @@ metric is kept, and training stops after `patience` epochs without a gain. Test 
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import time
 from collections.abc import Callable
@@ -142,10 +143,13 @@ class UserModelTrainer:
             if done % self.per_epoch == 0:
                 self._valid_epoch(done // self.per_epoch, last_loss["value"])
 
+        config = train_config(self.settings, steps=self.per_epoch * self.settings.epochs, seed=self.seed)
+        # a log at least once an epoch, so each epoch's row carries that epoch's loss
+        config = dataclasses.replace(config, log_every=min(config.log_every, self.per_epoch))
         trainer = Trainer(
             objective_for(self.model, self.examples, self.settings),
             self.examples,
-            train_config(self.settings, steps=self.per_epoch * self.settings.epochs, seed=self.seed),
+            config,
             checkpoint_dir=self.checkpoint_dir / "steps" if self.checkpoint_dir else None,
             on_log=on_log,
             on_step=on_step,
