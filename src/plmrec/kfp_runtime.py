@@ -205,7 +205,7 @@ def train_user_model(
         return
     user_model.metadata.update({"framework": "plmrec-user-model", "variant": out["chosen"], "select": out["select"]})
     for variant, figures in out["variants"].items():
-        label = stages.metric_safe(variant)
+        label = tracking.safe_name(variant)
         _log(user_model_metrics, {f"{label}_{m.replace('@', '_at_')}": v for m, v in figures.items()})
 
 

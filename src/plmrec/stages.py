@@ -717,11 +717,6 @@ USER_MODEL_VERDICTS = (  # (metric, better, worse): the questions the user-model
 )
 
 
-def metric_safe(name: str) -> str:
-    """A variant label as MLflow metric names allow it (no '+')."""
-    return name.replace("+", "_")
-
-
 def user_model_summary(rows: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     """Mean ± std per variant (valid and test) and the verdicts among the variants that ran."""
     from plmrec.recsys.experiment import mean_std, verdict
@@ -738,9 +733,10 @@ def user_model_summary(rows: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
             spread = 2 * max(summary.loc[better, ("std", column)], summary.loc[worse, ("std", column)])
             if seeds[[better, worse]].min() < 2:
                 verdicts.append(line.extended("; one seed: no spread to judge the gap by", ", 1 seed"))
+            elif abs(gap) > spread:
+                verdicts.append(line.extended("; exceeds 2 std", ", > 2 std"))
             else:
-                word = "exceeds" if abs(gap) > spread else "within"
-                verdicts.append(line.extended(f"; {word} 2 std", f", {'>' if abs(gap) > spread else '<'} 2 std"))
+                verdicts.append(line.extended("; within 2 std", ", < 2 std"))
     return summary, verdicts
 
 
@@ -773,7 +769,7 @@ def _save_user_model(runs: list[dict], data, out: Path, *, params: Params) -> di
     import numpy as np
 
     from plmrec.usermodel import store
-    from plmrec.usermodel.retrieval import customer_vectors
+    from plmrec.usermodel.retrieval import customer_sequences, customer_vectors
 
     um = params.user_model
     best = max(runs, key=lambda r: r["valid"][um.select])
@@ -798,7 +794,7 @@ def _save_user_model(runs: list[dict], data, out: Path, *, params: Params) -> di
         },
     )
     start = time.perf_counter()
-    customers, vectors = customer_vectors(model, data.rows, cutoff=data.end)
+    customers, vectors = customer_vectors(model, customer_sequences(model, data.rows, cutoff=data.end))
     seconds = time.perf_counter() - start
     pd.DataFrame({"CustomerID": customers, "vectors": [v.astype(np.float32).ravel() for v in vectors]}).to_parquet(
         out / "user_vectors.parquet", index=False
@@ -857,7 +853,7 @@ def train_user_model(
                 for row in run["fit"].by_epoch:
                     for key, value in row.items():
                         if key != "epoch":
-                            name = f"{metric_safe(run['variant'])}/s{seed}/valid_{key.replace('@', '_at_')}"
+                            name = f"{tracking.safe_name(run['variant'])}/s{seed}/valid_{key.replace('@', '_at_')}"
                             tracking.log_metric(name, value, step=row["epoch"])
                 rows.append(
                     {
@@ -878,8 +874,9 @@ def train_user_model(
         table = pd.DataFrame(rows)
         summary, verdicts = user_model_summary(table)
         chosen = summary[("mean", f"valid_{um.select}")].idxmax()
-        saved = _save_user_model([r for r in runs if r["variant"] == chosen], data, out, params=params)
-        probe = _profile_probe([r for r in runs if r["variant"] == chosen], data, prepared, params=params)
+        chosen_runs = [r for r in runs if r["variant"] == chosen]
+        saved = _save_user_model(chosen_runs, data, out, params=params)
+        probe = _profile_probe(chosen_runs, data, prepared, params=params)
         table.to_csv(out / "runs.csv", index=False)
         flat = summary.copy()
         flat.columns = [f"{m}_{stat}" for stat, m in flat.columns]
@@ -898,7 +895,7 @@ def train_user_model(
         for variant in summary.index:
             tracking.log_numeric(
                 {
-                    f"{metric_safe(variant)}/{m.replace('@', '_at_')}_mean": summary.loc[variant, ("mean", m)]
+                    f"{tracking.safe_name(variant)}/{m.replace('@', '_at_')}_mean": summary.loc[variant, ("mean", m)]
                     for m in summary["mean"].columns
                 }
             )
@@ -927,15 +924,17 @@ def train_user_model(
         for line in verdicts:
             say("train-user-model", line)
         if len(probe):
+            from plmrec.usermodel.probe import TASK_FIGURE
+
             means = probe.groupby(["task", "vectors"]).mean(numeric_only=True)
+            found = [(task, TASK_FIGURE[task]) for task in probe["task"].unique()]
             say(
                 "train-user-model",
                 "profile probe: "
                 + "; ".join(
-                    f"{task} {'auc' if task == 'home' else 'macro f1'} user model "
-                    f"{means.loc[(task, 'user_model'), 'auc' if task == 'home' else 'macro_f1']:.3f} vs mean of items "
-                    f"{means.loc[(task, 'mean_of_items'), 'auc' if task == 'home' else 'macro_f1']:.3f}"
-                    for task in probe["task"].unique()
+                    f"{task} {figure} user model {means.loc[(task, 'user_model'), figure]:.3f} "
+                    f"vs mean of items {means.loc[(task, 'mean_of_items'), figure]:.3f}"
+                    for task, figure in found
                 ),
             )
         say(
@@ -1126,7 +1125,7 @@ class Comparison:
         for v in classifier.index:
             tracking.log_numeric(
                 {f"{m.replace('test_', '')}_mean": classifier.loc[v, ("mean", m)] for m in self.classifier_metrics},
-                f"classifier/{v.lstrip('+').replace('+', '_')}/",
+                f"classifier/{tracking.safe_name(v.lstrip('+'))}/",
             )
         for v in recommender.index:
             tracking.log_numeric(
@@ -1134,11 +1133,11 @@ class Comparison:
                     f"{m.replace('test_', '').replace('@', '_at_')}_mean": recommender.loc[v, ("mean", m)]
                     for m in self.recommender_metrics
                 },
-                f"recommender/{v.replace('+', '_')}/",
+                f"recommender/{tracking.safe_name(v)}/",
             )
         for model, curve in self.recommender_detail["precision_curves"].items():  # K as the step: runs overlay
             for k, value in zip(CURVE_KS, curve):
-                tracking.log_metric(f"precision_at_k/{model.replace('+', '_')}", value, step=k)
+                tracking.log_metric(f"precision_at_k/{tracking.safe_name(model)}", value, step=k)
         tracking.log_table(self.classifier_rows, "compare/classifier_runs.json")
         tracking.log_table(self.recommender_rows, "compare/recommender_runs.json")
         tracking.log_dir(out, "compare")

@@ -109,6 +109,11 @@ def ensure_experiment(uri: str, name: str) -> str:
     return exp.experiment_id
 
 
+def safe_name(label: str) -> str:
+    """A model or variant label as MLflow metric and tag names allow it ('+' is not allowed)."""
+    return label.replace("+", "_")
+
+
 UI_VIEW = "workflowType=machine_learning"  # the MLflow 3.17 UI's "Model training" view
 
 

@@ -11,6 +11,7 @@ import pandas as pd
 from plmrec.config import RecommendersParams
 from plmrec.features import EmbeddingFeatures
 from plmrec.recsys import recommend
+from plmrec.tracking import safe_name
 from plmrec.vectors import stack
 
 CLASSIFIER_METRICS = ["test_accuracy", "test_precision_macro", "test_recall_macro", "test_f1_macro"]
@@ -201,10 +202,6 @@ class Verdict(str):
         return out
 
 
-def _tag_safe(name: str) -> str:
-    return name.replace("+", "_")  # MLflow tag names: letters, digits, _ - . / and spaces
-
-
 def verdict(summary: pd.DataFrame, metric: str, plm: str, *, vanilla: str, label: str) -> Verdict:
     """Does the PLM variant beat its vanilla counterpart on the metric, by how much."""
     a, sa = summary.loc[plm, ("mean", metric)], summary.loc[plm, ("std", metric)]
@@ -218,6 +215,6 @@ def verdict(summary: pd.DataFrame, metric: str, plm: str, *, vanilla: str, label
         f"{label}: {plm} {word} {vanilla} on {name}: {a:.4f} ± {sa:.4f} vs "
         f"{b:.4f} ± {sb:.4f} ({diff:+.4f} absolute, {rel:+.1f}% relative)"
     )
-    out.tag_name = f"{_tag_safe(plm)}.vs.{_tag_safe(vanilla)}"  # about 50 characters in all show whole
+    out.tag_name = f"{safe_name(plm)}.vs.{safe_name(vanilla)}"  # about 50 characters in all show whole
     out.tag_value = f"{diff:+.4f}" + ("" if clear else " (within std)")
     return out

@@ -151,7 +151,7 @@ def build_bundle(
 def _write_user_model(source: str | Path, out: Path, *, prepared: pd.DataFrame, customers, codes) -> None:
     """The user model, every customer's C vectors (all purchases, in `customers` order) and its item vectors."""
     from plmrec.usermodel import store
-    from plmrec.usermodel.retrieval import customer_vectors, encode_items
+    from plmrec.usermodel.retrieval import customer_sequences, customer_vectors, encode_items
     from plmrec.usermodel.sequences import with_item_rows
 
     model, saved = store.load(source)
@@ -159,7 +159,8 @@ def _write_user_model(source: str | Path, out: Path, *, prepared: pd.DataFrame, 
         raise BundleError(f"{source}: the user model's item rows are not the bundle's {len(codes):,} items")
     rows = with_item_rows(prepared, {c: i for i, c in enumerate(codes)})
     end = rows["InvoiceDate"].max() + pd.Timedelta(seconds=1)
-    np.save(out / "user_vectors.npy", customer_vectors(model, rows, cutoff=end, customers=customers)[1])
+    _, vectors = customer_vectors(model, customer_sequences(model, rows, cutoff=end), customers)
+    np.save(out / "user_vectors.npy", vectors)
     np.save(out / "user_item_vectors.npy", encode_items(model))
     shutil.copy(source, out / "user_model.pt")
 

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 HOME_COUNTRY = "United Kingdom"
+TASK_FIGURE = {"home": "auc", "spend_tercile": "macro_f1"}  # the figure each task is judged by
 
 
 def customer_labels(prepared: pd.DataFrame, *, cutoff: pd.Timestamp, end: pd.Timestamp | None = None) -> pd.DataFrame:
@@ -60,7 +61,7 @@ def profile_probe(vectors: dict[str, np.ndarray], customers: list, labels: pd.Da
     index = pd.Index(customers)
     table = labels.reindex(index)
     out: dict[str, dict] = {}
-    for task, binary in (("home", True), ("spend_tercile", False)):
+    for task, figure in TASK_FIGURE.items():
         y = table[task].to_numpy()
         keep = ~pd.isna(y) & (y >= 0)
         y = y[keep].astype(int)
@@ -69,18 +70,17 @@ def profile_probe(vectors: dict[str, np.ndarray], customers: list, labels: pd.Da
             continue
         for name, v in vectors.items():
             x = np.asarray(v, dtype=np.float32).reshape(len(index), -1)[keep]
-            out.setdefault(task, {})[name] = _score(x, y, seed=seed, binary=binary)
+            out.setdefault(task, {})[name] = _score(x, y, seed=seed, binary=figure == "auc")
     return out
 
 
 def probe_user_model(model, rows: pd.DataFrame, text: np.ndarray, *, cutoff, labels: pd.DataFrame, seed: int) -> dict:
     """The probe on `model`'s vectors and on the mean of the item text vectors, both from each
     customer's purchases (`rows`, with item rows as `item`) before `cutoff`."""
-    from plmrec.usermodel.retrieval import customer_vectors
-    from plmrec.usermodel.sequences import sequences_before
+    from plmrec.usermodel.retrieval import customer_sequences, customer_vectors
 
-    customers, users = customer_vectors(model, rows, cutoff=cutoff)
-    seqs = sequences_before(rows, cutoff, max_length=model.spec.max_length, buckets=0)
+    seqs = customer_sequences(model, rows, cutoff=cutoff)
+    customers, users = customer_vectors(model, seqs)
     mean = np.stack([text[seqs[c][0]].mean(axis=0) for c in customers])
     mean /= np.maximum(np.linalg.norm(mean, axis=1, keepdims=True), 1e-12)
     return profile_probe({"user_model": users, "mean_of_items": mean}, customers, labels, seed=seed)

@@ -93,14 +93,18 @@ def evaluate(model, queries: UserQueries, ks: list[int], *, index_kind: str = "e
     return ranking_metrics(top.tolist(), queries.relevant, ks, names=("recall", "ndcg"))
 
 
-def customer_vectors(model, rows, *, cutoff, customers=None) -> tuple[list, np.ndarray]:
-    """(customers, their (U, C', w) vectors) from each customer's purchases before `cutoff` (`rows`:
-    purchases with item rows as `item`); `customers` defaults to everyone who bought before it, and
-    one without a purchase gets the model's answer for no history."""
+def customer_sequences(model, rows, *, cutoff) -> dict:
+    """customer -> (item rows, time buckets) of their purchases before `cutoff` (`rows`: purchases with
+    item rows as `item`), shaped for `model` (its sequence length and time buckets)."""
     from plmrec.usermodel.sequences import sequences_before
 
     spec = model.spec
-    seqs = sequences_before(rows, cutoff, max_length=spec.max_length, buckets=spec.time_buckets)
+    return sequences_before(rows, cutoff, max_length=spec.max_length, buckets=spec.time_buckets)
+
+
+def customer_vectors(model, seqs: dict, customers=None) -> tuple[list, np.ndarray]:
+    """(customers, their (U, C', w) vectors) from `seqs` (customer_sequences); `customers` defaults to
+    every customer in it, and one without a sequence gets the model's answer for no history."""
     customers = sorted(seqs) if customers is None else list(customers)
     empty = (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
     chosen = [seqs.get(c, empty) for c in customers]

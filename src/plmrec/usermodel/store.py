@@ -84,6 +84,7 @@ class SavedUserModels:
         self.prepared = prepared
         self.cutoffs = dict(zip(("valid", "test"), _cutoffs(split_params)))
         self._loaded: dict[tuple[int, str], UserModel] = {}
+        self._sequences: dict[tuple, dict] = {}  # per split and sequence shape: the same for every seed
 
     def seed_for(self, seed: int) -> int:
         """The user-model seed that scores a comparison seed: its own when saved, else the first."""
@@ -104,12 +105,21 @@ class SavedUserModels:
 
     def scores(self, split: str, customers, *, seed: int) -> tuple[np.ndarray, np.ndarray]:
         """(max_c cos, winning c) for `customers` (rows) over every item, from purchases before `split`."""
-        from plmrec.data.prepare import window_rows
         from plmrec.usermodel.retrieval import customer_vectors, encode_items
-        from plmrec.usermodel.sequences import with_item_rows
 
         model = self.model(seed, split)
-        past, _ = window_rows(self.prepared, split)
-        rows = with_item_rows(past, {c: i for i, c in enumerate(self.codes)})
-        _, users = customer_vectors(model, rows, cutoff=self.cutoffs[split], customers=customers)
+        _, users = customer_vectors(model, self._sequences_before(split, model), customers)
         return item_scores(users, encode_items(model))
+
+    def _sequences_before(self, split: str, model: UserModel) -> dict:
+        """Each customer's sequence before `split`'s window, shaped for `model` (computed once)."""
+        from plmrec.data.prepare import window_rows
+        from plmrec.usermodel.retrieval import customer_sequences
+        from plmrec.usermodel.sequences import with_item_rows
+
+        key = (split, model.spec.max_length, model.spec.time_buckets)
+        if key not in self._sequences:
+            past, _ = window_rows(self.prepared, split)
+            rows = with_item_rows(past, {c: i for i, c in enumerate(self.codes)})
+            self._sequences[key] = customer_sequences(model, rows, cutoff=self.cutoffs[split])
+        return self._sequences[key]
