@@ -100,6 +100,25 @@ def quick_user_model_params(**overrides):
     return UserModelParams(**{**QUICK_USER_MODEL, **overrides})
 
 
+def train_user_model_stage(root: Path, prepared, items, *, user_model) -> dict:
+    """train-user-model on files laid out as the pipeline does (root/prepared.parquet, root/selected/
+    item_embeddings.parquet), tracking to root/mlflow.db; writes root/user_model and root/metrics.json."""
+    from plmrec import stages
+
+    (root / "selected").mkdir(exist_ok=True)
+    items.to_parquet(root / "selected" / "item_embeddings.parquet", index=False)
+    prepared.to_parquet(root / "prepared.parquet", index=False)
+    params = Params(user_model=user_model)
+    params.tracking.uri = f"sqlite:///{root / 'mlflow.db'}"
+    return stages.train_user_model(
+        params,
+        root / "prepared.parquet",
+        root / "selected",
+        out_dir=root / "user_model",
+        metrics_path=root / "metrics.json",
+    )
+
+
 def minilm_items(prepared):
     """Item embeddings from the offline MiniLM (the default base model), and the model's directory."""
     from plmrec.encoders import load_encoder

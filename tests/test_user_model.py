@@ -218,21 +218,10 @@ def test_train_user_model_stage_saves_the_chosen_variant(synthetic_prepared, tmp
     import pandas as pd
 
     import helpers
-    from plmrec import stages
-    from plmrec.config import Params
 
     items, _ = helpers.minilm_items(synthetic_prepared)
-    (tmp_path / "selected").mkdir()
-    items.to_parquet(tmp_path / "selected" / "item_embeddings.parquet", index=False)
-    synthetic_prepared.to_parquet(tmp_path / "prepared.parquet", index=False)
-    params = Params(user_model=helpers.quick_user_model_params())
-    params.tracking.uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    out = stages.train_user_model(
-        params,
-        tmp_path / "prepared.parquet",
-        tmp_path / "selected",
-        out_dir=tmp_path / "user_model",
-        metrics_path=tmp_path / "metrics.json",
+    out = helpers.train_user_model_stage(
+        tmp_path, synthetic_prepared, items, user_model=helpers.quick_user_model_params()
     )["user_model"]
     assert set(out["variants"]) == {"guim-c1-id", "guim-c2-id+text"}
     assert out["chosen"] in out["variants"]

@@ -20,7 +20,6 @@ from plmrec.usermodel.model import UserModel, UserModelSpec
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """The small synthetic data, MiniLM item vectors, and train-user-model's output (one variant, two seeds)."""
-    from plmrec import stages
     from plmrec.data.prepare import prepare_transactions
     from plmrec.data.synthetic import generate_transactions
 
@@ -28,20 +27,8 @@ def trained(tmp_path_factory):
     p = Params()
     prepared, _ = prepare_transactions(generate_transactions(SyntheticParams(**helpers.SMALL)), p.clean, p.split)
     items, encoder = helpers.minilm_items(prepared)
-    (root / "selected").mkdir()
-    items.to_parquet(root / "selected" / "item_embeddings.parquet", index=False)
-    prepared.to_parquet(root / "prepared.parquet", index=False)
-    params = Params(
-        user_model=helpers.quick_user_model_params(variants=[{"vectors": 2, "inputs": "id+text"}], seeds=[0, 1])
-    )
-    params.tracking.uri = f"sqlite:///{root / 'mlflow.db'}"
-    stages.train_user_model(
-        params,
-        root / "prepared.parquet",
-        root / "selected",
-        out_dir=root / "user_model",
-        metrics_path=root / "metrics.json",
-    )
+    user_model = helpers.quick_user_model_params(variants=[{"vectors": 2, "inputs": "id+text"}], seeds=[0, 1])
+    helpers.train_user_model_stage(root, prepared, items, user_model=user_model)
     return {"prepared": prepared, "items": items, "encoder": encoder, "dir": root / "user_model", "root": root}
 
 
