@@ -369,6 +369,63 @@ class UserModelParams(_Section):
         return self
 
 
+class BlairParams(TrainingSettings):
+    """evaluate-search's BLaIR ranker: review <-> item contrastive fine-tuning on the training reviews."""
+
+    start_from: Literal["base", "selected"] = Field(
+        "base", description="base: pretrain.base_model | selected: the pipeline's selected encoder"
+    )
+    epochs: float = Field(1.0, gt=0)
+    pooling: Literal["mean", "cls"] = Field("mean", description="cls as BLaIR; mean suits MiniLM")
+    scale: float = Field(20.0, gt=0)
+    mlm_weight: float = Field(0.1, ge=0, description="BLaIR's auxiliary MLM weight; 0 disables")
+    mlm_probability: float = Field(0.15, gt=0, lt=1)
+    max_length: int = Field(128, ge=8, le=4096)
+    min_chars: int = Field(30, ge=1, description="both sides of a pair at least this long")
+    max_pairs: int = Field(200_000, ge=1)
+    learning_rate: float = Field(5e-5, gt=0, le=1)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    log_every: int = Field(10, ge=1)
+
+
+class SearchParams(_Section):
+    """evaluate-search: complex product search (BLaIR / Amazon-C4 protocol) on review data."""
+
+    enabled: bool = Field(True, description="runs when reviews_path is set; otherwise the stage records a skip")
+    reviews_path: str | None = Field(
+        None, description="Amazon reviews jsonl(.gz), 2018 or 2023 schema, or a UCSD user-record sample"
+    )
+    meta_path: str | None = Field(None, description="the matching item metadata (not needed for a UCSD sample)")
+    valid_fraction: float = Field(0.1, gt=0, lt=1, description="reviews, by time, whose queries choose on valid")
+    test_fraction: float = Field(0.2, gt=0, lt=1, description="the latest reviews: queries scored once")
+    min_query_chars: int = Field(100, ge=1, description="a held-out review becomes a query when at least this long")
+    max_query_chars: int = Field(1000, ge=1, description="longer queries are cut at a word boundary")
+    ks: list[int] = Field([10, 100], min_length=1)
+    select: str = Field("ndcg@100", description="ndcg@K | recall@K | mrr: chooses the served mode and fusion weight")
+    depth: int = Field(1000, ge=1, description="candidates per ranker for fusion; MRR counts ranks up to this")
+    rrf_k: int = Field(60, ge=1, description="reciprocal rank fusion: 1 / (rrf_k + rank)")
+    hybrid_weights: list[float] = Field(
+        [0.2, 0.35, 0.5, 0.65, 0.8], min_length=1, description="dense share of the fusion, chosen on valid"
+    )
+    seeds: list[int] = Field([0, 1, 2], min_length=1, description="seeds of the trained ranker (BLaIR)")
+    blair: BlairParams = BlairParams()
+    encode_batch_size: int = Field(64, ge=1)
+    resources: ResourceParams = ResourceParams()
+
+    @model_validator(mode="after")
+    def _checks(self) -> SearchParams:
+        if self.valid_fraction + self.test_fraction >= 1:
+            raise ValueError("search.valid_fraction + search.test_fraction must leave training reviews (< 1)")
+        name, _, k = self.select.partition("@")
+        if not (self.select == "mrr" or (name in ("ndcg", "recall") and k.isdigit() and int(k) in self.ks)):
+            raise ValueError(f"search.select '{self.select}' must be mrr, ndcg@K or recall@K with K in ks {self.ks}")
+        if any(not 0 <= w <= 1 for w in self.hybrid_weights):
+            raise ValueError(f"search.hybrid_weights must lie in [0, 1], got {self.hybrid_weights}")
+        if max(self.ks) > self.depth:
+            raise ValueError(f"search.depth {self.depth} must be at least max(ks) {max(self.ks)}")
+        return self
+
+
 class XGBoostParams(_Section):
     n_estimators: int = Field(300, ge=1)
     max_depth: int = Field(6, ge=1, le=16)
@@ -574,6 +631,7 @@ class Params(_Section):
     finetune: FinetuneParams = FinetuneParams()
     retrieval: RetrievalParams = RetrievalParams()
     user_model: UserModelParams = UserModelParams()
+    search: SearchParams = SearchParams()
     recommenders: RecommendersParams = RecommendersParams()
     registry: RegistryParams = RegistryParams()
     serving: ServingParams = ServingParams()
