@@ -223,6 +223,32 @@ def evaluate_retrieval(
 
 
 @component
+def evaluate_search(
+    config: dict,
+    tracking_uri: str,
+    run_key: str,
+    job_id: str,
+    encoder: Input[Model],
+    search: Output[Model],
+    search_metrics: Output[Metrics],
+    results: Output[HTML],
+):
+    """Complex product search on the configured review data: BM25, the base and selected encoders, BLaIR
+    per seed and the hybrids; `search` holds the mode chosen on valid (a skip when no data is set)."""
+    from plmrec import kfp_runtime
+
+    kfp_runtime.evaluate_search(
+        config,
+        tracking_uri,
+        run_key or job_id,
+        encoder=encoder,
+        search=search,
+        search_metrics=search_metrics,
+        results=results,
+    )
+
+
+@component
 def train_user_model(
     config: dict,
     tracking_uri: str,
@@ -257,6 +283,7 @@ def compare_models(
     prepared_data: Input[Dataset],
     encoder: Input[Model],
     user_model: Input[Model],
+    search: Input[Model],
     compare_metrics: Output[Metrics],
     results: Output[HTML],
     bundle: Output[Model],
@@ -272,6 +299,7 @@ def compare_models(
         prepared_data=prepared_data,
         encoder=encoder,
         user_model=user_model,
+        search=search,
         compare_metrics=compare_metrics,
         results=results,
         bundle=bundle,
@@ -310,6 +338,7 @@ __all__ = [
     "compare_models",
     "evaluate_baseline",
     "evaluate_retrieval",
+    "evaluate_search",
     "finetune",
     "finish_tracking",
     "ingest",

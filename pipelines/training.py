@@ -1,6 +1,7 @@
 """The training pipeline: ingest -> validate raw -> prepare -> validate prepared, then two branches:
 pretrain encoder (GPU) -> fine-tune encoder (GPU) -> evaluate retrieval (the valid window chooses
-the encoder every later step uses) -> train the user model (GUIM) and compare models (XGBoost with
+the encoder every later step uses) -> evaluate product search (BM25, dense, BLaIR, hybrid on review
+data; its valid winner is the bundle's query mode), train the user model (GUIM) and compare models (XGBoost with
 PLM features, ALS variants, learning to rank) -> register the served recommender in MLflow (a gate
 promotes it to @champion), and train -> evaluate the baseline.
 
@@ -64,15 +65,20 @@ def build_training_pipeline(params: Params):
             retrieval = c.evaluate_retrieval(
                 **ctx, prepared_data=prepared, pretrained=encoder.outputs["model"], finetuned=tuned.outputs["model"]
             )
+            searched = c.evaluate_search(**ctx, encoder=retrieval.outputs["encoder"])
             users = c.train_user_model(**ctx, prepared_data=prepared, encoder=retrieval.outputs["encoder"])
             compared = c.compare_models(
                 **ctx,
                 prepared_data=prepared,
                 encoder=retrieval.outputs["encoder"],
                 user_model=users.outputs["user_model"],
+                search=searched.outputs["search"],
             )
             registered = c.register_model(**ctx, prepared_data=prepared, bundle=compared.outputs["bundle"])
-        tasks = (raw, raw_ok, prep, prep_ok, model, scored, encoder, tuned, retrieval, users, compared, registered)
+        tasks = (
+            *(raw, raw_ok, prep, prep_ok, model, scored, encoder, tuned, retrieval),
+            *(searched, users, compared, registered),
+        )
         for name, task in zip(STAGES, tasks, strict=True):  # the task name is the stage name; show it as such
             task.set_display_name(name)
         gpu_steps = {
@@ -80,6 +86,7 @@ def build_training_pipeline(params: Params):
             tuned: params.finetune.resources,
             retrieval: params.finetune.resources,
             users: params.user_model.resources,
+            searched: params.search.resources,
         }
         for task in (finish, *tasks):
             request_resources(

@@ -290,7 +290,13 @@ def _compiled(tmp_path, overlay):
     return spec, platform[0]["platforms"]["kubernetes"]["deploymentSpec"]["executors"] if platform else {}
 
 
-GPU_STEPS = {"exec-pretrain", "exec-finetune", "exec-evaluate-retrieval", "exec-train-user-model"}
+GPU_STEPS = {
+    "exec-pretrain",
+    "exec-finetune",
+    "exec-evaluate-retrieval",
+    "exec-evaluate-search",
+    "exec-train-user-model",
+}
 
 
 def test_the_gpu_overlay_puts_the_gpu_steps_on_the_gpu_pool_in_the_cuda_image(tmp_path):

@@ -24,7 +24,13 @@ def test_compiled_pipeline_ir(tmp_path):
     spec = yaml.safe_load(out.read_text())
     assert spec["pipelineInfo"]["name"] == "plmrec-training"
     execs = spec["deploymentSpec"]["executors"]
-    gpu_steps = {"exec-pretrain", "exec-finetune", "exec-evaluate-retrieval", "exec-train-user-model"}
+    gpu_steps = {
+        "exec-pretrain",
+        "exec-finetune",
+        "exec-evaluate-retrieval",
+        "exec-evaluate-search",
+        "exec-train-user-model",
+    }
     assert {n for n, e in execs.items() if e["container"]["image"] == "ghcr.io/plmrec/plmrec-cuda:0.1.0"} == gpu_steps
     assert {e["container"]["image"] for n, e in execs.items() if n not in gpu_steps} == {"registry.example/plmrec:test"}
     names = {c.removeprefix("comp-") for c in spec["components"]}

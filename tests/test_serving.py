@@ -215,6 +215,70 @@ def test_v2_answers_each_request_kind(server, recommender):
     assert r.status_code == 200 and r.json()["outputs"][0]["shape"] == [1, 10] and r.json()["id"]
 
 
+def test_each_search_mode_over_both_protocols_is_the_library(server, recommender):
+    """v1 `search_mode` per instance and v2 `search_mode` parameter answer as Recommender.search does:
+    lexical is BM25 over the descriptions, hybrid their fusion with the dense ranking."""
+    query = "red heart lantern"
+    by_mode = {}
+    for mode in ("dense", "lexical", "hybrid"):
+        direct = recommender.search([query], 5, mode)[0]
+        r = _v1(server, {"instances": [{"query": query, "k": 5, "search_mode": mode}]})
+        assert r.status_code == 200, r.text
+        assert [i["stock_code"] for i in r.json()["predictions"][0]["items"]] == direct.stock_codes
+        body = {
+            "inputs": [{"name": "query", "shape": [1], "datatype": "BYTES", "data": [query]}],
+            "parameters": {"k": 5, "search_mode": mode},
+        }
+        r = _v2(server, body)
+        assert r.status_code == 200, r.text
+        assert {o["name"]: o for o in r.json()["outputs"]}["stock_code"]["data"] == direct.stock_codes
+        by_mode[mode] = direct
+    words = {"red", "heart", "lantern", "lanterns", "hearts"}
+    assert by_mode["lexical"].stock_codes and all(
+        words & set(d.lower().split()) for d in by_mode["lexical"].descriptions
+    )
+    dense = recommender.search([query], recommender.n_items, "dense")[0].stock_codes  # the fusion by hand
+    lexical = recommender.search([query], recommender.n_items, "lexical")[0].stock_codes
+    weight, k = recommender.search_settings["hybrid_weight"], recommender.search_settings["rrf_k"]
+    fused = {}
+    for ranking, share in ((dense, weight), (lexical, 1 - weight)):
+        for rank, code in enumerate(ranking, start=1):
+            fused[code] = fused.get(code, 0.0) + share / (k + rank)
+    row = recommender.item_col
+    expected = sorted(fused, key=lambda c: (-fused[c], row[c]))[:5]
+    assert by_mode["hybrid"].stock_codes == expected
+    mixed = _v1(server, {"instances": [{"query": query, "k": 5, "search_mode": "lexical"}, {"query": query, "k": 5}]})
+    default = recommender.search_settings["default_mode"]
+    assert [i["stock_code"] for i in mixed.json()["predictions"][1]["items"]] == by_mode[default].stock_codes
+
+
+def test_the_bundle_serves_queries_in_the_mode_evaluate_search_chose(serving_bundles, tmp_path):
+    import json
+    import shutil
+
+    from plmrec.serving.bundle import search_settings
+
+    assert Recommender(serving_bundles["ltr"]).search_settings["default_mode"] == "dense"  # no decision given
+    copy = tmp_path / "bundle"
+    shutil.copytree(serving_bundles["ltr"], copy)
+    meta = json.loads((copy / "bundle.json").read_text())
+    decision = {
+        "mode": "lexical",
+        "ranker": "bm25",
+        "metric": "ndcg@100",
+        "evaluated": True,
+        "benchmark": "b",
+        "hybrid_weight": 0.65,
+        "rrf_k": 60,
+        "depth": 1000,
+    }
+    meta["search"] = search_settings(decision)
+    (copy / "bundle.json").write_text(json.dumps(meta))
+    rec = Recommender(copy, load_encoder=False)  # lexical needs no encoder
+    assert rec.search(["cake stand"], 4)[0].stock_codes == rec.search(["cake stand"], 4, "lexical")[0].stock_codes
+    assert "evaluate-search: best valid ndcg@100 (bm25)" in rec.search_settings["chosen_by"]
+
+
 BAD_V1 = [
     (
         "malformed JSON",
@@ -255,6 +319,19 @@ BAD_V1 = [
     ("query too long", dict(json={"instances": [{"query": "lamp " * 200}]}), 413, "characters"),
     ("customer id as a digit string", dict(json={"instances": [{"customer_id": "--5"}]}), 400, "must be an integer"),
     ("k as a string", dict(json={"instances": [{"query": "lamp", "k": "5"}]}), 400, "k must be an integer"),
+    (
+        "unknown search mode",
+        dict(json={"instances": [{"query": "lamp", "search_mode": "fuzzy"}]}),
+        400,
+        "instances[0].search_mode = 'fuzzy'; expected one of dense, lexical, hybrid",
+    ),
+    (
+        "search mode on a customer",
+        dict(json={"instances": [{"customer_id": 1, "search_mode": "lexical"}]}),
+        400,
+        "search_mode goes with a query",
+    ),
+    ("search mode not a string", dict(json={"instances": [{"query": "a", "search_mode": 1}]}), 400, "search_mode"),
     ("unknown top-level field", dict(json={"instances": [{"query": "lamp"}], "x": 1}), 400, "unknown top-level"),
     (
         "customer id beyond 64 bits, with a basket",
@@ -344,6 +421,20 @@ BAD_V2 = [
         b'"parameters": {"top": 5}}',
         400,
         "parameters.top is an unknown field",
+    ),
+    (
+        "unknown search mode",
+        b'{"inputs": [{"name": "query", "shape": [1], "datatype": "BYTES", "data": ["lamp"]}], '
+        b'"parameters": {"search_mode": "semantic"}}',
+        400,
+        "parameters.search_mode = 'semantic'; expected one of dense, lexical, hybrid",
+    ),
+    (
+        "search mode with a basket",
+        b'{"inputs": [{"name": "basket", "shape": [1], "datatype": "BYTES", "data": ["85123A"]}], '
+        b'"parameters": {"search_mode": "hybrid"}}',
+        400,
+        "search_mode goes with a query",
     ),
     (
         "query and customer together",

@@ -565,6 +565,25 @@ def stage_evaluate_retrieval(
     )
 
 
+@stage.command("evaluate-search")
+@params_option
+@set_option
+@click.option(
+    "--encoder",
+    "encoder_dir",
+    type=click.Path(file_okay=False, exists=True),
+    default=None,
+    help="the encoder chosen by evaluate-retrieval (its --selected), scored beside the base encoder",
+)
+@click.option("--out-dir", type=click.Path(file_okay=False), required=True, help="decision.json and the tables")
+@click.option("--metrics", type=click.Path(dir_okay=False), required=True)
+def stage_evaluate_search(params_path, overrides, encoder_dir, out_dir, metrics):
+    """Complex product search on review data: BM25, dense, BLaIR and hybrid rankers; valid picks the mode."""
+    from plmrec import stages
+
+    stages.evaluate_search(load_params(params_path, overrides), encoder_dir, out_dir=out_dir, metrics_path=metrics)
+
+
 @stage.command("train-user-model")
 @params_option
 @set_option
@@ -614,8 +633,15 @@ def stage_train_user_model(params_path, overrides, prepared, encoder_dir, out_di
     default=None,
     help="train-user-model's --out-dir: adds the user model's row and learning to rank with it",
 )
+@click.option(
+    "--search",
+    "search_dir",
+    type=click.Path(file_okay=False, exists=True),
+    default=None,
+    help="evaluate-search's --out-dir: the bundle serves queries in the search mode it chose",
+)
 def stage_compare_models(
-    params_path, overrides, prepared, encoder_dir, metrics, reports_dir, bundle_dir, user_model_dir
+    params_path, overrides, prepared, encoder_dir, metrics, reports_dir, bundle_dir, user_model_dir, search_dir
 ):
     """XGBoost with and without PLM features, ALS and its PLM variants, learning to rank, over seeds."""
     from plmrec import stages
@@ -628,6 +654,7 @@ def stage_compare_models(
         reports_dir=reports_dir,
         bundle_dir=bundle_dir,
         user_model_dir=user_model_dir,
+        search_dir=search_dir,
     )
 
 

@@ -189,6 +189,37 @@ def evaluate_retrieval(
     )
 
 
+def evaluate_search(config: dict, tracking_uri: str, run_key: str, *, encoder, search, search_metrics, results) -> None:
+    params, tracked = _setup(config, tracking_uri, run_key)
+    out = stages.evaluate_search(
+        params, encoder.path, out_dir=search.path, metrics_path=Path(search.path) / "metrics.json", **tracked
+    )
+    decision = out["decision"]
+    search.metadata.update({"framework": "plmrec-search", "mode": decision["mode"], "evaluated": decision["evaluated"]})
+    if not decision["evaluated"]:
+        Path(results.path).write_text(
+            f"<html><body><p>No product-search evaluation: {decision['reason']}.</p></body></html>"
+        )
+        return
+    for row in out["test"]:
+        label = tracking.safe_name(row["ranker"])
+        _log(
+            search_metrics,
+            {
+                f"test_{label}_{k.removeprefix('mean_').replace('@', '_at_')}": v
+                for k, v in row.items()
+                if k.startswith("mean_")
+            },
+        )
+    _log(search_metrics, {f"served_{mode}": int(mode == decision["mode"]) for mode in ("dense", "lexical", "hybrid")})
+    body = image_html(
+        "Product search",
+        [Path(search.path) / "categories.png"],
+        f"<pre>{(Path(search.path) / 'results.md').read_text()}</pre>",
+    )
+    Path(results.path).write_text(body)
+
+
 def train_user_model(
     config: dict, tracking_uri: str, run_key: str, *, prepared_data, encoder, user_model, user_model_metrics
 ) -> None:
@@ -217,6 +248,7 @@ def compare_models(
     prepared_data,
     encoder,
     user_model,
+    search,
     compare_metrics,
     results,
     bundle,
@@ -231,6 +263,7 @@ def compare_models(
         reports_dir=reports,
         bundle_dir=bundle.path,
         user_model_dir=user_model.path,
+        search_dir=search.path,
         **tracked,
     )
     bundle.metadata.update(

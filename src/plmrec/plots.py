@@ -95,3 +95,17 @@ def plot_embedding_space(vectors: np.ndarray, clusters: int, path: str | Path, *
     ax.set_title(title, fontsize=10)
     _save(plt, fig, path)
     return {"explained_variance_2d": float(ratio.sum()), "clusters": k}
+
+
+def plot_by_category(table, metric: str, path: str | Path, *, title: str) -> Path:
+    """Grouped bars: `metric` per category (rows) for each ranker (bars), from a long table with
+    columns category, ranker, metric."""
+    plt = _pyplot()
+    wide = table.pivot(index="category", columns="ranker", values=metric)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(wide) * max(1, len(wide.columns)) / 2), 4.5))
+    wide.plot.bar(ax=ax, width=0.8)
+    ax.set_ylabel(metric)
+    ax.set_title(title)
+    ax.legend(fontsize=7, ncol=min(3, len(wide.columns)))
+    ax.tick_params(axis="x", labelsize=7)
+    return _save(plt, fig, path)

@@ -36,6 +36,7 @@ STAGES = (
     "pretrain",
     "finetune",
     "evaluate-retrieval",
+    "evaluate-search",
     "train-user-model",
     "compare-models",
     "register-model",
@@ -709,6 +710,132 @@ def evaluate_retrieval(
         return {"benchmarks": results, "valid": valid, "selection": selection.to_dict()}
 
 
+# ---------------------------------------------------------------------------- product search
+def _log_search(run, out: Path, *, params: Params, tracked: dict) -> dict:
+    """Tables, plot, verdicts and headline figures of a search run: files under `out`, the stage run,
+    the parent run."""
+    from plmrec.plots import plot_by_category
+    from plmrec.reports import markdown_table
+    from plmrec.search.metrics import metric_name
+
+    settings = params.search
+    per_seed = run.per_seed()
+    per_seed.to_csv(out / "per_seed.csv", index=False)
+    tables = {}
+    for split in ("valid", "test"):
+        summary = run.summary(split)
+        flat = summary.set_axis([f"{a}_{b}" for a, b in summary.columns], axis=1).reset_index()
+        flat.to_csv(out / f"{split}_summary.csv", index=False)
+        tables[split] = flat
+    categories = run.categories()
+    categories.to_csv(out / "categories.csv", index=False)
+    top = f"ndcg@{max(settings.ks)}"
+    plot_by_category(categories, top, out / "categories.png", title=f"{run.benchmark.name}: test {top} by category")
+    verdicts = run.verdicts()
+    decision = run.decision()
+    lines = [
+        f"# Product search: {run.benchmark.name}",
+        "",
+        f"Test, mean ± std over seeds {settings.seeds} for trained rankers; served mode chosen on valid "
+        f"{settings.select}: **{decision['mode']}** ({decision['ranker']}).",
+        "",
+        markdown_table(tables["test"]),
+        "",
+        *[f"- {v}" for v in verdicts],
+        "",
+    ]
+    (out / "results.md").write_text("\n".join(lines))
+    tracking.log_table(tables["test"], "search/test_summary.json")
+    tracking.log_table(tables["valid"], "search/valid_summary.json")
+    tracking.log_table(categories, "search/categories.json")
+    for name in ("results.md", "per_seed.csv", "categories.csv", "categories.png"):
+        tracking.log_artifact(out / name, "search")
+    test = run.summary("test")
+    for ranker in test.index:
+        tracking.log_numeric(
+            {
+                f"test/{tracking.safe_name(ranker)}/{metric_name(m)}": test.loc[ranker, ("mean", m)]
+                for m in test["mean"].columns
+            }
+        )
+    tracking.set_verdicts(verdicts, title=f"Product search ({run.benchmark.name}), test {settings.select}")
+    tracking.set_tags({"plmrec.search_mode": decision["mode"], "plmrec.search_ranker": decision["ranker"]})
+    tracking.log_parent_metrics(
+        params,
+        {
+            f"test_search_{tracking.safe_name(r)}_{metric_name(settings.select)}": test.loc[
+                r, ("mean", settings.select)
+            ]
+            for r in test.index
+        },
+        **tracked,
+    )
+    tracking.set_parent_tags(params, {"plmrec.search_mode": decision["mode"]}, **tracked)
+    for v in verdicts:
+        say("evaluate-search", v)
+    return {"test": tables["test"].to_dict("records"), "verdicts": [str(v) for v in verdicts]}
+
+
+def evaluate_search(
+    params: Params,
+    encoder_dir: str | Path | None,
+    *,
+    out_dir: str | Path,
+    metrics_path: str | Path,
+    run_key: str | None = None,
+    tracking_uri: str | None = None,
+) -> dict:
+    """Complex product search on search.reviews_path: BM25, the base and selected (`encoder_dir`)
+    encoders, BLaIR per seed and the hybrids, chosen on valid and scored once on test. `out_dir` gets
+    decision.json (the served search mode, read by compare-models for the bundle) and the tables.
+    Without review data the stage records a skip and the decision keeps the dense mode."""
+    import tempfile
+
+    from plmrec.search.run import configured_benchmark, run_search, skipped_decision
+
+    settings, out = params.search, Path(out_dir)
+    tracked = {"run_key": run_key, "tracking_uri": tracking_uri}
+    out.mkdir(parents=True, exist_ok=True)
+    with tracking.stage_run(params, "evaluate-search", **tracked):
+        if not (settings.enabled and settings.reviews_path):
+            reason = "search.enabled is false" if not settings.enabled else "search.reviews_path is not set"
+            decision = skipped_decision(reason, settings)
+            write_json(out / "decision.json", decision)
+            (out / "results.md").write_text(f"No product-search evaluation: {reason}.\n")
+            write_json(metrics_path, {"search": {"evaluated": False, "reason": reason}})
+            tracking.set_tags({"plmrec.search_mode": "dense", "plmrec.search": f"skipped: {reason}"})
+            say("evaluate-search", f"skipped ({reason}); serving keeps the dense query path")
+            return {"decision": decision}
+        started = time.perf_counter()
+        bench = configured_benchmark(settings)
+        say("evaluate-search", "benchmark " + ", ".join(f"{k} {v}" for k, v in bench.summary().items()))
+        tracking.log_numeric({k: v for k, v in bench.summary().items() if isinstance(v, int)}, "benchmark_")
+        selected = Path(encoder_dir) / "sentence-transformer" if encoder_dir else None
+        if selected is not None and not (selected / "config.json").exists():
+            raise StageError(f"{selected} holds no encoder: run evaluate-retrieval first")
+        with tempfile.TemporaryDirectory(prefix="plmrec-blair-") as work:
+            run = run_search(bench, settings, base_model=params.pretrain.base_model, selected=selected, work_dir=work)
+        logged = _log_search(run, out, params=params, tracked=tracked)
+        decision = {**run.decision(), "evaluated": True}
+        write_json(out / "decision.json", decision)
+        summary = {
+            "benchmark": bench.summary(),
+            "decision": decision,
+            **logged,
+            "hybrid_weights": run.weights,
+            "facts": run.facts,
+            "seconds": round(time.perf_counter() - started, 1),
+        }
+        write_json(metrics_path, {"search": {k: summary[k] for k in ("benchmark", "decision", "test")}})
+        figure = decision["valid"][decision["mode"]][settings.select]
+        say(
+            "evaluate-search",
+            f"served mode {decision['mode']} ({decision['ranker']}, valid {settings.select} "
+            f"{figure:.4f}) -> {out / 'decision.json'}",
+        )
+        return summary
+
+
 # ---------------------------------------------------------------------------- the user model
 USER_MODEL_VERDICTS = (  # (metric, better, worse): the questions the user-model table answers
     ("recall@100", "guim-c4-id+text", "guim-c1-id+text"),
@@ -1173,6 +1300,16 @@ def _user_models(user_model_dir, prepared: pd.DataFrame, items: pd.DataFrame, *,
     return saved
 
 
+def _search_decision(search_dir: str | Path | None) -> dict | None:
+    """evaluate-search's decision.json, or None (no search stage: the bundle keeps the dense mode)."""
+    if search_dir is None:
+        return None
+    found = Path(search_dir) / "decision.json"
+    if not found.exists():
+        raise StageError(f"{search_dir} holds no decision.json: run evaluate-search first")
+    return json.loads(found.read_text())
+
+
 def _selected_encoder_name(encoder_dir: str | Path) -> str:
     """Which encoder a directory holds: selection.json's choice (evaluate-retrieval), else 'finetuned'."""
     found = Path(encoder_dir) / "selection.json"
@@ -1188,6 +1325,7 @@ def compare_models(
     reports_dir: str | Path,
     bundle_dir: str | Path | None = None,
     user_model_dir: str | Path | None = None,
+    search_dir: str | Path | None = None,
     run_key: str | None = None,
     tracking_uri: str | None = None,
 ) -> dict:
@@ -1196,7 +1334,8 @@ def compare_models(
     the encoder evaluate-retrieval chose on valid (`encoder_dir`: its item embeddings and model).
     With `user_model_dir` (train-user-model's output, when it trained one) also the user model's row
     and learning to rank with it. With `bundle_dir`, the served recommender (registry.served_model) is
-    refitted on all purchases and written there as a serving bundle."""
+    refitted on all purchases and written there as a serving bundle, its query path in the search mode
+    evaluate-search chose (`search_dir`; dense without it)."""
     from plmrec.serving.bundle import write_bundle
 
     out = Path(reports_dir)
@@ -1234,6 +1373,7 @@ def compare_models(
                 encoder_dir=Path(encoder_dir) / "sentence-transformer",
                 bundle_dir=bundle_dir,
                 user_models=user_models,
+                search=_search_decision(search_dir),
             )
             say(
                 "compare-models",

@@ -56,7 +56,12 @@ class Bm25Index:
         """[len(chunk), n_items] float32 score blocks, in query order. A word the items never use scores 0."""
         for start in range(0, len(queries), chunk):
             ids = self._query_ids(queries[start : start + chunk])
-            yield np.stack([self.retriever.get_scores(q) for q in ids]).astype(np.float32, copy=False)
+            yield np.stack([self._scores(q) for q in ids]).astype(np.float32, copy=False)
+
+    def _scores(self, ids: list[int]) -> np.ndarray:
+        if not ids:  # only stop words: nothing to match
+            return np.zeros(self.n_items, dtype=np.float32)
+        return self.retriever.get_scores([int(i) for i in ids])
 
     def top(self, queries: list[str], k: int) -> tuple[np.ndarray, np.ndarray]:
         """(item rows [Q, k], scores [Q, k]), best first; rows with score 0 (no shared word) are -1."""
@@ -74,6 +79,9 @@ class Bm25Index:
     def save(self, out_dir: str | Path) -> None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
+        # indexed from token ids, bm25s keeps an id -> id vocabulary that its JSON writer refuses (int keys);
+        # queries are token ids from our tokenizer's vocabulary, so the retriever's copy is saved as text
+        self.retriever.vocab_dict = {str(k): v for k, v in self.retriever.vocab_dict.items()}
         self.retriever.save(str(out), show_progress=False)
         self.tokenizer.save_vocab(str(out))
         (out / SETTINGS_FILE).write_text(json.dumps({**self.settings, "n_items": self.n_items}))

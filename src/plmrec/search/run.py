@@ -261,3 +261,38 @@ def run_search(
 
 def say(message: str) -> None:
     print(f"[plmrec] evaluate-search: {message}", flush=True)
+
+
+def benchmark_name(reviews_path: str | Path) -> str:
+    """A short name for a review source: its file or folder name without extensions."""
+    return Path(reviews_path).name.split(".")[0]
+
+
+def configured_benchmark(settings: SearchParams) -> SearchBenchmark:
+    """The benchmark search.reviews_path (and meta_path) describe, split as search.* says."""
+    from plmrec.search.benchmark import load_review_data, review_benchmark
+
+    reviews, items = load_review_data(settings.reviews_path, settings.meta_path)
+    return review_benchmark(
+        reviews,
+        items,
+        name=benchmark_name(settings.reviews_path),
+        valid_fraction=settings.valid_fraction,
+        test_fraction=settings.test_fraction,
+        min_query_chars=settings.min_query_chars,
+        max_query_chars=settings.max_query_chars,
+    )
+
+
+def skipped_decision(reason: str, settings: SearchParams) -> dict:
+    """What serving uses when no search benchmark ran: the dense encoder, as before."""
+    return {
+        "mode": "dense",
+        "ranker": None,
+        "evaluated": False,
+        "reason": reason,
+        "metric": settings.select,
+        "hybrid_weight": 0.5,
+        "rrf_k": settings.rrf_k,
+        "depth": settings.depth,
+    }

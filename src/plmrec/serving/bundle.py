@@ -10,12 +10,15 @@ settings, the ranker trained on the valid window) and writes one directory:
     history.npz          purchase lines and latest purchase day per (customer, item)
     ranker.json          the learning-to-rank XGBoost model (when the served model is ltr or ltr+user_model)
     encoder/             the sentence-transformers encoder, for free-text queries
+    search/              the BM25 index of the item descriptions (lexical and hybrid queries)
     user_model.pt        the GUIM user model (served user_model or ltr+user_model), with
     user_vectors.npy     every customer's C vectors (one row per customer) and
     user_item_vectors.npy  its item vectors: a customer scores an item by max_c cos(u_c, v_j)
 
 `Recommender` loads it and scores a customer, a basket or a text query with the same functions
-the evaluation used (`plmrec.recsys.recommend`), so what is served is what was measured.
+the evaluation used (`plmrec.recsys.recommend`), so what is served is what was measured. A query
+runs in the search mode evaluate-search chose on valid (bundle.json `search`), or the one a
+request names: dense (the encoder), lexical (BM25) or hybrid (their reciprocal rank fusion).
 """
 
 from __future__ import annotations
@@ -35,9 +38,12 @@ from plmrec.data.schema import DAY_NS
 from plmrec.errors import BundleError, UnknownCustomer
 from plmrec.features import EmbeddingFeatures
 from plmrec.recsys import recommend
+from plmrec.search.fusion import fuse
+from plmrec.search.lexical import Bm25Index
 from plmrec.vectors import normalise, stack
 
 BUNDLE_FORMAT = 1
+SEARCH_MODES = ("dense", "lexical", "hybrid")
 
 
 @dataclass
@@ -57,6 +63,22 @@ class Recommendation:
         if self.unknown_stock_codes:
             out["unknown_stock_codes"] = self.unknown_stock_codes
         return out
+
+
+def search_settings(decision: dict | None) -> dict:
+    """The query path's settings from evaluate-search's decision (dense, as before, without one)."""
+    decision = decision or {}
+    return {
+        "default_mode": decision.get("mode", "dense"),
+        "hybrid_weight": float(decision.get("hybrid_weight", 0.5)),
+        "rrf_k": int(decision.get("rrf_k", 60)),
+        "depth": int(decision.get("depth", 1000)),
+        "chosen_by": (
+            f"evaluate-search: best valid {decision['metric']} ({decision['ranker']}) on {decision.get('benchmark')}"
+            if decision.get("evaluated")
+            else f"default ({decision.get('reason', 'no evaluate-search decision')})"
+        ),
+    }
 
 
 def _history(
@@ -80,9 +102,11 @@ def build_bundle(
     metrics: dict | None = None,
     encoder_info: dict | None = None,
     user_model: str | Path | None = None,
+    search: dict | None = None,
 ) -> Path:
     """Refit `model` with the settings chosen on valid (`chosen`: factors, weights) on all purchases;
-    `user_model` (a file plmrec.usermodel.store saved, refitted on train + valid) for the user-model rows."""
+    `user_model` (a file plmrec.usermodel.store saved, refitted on train + valid) for the user-model rows;
+    `search`: evaluate-search's decision (the default query mode and the fusion weight)."""
     if model not in RECOMMENDER_MODELS:
         raise BundleError(f"unknown served model '{model}' (expected one of {', '.join(RECOMMENDER_MODELS)})")
     if model.startswith("ltr") and ranker is None:
@@ -123,6 +147,7 @@ def build_bundle(
     if model in USER_MODEL_ROWS:
         _write_user_model(user_model, out, prepared=prepared, customers=customers, codes=codes)
     shutil.copytree(encoder_dir, out / "encoder")
+    Bm25Index(items["Description"].astype(str).tolist()).save(out / "search")
     meta = {
         "format": BUNDLE_FORMAT,
         "model": model,
@@ -142,6 +167,7 @@ def build_bundle(
         "purchase_lines": int(counts.sum()),
         "metrics": metrics or {},
         "encoder": encoder_info or {},
+        "search": search_settings(search),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     (out / "bundle.json").write_text(json.dumps(meta, indent=2))
@@ -175,6 +201,7 @@ def write_bundle(
     encoder_dir: str | Path,
     bundle_dir: str | Path,
     user_models=None,
+    search: dict | None = None,
 ) -> dict:
     """The serving bundle of registry.served_model (auto: the recommender chosen on valid) from a
     comparison's rows and detail, with its test metrics (mean and std over seeds); `user_models`
@@ -210,6 +237,7 @@ def write_bundle(
         metrics=metrics,
         encoder_info={"source": str(encoder_dir)},
         user_model=user_model,
+        search=search,
     )
     return {"model": model, "metrics": metrics, "bundle": str(bundle_dir), "chosen_by": chosen_by}
 
@@ -272,6 +300,8 @@ class Recommender:
             self.ranker.load_model(str(path / "ranker.json"))
             self.ranker.set_params(n_jobs=1)  # one request is a few hundred rows: threads only add overhead
         self.encoder = self._load_encoder() if load_encoder else None
+        self.search_settings = self.meta.get("search") or search_settings(None)
+        self.lexical = Bm25Index.load(path / "search") if (path / "search").exists() else None
 
     def _load_user_model(self, n_customers: int) -> None:
         from plmrec.usermodel import store
@@ -432,14 +462,34 @@ class Recommender:
             *self._rank(counts, last_day, self._fold_in(counts), k=k, exclude_seen=exclude_seen), unknown
         )
 
-    def search(self, queries: list[str], k: int) -> list[Recommendation]:
-        """Items nearest to each free-text query (one encoder pass for all queries)."""
+    def search(self, queries: list[str], k: int, mode: str | None = None) -> list[Recommendation]:
+        """The top-K items for each free-text query in `mode` (None: the bundle's default): dense (one
+        encoder pass for all queries), lexical (BM25; items sharing no word are left out) or hybrid
+        (reciprocal rank fusion of both, the weight chosen on valid by evaluate-search)."""
+        settings = self.search_settings
+        mode = mode or settings["default_mode"]
+        if mode not in SEARCH_MODES:
+            raise BundleError(f"unknown search mode '{mode}' (expected one of {', '.join(SEARCH_MODES)})")
+        if mode != "dense" and self.lexical is None:
+            raise BundleError(f"{self.path}: no BM25 index (search/) for the {mode} mode; rebuild the bundle")
+        if mode == "lexical":
+            rows, scores = self.lexical.top(queries, k)
+            return [self._result(r[r >= 0], s[r >= 0]) for r, s in zip(rows, scores)]
         if self.encoder is None:
             raise BundleError("this Recommender was loaded without its encoder")
         q = self.encoder.encode(queries, convert_to_numpy=True, normalize_embeddings=True, batch_size=64)
         scores = q.astype(np.float32) @ self.item_vectors.T
-        top = recommend.top_k(scores, k)
-        return [self._result(t, scores[i, t]) for i, t in enumerate(top)]
+        if mode == "dense":
+            top = recommend.top_k(scores, k)
+            return [self._result(t, scores[i, t]) for i, t in enumerate(top)]
+        depth = min(settings["depth"], self.n_items)
+        dense = recommend.top_k(scores, depth)
+        lexical, _ = self.lexical.top(queries, depth)
+        out = []
+        for d, x in zip(dense, lexical):
+            rows, fused = fuse(d, x, weight=settings["hybrid_weight"], k=settings["rrf_k"])
+            out.append(self._result(rows[:k], fused[:k]))
+        return out
 
 
 def find_bundle(path: str | Path) -> Path:

@@ -1,7 +1,7 @@
 """The registered model's MLflow flavour: a pyfunc over the serving bundle.
 
 `mlflow.pyfunc.load_model("models:/plmrec-recommender@champion").predict(frame)` answers the same
-requests as the KServe predictor: one row per request with `customer_id`, `basket`, `query`, `k`.
+requests as the KServe predictor: one row per request with `customer_id`, `basket`, `query` (and `search_mode`), `k`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,19 @@ import pandas as pd
 
 from plmrec.tracking import ENCODER_RUNTIME, pinned_requirements
 
-_RUNTIME = ["pandas", "numpy", "scipy", "pyarrow", "xgboost-cpu", *ENCODER_RUNTIME, "pydantic", "pyyaml", "mlflow"]
+_RUNTIME = [
+    "pandas",
+    "numpy",
+    "scipy",
+    "pyarrow",
+    "xgboost-cpu",
+    *ENCODER_RUNTIME,
+    "bm25s",
+    "PyStemmer",
+    "pydantic",
+    "pyyaml",
+    "mlflow",
+]
 
 
 def pip_requirements() -> list[str]:
@@ -49,6 +61,7 @@ def signature(bundle_dir, example: pd.DataFrame):
             ColSpec("string", "query", required=False),
             ColSpec(AnyType(), "k", required=False),
             ColSpec("boolean", "exclude_seen", required=False),
+            ColSpec("string", "search_mode", required=False),
         ]
     )
     output = answer_frame(Recommender(find_bundle(bundle_dir), load_encoder=False), example)

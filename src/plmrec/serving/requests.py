@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from plmrec.config import ServingParams
 from plmrec.errors import RequestError, UnknownCustomer
-from plmrec.serving.bundle import Recommender
+from plmrec.serving.bundle import SEARCH_MODES, Recommender
 
 
 @dataclass
@@ -27,6 +27,7 @@ class Query:
     basket: list[str] = field(default_factory=list)
     text: str = ""
     exclude_seen: bool = False
+    search_mode: str | None = None  # a query's ranker: dense | lexical | hybrid; None: the bundle's default
 
 
 INT64_MAX = 2**63 - 1
@@ -43,6 +44,7 @@ class Instance(BaseModel):
     query: str | None = None
     k: int | None = None
     exclude_seen: bool = False
+    search_mode: str | None = None
 
 
 class V1Request(BaseModel):
@@ -56,6 +58,7 @@ class V2Parameters(BaseModel):
     model_config = _STRICT
     k: int | None = None
     exclude_seen: bool = False
+    search_mode: str | None = None
 
 
 _KIND = {
@@ -122,12 +125,24 @@ def _text(value: str, where: str, limits: ServingParams) -> str:
 _INSTANCE_KEYS = tuple(Instance.model_fields)
 
 
+def _search_mode(value: str | None, where: str, *, is_query: bool) -> str | None:
+    if value is None:
+        return None
+    if not is_query:
+        raise RequestError(f"{where} goes with a query; a customer or basket request takes no search_mode")
+    if value not in SEARCH_MODES:
+        raise RequestError(f"{where} = {value!r}; expected one of {', '.join(SEARCH_MODES)}")
+    return value
+
+
 def _query(inst: Instance, where: str, limits: ServingParams) -> Query:
     k = _k(inst.k, f"{where}.k", limits)
     if inst.query is not None:
         if inst.customer_id is not None or inst.basket is not None:
             raise RequestError(f"{where}: a query instance takes no customer_id or basket")
-        return Query("query", k, text=_text(inst.query, f"{where}.query", limits))
+        mode = _search_mode(inst.search_mode, f"{where}.search_mode", is_query=True)
+        return Query("query", k, text=_text(inst.query, f"{where}.query", limits), search_mode=mode)
+    _search_mode(inst.search_mode, f"{where}.search_mode", is_query=False)
     basket = _basket(inst.basket, f"{where}.basket", limits) if inst.basket is not None else []
     if inst.customer_id is not None:
         return Query("customer", k, customer_id=inst.customer_id, basket=basket, exclude_seen=inst.exclude_seen)
@@ -212,7 +227,7 @@ def _tensor_values(inp) -> list:
 def parse_v2(request, limits: ServingParams) -> list[Query]:
     """Inputs (one kind per request), each one-dimensional with its datatype: `customer_id` [B] INT64,
     optionally with `basket` [n] BYTES when B = 1; `basket` [n] BYTES alone; or `query` [B] BYTES.
-    Parameters: `k`, `exclude_seen`."""
+    Parameters: `k`, `exclude_seen`, and `search_mode` (dense | lexical | hybrid) for queries."""
     names = [inp.name for inp in request.inputs]
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
@@ -234,10 +249,14 @@ def parse_v2(request, limits: ServingParams) -> list[Query]:
         if name != "basket" and rows > limits.max_instances:
             raise RequestError(f"input '{name}' has {rows} rows; at most {limits.max_instances}", 413)
     values = {name: _tensor_values(inp) for name, inp in inputs.items()}
+    mode = _search_mode(parameters.search_mode, "parameters.search_mode", is_query="query" in values)
     if "query" in values:
         if len(values) > 1:
             raise RequestError("a query request takes no customer_id or basket input")
-        return [Query("query", k, text=_text(v, f"query[{i}]", limits)) for i, v in enumerate(values["query"])]
+        return [
+            Query("query", k, text=_text(v, f"query[{i}]", limits), search_mode=mode)
+            for i, v in enumerate(values["query"])
+        ]
     basket = _basket(values["basket"], "basket", limits) if "basket" in values else []
     if "customer_id" in values:
         ids = values["customer_id"]
@@ -252,11 +271,11 @@ def parse_v2(request, limits: ServingParams) -> list[Query]:
 
 
 def answer(recommender: Recommender, queries: list[Query]) -> list[dict]:
-    texts = [q for q in queries if q.kind == "query"]
     found = {}
-    if texts:
+    for mode in dict.fromkeys(q.search_mode for q in queries if q.kind == "query"):  # one pass per mode
+        texts = [q for q in queries if q.kind == "query" and q.search_mode == mode]
         k = max(q.k for q in texts)
-        for q, rec in zip(texts, recommender.search([q.text for q in texts], k)):
+        for q, rec in zip(texts, recommender.search([q.text for q in texts], k, mode)):
             rec.stock_codes, rec.descriptions, rec.scores = (
                 rec.stock_codes[: q.k],
                 rec.descriptions[: q.k],
