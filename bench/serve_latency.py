@@ -2,7 +2,8 @@
 
 Starts `plmrec serve` on a bundle (`--bundle`, or one built here from the real Online Retail data,
 synthetic without it, with the offline MiniLM and the learning-to-rank recommender), then sends
-`--requests` requests of each kind (customer id, anonymous basket, free-text query) over v1 at
+`--requests` requests of each kind (customer id, anonymous basket, free-text query in each search
+mode: dense, lexical, hybrid) over v1 at
 concurrency 1 and 8 from keep-alive clients, and reports p50/p95/p99 latency and requests/s.
 
 The naive path is measured in the same run, in-process beside the served one: customer scores by a
@@ -154,7 +155,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from helpers import plmrec_server
-    from plmrec.serving.bundle import Recommender
+    from plmrec.serving.bundle import SEARCH_MODES, Recommender
 
     args.bundle, source, tmp = given_or_built(args.bundle, args.seed, prefix="plmrec-bench-")
     rec = Recommender(args.bundle)
@@ -167,7 +168,13 @@ def main() -> None:
         "basket": [
             {"instances": [{"basket": rng.sample(list(rec.codes), 5), "k": args.k}]} for _ in range(args.requests)
         ],
-        "query": [{"instances": [{"query": rng.choice(QUERIES) + f" {i}", "k": args.k}]} for i in range(args.requests)],
+        **{
+            f"query_{mode}": [
+                {"instances": [{"query": rng.choice(QUERIES) + f" {i}", "k": args.k, "search_mode": mode}]}
+                for i in range(args.requests)
+            ]
+            for mode in SEARCH_MODES
+        },
     }
     result = {
         "benchmark": "serve_latency",
@@ -193,7 +200,11 @@ def main() -> None:
     sample = [(c, args.k) for c in customers[:50]]
     served_customer = timed_ms(rec.recommend_customer, sample)
     scan_customer = timed_ms(lambda c, k: naive_customer(rec, c, k), sample)
-    served_query = timed_ms(lambda q, k: rec.search([q], k), [(q, args.k) for q in QUERIES])
+    served_query = timed_ms(lambda q, k: rec.search([q], k, "dense"), [(q, args.k) for q in QUERIES])
+    per_mode = {
+        mode: round(timed_ms(lambda q, k, m=mode: rec.search([q], k, m), [(q, args.k) for q in QUERIES]), 3)
+        for mode in SEARCH_MODES
+    }
     naive = timed_ms(lambda q, k: naive_query(rec, q, k), [(q, args.k) for q in QUERIES[: args.naive_queries]])
     result["in_process_ms"] = {
         "customer_served_path": round(served_customer, 3),
@@ -202,7 +213,9 @@ def main() -> None:
         "query_served_path": round(served_query, 3),
         "query_reencode_catalogue": round(naive, 1),
         "query_speedup": round(naive / served_query, 1),
+        **{f"query_{mode}_served_path": ms for mode, ms in per_mode.items()},
     }
+    result["search_default_mode"] = rec.search_settings["default_mode"]
     c8 = result["load"].get("customer_c8")
     if c8:
         result["target"] = {"customer_c8_p99_ms": c8["p99_ms"], "under_50_ms": c8["p99_ms"] < 50}

@@ -224,3 +224,31 @@ def plmrec_server(args: list[str], cwd: Path, env: dict | None = None) -> ChildS
         cwd=cwd,
         env={"HF_HUB_OFFLINE": "1", **(env or {})},
     )
+
+
+def small_review_file(out: Path, records: int = 150) -> Path | None:
+    """The first `records` user records of the real UCSD review sample as a file of their own (None when
+    ../shared/data is absent)."""
+    import gzip
+
+    src = SHARED_DATA / "amazon-search" / "amazon2023-ucsd-sample" / "training.jsonl.gz"
+    if not src.exists():
+        return None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with gzip.open(src, "rt") as fh, gzip.open(out, "wt") as dst:
+        for i, line in enumerate(fh):
+            if i == records:
+                break
+            dst.write(line)
+    return out
+
+
+def tiny_search_params(reviews_path, **overrides):
+    """evaluate-search settings that run in seconds with the tiny model: one seed, a few BLaIR steps."""
+    from plmrec.config import BlairParams, SearchParams
+
+    blair = BlairParams(batch_size=8, max_pairs=48, epochs=1.0, max_length=48, learning_rate=1e-3, log_every=2)
+    base = dict(
+        reviews_path=str(reviews_path) if reviews_path else None, seeds=[0], blair=blair, depth=200, min_query_chars=60
+    )
+    return SearchParams(**{**base, **overrides})

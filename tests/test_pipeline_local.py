@@ -5,7 +5,14 @@ import warnings
 import mlflow
 import pytest
 
-from helpers import quick_recommenders_params, quick_user_model_params, tiny_finetune_params, tiny_pretrain_params
+from helpers import (
+    quick_recommenders_params,
+    quick_user_model_params,
+    small_review_file,
+    tiny_finetune_params,
+    tiny_pretrain_params,
+    tiny_search_params,
+)
 from plmrec import stages
 from plmrec.data.online_retail import transactions_to_csv_bytes
 from plmrec.localrun import run_local
@@ -30,6 +37,7 @@ def test_pipeline_runs_end_to_end(small_params, tiny_model_dir, mlflow_server, t
     small_params.finetune = tiny_finetune_params()
     small_params.recommenders = quick_recommenders_params()
     small_params.user_model = quick_user_model_params()
+    small_params.search = tiny_search_params(small_review_file(tmp_path / "reviews.jsonl.gz"))
     small_params.registry.model_name = "pipeline-test-recommender"  # the MLflow server is shared by the session
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
@@ -124,6 +132,20 @@ def test_pipeline_runs_end_to_end(small_params, tiny_model_dir, mlflow_server, t
     )
     assert 0 < m["test_accuracy_plm_xgboost"] < 1
 
+    searched = children["evaluate-search"]  # product search on the review sample; valid chose the mode
+    if small_params.search.reviews_path:
+        mode = searched.data.tags["plmrec.search_mode"]
+        assert mode in {"dense", "lexical", "hybrid"} and parent[0].data.tags["plmrec.search_mode"] == mode
+        assert 0 <= m["test_search_bm25_ndcg_at_100"] <= 1 and "blair.vs.bm25" in searched.data.tags
+        assert "search/test_summary.json" in listed(searched, "search")
+        bundle_meta = next(p for p in (tmp_path / "run" / "artifacts").rglob("bundle.json") if p.is_file())
+        import json
+
+        served_search = json.loads(bundle_meta.read_text())["search"]
+        assert served_search["default_mode"] == mode and "evaluate-search" in served_search["chosen_by"]
+    else:
+        assert searched.data.tags["plmrec.search"].startswith("skipped")
+
     registered = children["register-model"]  # the served recommender, registered and (first version) promoted
     served = compared.data.tags["plmrec.served_model"]
     champion = client.get_model_version_by_alias("pipeline-test-recommender", "champion")
@@ -150,6 +172,7 @@ def test_pipeline_runs_end_to_end(small_params, tiny_model_dir, mlflow_server, t
     description = parent[0].data.tags["mlflow.note.content"]  # what the run concluded, in the runs table
     assert f"**encoder** (chosen on valid): encoder '{chosen}'" in description and "**gate** (version" in description
     assert "**served model**" in description and "**split**: train < " in description
+    assert "**search mode** (free-text queries)" in description
 
     files = {p.name for p in (tmp_path / "run" / "artifacts").rglob("*") if p.is_file()}
     assert {

@@ -1,7 +1,6 @@
 """Complex product search: the Amazon-C4 and ESCI loaders, the review benchmark's time split, BM25,
 reciprocal rank fusion, the metrics and the evaluate-search stage."""
 
-import gzip
 import json
 import math
 
@@ -10,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import shared
-from plmrec.config import BlairParams, Params, SearchParams
+from helpers import shared, small_review_file, tiny_search_params
+from plmrec.config import BlairParams, Params
 from plmrec.errors import DataLoadError
 from plmrec.search import datasets
 from plmrec.search.benchmark import load_review_data, query_benchmark, review_benchmark
@@ -181,30 +180,22 @@ def test_metrics_count_ties_against_the_target():
 # ---------------------------------------------------------------------------------------------- the stage
 @pytest.fixture(scope="module")
 def small_reviews(tmp_path_factory):
-    """The first 150 user records of the real UCSD sample, as a review file of their own."""
-    src = shared(*UCSD, "training.jsonl.gz")
-    out = tmp_path_factory.mktemp("reviews") / "sample.jsonl.gz"
-    with gzip.open(src, "rt") as fh, gzip.open(out, "wt") as dst:
-        for i, line in enumerate(fh):
-            if i == 150:
-                break
-            dst.write(line)
-    return out
+    shared(*UCSD)
+    return small_review_file(tmp_path_factory.mktemp("reviews") / "sample.jsonl.gz")
 
 
-def _search_params(tmp_path, base_model, **search):
+def _search_params(tmp_path, base_model, reviews_path=None):
     params = Params()
     params.pretrain.base_model = str(base_model)
     params.tracking.uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    blair = BlairParams(batch_size=8, max_pairs=48, epochs=1.0, max_length=48, learning_rate=1e-3, log_every=2)
-    params.search = SearchParams(**{"seeds": [0, 1], "blair": blair, "depth": 200, **search})
+    params.search = tiny_search_params(reviews_path, seeds=[0, 1])
     return params
 
 
 def test_evaluate_search_scores_every_ranker_and_chooses_the_mode_on_valid(tmp_path, small_reviews, tiny_model_dir):
     from plmrec import stages
 
-    params = _search_params(tmp_path, tiny_model_dir, reviews_path=str(small_reviews), min_query_chars=60)
+    params = _search_params(tmp_path, tiny_model_dir, small_reviews)
     out = stages.evaluate_search(params, None, out_dir=tmp_path / "search", metrics_path=tmp_path / "m.json")
     decision = json.loads((tmp_path / "search" / "decision.json").read_text())
     assert decision["evaluated"] and decision["mode"] in ("dense", "lexical", "hybrid")

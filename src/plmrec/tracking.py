@@ -163,7 +163,7 @@ def parent_run(uri: str, params: Params, run_key: str, *, run_name: str | None =
 
 def run_description(client, params: Params, *, run_id: str, run_key: str) -> str:
     """What a pipeline run concluded, in a few lines (the run's description in the MLflow UI): data,
-    split, the encoder valid chose, the served model and the gate's decision."""
+    split, the encoder valid chose, the search mode, the served model and the gate's decision."""
     parent = client.get_run(run_id)
     children = client.search_runs(
         [parent.info.experiment_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{run_key}'", max_results=200
@@ -179,6 +179,9 @@ def run_description(client, params: Params, *, run_id: str, run_key: str) -> str
     ]
     if ENCODER_TAG in tags:
         lines.append(f"**encoder** (chosen on valid): {tags.get('plmrec.encoder_selection', tags[ENCODER_TAG])}")
+    if "plmrec.search_mode" in tags:
+        how = tags.get("plmrec.search", f"{tags.get('plmrec.search_ranker', '?')} best on valid")
+        lines.append(f"**search mode** (free-text queries): {tags['plmrec.search_mode']} ({how})")
     if "plmrec.served_model" in tags:
         lines.append(f"**served model**: {tags['plmrec.served_model']}")
     if "plmrec.gate" in tags:
