@@ -250,6 +250,7 @@ def run_search(
                 "pairs": entry.get("pairs"),
                 "steps": entry.get("steps"),
                 "final_loss": entry["losses"][-1][1] if entry.get("losses") else None,
+                "train_seconds": entry.get("seconds"),  # of the training itself, also when reused
                 "seconds": round(time.perf_counter() - started, 2),
             }
             say(f"{bench.name}: blair seed {seed} trained and scored")
