@@ -9,7 +9,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	# The CPU build of torch first: a plain `torch` requirement would pull CUDA wheels.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -c constraints.txt -e ".[test,text,recsys,search,serve,cluster,tracking-server]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[test,text,recsys,search,dask,serve,cluster,tracking-server]"
 	touch $@
 
 setup: $(VENV)/.installed

@@ -124,7 +124,7 @@ def test_max_similarity_is_the_best_cosine_to_a_bought_item(monkeypatch, keep_ma
         monkeypatch.setattr(recommend, "SIMILARITY_MATRIX_MAX_ITEMS", 0)
     rng = np.random.default_rng(0)
     vectors = rng.standard_normal((40, 8)).astype(np.float32)
-    dense = (rng.random((7, 40)) < 0.1).astype(np.float32) * rng.integers(1, 4, (7, 40))
+    dense = (rng.random((7, 40)) < 0.3).astype(np.float32) * rng.integers(1, 4, (7, 40))  # more lines than items
     dense[2] = 0  # a customer without history scores 0 everywhere
     unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
     got = recommend.max_similarity(sp.csr_matrix(dense), vectors, block=3)

@@ -117,7 +117,9 @@ def max_similarity(counts: sp.csr_matrix, item_vectors: np.ndarray, *, block: in
     counts = sp.csr_matrix(counts)
     v = item_vectors / np.maximum(np.linalg.norm(item_vectors, axis=1, keepdims=True), 1e-12)
     v = v.astype(np.float32)
-    pairwise = v @ v.T if len(v) <= SIMILARITY_MATRIX_MAX_ITEMS else None
+    # the item x item matrix pays off only when the histories hold more rows than the catalogue (a batch);
+    # one served customer multiplies just its own items (a few ms, not the whole matrix per request)
+    pairwise = v @ v.T if counts.nnz > len(v) and len(v) <= SIMILARITY_MATRIX_MAX_ITEMS else None
     out = np.zeros((counts.shape[0], len(v)), dtype=np.float32)
     for start in range(0, counts.shape[0], block):
         part = counts[start : start + block]
