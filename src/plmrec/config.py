@@ -435,6 +435,13 @@ class XGBoostParams(_Section):
     early_stopping_rounds: int = Field(20, ge=1)
     n_jobs: int = Field(0, description="0: all cores")
     device: str = Field("cpu", description="cpu | cuda (XGBoost on GPU)")
+    backend: Literal["local", "dask"] = Field(
+        "local", description="local: in this process | dask: xgboost.dask on a Dask cluster (plmrec.recsys.boosting)"
+    )
+    dask_scheduler: str | None = Field(
+        None, description="dask: a running scheduler's address (tcp://host:8786); null: a LocalCluster per fit"
+    )
+    dask_workers: int = Field(2, ge=1, description="dask: the LocalCluster's workers, and the data's partitions")
 
     def booster_settings(self) -> dict:
         """The keyword arguments every plmrec XGBoost model (classifier or ranker) takes from these settings."""

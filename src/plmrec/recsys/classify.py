@@ -19,6 +19,7 @@ import xgboost as xgb
 from plmrec.config import ClassifierParams, XGBoostParams
 from plmrec.features import TEXT_GROUPS, EmbeddingFeatures, TabularEncoder
 from plmrec.metrics import classification_metrics
+from plmrec.recsys import boosting
 
 TEXT_THEN_SELECTION = "text+rf_selection"
 
@@ -97,7 +98,7 @@ def _fit_chosen_on_valid(fits: list[tuple], train: tuple, valid: tuple, *, xp: X
     for threshold, columns in fits:
         model = classifier(xp, n_labels, seed)
         start = time.perf_counter()
-        model.fit(x_train[columns], y_train, eval_set=[(x_valid[columns], y_valid)], verbose=False)
+        boosting.fit_classifier(model, xp, x=x_train[columns], y=y_train, eval_set=[(x_valid[columns], y_valid)])
         seconds = time.perf_counter() - start
         accuracy = classification_metrics(y_valid, model.predict(x_valid[columns]), n_labels)["accuracy"]
         if best is None or accuracy > best[0]:

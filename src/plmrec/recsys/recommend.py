@@ -111,12 +111,15 @@ def user_profiles(
 SIMILARITY_MATRIX_MAX_ITEMS = 8192  # below this the item x item cosine matrix is kept (256 MiB at most)
 
 
-def max_similarity(counts: sp.csr_matrix, item_vectors: np.ndarray, *, block: int = 256) -> np.ndarray:
+def max_similarity(
+    counts: sp.csr_matrix, item_vectors: np.ndarray, *, block: int = 256, unit: bool = False
+) -> np.ndarray:
     """Per customer row and item: the cosine of the item to the most similar item the customer bought
-    (item-to-item neighbours over text, one interest per bought item); 0 for a customer without history."""
+    (item-to-item neighbours over text, one interest per bought item); 0 for a customer without history.
+    unit: the vectors are already L2-normalised float32 (a serving bundle's), so they are used as they are."""
     counts = sp.csr_matrix(counts)
-    v = item_vectors / np.maximum(np.linalg.norm(item_vectors, axis=1, keepdims=True), 1e-12)
-    v = v.astype(np.float32)
+    v = item_vectors if unit else item_vectors / np.maximum(np.linalg.norm(item_vectors, axis=1, keepdims=True), 1e-12)
+    v = v.astype(np.float32, copy=False)
     # the item x item matrix pays off only when the histories hold more rows than the catalogue (a batch);
     # one served customer multiplies just its own items (a few ms, not the whole matrix per request)
     pairwise = v @ v.T if counts.nnz > len(v) and len(v) <= SIMILARITY_MATRIX_MAX_ITEMS else None
@@ -207,6 +210,7 @@ def score_rows(
     n_clusters: int,
     popularity: np.ndarray,
     similarity: str = "max",
+    unit_vectors: bool = False,
 ) -> Scorers:
     """Scorers for the customers whose purchase rows (and ALS vectors) are given; the served path
     scores one customer or basket with the same function as the evaluation."""
@@ -217,7 +221,9 @@ def score_rows(
         raise ValueError(f"unknown similarity '{similarity}' (expected max or mean)")
     return Scorers(
         mf=user_factors @ item_factors.T,
-        similarity=max_similarity(counts, item_vectors) if similarity == "max" else vecs @ item_vectors.T,
+        similarity=(
+            max_similarity(counts, item_vectors, unit=unit_vectors) if similarity == "max" else vecs @ item_vectors.T
+        ),
         cluster=share[:, clusters],
         popularity=popularity,
         bought=(counts > 0).toarray().astype(np.float32),
@@ -353,15 +359,17 @@ def fit_ranker(frame: pd.DataFrame, qid: np.ndarray, labels: np.ndarray, *, rp: 
     held = np.random.default_rng(seed).choice(queries, size=max(1, len(queries) // 5), replace=False)
     is_held = np.isin(qid, held)
     ranker = xgb.XGBRanker(**xp.booster_settings(), objective="rank:ndcg", eval_metric="ndcg@10", random_state=seed)
-    ranker.fit(
-        frame[~is_held],
-        labels[~is_held],
+    from plmrec.recsys.boosting import fit_ranker as fit_on_backend
+
+    return fit_on_backend(
+        ranker,
+        xp,
+        x=frame[~is_held],
+        y=labels[~is_held],
         qid=qid[~is_held],
         eval_set=[(frame[is_held], labels[is_held])],
         eval_qid=[qid[is_held]],
-        verbose=False,
     )
-    return ranker
 
 
 def ltr_rank(ranker, frame: pd.DataFrame, qid: np.ndarray, *, candidates: list[np.ndarray], k: int) -> np.ndarray:

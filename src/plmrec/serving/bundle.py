@@ -388,6 +388,7 @@ class Recommender:
             n_clusters=m["n_clusters"],
             popularity=self.popularity,
             similarity=m.get("similarity", "mean"),
+            unit_vectors=True,  # normalised when the bundle was built
         )
         if self.user_model is not None:
             users = self._user_vectors(last_day) if users is None else users
