@@ -5,6 +5,9 @@ data; its valid winner is the bundle's query mode), train the user model (GUIM) 
 PLM features, ALS variants, learning to rank) -> register the served recommender in MLflow (a gate
 promotes it to @champion), and train -> evaluate the baseline.
 
+With `pretrain.resources.distributed.workers` (or finetune's) above 1 that step becomes a light CPU pod
+that runs the stage as a Kubeflow Trainer TrainJob on N nodes (plmrec.cluster.trainjob) and waits for it.
+
 Every stage logs to one MLflow parent run (keyed by the KFP job id, or `run_key`); an exit
 handler closes that run with the pipeline's final state, failed or not.
 """
@@ -88,6 +91,11 @@ def build_training_pipeline(params: Params):
             users: params.user_model.resources,
             searched: params.search.resources,
         }
+        for task, resources in ((encoder, params.pretrain.resources), (tuned, params.finetune.resources)):
+            dist = resources.distributed
+            if dist.workers > 1:  # the step launches a TrainJob and waits: a light CPU pod on the shared volume
+                gpu_steps[task] = params.pipeline.step_resources
+                kubernetes.mount_pvc(task, pvc_name=dist.volume_claim, mount_path=dist.mount_path)
         for task in (finish, *tasks):
             request_resources(
                 task, gpu_steps.get(task, params.pipeline.step_resources), params.pipeline.image_pull_secrets

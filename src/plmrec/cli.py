@@ -367,6 +367,41 @@ def manifests_validate(overlays, kubernetes_version):
         sys.exit(1)
 
 
+@manifests.command("trainjob")
+@click.argument("stage_name", type=click.Choice(["pretrain", "finetune"]))
+@params_option
+@set_option
+@click.option("--run-key", default="manual", show_default=True, help="the pipeline run the job belongs to")
+@click.option("--namespace", default=None, help="the job's namespace (default: serving.namespace, else none)")
+def manifests_trainjob(stage_name, params_path, overrides, run_key, namespace):
+    """Print the Kubeflow Trainer TrainJob the pipeline step submits for a stage with
+    <stage>.resources.distributed.workers > 1, checked offline against the Trainer API's schema
+    (exit 1 with one line per problem)."""
+    import yaml
+
+    from plmrec import tracking
+    from plmrec.cluster import trainjob
+    from plmrec.errors import ManifestError
+
+    p = load_params(params_path, overrides)
+    dist = trainjob.resources_of(p, stage_name).distributed
+    if dist.workers == 1:
+        click.echo(f"{stage_name}.resources.distributed.workers is 1: the step trains in its own pod, no TrainJob")
+        return
+    try:
+        doc = trainjob.job_for(
+            p,
+            stage_name,
+            run_key=run_key,
+            tracking_uri=tracking.resolve_tracking_uri(p),
+            namespace=namespace or p.serving.namespace or None,
+        )
+    except ManifestError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(1)
+    click.echo(yaml.safe_dump(doc, sort_keys=False), nl=False)
+
+
 @main.group()
 def params():
     """Inspect the configuration."""
@@ -487,11 +522,16 @@ def _copy_outputs(out_dir: str, plots: dict[str, Path]) -> None:
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True)
 @click.option("--metrics", type=click.Path(dir_okay=False), default=None, help="write per-phase figures here (JSON)")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="copy the loss curve PNG here")
-def stage_pretrain(params_path, overrides, prepared, out_dir, metrics, plot):
+@click.option(
+    "--result", type=click.Path(dir_okay=False), default=None, help="write the stage's whole report here (JSON)"
+)
+def stage_pretrain(params_path, overrides, prepared, out_dir, metrics, plot, result):
     """DAPT/TAPT pretraining (MLM, TSDAE) of the encoder; resumes an interrupted run."""
     from plmrec import stages
 
     report = stages.pretrain(load_params(params_path, overrides), prepared, out_dir)
+    if result:
+        stages.write_json(result, report)
     if metrics:
         stages.write_json(metrics, stages.pretrain_summary(report))
     if plot:
@@ -513,11 +553,16 @@ def stage_pretrain(params_path, overrides, prepared, out_dir, metrics, plot):
 @click.option(
     "--plots-dir", type=click.Path(file_okay=False), default=None, help="copy the loss curve and embedding picture here"
 )
-def stage_finetune(params_path, overrides, prepared, pretrained, out_dir, metrics, plots_dir):
+@click.option(
+    "--result", type=click.Path(dir_okay=False), default=None, help="write the stage's whole report here (JSON)"
+)
+def stage_finetune(params_path, overrides, prepared, pretrained, out_dir, metrics, plots_dir, result):
     """Contrastive fine-tuning, then item/user embeddings and the item index."""
     from plmrec import stages
 
     report = stages.finetune(load_params(params_path, overrides), prepared, pretrained, out_dir=out_dir)
+    if result:
+        stages.write_json(result, report)
     if metrics:
         stages.write_json(
             metrics, {"finetune": {**stages.finetune_summary(report), "embeddings": report["embeddings"]}}

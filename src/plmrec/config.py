@@ -156,6 +156,34 @@ class TolerationParams(_Section):
         return self
 
 
+class DistributedParams(_Section):
+    """Data-parallel training as a Kubeflow Trainer v2 TrainJob (trainer.kubeflow.org/v1alpha1) that the
+    pipeline step renders, submits and waits for (plmrec.cluster.trainjob). workers 1: the step trains in
+    its own pod, as without this section."""
+
+    workers: int = Field(1, ge=1, description="nodes (pods) of the TrainJob; 1: no job, the step trains itself")
+    gpus_per_worker: int = Field(1, ge=0, description="GPUs and torchrun processes per node; 0: one CPU process")
+    runtime: str = Field("torch-distributed", description="the ClusterTrainingRuntime the job runs on")
+    volume_claim: str | None = Field(
+        None, description="a ReadWriteMany PVC mounted by the step and every node: inputs, checkpoints, the model"
+    )
+    mount_path: str = Field("/mnt/plmrec", description="where the claim is mounted, in the step and in the job")
+    service_account: str | None = Field(None, description="the job's pods' service account (null: the runtime's)")
+    active_deadline_s: int | None = Field(None, ge=1, description="the job fails after this long (null: no limit)")
+    poll_s: float = Field(15.0, gt=0, description="how often the step reads the job's status")
+
+    @model_validator(mode="after")
+    def _volume_when_distributed(self) -> DistributedParams:
+        if self.workers > 1 and not self.volume_claim:
+            raise ValueError(
+                "distributed.workers > 1 needs distributed.volume_claim: a ReadWriteMany PersistentVolumeClaim "
+                "the pipeline step and the job's pods share (inputs, checkpoints and the trained model)"
+            )
+        if not self.mount_path.startswith("/"):
+            raise ValueError(f"distributed.mount_path must be absolute, got {self.mount_path!r}")
+        return self
+
+
 class ResourceParams(_Section):
     """What a pipeline step asks the cluster for (the local runner ignores it)."""
 
@@ -167,6 +195,9 @@ class ResourceParams(_Section):
     memory_limit: str = "32G"
     node_selector: dict[str, str] = Field(default_factory=dict, description="e.g. {nvidia.com/gpu.present: 'true'}")
     tolerations: list[TolerationParams] = Field(default_factory=list)
+    distributed: DistributedParams = Field(
+        default_factory=DistributedParams, description="pretrain and finetune: workers > 1 runs a TrainJob"
+    )
 
 
 class TrainingSettings(_Section):
@@ -654,6 +685,16 @@ class Params(_Section):
                 raise ValueError(
                     f"registry metric '{metric}' must be <precision|recall|f1|map|ndcg>@<k> with k in "
                     f"recommenders.ks {ks}"
+                )
+        for section in ("user_model", "search", "pipeline.step_resources"):
+            owner = self
+            for part in section.split("."):
+                owner = getattr(owner, part)
+            resources = owner if section.endswith("resources") else owner.resources
+            if resources.distributed.workers > 1:
+                raise ValueError(
+                    f"{section}: distributed.workers > 1 is for pretrain and finetune (their loop is data parallel "
+                    f"under torchrun); this step trains in one process"
                 )
         if self.serving.default_k > self.serving.max_k:
             raise ValueError(f"serving.default_k {self.serving.default_k} exceeds serving.max_k {self.serving.max_k}")

@@ -82,6 +82,13 @@ class DeployError(PlmrecError):
     """The InferenceService cannot be pointed at a registered version."""
 
 
+class TrainJobFailed(PlmrecError):
+    """A distributed training job (Kubeflow Trainer TrainJob) failed or timed out; the message carries
+    the job's own reason and message."""
+
+    exit_code = 1
+
+
 # ---------------------------------------------------------------------------- serving
 class BundleError(PlmrecError):
     """A serving bundle is missing, incomplete or of another format: the server cannot answer."""

@@ -28,6 +28,23 @@ def _log(metrics_artifact, values: dict) -> None:
             metrics_artifact.log_metric(k, float(v))
 
 
+def _distributed(params: Params, stage: str, tracked: dict, *, inputs: dict, out: str) -> dict:
+    """The stage as a Kubeflow Trainer job (plmrec.cluster.trainjob): its model copied to `out`, its
+    report returned. The job's rank 0 logs the stage's MLflow run under the pipeline's parent."""
+    from plmrec.cluster import trainjob
+
+    work = trainjob.run_distributed(
+        params,
+        stage,
+        run_key=tracked["run_key"],
+        tracking_uri=tracked["tracking_uri"],
+        inputs=inputs,
+        report=lambda message: stages.say(stage, message),
+    )
+    shutil.copytree(work / "model", out, dirs_exist_ok=True)
+    return json.loads((work / "result.json").read_text())
+
+
 def ingest(config: dict, tracking_uri: str, run_key: str, *, raw_data, ingest_metrics) -> None:
     params, tracked = _setup(config, tracking_uri, run_key)
     out = stages.ingest(params, raw_data.path, **tracked)
@@ -90,7 +107,10 @@ def pretrain(
     config: dict, tracking_uri: str, run_key: str, *, prepared_data, model, pretrain_metrics, loss_curve
 ) -> None:
     params, tracked = _setup(config, tracking_uri, run_key)
-    report = stages.pretrain(params, prepared_data.path, model.path, **tracked)
+    if params.pretrain.resources.distributed.workers > 1:
+        report = _distributed(params, "pretrain", tracked, inputs={"--prepared": prepared_data.path}, out=model.path)
+    else:
+        report = stages.pretrain(params, prepared_data.path, model.path, **tracked)
     model.metadata.update(
         {
             "framework": "sentence-transformers",
@@ -111,7 +131,11 @@ def finetune(
     config: dict, tracking_uri: str, run_key: str, *, prepared_data, pretrained, model, finetune_metrics, plots
 ) -> None:
     params, tracked = _setup(config, tracking_uri, run_key)
-    report = stages.finetune(params, prepared_data.path, pretrained.path, out_dir=model.path, **tracked)
+    if params.finetune.resources.distributed.workers > 1:
+        inputs = {"--prepared": prepared_data.path, "--pretrained": pretrained.path}
+        report = _distributed(params, "finetune", tracked, inputs=inputs, out=model.path)
+    else:
+        report = stages.finetune(params, prepared_data.path, pretrained.path, out_dir=model.path, **tracked)
     model.metadata.update(
         {
             "framework": "sentence-transformers",

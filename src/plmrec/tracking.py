@@ -244,8 +244,13 @@ def set_parent_tags(params: Params, tags: dict[str, Any], *, run_key: str | None
 def stage_run(
     params: Params, stage: str, *, run_key: str | None = None, tracking_uri: str | None = None
 ) -> Iterator[Any]:
-    """A nested MLflow run for one stage under the parent of `run_key` (standalone if None)."""
+    """A nested MLflow run for one stage under the parent of `run_key` (standalone if None and no
+    PLMREC_RUN_KEY in the environment: a distributed job's nodes get the pipeline's key that way)."""
+    import os
+
     import mlflow
+
+    run_key = run_key or os.environ.get("PLMREC_RUN_KEY") or None
 
     uri = tracking_uri or resolve_tracking_uri(params)
     if not is_main_process():  # under torchrun only rank 0 tracks; the others write to a throwaway store
