@@ -246,33 +246,60 @@ def test_cuda_bf16_path(tiny_model_dir, compile_):
     assert r2.precision == "bf16" and np.isfinite(r2.losses[-1][1])
 
 
-@pytest.mark.integration
-def test_data_parallel_under_torchrun(tiny_model_dir, tmp_path):
-    """Two CPU processes (gloo): replicas stay identical, batches are split, rank 0 writes."""
+def _free_port() -> int:
     import socket
-    import subprocess
-    import sys
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_addr",
-        "127.0.0.1",
-        "--master_port",
-        str(port),
-        str(Path(__file__).parent / "ddp_worker.py"),
-        str(tiny_model_dir),
-        str(tmp_path),
+        return s.getsockname()[1]
+
+
+def _run_nodes(commands: list[tuple[list[str], dict]]) -> None:
+    """Start every node's process at once (they rendezvous), wait for all, fail with the first's stderr."""
+    import subprocess
+
+    procs = [
+        subprocess.Popen(
+            cmd,
+            env={**os.environ, "OMP_NUM_THREADS": "1", **env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for cmd, env in commands
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
-    assert res.returncode == 0, res.stderr[-3000:]
+    outputs = [p.communicate(timeout=600) for p in procs]
+    for p, (_, err) in zip(procs, outputs):
+        assert p.returncode == 0, err[-3000:]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("launcher", ["torchrun", "trainer-v2-nodes", "training-operator-v1-pods"])
+def test_data_parallel_under_torchrun(tiny_model_dir, tmp_path, launcher):
+    """Two CPU processes (gloo): replicas stay identical, batches are split, rank 0 writes. Launched
+    three ways: one torchrun with two processes; two "nodes" of a Kubeflow Trainer v2 TrainJob, each a
+    bare `torchrun` that finds everything in the PET_* variables the torch runtime sets (PET_NNODES,
+    PET_NPROC_PER_NODE, PET_NODE_RANK, PET_MASTER_ADDR, PET_MASTER_PORT); and two pods of a Training
+    Operator v1 PyTorchJob, each the plain command with MASTER_ADDR, MASTER_PORT, WORLD_SIZE and RANK."""
+    import sys
+
+    port = _free_port()
+    worker = [str(Path(__file__).parent / "ddp_worker.py"), str(tiny_model_dir), str(tmp_path)]
+    run = [sys.executable, "-m", "torch.distributed.run"]
+    if launcher == "torchrun":
+        flags = ["--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(port)]
+        _run_nodes([([*run, *flags, *worker], {})])
+    elif launcher == "trainer-v2-nodes":
+        pet = {
+            "PET_NNODES": "2",
+            "PET_NPROC_PER_NODE": "1",
+            "PET_MASTER_ADDR": "127.0.0.1",
+            "PET_MASTER_PORT": str(port),
+        }
+        _run_nodes([([*run, *worker], {**pet, "PET_NODE_RANK": str(node)}) for node in (0, 1)])
+    else:
+        pod = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2"}
+        _run_nodes([([sys.executable, *worker], {**pod, "RANK": str(rank)}) for rank in (0, 1)])
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
     assert r0["start"] == r1["start"] and r0["end"] == r1["end"] != r0["start"]  # gradients averaged
     assert r0["samples"] == r1["samples"] == 6 * 4 * 2  # throughput of the whole job
