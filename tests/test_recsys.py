@@ -133,6 +133,11 @@ def test_max_similarity_is_the_best_cosine_to_a_bought_item(monkeypatch, keep_ma
         want = (unit[bought] @ unit.T).max(axis=0) if len(bought) else np.zeros(40)
         np.testing.assert_allclose(got[r], want, atol=1e-5)
     assert np.allclose(got[dense > 0], 1.0, atol=1e-5)  # a bought item is its own nearest neighbour
+    if keep_matrix:  # the server's way: the matrix computed once, each request reading its items' rows
+        served = recommend.max_similarity(
+            sp.csr_matrix(dense[:1]), vectors, pairwise=recommend.item_similarity(vectors)
+        )
+        np.testing.assert_allclose(served[0], got[0], atol=1e-5)
 
 
 def test_repeat_blend_is_the_text_free_counterpart():

@@ -111,18 +111,32 @@ def user_profiles(
 SIMILARITY_MATRIX_MAX_ITEMS = 8192  # below this the item x item cosine matrix is kept (256 MiB at most)
 
 
+def item_similarity(item_vectors: np.ndarray, *, unit: bool = False) -> np.ndarray | None:
+    """The item x item cosine matrix (float32), or None above SIMILARITY_MATRIX_MAX_ITEMS items."""
+    if len(item_vectors) > SIMILARITY_MATRIX_MAX_ITEMS:
+        return None
+    v = item_vectors if unit else item_vectors / np.maximum(np.linalg.norm(item_vectors, axis=1, keepdims=True), 1e-12)
+    v = v.astype(np.float32, copy=False)
+    return v @ v.T
+
+
 def max_similarity(
-    counts: sp.csr_matrix, item_vectors: np.ndarray, *, block: int = 256, unit: bool = False
+    counts: sp.csr_matrix,
+    item_vectors: np.ndarray,
+    *,
+    block: int = 256,
+    unit: bool = False,
+    pairwise: np.ndarray | None = None,
 ) -> np.ndarray:
     """Per customer row and item: the cosine of the item to the most similar item the customer bought
     (item-to-item neighbours over text, one interest per bought item); 0 for a customer without history.
-    unit: the vectors are already L2-normalised float32 (a serving bundle's), so they are used as they are."""
+    unit: the vectors are already L2-normalised float32 (a serving bundle's), so they are used as they are;
+    pairwise: item_similarity() computed once (the server keeps it), else built here for a large batch."""
     counts = sp.csr_matrix(counts)
     v = item_vectors if unit else item_vectors / np.maximum(np.linalg.norm(item_vectors, axis=1, keepdims=True), 1e-12)
     v = v.astype(np.float32, copy=False)
-    # the item x item matrix pays off only when the histories hold more rows than the catalogue (a batch);
-    # one served customer multiplies just its own items (a few ms, not the whole matrix per request)
-    pairwise = v @ v.T if counts.nnz > len(v) and len(v) <= SIMILARITY_MATRIX_MAX_ITEMS else None
+    if pairwise is None and counts.nnz > len(v):  # a batch with more history rows than items: the matrix pays off
+        pairwise = item_similarity(v, unit=True)
     out = np.zeros((counts.shape[0], len(v)), dtype=np.float32)
     for start in range(0, counts.shape[0], block):
         part = counts[start : start + block]
@@ -211,6 +225,7 @@ def score_rows(
     popularity: np.ndarray,
     similarity: str = "max",
     unit_vectors: bool = False,
+    pairwise: np.ndarray | None = None,
 ) -> Scorers:
     """Scorers for the customers whose purchase rows (and ALS vectors) are given; the served path
     scores one customer or basket with the same function as the evaluation."""
@@ -222,7 +237,9 @@ def score_rows(
     return Scorers(
         mf=user_factors @ item_factors.T,
         similarity=(
-            max_similarity(counts, item_vectors, unit=unit_vectors) if similarity == "max" else vecs @ item_vectors.T
+            max_similarity(counts, item_vectors, unit=unit_vectors, pairwise=pairwise)
+            if similarity == "max"
+            else vecs @ item_vectors.T
         ),
         cluster=share[:, clusters],
         popularity=popularity,

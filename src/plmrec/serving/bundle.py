@@ -288,6 +288,9 @@ class Recommender:
                 f"{path}: arrays do not match {len(self.codes)} items / {len(customers)} customers: {bad}"
             )
         self.model = self.meta["model"]
+        self.item_similarity = (  # computed once: a request then reads its items' rows (max text similarity)
+            recommend.item_similarity(self.item_vectors, unit=True) if self.meta.get("similarity") == "max" else None
+        )
         self.rp = RecommendersParams.model_validate({"ltr": self.meta["ltr"]})  # the candidate settings
         self.ranker = None
         self.user_model = self.user_vectors = self.user_item_vectors = None
@@ -389,6 +392,7 @@ class Recommender:
             popularity=self.popularity,
             similarity=m.get("similarity", "mean"),
             unit_vectors=True,  # normalised when the bundle was built
+            pairwise=self.item_similarity,
         )
         if self.user_model is not None:
             users = self._user_vectors(last_day) if users is None else users
