@@ -91,7 +91,12 @@ def build_training_pipeline(params: Params):
             users: params.user_model.resources,
             searched: params.search.resources,
         }
-        for task, resources in ((encoder, params.pretrain.resources), (tuned, params.finetune.resources)):
+        launchable = (
+            (encoder, params.pretrain.resources),
+            (tuned, params.finetune.resources),
+            (users, params.user_model.resources),
+        )
+        for task, resources in launchable:
             dist = resources.distributed
             if dist.workers > 1:  # the step launches a TrainJob and waits: a light CPU pod on the shared volume
                 gpu_steps[task] = params.pipeline.step_resources

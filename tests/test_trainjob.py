@@ -32,7 +32,10 @@ def _compiled(tmp_path, overrides):
 
 
 def test_workers_2_compiles_to_a_launcher_step_whose_job_is_valid(tmp_path):
-    spec, k8s = _compiled(tmp_path, DISTRIBUTED)
+    users = ["user_model.resources.distributed.workers=2", "user_model.resources.distributed.volume_claim=plmrec-work"]
+    spec, k8s = _compiled(tmp_path, [*DISTRIBUTED, *users])
+    launcher = spec["deploymentSpec"]["executors"]["exec-train-user-model"]["container"]
+    assert "accelerator" not in launcher.get("resources", {}) and "pvcMount" in k8s["exec-train-user-model"]
     step = spec["deploymentSpec"]["executors"]["exec-pretrain"]["container"]
     assert "accelerator" not in step.get("resources", {}) and step["image"] == "ghcr.io/plmrec/plmrec:0.1.0"
     assert k8s["exec-pretrain"]["pvcMount"][0]["mountPath"] == "/mnt/plmrec"  # the volume it shares with the job
@@ -42,6 +45,8 @@ def test_workers_2_compiles_to_a_launcher_step_whose_job_is_valid(tmp_path):
     params = parse_params(config, origin="compiled pipeline")
     doc = trainjob.job_for(params, "pretrain", run_key="kfp-run-1", tracking_uri="http://mlflow:5000", namespace="ml")
     assert trainjob.trainjob_problems(doc) == []
+    user_job = trainjob.job_for(params, "train-user-model", run_key="kfp-run-1", tracking_uri="http://mlflow:5000")
+    assert trainjob.trainjob_problems(user_job) == [] and "--out-dir" in user_job["spec"]["trainer"]["args"]
     trainer = doc["spec"]["trainer"]
     assert trainer["numNodes"] == 2 and trainer["numProcPerNode"] == 2
     assert trainer["image"] == "ghcr.io/plmrec/plmrec-cuda:0.1.0"
@@ -115,10 +120,10 @@ def test_the_schema_rejects_what_the_api_server_would(valid_job, case, change, m
 def test_distributed_settings_are_checked_where_they_are_written():
     with pytest.raises(ConfigError, match="needs distributed.volume_claim"):
         load_params(ROOT / "params.yaml", ["finetune.resources.distributed.workers=3"])
-    with pytest.raises(ConfigError, match="user_model: distributed.workers > 1 is for pretrain and finetune"):
+    with pytest.raises(ConfigError, match="search: distributed.workers > 1 is for pretrain, finetune and user_model"):
         load_params(
             ROOT / "params.yaml",
-            ["user_model.resources.distributed.workers=2", "user_model.resources.distributed.volume_claim=v"],
+            ["search.resources.distributed.workers=2", "search.resources.distributed.volume_claim=v"],
         )
 
 
@@ -172,3 +177,54 @@ def test_the_work_folder_holds_the_inputs_and_params_that_train_in_one_process_p
     assert args[args.index("--prepared") + 1] == str(work / "inputs" / "prepared")
     with pytest.raises(ManifestError, match="inputs"):
         trainjob.prepare_work_dir(params, "finetune", run_key="r", inputs={"--prepared": prepared})
+
+
+@pytest.mark.integration
+def test_the_user_model_stage_runs_as_two_trainjob_nodes(tmp_path):
+    """What a TrainJob's nodes run for train-user-model: `torchrun -m plmrec.cli stage train-user-model`
+    on each of two "nodes", rendezvous from the PET_* variables alone (as the torch runtime sets them);
+    both ranks train, rank 0 writes the model and the report once."""
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from helpers import SMALL, minilm_items, quick_user_model_params
+    from plmrec.config import Params, SyntheticParams
+    from plmrec.data.prepare import prepare_transactions
+    from plmrec.data.synthetic import generate_transactions
+
+    p = Params()
+    prepared, _ = prepare_transactions(generate_transactions(SyntheticParams(**SMALL)), p.clean, p.split)
+    items, _ = minilm_items(prepared)
+    (tmp_path / "selected").mkdir()
+    items.to_parquet(tmp_path / "selected" / "item_embeddings.parquet", index=False)
+    prepared.to_parquet(tmp_path / "prepared.parquet", index=False)
+    params = Params(user_model=quick_user_model_params(variants=[{"vectors": 2, "inputs": "id+text"}], seeds=[0]))
+    params.tracking.uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params.to_dict()))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    stage = ["-m", "plmrec.cli", "stage", "train-user-model", "--params", str(tmp_path / "params.yaml")]
+    stage += ["--prepared", str(tmp_path / "prepared.parquet"), "--encoder", str(tmp_path / "selected")]
+    stage += ["--out-dir", str(tmp_path / "model"), "--metrics", str(tmp_path / "result.json")]
+    pet = {"PET_NNODES": "2", "PET_NPROC_PER_NODE": "1", "PET_MASTER_ADDR": "127.0.0.1", "PET_MASTER_PORT": str(port)}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "torch.distributed.run", *stage],
+            env={**os.environ, "OMP_NUM_THREADS": "1", "PLMREC_RUN_KEY": "job-test", **pet, "PET_NODE_RANK": str(n)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for n in (0, 1)
+    ]
+    outputs = [proc.communicate(timeout=900) for proc in procs]
+    for proc, (out, err) in zip(procs, outputs):
+        assert proc.returncode == 0, (out[-2000:], err[-3000:])
+    result = json.loads((tmp_path / "result.json").read_text())["user_model"]
+    assert result["chosen"] == "guim-c2-id+text" and (tmp_path / "model" / "user_model.pt").exists()
+    assert (tmp_path / "model" / "seeds" / "0" / "refit.pt").exists()
+    assert 0 <= result["variants"]["guim-c2-id+text"]["valid_ndcg@10"] <= 1

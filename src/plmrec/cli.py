@@ -368,7 +368,7 @@ def manifests_validate(overlays, kubernetes_version):
 
 
 @manifests.command("trainjob")
-@click.argument("stage_name", type=click.Choice(["pretrain", "finetune"]))
+@click.argument("stage_name", type=click.Choice(["pretrain", "finetune", "train-user-model"]))
 @params_option
 @set_option
 @click.option("--run-key", default="manual", show_default=True, help="the pipeline run the job belongs to")

@@ -196,7 +196,7 @@ class ResourceParams(_Section):
     node_selector: dict[str, str] = Field(default_factory=dict, description="e.g. {nvidia.com/gpu.present: 'true'}")
     tolerations: list[TolerationParams] = Field(default_factory=list)
     distributed: DistributedParams = Field(
-        default_factory=DistributedParams, description="pretrain and finetune: workers > 1 runs a TrainJob"
+        default_factory=DistributedParams, description="pretrain, finetune, user_model: workers > 1 runs a TrainJob"
     )
 
 
@@ -686,15 +686,15 @@ class Params(_Section):
                     f"registry metric '{metric}' must be <precision|recall|f1|map|ndcg>@<k> with k in "
                     f"recommenders.ks {ks}"
                 )
-        for section in ("user_model", "search", "pipeline.step_resources"):
+        for section in ("search", "pipeline.step_resources"):
             owner = self
             for part in section.split("."):
                 owner = getattr(owner, part)
             resources = owner if section.endswith("resources") else owner.resources
             if resources.distributed.workers > 1:
                 raise ValueError(
-                    f"{section}: distributed.workers > 1 is for pretrain and finetune (their loop is data parallel "
-                    f"under torchrun); this step trains in one process"
+                    f"{section}: distributed.workers > 1 is for pretrain, finetune and user_model (their loop is "
+                    f"data parallel under torchrun); this step trains in one process"
                 )
         if self.serving.default_k > self.serving.max_k:
             raise ValueError(f"serving.default_k {self.serving.default_k} exceeds serving.max_k {self.serving.max_k}")

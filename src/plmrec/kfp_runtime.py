@@ -248,14 +248,18 @@ def train_user_model(
     config: dict, tracking_uri: str, run_key: str, *, prepared_data, encoder, user_model, user_model_metrics
 ) -> None:
     params, tracked = _setup(config, tracking_uri, run_key)
-    out = stages.train_user_model(
-        params,
-        prepared_data.path,
-        encoder.path,
-        out_dir=user_model.path,
-        metrics_path=Path(user_model.path) / "metrics.json",
-        **tracked,
-    )["user_model"]
+    if params.user_model.resources.distributed.workers > 1:
+        inputs = {"--prepared": prepared_data.path, "--encoder": encoder.path}
+        out = _distributed(params, "train-user-model", tracked, inputs=inputs, out=user_model.path)["user_model"]
+    else:
+        out = stages.train_user_model(
+            params,
+            prepared_data.path,
+            encoder.path,
+            out_dir=user_model.path,
+            metrics_path=Path(user_model.path) / "metrics.json",
+            **tracked,
+        )["user_model"]
     if not out.get("chosen"):
         return
     user_model.metadata.update({"framework": "plmrec-user-model", "variant": out["chosen"], "select": out["select"]})

@@ -20,6 +20,7 @@ from plmrec import tracking
 from plmrec.config import Params
 from plmrec.data.files import file_digest
 from plmrec.data.tables import read_table, write_table
+from plmrec.distributed import is_main_process, rank
 from plmrec.errors import DataValidationFailed, StageError
 from plmrec.ranking import RANKING_METRICS
 
@@ -1001,6 +1002,8 @@ def train_user_model(
         table = pd.DataFrame(rows)
         summary, verdicts = user_model_summary(table)
         chosen = summary[("mean", f"valid_{um.select}")].idxmax()
+        if not is_main_process():  # under torchrun (a TrainJob) rank 0 writes the model and the reports
+            return {"user_model": {"chosen": chosen, "rank": rank()}}
         chosen_runs = [r for r in runs if r["variant"] == chosen]
         saved = _save_user_model(chosen_runs, data, out, params=params)
         probe = _profile_probe(chosen_runs, data, prepared, params=params)

@@ -209,9 +209,12 @@ def finish_parent(uri: str, params: Params, run_key: str, *, status: str, messag
 
 
 def _parent_client(params: Params, *, run_key: str | None, tracking_uri: str | None):
-    """(MlflowClient, parent run id) of the pipeline run `run_key`, or None without a run key (a
-    standalone stage has no parent)."""
-    if not run_key:
+    """(MlflowClient, parent run id) of the pipeline run `run_key` (or PLMREC_RUN_KEY: a distributed
+    job's nodes), or None without one (a standalone stage has no parent) and on ranks other than 0."""
+    import os
+
+    run_key = run_key or os.environ.get("PLMREC_RUN_KEY")
+    if not run_key or not is_main_process():
         return None
     import mlflow
 

@@ -1,6 +1,6 @@
 """Training steps as Kubeflow Trainer v2 jobs: render, validate offline, submit, wait.
 
-With `<section>.resources.distributed.workers` > 1 (pretrain, finetune), the pipeline step does not
+With `<section>.resources.distributed.workers` > 1 (pretrain, finetune, user_model), the pipeline step does not
 train in its own pod: it copies its inputs to a shared volume, renders a TrainJob
 (trainer.kubeflow.org/v1alpha1) that runs the same `plmrec stage <name>` under torchrun on N nodes
 of the `torch-distributed` ClusterTrainingRuntime, submits it, reports its status until it ends,
@@ -36,7 +36,7 @@ GROUP, VERSION, PLURAL, KIND = "trainer.kubeflow.org", "v1alpha1", "trainjobs", 
 PATCH_MANAGER = "plmrec.dev/pipeline"  # who owns the runtime patch (a domain-prefixed path)
 NODE = "node"  # the torch runtime's replicated job and container
 VOLUME = "plmrec-work"
-DISTRIBUTED_STAGES = {"pretrain": "pretrain", "finetune": "finetune"}  # stage -> params section
+DISTRIBUTED_STAGES = {"pretrain": "pretrain", "finetune": "finetune", "train-user-model": "user_model"}
 
 
 def resources_of(params: Params, stage: str) -> ResourceParams:
@@ -244,17 +244,27 @@ def _namespace() -> str:
     return found.read_text().strip() if found.exists() else "default"
 
 
-STAGE_INPUTS = {"pretrain": ("--prepared",), "finetune": ("--prepared", "--pretrained")}
-STAGE_OUTPUTS = {"--out": "model", "--result": "result.json"}  # flag -> name in the job's folder
+STAGE_INPUTS = {
+    "pretrain": ("--prepared",),
+    "finetune": ("--prepared", "--pretrained"),
+    "train-user-model": ("--prepared", "--encoder"),
+}
+STAGE_OUTPUTS = {  # flag -> name in the job's folder: the model, and the stage's report (JSON)
+    "pretrain": {"--out": "model", "--result": "result.json"},
+    "finetune": {"--out": "model", "--result": "result.json"},
+    "train-user-model": {"--out-dir": "model", "--metrics": "result.json"},
+}
 
 
 def stage_args(params: Params, stage: str, *, run_key: str) -> list[str]:
     """`plmrec stage <stage> ...` as the job runs it: params, inputs and outputs in its folder."""
+    if stage not in STAGE_INPUTS:
+        raise ManifestError(f"stage '{stage}' does not train distributed (only {', '.join(STAGE_INPUTS)})")
     work = work_dir(params, stage, run_key)
     args = ["stage", stage, "--params", str(work / "params.yaml")]
     for flag in STAGE_INPUTS[stage]:
         args += [flag, str(work / "inputs" / flag.strip("-"))]
-    for flag, name in STAGE_OUTPUTS.items():
+    for flag, name in STAGE_OUTPUTS[stage].items():
         args += [flag, str(work / name)]
     return args
 

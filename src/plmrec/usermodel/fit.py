@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from plmrec.distributed import is_main_process
 from plmrec.errors import EarlyStop, TrainingConfigError
 from plmrec.training.batches import steps_for_epochs
 from plmrec.training.loop import TrainConfig, Trainer
@@ -125,7 +126,7 @@ class UserModelTrainer:
         if self.on_epoch:
             self.on_epoch(row)
         path = self._best_file()
-        if path:
+        if path and is_main_process():  # under torchrun every rank scores the same replica; one writes
             path.parent.mkdir(parents=True, exist_ok=True)
             torch.save({"best": self.best, "by_epoch": self.by_epoch}, path)
         if epoch - self.best["epoch"] >= self.settings.patience:
