@@ -85,3 +85,20 @@ def test_the_ranker_on_a_local_dask_cluster_ranks_as_in_one_process():
     assert results["local"] > 0.6
     print("test ndcg@10", results)
     assert abs(results["dask"] - results["local"]) <= NDCG_TOLERANCE, results
+
+
+def test_the_baseline_trains_on_dask_with_the_same_settings():
+    from plmrec.baseline import evaluate_baseline, train_baseline
+
+    p = Params()
+    p.data.synthetic = SyntheticParams(n_customers=300, n_products=200, n_invoices=2500)
+    prepared, _ = prepare_transactions(generate_transactions(p.data.synthetic), p.clean, p.split)
+    p.baseline.n_estimators, p.baseline.n_jobs = 120, 1
+    scores = {}
+    for backend in ("local", "dask"):
+        p.baseline.backend = backend
+        model, enc, info = train_baseline(prepared, p)
+        assert type(model) is xgb.XGBClassifier and info["best_iteration"] > 0
+        scores[backend] = evaluate_baseline(model, enc, prepared, params=p)["accuracy"]
+    print("baseline test accuracy", scores)
+    assert abs(scores["dask"] - scores["local"]) <= ACCURACY_TOLERANCE, scores

@@ -13,6 +13,7 @@ import xgboost as xgb
 from plmrec.config import Params
 from plmrec.features import TabularEncoder
 from plmrec.metrics import classification_metrics, majority_class_accuracy
+from plmrec.recsys import boosting
 
 MODEL_FILE, ENCODER_FILE, INFO_FILE = "model.json", "encoder.json", "info.json"
 
@@ -37,7 +38,7 @@ def train_baseline(prepared: pd.DataFrame, params: Params) -> tuple[xgb.XGBClass
         n_jobs=b.n_jobs or None,
     )
     start = time.perf_counter()
-    model.fit(x_train, train["label"], eval_set=[(x_valid, valid["label"])], verbose=False)
+    boosting.fit_classifier(model, b, x=x_train, y=train["label"], eval_set=[(x_valid, valid["label"])])
     seconds = time.perf_counter() - start
     valid_metrics = classification_metrics(valid["label"], model.predict(x_valid), params.clean.n_quantity_labels)
     info = {

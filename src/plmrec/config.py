@@ -83,7 +83,19 @@ class ValidationParams(_Section):
     example_rows: int = Field(5, ge=1, le=100)
 
 
-class BaselineParams(_Section):
+class BoostingBackend(_Section):
+    """Where an XGBoost model trains (plmrec.recsys.boosting)."""
+
+    backend: Literal["local", "dask"] = Field(
+        "local", description="local: in this process | dask: xgboost.dask on a Dask cluster (plmrec.recsys.boosting)"
+    )
+    dask_scheduler: str | None = Field(
+        None, description="dask: a running scheduler's address (tcp://host:8786); null: a LocalCluster per fit"
+    )
+    dask_workers: int = Field(2, ge=1, description="dask: the LocalCluster's workers, and the data's partitions")
+
+
+class BaselineParams(BoostingBackend):
     feature_groups: list[Literal["transaction", "customer", "basket", "item"]] = ["transaction", "customer", "basket"]
     n_estimators: int = Field(300, ge=1)
     max_depth: int = Field(6, ge=1, le=16)
@@ -457,7 +469,7 @@ class SearchParams(_Section):
         return self
 
 
-class XGBoostParams(_Section):
+class XGBoostParams(BoostingBackend):
     n_estimators: int = Field(300, ge=1)
     max_depth: int = Field(6, ge=1, le=16)
     learning_rate: float = Field(0.1, gt=0, le=1)
@@ -466,13 +478,6 @@ class XGBoostParams(_Section):
     early_stopping_rounds: int = Field(20, ge=1)
     n_jobs: int = Field(0, description="0: all cores")
     device: str = Field("cpu", description="cpu | cuda (XGBoost on GPU)")
-    backend: Literal["local", "dask"] = Field(
-        "local", description="local: in this process | dask: xgboost.dask on a Dask cluster (plmrec.recsys.boosting)"
-    )
-    dask_scheduler: str | None = Field(
-        None, description="dask: a running scheduler's address (tcp://host:8786); null: a LocalCluster per fit"
-    )
-    dask_workers: int = Field(2, ge=1, description="dask: the LocalCluster's workers, and the data's partitions")
 
     def booster_settings(self) -> dict:
         """The keyword arguments every plmrec XGBoost model (classifier or ranker) takes from these settings."""

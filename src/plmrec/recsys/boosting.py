@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from plmrec.config import XGBoostParams
+from plmrec.config import BoostingBackend
 from plmrec.errors import TrainingConfigError
 
 
 @contextlib.contextmanager
-def dask_client(xp: XGBoostParams):
+def dask_client(xp: BoostingBackend):
     """A distributed Client on the configured scheduler, or on a LocalCluster closed afterwards."""
     try:
         from dask.distributed import Client, LocalCluster
@@ -42,7 +42,7 @@ def dask_client(xp: XGBoostParams):
         yield client
 
 
-def _partitions(xp: XGBoostParams, *arrays, npartitions: int):
+def _partitions(xp: BoostingBackend, *arrays, npartitions: int):
     import dask.dataframe as dd
 
     out = []
@@ -60,7 +60,7 @@ def _copy_into(local, trained) -> None:
         local.load_model(str(path))
 
 
-def fit_classifier(model, xp: XGBoostParams, *, x: pd.DataFrame, y, eval_set: list[tuple]):
+def fit_classifier(model, xp: BoostingBackend, *, x: pd.DataFrame, y, eval_set: list[tuple]):
     """`model.fit(x, y, eval_set=...)` on the configured backend; returns `model`, fitted."""
     if xp.backend == "local":
         model.fit(x, y, eval_set=eval_set, verbose=False)
@@ -78,7 +78,7 @@ def fit_classifier(model, xp: XGBoostParams, *, x: pd.DataFrame, y, eval_set: li
     return model
 
 
-def fit_ranker(model, xp: XGBoostParams, *, x: pd.DataFrame, y, qid, eval_set: list[tuple], eval_qid: list):
+def fit_ranker(model, xp: BoostingBackend, *, x: pd.DataFrame, y, qid, eval_set: list[tuple], eval_qid: list):
     """`model.fit(x, y, qid=..., eval_set=..., eval_qid=...)` on the configured backend. On Dask each
     query group stays on one worker (xgboost's `allow_group_split=False`), so NDCG is computed per
     whole group as in one process."""
