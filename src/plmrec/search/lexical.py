@@ -65,12 +65,12 @@ class Bm25Index:
 
     def top(self, queries: list[str], k: int) -> tuple[np.ndarray, np.ndarray]:
         """(item rows [Q, k], scores [Q, k]), best first; rows with score 0 (no shared word) are -1."""
+        from plmrec.recsys.recommend import top_k
+
         k = min(k, self.n_items)
         rows, scores = [], []
         for block in self.scores(queries):
-            part = np.argpartition(-block, k - 1, axis=1)[:, :k]
-            order = np.lexsort((part, -np.take_along_axis(block, part, axis=1)), axis=1)
-            best = np.take_along_axis(part, order, axis=1)
+            best = top_k(block, k)  # by score, ties by item row
             value = np.take_along_axis(block, best, axis=1)
             rows.append(np.where(value > 0, best, -1))
             scores.append(value)

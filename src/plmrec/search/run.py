@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from plmrec.config import SearchParams
+from plmrec.recsys.recommend import top_k
 from plmrec.search.benchmark import SPLITS, SearchBenchmark
 from plmrec.search.fusion import fused_ranks
 from plmrec.search.lexical import Bm25Index
@@ -49,10 +50,7 @@ def rank_blocks(blocks, targets: np.ndarray, *, depth: int, drop_zero: bool = Fa
     for block in blocks:
         t = targets[start : start + len(block)]
         ranks.append(target_ranks(block, t))
-        k = min(depth, block.shape[1])
-        part = np.argpartition(-block, k - 1, axis=1)[:, :k]
-        order = np.lexsort((part, -np.take_along_axis(block, part, axis=1)), axis=1)
-        best = np.take_along_axis(part, order, axis=1)
+        best = top_k(block, min(depth, block.shape[1]))  # by score, ties by item row
         if drop_zero:
             best = np.where(np.take_along_axis(block, best, axis=1) > 0, best, -1)
         tops.append(best)
