@@ -42,7 +42,7 @@ def dask_client(xp: BoostingBackend):
         yield client
 
 
-def _partitions(xp: BoostingBackend, *arrays, npartitions: int):
+def _partitions(*arrays, npartitions: int):
     import dask.dataframe as dd
 
     out = []
@@ -52,29 +52,36 @@ def _partitions(xp: BoostingBackend, *arrays, npartitions: int):
     return out
 
 
-def _copy_into(local, trained) -> None:
-    """The Dask model's booster and scikit-learn attributes into the plain model (through its JSON)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "model.json"
-        trained.save_model(str(path))
-        local.load_model(str(path))
+def _fit_on_dask(model, dask_class: str, xp: BoostingBackend, *, x, y, eval_set: list[tuple], **groups) -> None:
+    """Fit `xgboost.dask.<dask_class>` with `model`'s parameters on the data split one partition per
+    worker, then copy the trained booster and its scikit-learn attributes into `model` (through its JSON).
+    `groups`: a ranker's `qid` and `eval_qid`, partitioned the same way."""
+    from xgboost import dask as dxgb
+
+    with dask_client(xp) as client:
+        n = max(1, len(client.scheduler_info()["workers"]))
+        dx, dy = _partitions(x, y, npartitions=n)
+        evals = [tuple(_partitions(ex, ey, npartitions=n)) for ex, ey in eval_set]
+        if "qid" in groups:
+            groups = {
+                "qid": _partitions(groups["qid"], npartitions=n)[0],
+                "eval_qid": [_partitions(q, npartitions=n)[0] for q in groups["eval_qid"]],
+            }
+        trained = getattr(dxgb, dask_class)(**model.get_params())
+        trained.client = client
+        trained.fit(dx, dy, eval_set=evals, verbose=False, **groups)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "model.json"
+            trained.save_model(str(path))
+            model.load_model(str(path))
 
 
 def fit_classifier(model, xp: BoostingBackend, *, x: pd.DataFrame, y, eval_set: list[tuple]):
     """`model.fit(x, y, eval_set=...)` on the configured backend; returns `model`, fitted."""
     if xp.backend == "local":
         model.fit(x, y, eval_set=eval_set, verbose=False)
-        return model
-    from xgboost import dask as dxgb
-
-    with dask_client(xp) as client:
-        n = max(1, len(client.scheduler_info()["workers"]))
-        dx, dy = _partitions(xp, x, y, npartitions=n)
-        evals = [tuple(_partitions(xp, ex, ey, npartitions=n)) for ex, ey in eval_set]
-        trained = dxgb.DaskXGBClassifier(**model.get_params())
-        trained.client = client
-        trained.fit(dx, dy, eval_set=evals, verbose=False)
-        _copy_into(model, trained)
+    else:
+        _fit_on_dask(model, "DaskXGBClassifier", xp, x=x, y=y, eval_set=eval_set)
     return model
 
 
@@ -84,16 +91,6 @@ def fit_ranker(model, xp: BoostingBackend, *, x: pd.DataFrame, y, qid, eval_set:
     whole group as in one process."""
     if xp.backend == "local":
         model.fit(x, y, qid=qid, eval_set=eval_set, eval_qid=eval_qid, verbose=False)
-        return model
-    from xgboost import dask as dxgb
-
-    with dask_client(xp) as client:
-        n = max(1, len(client.scheduler_info()["workers"]))
-        dx, dy, dq = _partitions(xp, x, y, qid, npartitions=n)
-        evals = [tuple(_partitions(xp, ex, ey, npartitions=n)) for ex, ey in eval_set]
-        eval_qids = [_partitions(xp, q, npartitions=n)[0] for q in eval_qid]
-        trained = dxgb.DaskXGBRanker(**model.get_params())
-        trained.client = client
-        trained.fit(dx, dy, qid=dq, eval_set=evals, eval_qid=eval_qids, verbose=False)
-        _copy_into(model, trained)
+    else:
+        _fit_on_dask(model, "DaskXGBRanker", xp, x=x, y=y, eval_set=eval_set, qid=qid, eval_qid=eval_qid)
     return model
