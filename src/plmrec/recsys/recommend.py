@@ -21,6 +21,7 @@ from plmrec.config import RecommendersParams
 from plmrec.data.prepare import window_rows
 from plmrec.data.schema import DAY_NS
 from plmrec.ranking import ranking_metrics
+from plmrec.vectors import normalise
 
 
 @dataclass
@@ -111,12 +112,11 @@ def user_profiles(
 SIMILARITY_MATRIX_MAX_ITEMS = 8192  # below this the item x item cosine matrix is kept (256 MiB at most)
 
 
-def item_similarity(item_vectors: np.ndarray, *, unit: bool = False) -> np.ndarray | None:
+def item_similarity(item_vectors: np.ndarray) -> np.ndarray | None:
     """The item x item cosine matrix (float32), or None above SIMILARITY_MATRIX_MAX_ITEMS items."""
     if len(item_vectors) > SIMILARITY_MATRIX_MAX_ITEMS:
         return None
-    v = item_vectors if unit else item_vectors / np.maximum(np.linalg.norm(item_vectors, axis=1, keepdims=True), 1e-12)
-    v = v.astype(np.float32, copy=False)
+    v = normalise(item_vectors)
     return v @ v.T
 
 
@@ -130,14 +130,15 @@ def max_similarity(
 ) -> np.ndarray:
     """Per customer row and item: the cosine of the item to the most similar item the customer bought
     (item-to-item neighbours over text, one interest per bought item); 0 for a customer without history.
-    unit: the vectors are already L2-normalised float32 (a serving bundle's), so they are used as they are;
-    pairwise: item_similarity() computed once (the server keeps it), else built here for a large batch."""
+    pairwise: item_similarity() computed once (the server keeps it), else built here for a large batch;
+    unit: the vectors are already L2-normalised (a serving bundle's), so they are used as they are."""
     counts = sp.csr_matrix(counts)
-    v = item_vectors if unit else item_vectors / np.maximum(np.linalg.norm(item_vectors, axis=1, keepdims=True), 1e-12)
-    v = v.astype(np.float32, copy=False)
-    if pairwise is None and counts.nnz > len(v):  # a batch with more history rows than items: the matrix pays off
-        pairwise = item_similarity(v, unit=True)
-    out = np.zeros((counts.shape[0], len(v)), dtype=np.float32)
+    v = None
+    if pairwise is None:
+        v = item_vectors.astype(np.float32, copy=False) if unit else normalise(item_vectors)
+        if counts.nnz > len(v):  # a batch with more history rows than items: the matrix pays off
+            pairwise = item_similarity(v)
+    out = np.zeros((counts.shape[0], len(item_vectors)), dtype=np.float32)
     for start in range(0, counts.shape[0], block):
         part = counts[start : start + block]
         lengths = np.diff(part.indptr)

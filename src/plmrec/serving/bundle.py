@@ -289,7 +289,7 @@ class Recommender:
             )
         self.model = self.meta["model"]
         self.item_similarity = (  # computed once: a request then reads its items' rows (max text similarity)
-            recommend.item_similarity(self.item_vectors, unit=True) if self.meta.get("similarity") == "max" else None
+            recommend.item_similarity(self.item_vectors) if self.meta.get("similarity") == "max" else None
         )
         self.rp = RecommendersParams.model_validate({"ltr": self.meta["ltr"]})  # the candidate settings
         self.ranker = None
