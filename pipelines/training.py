@@ -5,7 +5,7 @@ data; its valid winner is the bundle's query mode), train the user model (GUIM) 
 PLM features, ALS variants, learning to rank) -> register the served recommender in MLflow (a gate
 promotes it to @champion), and train -> evaluate the baseline.
 
-With `pretrain.resources.distributed.workers` (or finetune's) above 1 that step becomes a light CPU pod
+With `pretrain.resources.distributed.workers` (or finetune's, or user_model's) above 1 that step becomes a light CPU pod
 that runs the stage as a Kubeflow Trainer TrainJob on N nodes (plmrec.cluster.trainjob) and waits for it.
 
 Every stage logs to one MLflow parent run (keyed by the KFP job id, or `run_key`); an exit

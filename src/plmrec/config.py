@@ -691,11 +691,8 @@ class Params(_Section):
                     f"registry metric '{metric}' must be <precision|recall|f1|map|ndcg>@<k> with k in "
                     f"recommenders.ks {ks}"
                 )
-        for section in ("search", "pipeline.step_resources"):
-            owner = self
-            for part in section.split("."):
-                owner = getattr(owner, part)
-            resources = owner if section.endswith("resources") else owner.resources
+        single_process = {"search": self.search.resources, "pipeline.step_resources": self.pipeline.step_resources}
+        for section, resources in single_process.items():
             if resources.distributed.workers > 1:
                 raise ValueError(
                     f"{section}: distributed.workers > 1 is for pretrain, finetune and user_model (their loop is "

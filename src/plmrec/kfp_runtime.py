@@ -13,6 +13,7 @@ from pathlib import Path
 from plmrec import stages, tracking
 from plmrec.config import Params, parse_params
 from plmrec.reports import image_html
+from plmrec.search import SEARCH_MODES
 
 
 def _setup(config: dict, tracking_uri: str, run_key: str) -> tuple[Params, dict]:
@@ -235,7 +236,7 @@ def evaluate_search(config: dict, tracking_uri: str, run_key: str, *, encoder, s
                 if k.startswith("mean_")
             },
         )
-    _log(search_metrics, {f"served_{mode}": int(mode == decision["mode"]) for mode in ("dense", "lexical", "hybrid")})
+    _log(search_metrics, {f"served_{mode}": int(mode == decision["mode"]) for mode in SEARCH_MODES})
     body = image_html(
         "Product search",
         [Path(search.path) / "categories.png"],

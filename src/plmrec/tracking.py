@@ -208,12 +208,19 @@ def finish_parent(uri: str, params: Params, run_key: str, *, status: str, messag
     return run_id
 
 
+RUN_KEY_ENV = "PLMREC_RUN_KEY"
+
+
+def pipeline_run_key(run_key: str | None) -> str | None:
+    """The pipeline run a stage belongs to: the key given, else PLMREC_RUN_KEY (set on a TrainJob's
+    nodes by plmrec.cluster.trainjob), else None."""
+    return run_key or os.environ.get(RUN_KEY_ENV) or None
+
+
 def _parent_client(params: Params, *, run_key: str | None, tracking_uri: str | None):
     """(MlflowClient, parent run id) of the pipeline run `run_key` (or PLMREC_RUN_KEY: a distributed
     job's nodes), or None without one (a standalone stage has no parent) and on ranks other than 0."""
-    import os
-
-    run_key = run_key or os.environ.get("PLMREC_RUN_KEY")
+    run_key = pipeline_run_key(run_key)
     if not run_key or not is_main_process():
         return None
     import mlflow
@@ -249,11 +256,9 @@ def stage_run(
 ) -> Iterator[Any]:
     """A nested MLflow run for one stage under the parent of `run_key` (standalone if None and no
     PLMREC_RUN_KEY in the environment: a distributed job's nodes get the pipeline's key that way)."""
-    import os
-
     import mlflow
 
-    run_key = run_key or os.environ.get("PLMREC_RUN_KEY") or None
+    run_key = pipeline_run_key(run_key)
 
     uri = tracking_uri or resolve_tracking_uri(params)
     if not is_main_process():  # under torchrun only rank 0 tracks; the others write to a throwaway store

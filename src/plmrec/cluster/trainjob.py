@@ -291,7 +291,9 @@ def prepare_work_dir(params: Params, stage: str, *, run_key: str, inputs: dict[s
 
 def job_for(params: Params, stage: str, *, run_key: str, tracking_uri: str, namespace: str | None = None) -> dict:
     """The checked TrainJob of a stage: what the step submits and `plmrec manifests trainjob` prints."""
-    env = {"MLFLOW_TRACKING_URI": tracking_uri, "PLMREC_RUN_KEY": run_key}
+    from plmrec.tracking import RUN_KEY_ENV
+
+    env = {"MLFLOW_TRACKING_URI": tracking_uri, RUN_KEY_ENV: run_key}
     args = stage_args(params, stage, run_key=run_key)
     return check_trainjob(render_trainjob(params, stage, run_key=run_key, args=args, env=env, namespace=namespace))
 

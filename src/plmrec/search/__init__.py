@@ -9,3 +9,5 @@ request must retrieve the one item it describes.
   blair      the BLaIR ranker: review <-> item contrastive fine-tuning on training reviews
   run        every ranker scored on valid and once on test, the served mode chosen on valid
 """
+
+SEARCH_MODES = ("dense", "lexical", "hybrid")  # how a query is answered: the encoder, BM25, or their fusion

@@ -18,6 +18,7 @@ import pandas as pd
 
 from plmrec.config import SearchParams
 from plmrec.recsys.recommend import top_k
+from plmrec.search import SEARCH_MODES
 from plmrec.search.benchmark import SPLITS, SearchBenchmark
 from plmrec.search.fusion import fused_ranks
 from plmrec.search.lexical import Bm25Index
@@ -32,7 +33,6 @@ KINDS = {
     "hybrid-base": "hybrid",
 }
 HYBRIDS = {"hybrid": "blair", "hybrid-base": "base"}  # hybrid -> its dense side (fused with bm25)
-MODES = ("dense", "lexical", "hybrid")
 
 
 @dataclass
@@ -189,7 +189,7 @@ class SearchRun:
         table = self.per_seed()
         valid = table[table["split"] == "valid"].groupby("ranker", sort=False)[self.settings.select].mean()
         best = {}
-        for mode in MODES:
+        for mode in SEARCH_MODES:
             names = [r for r in valid.index if KINDS[r] == mode]
             if names:
                 name = max(names, key=lambda r: valid[r])

@@ -38,12 +38,12 @@ from plmrec.data.schema import DAY_NS
 from plmrec.errors import BundleError, UnknownCustomer
 from plmrec.features import EmbeddingFeatures
 from plmrec.recsys import recommend
+from plmrec.search import SEARCH_MODES
 from plmrec.search.fusion import fuse
 from plmrec.search.lexical import Bm25Index
 from plmrec.vectors import normalise, stack
 
 BUNDLE_FORMAT = 1
-SEARCH_MODES = ("dense", "lexical", "hybrid")
 
 
 @dataclass

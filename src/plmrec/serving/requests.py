@@ -14,7 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from plmrec.config import ServingParams
 from plmrec.errors import RequestError, UnknownCustomer
-from plmrec.serving.bundle import SEARCH_MODES, Recommender
+from plmrec.search import SEARCH_MODES
+from plmrec.serving.bundle import Recommender
 
 
 @dataclass
