@@ -66,10 +66,8 @@ def main() -> None:
         selected=args.selected,
         work_dir=Path(args.work) / args.name,
     )
-    summary = run.summary("test")
-    table = summary.copy()
-    table.columns = [f"{a}_{b}" for a, b in table.columns]
-    print(markdown_table(table.reset_index()), flush=True)
+    table = run.table("test")
+    print(markdown_table(table), flush=True)
     verdicts = run.verdicts()
     for line in verdicts:
         print(line, flush=True)
@@ -79,11 +77,8 @@ def main() -> None:
             "command": " ".join([Path(sys.executable).name, *sys.argv]),
             "settings": settings.model_dump(mode="json", exclude={"resources"}),
             "per_seed": run.per_seed().to_dict("records"),
-            "test_summary": table.reset_index().to_dict("records"),
-            "valid_summary": run.summary("valid")
-            .pipe(lambda s: s.set_axis([f"{a}_{b}" for a, b in s.columns], axis=1))
-            .reset_index()
-            .to_dict("records"),
+            "test_summary": table.to_dict("records"),
+            "valid_summary": run.table("valid").to_dict("records"),
             "hybrid_weights": {k: {str(s): w for s, w in v.items()} for k, v in run.weights.items()},
             "categories": run.categories().to_dict("records"),
             "decision": run.decision(),

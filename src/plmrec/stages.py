@@ -712,9 +712,9 @@ def evaluate_retrieval(
 
 
 # ---------------------------------------------------------------------------- product search
-def _log_search(run, out: Path, *, params: Params, tracked: dict) -> dict:
-    """Tables, plot, verdicts and headline figures of a search run: files under `out`, the stage run,
-    the parent run."""
+def _log_search(run, decision: dict, out: Path, *, params: Params, tracked: dict) -> dict:
+    """Tables, plot, verdicts and headline figures of a search run and its decision: files under
+    `out`, the stage run, the parent run."""
     from plmrec.plots import plot_by_category
     from plmrec.reports import markdown_table
     from plmrec.search.metrics import metric_name
@@ -722,18 +722,14 @@ def _log_search(run, out: Path, *, params: Params, tracked: dict) -> dict:
     settings = params.search
     per_seed = run.per_seed()
     per_seed.to_csv(out / "per_seed.csv", index=False)
-    tables = {}
-    for split in ("valid", "test"):
-        summary = run.summary(split)
-        flat = summary.set_axis([f"{a}_{b}" for a, b in summary.columns], axis=1).reset_index()
-        flat.to_csv(out / f"{split}_summary.csv", index=False)
-        tables[split] = flat
+    tables = {split: run.table(split) for split in ("valid", "test")}
+    for split, table in tables.items():
+        table.to_csv(out / f"{split}_summary.csv", index=False)
     categories = run.categories()
     categories.to_csv(out / "categories.csv", index=False)
     top = f"ndcg@{max(settings.ks)}"
     plot_by_category(categories, top, out / "categories.png", title=f"{run.benchmark.name}: test {top} by category")
     verdicts = run.verdicts()
-    decision = run.decision()
     lines = [
         f"# Product search: {run.benchmark.name}",
         "",
@@ -751,12 +747,13 @@ def _log_search(run, out: Path, *, params: Params, tracked: dict) -> dict:
     tracking.log_table(categories, "search/categories.json")
     for name in ("results.md", "per_seed.csv", "categories.csv", "categories.png"):
         tracking.log_artifact(out / name, "search")
-    test = run.summary("test")
-    for ranker in test.index:
+    test = tables["test"].set_index("ranker")
+    for ranker, row in test.iterrows():
         tracking.log_numeric(
             {
-                f"test/{tracking.safe_name(ranker)}/{metric_name(m)}": test.loc[ranker, ("mean", m)]
-                for m in test["mean"].columns
+                f"test/{tracking.safe_name(ranker)}/{metric_name(k.removeprefix('mean_'))}": v
+                for k, v in row.items()
+                if k.startswith("mean_")
             }
         )
     tracking.set_verdicts(verdicts, title=f"Product search ({run.benchmark.name}), test {settings.select}")
@@ -764,10 +761,8 @@ def _log_search(run, out: Path, *, params: Params, tracked: dict) -> dict:
     tracking.log_parent_metrics(
         params,
         {
-            f"test_search_{tracking.safe_name(r)}_{metric_name(settings.select)}": test.loc[
-                r, ("mean", settings.select)
-            ]
-            for r in test.index
+            f"test_search_{tracking.safe_name(r)}_{metric_name(settings.select)}": value
+            for r, value in test[f"mean_{settings.select}"].items()
         },
         **tracked,
     )
@@ -816,8 +811,8 @@ def evaluate_search(
             raise StageError(f"{selected} holds no encoder: run evaluate-retrieval first")
         with tempfile.TemporaryDirectory(prefix="plmrec-blair-") as work:
             run = run_search(bench, settings, base_model=params.pretrain.base_model, selected=selected, work_dir=work)
-        logged = _log_search(run, out, params=params, tracked=tracked)
         decision = {**run.decision(), "evaluated": True}
+        logged = _log_search(run, decision, out, params=params, tracked=tracked)
         write_json(out / "decision.json", decision)
         summary = {
             "benchmark": bench.summary(),

@@ -165,6 +165,11 @@ class SearchRun:
         metrics = [c for c in table.columns if "@" in c or c == "mrr"]
         return mean_std(table[table["split"] == split], "ranker", metrics)
 
+    def table(self, split: str = "test") -> pd.DataFrame:
+        """`summary` flat, one row per ranker: ranker, mean_<metric>, std_<metric> (files, MLflow, JSON)."""
+        summary = self.summary(split)
+        return summary.set_axis([f"{stat}_{m}" for stat, m in summary.columns], axis=1).reset_index()
+
     def verdicts(self) -> list:
         """The trained and fused rankers against BM25 and the base encoder on test `select`."""
         from plmrec.recsys.experiment import verdict
