@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from plmrec import __version__
+from plmrec.cluster.trainjob import DISTRIBUTED_STAGES
 from plmrec.config import load_params
 from plmrec.errors import PlmrecError
 
@@ -368,7 +369,7 @@ def manifests_validate(overlays, kubernetes_version):
 
 
 @manifests.command("trainjob")
-@click.argument("stage_name", type=click.Choice(["pretrain", "finetune", "train-user-model"]))
+@click.argument("stage_name", type=click.Choice(list(DISTRIBUTED_STAGES)))
 @params_option
 @set_option
 @click.option("--run-key", default="manual", show_default=True, help="the pipeline run the job belongs to")

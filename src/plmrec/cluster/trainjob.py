@@ -258,8 +258,6 @@ STAGE_OUTPUTS = {  # flag -> name in the job's folder: the model, and the stage'
 
 def stage_args(params: Params, stage: str, *, run_key: str) -> list[str]:
     """`plmrec stage <stage> ...` as the job runs it: params, inputs and outputs in its folder."""
-    if stage not in STAGE_INPUTS:
-        raise ManifestError(f"stage '{stage}' does not train distributed (only {', '.join(STAGE_INPUTS)})")
     work = work_dir(params, stage, run_key)
     args = ["stage", stage, "--params", str(work / "params.yaml")]
     for flag in STAGE_INPUTS[stage]:
