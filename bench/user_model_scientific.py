@@ -83,6 +83,9 @@ def main() -> None:
     ap.add_argument("--dropout", type=float, default=0.1)
     ap.add_argument("--max-length", type=int, default=50)
     ap.add_argument("--no-log-q", action="store_true")
+    ap.add_argument("--negatives", type=int, default=0, help="uniform catalogue negatives per batch")
+    ap.add_argument("--scale", type=float, default=20.0)
+    ap.add_argument("--weight-decay", type=float, default=0.01)
     ap.add_argument("--eval-users", type=int, default=None, help="seeded sample of valid and test users")
     ap.add_argument("--text-cache", default=None, help="an .npy of the item text vectors, reused when present")
     ap.add_argument("--device", default="auto")
@@ -111,10 +114,18 @@ def main() -> None:
         learning_rate=args.learning_rate,
         mlm_weight=args.mlm_weight,
         log_q=not args.no_log_q,
+        negatives=args.negatives,
+        weight_decay=args.weight_decay,
         device=str(device),
         progress=False,
     )
-    shape = {"dim": args.dim, "layers": args.layers, "dropout": args.dropout, "max_length": args.max_length}
+    shape = {
+        "dim": args.dim,
+        "layers": args.layers,
+        "dropout": args.dropout,
+        "max_length": args.max_length,
+        "scale": args.scale,
+    }
     floor_model = UserModel(UserModelSpec(inputs="text", **shape), item_text=text, item_ids=ids)
     floor = {
         split: {k: round(v, 4) for k, v in evaluate(floor_model, q, KS).items() if "@" in k}

@@ -14,7 +14,7 @@ from plmrec.errors import TrainingConfigError
 from plmrec.finetune.embed import build_index
 from plmrec.usermodel.fit import FitSettings, fit
 from plmrec.usermodel.model import UserModel, UserModelSpec
-from plmrec.usermodel.objective import UserModelObjective, example
+from plmrec.usermodel.objective import UserModelObjective, example, inclusion_log_q
 from plmrec.usermodel.retrieval import UserQueries, evaluate, search_max
 from plmrec.usermodel.sequences import leave_one_out
 
@@ -124,6 +124,26 @@ def test_targets_are_never_in_the_sequence():
     assert set(seq.tolist()) == {1, 2, 3, 4, 5}
     assert batch["candidates"][batch["match_cols"]].tolist() == [7, 8, 9]
     assert batch["match_rows"].tolist() == [0, 0, 1]
+
+
+def test_drawn_negatives_join_the_candidates_and_the_correction():
+    model = tiny_model(40)
+    rows = [example([1, 2, 3], targets=[7]), example([4, 5], targets=[9])]
+    plain = UserModelObjective(model, mlm_weight=0.0).collate(rows, seed=0)
+    mixed = UserModelObjective(model, mlm_weight=0.0, negatives=20).collate(rows, seed=0)
+    assert set(plain["candidates"].tolist()) == {1, 2, 3, 4, 5, 7, 9}
+    assert set(plain["candidates"].tolist()) < set(mixed["candidates"].tolist())
+    assert 20 <= len(mixed["candidates"]) <= 27
+    # the positives are still where match_cols says
+    assert mixed["candidates"][mixed["match_cols"]].tolist() == [7, 9]
+    # more negatives: every item is more likely among the candidates, and all of them is certain
+    examples = [np.array(r) for r in rows]
+    base = inclusion_log_q(examples, 40, batch_size=2)
+    half = inclusion_log_q(examples, 40, batch_size=2, negatives=20)
+    full = inclusion_log_q(examples, 40, batch_size=2, negatives=40)
+    assert np.all(half >= base) and np.all(half[base < np.log(0.5)] > base[base < np.log(0.5)])
+    assert np.allclose(full, 0.0)
+    assert np.all(half >= np.log(0.5) - 1e-6)
 
 
 @pytest.mark.realdata

@@ -396,6 +396,7 @@ class UserModelParams(_Section):
     mask_probability: float = Field(0.15, gt=0, lt=1)
     mlm_weight: float = Field(0.2, ge=0, description="masked item modelling's weight beside matching; 0: off")
     log_q: bool = Field(True, description="sampled-softmax correction for in-batch candidates")
+    negatives: int = Field(0, ge=0, description="uniform catalogue items added to each batch's candidates")
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     checkpoint_every: int = Field(200, ge=1)

@@ -35,6 +35,7 @@ class FitSettings:
     mask_probability: float = 0.15
     mlm_weight: float = 1.0
     log_q: bool = True
+    negatives: int = 0
     select: str = "ndcg@10"
     device: str = "auto"
     precision: str = "auto"
@@ -204,7 +205,15 @@ def train_config(settings: FitSettings, *, steps: int, seed: int) -> TrainConfig
 
 def objective_for(model: UserModel, examples: list[np.ndarray], settings: FitSettings) -> UserModelObjective:
     """The two tasks over `model`, with the log-q correction measured on `examples` when asked for."""
-    log_q = inclusion_log_q(examples, model.items.n_items, settings.batch_size) if settings.log_q else None
+    log_q = (
+        inclusion_log_q(examples, model.items.n_items, settings.batch_size, negatives=settings.negatives)
+        if settings.log_q
+        else None
+    )
     return UserModelObjective(
-        model, mask_probability=settings.mask_probability, mlm_weight=settings.mlm_weight, log_q=log_q
+        model,
+        mask_probability=settings.mask_probability,
+        mlm_weight=settings.mlm_weight,
+        log_q=log_q,
+        negatives=settings.negatives,
     )

@@ -10,7 +10,9 @@ is_target 0 are the sequence before the cut-off, those with 1 the items bought a
   alpha * sum_c pi_c cos(u_c, v_j), InfoNCE over the batch's items (the items in every sequence and
   target of the mini-batch, as the paper samples negatives from the other users' sequences). A
   user's other targets are not counted as its negatives.
-Never a softmax over the whole catalogue.
+`negatives` > 0 adds that many catalogue items, drawn uniformly once per batch, to the candidates
+(mixed negative sampling): more and less popular negatives than the batch alone offers. Never a
+softmax over the whole catalogue.
 """
 
 from __future__ import annotations
@@ -64,9 +66,11 @@ class UserModelObjective:
         mask_probability: float = 0.15,
         mlm_weight: float = 1.0,
         log_q: np.ndarray | None = None,
+        negatives: int = 0,
     ):
         self.model = self.module = model
         self.mask_probability, self.mlm_weight = mask_probability, mlm_weight
+        self.negatives = min(int(negatives), model.items.n_items)
         self.log_q = None if log_q is None else torch.as_tensor(log_q, dtype=torch.float32)
 
     def to(self, device: torch.device) -> None:
@@ -98,7 +102,10 @@ class UserModelObjective:
         if self.mlm_weight <= 0:
             chosen[:] = False
         seq[chosen] = mask
-        candidates = np.unique(np.concatenate([original[original.ne(pad)].numpy(), *targets]))
+        drawn = rng.choice(self.model.items.n_items, self.negatives, replace=False) if self.negatives else []
+        candidates = np.unique(
+            np.concatenate([original[original.ne(pad)].numpy(), *targets, np.asarray(drawn, dtype=np.int64)])
+        )
         lookup = {int(c): i for i, c in enumerate(candidates)}
         match_rows, match_cols = [], []
         for i, t in enumerate(targets):
@@ -154,10 +161,13 @@ class UserModelObjective:
         return encoder_fingerprint(self.model)
 
 
-def inclusion_log_q(examples: list[np.ndarray], n_items: int, batch_size: int) -> np.ndarray:
+def inclusion_log_q(examples: list[np.ndarray], n_items: int, batch_size: int, *, negatives: int = 0) -> np.ndarray:
     """log of the chance that each item is among a batch's candidates: 1 - exp(-m f) for an item
-    with share f of the m item rows a batch holds on average (floored for unseen items)."""
+    with share f of the m item rows a batch holds on average, or drawn as one of `negatives`
+    uniform negatives (floored for unseen items)."""
     counts = np.bincount(np.concatenate([e[:, ITEM] for e in examples]), minlength=n_items)[:n_items]
     share = counts / max(1, counts.sum())
     rows = batch_size * counts.sum() / max(1, len(examples))
-    return np.log(np.clip(-np.expm1(-rows * share), 1e-6, 1.0)).astype(np.float32)
+    in_batch = -np.expm1(-rows * share)
+    drawn = min(negatives, n_items) / n_items
+    return np.log(np.clip(1.0 - (1.0 - in_batch) * (1.0 - drawn), 1e-6, 1.0)).astype(np.float32)

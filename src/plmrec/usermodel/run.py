@@ -51,6 +51,7 @@ def fit_settings(settings, *, progress: bool = True) -> FitSettings:
         "mask_probability",
         "mlm_weight",
         "log_q",
+        "negatives",
         "select",
         "device",
         "precision",
