@@ -81,6 +81,7 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=128)
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--dropout", type=float, default=0.1)
+    ap.add_argument("--id-dim", type=int, default=64)
     ap.add_argument("--max-length", type=int, default=50)
     ap.add_argument("--no-log-q", action="store_true")
     ap.add_argument("--negatives", type=int, default=0, help="uniform catalogue negatives per batch")
@@ -125,6 +126,7 @@ def main() -> None:
         "dropout": args.dropout,
         "max_length": args.max_length,
         "scale": args.scale,
+        "id_dim": args.id_dim,
     }
     floor_model = UserModel(UserModelSpec(inputs="text", **shape), item_text=text, item_ids=ids)
     floor = {
