@@ -82,6 +82,7 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--dropout", type=float, default=0.1)
     ap.add_argument("--id-dim", type=int, default=64)
+    ap.add_argument("--whiten", action="store_true", help="the text projection starts whitened")
     ap.add_argument("--max-length", type=int, default=50)
     ap.add_argument("--no-log-q", action="store_true")
     ap.add_argument("--negatives", type=int, default=0, help="uniform catalogue negatives per batch")
@@ -127,6 +128,7 @@ def main() -> None:
         "max_length": args.max_length,
         "scale": args.scale,
         "id_dim": args.id_dim,
+        "whiten": args.whiten,
     }
     floor_model = UserModel(UserModelSpec(inputs="text", **shape), item_text=text, item_ids=ids)
     floor = {

@@ -126,6 +126,19 @@ def test_targets_are_never_in_the_sequence():
     assert batch["match_rows"].tolist() == [0, 0, 1]
 
 
+def test_whitened_text_projection_gives_equal_uncorrelated_components():
+    rng = np.random.default_rng(0)
+    text = (rng.normal(size=(300, 24)) * np.geomspace(3.0, 0.05, 24)).astype(np.float32)
+    model = UserModel(UserModelSpec(inputs="text", dim=8, whiten=True), item_text=text, item_ids=np.zeros(300, int))
+    tower = model.items
+    projected = torch.nn.functional.linear(torch.as_tensor(text) - tower.text_mean, tower.text_basis).double()
+    cov = torch.cov(projected.T)
+    assert torch.allclose(cov, cov[0, 0] * torch.eye(8, dtype=torch.float64), atol=1e-3 * float(cov[0, 0]))
+    plain = UserModel(UserModelSpec(inputs="text", dim=8), item_text=text, item_ids=np.zeros(300, int)).items
+    spread = torch.cov(torch.nn.functional.linear(torch.as_tensor(text), plain.text_basis).double().T).diagonal()
+    assert spread[0] > 10 * spread[-1]  # unwhitened: the leading component dominates
+
+
 def test_drawn_negatives_join_the_candidates_and_the_correction():
     model = tiny_model(40)
     rows = [example([1, 2, 3], targets=[7]), example([4, 5], targets=[9])]

@@ -49,6 +49,7 @@ class UserModelSpec:
     dropout: float = 0.1
     scale: float = 20.0  # alpha: cosine scores times scale in the softmax
     residual_pool: bool = True
+    whiten: bool = False  # the text projection starts whitened (centred, unit variance per component)
 
     def check(self) -> UserModelSpec:
         problems = []
@@ -91,15 +92,19 @@ class UserModelSpec:
         return asdict(self)
 
 
-def _principal_projection(text: np.ndarray, width: int) -> torch.Tensor:
+def _principal_projection(text: np.ndarray, width: int, *, whiten: bool = False) -> torch.Tensor:
     """(width x text_dim): rows are the text matrix's leading principal directions (unit length),
-    zero rows past its rank."""
+    zero rows past its rank. `whiten`: each row divided by its singular value, then all rescaled to
+    a geometric-mean length of 1, so every kept component has the same variance."""
     x = torch.as_tensor(text, dtype=torch.float64)
     centred = x - x.mean(0, keepdim=True)
-    _, _, vt = torch.linalg.svd(centred, full_matrices=False)
+    _, sv, vt = torch.linalg.svd(centred, full_matrices=False)
     out = torch.zeros(width, x.shape[1], dtype=torch.float64)
     k = min(width, vt.shape[0])
     out[:k] = vt[:k]
+    if whiten:
+        kept = sv[:k].clamp(min=sv[0] * 1e-6)
+        out[:k] *= (kept.log().mean().exp() / kept)[:, None]
     return out.float()
 
 
@@ -136,7 +141,9 @@ class ItemTower(nn.Module):
                     f"(run the embed stage first, or set user_model.inputs: id)"
                 )
             self.register_buffer("text", torch.as_tensor(item_text, dtype=torch.float32))
-            self.register_buffer("text_basis", _principal_projection(item_text, width))
+            self.register_buffer("text_basis", _principal_projection(item_text, width, whiten=spec.whiten))
+            if spec.whiten:
+                self.register_buffer("text_mean", torch.as_tensor(item_text.mean(0), dtype=torch.float32))
             # the projection is basis + TEXT_STEP * delta: Adam moves delta by ~lr per step, so the
             # basis (entries ~ 1/sqrt(text dim)) drifts TEXT_STEP times slower than other weights
             self.text_delta = nn.Parameter(torch.zeros(width, item_text.shape[1]))
@@ -162,7 +169,8 @@ class ItemTower(nn.Module):
             pieces.append(text)
         out = self.ffn(torch.cat(pieces, dim=-1))
         if self.spec.uses_text:
-            out = out + F.linear(text, self.text_basis + TEXT_STEP * self.text_delta)
+            centred = text - self.text_mean if self.spec.whiten else text
+            out = out + F.linear(centred, self.text_basis + TEXT_STEP * self.text_delta)
         return out
 
 
