@@ -7,11 +7,14 @@ Prints one JSON object.
 
   python bench/user_model_scientific.py --variants guim-c1-id guim-c1-id+text guim-c4-id+text --epochs 10
   python bench/user_model_scientific.py --variants guim-c2-text --epochs 1 --eval-users 500   # smoke run
+  python bench/user_model_scientific.py --merge seed0.json seed1.json seed2.json --out seeds.json
+(--merge trains nothing: it gives each variant's mean and std over the runs, one per seed.)
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -68,6 +71,43 @@ def item_text_vectors(texts: list[str], model_name: str, *, cache: Path | None, 
     return vectors
 
 
+def merge(paths: list[str]) -> dict:
+    """Mean and population std over runs of this bench (one seed each, same settings but the seed)."""
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    # a setting a run does not record (written before the flag existed) is the flag's off value
+    keys = {k for r in runs for k in r["settings"]} - {"seed", "merge"}
+    settings = [{k: r["settings"].get(k) or None for k in sorted(keys)} for r in runs]
+    if any(s != settings[0] for s in settings):
+        raise SystemExit(f"--merge: the runs differ in more than the seed: {settings}")
+    settings = [{k: v for k, v in runs[-1]["settings"].items() if k != "seed"}]
+    seeds = [r["settings"]["seed"] for r in runs]
+    if len(set(seeds)) != len(seeds):
+        raise SystemExit(f"--merge: seeds repeat: {seeds}")
+
+    def spread(values: list[float]) -> dict:
+        return {"mean": round(float(np.mean(values)), 4), "std": round(float(np.std(values)), 4)}
+
+    variants = {}
+    for label in runs[0]["variants"]:
+        rows = [r["variants"][label] for r in runs]
+        variants[label] = {
+            split: {k: spread([row[split][k] for row in rows]) for k in rows[0]["test"]} for split in ("valid", "test")
+        }
+        variants[label]["chosen_epochs"] = [row["chosen_epoch"] for row in rows]
+    chosen = [r["chosen_on_valid"] for r in runs]
+    return {
+        "bench": "user_model_scientific",
+        "merged": [str(p) for p in paths],
+        "seeds": seeds,
+        "settings": settings[0],
+        "protocol": runs[0]["protocol"],
+        "chosen_on_valid_per_seed": chosen,
+        "variants": variants,
+        "zero_shot_pooled_text": runs[0]["zero_shot_pooled_text"],
+        "published_reference_test": runs[0]["published_reference_test"],
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(SHARED / "amazon-seqrec" / "scientific"))
@@ -93,7 +133,11 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--merge", nargs="+", default=None, help="summarise these per-seed outputs instead")
     args = ap.parse_args()
+    if args.merge:
+        emit(merge(args.merge), args.out)
+        return
 
     quiet_transformers()
     device = resolve_device(args.device)
@@ -174,7 +218,7 @@ def main() -> None:
             "device": torch.cuda.get_device_name(device)
             if device.type == "cuda"
             else f"cpu x{torch.get_num_threads()}",
-            "settings": {k: v for k, v in vars(args).items() if k not in ("out", "data", "variants")},
+            "settings": {k: v for k, v in vars(args).items() if k not in ("out", "data", "variants", "merge")},
             "zero_shot_pooled_text": floor,
             "variants": rows,
             "chosen_on_valid": best,
