@@ -5,6 +5,8 @@ test window is scored once) -> compare-models with the chosen encoder (recommend
 the same stage functions the pipeline runs, with params.yaml and a profile laid over it. Then every
 table is aggregated over the seeds (mean ± std) and written as JSON, one file per table, under --out;
 the markdown tables go to stdout. Stages already done in --work are not run again (rerun to resume).
+`--until evaluate-retrieval` stops each seed before compare-models (the encoder tables only);
+`--merge-with PREFIX` adds the seeds of earlier JSON files (PREFIX_<table>.json) to each table both have.
 
     python bench/real_data.py --data ../shared/data/online-retail/online_retail.parquet \\
         --profile params/real-data.yaml --seeds 0 1 2 --work /tmp/plmrec-real --out bench/results
@@ -40,7 +42,7 @@ def _stage(work: Path, name: str, fn) -> dict:
     return record
 
 
-def run_seed(params, prepared: Path, work: Path) -> dict:
+def run_seed(params, prepared: Path, work: Path, *, until: str = "compare-models") -> dict:
     from plmrec import stages
 
     timings = {}
@@ -61,6 +63,8 @@ def run_seed(params, prepared: Path, work: Path) -> dict:
             selected_dir=work / "selected",
         ),
     )
+    if until == "evaluate-retrieval":
+        return {k: v["seconds"] for k, v in timings.items()}
     timings["compare-models"] = _stage(
         work,
         "compare-models",
@@ -151,6 +155,35 @@ def runs_table(seeds: dict[int, Path], name: str, *, by: str, metrics: list[str]
     return {"rows": rows}
 
 
+def _merge_stats(old, new):
+    """Tables of the same shape: every {mean, std, values} cell gets both runs' values."""
+    if isinstance(old, dict) and "values" in old and isinstance(new, dict) and "values" in new:
+        return mean_std([*old["values"], *new["values"]])
+    if isinstance(old, dict) and isinstance(new, dict):
+        return {k: _merge_stats(old[k], new[k]) for k in old if k in new}
+    return new
+
+
+def merge_tables(earlier: dict, table: dict, name: str) -> dict:
+    """`table` (this run's seeds) joined to `earlier` (a JSON this bench wrote for other seeds)."""
+    if set(earlier["seeds"]) & set(table["seeds"]):
+        raise SystemExit(f"--merge-with: seeds {earlier['seeds']} and {table['seeds']} overlap")
+    merged = {**table, "seeds": [*earlier["seeds"], *table["seeds"]], "merged_from": earlier.get("source")}
+    if name == "timings":
+        merged["per_seed_seconds"] = {**earlier["per_seed_seconds"], **table["per_seed_seconds"]}
+        return merged
+    merged["rows"] = _merge_stats(earlier["rows"], table["rows"])
+    if name == "retrieval":
+        merged["selections"] = {**earlier["selections"], **table["selections"]}
+        rows = merged["rows"]
+        merged["selected_vs_base"] = {
+            m: clear_win(rows["selected (valid)"][m], rows["base (valid query)"][m]) for m in ("ndcg@10", "recall@10")
+        }
+    if name == "pretrain_proxy":
+        merged["head_start"] = {**earlier["head_start"], **table["head_start"]}
+    return merged
+
+
 def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -161,6 +194,8 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="write one JSON per table here (e.g. bench/results)")
     parser.add_argument("--name", default="real_online_retail", help="prefix of the JSON files")
     parser.add_argument("-S", "--set", dest="overrides", action="append", default=[], help="key=value, as plmrec -S")
+    parser.add_argument("--until", choices=["compare-models", "evaluate-retrieval"], default="compare-models")
+    parser.add_argument("--merge-with", default=None, help="prefix of earlier JSON files to add (other seeds)")
     args = parser.parse_args()
 
     from plmrec import stages
@@ -179,7 +214,7 @@ def main() -> None:
         seeded = load_params(files, [*base_overrides, f"seed={seed}", f"recommenders.seeds=[{seed}]"])
         dirs[seed] = work / f"seed-{seed}"
         print(f"[bench] seed {seed} -> {dirs[seed]}", flush=True)
-        timings[seed] = run_seed(seeded, prepared, dirs[seed])
+        timings[seed] = run_seed(seeded, prepared, dirs[seed], until=args.until)
 
     from plmrec.ranking import RANKING_METRICS
     from plmrec.recsys.experiment import CLASSIFIER_METRICS
@@ -188,17 +223,24 @@ def main() -> None:
     tables = {
         "retrieval": retrieval_table(dirs),
         "pretrain_proxy": proxy_table(dirs),
-        "classifier": runs_table(dirs, "classifier", by="variant", metrics=CLASSIFIER_METRICS),
-        "recommenders": runs_table(
-            dirs, "recommender", by="model", metrics=[f"test_{m}@{k}" for k in ks for m in RANKING_METRICS]
-        ),
         "timings": {"data_seconds": data_seconds, "per_seed_seconds": timings},
     }
+    if args.until == "compare-models":
+        tables["classifier"] = runs_table(dirs, "classifier", by="variant", metrics=CLASSIFIER_METRICS)
+        tables["recommenders"] = runs_table(
+            dirs, "recommender", by="model", metrics=[f"test_{m}@{k}" for k in ks for m in RANKING_METRICS]
+        )
     common = {"data": args.data, "profile": str(args.profile), "overrides": args.overrides, "seeds": args.seeds}
+    tables = {name: {**common, **table} for name, table in tables.items()}
+    if args.merge_with:
+        for name in list(tables):
+            earlier = Path(f"{args.merge_with}_{name}.json")
+            if earlier.exists():
+                tables[name] = merge_tables({**json.loads(earlier.read_text()), "source": str(earlier)}, tables[name], name)
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
         for name, table in tables.items():
-            Path(args.out, f"{args.name}_{name}.json").write_text(json.dumps({**common, **table}, indent=2))
+            Path(args.out, f"{args.name}_{name}.json").write_text(json.dumps(table, indent=2))
 
     retrieval = tables["retrieval"]["rows"]
     print("\n## Next-item retrieval, test (mean ± std over seeds)\n")
@@ -214,6 +256,8 @@ def main() -> None:
     proxy = tables["pretrain_proxy"]["rows"]
     print(_markdown([{"phase": k, "valid ndcg@10": _cell(v)} for k, v in proxy.items()], ["phase", "valid ndcg@10"]))
     for section, metrics in (("classifier", CLASSIFIER_METRICS), ("recommenders", None)):
+        if section not in tables:
+            continue
         rows = tables[section]["rows"]
         names = [m.replace("test_", "") for m in metrics] if metrics else list(next(iter(rows.values())))
         print(f"\n## {section} (test, %, mean ± std over seeds)\n")
