@@ -74,9 +74,10 @@ def item_text_vectors(texts: list[str], model_name: str, *, cache: Path | None, 
 def merge(paths: list[str]) -> dict:
     """Mean and population std over runs of this bench (one seed each, same settings but the seed)."""
     runs = [json.loads(Path(p).read_text()) for p in paths]
-    # a setting a run does not record (written before the flag existed) is the flag's off value
+    # a setting a run does not record (written before the flag existed) has the flag's default
+    defaults = vars(parser().parse_args([]))
     keys = {k for r in runs for k in r["settings"]} - {"seed", "merge"}
-    settings = [{k: r["settings"].get(k) or None for k in sorted(keys)} for r in runs]
+    settings = [{k: r["settings"].get(k, defaults.get(k)) for k in sorted(keys)} for r in runs]
     if any(s != settings[0] for s in settings):
         raise SystemExit(f"--merge: the runs differ in more than the seed: {settings}")
     settings = [{k: v for k, v in runs[-1]["settings"].items() if k != "seed"}]
@@ -108,7 +109,7 @@ def merge(paths: list[str]) -> dict:
     }
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(SHARED / "amazon-seqrec" / "scientific"))
     ap.add_argument("--model", default="sentence-transformers/all-MiniLM-L6-v2")
@@ -134,7 +135,11 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None)
     ap.add_argument("--merge", nargs="+", default=None, help="summarise these per-seed outputs instead")
-    args = ap.parse_args()
+    return ap
+
+
+def main() -> None:
+    args = parser().parse_args()
     if args.merge:
         emit(merge(args.merge), args.out)
         return
