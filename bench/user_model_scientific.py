@@ -72,7 +72,10 @@ def item_text_vectors(texts: list[str], model_name: str, *, cache: Path | None, 
 
 
 def merge(paths: list[str]) -> dict:
-    """Mean and population std over runs of this bench (one seed each, same settings but the seed)."""
+    """Mean and sample std (ddof 1) over runs of this bench (one seed each, same settings but the seed)."""
+    missing = [p for p in paths if not Path(p).is_file()]
+    if missing:
+        raise SystemExit(f"--merge: no such file: {', '.join(missing)}")
     runs = [json.loads(Path(p).read_text()) for p in paths]
     # a setting a run does not record (written before the flag existed) has the flag's default
     defaults = vars(parser().parse_args([]))
@@ -86,7 +89,7 @@ def merge(paths: list[str]) -> dict:
         raise SystemExit(f"--merge: seeds repeat: {seeds}")
 
     def spread(values: list[float]) -> dict:
-        return {"mean": round(float(np.mean(values)), 4), "std": round(float(np.std(values)), 4)}
+        return {"mean": round(float(np.mean(values)), 4), "std": round(float(np.std(values, ddof=1)) if len(values) > 1 else 0.0, 4)}
 
     variants = {}
     for label in runs[0]["variants"]:
