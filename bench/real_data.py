@@ -236,7 +236,8 @@ def main() -> None:
         for name in list(tables):
             earlier = Path(f"{args.merge_with}_{name}.json")
             if earlier.exists():
-                tables[name] = merge_tables({**json.loads(earlier.read_text()), "source": str(earlier)}, tables[name], name)
+                earlier_table = {**json.loads(earlier.read_text()), "source": str(earlier)}
+                tables[name] = merge_tables(earlier_table, tables[name], name)
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
         for name, table in tables.items():

@@ -89,7 +89,8 @@ def merge(paths: list[str]) -> dict:
         raise SystemExit(f"--merge: seeds repeat: {seeds}")
 
     def spread(values: list[float]) -> dict:
-        return {"mean": round(float(np.mean(values)), 4), "std": round(float(np.std(values, ddof=1)) if len(values) > 1 else 0.0, 4)}
+        std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+        return {"mean": round(float(np.mean(values)), 4), "std": round(std, 4)}
 
     variants = {}
     for label in runs[0]["variants"]:
