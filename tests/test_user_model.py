@@ -126,6 +126,19 @@ def test_targets_are_never_in_the_sequence():
     assert batch["match_rows"].tolist() == [0, 0, 1]
 
 
+def test_every_training_setting_comes_from_params():
+    import dataclasses
+
+    from plmrec.config import UserModelParams
+    from plmrec.usermodel.run import fit_settings
+
+    changed = UserModelParams(negatives=77, log_q=False, mlm_weight=0.5, batch_size=33)
+    settings = fit_settings(changed, progress=False)
+    assert (settings.negatives, settings.log_q, settings.mlm_weight, settings.batch_size) == (77, False, 0.5, 33)
+    missing = {f.name for f in dataclasses.fields(FitSettings)} - {"progress"} - set(UserModelParams.model_fields)
+    assert not missing, f"FitSettings fields with no user_model key: {missing}"
+
+
 def test_whitened_text_projection_gives_equal_uncorrelated_components():
     rng = np.random.default_rng(0)
     text = (rng.normal(size=(300, 24)) * np.geomspace(3.0, 0.05, 24)).astype(np.float32)
