@@ -387,6 +387,7 @@ class UserModelParams(_Section):
     time_buckets: int = Field(12, ge=0, description="log2 day buckets before the cut-off; 0: no time embedding")
     dropout: float = Field(0.1, ge=0, lt=1)
     scale: float = Field(20.0, gt=0, description="alpha: 1 / temperature of the cosine scores")
+    whiten: bool = Field(False, description="the item-text projection starts centred and whitened")
     epochs: int = Field(5, ge=1)
     patience: int = Field(2, ge=1, description="epochs without a valid gain before stopping")
     batch_size: int = Field(256, ge=2)

@@ -37,6 +37,7 @@ def spec_for(settings, variant) -> UserModelSpec:
         time_buckets=settings.time_buckets,
         dropout=settings.dropout,
         scale=settings.scale,
+        whiten=settings.whiten,
     ).check()
 
 
