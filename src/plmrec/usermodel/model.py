@@ -49,7 +49,7 @@ class UserModelSpec:
     dropout: float = 0.1
     scale: float = 20.0  # alpha: cosine scores times scale in the softmax
     residual_pool: bool = True
-    whiten: bool = False  # the text projection starts whitened (centred, unit variance per component)
+    whiten: bool = False  # the text projection starts centred and whitened (equal variance per component)
 
     def check(self) -> UserModelSpec:
         problems = []

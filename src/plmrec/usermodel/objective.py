@@ -11,8 +11,8 @@ is_target 0 are the sequence before the cut-off, those with 1 the items bought a
   target of the mini-batch, as the paper samples negatives from the other users' sequences). A
   user's other targets are not counted as its negatives.
 `negatives` > 0 adds that many catalogue items, drawn uniformly once per batch, to the candidates
-(mixed negative sampling): more and less popular negatives than the batch alone offers. Never a
-softmax over the whole catalogue.
+(mixed negative sampling): more and less popular negatives than the batch alone offers. A softmax
+over the whole catalogue only when `negatives` reaches its size.
 """
 
 from __future__ import annotations
