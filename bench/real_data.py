@@ -18,11 +18,11 @@ import argparse
 import json
 import math
 import os
-import statistics
 import time
 from pathlib import Path
 
 import pandas as pd
+from _report import mean_std
 
 ROOT = Path(__file__).resolve().parents[1]
 QUERY_KINDS = ("sentence", "mean", "recency")
@@ -63,22 +63,15 @@ def run_seed(params, prepared: Path, work: Path, *, until: str = "compare-models
             selected_dir=work / "selected",
         ),
     )
-    if until == "evaluate-retrieval":
-        return {k: v["seconds"] for k, v in timings.items()}
-    timings["compare-models"] = _stage(
-        work,
-        "compare-models",
-        lambda: stages.compare_models(
-            params, prepared, work / "selected", metrics_path=work / "compare.json", reports_dir=work / "compare"
-        ),
-    )
+    if until == "compare-models":
+        timings["compare-models"] = _stage(
+            work,
+            "compare-models",
+            lambda: stages.compare_models(
+                params, prepared, work / "selected", metrics_path=work / "compare.json", reports_dir=work / "compare"
+            ),
+        )
     return {k: v["seconds"] for k, v in timings.items()}
-
-
-def mean_std(values: list[float]) -> dict:
-    """Mean and sample std (ddof 1, as compare-models; 0 for one seed), with the values."""
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return {"mean": statistics.fmean(values), "std": std, "values": values}
 
 
 def _cell(stat: dict, scale: float = 1.0, digits: int = 4) -> str:
@@ -116,11 +109,13 @@ def retrieval_table(seeds: dict[int, Path]) -> dict:
         base.append(found["retrieval"]["online_retail_test"]["base"][base_kind])
     rows["selected (valid)"] = {m: mean_std([f[m] for f in chosen]) for m in RETRIEVAL_METRICS}
     rows["base (valid query)"] = {m: mean_std([f[m] for f in base]) for m in RETRIEVAL_METRICS}
-    verdict = {
-        m: clear_win(rows["selected (valid)"][m], rows["base (valid query)"][m]) for m in ("ndcg@10", "recall@10")
-    }
     selections = {s: {k: per_seed[s]["selection"][k] for k in ("chosen", "query", "valid")} for s in seeds}
-    return {"rows": rows, "selected_vs_base": verdict, "selections": selections}
+    return {"rows": rows, "selected_vs_base": selected_vs_base(rows), "selections": selections}
+
+
+def selected_vs_base(rows: dict) -> dict:
+    """The valid-chosen encoder against the base model, NDCG@10 and Recall@10."""
+    return {m: clear_win(rows["selected (valid)"][m], rows["base (valid query)"][m]) for m in ("ndcg@10", "recall@10")}
 
 
 def proxy_table(seeds: dict[int, Path]) -> dict:
@@ -175,10 +170,7 @@ def merge_tables(earlier: dict, table: dict, name: str) -> dict:
     merged["rows"] = _merge_stats(earlier["rows"], table["rows"])
     if name == "retrieval":
         merged["selections"] = {**earlier["selections"], **table["selections"]}
-        rows = merged["rows"]
-        merged["selected_vs_base"] = {
-            m: clear_win(rows["selected (valid)"][m], rows["base (valid query)"][m]) for m in ("ndcg@10", "recall@10")
-        }
+        merged["selected_vs_base"] = selected_vs_base(merged["rows"])
     if name == "pretrain_proxy":
         merged["head_start"] = {**earlier["head_start"], **table["head_start"]}
     return merged

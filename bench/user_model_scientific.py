@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "bench"))
 SHARED = Path(os.environ.get("PLMREC_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
-from _report import emit  # noqa: E402
+from _report import emit, mean_std  # noqa: E402
 
 from plmrec.data.seqrec import load_seqrec  # noqa: E402
 from plmrec.encoders import load_encoder  # noqa: E402
@@ -72,7 +72,7 @@ def item_text_vectors(texts: list[str], model_name: str, *, cache: Path | None, 
 
 
 def merge(paths: list[str]) -> dict:
-    """Mean and sample std (ddof 1) over runs of this bench (one seed each, same settings but the seed)."""
+    """Mean and sample std over runs of this bench (one seed each, same settings but the seed)."""
     missing = [p for p in paths if not Path(p).is_file()]
     if missing:
         raise SystemExit(f"--merge: no such file: {', '.join(missing)}")
@@ -80,23 +80,19 @@ def merge(paths: list[str]) -> dict:
     # a setting a run does not record (written before the flag existed) has the flag's default
     defaults = vars(parser().parse_args([]))
     keys = {k for r in runs for k in r["settings"]} - {"seed", "merge"}
-    settings = [{k: r["settings"].get(k, defaults.get(k)) for k in sorted(keys)} for r in runs]
-    if any(s != settings[0] for s in settings):
-        raise SystemExit(f"--merge: the runs differ in more than the seed: {settings}")
-    settings = [{k: v for k, v in runs[-1]["settings"].items() if k != "seed"}]
+    compared = [{k: r["settings"].get(k, defaults.get(k)) for k in sorted(keys)} for r in runs]
+    if any(c != compared[0] for c in compared):
+        raise SystemExit(f"--merge: the runs differ in more than the seed: {compared}")
     seeds = [r["settings"]["seed"] for r in runs]
     if len(set(seeds)) != len(seeds):
         raise SystemExit(f"--merge: seeds repeat: {seeds}")
 
-    def spread(values: list[float]) -> dict:
-        std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-        return {"mean": round(float(np.mean(values)), 4), "std": round(std, 4)}
-
     variants = {}
     for label in runs[0]["variants"]:
         rows = [r["variants"][label] for r in runs]
+        metrics = rows[0]["test"]
         variants[label] = {
-            split: {k: spread([row[split][k] for row in rows]) for k in rows[0]["test"]} for split in ("valid", "test")
+            split: {k: mean_std([row[split][k] for row in rows]) for k in metrics} for split in ("valid", "test")
         }
         variants[label]["chosen_epochs"] = [row["chosen_epoch"] for row in rows]
     chosen = [r["chosen_on_valid"] for r in runs]
@@ -104,7 +100,7 @@ def merge(paths: list[str]) -> dict:
         "bench": "user_model_scientific",
         "merged": [str(p) for p in paths],
         "seeds": seeds,
-        "settings": settings[0],
+        "settings": {k: v for k, v in runs[-1]["settings"].items() if k != "seed"},
         "protocol": runs[0]["protocol"],
         "chosen_on_valid_per_seed": chosen,
         "variants": variants,

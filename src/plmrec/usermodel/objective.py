@@ -102,10 +102,9 @@ class UserModelObjective:
         if self.mlm_weight <= 0:
             chosen[:] = False
         seq[chosen] = mask
-        drawn = rng.choice(self.model.items.n_items, self.negatives, replace=False) if self.negatives else []
-        candidates = np.unique(
-            np.concatenate([original[original.ne(pad)].numpy(), *targets, np.asarray(drawn, dtype=np.int64)])
-        )
+        n_items = self.model.items.n_items
+        drawn = rng.choice(n_items, self.negatives, replace=False) if self.negatives else np.empty(0, np.int64)
+        candidates = np.unique(np.concatenate([original[original.ne(pad)].numpy(), *targets, drawn]))
         lookup = {int(c): i for i, c in enumerate(candidates)}
         match_rows, match_cols = [], []
         for i, t in enumerate(targets):
