@@ -5,7 +5,8 @@ test window is scored once) -> compare-models with the chosen encoder (recommend
 the same stage functions the pipeline runs, with params.yaml and a profile laid over it. Then every
 table is aggregated over the seeds (mean ± std) and written as JSON, one file per table, under --out;
 the markdown tables go to stdout. Stages already done in --work are not run again (rerun to resume).
-`--until evaluate-retrieval` stops each seed before compare-models (the encoder tables only);
+`--until evaluate-retrieval` stops each seed before compare-models (the encoder tables only), `--until
+pretrain` after pretraining (the per-phase valid proxy only);
 `--merge-with PREFIX` adds the seeds of earlier JSON files (PREFIX_<table>.json) to each table both have.
 
     python bench/real_data.py --data ../shared/data/online-retail/online_retail.parquet \\
@@ -47,6 +48,8 @@ def run_seed(params, prepared: Path, work: Path, *, until: str = "compare-models
 
     timings = {}
     timings["pretrain"] = _stage(work, "pretrain", lambda: stages.pretrain(params, prepared, work / "pretrained"))
+    if until == "pretrain":
+        return {k: v["seconds"] for k, v in timings.items()}
     timings["finetune"] = _stage(
         work, "finetune", lambda: stages.finetune(params, prepared, work / "pretrained", out_dir=work / "finetuned")
     )
@@ -186,7 +189,9 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="write one JSON per table here (e.g. bench/results)")
     parser.add_argument("--name", default="real_online_retail", help="prefix of the JSON files")
     parser.add_argument("-S", "--set", dest="overrides", action="append", default=[], help="key=value, as plmrec -S")
-    parser.add_argument("--until", choices=["compare-models", "evaluate-retrieval"], default="compare-models")
+    parser.add_argument(
+        "--until", choices=["compare-models", "evaluate-retrieval", "pretrain"], default="compare-models"
+    )
     parser.add_argument("--merge-with", default=None, help="prefix of earlier JSON files to add (other seeds)")
     args = parser.parse_args()
 
@@ -213,10 +218,11 @@ def main() -> None:
 
     ks = sorted(set(params.recommenders.ks))
     tables = {
-        "retrieval": retrieval_table(dirs),
         "pretrain_proxy": proxy_table(dirs),
         "timings": {"data_seconds": data_seconds, "per_seed_seconds": timings},
     }
+    if args.until != "pretrain":
+        tables["retrieval"] = retrieval_table(dirs)
     if args.until == "compare-models":
         tables["classifier"] = runs_table(dirs, "classifier", by="variant", metrics=CLASSIFIER_METRICS)
         tables["recommenders"] = runs_table(
@@ -235,16 +241,17 @@ def main() -> None:
         for name, table in tables.items():
             Path(args.out, f"{args.name}_{name}.json").write_text(json.dumps(table, indent=2))
 
-    retrieval = tables["retrieval"]["rows"]
-    print("\n## Next-item retrieval, test (mean ± std over seeds)\n")
-    print(
-        _markdown(
-            [{"encoder / query": k, **{m: _cell(v[m]) for m in RETRIEVAL_METRICS}} for k, v in retrieval.items()],
-            ["encoder / query", *RETRIEVAL_METRICS],
+    if "retrieval" in tables:
+        retrieval = tables["retrieval"]["rows"]
+        print("\n## Next-item retrieval, test (mean ± std over seeds)\n")
+        print(
+            _markdown(
+                [{"encoder / query": k, **{m: _cell(v[m]) for m in RETRIEVAL_METRICS}} for k, v in retrieval.items()],
+                ["encoder / query", *RETRIEVAL_METRICS],
+            )
         )
-    )
-    print("\nselected vs base:", json.dumps(tables["retrieval"]["selected_vs_base"]))
-    print("selections:", json.dumps(tables["retrieval"]["selections"]))
+        print("\nselected vs base:", json.dumps(tables["retrieval"]["selected_vs_base"]))
+        print("selections:", json.dumps(tables["retrieval"]["selections"]))
     print("\n## Valid proxy per pretraining phase (NDCG@10)\n")
     proxy = tables["pretrain_proxy"]["rows"]
     print(_markdown([{"phase": k, "valid ndcg@10": _cell(v)} for k, v in proxy.items()], ["phase", "valid ndcg@10"]))

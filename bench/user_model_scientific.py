@@ -34,10 +34,11 @@ from plmrec.data.seqrec import load_seqrec  # noqa: E402
 from plmrec.encoders import load_encoder  # noqa: E402
 from plmrec.finetune.embed import encode_texts  # noqa: E402
 from plmrec.pretrain.models import quiet_transformers, resolve_base_model  # noqa: E402
+from plmrec.ranking import ranking_metrics  # noqa: E402
 from plmrec.training.device import resolve_device  # noqa: E402
 from plmrec.usermodel.fit import FitSettings, fit  # noqa: E402
 from plmrec.usermodel.model import UserModel, UserModelSpec  # noqa: E402
-from plmrec.usermodel.retrieval import UserQueries, evaluate  # noqa: E402
+from plmrec.usermodel.retrieval import UserQueries, encode_items, encode_users, evaluate  # noqa: E402
 from plmrec.usermodel.sequences import id_vocabulary, leave_one_out, training_purchases  # noqa: E402
 
 KS = [10, 50]
@@ -59,6 +60,20 @@ def sample(queries: UserQueries, n: int | None, seed: int) -> UserQueries:
         [queries.buckets[i] for i in keep],
         [queries.relevant[i] for i in keep],
     )
+
+
+def ensemble_metrics(models: list, queries: UserQueries, *, chunk: int = 2048) -> dict:
+    """Recall and NDCG of the sum of the models' scores (each max_c cos), full ranking, ties to the
+    lower item row. For one multi-vector model plus single-vector ones this equals max_c over the
+    concatenated vectors, so one index would serve it."""
+    items = [encode_items(m) for m in models]
+    users = [encode_users(m, queries.sequences, queries.buckets) for m in models]
+    top = []
+    for start in range(0, len(queries), chunk):
+        scores = sum(np.einsum("ucw,iw->uci", u[start : start + chunk], v).max(1) for u, v in zip(users, items))
+        top.append(np.argsort(-scores, axis=1, kind="stable")[:, : max(KS)])
+    scored = ranking_metrics(np.concatenate(top).tolist(), queries.relevant, KS, names=("recall", "ndcg"))
+    return {k: round(v, 4) for k, v in scored.items() if "@" in k}
 
 
 def item_text_vectors(texts: list[str], model_name: str, *, cache: Path | None, device: str) -> np.ndarray:
@@ -94,7 +109,7 @@ def merge(paths: list[str]) -> dict:
         variants[label] = {
             split: {k: mean_std([row[split][k] for row in rows]) for k in metrics} for split in ("valid", "test")
         }
-        variants[label]["chosen_epochs"] = [row["chosen_epoch"] for row in rows]
+        variants[label]["chosen_epochs"] = [row.get("chosen_epoch") for row in rows]
     chosen = [r["chosen_on_valid"] for r in runs]
     return {
         "bench": "user_model_scientific",
@@ -134,6 +149,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--ensemble", action="store_true", help="also score the sum of every pair of variants")
     ap.add_argument("--merge", nargs="+", default=None, help="summarise these per-seed outputs instead")
     return ap
 
@@ -185,7 +201,7 @@ def main() -> None:
         for split, q in (("valid", valid), ("test", test))
     }
     print(f"zero-shot (pooled text, untrained): {floor}", file=sys.stderr, flush=True)
-    rows = {}
+    rows, models = {}, {}
     for label in args.variants:
         torch.manual_seed(args.seed)
         spec = UserModelSpec(**parse_variant(label), **shape)
@@ -207,6 +223,15 @@ def main() -> None:
             "parameters": sum(p.numel() for p in model.parameters()),
         }
         print(label, "test", rows[label]["test"], file=sys.stderr, flush=True)
+        models[label] = model
+    if args.ensemble:
+        labels = list(models)
+        for i, a in enumerate(labels):
+            for b in labels[i + 1 :]:
+                pair = [models[a], models[b]]
+                rows[f"{a}+{b}"] = {"ensemble": [a, b], "valid": ensemble_metrics(pair, valid)}
+                rows[f"{a}+{b}"]["test"] = ensemble_metrics(pair, test)
+                print(f"{a}+{b}", rows[f"{a}+{b}"], file=sys.stderr, flush=True)
     best = max(rows, key=lambda v: rows[v]["valid"]["ndcg@10"])
     emit(
         {

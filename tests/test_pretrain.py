@@ -51,6 +51,32 @@ def test_objective_lowers_loss_on_a_repeated_batch(tiny_model_dir, objective):
     assert result.steps == 40 and result.tokens > 0 and result.device.split(":")[0] in ("cpu", "cuda")
 
 
+def test_retention_keeps_the_encoder_near_its_start(tiny_model_dir):
+    """pretrain.retain_weight: the term is 0 before any step, and after the same MLM steps the
+    encoder's unmasked token vectors sit closer to the start's than with plain MLM."""
+    probe = make_objective("mlm", str(tiny_model_dir), 32, packing=False)
+    ids = probe.collate(probe.encode(SENTENCES), seed=0)
+    with torch.no_grad():
+        before = probe.encoder(input_ids=ids["input_ids"], attention_mask=ids["attention_mask"]).last_hidden_state
+
+    def drift(weight: float) -> float:
+        obj = make_objective("mlm", str(tiny_model_dir), 32, packing=False, retain_weight=weight)
+        if weight:
+            labels = torch.full_like(ids["input_ids"], -100)
+            hidden = obj.encoder(input_ids=ids["input_ids"], attention_mask=ids["attention_mask"]).last_hidden_state
+            start = obj.retention(ids["input_ids"], attn=ids["attention_mask"], labels=labels, hidden=hidden)
+            assert start.item() < 1e-6
+        train(obj, obj.encode(SENTENCES), _cfg(steps=25, learning_rate=5e-3))
+        obj.encoder.eval()
+        with torch.no_grad():
+            after = obj.encoder(input_ids=ids["input_ids"], attention_mask=ids["attention_mask"]).last_hidden_state
+        keep = ids["attention_mask"].bool()
+        return (1 - torch.nn.functional.cosine_similarity(after[keep], before[keep], dim=-1)).mean().item()
+
+    plain, retained = drift(0.0), drift(5.0)
+    assert retained < 0.5 * plain, (plain, retained)
+
+
 def test_masking_is_dynamic_and_follows_80_10_10():
     ids = torch.randint(5, 1000, (64, 128))
     ids[:, 0] = 0  # a special token at the start of every row

@@ -257,6 +257,12 @@ class PretrainParams(TrainingSettings):
         0, ge=0, description="head-only MLM steps (encoder frozen) before a fresh head's phase"
     )
     head_learning_rate: float = Field(1e-3, gt=0, le=1, description="the head warm-up's learning rate")
+    retain_weight: float = Field(
+        0.0,
+        ge=0,
+        description="MLM phases: weight of 1 - cos between the encoder's unmasked token vectors and a frozen "
+        "copy of the phase's start (learning without forgetting); 0 disables",
+    )
     valid_proxy: bool = Field(True, description="score each phase's encoder on the valid window (retrieval proxy)")
 
     @model_validator(mode="after")

@@ -6,6 +6,7 @@ device batch into a loss. The trainer owns devices, precision, optimisation and 
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from pathlib import Path
 from typing import Any
@@ -65,11 +66,25 @@ def mlm_head(model: nn.Module) -> nn.Module | None:
 
 
 class MaskedLM:
-    """MLM with fresh masks every batch; logits only at the masked positions."""
+    """MLM with fresh masks every batch; logits only at the masked positions.
+
+    `retain_weight` > 0 adds a learning-without-forgetting term: at every unmasked position, 1 - cos
+    between the encoder's output and that of a frozen copy of the phase's starting encoder on the same
+    input, averaged, times the weight. It keeps the token vectors (and so their mean-pooled sentence
+    vectors) near where they started while the masked positions learn the shop's words.
+    """
 
     name = "mlm"
 
-    def __init__(self, model_dir: str, max_length: int, mlm_probability: float = 0.15, *, packing: bool = True):
+    def __init__(
+        self,
+        model_dir: str,
+        max_length: int,
+        mlm_probability: float = 0.15,
+        *,
+        packing: bool = True,
+        retain_weight: float = 0.0,
+    ):
         from transformers import AutoModelForMaskedLM, AutoTokenizer
 
         self.model_dir, self.max_length, self.probability, self.packing = (
@@ -108,6 +123,14 @@ class MaskedLM:
         self._special = torch.tensor(sorted(set(self.tokenizer.all_special_ids)), dtype=torch.long)
         self.vocab_size = len(self.tokenizer)  # random replacements come from real tokens only
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        self.retain_weight, self.teacher = retain_weight, None
+        if retain_weight > 0:
+            if self.head is None:
+                raise TrainingConfigError(
+                    f"{model_dir}: pretrain.retain_weight needs an MLM head that splits off the encoder; "
+                    f"this architecture's does not (set pretrain.retain_weight: 0)"
+                )
+            self.teacher = copy.deepcopy(self.encoder).eval().requires_grad_(False)
 
     def compile(self) -> None:
         """Compile each transformer layer, not the whole encoder: traced whole, Hugging Face builds a
@@ -123,6 +146,8 @@ class MaskedLM:
 
     def to(self, device: torch.device) -> None:
         self.model.to(device)
+        if self.teacher is not None:
+            self.teacher.to(device)
         self._special = self._special.to(device)
 
     def encode(self, texts: list[str]) -> list[np.ndarray]:
@@ -171,7 +196,19 @@ class MaskedLM:
         if pad:
             targets[count:] = IGNORE
         total = self._head_loss_fn(hidden.reshape(-1, hidden.shape[-1])[positions], targets)
-        return total / max(count, 1)
+        loss = total / max(count, 1)
+        if self.teacher is not None and torch.is_grad_enabled() and hidden.requires_grad:
+            loss = loss + self.retain_weight * self.retention(inputs, attn=attn, labels=labels, hidden=hidden)
+        return loss
+
+    def retention(
+        self, inputs: torch.Tensor, *, attn: torch.Tensor | None, labels: torch.Tensor, hidden: torch.Tensor
+    ) -> torch.Tensor:
+        """Mean 1 - cos(encoder, frozen start) over the unmasked, unpadded positions of `inputs`."""
+        with torch.no_grad():
+            start = self.teacher(input_ids=inputs, attention_mask=attn).last_hidden_state
+        keep = labels.eq(IGNORE) if attn is None else labels.eq(IGNORE) & attn.bool()
+        return (1 - F.cosine_similarity(hidden[keep].float(), start[keep].float(), dim=-1)).mean()
 
     def _head_loss(self, rows: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Summed cross-entropy of the MLM head's logits for the masked rows [R, H]."""
@@ -293,9 +330,10 @@ def make_objective(
     packing: bool = True,
     pooling: str = "mean",
     deletion_ratio: float = 0.6,
+    retain_weight: float = 0.0,
 ):
     if objective == "mlm":
-        return MaskedLM(model_dir, max_length, mlm_probability, packing=packing)
+        return MaskedLM(model_dir, max_length, mlm_probability, packing=packing, retain_weight=retain_weight)
     if objective == "tsdae":
         return Tsdae(model_dir, max_length, pooling, deletion_ratio=deletion_ratio)
     raise TrainingConfigError(f"unknown pretraining objective '{objective}' (expected mlm or tsdae)")

@@ -62,6 +62,7 @@ def _phase_record(phase: PhaseParams, params: PretrainParams, start: str, *, see
                 "mlm_head",
                 "head_warmup_steps",
                 "head_learning_rate",
+                "retain_weight",
             }
         ),
     }
@@ -191,6 +192,7 @@ def run_schedule(
             packing=params.packing,
             pooling=params.pooling,
             deletion_ratio=params.tsdae_deletion_ratio,
+            retain_weight=params.retain_weight,
         )
         start_fp = objective.start_fingerprint()
         load_start = time.perf_counter()
