@@ -260,8 +260,8 @@ class PretrainParams(TrainingSettings):
     retain_weight: float = Field(
         0.0,
         ge=0,
-        description="MLM phases: weight of 1 - cos between the encoder's unmasked token vectors and a frozen "
-        "copy of the phase's start (learning without forgetting); 0 disables",
+        description="MLM and TSDAE phases: weight of 1 - cos between the encoder's token vectors (unmasked, "
+        "unpadded) and a frozen copy of the phase's start (learning without forgetting); 0 disables",
     )
     valid_proxy: bool = Field(True, description="score each phase's encoder on the valid window (retrieval proxy)")
 

@@ -35,6 +35,16 @@ def encoder_fingerprint(model: nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
+def retention_loss(
+    teacher: nn.Module, inputs: torch.Tensor, *, attn: torch.Tensor | None, hidden: torch.Tensor, keep: torch.Tensor
+) -> torch.Tensor:
+    """Learning without forgetting: mean 1 - cos between `hidden` (the encoder being trained, on
+    `inputs`) and the frozen `teacher`'s outputs on the same inputs, over the positions in `keep`."""
+    with torch.no_grad():
+        start = teacher(input_ids=inputs, attention_mask=attn).last_hidden_state
+    return (1 - F.cosine_similarity(hidden[keep].float(), start[keep].float(), dim=-1)).mean()
+
+
 def mask_tokens(
     input_ids: torch.Tensor,
     maskable: torch.Tensor,
@@ -205,10 +215,8 @@ class MaskedLM:
         self, inputs: torch.Tensor, *, attn: torch.Tensor | None, labels: torch.Tensor, hidden: torch.Tensor
     ) -> torch.Tensor:
         """Mean 1 - cos(encoder, frozen start) over the unmasked, unpadded positions of `inputs`."""
-        with torch.no_grad():
-            start = self.teacher(input_ids=inputs, attention_mask=attn).last_hidden_state
         keep = labels.eq(IGNORE) if attn is None else labels.eq(IGNORE) & attn.bool()
-        return (1 - F.cosine_similarity(hidden[keep].float(), start[keep].float(), dim=-1)).mean()
+        return retention_loss(self.teacher, inputs, attn=attn, hidden=hidden, keep=keep)
 
     def _head_loss(self, rows: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Summed cross-entropy of the MLM head's logits for the masked rows [R, H]."""
@@ -253,11 +261,20 @@ def delete_words(ids: np.ndarray, starts: np.ndarray, ratio: float, *, rng: np.r
 
 class Tsdae:
     """TSDAE through sentence-transformers: a pooled sentence vector of the noisy text must let a
-    decoder tied to the encoder reconstruct the clean text."""
+    decoder tied to the encoder reconstruct the clean text. `retain_weight` as MaskedLM's, over every
+    unpadded position of the noisy text."""
 
     name = "tsdae"
 
-    def __init__(self, model_dir: str, max_length: int, pooling: str = "mean", *, deletion_ratio: float = 0.6):
+    def __init__(
+        self,
+        model_dir: str,
+        max_length: int,
+        pooling: str = "mean",
+        *,
+        deletion_ratio: float = 0.6,
+        retain_weight: float = 0.0,
+    ):
         from sentence_transformers import SentenceTransformer, losses, models
         from transformers import AutoConfig
 
@@ -273,12 +290,19 @@ class Tsdae:
         if self.tokenizer.cls_token_id is None or self.tokenizer.sep_token_id is None:
             raise TrainingConfigError(f"{model_dir}: TSDAE needs a tokenizer with begin (cls) and end (sep) tokens")
         self.pad_id = self.tokenizer.pad_token_id
+        self.retain_weight, self.teacher, self._tokens = retain_weight, None, {}
+        if retain_weight > 0:
+            self.teacher = copy.deepcopy(self.encoder).eval().requires_grad_(False)
+            # the loss calls the encoder inside sentence-transformers: keep its token vectors
+            self.st[0].register_forward_hook(lambda _m, _in, out: self._tokens.update(out=out["token_embeddings"]))
 
     def compile(self) -> None:  # the decoder's shapes vary per batch; compiling gains little here
         pass
 
     def to(self, device: torch.device) -> None:
         self.loss_fn.to(device)
+        if self.teacher is not None:
+            self.teacher.to(device)
 
     def encode(self, texts: list[str]) -> list[np.ndarray]:
         ids = self.tokenizer(list(texts), add_special_tokens=False, truncation=True, max_length=self.max_length - 2)[
@@ -302,7 +326,17 @@ class Tsdae:
         }
 
     def loss(self, batch: dict[str, Any], generator: torch.Generator) -> torch.Tensor:
-        return self.loss_fn([batch["noisy"], batch["target"]], labels=None)
+        self._tokens.clear()
+        loss = self.loss_fn([batch["noisy"], batch["target"]], labels=None)
+        hidden = self._tokens.get("out")
+        if self.teacher is not None and hidden is not None and hidden.requires_grad:
+            noisy = batch["noisy"]
+            attn = noisy["attention_mask"]
+            keep = attn.bool()
+            loss = loss + self.retain_weight * retention_loss(
+                self.teacher, noisy["input_ids"], attn=attn, hidden=hidden, keep=keep
+            )
+        return loss
 
     def start_fingerprint(self) -> str:
         return encoder_fingerprint(self.encoder)
@@ -335,5 +369,5 @@ def make_objective(
     if objective == "mlm":
         return MaskedLM(model_dir, max_length, mlm_probability, packing=packing, retain_weight=retain_weight)
     if objective == "tsdae":
-        return Tsdae(model_dir, max_length, pooling, deletion_ratio=deletion_ratio)
+        return Tsdae(model_dir, max_length, pooling, deletion_ratio=deletion_ratio, retain_weight=retain_weight)
     raise TrainingConfigError(f"unknown pretraining objective '{objective}' (expected mlm or tsdae)")
