@@ -207,16 +207,10 @@ class MaskedLM:
             targets[count:] = IGNORE
         total = self._head_loss_fn(hidden.reshape(-1, hidden.shape[-1])[positions], targets)
         loss = total / max(count, 1)
-        if self.teacher is not None and torch.is_grad_enabled() and hidden.requires_grad:
-            loss = loss + self.retain_weight * self.retention(inputs, attn=attn, labels=labels, hidden=hidden)
+        if self.teacher is not None and hidden.requires_grad:  # not while the head warms up alone
+            keep = labels.eq(IGNORE) if attn is None else labels.eq(IGNORE) & attn.bool()
+            loss = loss + self.retain_weight * retention_loss(self.teacher, inputs, attn=attn, hidden=hidden, keep=keep)
         return loss
-
-    def retention(
-        self, inputs: torch.Tensor, *, attn: torch.Tensor | None, labels: torch.Tensor, hidden: torch.Tensor
-    ) -> torch.Tensor:
-        """Mean 1 - cos(encoder, frozen start) over the unmasked, unpadded positions of `inputs`."""
-        keep = labels.eq(IGNORE) if attn is None else labels.eq(IGNORE) & attn.bool()
-        return retention_loss(self.teacher, inputs, attn=attn, hidden=hidden, keep=keep)
 
     def _head_loss(self, rows: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Summed cross-entropy of the MLM head's logits for the masked rows [R, H]."""
@@ -330,12 +324,9 @@ class Tsdae:
         loss = self.loss_fn([batch["noisy"], batch["target"]], labels=None)
         hidden = self._tokens.get("out")
         if self.teacher is not None and hidden is not None and hidden.requires_grad:
-            noisy = batch["noisy"]
-            attn = noisy["attention_mask"]
-            keep = attn.bool()
-            loss = loss + self.retain_weight * retention_loss(
-                self.teacher, noisy["input_ids"], attn=attn, hidden=hidden, keep=keep
-            )
+            noisy, attn = batch["noisy"], batch["noisy"]["attention_mask"]
+            retain = retention_loss(self.teacher, noisy["input_ids"], attn=attn, hidden=hidden, keep=attn.bool())
+            loss = loss + self.retain_weight * retain
         return loss
 
     def start_fingerprint(self) -> str:
