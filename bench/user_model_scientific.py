@@ -32,13 +32,13 @@ from _report import emit, mean_std  # noqa: E402
 
 from plmrec.data.seqrec import load_seqrec  # noqa: E402
 from plmrec.encoders import load_encoder  # noqa: E402
-from plmrec.finetune.embed import encode_texts  # noqa: E402
+from plmrec.finetune.embed import build_index, encode_texts  # noqa: E402
 from plmrec.pretrain.models import quiet_transformers, resolve_base_model  # noqa: E402
 from plmrec.ranking import ranking_metrics  # noqa: E402
 from plmrec.training.device import resolve_device  # noqa: E402
 from plmrec.usermodel.fit import FitSettings, fit  # noqa: E402
 from plmrec.usermodel.model import UserModel, UserModelSpec  # noqa: E402
-from plmrec.usermodel.retrieval import UserQueries, encode_items, encode_users, evaluate  # noqa: E402
+from plmrec.usermodel.retrieval import UserQueries, encode_items, encode_users, evaluate, search_max  # noqa: E402
 from plmrec.usermodel.sequences import id_vocabulary, leave_one_out, training_purchases  # noqa: E402
 
 KS = [10, 50]
@@ -62,17 +62,20 @@ def sample(queries: UserQueries, n: int | None, seed: int) -> UserQueries:
     )
 
 
-def ensemble_metrics(models: list, queries: UserQueries, *, chunk: int = 2048) -> dict:
-    """Recall and NDCG of the sum of the models' scores (each max_c cos), full ranking, ties to the
-    lower item row. For one multi-vector model plus single-vector ones this equals max_c over the
-    concatenated vectors, so one index would serve it."""
-    items = [encode_items(m) for m in models]
-    users = [encode_users(m, queries.sequences, queries.buckets) for m in models]
-    top = []
-    for start in range(0, len(queries), chunk):
-        scores = sum(np.einsum("ucw,iw->uci", u[start : start + chunk], v).max(1) for u, v in zip(users, items))
-        top.append(np.argsort(-scores, axis=1, kind="stable")[:, : max(KS)])
-    scored = ranking_metrics(np.concatenate(top).tolist(), queries.relevant, KS, names=("recall", "ndcg"))
+def ensemble_metrics(models: list, queries: UserQueries) -> dict:
+    """Recall and NDCG of the sum of the models' scores (each max_c cos), ranked by the exact index as
+    `evaluate` ranks one model: the sum of the maxima is the max over every choice of one vector per
+    model of the concatenated vectors, so each user becomes those combinations."""
+    items = np.concatenate([encode_items(m) for m in models], axis=1)
+    users = None
+    for m in models:
+        u = encode_users(m, queries.sequences, queries.buckets)
+        if users is not None:  # (U, C1, w1) x (U, C2, w2) -> (U, C1 * C2, w1 + w2)
+            c1, c2 = users.shape[1], u.shape[1]
+            u = np.concatenate([np.repeat(users, c2, axis=1), np.tile(u, (1, c1, 1))], axis=2)
+        users = u
+    top, _ = search_max(build_index(items, "exact"), users, max(KS))
+    scored = ranking_metrics(top.tolist(), queries.relevant, KS, names=("recall", "ndcg"))
     return {k: round(v, 4) for k, v in scored.items() if "@" in k}
 
 
