@@ -67,6 +67,7 @@ def tiny_finetune_params(**overrides):
         warmup_ratio=0.0,
         checkpoint_every=1000,
         history_length=10,
+        merge_alphas=[1.0],
         phases=[FinetunePhaseParams(task="item_context", steps=4), FinetunePhaseParams(task="sequence_next", steps=4)],
     )
     return FinetuneParams(**{**base, **overrides})

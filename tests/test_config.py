@@ -73,6 +73,8 @@ def test_finetune_phases_checked():
         parse_params({"finetune": {"phases": [{"task": "item_context", "steps": 3}, {"task": "sequence_next"}]}})
     with pytest.raises(ConfigError, match="review_item phase needs reviews_path and meta_path"):
         parse_params({"finetune": {"phases": [{"task": "review_item", "epochs": 1}]}})
+    with pytest.raises(ConfigError, match=r"'finetune.merge_alphas'.*each alpha must be in \(0, 1\]; got \[0.0, 1.5\]"):
+        parse_params({"finetune": {"merge_alphas": [0, 0.5, 1.5]}})
     with pytest.raises(
         ConfigError,
         match=r"unknown key 'finetune.phases.0.step' \(did you mean "

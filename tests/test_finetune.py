@@ -159,6 +159,49 @@ def test_phases_chain_and_finetuning_raises_recall(prepared, tiny_model_dir, tmp
     assert [ph["end_fingerprint"] for ph in again["phases"]] == [first["end_fingerprint"], second["end_fingerprint"]]
 
 
+def test_merging_with_the_start_keeps_the_interpolation_valid_prefers(prepared, tiny_model_dir, tmp_path):
+    import torch
+
+    from plmrec.selection import best_query
+
+    p = Params()
+    p.finetune = tiny_finetune_params(
+        phases=[FinetunePhaseParams(task="item_context", steps=30)], batch_size=32, merge_alphas=[0.25, 0.5]
+    )
+    report = finetune(p, prepared, str(tiny_model_dir), out_dir=tmp_path / "ft", progress=False)
+    merge = report["merge"]
+    assert list(merge["scores"]) == ["alpha=1", "alpha=0.5", "alpha=0.25"]  # as trained, always a candidate
+    valid = {name: best_query(by_kind)[1] for name, by_kind in merge["scores"].items()}
+    assert merge["chosen"] == max(valid, key=valid.get) == f"alpha={merge['alpha']:g}"
+
+    start, tuned, saved = (
+        load_encoder(path, "mean", 64)
+        for path in (
+            tiny_model_dir,
+            tmp_path / "ft" / "phases" / "1-item_context",
+            tmp_path / "ft" / "sentence-transformer",
+        )
+    )
+    a = merge["alpha"]
+    weights = {name: dict(m.named_parameters()) for name, m in (("start", start), ("tuned", tuned), ("saved", saved))}
+    for key, value in weights["saved"].items():
+        if ".pooler." in key:  # the tiny RoBERTa has no pooler: drawn afresh at each load, and unused
+            continue
+        torch.testing.assert_close(value, (1 - a) * weights["start"][key] + a * weights["tuned"][key])
+    assert any(not torch.equal(weights["start"][k], weights["tuned"][k]) for k in weights["tuned"])
+
+
+def test_merging_models_of_different_shapes_is_refused(tiny_model_dir):
+    from plmrec.errors import StageError
+    from plmrec.finetune.merge import interpolate
+    from plmrec.pretrain.models import resolve_base_model
+
+    minilm = resolve_base_model("sentence-transformers/all-MiniLM-L6-v2")
+    small, other = load_encoder(tiny_model_dir, "mean", 64), load_encoder(minilm, "mean", 64)
+    with pytest.raises(StageError, match="finetune.merge_alphas: .*differ|finetune.merge_alphas: .* in the start"):
+        interpolate(small, other, 0.5)
+
+
 @pytest.mark.parametrize(
     "overrides", [dict(loss="cached_mnrl", mini_batch_size=4), dict(mlm_weight=0.1), dict(pooling="cls")]
 )

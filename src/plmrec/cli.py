@@ -566,7 +566,14 @@ def stage_finetune(params_path, overrides, prepared, pretrained, out_dir, metric
         stages.write_json(result, report)
     if metrics:
         stages.write_json(
-            metrics, {"finetune": {**stages.finetune_summary(report), "embeddings": report["embeddings"]}}
+            metrics,
+            {
+                "finetune": {
+                    **stages.finetune_summary(report),
+                    **stages.merge_summary(report),
+                    "embeddings": report["embeddings"],
+                }
+            },
         )
     if plots_dir:
         Path(plots_dir).mkdir(parents=True, exist_ok=True)

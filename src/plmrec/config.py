@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from plmrec.errors import ConfigError
 from plmrec.ranking import RANKING_METRICS
@@ -313,6 +313,20 @@ class FinetuneParams(TrainingSettings):
     learning_rate: float = Field(5e-5, gt=0, le=1)
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
     log_every: int = Field(5, ge=1)
+    merge_alphas: list[float] = Field(
+        [0.2, 0.4, 0.6, 0.8, 1.0],
+        min_length=1,
+        description="WiSE-FT: weights (1 - a) * start + a * fine-tuned for each a, the best on the valid window "
+        "kept (a = 1, the fine-tuned model as trained, is always a candidate); [1.0]: no merging",
+    )
+
+    @field_validator("merge_alphas")
+    @classmethod
+    def _alphas_in_range(cls, alphas: list[float]) -> list[float]:
+        wrong = [a for a in alphas if not 0 < a <= 1]
+        if wrong:
+            raise ValueError(f"each alpha must be in (0, 1]; got {wrong} (0 would be the start model unchanged)")
+        return alphas
 
     @model_validator(mode="after")
     def _phases_have_data(self) -> FinetuneParams:

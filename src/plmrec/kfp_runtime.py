@@ -151,6 +151,7 @@ def finetune(
     for label, figures in stages.finetune_summary(report).items():
         _log(finetune_metrics, {f"{label}_{k}": v for k, v in figures.items()})
     _log(finetune_metrics, {f"embed_{k}": v for k, v in report["embeddings"].items()})
+    _log(finetune_metrics, stages.merge_summary(report))
     out = Path(model.path)
     Path(plots.path).write_text(
         image_html("Fine-tuning loss and item embedding space", [out / "loss_curve.png", out / "embedding_pca.png"])

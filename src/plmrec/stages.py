@@ -408,6 +408,18 @@ def finetune_summary(report: dict) -> dict[str, dict]:
     return {ph["label"]: _phase_figures(ph, "pairs") for ph in report["phases"]}
 
 
+def merge_summary(report: dict) -> dict[str, float]:
+    """finetune.merge_alphas' outcome as metrics: the kept alpha and its valid figure (empty: no merging)."""
+    merge = report.get("merge")
+    if not merge:
+        return {}
+    metric = merge["metric"]
+    return {
+        "merge_alpha": merge["alpha"],
+        f"merge_valid_{metric.replace('@', '_at_')}": merge["valid"][merge["chosen"]][metric],
+    }
+
+
 def finetune_start_model(
     params: Params, pretrained_dir: str | Path | None, prepared: pd.DataFrame | None = None
 ) -> tuple[str, EncoderSelection | None]:
@@ -441,6 +453,17 @@ def finetune_start_model(
         progress=lambda message: say("finetune", f"start_from auto: {message}"),
     )
     return selection.path, selection
+
+
+def _log_merge(merge: dict) -> None:
+    """finetune.merge_alphas' choice: the valid table, the kept alpha (metric and tag) and one line."""
+    from plmrec.selection import EncoderSelection
+
+    selection = EncoderSelection("auto", merge["scores"])
+    tracking.log_table(selection.table().rename(columns={"encoder": "merge"}), "finetune/merge_selection.json")
+    tracking.log_numeric(merge_summary({"merge": merge}))
+    tracking.set_tags({"finetune.merge_alpha": f"{merge['alpha']:g}"})
+    say("finetune", f"weights merged with the start at alpha={merge['alpha']:g}: {selection.line()}")
 
 
 def finetune(
@@ -480,6 +503,8 @@ def finetune(
             tracking.log_numeric({f"pairs_{k}": v for k, v in report["pairs"].items()})
             tracking.log_artifact(out / "loss_curve.png", "finetune")
             say("finetune", f"{len(report['phases'])} phases in {report['seconds']}s from {start}")
+            if "merge" in report:
+                _log_merge(report["merge"])
         else:
             sentence_model(start, tuning.pooling, tuning.max_length).save(str(out / "sentence-transformer"))
             say("finetune", f"disabled: {start} exported unchanged")

@@ -1,7 +1,8 @@
 """Fine-tuning phases in order on one sentence encoder, then the embedding outputs.
 
 Output directory:
-  sentence-transformer/       the fine-tuned encoder (pooling + L2 normalisation)
+  sentence-transformer/       the fine-tuned encoder (pooling + L2 normalisation), interpolated with its
+                              start where finetune.merge_alphas finds that better on valid
   phases/<i>-<task>/phase.json  what each phase did (a rerun skips finished phases)
   item_embeddings.parquet, user_embeddings.parquet, index.json
   finetune_report.json, loss_curve.png, embedding_pca.png
@@ -72,6 +73,7 @@ def _record(phase: FinetunePhaseParams, params: Params, start: str, *, seed: int
                 "log_every",
                 "checkpoint_every",
                 "checkpoint_dir",
+                "merge_alphas",
             },
         ),
     }
@@ -157,13 +159,38 @@ def finetune(
         current = str(phase_dir)
     report["seconds"] = round(time.time() - started, 2)
     if is_main_process():
+        model = objective.st
+        if ft.merge_alphas != [1.0]:
+            model = merge_with_start(params, prepared, start_model, tuned=model, report=report)
         st_dir = out / "sentence-transformer"
         shutil.rmtree(st_dir, ignore_errors=True)
-        objective.save(st_dir)
+        model.save(str(st_dir))
         (out / "finetune_report.json").write_text(json.dumps(report, indent=2))
         plot_losses(report, out / "loss_curve.png")
     barrier()
     return report
+
+
+def merge_with_start(params: Params, prepared: pd.DataFrame, start_model: str, *, tuned, report: dict):
+    """The interpolation of `tuned` with `start_model` that scores best on the valid window
+    (finetune.merge_alphas); the choice and every candidate's figures go to report['merge']."""
+    from plmrec.encoders import load_encoder
+    from plmrec.finetune.merge import choose_alpha
+    from plmrec.selection import ValidProbe
+
+    ft = params.finetune
+    started = time.time()
+    start = load_encoder(start_model, ft.pooling, ft.max_length, device=str(tuned.device))
+    alpha, model, selection = choose_alpha(
+        start,
+        tuned,
+        ft.merge_alphas,
+        probe=ValidProbe.from_prepared(prepared, params),
+        progress=lambda message: print(f"[plmrec] finetune: merge {message}", flush=True),
+    )
+    report["merge"] = {"alpha": alpha, "seconds": round(time.time() - started, 2), **selection.to_dict()}
+    print(f"[plmrec] finetune: merge kept alpha={alpha:g}: {selection.line()}", flush=True)
+    return model
 
 
 def embed_catalogue(model, prepared: pd.DataFrame, params: Params, *, out_dir: str | Path) -> dict:
