@@ -14,6 +14,7 @@ Prints one JSON object.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -77,6 +78,11 @@ def ensemble_metrics(models: list, queries: UserQueries) -> dict:
     top, _ = search_max(build_index(items, "exact"), users, max(KS))
     scored = ranking_metrics(top.tolist(), queries.relevant, KS, names=("recall", "ndcg"))
     return {k: round(v, 4) for k, v in scored.items() if "@" in k}
+
+
+def with_history_left_out(queries: UserQueries) -> UserQueries:
+    """The same queries, each user's sequence items excluded from the ranking (repeats then count as misses)."""
+    return dataclasses.replace(queries, exclude=[sorted({int(i) for i in s}) for s in queries.sequences])
 
 
 def item_text_vectors(texts: list[str], model_name: str, *, cache: Path | None, device: str) -> np.ndarray:
@@ -153,6 +159,12 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None)
     ap.add_argument("--ensemble", action="store_true", help="also score the sum of every pair of variants")
+    ap.add_argument(
+        "--mask-history",
+        action="store_true",
+        help="also score each variant with the items of the user's own sequence left out of its answer "
+        "(a choice of the recommender, made on valid like any row: the evaluator still counts repeats)",
+    )
     ap.add_argument("--merge", nargs="+", default=None, help="summarise these per-seed outputs instead")
     return ap
 
@@ -227,6 +239,13 @@ def main() -> None:
         }
         print(label, "test", rows[label]["test"], file=sys.stderr, flush=True)
         models[label] = model
+        if args.mask_history:
+            masked = {
+                split: {k: round(v, 4) for k, v in evaluate(model, with_history_left_out(q), KS).items() if "@" in k}
+                for split, q in (("valid", valid), ("test", test))
+            }
+            rows[f"{label}/history-masked"] = {"of": label, "chosen_epoch": result.chosen_epoch, **masked}
+            print(f"{label}/history-masked", masked, file=sys.stderr, flush=True)
     if args.ensemble:
         labels = list(models)
         for i, a in enumerate(labels):
