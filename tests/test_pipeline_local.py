@@ -34,7 +34,7 @@ def _runs(uri, run_key):
 def test_pipeline_runs_end_to_end(small_params, tiny_model_dir, mlflow_server, tmp_path, capsys):
     small_params.tracking.uri = mlflow_server
     small_params.pretrain = tiny_pretrain_params(tiny_model_dir)
-    small_params.finetune = tiny_finetune_params()
+    small_params.finetune = tiny_finetune_params(merge_alphas=[0.5, 1.0])
     small_params.recommenders = quick_recommenders_params()
     small_params.user_model = quick_user_model_params()
     small_params.search = tiny_search_params(small_review_file(tmp_path / "reviews.jsonl.gz"))
@@ -95,6 +95,10 @@ def test_pipeline_runs_end_to_end(small_params, tiny_model_dir, mlflow_server, t
         "embeddings/index.json",
     } <= listed(tuned, "embeddings")
     assert "finetune/embedding_pca.png" in listed(tuned, "finetune")
+    merged = tuned.data.tags["plmrec.merge_alpha"]  # chosen on valid among 0.5 and the weights as trained
+    assert merged in {"0.5", "1"} and parent[0].data.tags["plmrec.merge_alpha"] == merged
+    assert tuned.data.metrics["merge_alpha"] == float(merged) and "merge_valid_ndcg_at_10" in tuned.data.metrics
+    assert "finetune/merge_selection.json" in listed(tuned, "finetune")
     logged = mlflow.search_logged_models(
         experiment_ids=[tuned.info.experiment_id],
         output_format="list",

@@ -7,7 +7,7 @@ import datetime as dt
 import pandas as pd
 
 from plmrec.errors import PlmrecError
-from plmrec.tracking import ENCODER_TAG, RUN_KEY_TAG
+from plmrec.tracking import ENCODER_TAG, MERGE_TAG, RUN_KEY_TAG
 
 
 def compare_runs(client, experiment: str, limit: int = 5) -> pd.DataFrame:
@@ -35,6 +35,7 @@ def compare_runs(client, experiment: str, limit: int = 5) -> pd.DataFrame:
             "run key": run.data.tags.get(RUN_KEY_TAG, ""),
             "run id": info.run_id[:12],
             "encoder": run.data.tags.get(ENCODER_TAG, "-"),  # chosen on valid by evaluate-retrieval
+            "merge alpha": run.data.tags.get(MERGE_TAG, "-"),  # chosen on valid by finetune
             "search mode": run.data.tags.get("plmrec.search_mode", "-"),  # chosen on valid by evaluate-search
         }
         fields.update({k: f"{v:.4g}" for k, v in sorted(run.data.metrics.items())})

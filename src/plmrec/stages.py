@@ -462,7 +462,7 @@ def _log_merge(merge: dict) -> None:
     selection = EncoderSelection("auto", merge["scores"])
     tracking.log_table(selection.table().rename(columns={"encoder": "merge"}), "finetune/merge_selection.json")
     tracking.log_numeric(merge_summary({"merge": merge}))
-    tracking.set_tags({"finetune.merge_alpha": f"{merge['alpha']:g}"})
+    tracking.set_tags({tracking.MERGE_TAG: f"{merge['alpha']:g}"})
     say("finetune", f"weights merged with the start at alpha={merge['alpha']:g}: {selection.line()}")
 
 
@@ -505,6 +505,10 @@ def finetune(
             say("finetune", f"{len(report['phases'])} phases in {report['seconds']}s from {start}")
             if "merge" in report:
                 _log_merge(report["merge"])
+                alpha = f"{report['merge']['alpha']:g}"
+                tracking.set_parent_tags(
+                    params, {tracking.MERGE_TAG: alpha}, run_key=run_key, tracking_uri=tracking_uri
+                )
         else:
             sentence_model(start, tuning.pooling, tuning.max_length).save(str(out / "sentence-transformer"))
             say("finetune", f"disabled: {start} exported unchanged")

@@ -24,6 +24,7 @@ from plmrec.errors import TrackingUnavailable
 
 RUN_KEY_TAG = "plmrec.run_key"
 ENCODER_TAG = "plmrec.encoder"  # which encoder the run chose on valid (parent run, evaluate-retrieval, compare-models)
+MERGE_TAG = "plmrec.merge_alpha"  # the fine-tuned weights' interpolation with their start, chosen on valid (finetune)
 STAGE_TAG = "plmrec.stage"
 DEFAULT_DB = "mlflow.db"
 DEFAULT_ARTIFACTS = "mlartifacts"
@@ -179,6 +180,10 @@ def run_description(client, params: Params, *, run_id: str, run_key: str) -> str
     ]
     if ENCODER_TAG in tags:
         lines.append(f"**encoder** (chosen on valid): {tags.get('plmrec.encoder_selection', tags[ENCODER_TAG])}")
+    if MERGE_TAG in tags:
+        lines.append(
+            f"**fine-tuned weights**: (1 - a) * start + a * fine-tuned at a = {tags[MERGE_TAG]} (best on valid)"
+        )
     if "plmrec.search_mode" in tags:
         how = tags.get("plmrec.search", f"{tags.get('plmrec.search_ranker', '?')} best on valid")
         lines.append(f"**search mode** (free-text queries): {tags['plmrec.search_mode']} ({how})")

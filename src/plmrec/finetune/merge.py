@@ -36,6 +36,8 @@ def interpolate(start, tuned, alpha: float):
             raise StageError(
                 f"finetune.merge_alphas: '{key}' is {tuple(other.shape)} in the start, {tuple(value.shape)} after"
             )
+        # a weight the start checkpoint lacks (e.g. a pooler, drawn at load) is mixed too: pooling reads
+        # the token vectors, never the pooler
         merged[key] = (1 - alpha) * other + alpha * value if value.is_floating_point() else value
     model = copy.deepcopy(tuned)
     model.load_state_dict(merged)
