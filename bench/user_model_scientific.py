@@ -148,6 +148,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--dropout", type=float, default=0.1)
     ap.add_argument("--id-dim", type=int, default=64)
     ap.add_argument("--whiten", action="store_true", help="the text projection starts whitened")
+    ap.add_argument(
+        "--repeat-offset", action="store_true", help="learn a score offset for the items of the user's own sequence"
+    )
     ap.add_argument("--max-length", type=int, default=50)
     ap.add_argument("--no-log-q", action="store_true")
     ap.add_argument("--negatives", type=int, default=0, help="uniform catalogue negatives per batch")
@@ -209,6 +212,7 @@ def main() -> None:
         "scale": args.scale,
         "id_dim": args.id_dim,
         "whiten": args.whiten,
+        "repeat_offset": args.repeat_offset,
     }
     floor_model = UserModel(UserModelSpec(inputs="text", **shape), item_text=text, item_ids=ids)
     floor = {
@@ -236,6 +240,7 @@ def main() -> None:
             **result.to_dict(),
             "test": {k: round(v, 4) for k, v in scored.items() if "@" in k},
             "parameters": sum(p.numel() for p in model.parameters()),
+            **({"learned_repeat_offset": round(float(model.repeat.detach()), 4)} if model.repeat is not None else {}),
         }
         print(label, "test", rows[label]["test"], file=sys.stderr, flush=True)
         models[label] = model

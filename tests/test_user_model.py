@@ -15,7 +15,7 @@ from plmrec.finetune.embed import build_index
 from plmrec.usermodel.fit import FitSettings, fit
 from plmrec.usermodel.model import UserModel, UserModelSpec
 from plmrec.usermodel.objective import UserModelObjective, example, inclusion_log_q
-from plmrec.usermodel.retrieval import UserQueries, evaluate, search_max
+from plmrec.usermodel.retrieval import UserQueries, evaluate, search_max, search_with_offset
 from plmrec.usermodel.sequences import leave_one_out
 
 
@@ -93,6 +93,46 @@ def test_max_over_vectors_equals_brute_force(kind):
         top, scores = search_max(index, users, 10, exclude=ex)
         assert top.tolist() == brute_force_top(users, items, 10, ex)
         assert np.all(np.diff(scores, axis=1) <= 1e-6)
+
+
+@pytest.mark.parametrize("offset", [-0.3, 0.0, 0.4])
+def test_the_repeat_offset_search_equals_brute_force(offset):
+    rng = np.random.default_rng(5)
+    items = rng.normal(size=(50, 8)).astype(np.float32)
+    items /= np.linalg.norm(items, axis=1, keepdims=True)
+    users = rng.normal(size=(20, 2, 8)).astype(np.float32)
+    users /= np.linalg.norm(users, axis=2, keepdims=True)
+    histories = [rng.choice(50, rng.integers(0, 7), replace=True) for _ in range(20)]
+    exclude = [list(rng.choice(50, 3, replace=False)) for _ in range(20)]
+    for ex in (None, exclude):
+        top = search_with_offset(
+            build_index(items, "exact"), users, 10, items=items, histories=histories, offset=offset, exclude=ex
+        )
+        expected = []
+        for u in range(20):
+            scores = {j: max(float(c @ items[j]) for c in users[u]) for j in range(50)}
+            for j in set(histories[u].tolist()):
+                scores[j] += offset
+            for j in ex[u] if ex is not None else ():
+                scores.pop(j)
+            expected.append([j for j, _ in sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))[:10]])
+        assert top.tolist() == expected
+
+
+def test_the_learned_repeat_offset_goes_down_when_nobody_buys_again():
+    train, valid, _, n_items = planted_users(600)  # targets are drawn from the user's topics, repeats included
+    fresh = []
+    for e in train:  # keep only targets the user has not bought
+        seq, targets = e[e[:, 2] == 0, 0], e[e[:, 2] == 1, 0]
+        new = [t for t in targets if t not in set(seq.tolist())]
+        if new:
+            fresh.append(example(seq, targets=new))
+    model = tiny_model(n_items, vectors=2, repeat_offset=True)
+    settings = FitSettings(
+        epochs=4, batch_size=64, learning_rate=1e-2, mlm_weight=0.0, select="recall@8", progress=False
+    )
+    fit(model, fresh, valid, settings=settings, ks=[8])
+    assert float(model.repeat.detach()) < -0.05, float(model.repeat.detach())
 
 
 def test_masked_items_never_reach_the_encoder():

@@ -50,6 +50,7 @@ class UserModelSpec:
     scale: float = 20.0  # alpha: cosine scores times scale in the softmax
     residual_pool: bool = True
     whiten: bool = False  # the text projection starts centred and whitened (equal variance per component)
+    repeat_offset: bool = False  # a learned score offset (cosine units) for the items of the user's own sequence
 
     def check(self) -> UserModelSpec:
         problems = []
@@ -228,6 +229,9 @@ class UserModel(nn.Module):
         self.encoder = nn.TransformerEncoder(layer, spec.layers, enable_nested_tensor=False) if spec.layers else None
         self.final_norm = nn.LayerNorm(width)
         self.multi_head = MultiHeadUser(width, spec.vectors) if spec.variant == "mh" else None
+        # learned from the training targets: how much more (or less) an item the user already has is
+        # worth than its cosine says; the user's own items are always among the matching candidates
+        self.repeat = nn.Parameter(torch.zeros(())) if spec.repeat_offset else None
         self.user_out = nn.Linear(width, width)  # f_u
         self.item_out = nn.Linear(width, width)  # f_o, for masked positions
         if spec.residual_pool:  # user vectors start as the pooled history; f_u learns a correction

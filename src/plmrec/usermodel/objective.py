@@ -9,7 +9,8 @@ is_target 0 are the sequence before the cut-off, those with 1 the items bought a
 - Matching: each item bought after the cut-off against the user's C vectors with the mixture score
   alpha * sum_c pi_c cos(u_c, v_j), InfoNCE over the batch's items (the items in every sequence and
   target of the mini-batch, as the paper samples negatives from the other users' sequences). A
-  user's other targets are not counted as its negatives.
+  user's other targets are not counted as its negatives. With `repeat_offset`, the items of the
+  user's own sequence get a learned offset on their score (retrieval adds the same).
 `negatives` > 0 adds that many catalogue items, drawn uniformly once per batch, to the candidates
 (mixed negative sampling): more and less popular negatives than the batch alone offers. A softmax
 over the whole catalogue only when `negatives` reaches its size.
@@ -113,6 +114,9 @@ class UserModelObjective:
                 match_cols.append(lookup[item])
         positives = torch.zeros((len(examples), len(candidates)), dtype=torch.bool)
         positives[match_rows, match_cols] = True
+        own = torch.zeros_like(positives)  # each user's own sequence items among the candidates
+        for i, s in enumerate(seqs):
+            own[i, [lookup[int(x)] for x in s]] = True
         mlm_rows, mlm_pos = chosen.nonzero(as_tuple=True)
         mlm_cols = torch.tensor([lookup[int(x)] for x in original[mlm_rows, mlm_pos]], dtype=torch.long)
         return {
@@ -120,6 +124,7 @@ class UserModelObjective:
             "buckets": buckets,
             "candidates": torch.from_numpy(candidates.astype(np.int64)),
             "positives": positives,
+            "own": own,
             "match_rows": torch.tensor(match_rows, dtype=torch.long),
             "match_cols": torch.tensor(match_cols, dtype=torch.long),
             "mlm_rows": mlm_rows,
@@ -141,6 +146,8 @@ class UserModelObjective:
         if len(batch["match_rows"]):
             rows, cols = batch["match_rows"], batch["match_cols"]
             scores = mixture_scores(users, items, scale)[rows] - correction
+            if model.repeat is not None:
+                scores = scores + scale * model.repeat * batch["own"][rows]
             others = batch["positives"][rows].clone()
             others[torch.arange(len(rows), device=rows.device), cols] = False
             loss = loss + F.cross_entropy(scores.float().masked_fill(others, float("-inf")), cols)

@@ -38,6 +38,29 @@ def search_max(index, users: np.ndarray, k: int, *, exclude: list[list[int]] | N
     return out_ids, out_scores
 
 
+def search_with_offset(
+    index, users: np.ndarray, k: int, *, items: np.ndarray, histories, offset: float, exclude=None
+) -> np.ndarray:
+    """Top-k item rows by max_c cos, plus `offset` for the items of each user's own history (the
+    model's learned repeat offset): the index's top k + h (h: the longest history) without the
+    history items, which can hold every other item of the answer, merged with the history items'
+    exact scores plus the offset. Exact with the exact index, for either sign of `offset`."""
+    n_users = len(users)
+    extra = max((len(h) for h in histories), default=0)
+    ids, scores = search_max(index, users, k + extra, exclude=exclude)
+    out = np.full((n_users, min(k, len(index))), -1, dtype=np.int64)
+    for u in range(n_users):
+        own = {int(i) for i in histories[u]} - ({int(i) for i in exclude[u]} if exclude is not None else set())
+        ranked = [(float(s), int(i)) for i, s in zip(ids[u], scores[u]) if i >= 0 and int(i) not in own]
+        if own:
+            rows = np.fromiter(sorted(own), dtype=np.int64)
+            ranked += [(float(s) + offset, int(i)) for i, s in zip(rows, (users[u] @ items[rows].T).max(0))]
+        ranked.sort(key=lambda t: (-t[0], t[1]))
+        top = [i for _, i in ranked[: out.shape[1]]]
+        out[u, : len(top)] = top
+    return out
+
+
 @dataclass
 class UserQueries:
     """Sequences to encode (item rows oldest first, their time buckets) and what each user bought next."""
@@ -89,7 +112,18 @@ def evaluate(model, queries: UserQueries, ks: list[int], *, index_kind: str = "e
     items = encode_items(model)
     users = encode_users(model, queries.sequences, queries.buckets)
     index = build_index(items, index_kind)
-    top, _ = search_max(index, users, max(ks), exclude=queries.exclude)
+    if model.repeat is not None:
+        top = search_with_offset(
+            index,
+            users,
+            max(ks),
+            items=items,
+            histories=[s[-model.spec.max_length :] for s in queries.sequences],  # what the model reads
+            offset=float(model.repeat.detach()),
+            exclude=queries.exclude,
+        )
+    else:
+        top, _ = search_max(index, users, max(ks), exclude=queries.exclude)
     return ranking_metrics(top.tolist(), queries.relevant, ks, names=("recall", "ndcg"))
 
 
