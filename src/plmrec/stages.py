@@ -463,7 +463,8 @@ def _log_merge(merge: dict) -> None:
     tracking.log_table(selection.table().rename(columns={"encoder": "merge"}), "finetune/merge_selection.json")
     tracking.log_numeric(merge_summary({"merge": merge}))
     tracking.set_tags({tracking.MERGE_TAG: f"{merge['alpha']:g}"})
-    say("finetune", f"weights merged with the start at alpha={merge['alpha']:g}: {selection.line()}")
+    kept = "kept as trained" if merge["alpha"] == 1 else f"merged with the start at alpha={merge['alpha']:g}"
+    say("finetune", f"fine-tuned weights {kept}: {selection.line()}")
 
 
 def finetune(
