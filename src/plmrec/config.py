@@ -314,7 +314,7 @@ class FinetuneParams(TrainingSettings):
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
     log_every: int = Field(5, ge=1)
     merge_alphas: list[float] = Field(
-        [0.2, 0.4, 0.6, 0.8, 1.0],
+        [0.5, 1.0],
         min_length=1,
         description="WiSE-FT: weights (1 - a) * start + a * fine-tuned for each a, the best on the valid window "
         "kept (a = 1, the fine-tuned model as trained, is always a candidate); [1.0]: no merging",

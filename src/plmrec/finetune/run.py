@@ -189,7 +189,6 @@ def merge_with_start(params: Params, prepared: pd.DataFrame, start_model: str, *
         progress=lambda message: print(f"[plmrec] finetune: merge {message}", flush=True),
     )
     report["merge"] = {"alpha": alpha, "seconds": round(time.time() - started, 2), **selection.to_dict()}
-    print(f"[plmrec] finetune: merge kept alpha={alpha:g}: {selection.line()}", flush=True)
     return model
 
 
