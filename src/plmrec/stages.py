@@ -455,14 +455,17 @@ def finetune_start_model(
     return selection.path, selection
 
 
-def _log_merge(merge: dict) -> None:
-    """finetune.merge_alphas' choice: the valid table, the kept alpha (metric and tag) and one line."""
+def _log_merge(merge: dict, *, params: Params, tracked: dict) -> None:
+    """finetune.merge_alphas' choice: the valid table, the kept alpha (metric, and tag on the stage and
+    the parent run) and one line."""
     from plmrec.selection import EncoderSelection
 
     selection = EncoderSelection("auto", merge["scores"])
     tracking.log_table(selection.table().rename(columns={"encoder": "merge"}), "finetune/merge_selection.json")
     tracking.log_numeric(merge_summary({"merge": merge}))
-    tracking.set_tags({tracking.MERGE_TAG: f"{merge['alpha']:g}"})
+    tags = {tracking.MERGE_TAG: f"{merge['alpha']:g}"}
+    tracking.set_tags(tags)
+    tracking.set_parent_tags(params, tags, **tracked)
     kept = "kept as trained" if merge["alpha"] == 1 else f"merged with the start at alpha={merge['alpha']:g}"
     say("finetune", f"fine-tuned weights {kept}: {selection.line()}")
 
@@ -505,11 +508,7 @@ def finetune(
             tracking.log_artifact(out / "loss_curve.png", "finetune")
             say("finetune", f"{len(report['phases'])} phases in {report['seconds']}s from {start}")
             if "merge" in report:
-                _log_merge(report["merge"])
-                alpha = f"{report['merge']['alpha']:g}"
-                tracking.set_parent_tags(
-                    params, {tracking.MERGE_TAG: alpha}, run_key=run_key, tracking_uri=tracking_uri
-                )
+                _log_merge(report["merge"], params=params, tracked={"run_key": run_key, "tracking_uri": tracking_uri})
         else:
             sentence_model(start, tuning.pooling, tuning.max_length).save(str(out / "sentence-transformer"))
             say("finetune", f"disabled: {start} exported unchanged")

@@ -114,9 +114,11 @@ class UserModelObjective:
                 match_cols.append(lookup[item])
         positives = torch.zeros((len(examples), len(candidates)), dtype=torch.bool)
         positives[match_rows, match_cols] = True
-        own = torch.zeros_like(positives)  # each user's own sequence items among the candidates
-        for i, s in enumerate(seqs):
-            own[i, [lookup[int(x)] for x in s]] = True
+        own = None  # each user's own sequence items among the candidates, for the learned repeat offset
+        if self.model.repeat is not None:
+            own = torch.zeros_like(positives)
+            for i, s in enumerate(seqs):
+                own[i, [lookup[int(x)] for x in s]] = True
         mlm_rows, mlm_pos = chosen.nonzero(as_tuple=True)
         mlm_cols = torch.tensor([lookup[int(x)] for x in original[mlm_rows, mlm_pos]], dtype=torch.long)
         return {
