@@ -13,7 +13,7 @@ from plmrec.data.prepare import prepare_transactions
 from plmrec.features import EmbeddingFeatures
 from plmrec.finetune.embed import item_table
 from plmrec.recsys import experiment, recommend
-from plmrec.recsys.classify import ablation_rows, plm_counterpart, run_ablation
+from plmrec.recsys.classify import _fit_chosen_on_valid, ablation_rows, plm_counterpart, run_ablation
 
 
 @pytest.fixture(scope="module")
@@ -228,6 +228,28 @@ def test_ltr_features_match_a_per_customer_reference(user_model):
     np.testing.assert_allclose(frame.to_numpy(), _ltr_frame_by_customer(w, s, candidates, item_customers, user_model))
 
 
+def test_a_fit_with_the_same_inputs_is_reused_and_equals_a_fresh_one():
+    rng = np.random.default_rng(0)
+    x = pd.DataFrame(rng.normal(size=(600, 4)), columns=list("abcd"))
+    y = pd.Series((x["a"] + x["b"] > 0).astype(int) + (x["c"] > 1).astype(int))
+    train, valid = (x[:400], y[:400]), (x[400:], y[400:])
+    xp = ClassifierParams().xgboost.model_copy(update={"n_estimators": 20, "n_jobs": 1})
+    cache: dict = {}
+    fit = dict(xp=xp, n_labels=3, seed=0)
+    first = _fit_chosen_on_valid([(None, ["a", "b", "c"])], train, valid, cache=cache, **fit)
+    # the same columns under two thresholds, and a different set: one new fit, the rest reused
+    again = _fit_chosen_on_valid([(0.1, ["a", "b", "c"]), (0.2, ["a", "b"])], train, valid, cache=cache, **fit)
+    assert len(cache) == 2 and first[-1] is False
+    assert again[0] == 0.1 and again[2] is first[2] and again[-1] is True
+    fresh = _fit_chosen_on_valid([(None, ["a", "b", "c"])], train, valid, cache={}, **fit)
+    assert fresh[2] is not first[2]
+    abc = x[["a", "b", "c"]]
+    np.testing.assert_array_equal(fresh[2].predict_proba(abc), first[2].predict_proba(abc))
+    changed = x.assign(c=x["c"] * 2)  # same columns, other values: not the same inputs
+    _fit_chosen_on_valid([(None, ["a", "b", "c"])], (changed[:400], y[:400]), valid, cache=cache, **fit)
+    assert len(cache) == 3
+
+
 def test_a_verdict_carries_a_short_tag():
     table = pd.DataFrame({"model": ["ltr", "ltr+user_model"], "seed": [0, 0], "test_ndcg@10": [0.60, 0.66]})
     summary = experiment.mean_std(table, "model", ["test_ndcg@10"])
@@ -251,6 +273,15 @@ def test_text_features_help_xgboost_and_ranker_beats_popularity(prepared, minilm
         "text+rf_selection": 10,  # threshold 0 keeps every feature, 0.5 only the best one: valid prefers all
     }
     assert table[table["variant"] == "text+rf_selection"]["rf_threshold"].tolist() == [0.0, 0.0]
+    # threshold 0 keeps +text_pca10's very inputs: that row's fit is reused, not trained again
+    by_row = table.set_index(["variant", "seed"])
+    assert by_row["fit_reused"].to_dict() == {
+        **{(v, s): False for v in ("vanilla", "+text_pca10") for s in (0, 1)},
+        **{("text+rf_selection", s): True for s in (0, 1)},
+    }
+    accuracy = by_row["test_accuracy"]
+    for seed in (0, 1):
+        assert accuracy[("text+rf_selection", seed)] == accuracy[("+text_pca10", seed)]
 
     rp = RecommendersParams(seeds=[0], mf=dict(factors=[16], similarity_weights=[0.5], cluster_weights=[0.5]))
     rows, info = experiment.run_recommenders(prepared, minilm_items, rp)

@@ -5,11 +5,13 @@ Rows of the sweep are cumulative: vanilla (recommenders.classifier.base_groups),
 The study's order runs random-forest selection before any text feature exists, so one more row
 (`text+rf_selection`, when `selection_after_text` is on) adds every text group of the ablation to
 vanilla first and selects afterwards, with the importance threshold chosen on valid accuracy.
-Fitted on train, early-stopped on valid, scored on test once per (row, seed).
+Fitted on train, early-stopped on valid, scored on test once per (row, seed); a row whose inputs equal an
+earlier row's (same seed) reuses that fit.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 
 import numpy as np
@@ -90,19 +92,39 @@ def classifier(xp: XGBoostParams, n_labels: int, seed: int) -> xgb.XGBClassifier
     )
 
 
-def _fit_chosen_on_valid(fits: list[tuple], train: tuple, valid: tuple, *, xp: XGBoostParams, n_labels: int, seed: int):
+def _fingerprint(*frames: pd.DataFrame) -> str:
+    """A digest of the frames' columns and values: equal digests, equal XGBoost inputs."""
+    digest = hashlib.sha256()
+    for frame in frames:
+        digest.update("\x1f".join(f"{c}:{t}" for c, t in frame.dtypes.items()).encode())
+        digest.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _fit_chosen_on_valid(
+    fits: list[tuple], train: tuple, valid: tuple, *, xp: XGBoostParams, n_labels: int, seed: int, cache: dict
+):
     """One XGBoost per (threshold, columns) candidate, early-stopped on valid; the one with the best
-    valid accuracy (the first on ties) as (threshold, columns, model, fit seconds)."""
+    valid accuracy (the first on ties) as (threshold, columns, model, fit seconds, reused).
+
+    `cache` holds this seed's fits by their inputs: a candidate whose train and valid columns equal an
+    earlier one's (later ablation rows often keep the same selected columns) reuses that model, which
+    a new fit with the same seed would reproduce."""
     (x_train, y_train), (x_valid, y_valid) = train, valid
     best = None
     for threshold, columns in fits:
-        model = classifier(xp, n_labels, seed)
-        start = time.perf_counter()
-        boosting.fit_classifier(model, xp, x=x_train[columns], y=y_train, eval_set=[(x_valid[columns], y_valid)])
-        seconds = time.perf_counter() - start
-        accuracy = classification_metrics(y_valid, model.predict(x_valid[columns]), n_labels)["accuracy"]
+        key = _fingerprint(x_train[columns], x_valid[columns])
+        reused = key in cache
+        if not reused:
+            model = classifier(xp, n_labels, seed)
+            start = time.perf_counter()
+            boosting.fit_classifier(model, xp, x=x_train[columns], y=y_train, eval_set=[(x_valid[columns], y_valid)])
+            seconds = time.perf_counter() - start
+            accuracy = classification_metrics(y_valid, model.predict(x_valid[columns]), n_labels)["accuracy"]
+            cache[key] = (model, seconds, accuracy)
+        model, seconds, accuracy = cache[key]
         if best is None or accuracy > best[0]:
-            best = (accuracy, threshold, columns, model, seconds)
+            best = (accuracy, threshold, columns, model, seconds, reused)
     return best[1:]
 
 
@@ -123,6 +145,7 @@ def run_ablation(
     test = prepared[prepared["split"] == "test"]
     records, details = [], {}
     for seed in seeds:
+        fitted: dict = {}  # this seed's XGBoost fits by their inputs
         emb = (
             EmbeddingFeatures.fit(items, train["StockCode"].unique(), clusters, seed=seed)
             if items is not None
@@ -140,8 +163,14 @@ def run_ablation(
                 fits = [(t, kept_columns(importance, t)) for t in thresholds]
             else:
                 fits = [(None, columns)]
-            threshold, columns, model, seconds = _fit_chosen_on_valid(
-                fits, (x_train, train["label"]), (x_valid, valid["label"]), xp=cp.xgboost, n_labels=n_labels, seed=seed
+            threshold, columns, model, seconds, reused = _fit_chosen_on_valid(
+                fits,
+                (x_train, train["label"]),
+                (x_valid, valid["label"]),
+                xp=cp.xgboost,
+                n_labels=n_labels,
+                seed=seed,
+                cache=fitted,
             )
             v = classification_metrics(valid["label"], model.predict(x_valid[columns]), n_labels)
             t = classification_metrics(test["label"], model.predict(x_test[columns]), n_labels)
@@ -153,6 +182,7 @@ def run_ablation(
                     "text_features": sum(c.startswith("text_") for c in columns),
                     "rf_threshold": threshold,
                     "train_seconds": round(seconds, 3),
+                    "fit_reused": reused,  # the same inputs as an earlier row of this seed: its model
                     "best_iteration": int(model.best_iteration),
                     **{f"valid_{k}": v[k] for k in ("accuracy", "f1_macro")},
                     **{f"test_{k}": val for k, val in t.items() if k not in ("confusion_matrix", "n")},
