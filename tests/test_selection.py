@@ -13,7 +13,7 @@ from plmrec.data.prepare import prepare_transactions
 from plmrec.errors import StageError
 from plmrec.finetune.pairs import render_history
 from plmrec.pretrain.models import resolve_base_model
-from plmrec.selection import EncoderSelection, ValidProbe, select_encoder
+from plmrec.selection import SCORES_FILE, EncoderSelection, ValidProbe, select_encoder
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -77,6 +77,61 @@ def test_selection_picks_a_planted_better_encoder_and_reads_no_test_row(prepared
         candidates, ValidProbe.from_prepared(scrambled, params), mode="auto", pooling="mean", max_length=64
     )
     assert again.scores == selection.scores  # the same figures: the test window was never read
+
+
+def test_a_probe_scores_the_same_weights_once_and_hands_its_scores_to_a_later_stage(prepared, tiny_model_dir, tmp_path):
+    from plmrec.encoders import load_encoder
+
+    params = Params()
+    probe = ValidProbe.from_prepared(prepared, params)
+    model = load_encoder(str(tiny_model_dir), "mean", 64)
+    first = probe.score(model)
+    assert probe.score(load_encoder(str(tiny_model_dir), "mean", 64)) == first and probe.reused == 1
+    assert probe.score(model, kinds=("mean",)) == {"mean": first["mean"]} and probe.reused == 2
+    probe.save_scores(tmp_path / SCORES_FILE)
+
+    later = ValidProbe.from_prepared(prepared, params)  # another stage, the same probe
+    assert later.load_scores(tmp_path / SCORES_FILE) == 1
+    assert later.score(model) == first and later.reused == 1
+    assert ValidProbe.from_prepared(prepared, params).score(model) == first  # what scoring again would give
+
+    with torch.no_grad():  # other weights: scored, not reused
+        weight = next(model.parameters())
+        weight.add_(torch.randn(weight.shape, generator=torch.Generator().manual_seed(0)) * weight.std())
+    assert later.score(model) != first and later.reused == 1
+    assert later.score(load_encoder(str(tiny_model_dir), "cls", 64)) != first and later.reused == 1  # other pooling
+    params.finetune.history_length = 3  # another probe: the file is not taken
+    assert ValidProbe.from_prepared(prepared, params).load_scores(tmp_path / SCORES_FILE) == 0
+
+
+def test_the_selected_encoder_copies_embeddings_its_stage_wrote_for_this_table(prepared, tiny_model_dir, tmp_path):
+    import pandas as pd
+
+    from plmrec import stages
+    from plmrec.encoders import load_encoder
+    from plmrec.finetune.run import embed_catalogue
+
+    params = Params()
+    params.finetune.max_length = 64
+    model = load_encoder(str(tiny_model_dir), "mean", 64)
+    tuned = tmp_path / "finetuned"
+    model.save(str(tuned / "sentence-transformer"))
+    embed_catalogue(model, prepared, params, out_dir=tuned)
+    selection = EncoderSelection(
+        "auto", {"finetuned": _scores({"mean": 0.05})}, paths={"finetuned": str(tuned / "sentence-transformer")}
+    )
+    copied = stages.write_selected_encoder(selection, model, prepared, params=params, out_dir=tmp_path / "a")
+    assert copied["copied"] == 1 and copied["items"] > 0
+    for name in ("item_embeddings.parquet", "user_embeddings.parquet", "index.json"):
+        assert (tmp_path / "a" / name).read_bytes() == (tuned / name).read_bytes()
+
+    params.finetune.history_length = 3  # the user sentences would differ: encoded again
+    again = stages.write_selected_encoder(selection, model, prepared, params=params, out_dir=tmp_path / "b")
+    assert "copied" not in again and again["users"] == copied["users"]
+    users = pd.read_parquet(tmp_path / "b" / "user_embeddings.parquet")
+    assert not np.allclose(
+        np.stack(users["sentence"]), np.stack(pd.read_parquet(tuned / "user_embeddings.parquet")["sentence"])
+    )
 
 
 def test_start_from_auto_follows_the_selection(prepared, tiny_model_dir, tmp_path):

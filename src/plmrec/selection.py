@@ -11,7 +11,10 @@ The test window is scored once, by evaluate-retrieval, and never chooses anythin
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pandas as pd
 
@@ -24,6 +27,24 @@ CANDIDATES = ("base", "pretrained", "finetuned")  # ties go to the earlier: the 
 SELECTION_K = 10
 SELECTION_METRIC = f"ndcg@{SELECTION_K}"
 PROXY_KINDS = ("mean", "recency")  # no history sentences to encode: cheap enough to run after every phase
+SCORES_FILE = "valid_scores.json"  # a stage's probe scores, by model digest, for a later stage's same probe
+
+
+def model_digest(model) -> str:
+    """A digest of a sentence-transformers model's modules (pooling, length), weights and device:
+    two models with the same digest give the same embeddings. The Hugging Face pooler is left out:
+    sentence-transformers pools the token states itself, and a checkpoint without one (MiniLM's
+    MLM export, a tiny RoBERTa) gets a random pooler at every load."""
+    import torch
+
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(f"{model!r} max_seq_length={getattr(model, 'max_seq_length', None)}".encode())
+    for name, tensor in model.state_dict().items():
+        if ".pooler." in f".{name}":
+            continue
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}:{tensor.device.type}".encode())
+        digest.update(tensor.detach().reshape(-1).contiguous().cpu().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 @dataclass
@@ -39,6 +60,8 @@ class ValidProbe:
     history_template: str = "plain"
     batch_size: int = 128
     index_kind: str = "exact"
+    scored: dict = field(default_factory=dict, repr=False)  # model digest -> query kind -> metrics
+    reused: int = 0  # scores answered from `scored` (this stage's or an earlier stage's) instead of encoding
 
     @classmethod
     def from_prepared(cls, prepared: pd.DataFrame, params: Params) -> ValidProbe:
@@ -69,23 +92,61 @@ class ValidProbe:
             index_kind=retrieval.index,
         )
 
+    def key(self) -> str:
+        """A digest of everything the scores depend on besides the model."""
+        content = {
+            "items": self.item_texts,
+            "users": self.queries.users,
+            "histories": self.queries.histories,
+            "relevant": [sorted(r) for r in self.queries.relevant],
+            "settings": [self.ks, self.history_length, self.half_life, self.exclude_history, self.history_template],
+            "encoding": [self.batch_size, self.index_kind],
+        }
+        return hashlib.blake2b(json.dumps(content, default=str).encode(), digest_size=16).hexdigest()
+
     def score(self, model, kinds: tuple[str, ...] = QUERY_KINDS) -> dict[str, dict[str, float]]:
-        """Metrics per query kind (valid window) for one sentence-transformers model."""
-        scores = score_encoder(
-            model,
-            self.item_texts,
-            self.queries,
-            ks=self.ks,
-            history_length=self.history_length,
-            half_life=self.half_life,
-            exclude_history=self.exclude_history,
-            batch_size=self.batch_size,
-            index_kind=self.index_kind,
-            kinds=kinds,
-            template=self.history_template,
-        )
-        scores.pop("_timing", None)
-        return scores
+        """Metrics per query kind (valid window) for one sentence-transformers model; a model this probe
+        (or a loaded SCORES_FILE of the same probe) has already scored is not encoded again."""
+        known = self.scored.setdefault(model_digest(model), {})
+        missing = tuple(k for k in kinds if k not in known)
+        if missing:
+            scores = score_encoder(
+                model,
+                self.item_texts,
+                self.queries,
+                ks=self.ks,
+                history_length=self.history_length,
+                half_life=self.half_life,
+                exclude_history=self.exclude_history,
+                batch_size=self.batch_size,
+                index_kind=self.index_kind,
+                kinds=missing,
+                template=self.history_template,
+            )
+            scores.pop("_timing", None)
+            known.update(scores)
+        else:
+            self.reused += 1
+        return {k: known[k] for k in kinds}
+
+    def save_scores(self, path: str | Path) -> None:
+        """Write every score given so far (with those already in the file for this probe) to `path`."""
+        self.load_scores(path)
+        Path(path).write_text(json.dumps({"probe": self.key(), "scores": self.scored}, indent=1))
+
+    def load_scores(self, path: str | Path) -> int:
+        """Take the scores in `path` when it was written by the same probe; how many models it held."""
+        path = Path(path)
+        if not path.is_file():
+            return 0
+        saved = json.loads(path.read_text())
+        if saved.get("probe") != self.key():
+            return 0
+        for digest, by_kind in saved["scores"].items():
+            known = self.scored.setdefault(digest, {})
+            for kind, metrics in by_kind.items():
+                known.setdefault(kind, metrics)
+        return len(saved["scores"])
 
 
 def best_query(scores: dict[str, dict[str, float]], metric: str = SELECTION_METRIC) -> tuple[str, float]:

@@ -9,6 +9,7 @@ same functions.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -421,10 +422,15 @@ def merge_summary(report: dict) -> dict[str, float]:
 
 
 def finetune_start_model(
-    params: Params, pretrained_dir: str | Path | None, prepared: pd.DataFrame | None = None
+    params: Params,
+    pretrained_dir: str | Path | None,
+    prepared: pd.DataFrame | None = None,
+    *,
+    scores_file: str | Path | None = None,
 ) -> tuple[str, EncoderSelection | None]:
     """The encoder fine-tuning starts from: the pretrain stage's output, the untouched base model, or
-    (start_from: auto) whichever of the two scores higher on the valid window; and that selection."""
+    (start_from: auto) whichever of the two scores higher on the valid window; and that selection.
+    The valid scores are also written to `scores_file` (selection.SCORES_FILE) for later stages."""
     from plmrec.pretrain.models import check_base_model
     from plmrec.selection import ValidProbe, select_encoder
     from plmrec.training.device import resolve_device
@@ -443,15 +449,18 @@ def finetune_start_model(
         return str(hf), None
     if prepared is None:
         raise StageError("finetune.start_from is 'auto': the prepared table is needed to score on the valid window")
+    probe = ValidProbe.from_prepared(prepared, params)
     selection = select_encoder(
         {"base": base, "pretrained": str(hf)},
-        ValidProbe.from_prepared(prepared, params),
+        probe,
         mode="auto",
         pooling=tuning.pooling,
         max_length=tuning.max_length,
         device=str(resolve_device(tuning.device)),
         progress=lambda message: say("finetune", f"start_from auto: {message}"),
     )
+    if scores_file is not None:
+        probe.save_scores(scores_file)
     return selection.path, selection
 
 
@@ -486,13 +495,15 @@ def finetune(
     from plmrec.finetune.run import finetune as run_finetune
     from plmrec.plots import plot_embedding_space
     from plmrec.pretrain.models import quiet_transformers
+    from plmrec.selection import SCORES_FILE
     from plmrec.training.device import resolve_device
 
     tuning, out = params.finetune, Path(out_dir)
     with tracking.stage_run(params, "finetune", run_key=run_key, tracking_uri=tracking_uri):
         quiet_transformers()
         prepared, _ = read_checked(prepared_path, "prepared", columns=ENCODER_COLUMNS)
-        start, start_selection = finetune_start_model(params, pretrained_dir, prepared)
+        out.mkdir(parents=True, exist_ok=True)
+        start, start_selection = finetune_start_model(params, pretrained_dir, prepared, scores_file=out / SCORES_FILE)
         if start_selection is not None:
             say("finetune", f"start_from auto: {start_selection.line()}")
             tracking.log_table(start_selection.table(), "finetune/start_selection.json")
@@ -608,14 +619,24 @@ def write_selected_encoder(
     selection: EncoderSelection, model, prepared: pd.DataFrame, *, params: Params, out_dir: str | Path
 ) -> dict:
     """The chosen encoder as every later stage reads it: sentence-transformer/, item and user
-    embeddings, index.json and selection.json under `out_dir`."""
-    from plmrec.finetune.run import embed_catalogue
+    embeddings, index.json and selection.json under `out_dir`. Embeddings the encoder's own stage
+    wrote for this table and these settings (the fine-tuned encoder's) are copied, not encoded again."""
+    from plmrec.finetune.run import embed_catalogue, saved_embeddings_match
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model.save(str(out / "sentence-transformer"))
-    embedded = embed_catalogue(model, prepared, params, out_dir=out)
-    embedded.pop("vectors")
+    source = Path(selection.path).parent
+    if Path(selection.path).is_dir() and saved_embeddings_match(source, prepared, params):
+        for name in ("item_embeddings.parquet", "user_embeddings.parquet", "index.json"):
+            shutil.copyfile(source / name, out / name)
+        index = json.loads((out / "index.json").read_text())
+        users = len(pd.read_parquet(out / "user_embeddings.parquet", columns=["CustomerID"]))
+        embedded = {"items": index["items"], "users": users, "copied": 1}
+        say("evaluate-retrieval", f"item and user embeddings copied from {source} (written there for this table)")
+    else:
+        embedded = embed_catalogue(model, prepared, params, out_dir=out)
+        embedded.pop("vectors")
     write_json(out / "selection.json", selection.to_dict())
     return embedded
 
@@ -668,7 +689,7 @@ def evaluate_retrieval(
     from plmrec.encoders import load_encoder
     from plmrec.finetune.retrieval import results_table, score_encoder
     from plmrec.pretrain.models import quiet_transformers
-    from plmrec.selection import EncoderSelection, ValidProbe, best_query
+    from plmrec.selection import SCORES_FILE, EncoderSelection, ValidProbe, best_query
     from plmrec.training.device import resolve_device
 
     retrieval, tuning = params.retrieval, params.finetune
@@ -679,6 +700,8 @@ def evaluate_retrieval(
         device = str(resolve_device(tuning.device))
         prepared, _ = read_checked(prepared_path, "prepared", columns=ENCODER_COLUMNS)
         probe = ValidProbe.from_prepared(prepared, params)
+        if finetuned_dir is not None:  # the same probe's scores of the same weights, from the finetune stage
+            probe.load_scores(Path(finetuned_dir) / SCORES_FILE)
         benchmarks = _retrieval_benchmarks(params, prepared)
         results: dict = {bench: {} for bench in benchmarks}
         valid: dict = {}
@@ -708,6 +731,13 @@ def evaluate_retrieval(
                     "evaluate-retrieval",
                     f"{bench}: {name} scored {timing['queries']:,} queries over {timing['items']:,} items",
                 )
+        tracking.log_numeric({"valid_scores_reused": probe.reused})
+        if probe.reused:
+            say(
+                "evaluate-retrieval",
+                f"valid: {probe.reused} of {len(encoders)} encoders scored by the finetune stage on this very "
+                f"probe (same weights; its {SCORES_FILE}), not encoded again",
+            )
         selection = EncoderSelection(retrieval.encoder_selection, valid, paths=encoders)
         tables = Path(tables_dir)
         tables.mkdir(parents=True, exist_ok=True)

@@ -6,6 +6,8 @@ Output directory:
   phases/<i>-<task>/phase.json  what each phase did (a rerun skips finished phases)
   item_embeddings.parquet, user_embeddings.parquet, index.json
   finetune_report.json, loss_curve.png, embedding_pca.png
+  valid_scores.json           the valid probe's scores of every encoder scored here (start choice, merge),
+                              by weights digest: evaluate-retrieval reuses those of the same weights
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from plmrec.finetune.contrastive import Contrastive
 from plmrec.finetune.embed import encode_texts, item_table, save_embeddings, user_table
 from plmrec.plots import plot_losses
 from plmrec.pretrain.models import quiet_transformers
+from plmrec.selection import SCORES_FILE
 from plmrec.training.loop import run_phase
 
 
@@ -161,7 +164,9 @@ def finetune(
     if is_main_process():
         model = objective.st
         if ft.merge_alphas != [1.0]:
-            model = merge_with_start(params, prepared, start_model, tuned=model, report=report)
+            model = merge_with_start(
+                params, prepared, start_model, tuned=model, report=report, scores_file=out / SCORES_FILE
+            )
         st_dir = out / "sentence-transformer"
         shutil.rmtree(st_dir, ignore_errors=True)
         model.save(str(st_dir))
@@ -171,9 +176,12 @@ def finetune(
     return report
 
 
-def merge_with_start(params: Params, prepared: pd.DataFrame, start_model: str, *, tuned, report: dict):
+def merge_with_start(
+    params: Params, prepared: pd.DataFrame, start_model: str, *, tuned, report: dict, scores_file: Path | None = None
+):
     """The interpolation of `tuned` with `start_model` that scores best on the valid window
-    (finetune.merge_alphas); the choice and every candidate's figures go to report['merge']."""
+    (finetune.merge_alphas); the choice and every candidate's figures go to report['merge'], the
+    valid scores also to `scores_file` (for evaluate-retrieval's same probe)."""
     from plmrec.encoders import load_encoder
     from plmrec.finetune.merge import choose_alpha
     from plmrec.selection import ValidProbe
@@ -181,15 +189,48 @@ def merge_with_start(params: Params, prepared: pd.DataFrame, start_model: str, *
     ft = params.finetune
     started = time.time()
     start = load_encoder(start_model, ft.pooling, ft.max_length, device=str(tuned.device))
+    probe = ValidProbe.from_prepared(prepared, params)
     alpha, model, selection = choose_alpha(
         start,
         tuned,
         ft.merge_alphas,
-        probe=ValidProbe.from_prepared(prepared, params),
+        probe=probe,
         progress=lambda message: print(f"[plmrec] finetune: merge {message}", flush=True),
     )
+    if scores_file is not None:
+        probe.save_scores(scores_file)
     report["merge"] = {"alpha": alpha, "seconds": round(time.time() - started, 2), **selection.to_dict()}
     return model
+
+
+def embedding_settings(params: Params) -> dict:
+    """What the user embeddings depend on besides the model and the table (recorded in index.json)."""
+    return {
+        "users_from": f"purchases before {params.split.train_end}",
+        "history_length": params.finetune.history_length,
+        "history_template": params.finetune.history_template,
+        "recency_half_life": params.retrieval.recency_half_life,
+        "pooling": params.finetune.pooling,
+        "max_length": params.finetune.max_length,
+    }
+
+
+def saved_embeddings_match(model_dir: str | Path, prepared: pd.DataFrame, params: Params) -> bool:
+    """Whether `model_dir` already holds what embed_catalogue would write there for this table and these
+    params (its index.json settings and its item list), so a later stage can copy instead of encoding."""
+    out = Path(model_dir)
+    files = [out / name for name in ("index.json", "item_embeddings.parquet", "user_embeddings.parquet")]
+    if not all(f.is_file() for f in files):
+        return False
+    meta = json.loads(files[0].read_text())
+    wanted = {"kind": params.retrieval.index, **embedding_settings(params)}
+    if any(meta.get(key) != value for key, value in wanted.items()):
+        return False
+    cat = pairs.catalogue(prepared)
+    items = pd.read_parquet(files[1], columns=["StockCode", "Description"])
+    return items["StockCode"].tolist() == cat["StockCode"].tolist() and (
+        items["Description"].tolist() == cat["Description"].tolist()
+    )
 
 
 def embed_catalogue(model, prepared: pd.DataFrame, params: Params, *, out_dir: str | Path) -> dict:
@@ -221,12 +262,7 @@ def embed_catalogue(model, prepared: pd.DataFrame, params: Params, *, out_dir: s
         item_table(cat["StockCode"].tolist(), cat["Description"].tolist(), vectors),
         users,
         index_kind=params.retrieval.index,
-        model_info={
-            "users_from": f"purchases before {params.split.train_end}",
-            "history_length": params.finetune.history_length,
-            "history_template": params.finetune.history_template,
-            "recency_half_life": params.retrieval.recency_half_life,
-        },
+        model_info=embedding_settings(params),
     )
     return {
         "items": len(cat),
