@@ -257,6 +257,9 @@ class PretrainParams(TrainingSettings):
         0, ge=0, description="head-only MLM steps (encoder frozen) before a fresh head's phase"
     )
     head_learning_rate: float = Field(1e-3, gt=0, le=1, description="the head warm-up's learning rate")
+    head_fit_rows: int = Field(
+        8192, ge=64, description="mlm_head informed: masked positions the head's start is fitted (and held out) on"
+    )
     retain_weight: float = Field(
         0.0,
         ge=0,
@@ -539,7 +542,7 @@ class ClassifierParams(_Section):
         [0.005, 0.01, 0.02, 0.04], min_length=1, description="the text+rf_selection row's thresholds, chosen on valid"
     )
     rf_trees: int = Field(100, ge=1)
-    rf_sample_rows: int = Field(50_000, ge=100)
+    rf_sample_rows: int = Field(20_000, ge=100)
     xgboost: XGBoostParams = XGBoostParams()
 
 

@@ -62,6 +62,7 @@ def _phase_record(phase: PhaseParams, params: PretrainParams, start: str, *, see
                 "mlm_head",
                 "head_warmup_steps",
                 "head_learning_rate",
+                "head_fit_rows",
                 "retain_weight",
             }
         ),
@@ -96,7 +97,7 @@ def _start_head(objective, examples: list, params: PretrainParams, *, label: str
 
     facts: dict = {"mlm_head": params.mlm_head}
     if params.mlm_head == "informed":
-        facts.update(start_informed_head(objective, examples, seed=seed))
+        facts.update(start_informed_head(objective, examples, max_rows=params.head_fit_rows, seed=seed))
         if facts.get("informed"):
             print(
                 f"[plmrec] pretrain: phase {label}: informed MLM head, held-out loss "
