@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -296,8 +297,11 @@ def log_input_table(table, *, path: str | Path, name: str, context: str | None =
     digest = file_digest(path, "md5")
     splits = [s for s in ("train", "valid", "test") if "split" in table and (table["split"] == s).any()]
     source = str(Path(path).resolve())
-    # the column types from a sample: MLflow would otherwise look at every value of every text column
-    schema = mlflow.data.from_pandas(table.head(SCHEMA_SAMPLE_ROWS), source=source).schema
+    # the column types from a sample: MLflow would otherwise look at every value of every text column.
+    # Its hint about integer columns and missing values concerns model signatures, not logged inputs.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column")
+        schema = mlflow.data.from_pandas(table.head(SCHEMA_SAMPLE_ROWS), source=source).schema
     for split in splits or [None]:
         part = table if split is None else table[table["split"] == split]
         label = name if split is None else f"{name}-{split}"
