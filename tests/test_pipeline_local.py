@@ -119,6 +119,8 @@ def test_pipeline_runs_end_to_end(small_params, tiny_model_dir, mlflow_server, t
     assert valid[chosen] == max(valid.values())
     assert "retrieval/selection.json" in listed(retrieval, "retrieval")
     assert f"encoder '{chosen}' (best on valid" in out  # the stage's one-line summary
+    # the finetune stage scored all three on this very probe (start choice, merge): not encoded again
+    assert retrieval.data.metrics["valid_scores_reused"] == 3
 
     compared = children["compare-models"]
     assert {

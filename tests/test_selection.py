@@ -102,6 +102,8 @@ def test_a_probe_scores_the_same_weights_once_and_hands_its_scores_to_a_later_st
     assert later.score(load_encoder(str(tiny_model_dir), "cls", 64)) != first and later.reused == 1  # other pooling
     params.finetune.history_length = 3  # another probe: the file is not taken
     assert ValidProbe.from_prepared(prepared, params).load_scores(tmp_path / SCORES_FILE) == 0
+    (tmp_path / SCORES_FILE).write_text('{"probe": ')  # a damaged file: scored again, nothing raised
+    assert ValidProbe.from_prepared(prepared, Params()).load_scores(tmp_path / SCORES_FILE) == 0
 
 
 def test_the_selected_encoder_copies_embeddings_its_stage_wrote_for_this_table(prepared, tiny_model_dir, tmp_path):

@@ -132,15 +132,21 @@ class ValidProbe:
     def save_scores(self, path: str | Path) -> None:
         """Write every score given so far (with those already in the file for this probe) to `path`."""
         self.load_scores(path)
-        Path(path).write_text(json.dumps({"probe": self.key(), "scores": self.scored}, indent=1))
+        path = Path(path)
+        partial = path.with_name(f".{path.name}.partial")
+        partial.write_text(json.dumps({"probe": self.key(), "scores": self.scored}, indent=1))
+        partial.replace(path)  # a reader sees the old file or the new one, never half of one
 
     def load_scores(self, path: str | Path) -> int:
         """Take the scores in `path` when it was written by the same probe; how many models it held."""
         path = Path(path)
         if not path.is_file():
             return 0
-        saved = json.loads(path.read_text())
-        if saved.get("probe") != self.key():
+        try:
+            saved = json.loads(path.read_text())
+        except json.JSONDecodeError:  # not ours, or damaged: score again
+            return 0
+        if not isinstance(saved, dict) or saved.get("probe") != self.key():
             return 0
         for digest, by_kind in saved["scores"].items():
             known = self.scored.setdefault(digest, {})

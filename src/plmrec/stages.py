@@ -503,7 +503,8 @@ def finetune(
         quiet_transformers()
         prepared, _ = read_checked(prepared_path, "prepared", columns=ENCODER_COLUMNS)
         out.mkdir(parents=True, exist_ok=True)
-        start, start_selection = finetune_start_model(params, pretrained_dir, prepared, scores_file=out / SCORES_FILE)
+        scores_file = out / SCORES_FILE if is_main_process() else None  # one writer under torchrun
+        start, start_selection = finetune_start_model(params, pretrained_dir, prepared, scores_file=scores_file)
         if start_selection is not None:
             say("finetune", f"start_from auto: {start_selection.line()}")
             tracking.log_table(start_selection.table(), "finetune/start_selection.json")
