@@ -31,20 +31,14 @@ SCORES_FILE = "valid_scores.json"  # a stage's probe scores, by model digest, fo
 
 
 def model_digest(model) -> str:
-    """A digest of a sentence-transformers model's modules (pooling, length), weights and device:
-    two models with the same digest give the same embeddings. The Hugging Face pooler is left out:
-    sentence-transformers pools the token states itself, and a checkpoint without one (MiniLM's
-    MLM export, a tiny RoBERTa) gets a random pooler at every load."""
-    import torch
+    """A digest of a sentence-transformers model's modules (pooling, length), weight layout, device
+    and weights (encoder_fingerprint, pooler left out): two models with the same digest give the same
+    embeddings."""
+    from plmrec.pretrain.objectives import encoder_fingerprint
 
-    digest = hashlib.blake2b(digest_size=16)
-    digest.update(f"{model!r} max_seq_length={getattr(model, 'max_seq_length', None)}".encode())
-    for name, tensor in model.state_dict().items():
-        if ".pooler." in f".{name}":
-            continue
-        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}:{tensor.device.type}".encode())
-        digest.update(tensor.detach().reshape(-1).contiguous().cpu().view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
+    layout = ",".join(f"{n}:{t.dtype}:{tuple(t.shape)}:{t.device.type}" for n, t in model.state_dict().items())
+    described = f"{model!r} max_seq_length={getattr(model, 'max_seq_length', None)} {layout}"
+    return hashlib.blake2b(f"{described} {encoder_fingerprint(model)}".encode(), digest_size=16).hexdigest()
 
 
 @dataclass

@@ -25,10 +25,12 @@ ROWS_MULTIPLE = 64
 
 
 def encoder_fingerprint(model: nn.Module) -> str:
-    """A hash of an encoder's weights (pooler excluded), to check that phases hand weights on."""
+    """A hash of an encoder's weights (pooler excluded), to check that phases hand weights on. The
+    pooler is left out wherever it sits (an HF encoder's `pooler.`, a sentence-transformers model's
+    `0.auto_model.pooler.`): nothing here reads it, and a checkpoint without one gets a random one."""
     h = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
-        if name.startswith("pooler."):
+        if ".pooler." in f".{name}":
             continue
         h.update(name.encode())
         h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
