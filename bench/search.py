@@ -43,7 +43,7 @@ def main() -> None:
     from plmrec.config import load_params
     from plmrec.reports import markdown_table
     from plmrec.search.benchmark import load_review_data, review_benchmark
-    from plmrec.search.run import run_search
+    from plmrec.search.study import compare_rankers
 
     params = load_params(args.params)
     settings = params.search.model_copy(update={"seeds": args.seeds})
@@ -59,7 +59,7 @@ def main() -> None:
         max_query_chars=settings.max_query_chars,
     )
     print(bench.summary(), flush=True)
-    run = run_search(
+    run = compare_rankers(
         bench,
         settings,
         base_model=params.pretrain.base_model,

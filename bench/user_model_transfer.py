@@ -74,7 +74,7 @@ def main() -> None:
     from plmrec.usermodel.fit import FitSettings, fit
     from plmrec.usermodel.model import UserModel, UserModelSpec
     from plmrec.usermodel.retrieval import evaluate
-    from plmrec.usermodel.run import refit, window_data
+    from plmrec.usermodel.variants import refit, window_data
     from plmrec.usermodel.sequences import leave_one_out
 
     quiet_transformers()

@@ -56,30 +56,33 @@ def build_training_pipeline(params: Params):
         ctx = dict(config=config, tracking_uri=tracking_uri, run_key=run_key, job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
         finish = c.finish_tracking(**ctx).set_display_name(FINISH_TRACKING)
         with dsl.ExitHandler(finish, name="tracked-run"):
-            raw = c.ingest(**ctx)
-            raw_ok = c.validate_raw(**ctx, suite="raw", table=raw.outputs["raw_data"])
-            prep = c.prepare(**ctx, raw_data=raw.outputs["raw_data"]).after(raw_ok)
-            prepared = prep.outputs["prepared_data"]
-            prep_ok = c.validate_prepared(**ctx, suite="prepared", table=prepared)
-            model = c.train_baseline(**ctx, prepared_data=prepared).after(prep_ok)
-            scored = c.evaluate_baseline(**ctx, prepared_data=prepared, model=model.outputs["model"])
-            encoder = c.pretrain(**ctx, prepared_data=prepared).after(prep_ok)
-            tuned = c.finetune(**ctx, prepared_data=prepared, pretrained=encoder.outputs["model"])
+            ingested = c.ingest(**ctx)
+            raw = ingested.outputs["raw"]
+            raw_ok = c.validate_raw(**ctx, raw=raw)
+            prep = c.prepare(**ctx, raw=raw).after(raw_ok)
+            prepared = prep.outputs["prepared"]
+            prep_ok = c.validate_prepared(**ctx, prepared=prepared)
+            model = c.train_baseline(**ctx, prepared=prepared).after(prep_ok)
+            scored = c.evaluate_baseline(**ctx, prepared=prepared, baseline=model.outputs["baseline"])
+            encoder = c.pretrain(**ctx, prepared=prepared).after(prep_ok)
+            pretrained = encoder.outputs["pretrained"]
+            tuned = c.finetune(**ctx, prepared=prepared, pretrained=pretrained)
             retrieval = c.evaluate_retrieval(
-                **ctx, prepared_data=prepared, pretrained=encoder.outputs["model"], finetuned=tuned.outputs["model"]
+                **ctx, prepared=prepared, pretrained=pretrained, finetuned=tuned.outputs["finetuned"]
             )
-            searched = c.evaluate_search(**ctx, encoder=retrieval.outputs["encoder"])
-            users = c.train_user_model(**ctx, prepared_data=prepared, encoder=retrieval.outputs["encoder"])
+            chosen = retrieval.outputs["encoder"]
+            searched = c.evaluate_search(**ctx, encoder=chosen)
+            users = c.train_user_model(**ctx, prepared=prepared, encoder=chosen)
             compared = c.compare_models(
                 **ctx,
-                prepared_data=prepared,
-                encoder=retrieval.outputs["encoder"],
+                prepared=prepared,
+                encoder=chosen,
                 user_model=users.outputs["user_model"],
                 search=searched.outputs["search"],
             )
-            registered = c.register_model(**ctx, prepared_data=prepared, bundle=compared.outputs["bundle"])
+            registered = c.register_model(**ctx, prepared=prepared, bundle=compared.outputs["bundle"])
         tasks = (
-            *(raw, raw_ok, prep, prep_ok, model, scored, encoder, tuned, retrieval),
+            *(ingested, raw_ok, prep, prep_ok, model, scored, encoder, tuned, retrieval),
             *(searched, users, compared, registered),
         )
         for name, task in zip(STAGES, tasks, strict=True):  # the task name is the stage name; show it as such

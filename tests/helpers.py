@@ -102,21 +102,21 @@ def quick_user_model_params(**overrides):
 
 
 def train_user_model_stage(root: Path, prepared, items, *, user_model) -> dict:
-    """train-user-model on files laid out as the pipeline does (root/prepared.parquet, root/selected/
+    """train-user-model on files laid out as the pipeline does (root/prepared.parquet, root/encoder/
     item_embeddings.parquet), tracking to root/mlflow.db; writes root/user_model and root/metrics.json."""
-    from plmrec import stages
+    from plmrec.stages.train_user_model import train_user_model
 
-    (root / "selected").mkdir(exist_ok=True)
-    items.to_parquet(root / "selected" / "item_embeddings.parquet", index=False)
+    (root / "encoder").mkdir(exist_ok=True)
+    items.to_parquet(root / "encoder" / "item_embeddings.parquet", index=False)
     prepared.to_parquet(root / "prepared.parquet", index=False)
     params = Params(user_model=user_model)
     params.tracking.uri = f"sqlite:///{root / 'mlflow.db'}"
-    return stages.train_user_model(
+    return train_user_model(
         params,
-        root / "prepared.parquet",
-        root / "selected",
-        out_dir=root / "user_model",
-        metrics_path=root / "metrics.json",
+        prepared=root / "prepared.parquet",
+        encoder=root / "encoder",
+        user_model=root / "user_model",
+        metrics=root / "metrics.json",
     )
 
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -70,8 +71,8 @@ def test_dvc_repro_runs_only_what_changed(tmp_path):
     assert "ltr" in compare["recommenders"]
     selection = yaml.safe_load((repo / "metrics" / "retrieval.json").read_text())["selection"]
     assert selection["mode"] == "auto" and selection["chosen"] in {"base", "pretrained", "finetuned"}
-    chosen = json.loads((repo / "models" / "selected" / "selection.json").read_text())["chosen"]
-    assert chosen == selection["chosen"] and (repo / "models" / "selected" / "item_embeddings.parquet").exists()
+    chosen = json.loads((repo / "models" / "encoder" / "selection.json").read_text())["chosen"]
+    assert chosen == selection["chosen"] and (repo / "models" / "encoder" / "item_embeddings.parquet").exists()
     assert "valid_ndcg_at_10" in pretrain["base"]  # the per-phase valid proxy, from the base model on
     decision = yaml.safe_load((repo / "metrics" / "registry.json").read_text())
     assert decision["registered"] and decision["version"] == "1" and decision["promoted"], decision
@@ -98,6 +99,30 @@ def test_dvc_repro_runs_only_what_changed(tmp_path):
 
     again = _run(dvc + ["repro"], repo, env)
     assert "Running stage" not in again
+
+    # DVC knows the stage code: an edit to a stage's module changes that stage only (its outputs then
+    # decide what follows it); an edit to a library package changes every stage that declares it
+    module = repo / "src" / "plmrec" / "stages" / "train_user_model.py"
+    original = module.read_text()
+    module.write_text(original + "\n# an edit\n")
+    status = json.loads(_run(dvc + ["status", "--json"], repo, env))
+    assert set(status) == {"train-user-model"}, status
+    assert {"src/plmrec/stages/train_user_model.py": "modified"} in [
+        change["changed deps"] for change in status["train-user-model"] if "changed deps" in change
+    ]
+    edges = re.findall(r'"([a-z-]+)" -> "([a-z-]+)"', _run(dvc + ["dag", "--dot"], repo, env))
+    downstream, frontier = set(), {"train-user-model"}
+    while frontier:
+        frontier = {b for a, b in edges if a in frontier} - downstream
+        downstream |= frontier
+    assert downstream == {"compare-models", "register-model"}  # what reruns when its outputs change
+    module.write_text(original)
+    library = repo / "src" / "plmrec" / "usermodel" / "store.py"
+    kept = library.read_text()
+    library.write_text(kept + "\n# an edit\n")
+    assert set(json.loads(_run(dvc + ["status", "--json"], repo, env))) == {"train-user-model", "compare-models"}
+    library.write_text(kept)
+    assert json.loads(_run(dvc + ["status", "--json"], repo, env)) == {}
 
     params["baseline"]["max_depth"] = 3
     params["retrieval"]["ks"] = [5, 20]

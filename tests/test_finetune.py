@@ -13,7 +13,7 @@ from plmrec.encoders import load_encoder
 from plmrec.errors import PairError
 from plmrec.finetune import pairs as pair_builders
 from plmrec.finetune.retrieval import score_encoder, temporal_queries
-from plmrec.finetune.run import build_pairs, finetune
+from plmrec.finetune.schedule import build_pairs, finetune
 
 TRAIN_END = "2011-09-01"
 
@@ -240,14 +240,15 @@ def test_cuda_bf16_finetuning(prepared, tiny_model_dir, tmp_path):
 
 
 def test_missing_encoders_are_named(tmp_path):
-    from plmrec import stages
     from plmrec.errors import PlmrecError
+    from plmrec.stages.evaluate_retrieval import retrieval_encoders
+    from plmrec.stages.finetune import finetune_start_model
 
     p = Params()
     for start_from in ("auto", "pretrained"):
         p.finetune.start_from = start_from
         with pytest.raises(PlmrecError, match=rf"start_from is '{start_from}' but .*hf holds no encoder"):
-            stages.finetune_start_model(p, tmp_path / "nothing-here")
+            finetune_start_model(p, tmp_path / "nothing-here")
     p.retrieval.compare = ["finetuned"]
     with pytest.raises(PlmrecError, match=r"compare includes 'finetuned' but .*sentence-transformer holds no encoder"):
-        stages.retrieval_encoders(p, None, tmp_path)
+        retrieval_encoders(p, None, tmp_path)

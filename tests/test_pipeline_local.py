@@ -15,7 +15,7 @@ from helpers import (
 )
 from plmrec import stages
 from plmrec.data.online_retail import transactions_to_csv_bytes
-from plmrec.localrun import run_local
+from plmrec.local_pipeline import run_local
 from plmrec.tracking import RUN_KEY_TAG, STAGE_TAG
 
 pytestmark = pytest.mark.integration
@@ -171,7 +171,7 @@ def test_pipeline_runs_end_to_end(small_params, tiny_model_dir, mlflow_server, t
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     from plmrec.data.files import file_digest
 
-    prepared_file = next(p for p in (tmp_path / "run" / "artifacts").rglob("prepared_data") if p.is_file())
+    prepared_file = next(p for p in (tmp_path / "run" / "artifacts").rglob("prepared") if p.is_file())
     datasets = {(i.dataset.name, i.dataset.digest) for i in children["train-baseline"].inputs.dataset_inputs}
     assert datasets == {(f"prepared-{s}", file_digest(prepared_file, "md5")) for s in ("train", "valid", "test")}
     assert {i.dataset.name for i in children["prepare"].inputs.dataset_inputs} == {"raw"}
@@ -182,21 +182,19 @@ def test_pipeline_runs_end_to_end(small_params, tiny_model_dir, mlflow_server, t
 
     files = {p.name for p in (tmp_path / "run" / "artifacts").rglob("*") if p.is_file()}
     assert {
-        "raw_data",
-        "prepared_data",
+        "raw",
+        "prepared",
         "model.json",
         "encoder.json",
         "report.html",
         "confusion_matrix.png",
-        "loss_curve",
+        "report",
         "modules.json",
         "pretrain_report.json",
         "item_embeddings.parquet",
         "user_embeddings.parquet",
         "finetune_report.json",
         "selection.json",
-        "table",
-        "results",
         "bundle.json",
         "ranker.json",
         "decision.json",
@@ -227,7 +225,7 @@ def test_bad_data_stops_before_training(small_params, small_raw, mlflow_server, 
 
 
 def test_the_local_runner_silences_exactly_its_two_known_notices():
-    from plmrec.localrun import quiet_local_runner
+    from plmrec.local_pipeline import quiet_local_runner
 
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")

@@ -14,7 +14,7 @@ from helpers import plmrec_server
 from plmrec import registry
 from plmrec.config import Params, RegistryParams
 from plmrec.errors import RegistryError
-from plmrec.runs import compare_runs
+from plmrec.pipeline_runs import compare_runs
 from plmrec.serving.bundle import Recommender
 
 pytestmark = pytest.mark.integration
@@ -280,12 +280,12 @@ def test_a_stage_rides_out_a_tracking_server_restart_and_says_when_it_stays_down
     stage = [sys.executable, "-m", "plmrec.cli", "stage"]
     with _own_mlflow_server(tmp_path, port):
         done = subprocess.run(
-            [*stage, "ingest", *small, "--out", str(tmp_path / "raw.parquet")], env=env, capture_output=True, text=True
+            [*stage, "ingest", *small, "--raw", str(tmp_path / "raw.parquet")], env=env, capture_output=True, text=True
         )
         assert done.returncode == 0, done.stderr[-2000:]
     # down now: prepare starts against nothing, and the server comes back 4 s later on the same store
     prepare = subprocess.Popen(
-        [*stage, "prepare", *small, "--raw", str(tmp_path / "raw.parquet"), "--out", str(tmp_path / "p.parquet")],
+        [*stage, "prepare", *small, "--raw", str(tmp_path / "raw.parquet"), "--prepared", str(tmp_path / "p.parquet")],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -301,7 +301,7 @@ def test_a_stage_rides_out_a_tracking_server_restart_and_says_when_it_stays_down
         )
         assert len(runs) == 1 and runs[0].info.status == "FINISHED" and runs[0].data.metrics["prepared_rows"] > 0
     never = subprocess.run(
-        [*stage, "prepare", *small, "--raw", str(tmp_path / "raw.parquet"), "--out", str(tmp_path / "q.parquet")],
+        [*stage, "prepare", *small, "--raw", str(tmp_path / "raw.parquet"), "--prepared", str(tmp_path / "q.parquet")],
         env={**env, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"},
         capture_output=True,
         text=True,

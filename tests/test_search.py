@@ -193,10 +193,10 @@ def _search_params(tmp_path, base_model, reviews_path=None):
 
 
 def test_evaluate_search_scores_every_ranker_and_chooses_the_mode_on_valid(tmp_path, small_reviews, tiny_model_dir):
-    from plmrec import stages
+    from plmrec.stages.evaluate_search import evaluate_search
 
     params = _search_params(tmp_path, tiny_model_dir, small_reviews)
-    out = stages.evaluate_search(params, None, out_dir=tmp_path / "search", metrics_path=tmp_path / "m.json")
+    out = evaluate_search(params, search=tmp_path / "search", metrics=tmp_path / "m.json")
     decision = json.loads((tmp_path / "search" / "decision.json").read_text())
     assert decision["evaluated"] and decision["mode"] in ("dense", "lexical", "hybrid")
     valid = {mode: v["ndcg@100"] for mode, v in decision["valid"].items()}
@@ -217,9 +217,9 @@ def test_evaluate_search_scores_every_ranker_and_chooses_the_mode_on_valid(tmp_p
 
 
 def test_evaluate_search_without_review_data_records_a_skip(tmp_path, tiny_model_dir):
-    from plmrec import stages
+    from plmrec.stages.evaluate_search import evaluate_search
 
     params = _search_params(tmp_path, tiny_model_dir)
-    out = stages.evaluate_search(params, None, out_dir=tmp_path / "search", metrics_path=tmp_path / "m.json")
+    out = evaluate_search(params, search=tmp_path / "search", metrics=tmp_path / "m.json")
     assert out["decision"]["mode"] == "dense" and not out["decision"]["evaluated"]
     assert "search.reviews_path is not set" in (tmp_path / "search" / "results.md").read_text()

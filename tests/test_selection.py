@@ -109,9 +109,9 @@ def test_a_probe_scores_the_same_weights_once_and_hands_its_scores_to_a_later_st
 def test_the_selected_encoder_copies_embeddings_its_stage_wrote_for_this_table(prepared, tiny_model_dir, tmp_path):
     import pandas as pd
 
-    from plmrec import stages
     from plmrec.encoders import load_encoder
-    from plmrec.finetune.run import embed_catalogue
+    from plmrec.finetune.schedule import embed_catalogue
+    from plmrec.stages.evaluate_retrieval import write_selected_encoder
 
     params = Params()
     params.finetune.max_length = 64
@@ -122,13 +122,13 @@ def test_the_selected_encoder_copies_embeddings_its_stage_wrote_for_this_table(p
     selection = EncoderSelection(
         "auto", {"finetuned": _scores({"mean": 0.05})}, paths={"finetuned": str(tuned / "sentence-transformer")}
     )
-    copied = stages.write_selected_encoder(selection, model, prepared, params=params, out_dir=tmp_path / "a")
+    copied = write_selected_encoder(selection, model, prepared, params=params, out_dir=tmp_path / "a")
     assert copied["copied"] == 1 and copied["items"] > 0
     for name in ("item_embeddings.parquet", "user_embeddings.parquet", "index.json"):
         assert (tmp_path / "a" / name).read_bytes() == (tuned / name).read_bytes()
 
     params.finetune.history_length = 3  # the user sentences would differ: encoded again
-    again = stages.write_selected_encoder(selection, model, prepared, params=params, out_dir=tmp_path / "b")
+    again = write_selected_encoder(selection, model, prepared, params=params, out_dir=tmp_path / "b")
     assert "copied" not in again and again["users"] == copied["users"]
     users = pd.read_parquet(tmp_path / "b" / "user_embeddings.parquet")
     assert not np.allclose(
@@ -137,23 +137,23 @@ def test_the_selected_encoder_copies_embeddings_its_stage_wrote_for_this_table(p
 
 
 def test_start_from_auto_follows_the_selection(prepared, tiny_model_dir, tmp_path):
-    from plmrec import stages
+    from plmrec.stages.finetune import finetune_start_model
 
     pretrained = tmp_path / "pretrained"
     shutil.copytree(tiny_model_dir, pretrained / "hf")  # a pretrained encoder worse than the base model
     params = Params()
     assert params.finetune.start_from == "auto"
-    start, selection = stages.finetune_start_model(params, pretrained, prepared)
+    start, selection = finetune_start_model(params, pretrained, prepared)
     assert start == resolve_base_model(MINILM) and selection.chosen == "base"
 
     shutil.rmtree(pretrained / "hf")
     shutil.copytree(resolve_base_model(MINILM), pretrained / "hf")  # now the pretrained one is better
     params.pretrain.base_model = str(tiny_model_dir)
-    start, selection = stages.finetune_start_model(params, pretrained, prepared)
+    start, selection = finetune_start_model(params, pretrained, prepared)
     assert start == str(pretrained / "hf") and selection.chosen == "pretrained"
 
     params.finetune.start_from = "base"  # a fixed choice scores nothing
-    assert stages.finetune_start_model(params, pretrained, prepared) == (str(tiny_model_dir), None)
+    assert finetune_start_model(params, pretrained, prepared) == (str(tiny_model_dir), None)
 
 
 def test_the_structured_history_template_renders_the_documented_format():

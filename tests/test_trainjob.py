@@ -46,7 +46,7 @@ def test_workers_2_compiles_to_a_launcher_step_whose_job_is_valid(tmp_path):
     doc = trainjob.job_for(params, "pretrain", run_key="kfp-run-1", tracking_uri="http://mlflow:5000", namespace="ml")
     assert trainjob.trainjob_problems(doc) == []
     user_job = trainjob.job_for(params, "train-user-model", run_key="kfp-run-1", tracking_uri="http://mlflow:5000")
-    assert trainjob.trainjob_problems(user_job) == [] and "--out-dir" in user_job["spec"]["trainer"]["args"]
+    assert trainjob.trainjob_problems(user_job) == [] and "--user-model" in user_job["spec"]["trainer"]["args"]
     trainer = doc["spec"]["trainer"]
     assert trainer["numNodes"] == 2 and trainer["numProcPerNode"] == 2
     assert trainer["image"] == "ghcr.io/plmrec/plmrec-cuda:0.1.0"
@@ -167,7 +167,7 @@ def test_the_work_folder_holds_the_inputs_and_params_that_train_in_one_process_p
     params = load_params(ROOT / "params.yaml", overrides)
     prepared = tmp_path / "prepared_data"
     prepared.write_bytes(b"PAR1 not really")
-    work = trainjob.prepare_work_dir(params, "pretrain", run_key="run/1", inputs={"--prepared": prepared})
+    work = trainjob.prepare_work_dir(params, "pretrain", run_key="run/1", inputs={"prepared": prepared})
     assert work == mount / "runs" / "run-1" / "pretrain"
     assert (work / "inputs" / "prepared").read_bytes() == b"PAR1 not really"
     inner = load_params(work / "params.yaml")
@@ -176,7 +176,7 @@ def test_the_work_folder_holds_the_inputs_and_params_that_train_in_one_process_p
     args = trainjob.stage_args(params, "pretrain", run_key="run/1")
     assert args[args.index("--prepared") + 1] == str(work / "inputs" / "prepared")
     with pytest.raises(ManifestError, match="inputs"):
-        trainjob.prepare_work_dir(params, "finetune", run_key="r", inputs={"--prepared": prepared})
+        trainjob.prepare_work_dir(params, "finetune", run_key="r", inputs={"prepared": prepared})
 
 
 @pytest.mark.integration
@@ -198,8 +198,8 @@ def test_the_user_model_stage_runs_as_two_trainjob_nodes(tmp_path):
     p = Params()
     prepared, _ = prepare_transactions(generate_transactions(SyntheticParams(**SMALL)), p.clean, p.split)
     items, _ = minilm_items(prepared)
-    (tmp_path / "selected").mkdir()
-    items.to_parquet(tmp_path / "selected" / "item_embeddings.parquet", index=False)
+    (tmp_path / "encoder").mkdir()
+    items.to_parquet(tmp_path / "encoder" / "item_embeddings.parquet", index=False)
     prepared.to_parquet(tmp_path / "prepared.parquet", index=False)
     params = Params(user_model=quick_user_model_params(variants=[{"vectors": 2, "inputs": "id+text"}], seeds=[0]))
     params.tracking.uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -208,8 +208,9 @@ def test_the_user_model_stage_runs_as_two_trainjob_nodes(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     stage = ["-m", "plmrec.cli", "stage", "train-user-model", "--params", str(tmp_path / "params.yaml")]
-    stage += ["--prepared", str(tmp_path / "prepared.parquet"), "--encoder", str(tmp_path / "selected")]
-    stage += ["--out-dir", str(tmp_path / "model"), "--metrics", str(tmp_path / "result.json")]
+    stage += ["--prepared", str(tmp_path / "prepared.parquet"), "--encoder", str(tmp_path / "encoder")]
+    stage += ["--user-model", str(tmp_path / "model"), "--metrics", str(tmp_path / "metrics.json")]
+    stage += ["--result", str(tmp_path / "result.json")]
     pet = {"PET_NNODES": "2", "PET_NPROC_PER_NODE": "1", "PET_MASTER_ADDR": "127.0.0.1", "PET_MASTER_PORT": str(port)}
     procs = [
         subprocess.Popen(

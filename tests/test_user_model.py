@@ -170,7 +170,7 @@ def test_every_training_setting_comes_from_params():
     import dataclasses
 
     from plmrec.config import UserModelParams
-    from plmrec.usermodel.run import fit_settings
+    from plmrec.usermodel.variants import fit_settings
 
     changed = UserModelParams(negatives=77, log_q=False, mlm_weight=0.5, batch_size=33)
     settings = fit_settings(changed, progress=False)
@@ -323,21 +323,21 @@ def test_train_user_model_stage_saves_the_chosen_variant(synthetic_prepared, tmp
 
 
 def test_missing_item_embeddings_is_a_clear_error(synthetic_prepared, tmp_path):
-    from plmrec import stages
     from plmrec.config import Params
     from plmrec.errors import StageError
+    from plmrec.stages.train_user_model import train_user_model
 
     synthetic_prepared.to_parquet(tmp_path / "prepared.parquet", index=False)
     (tmp_path / "empty").mkdir()
     params = Params()
     params.tracking.uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    with pytest.raises(StageError, match="item_embeddings.parquet is missing; pass the directory evaluate-retrieval"):
-        stages.train_user_model(
+    with pytest.raises(StageError, match="item_embeddings.parquet is missing; pass the folder evaluate-retrieval"):
+        train_user_model(
             params,
-            tmp_path / "prepared.parquet",
-            tmp_path / "empty",
-            out_dir=tmp_path / "u",
-            metrics_path=tmp_path / "m.json",
+            prepared=tmp_path / "prepared.parquet",
+            encoder=tmp_path / "empty",
+            user_model=tmp_path / "u",
+            metrics=tmp_path / "m.json",
         )
 
 

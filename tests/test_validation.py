@@ -155,7 +155,7 @@ def test_stage_prepare_stops_on_a_table_that_failed_validation(small_raw, tmp_pa
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     write_table(small_raw.head(300).drop(columns=["Country"]), tmp_path / "no_country.parquet", {})
-    res = _stage(["prepare", "--raw", str(tmp_path / "no_country.parquet"), "--out", str(tmp_path / "p1.parquet")])
+    res = _stage(["prepare", "--raw", str(tmp_path / "no_country.parquet"), "--prepared", str(tmp_path / "p1.parquet")])
     assert res.exit_code == 3, res.output
     assert "no_country.parquet is not a valid raw table: column 'Country' is missing" in res.output
     assert "Traceback" not in res.output and not (tmp_path / "p1.parquet").exists()
@@ -164,9 +164,9 @@ def test_stage_prepare_stops_on_a_table_that_failed_validation(small_raw, tmp_pa
     csv.insert(150, csv[0])  # the header again, as when two exports are concatenated
     (tmp_path / "twice.csv").write_text("\n".join(csv) + "\n")
     source = ["-S", "data.source=file", "-S", f"data.path={tmp_path / 'twice.csv'}"]
-    res = _stage(["ingest", *source, "--out", str(tmp_path / "raw.parquet")])
+    res = _stage(["ingest", *source, "--raw", str(tmp_path / "raw.parquet")])
     assert res.exit_code == 0, res.output
-    res = _stage(["prepare", "--raw", str(tmp_path / "raw.parquet"), "--out", str(tmp_path / "p2.parquet")])
+    res = _stage(["prepare", "--raw", str(tmp_path / "raw.parquet"), "--prepared", str(tmp_path / "p2.parquet")])
     assert res.exit_code == 3 and "Traceback" not in res.output, res.output
     assert "column 'Quantity' must hold int64 values: 1 of 301 rows do not (row 149: 'Quantity')" in res.output
 
@@ -183,6 +183,6 @@ def test_a_stage_says_where_tracking_goes(small_raw, tmp_path, monkeypatch):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     small = ["-S", "data.synthetic.n_customers=50", "-S", "data.synthetic.n_invoices=200"]
-    res = _stage(["ingest", *small, "--out", "raw.parquet"], cwd=elsewhere)
+    res = _stage(["ingest", *small, "--raw", "raw.parquet"], cwd=elsewhere)
     assert res.exit_code == 0, res.output
     assert f"[plmrec] tracking: sqlite:///{elsewhere.resolve() / 'mlflow.db'}, artifacts in" in res.output

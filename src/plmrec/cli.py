@@ -13,29 +13,10 @@ from plmrec import __version__
 from plmrec.cluster.trainjob import DISTRIBUTED_STAGES
 from plmrec.config import load_params
 from plmrec.errors import PlmrecError
+from plmrec.options import PARAMS_ENV, params_option, set_option
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
-
-PARAMS_ENV = "PLMREC_PARAMS"
-params_option = click.option(
-    "--params",
-    "params_path",
-    type=click.Path(dir_okay=False),
-    multiple=True,
-    envvar=PARAMS_ENV,
-    show_envvar=True,
-    help="params file (default: ./params.yaml, or built-in defaults if absent); given again, each later file is "
-    "laid over the ones before, e.g. --params params.yaml --params params/real-data.yaml",
-)
-set_option = click.option(
-    "-S",
-    "--set",
-    "overrides",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="override a parameter, e.g. -S data.source=file -S data.path=retail.xlsx",
-)
 
 
 class _Group(click.Group):
@@ -173,7 +154,7 @@ def data_validate(path, params_path, overrides, suite, report_dir):
 @click.option("-v", "--verbose", is_flag=True, help="stream every task's full log")
 def run(params_path, overrides, run_dir, verbose):
     """Run the training pipeline locally with the KFP local runner; stages log to MLflow."""
-    from plmrec.localrun import run_local
+    from plmrec.local_pipeline import run_local
 
     params = load_params(params_path, overrides)
     result = run_local(params, run_dir=run_dir, verbose=verbose)
@@ -417,316 +398,23 @@ def params_show(params_path, overrides):
 
 
 # ---------------------------------------------------------------------------- stages (DVC)
-class _InPipelineOrder(click.Group):
-    """Lists the stage commands in pipeline order (plmrec.stages.STAGES), not alphabetically."""
+class _Stages(click.Group):
+    """The stage commands, each from its module (plmrec.stages), listed in pipeline order."""
 
     def list_commands(self, ctx):
         from plmrec.stages import STAGES
 
-        return sorted(self.commands, key=lambda name: STAGES.index(name) if name in STAGES else len(STAGES))
+        return list(STAGES)
 
-
-@main.group(cls=_InPipelineOrder)
-def stage():
-    """Run one pipeline stage on files (what dvc.yaml calls)."""
-
-
-prepared_option = click.option(
-    "--prepared", type=click.Path(dir_okay=False, exists=True), required=True, help="the prepare stage's table"
-)
-
-
-@stage.command("ingest")
-@params_option
-@set_option
-@click.option("--out", type=click.Path(dir_okay=False), required=True)
-def stage_ingest(params_path, overrides, out):
-    """Load or generate the raw transactions table."""
-    from plmrec import stages
-
-    stages.ingest(load_params(params_path, overrides), out)
-
-
-def _validation_command(suite: str):
-    @stage.command(f"validate-{suite}", help=f"Run the '{suite}' validation suite on a parquet table.")
-    @params_option
-    @set_option
-    @click.option("--table", type=click.Path(dir_okay=False, exists=True), required=True)
-    @click.option("--report-dir", type=click.Path(file_okay=False), required=True)
-    def command(params_path, overrides, table, report_dir):
+    def get_command(self, ctx, cmd_name):
         from plmrec import stages
 
-        run = stages.validate_raw if suite == "raw" else stages.validate_prepared
-        run(load_params(params_path, overrides), table, report_dir)
-
-    return command
+        return stages.command(cmd_name) if cmd_name in stages.STAGES else None
 
 
-stage_validate_raw = _validation_command("raw")
-stage_validate_prepared = _validation_command("prepared")
-
-
-@stage.command("prepare")
-@params_option
-@set_option
-@click.option("--raw", "raw_path", type=click.Path(dir_okay=False, exists=True), required=True)
-@click.option("--out", type=click.Path(dir_okay=False), required=True)
-def stage_prepare(params_path, overrides, raw_path, out):
-    """Clean, split and label."""
-    from plmrec import stages
-
-    stages.prepare(load_params(params_path, overrides), raw_path, out)
-
-
-@stage.command("train-baseline")
-@params_option
-@set_option
-@prepared_option
-@click.option("--model-dir", type=click.Path(file_okay=False), required=True)
-def stage_train_baseline(params_path, overrides, prepared, model_dir):
-    """Train the non-text XGBoost baseline."""
-    from plmrec import stages
-
-    stages.train_baseline(load_params(params_path, overrides), prepared, model_dir)
-
-
-@stage.command("evaluate-baseline")
-@params_option
-@set_option
-@prepared_option
-@click.option("--model-dir", type=click.Path(file_okay=False, exists=True), required=True)
-@click.option("--metrics", type=click.Path(dir_okay=False), required=True)
-@click.option("--plots-dir", type=click.Path(file_okay=False), required=True)
-def stage_evaluate_baseline(params_path, overrides, prepared, model_dir, metrics, plots_dir):
-    """Evaluate the baseline on the test split."""
-    from plmrec import stages
-
-    stages.evaluate_baseline(
-        load_params(params_path, overrides), prepared, model_dir, metrics_path=metrics, plots_dir=plots_dir
-    )
-
-
-def _copy_outputs(out_dir: str, plots: dict[str, Path]) -> None:
-    """Copy the stage's pictures (name in out_dir -> target) where DVC tracks them as plots."""
-    import shutil
-
-    for name, target in plots.items():
-        if (Path(out_dir) / name).exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(Path(out_dir) / name, target)
-
-
-@stage.command("pretrain")
-@params_option
-@set_option
-@prepared_option
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True)
-@click.option("--metrics", type=click.Path(dir_okay=False), default=None, help="write per-phase figures here (JSON)")
-@click.option("--plot", type=click.Path(dir_okay=False), default=None, help="copy the loss curve PNG here")
-@click.option(
-    "--result", type=click.Path(dir_okay=False), default=None, help="write the stage's whole report here (JSON)"
-)
-def stage_pretrain(params_path, overrides, prepared, out_dir, metrics, plot, result):
-    """DAPT/TAPT pretraining (MLM, TSDAE) of the encoder; resumes an interrupted run."""
-    from plmrec import stages
-
-    report = stages.pretrain(load_params(params_path, overrides), prepared, out_dir)
-    if result:
-        stages.write_json(result, report)
-    if metrics:
-        stages.write_json(metrics, stages.pretrain_summary(report))
-    if plot:
-        _copy_outputs(out_dir, {"loss_curve.png": Path(plot)})
-
-
-@stage.command("finetune")
-@params_option
-@set_option
-@prepared_option
-@click.option(
-    "--pretrained",
-    type=click.Path(file_okay=False),
-    default=None,
-    help="the pretrain stage's output (needed unless finetune.start_from is base)",
-)
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True)
-@click.option("--metrics", type=click.Path(dir_okay=False), default=None, help="write per-phase figures here (JSON)")
-@click.option(
-    "--plots-dir", type=click.Path(file_okay=False), default=None, help="copy the loss curve and embedding picture here"
-)
-@click.option(
-    "--result", type=click.Path(dir_okay=False), default=None, help="write the stage's whole report here (JSON)"
-)
-def stage_finetune(params_path, overrides, prepared, pretrained, out_dir, metrics, plots_dir, result):
-    """Contrastive fine-tuning, then item/user embeddings and the item index."""
-    from plmrec import stages
-
-    report = stages.finetune(load_params(params_path, overrides), prepared, pretrained, out_dir=out_dir)
-    if result:
-        stages.write_json(result, report)
-    if metrics:
-        stages.write_json(
-            metrics,
-            {
-                "finetune": {
-                    **stages.finetune_summary(report),
-                    **stages.merge_summary(report),
-                    "embeddings": report["embeddings"],
-                }
-            },
-        )
-    if plots_dir:
-        Path(plots_dir).mkdir(parents=True, exist_ok=True)
-        _copy_outputs(
-            out_dir,
-            {
-                "loss_curve.png": Path(plots_dir) / "finetune_loss.png",
-                "embedding_pca.png": Path(plots_dir) / "embedding_pca.png",
-            },
-        )
-
-
-@stage.command("evaluate-retrieval")
-@params_option
-@set_option
-@prepared_option
-@click.option("--pretrained", type=click.Path(file_okay=False), default=None)
-@click.option("--finetuned", type=click.Path(file_okay=False), default=None)
-@click.option("--metrics", type=click.Path(dir_okay=False), required=True)
-@click.option("--tables-dir", type=click.Path(file_okay=False), required=True)
-@click.option(
-    "--selected",
-    "selected_dir",
-    type=click.Path(file_okay=False),
-    default=None,
-    help="write the encoder chosen on valid (retrieval.encoder_selection) and its embeddings here",
-)
-def stage_evaluate_retrieval(
-    params_path, overrides, prepared, pretrained, finetuned, metrics, tables_dir, selected_dir
-):
-    """Next-item retrieval (full ranking) of the base, pretrained and fine-tuned encoders; valid chooses one."""
-    from plmrec import stages
-
-    stages.evaluate_retrieval(
-        load_params(params_path, overrides),
-        prepared,
-        pretrained,
-        finetuned_dir=finetuned,
-        metrics_path=metrics,
-        tables_dir=tables_dir,
-        selected_dir=selected_dir,
-    )
-
-
-@stage.command("evaluate-search")
-@params_option
-@set_option
-@click.option(
-    "--encoder",
-    "encoder_dir",
-    type=click.Path(file_okay=False, exists=True),
-    default=None,
-    help="the encoder chosen by evaluate-retrieval (its --selected), scored beside the base encoder",
-)
-@click.option("--out-dir", type=click.Path(file_okay=False), required=True, help="decision.json and the tables")
-@click.option("--metrics", type=click.Path(dir_okay=False), required=True)
-def stage_evaluate_search(params_path, overrides, encoder_dir, out_dir, metrics):
-    """Complex product search on review data: BM25, dense, BLaIR and hybrid rankers; valid picks the mode."""
-    from plmrec import stages
-
-    stages.evaluate_search(load_params(params_path, overrides), encoder_dir, out_dir=out_dir, metrics_path=metrics)
-
-
-@stage.command("train-user-model")
-@params_option
-@set_option
-@prepared_option
-@click.option(
-    "--encoder",
-    "encoder_dir",
-    type=click.Path(file_okay=False, exists=True),
-    required=True,
-    help="the encoder chosen by evaluate-retrieval (its --selected: item_embeddings.parquet)",
-)
-@click.option("--out-dir", type=click.Path(file_okay=False), required=True)
-@click.option("--metrics", type=click.Path(dir_okay=False), required=True)
-def stage_train_user_model(params_path, overrides, prepared, encoder_dir, out_dir, metrics):
-    """GUIM user-model variants over the selected encoder's item text; the best on valid is saved."""
-    from plmrec import stages
-
-    stages.train_user_model(
-        load_params(params_path, overrides), prepared, encoder_dir, out_dir=out_dir, metrics_path=metrics
-    )
-
-
-@stage.command("compare-models")
-@params_option
-@set_option
-@prepared_option
-@click.option(
-    "--encoder",
-    "encoder_dir",
-    type=click.Path(file_okay=False, exists=True),
-    required=True,
-    help="the encoder chosen by evaluate-retrieval (its --selected: item_embeddings.parquet, sentence-transformer/)",
-)
-@click.option("--metrics", type=click.Path(dir_okay=False), required=True)
-@click.option("--reports-dir", type=click.Path(file_okay=False), required=True)
-@click.option(
-    "--bundle",
-    "bundle_dir",
-    type=click.Path(file_okay=False),
-    default=None,
-    help="also write the served recommender's bundle here (refitted on all purchases)",
-)
-@click.option(
-    "--user-model",
-    "user_model_dir",
-    type=click.Path(file_okay=False, exists=True),
-    default=None,
-    help="train-user-model's --out-dir: adds the user model's row and learning to rank with it",
-)
-@click.option(
-    "--search",
-    "search_dir",
-    type=click.Path(file_okay=False, exists=True),
-    default=None,
-    help="evaluate-search's --out-dir: the bundle serves queries in the search mode it chose",
-)
-def stage_compare_models(
-    params_path, overrides, prepared, encoder_dir, metrics, reports_dir, bundle_dir, user_model_dir, search_dir
-):
-    """XGBoost with and without PLM features, ALS and its PLM variants, learning to rank, over seeds."""
-    from plmrec import stages
-
-    stages.compare_models(
-        load_params(params_path, overrides),
-        prepared,
-        encoder_dir,
-        metrics_path=metrics,
-        reports_dir=reports_dir,
-        bundle_dir=bundle_dir,
-        user_model_dir=user_model_dir,
-        search_dir=search_dir,
-    )
-
-
-@stage.command("register-model")
-@params_option
-@set_option
-@click.option("--bundle", "bundle_dir", type=click.Path(file_okay=False, exists=True), required=True)
-@click.option(
-    "--prepared",
-    type=click.Path(dir_okay=False, exists=True),
-    required=True,
-    help="the prepared table (its md5, DVC's data version, is attached to the version)",
-)
-@click.option("--decision", type=click.Path(dir_okay=False), required=True, help="where the gate's decision goes")
-def stage_register_model(params_path, overrides, bundle_dir, prepared, decision):
-    """Register the bundle in the MLflow registry as @challenger; promote it to @champion if it passes the gate."""
-    from plmrec import stages
-
-    stages.register_model(load_params(params_path, overrides), bundle_dir, prepared, decision_path=decision)
+@main.group(cls=_Stages)
+def stage():
+    """Run one pipeline stage on files (what dvc.yaml calls); its options are its inputs and outputs."""
 
 
 # ---------------------------------------------------------------------------- registry and serving
@@ -811,7 +499,7 @@ def runs():
 @click.option("-n", "--last", "limit", type=click.IntRange(1, 100), default=5, show_default=True)
 def runs_compare(params_path, overrides, limit):
     """The newest pipeline runs side by side: status, duration, headline metrics, registered version."""
-    from plmrec.runs import compare_runs, format_runs
+    from plmrec.pipeline_runs import compare_runs, format_runs
 
     params = load_params(params_path, overrides)
     client, uri = _registry_client(params)

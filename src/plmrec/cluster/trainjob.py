@@ -37,12 +37,23 @@ PATCH_MANAGER = "plmrec.dev/pipeline"  # who owns the runtime patch (a domain-pr
 NODE = "node"  # the torch runtime's replicated job and container
 VOLUME = "plmrec-work"
 DISTRIBUTED_STAGES = {"pretrain": "pretrain", "finetune": "finetune", "train-user-model": "user_model"}
+# (each stage's `SPEC.distributed`; a test holds the two equal, so the CLI need not import every stage)
 
 
 def resources_of(params: Params, stage: str) -> ResourceParams:
     if stage not in DISTRIBUTED_STAGES:
         raise ManifestError(f"stage '{stage}' does not train distributed (only {', '.join(DISTRIBUTED_STAGES)})")
     return getattr(params, DISTRIBUTED_STAGES[stage]).resources
+
+
+def job_ports(stage: str) -> tuple[list, list]:
+    """The stage's declared inputs the job reads (its tables and models) and the model folder it writes."""
+    from plmrec import stages
+
+    declared = stages.spec(stage)
+    inputs = [p for p in declared.inputs if p.kind in ("table", "model")]
+    models = [p for p in declared.outputs if p.kind == "model"]
+    return inputs, models
 
 
 def job_name(stage: str, run_key: str) -> str:
@@ -244,39 +255,30 @@ def _namespace() -> str:
     return found.read_text().strip() if found.exists() else "default"
 
 
-STAGE_INPUTS = {
-    "pretrain": ("--prepared",),
-    "finetune": ("--prepared", "--pretrained"),
-    "train-user-model": ("--prepared", "--encoder"),
-}
-STAGE_OUTPUTS = {  # flag -> name in the job's folder: the model, and the stage's report (JSON)
-    "pretrain": {"--out": "model", "--result": "result.json"},
-    "finetune": {"--out": "model", "--result": "result.json"},
-    "train-user-model": {"--out-dir": "model", "--metrics": "result.json"},
-}
-
-
 def stage_args(params: Params, stage: str, *, run_key: str) -> list[str]:
-    """`plmrec stage <stage> ...` as the job runs it: params, inputs and outputs in its folder."""
+    """`plmrec stage <stage> ...` as the job runs it: params, its declared inputs (in the job's `inputs/`),
+    its model folder (`model/`) and its report (`--result result.json`)."""
     work = work_dir(params, stage, run_key)
+    inputs, models = job_ports(stage)
     args = ["stage", stage, "--params", str(work / "params.yaml")]
-    for flag in STAGE_INPUTS[stage]:
-        args += [flag, str(work / "inputs" / flag.strip("-"))]
-    for flag, name in STAGE_OUTPUTS[stage].items():
-        args += [flag, str(work / name)]
-    return args
+    for port in inputs:
+        args += [port.option, str(work / "inputs" / port.name)]
+    for port in models:
+        args += [port.option, str(work / "model")]
+    return [*args, "--result", str(work / "result.json")]
 
 
 def prepare_work_dir(params: Params, stage: str, *, run_key: str, inputs: dict[str, str | Path]) -> Path:
-    """The job's folder filled: each input (flag -> local path) copied in, params.yaml written with
+    """The job's folder filled: each input (port name -> local path) copied in, params.yaml written with
     distribution switched off (inside the job the stage trains itself, under torchrun)."""
     work = work_dir(params, stage, run_key)
-    missing = set(STAGE_INPUTS[stage]) - set(inputs)
+    declared = [p.name for p in job_ports(stage)[0]]
+    missing = set(declared) - set(inputs)
     if missing:
         raise ManifestError(f"{stage}: inputs {sorted(missing)} not given to the distributed step")
     (work / "inputs").mkdir(parents=True, exist_ok=True)
-    for flag in STAGE_INPUTS[stage]:
-        source, target = Path(inputs[flag]), work / "inputs" / flag.strip("-")
+    for name in declared:
+        source, target = Path(inputs[name]), work / "inputs" / name
         if source.is_dir():
             shutil.copytree(source, target, dirs_exist_ok=True)
         else:

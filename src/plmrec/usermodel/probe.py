@@ -84,3 +84,20 @@ def probe_user_model(model, rows: pd.DataFrame, text: np.ndarray, *, cutoff, lab
     mean = np.stack([text[seqs[c][0]].mean(axis=0) for c in customers])
     mean /= np.maximum(np.linalg.norm(mean, axis=1, keepdims=True), 1e-12)
     return profile_probe({"user_model": users, "mean_of_items": mean}, customers, labels, seed=seed)
+
+
+PROBE_COLUMNS = ["Country", "Quantity", "UnitPrice"]  # the prepared table's columns the labels come from
+
+
+def probe_runs(runs: list[dict], data, prepared: pd.DataFrame, *, cutoff: pd.Timestamp) -> pd.DataFrame:
+    """The probe per seed on each refitted model's vectors from purchases before `cutoff` (the test
+    window's start; labels: home country, spend tercile after it), against the mean of item text vectors;
+    one row per (seed, task, vectors). `runs`: plmrec.usermodel.variants.train_variant's results."""
+    labels = customer_labels(prepared, cutoff=cutoff)
+    rows = []
+    for run in runs:
+        found = probe_user_model(run["model"], data.rows, data.text, cutoff=cutoff, labels=labels, seed=run["seed"])
+        for task, by_vectors in found.items():
+            for vectors, figures in by_vectors.items():
+                rows.append({"seed": run["seed"], "task": task, "vectors": vectors, **figures})
+    return pd.DataFrame(rows)

@@ -4,13 +4,23 @@ The file holds the spec, the weights (the item text and id vocabulary are buffer
 needed to rebuild it) and the item codes its rows stand for. `item_scores` gives, for each user,
 max_c cos(u_c, v_j) over every item and which c attained it: the recommender row, the learning-to-rank
 features and the served path all read these.
+
+train-user-model's folder (`save_chosen` writes it, `SavedUserModels` and the bundle read it):
+
+    seeds/<seed>/valid.pt   the chosen variant fitted on the training windows (scores the valid window)
+    seeds/<seed>/refit.pt   the same refitted on train + valid (scores the test window)
+    user_model.pt           the best seed's refit, with user_model.json (variant, spec, figures)
+    user_vectors.parquet    every customer's C vectors from all purchases
 """
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from plmrec.errors import BundleError
@@ -123,3 +133,37 @@ class SavedUserModels:
             rows = with_item_rows(past, {c: i for i, c in enumerate(self.codes)})
             self._sequences[key] = customer_sequences(model, rows, cutoff=self.cutoffs[split])
         return self._sequences[key]
+
+
+def save_chosen(runs: list[dict], data, out: str | Path, *, select: str) -> dict:
+    """The chosen variant's runs (plmrec.usermodel.variants.train_variant, one per seed) as the folder
+    above; `data`: the WindowData they were trained on; the best seed by valid `select`."""
+    from plmrec.usermodel.retrieval import customer_sequences, customer_vectors
+
+    out = Path(out)
+    best = max(runs, key=lambda r: r["valid"][select])
+    out.mkdir(parents=True, exist_ok=True)
+    for run in runs:
+        seed_dir = out / "seeds" / str(run["seed"])
+        facts = {"variant": run["variant"], "seed": run["seed"], "valid": run["valid"], "test": run["test"]}
+        save(run["fit_model"], seed_dir / "valid.pt", codes=data.codes, window="train", **facts)
+        save(run["model"], seed_dir / "refit.pt", codes=data.codes, window="train+valid", **facts)
+    model = best["model"]
+    save(model, out / "user_model.pt", codes=data.codes, variant=best["variant"], seed=best["seed"])
+    facts = {
+        "variant": best["variant"],
+        "seed": best["seed"],
+        "seeds": [r["seed"] for r in runs],
+        "spec": model.spec.to_dict(),
+        "items": data.codes,
+        "valid": best["valid"],
+        "test": best["test"],
+    }
+    (out / "user_model.json").write_text(json.dumps(facts, indent=2, default=str), encoding="utf-8")
+    start = time.perf_counter()
+    customers, vectors = customer_vectors(model, customer_sequences(model, data.rows, cutoff=data.end))
+    seconds = time.perf_counter() - start
+    pd.DataFrame({"CustomerID": customers, "vectors": [v.astype(np.float32).ravel() for v in vectors]}).to_parquet(
+        out / "user_vectors.parquet", index=False
+    )
+    return {"customers": len(customers), "user_vectors_seconds": round(seconds, 2), "vectors": int(vectors.shape[1])}

@@ -129,7 +129,7 @@ def window_data(prepared: pd.DataFrame, items: pd.DataFrame, params) -> WindowDa
     return data
 
 
-def run_variant(data: WindowData, params, variant, *, seed: int, progress: bool = True, on_epoch=None) -> dict:
+def train_variant(data: WindowData, params, variant, *, seed: int, progress: bool = True, on_epoch=None) -> dict:
     """One variant and seed: valid-chosen epoch, refit on train + valid, test scored once; `on_epoch`
     gets each epoch's valid row while the variant trains."""
     um = params.user_model
@@ -153,3 +153,38 @@ def run_variant(data: WindowData, params, variant, *, seed: int, progress: bool 
         "valid": {k: v for k, v in result.valid.items() if "@" in k},
         "test": {k: round(v, 4) for k, v in test.items() if "@" in k},
     }
+
+
+USER_MODEL_VERDICTS = (  # (metric, better, worse): the questions the user-model table answers
+    ("recall@100", "guim-c4-id+text", "guim-c1-id+text"),
+    ("ndcg@10", "guim-c1-id+text", "guim-c1-id"),
+    ("ndcg@10", "guim-c4-id+text", "guim-c1-id"),
+)
+
+
+def summarise_variants(rows: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """Mean ± std per variant (valid and test) and the verdicts among the variants that ran."""
+    from plmrec.recsys.experiment import mean_std, verdict
+
+    metrics = [c for c in rows.columns if c.startswith(("valid_", "test_"))]
+    summary = mean_std(rows, "variant", metrics)
+    seeds = rows.groupby("variant")["seed"].nunique()
+    verdicts = []
+    for metric, better, worse in USER_MODEL_VERDICTS:
+        column = f"test_{metric}"
+        if better in summary.index and worse in summary.index and column in metrics:
+            line = verdict(summary, column, better, vanilla=worse, label="user model")
+            gap = summary.loc[better, ("mean", column)] - summary.loc[worse, ("mean", column)]
+            spread = 2 * max(summary.loc[better, ("std", column)], summary.loc[worse, ("std", column)])
+            if seeds[[better, worse]].min() < 2:
+                verdicts.append(line.extended("; one seed: no spread to judge the gap by", ", 1 seed"))
+            elif abs(gap) > spread:
+                verdicts.append(line.extended("; exceeds 2 std", ", > 2 std"))
+            else:
+                verdicts.append(line.extended("; within 2 std", ", < 2 std"))
+    return summary, verdicts
+
+
+def chosen_variant(summary: pd.DataFrame, select: str) -> str:
+    """The variant saved and served: the best mean valid `select` figure (never a test one)."""
+    return str(summary[("mean", f"valid_{select}")].idxmax())

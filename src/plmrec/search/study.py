@@ -64,7 +64,7 @@ def dense_blocks(queries: np.ndarray, items: np.ndarray, chunk: int = 256):
 
 
 @dataclass
-class SearchRun:
+class SearchStudy:
     """Per ranker, per seed, per split: Ranked; the hybrids' chosen weights per seed."""
 
     benchmark: SearchBenchmark
@@ -214,14 +214,14 @@ class SearchRun:
         }
 
 
-def run_search(
+def compare_rankers(
     bench: SearchBenchmark,
     settings: SearchParams,
     *,
     base_model: str,
     selected: str | None = None,
     work_dir: str | Path,
-) -> SearchRun:
+) -> SearchStudy:
     """BM25, the base and selected encoders, BLaIR per seed (when the benchmark has training reviews)
     and the hybrids, all on the same queries. BLaIR encoders are kept under `work_dir`."""
     from plmrec.encoders import load_encoder
@@ -232,7 +232,7 @@ def run_search(
     quiet_transformers()
     blair, work = settings.blair, Path(work_dir)
     device = str(resolve_device(blair.device))
-    run = SearchRun(bench, settings)
+    run = SearchStudy(bench, settings)
     started = time.perf_counter()
     run.score_lexical()
     run.facts["seconds"] = {"bm25": round(time.perf_counter() - started, 2)}

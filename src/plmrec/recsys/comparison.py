@@ -1,0 +1,230 @@
+"""The comparison compare-models reports: the classifier ablation and the recommenders over seeds,
+summarised as per-run rows, mean ± std per variant, the variants chosen on valid and one verdict per
+PLM-vs-vanilla question (the recommender rows' questions come from `plmrec.recsys.rows`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from plmrec import tracking
+from plmrec.config import Params
+from plmrec.ranking import RANKING_METRICS
+from plmrec.recsys import rows as row_registry
+
+
+@dataclass
+class Comparison:
+    """The classifier ablation and the recommenders over seeds, summarised: per-run rows, mean ± std
+    per variant, the variants chosen on valid and one verdict per PLM-vs-vanilla comparison."""
+
+    params: Params
+    classifier_rows: pd.DataFrame
+    classifier_detail: dict
+    recommender_rows: pd.DataFrame
+    recommender_detail: dict
+
+    @classmethod
+    def compute(
+        cls,
+        params: Params,
+        prepared: pd.DataFrame,
+        items: pd.DataFrame,
+        *,
+        user_models=None,
+        progress: Callable[[str], None] | None = None,
+    ) -> Comparison:
+        """Both studies on the prepared table with the encoder's item embeddings (`items`); `user_models`
+        (plmrec.usermodel.store.SavedUserModels) adds the user-model rows."""
+        from plmrec.recsys.classify import run_ablation
+        from plmrec.recsys.experiment import run_recommenders
+
+        recommenders = params.recommenders
+        clf_rows, clf_detail = run_ablation(
+            prepared,
+            items,
+            recommenders.classifier,
+            n_labels=params.clean.n_quantity_labels,
+            seeds=recommenders.seeds,
+            clusters=recommenders.clusters,
+            progress=progress,
+        )
+        rec_rows, rec_detail = run_recommenders(
+            prepared, items, recommenders, user_models=user_models, progress=progress
+        )
+        return cls(params, clf_rows, clf_detail, rec_rows, rec_detail)
+
+    def __post_init__(self) -> None:
+        from plmrec.recsys.experiment import CLASSIFIER_METRICS, mean_std
+
+        recommenders = self.params.recommenders
+        self.classifier_metrics = CLASSIFIER_METRICS
+        self.recommender_metrics = [f"test_{m}@{k}" for k in sorted(set(recommenders.ks)) for m in RANKING_METRICS]
+        self.primary = f"test_{recommenders.primary_metric}"
+        self.classifier_summary = mean_std(self.classifier_rows, "variant", CLASSIFIER_METRICS)
+        self.recommender_summary = mean_std(self.recommender_rows, "model", self.recommender_metrics)
+        self.kept_features = self.classifier_rows.groupby("variant", sort=False)[["features", "text_features"]].mean()
+        self.best_classifier = self.classifier_detail["best_variant"]
+        self.text_variants = [v for v in self.kept_features.index if self.kept_features.loc[v, "text_features"] > 0]
+        self.plm_classifier = (
+            max(self.text_variants, key=self._valid_accuracy) if self.text_variants else self.best_classifier
+        )
+
+    def _valid_accuracy(self, variant: str) -> float:
+        rows = self.classifier_rows
+        return rows[rows["variant"] == variant]["valid_accuracy"].mean()
+
+    def verdicts(self) -> list[str]:
+        from plmrec.recsys.classify import TEXT_THEN_SELECTION, plm_counterpart
+        from plmrec.recsys.experiment import verdict
+
+        classifier, recommender, primary = self.classifier_summary, self.recommender_summary, self.primary
+        counterpart = (  # the text-then-selection row starts from vanilla; the cumulative rows from the row before
+            "vanilla"
+            if self.plm_classifier == TEXT_THEN_SELECTION
+            else plm_counterpart(self.params.recommenders.classifier)
+        )
+        found = [
+            verdict(
+                classifier, "test_accuracy", self.plm_classifier, vanilla=counterpart, label="XGBoost quantity label"
+            )
+            if self.text_variants
+            else "XGBoost quantity label: no variant kept a text feature (random-forest selection dropped them all)",
+            verdict(
+                classifier,
+                "test_accuracy",
+                self.best_classifier,
+                vanilla="vanilla",
+                label="XGBoost, best variant on valid",
+            )
+            if self.best_classifier != "vanilla"
+            else "XGBoost: the variant chosen on valid accuracy is vanilla",
+            *(  # each recommender row against its vanilla counterparts, when both were evaluated
+                verdict(recommender, primary, row.name, vanilla=versus.vanilla, label=versus.label)
+                for row in row_registry.reported_rows()
+                for versus in row.versus
+                if {row.name, versus.vanilla} <= set(recommender.index)
+            ),
+        ]
+        return [v for v in found if v]
+
+    def tables(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """The classifier and recommender tables in the study's layout ('mean ± std' in %)."""
+        from plmrec.recsys.experiment import format_table
+
+        kept = self.kept_features
+        classifier = format_table(self.classifier_summary, self.classifier_metrics)
+        classifier["features (text)"] = [
+            f"{kept.loc[v, 'features']:.1f} ({kept.loc[v, 'text_features']:.1f})" for v in classifier["variant"]
+        ]
+        return classifier, format_table(self.recommender_summary, self.recommender_metrics)
+
+    def write_reports(self, out: Path, verdicts: list[str]) -> None:
+        """results.md, the per-run and summary CSVs, and the pictures, under `out`."""
+        from plmrec.plots import plot_confusion, plot_curves, plot_importance
+        from plmrec.recsys.experiment import CURVE_KS
+        from plmrec.reports import markdown_table
+
+        recommenders, (clf_table, rec_table) = self.params.recommenders, self.tables()
+        (out / "results.md").write_text(
+            f"## XGBoost, 5-level quantity label (test, %, mean ± std over seeds {recommenders.seeds})\n\n"
+            + markdown_table(clf_table)
+            + f"\nVariant chosen on valid accuracy: {self.best_classifier}.\n\n"
+            f"## Recommenders (test, %, mean ± std over seeds {recommenders.seeds}; "
+            f"{self.recommender_detail['test_customers']:,} customers)\n\n"
+            + markdown_table(rec_table)
+            + "\n## Verdicts\n\n"
+            + "".join(f"- {v}\n" for v in verdicts)
+        )
+        self.classifier_rows.to_csv(out / "classifier_runs.csv", index=False)
+        self.recommender_rows.to_csv(out / "recommender_runs.csv", index=False)
+        clf_table.to_csv(out / "classifier_table.csv", index=False)
+        rec_table.to_csv(out / "recommender_table.csv", index=False)
+        plot_confusion(
+            self.classifier_detail["confusion_matrix"],
+            out / "confusion_matrix_best.png",
+            f"XGBoost {self.best_classifier}, test",
+        )
+        plot_importance(
+            self.classifier_detail["importance"], out / "feature_importance.png", f"XGBoost {self.best_classifier}"
+        )
+        plot_curves(self.recommender_detail["precision_curves"], out / "precision_at_k.png", ks=CURVE_KS)
+        last = self.recommender_detail["chosen"][recommenders.seeds[-1]]
+        for name in (row.name for row in row_registry.ltr_rows()):
+            if f"{name}_importance" in last:
+                plot_importance(
+                    last[f"{name}_importance"],
+                    out / f"{tracking.safe_name(name)}_feature_importance.png",
+                    f"{name} features",
+                )
+
+    @staticmethod
+    def _mean_std(summary: pd.DataFrame, metrics: list[str]) -> dict:
+        return {
+            v: {
+                m.replace("test_", ""): {
+                    "mean": float(summary.loc[v, ("mean", m)]),
+                    "std": float(summary.loc[v, ("std", m)]),
+                }
+                for m in metrics
+            }
+            for v in summary.index
+        }
+
+    def summary(self, verdicts: list[str]) -> dict:
+        return {
+            "classifier": self._mean_std(self.classifier_summary, self.classifier_metrics),
+            "recommenders": self._mean_std(self.recommender_summary, self.recommender_metrics),
+            "best_classifier_variant": self.best_classifier,
+            "chosen": self.recommender_detail["chosen"],
+            "verdicts": verdicts,
+            "test_customers": self.recommender_detail["test_customers"],
+            "seeds": self.params.recommenders.seeds,
+        }
+
+    def log(self, out: Path, verdicts: list[str], *, run_key: str | None, tracking_uri: str | None) -> None:
+        """Means per variant on the stage run, the run tables and reports, headline metrics on the parent."""
+        from plmrec.recsys.experiment import CURVE_KS
+
+        classifier, recommender, recommenders = (
+            self.classifier_summary,
+            self.recommender_summary,
+            self.params.recommenders,
+        )
+        for v in classifier.index:
+            tracking.log_numeric(
+                {f"{m.replace('test_', '')}_mean": classifier.loc[v, ("mean", m)] for m in self.classifier_metrics},
+                f"classifier/{tracking.safe_name(v.lstrip('+'))}/",
+            )
+        for v in recommender.index:
+            tracking.log_numeric(
+                {
+                    f"{m.replace('test_', '').replace('@', '_at_')}_mean": recommender.loc[v, ("mean", m)]
+                    for m in self.recommender_metrics
+                },
+                f"recommender/{tracking.safe_name(v)}/",
+            )
+        for model, curve in self.recommender_detail["precision_curves"].items():  # K as the step: runs overlay
+            for k, value in zip(CURVE_KS, curve):
+                tracking.log_metric(f"precision_at_k/{tracking.safe_name(model)}", value, step=k)
+        tracking.log_table(self.classifier_rows, "compare/classifier_runs.json")
+        tracking.log_table(self.recommender_rows, "compare/recommender_runs.json")
+        tracking.log_dir(out, "compare")
+        tracking.set_verdicts(verdicts, title="Verdicts (test, mean ± std over seeds)")
+        tracking.log_parent_metrics(
+            params=self.params,
+            run_key=run_key,
+            tracking_uri=tracking_uri,
+            metrics={
+                f"test_{recommenders.primary_metric.replace('@', '_at_')}_ltr": recommender.loc[
+                    "ltr", ("mean", self.primary)
+                ]
+                if "ltr" in recommender.index
+                else 0.0,
+                "test_accuracy_plm_xgboost": classifier.loc[self.plm_classifier, ("mean", "test_accuracy")],
+                "test_accuracy_best_xgboost": classifier.loc[self.best_classifier, ("mean", "test_accuracy")],
+            },
+        )
