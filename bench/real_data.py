@@ -44,34 +44,45 @@ def _stage(work: Path, name: str, fn) -> dict:
 
 
 def run_seed(params, prepared: Path, work: Path, *, until: str = "compare-models") -> dict:
-    from plmrec import stages
+    from plmrec.stages.compare_models import compare_models
+    from plmrec.stages.evaluate_retrieval import evaluate_retrieval
+    from plmrec.stages.finetune import finetune
+    from plmrec.stages.pretrain import pretrain
 
     timings = {}
-    timings["pretrain"] = _stage(work, "pretrain", lambda: stages.pretrain(params, prepared, work / "pretrained"))
+    timings["pretrain"] = _stage(
+        work, "pretrain", lambda: pretrain(params, prepared=prepared, pretrained=work / "pretrained")
+    )
     if until == "pretrain":
         return {k: v["seconds"] for k, v in timings.items()}
     timings["finetune"] = _stage(
-        work, "finetune", lambda: stages.finetune(params, prepared, work / "pretrained", out_dir=work / "finetuned")
+        work,
+        "finetune",
+        lambda: finetune(params, prepared=prepared, pretrained=work / "pretrained", finetuned=work / "finetuned"),
     )
     timings["evaluate-retrieval"] = _stage(
         work,
         "evaluate-retrieval",
-        lambda: stages.evaluate_retrieval(
+        lambda: evaluate_retrieval(
             params,
-            prepared,
-            work / "pretrained",
-            finetuned_dir=work / "finetuned",
-            metrics_path=work / "retrieval.json",
-            tables_dir=work / "retrieval",
-            selected_dir=work / "selected",
+            prepared=prepared,
+            pretrained=work / "pretrained",
+            finetuned=work / "finetuned",
+            metrics=work / "retrieval.json",
+            reports=work / "retrieval",
+            encoder=work / "selected",
         ),
     )
     if until == "compare-models":
         timings["compare-models"] = _stage(
             work,
             "compare-models",
-            lambda: stages.compare_models(
-                params, prepared, work / "selected", metrics_path=work / "compare.json", reports_dir=work / "compare"
+            lambda: compare_models(
+                params,
+                prepared=prepared,
+                encoder=work / "selected",
+                metrics=work / "compare.json",
+                reports=work / "compare",
             ),
         )
     return {k: v["seconds"] for k, v in timings.items()}
@@ -195,8 +206,9 @@ def main() -> None:
     parser.add_argument("--merge-with", default=None, help="prefix of earlier JSON files to add (other seeds)")
     args = parser.parse_args()
 
-    from plmrec import stages
     from plmrec.config import load_params
+    from plmrec.stages.ingest import ingest
+    from plmrec.stages.prepare import prepare
 
     work = Path(args.work)
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{work / 'mlflow.db'}")
@@ -204,8 +216,8 @@ def main() -> None:
     files = [ROOT / "params.yaml", args.profile]
     params = load_params(files, base_overrides)
     raw, prepared = work / "data" / "raw.parquet", work / "data" / "prepared.parquet"
-    data_seconds = _stage(work / "data", "ingest", lambda: stages.ingest(params, raw))["seconds"]
-    data_seconds += _stage(work / "data", "prepare", lambda: stages.prepare(params, raw, prepared))["seconds"]
+    data_seconds = _stage(work / "data", "ingest", lambda: ingest(params, raw=raw))["seconds"]
+    data_seconds += _stage(work / "data", "prepare", lambda: prepare(params, raw=raw, prepared=prepared))["seconds"]
     timings, dirs = {}, {}
     for seed in args.seeds:
         seeded = load_params(files, [*base_overrides, f"seed={seed}", f"recommenders.seeds=[{seed}]"])

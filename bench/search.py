@@ -35,12 +35,15 @@ def main() -> None:
     ap.add_argument("--name", required=True)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--params", default=str(ROOT / "params.yaml"), help="search.* settings come from here")
-    ap.add_argument("--selected", default=None, help="a selected encoder directory (models/selected/...)")
+    ap.add_argument(
+        "--selected", default=None, help="the chosen encoder: evaluate-retrieval's folder (models/encoder) or a model"
+    )
     ap.add_argument("--work", default="/tmp/plmrec-search", help="BLaIR encoders (a rerun reuses them)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
 
     from plmrec.config import load_params
+    from plmrec.encoders import encoder_folder
     from plmrec.reports import markdown_table
     from plmrec.search.benchmark import load_review_data, review_benchmark
     from plmrec.search.study import compare_rankers
@@ -63,7 +66,7 @@ def main() -> None:
         bench,
         settings,
         base_model=params.pretrain.base_model,
-        selected=args.selected,
+        selected=encoder_folder(args.selected) if args.selected else None,
         work_dir=Path(args.work) / args.name,
     )
     table = run.table("test")

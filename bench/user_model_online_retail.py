@@ -1,7 +1,7 @@
 """The user model on real Online Retail data: its variants, its recommender row and learning to rank with it.
 
 Ingest and prepare the file (params.yaml's split), take the item text vectors of an encoder (`--encoder`:
-a directory evaluate-retrieval wrote with --selected; default: the base MiniLM, embedded here), run
+a folder evaluate-retrieval wrote with --encoder; default: the base MiniLM, embedded here), run
 `train-user-model` with `user_model.seeds` = --seeds (variants from params.yaml: C = 1 id only, C = 1
 id + text, C = 4 id + text), then the recommenders of compare-models over the same seeds with the user
 model (its row, ltr and ltr+user_model side by side). Every choice is made on the valid window; the
@@ -64,9 +64,7 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True)
-    parser.add_argument(
-        "--encoder", default=None, help="evaluate-retrieval's --selected directory (default: base MiniLM)"
-    )
+    parser.add_argument("--encoder", default=None, help="evaluate-retrieval's --encoder folder (default: base MiniLM)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--work", default="/tmp/plmrec-um")
     parser.add_argument("--out", default=None)
@@ -74,9 +72,11 @@ def main() -> None:
     parser.add_argument("-S", "--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
 
-    from plmrec import stages
     from plmrec.config import load_params
     from plmrec.recsys.experiment import run_recommenders
+    from plmrec.stages.ingest import ingest
+    from plmrec.stages.prepare import prepare
+    from plmrec.stages.train_user_model import train_user_model
     from plmrec.usermodel.store import SavedUserModels
 
     work = Path(args.work)
@@ -91,8 +91,10 @@ def main() -> None:
     ]
     params = load_params([ROOT / "params.yaml"], overrides)
     raw, prepared_path = work / "data" / "raw.parquet", work / "data" / "prepared.parquet"
-    timings = {"ingest": _stage(work / "data", "ingest", lambda: stages.ingest(params, raw))["seconds"]}
-    timings["prepare"] = _stage(work / "data", "prepare", lambda: stages.prepare(params, raw, prepared_path))["seconds"]
+    timings = {"ingest": _stage(work / "data", "ingest", lambda: ingest(params, raw=raw))["seconds"]}
+    timings["prepare"] = _stage(work / "data", "prepare", lambda: prepare(params, raw=raw, prepared=prepared_path))[
+        "seconds"
+    ]
     prepared = pd.read_parquet(prepared_path)
     encoder = Path(args.encoder) if args.encoder else work / "base-encoder"
     if not args.encoder:
@@ -100,8 +102,12 @@ def main() -> None:
     timings["train-user-model"] = _stage(
         work,
         "train-user-model",
-        lambda: stages.train_user_model(
-            params, prepared_path, encoder, out_dir=work / "user_model", metrics_path=work / "user_model.json"
+        lambda: train_user_model(
+            params,
+            prepared=prepared_path,
+            encoder=encoder,
+            user_model=work / "user_model",
+            metrics=work / "user_model.json",
         ),
     )["seconds"]
     items = pd.read_parquet(encoder / "item_embeddings.parquet")

@@ -74,8 +74,8 @@ def main() -> None:
     from plmrec.usermodel.fit import FitSettings, fit
     from plmrec.usermodel.model import UserModel, UserModelSpec
     from plmrec.usermodel.retrieval import evaluate
-    from plmrec.usermodel.variants import refit, window_data
     from plmrec.usermodel.sequences import leave_one_out
+    from plmrec.usermodel.variants import refit, window_data
 
     quiet_transformers()
     work = Path(args.work)

@@ -17,6 +17,21 @@ def sentence_model(model_dir: str, pooling: str, max_length: int, *, device: str
     return SentenceTransformer(modules=[word, models.Pooling(dim, pooling), models.Normalize()], device=device)
 
 
+def encoder_folder(path: str | Path) -> Path:
+    """The sentence-transformers folder in `path`: `path` itself, or the `sentence-transformer/` a stage
+    wrote inside it (evaluate-retrieval's `encoder`, finetune's `finetuned`, pretrain's `pretrained`)."""
+    from plmrec.errors import StageError
+
+    path = Path(path)
+    for candidate in (path / "sentence-transformer", path):
+        if (candidate / "modules.json").exists() or (candidate / "config.json").exists():
+            return candidate
+    raise StageError(
+        f"{path} holds no encoder (no modules.json or config.json, in it or in its sentence-transformer/): "
+        f"pass the folder evaluate-retrieval wrote (models/encoder) or a sentence-transformers model"
+    )
+
+
 def load_encoder(path: str | Path, pooling: str, max_length: int, *, device: str = "cpu"):
     """A sentence-transformers directory as saved, or a Hugging Face encoder wrapped with `pooling`."""
     from sentence_transformers import SentenceTransformer

@@ -7,7 +7,7 @@ request must retrieve the one item it describes.
   fusion     reciprocal rank fusion of two rankings
   metrics    NDCG@K, Recall@K and MRR from the target's rank (one relevant item)
   blair      the BLaIR ranker: review <-> item contrastive fine-tuning on training reviews
-  run        every ranker scored on valid and once on test, the served mode chosen on valid
+  study      every ranker scored on valid and once on test, the served mode chosen on valid (evaluate-search)
 """
 
 SEARCH_MODES = ("dense", "lexical", "hybrid")  # how a query is answered: the encoder, BM25, or their fusion

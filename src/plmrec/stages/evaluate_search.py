@@ -14,7 +14,7 @@ from pathlib import Path
 
 from plmrec import tracking
 from plmrec.config import Params
-from plmrec.errors import StageError
+from plmrec.encoders import encoder_folder
 from plmrec.stages.common import kfp_setup, log_figures, say, write_json
 from plmrec.stages.declaration import Port, Stage
 from plmrec.stages.evaluate_retrieval import ENCODER
@@ -131,9 +131,7 @@ def evaluate_search(
         bench = configured_benchmark(settings)
         say("evaluate-search", "benchmark " + ", ".join(f"{k} {v}" for k, v in bench.summary().items()))
         tracking.log_numeric({k: v for k, v in bench.summary().items() if isinstance(v, int)}, "benchmark_")
-        selected = Path(encoder) / "sentence-transformer" if encoder else None
-        if selected is not None and not (selected / "config.json").exists():
-            raise StageError(f"{selected} holds no encoder: run evaluate-retrieval first")
+        selected = encoder_folder(encoder) if encoder else None
         with tempfile.TemporaryDirectory(prefix="plmrec-blair-") as work:
             study = compare_rankers(
                 bench, settings, base_model=params.pretrain.base_model, selected=selected, work_dir=work

@@ -108,7 +108,7 @@ class SavedUserModels:
             if saved["codes"] != self.codes:
                 raise BundleError(
                     f"{path}: its {len(saved['codes']):,} item rows are not the {len(self.codes):,} items of the "
-                    f"encoder's item table; train the user model on the same models/selected"
+                    f"encoder's item table; train the user model on the same models/encoder"
                 )
             self._loaded[key] = model
         return self._loaded[key]
