@@ -7,10 +7,11 @@ import datetime as dt
 import difflib
 import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic_core import InitErrorDetails
 
 from plmrec.errors import ConfigError
 from plmrec.ranking import RANKING_METRICS
@@ -547,6 +548,11 @@ class ClassifierParams(_Section):
 
 
 class MatrixFactorizationParams(_Section):
+    """ALS and its blends. Besides these keys: the weight grid of each blend row registered in
+    plmrec.recsys.rows that keeps it here (`grid="recommenders.mf.<key>"`); any other key is unknown."""
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)  # extra keys: the rows' grids only
+
     factors: list[int] = Field([32, 64], min_length=1, description="chosen on valid")
     regularization: float = Field(0.05, ge=0)
     alpha: float = Field(10.0, gt=0, description="confidence = 1 + alpha * log1p(purchase count)")
@@ -567,6 +573,52 @@ class MatrixFactorizationParams(_Section):
     cluster_weights: list[float] = Field(
         [0.25, 0.5, 1.0], min_length=1, description="MF + cluster label boost, chosen on valid"
     )
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _with_row_grids(cls, data: Any, handler):
+        """A registered row's grid is read as a weight grid (its default where left out, else required); any
+        other extra key is unknown."""
+        if not isinstance(data, dict):
+            return handler(data)
+        grids = _row_grids(cls)
+        errors: list[InitErrorDetails] = [
+            InitErrorDetails(type="extra_forbidden", loc=(key,), input=value)
+            for key, value in data.items()
+            if key not in cls.model_fields and key not in grids
+        ]
+        checked = {}
+        for key, row in grids.items():
+            if key not in data and row.default_grid is None:
+                errors.append(InitErrorDetails(type="missing", loc=(key,), input=data))
+                continue
+            try:
+                checked[key] = _WEIGHT_GRID.validate_python(data.get(key, list(row.default_grid or ())))
+            except ValidationError as err:
+                errors += [
+                    InitErrorDetails(type=e["type"], loc=(key, *e["loc"]), input=e["input"], ctx=e.get("ctx", {}))
+                    for e in err.errors()
+                ]
+        if errors:
+            raise ValidationError.from_exception_data(cls.__name__, errors)
+        return handler({**data, **checked})
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if not name.startswith("_") and name not in type(self).model_fields:
+            if name not in _row_grids(type(self)):
+                raise ValueError(f'"{type(self).__name__}" object has no field "{name}"')  # as extra="forbid"
+            value = _WEIGHT_GRID.validate_python(value)
+        super().__setattr__(name, value)
+
+
+_WEIGHT_GRID: TypeAdapter[list[float]] = TypeAdapter(Annotated[list[float], Field(min_length=1)])
+
+
+def _row_grids(model: type[BaseModel]) -> dict:
+    """The registered rows' weight grids (recommenders.mf keys) beyond the section's fields: key -> its row."""
+    from plmrec.recsys import rows
+
+    return {key: row for key, row in rows.grids().items() if key not in model.model_fields}
 
 
 class LearningToRankParams(_Section):
@@ -604,19 +656,11 @@ class RecommendersParams(_Section):
         return self
 
 
-RECOMMENDER_MODELS = (
-    "popularity",
-    "mf",
-    "mf+repeat",
-    "mf+cluster",
-    "mf+similarity",
-    "text_neighbours",
-    "ltr",
-    "user_model",  # train-user-model's GUIM: max over the customer's C vectors
-    "ltr+user_model",  # learning to rank with the user model's candidates and features
-)
-USER_MODEL_ROWS = ("user_model", "ltr+user_model")  # rows that need train-user-model's output
-SERVED_MODELS = ("auto", *RECOMMENDER_MODELS)
+def served_models() -> tuple[str, ...]:
+    """registry.served_model's choices: auto, or a recommender row of plmrec.recsys.rows."""
+    from plmrec.recsys import rows
+
+    return ("auto", *rows.names())
 
 
 class RegistryParams(_Section):
@@ -636,8 +680,8 @@ class RegistryParams(_Section):
 
     @model_validator(mode="after")
     def _known_model(self) -> RegistryParams:
-        if self.served_model not in SERVED_MODELS:
-            raise ValueError(f"served_model '{self.served_model}' must be one of {', '.join(SERVED_MODELS)}")
+        if self.served_model not in served_models():
+            raise ValueError(f"served_model '{self.served_model}' must be one of {', '.join(served_models())}")
         return self
 
 

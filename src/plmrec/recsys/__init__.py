@@ -1,1 +1,2 @@
-"""Feature-based models and recommenders with PLM features, and the comparison that evaluates them."""
+"""Feature-based models and recommenders with PLM features, the registry of recommender rows (`rows`),
+and the comparison that evaluates them."""

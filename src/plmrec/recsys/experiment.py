@@ -11,6 +11,7 @@ import pandas as pd
 from plmrec.config import RecommendersParams
 from plmrec.features import EmbeddingFeatures
 from plmrec.recsys import recommend
+from plmrec.recsys import rows as row_registry
 from plmrec.tracking import safe_name
 from plmrec.vectors import stack
 
@@ -26,9 +27,11 @@ def run_recommenders(
     user_models=None,
     progress: Callable[[str], None] | None = None,
 ) -> tuple[pd.DataFrame, dict]:
-    """One row per (model, seed) with test metrics (and the valid figure that chose its settings).
-    `user_models` (plmrec.usermodel.store.SavedUserModels, optional) adds the user model's row, for the
-    seeds it was trained with, and learning to rank with its candidates and features (ltr+user_model)."""
+    """One row per (model, seed) with test metrics (and the valid figure that chose its settings), for
+    every row of plmrec.recsys.rows: the scored ones, then learning to rank, each in registry order.
+    `user_models` (plmrec.usermodel.store.SavedUserModels, optional) adds the rows that need it: a row
+    scored from it for the seeds it was trained with, learning to rank with its candidates and features
+    (ltr+user_model) for every seed."""
     say = progress or (lambda _m: None)
     codes = items["StockCode"].astype(str).tolist()
     item_col = {c: i for i, c in enumerate(codes)}
@@ -62,12 +65,10 @@ def run_recommenders(
         factors = max(by_factors, key=lambda f: by_factors[f][0])
         sv = by_factors[factors][1]
         weights = {
-            "similarity_weight": _chosen_weight(sv, "mf+similarity", rp.mf.similarity_weights, score=on_valid),
-            "cluster_weight": _chosen_weight(sv, "mf+cluster", rp.mf.cluster_weights, score=on_valid),
-            "repeat_weight": _chosen_weight(sv, "mf+repeat", rp.mf.repeat_weights, score=on_valid),
+            row.weight: _chosen_weight(sv, row, row_registry.weight_grid(row, rp), score=on_valid)
+            for row in row_registry.blends()
         }
         chosen[seed] = {"factors": factors, **weights}
-        valid_scores = recommend.variant_scores(sv, **weights)
         st = recommend.fit_scorers(
             wt, vectors, clusters, n_clusters=rp.clusters, factors=factors, rp=rp, seed=seed
         )  # refit on train + valid
@@ -75,14 +76,17 @@ def run_recommenders(
             sv = sv.with_user_model(*user_models.scores("valid", wv.customers[wv.eval_rows], seed=seed))
             st = st.with_user_model(*user_models.scores("test", wt.customers[wt.eval_rows], seed=seed))
             chosen[seed]["user_model_seed"] = user_models.seed_for(seed)
-        test_scores = recommend.variant_scores(st, **weights)
-        lists = {name: (ranked(wv, valid_scores[name]), ranked(wt, test_scores[name])) for name in valid_scores}
-        if user_models is not None and seed in user_models.seeds:  # its own seed only, so the std is honest
-            lists["user_model"] = (ranked(wv, sv.user_model), ranked(wt, st.user_model))
+        own_user_model = user_models is not None and seed in user_models.seeds  # scored from it: own seeds, honest std
+        lists = {
+            row.name: (ranked(wv, row.score(sv, weights)), ranked(wt, row.score(st, weights)))
+            for row in row_registry.scored_rows()
+            if own_user_model or not row.user_model
+        }
         if rp.ltr.enabled:
-            for name, with_user in (("ltr", False), ("ltr+user_model", True)):
-                if with_user and user_models is None:
+            for row in row_registry.ltr_rows():
+                if row.user_model and user_models is None:
                     continue
+                name, with_user = row.name, row.user_model
                 ranker, lists[name] = _learning_to_rank(
                     (wv, wt), (sv, st), rp=rp, seed=seed, k=kmax, user_model=with_user
                 )
@@ -149,13 +153,9 @@ def _learning_to_rank(
     )
 
 
-_NOTHING_ADDED = {"similarity_weight": 0.0, "cluster_weight": 0.0, "repeat_weight": 0.0}
-
-
-def _chosen_weight(s: recommend.Scorers, model: str, grid: list[float], *, score) -> float:
-    """The blend weight of `model` with the best valid figure (the first of equals)."""
-    key = {"mf+similarity": "similarity_weight", "mf+cluster": "cluster_weight", "mf+repeat": "repeat_weight"}[model]
-    return max(grid, key=lambda a: score(recommend.variant_scores(s, **{**_NOTHING_ADDED, key: a})[model]))
+def _chosen_weight(s: recommend.Scorers, row: row_registry.Row, grid: list[float], *, score) -> float:
+    """The blend weight of `row` with the best valid figure (the first of equals)."""
+    return max(grid, key=lambda a: score(row.scores(s, a)))
 
 
 def served_model(rows: pd.DataFrame, primary: str) -> str:

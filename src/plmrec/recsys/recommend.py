@@ -21,6 +21,7 @@ from plmrec.config import RecommendersParams
 from plmrec.data.prepare import window_rows
 from plmrec.data.schema import DAY_NS
 from plmrec.ranking import ranking_metrics
+from plmrec.recsys import rows as row_registry
 from plmrec.vectors import normalise
 
 
@@ -86,7 +87,8 @@ def fit_als(
     return np.asarray(model.user_factors), np.asarray(model.item_factors)
 
 
-def _zscore(scores: np.ndarray) -> np.ndarray:
+def zscore(scores: np.ndarray) -> np.ndarray:
+    """Standardised per customer (row): the blends' common scale."""
     mean = scores.mean(axis=1, keepdims=True)
     std = scores.std(axis=1, keepdims=True)
     return (scores - mean) / np.where(std > 0, std, 1.0)
@@ -266,23 +268,28 @@ def fold_in(item_factors: np.ndarray, items: np.ndarray, conf: np.ndarray, *, re
     return np.linalg.solve(a, vi.T @ conf).astype(np.float32)
 
 
-def variant_scores(
-    s: Scorers, *, similarity_weight: float, cluster_weight: float, repeat_weight: float
-) -> dict[str, np.ndarray]:
-    """Every recommender's scores. mf+repeat blends ALS with the bought-before indicator: the
-    counterpart without text that mf+similarity must beat (with max similarity, a bought item scores 1)."""
-    mf = _zscore(s.mf)
-    out = {
-        "popularity": np.broadcast_to(s.popularity, s.mf.shape),
-        "mf": s.mf,
-        "mf+repeat": (1 - repeat_weight) * mf + repeat_weight * _zscore(s.bought),
-        "mf+cluster": mf + cluster_weight * _zscore(s.cluster),
-        "mf+similarity": (1 - similarity_weight) * mf + similarity_weight * _zscore(s.similarity),
-        "text_neighbours": s.similarity,
+def scorer_scores(s: Scorers, field: str) -> np.ndarray:
+    """One scorer as customers x items: a per-item score (popularity) is the same for every customer."""
+    value = getattr(s, field)
+    if value is None:
+        raise ValueError(f"the scorers have no {field} scores (the user model's come from train-user-model)")
+    return np.broadcast_to(value, s.mf.shape) if value.ndim == 1 else value
+
+
+def variant_scores(s: Scorers, **weights: float) -> dict[str, np.ndarray]:
+    """The scores of every row scored from the scorers (plmrec.recsys.rows; learning to rank aside), in
+    registry order, each blend at its weight in `weights` (by the weight's name; 0 when not given); the
+    user-model rows when the scorers have the user model."""
+    unknown = set(weights) - set(row_registry.weight_names())
+    if unknown:
+        raise TypeError(
+            f"unknown blend weight(s) {', '.join(sorted(unknown))} (known: {', '.join(row_registry.weight_names())})"
+        )
+    return {
+        row.name: row.score(s, weights)
+        for row in row_registry.scored_rows()
+        if s.user_model is not None or not row.user_model
     }
-    if s.user_model is not None:
-        out["user_model"] = s.user_model
-    return out
 
 
 LTR_FEATURES = [

@@ -8,15 +8,16 @@ settings, the ranker trained on the valid window) and writes one directory:
     item_vectors.npy     L2-normalised item embeddings (the fine-tuned encoder)
     item_factors.npy     ALS item factors;  user_factors.npy, customers.npy: one row per customer
     history.npz          purchase lines and latest purchase day per (customer, item)
-    ranker.json          the learning-to-rank XGBoost model (when the served model is ltr or ltr+user_model)
+    ranker.json          the learning-to-rank XGBoost model (a learning-to-rank row: ltr, ltr+user_model)
     encoder/             the sentence-transformers encoder, for free-text queries
     search/              the BM25 index of the item descriptions (lexical and hybrid queries)
-    user_model.pt        the GUIM user model (served user_model or ltr+user_model), with
+    user_model.pt        the GUIM user model (a row that needs it: user_model, ltr+user_model), with
     user_vectors.npy     every customer's C vectors (one row per customer) and
     user_item_vectors.npy  its item vectors: a customer scores an item by max_c cos(u_c, v_j)
 
 `Recommender` loads it and scores a customer, a basket or a text query with the same functions
-the evaluation used (`plmrec.recsys.recommend`), so what is served is what was measured. A query
+the evaluation used (`plmrec.recsys.recommend`, and the served row's entry in `plmrec.recsys.rows`),
+so what is served is what was measured. A query
 runs in the search mode evaluate-search chose on valid (bundle.json `search`), or the one a
 request names: dense (the encoder), lexical (BM25) or hybrid (their reciprocal rank fusion).
 """
@@ -33,11 +34,12 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from plmrec.config import RECOMMENDER_MODELS, USER_MODEL_ROWS, Params, RecommendersParams
+from plmrec.config import Params, RecommendersParams
 from plmrec.data.schema import DAY_NS
 from plmrec.errors import BundleError, UnknownCustomer
 from plmrec.features import EmbeddingFeatures
 from plmrec.recsys import recommend
+from plmrec.recsys import rows as row_registry
 from plmrec.search import SEARCH_MODES
 from plmrec.search.fusion import fuse
 from plmrec.search.lexical import Bm25Index
@@ -107,11 +109,12 @@ def build_bundle(
     """Refit `model` with the settings chosen on valid (`chosen`: factors, weights) on all purchases;
     `user_model` (a file plmrec.usermodel.store saved, refitted on train + valid) for the user-model rows;
     `search`: evaluate-search's decision (the default query mode and the fusion weight)."""
-    if model not in RECOMMENDER_MODELS:
-        raise BundleError(f"unknown served model '{model}' (expected one of {', '.join(RECOMMENDER_MODELS)})")
-    if model.startswith("ltr") and ranker is None:
+    if model not in row_registry.names():
+        raise BundleError(f"unknown served model '{model}' (expected one of {', '.join(row_registry.names())})")
+    row = row_registry.get(model)
+    if row.learning_to_rank and ranker is None:
         raise BundleError(f"served model is {model} but no ranker was given")
-    if model in USER_MODEL_ROWS and user_model is None:
+    if row.user_model and user_model is None:
         raise BundleError(f"served model is {model} but no user model was given (run train-user-model)")
     out = Path(out_dir)
     if out.exists():
@@ -142,9 +145,9 @@ def build_bundle(
     np.save(out / "customers.npy", customers.astype(np.int64))
     sp.save_npz(out / "history_counts.npz", counts)
     sp.save_npz(out / "history_last_day.npz", last_day)
-    if model.startswith("ltr"):
+    if row.learning_to_rank:
         ranker.save_model(str(out / "ranker.json"))
-    if model in USER_MODEL_ROWS:
+    if row.user_model:
         _write_user_model(user_model, out, prepared=prepared, customers=customers, codes=codes)
     shutil.copytree(encoder_dir, out / "encoder")
     Bm25Index(items["Description"].astype(str).tolist()).save(out / "search")
@@ -153,9 +156,7 @@ def build_bundle(
         "model": model,
         "seed": seed,
         "factors": int(chosen["factors"]),
-        "similarity_weight": float(chosen.get("similarity_weight", 0.0)),
-        "cluster_weight": float(chosen.get("cluster_weight", 0.0)),
-        "repeat_weight": float(chosen.get("repeat_weight", 0.0)),
+        **{weight: float(chosen.get(weight, 0.0)) for weight in row_registry.weight_names()},
         "similarity": rp.mf.similarity,
         "n_clusters": rp.clusters,
         "regularization": rp.mf.regularization,
@@ -223,7 +224,7 @@ def write_bundle(
     metrics.update({f"{k}_std": float(rows[f"test_{k}"].std(ddof=1)) if len(rows) > 1 else 0.0 for k in list(metrics)})
     seed = rp.seeds[-1]
     user_model = None
-    if model in USER_MODEL_ROWS:
+    if row_registry.get(model).user_model:
         user_model = user_models.directory / "seeds" / str(user_models.seed_for(seed)) / "refit.pt"
     build_bundle(
         prepared,
@@ -288,15 +289,21 @@ class Recommender:
                 f"{path}: arrays do not match {len(self.codes)} items / {len(customers)} customers: {bad}"
             )
         self.model = self.meta["model"]
+        if self.model not in row_registry.names():
+            raise BundleError(
+                f"{path}: served model '{self.model}' is not a recommender row here "
+                f"(known: {', '.join(row_registry.names())})"
+            )
+        self.row = row_registry.get(self.model)
         self.item_similarity = (  # computed once: a request then reads its items' rows (max text similarity)
             recommend.item_similarity(self.item_vectors) if self.meta.get("similarity") == "max" else None
         )
         self.rp = RecommendersParams.model_validate({"ltr": self.meta["ltr"]})  # the candidate settings
         self.ranker = None
         self.user_model = self.user_vectors = self.user_item_vectors = None
-        if self.model in USER_MODEL_ROWS:
+        if self.row.user_model:
             self._load_user_model(len(customers))
-        if self.model.startswith("ltr"):
+        if self.row.learning_to_rank:
             import xgboost as xgb
 
             self.ranker = xgb.XGBRanker()
@@ -398,8 +405,8 @@ class Recommender:
             users = self._user_vectors(last_day) if users is None else users
             s = s.with_user_model(*item_scores(users[None], self.user_item_vectors))
         seen = counts.indices
-        if self.model.startswith("ltr"):
-            w, with_user = self._window(counts, last_day), self.model == "ltr+user_model"
+        if self.row.learning_to_rank:  # the ranker orders the row's candidates
+            w, with_user = self._window(counts, last_day), self.row.user_model
             candidates = recommend.ltr_candidates(w, s, self.rp, user_model=with_user)
             if exclude_seen:
                 candidates = [np.setdiff1d(candidates[0], seen)]
@@ -408,8 +415,7 @@ class Recommender:
             items = candidates[0]
             order = np.lexsort((items, -scores))[:k]
             return items[order], scores[order]
-        weights = {k: m.get(k, 0.0) for k in ("similarity_weight", "cluster_weight", "repeat_weight")}
-        scores = recommend.variant_scores(s, **weights)[self.model][0].astype(np.float64)
+        scores = self.row.score(s, m)[0].astype(np.float64)  # its blend weight from bundle.json (0 when absent)
         if exclude_seen:
             scores[seen] = -np.inf
         top = recommend.top_k(scores[None, :], k)[0]
