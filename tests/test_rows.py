@@ -197,3 +197,34 @@ def test_an_added_row_is_studied_judged_and_served(added_row, data, tmp_path):
     top = recommend.top_k(expected[None, :].astype(np.float64), 10)[0]
     assert got.stock_codes == rec.codes[top].tolist()  # ranked with the added row's own blend
     np.testing.assert_allclose(got.scores, expected[top], atol=1e-5)
+
+
+def test_the_compare_models_stage_reports_an_added_row(added_row, data, tmp_path):
+    """The stage itself, on files: the added row's figures in its metrics, its verdict in its report."""
+    import json
+
+    from plmrec.stages.compare_models import compare_models
+
+    prepared, items, _ = data
+    prepared.to_parquet(tmp_path / "prepared.parquet", index=False)
+    (tmp_path / "encoder").mkdir()
+    items.to_parquet(tmp_path / "encoder" / "item_embeddings.parquet", index=False)
+    params = Params(
+        recommenders=RecommendersParams(
+            seeds=[0],
+            classifier=dict(ablation=["text_cluster"]),
+            ltr=dict(enabled=False),
+            mf=dict(factors=[16], similarity_weights=[0.5], cluster_weights=[0.5], popularity_weights=GRID),
+        )
+    )
+    params.tracking.uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    summary = compare_models(
+        params,
+        prepared=tmp_path / "prepared.parquet",
+        encoder=tmp_path / "encoder",
+        metrics=tmp_path / "compare.json",
+        reports=tmp_path / "compare",
+    )
+    figures = json.loads((tmp_path / "compare.json").read_text())["compare"]["recommenders"]
+    assert 0 <= figures[ADDED]["ndcg@10"]["mean"] <= 1 and summary["chosen"][0]["popularity_weight"] in GRID
+    assert f"MF, popularity: {ADDED} " in (tmp_path / "compare" / "results.md").read_text()
