@@ -141,6 +141,35 @@ def data_validate(path, params_path, overrides, suite, report_dir):
     click.echo(outcome.summary + f" Report: {Path(report_dir) / suite / 'report.html'}")
 
 
+@data.command("inspect")
+@click.argument("path", type=click.Path(exists=True), required=False)
+@params_option
+@set_option
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["auto", "online_retail", "amazon", "recbole", "unisrec", "table"]),
+    default=None,
+    help="the adapter (default: data.format)",
+)
+@click.option("--meta", default=None, type=click.Path(exists=True, dir_okay=False), help="amazon: item metadata")
+@click.option("--json", "as_json", is_flag=True, help="the report as JSON")
+def data_inspect(path, params_path, overrides, fmt, meta, as_json):
+    """What plmrec makes of a shop's data before anything trains: the adapter, the columns found and
+    mapped, counts, drops, the split it would make, and what the pipeline can run on it (PATH: a file or a
+    folder; default: data.path, or the synthetic generator)."""
+    from plmrec.data import inspect as inspection
+    from plmrec.data.adapters import read_shop
+
+    params = load_params(params_path, overrides)
+    if fmt:
+        params.data.format = fmt
+    if meta:
+        params.data.meta_path = meta
+    found = inspection.report(read_shop(params, path), params)
+    click.echo(json.dumps(found, indent=2, default=str) if as_json else "\n".join(inspection.lines(found)))
+
+
 # ---------------------------------------------------------------------------- pipeline
 @main.command()
 @params_option

@@ -43,9 +43,31 @@ class SyntheticParams(_Section):
 
 class DataParams(_Section):
     source: Literal["synthetic", "file", "online-retail"] = "synthetic"
-    path: str | None = Field(None, description="transactions file for source=file (xlsx, csv, csv.gz, parquet)")
+    path: str | None = Field(None, description="the shop's file or folder for source=file")
+    format: Literal["auto", "online_retail", "amazon", "recbole", "unisrec", "table"] = Field(
+        "auto", description="the adapter that reads data.path (plmrec.data.adapters); auto: from its layout"
+    )
+    meta_path: str | None = Field(None, description="amazon: the item metadata file (meta_*.json.gz)")
+    items_path: str | None = Field(None, description="table: the catalogue, a CSV or Parquet of items")
+    columns: dict[str, str] = Field(
+        {}, description="table: canonical column -> the file's column (user, item, time, quantity, price, ...)"
+    )
+    item_columns: dict[str, str] = Field({}, description="table: canonical item column -> the catalogue's column")
+    item_template: str | None = Field(
+        None, description="an item's sentence from its fields, e.g. '{title}. {description}' (default: those present)"
+    )
     encoding: str = "utf-8"
     synthetic: SyntheticParams = SyntheticParams()
+
+    @field_validator("columns", "item_columns")
+    @classmethod
+    def _canonical_names(cls, value: dict[str, str]) -> dict[str, str]:
+        known = {"user", "item", "time", "quantity", "price", "basket", "rating", "country"}
+        known |= {"title", "description", "category", "brand"}
+        unknown = sorted(set(value) - known)
+        if unknown:
+            raise ValueError(f"unknown canonical column(s) {unknown}; allowed: {', '.join(sorted(known))}")
+        return value
 
     @model_validator(mode="after")
     def _path_for_file(self) -> DataParams:

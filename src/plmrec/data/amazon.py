@@ -125,12 +125,14 @@ def _items_frame(records: list[dict]) -> pd.DataFrame:
                          "description": col("description"), "categories": col("categories", "category")})
 
 
-def load_items(path: str | Path, chunk_lines: int = CHUNK_LINES) -> pd.DataFrame:
-    """Item metadata, one row per item id (the raw 2018 files repeat items: first kept)."""
+def load_items(path: str | Path, chunk_lines: int = CHUNK_LINES, *, unique: bool = True) -> pd.DataFrame:
+    """Item metadata, one row per item id (the raw 2018 files repeat items: first kept); `unique=False`
+    keeps the repeats for a caller that counts them."""
     frames = [_items_frame(chunk) for chunk in iter_json_lines(path, chunk_lines)]
     if not frames:
         raise DataLoadError(f"{path}: no metadata records")
-    return pd.concat(frames, ignore_index=True).drop_duplicates("item_id", keep="first").reset_index(drop=True)
+    items = pd.concat(frames, ignore_index=True)
+    return items.drop_duplicates("item_id", keep="first").reset_index(drop=True) if unique else items
 
 
 def item_text(items: pd.DataFrame) -> pd.Series:

@@ -127,7 +127,7 @@ class Stage:
             decorated = click.option(
                 port.option, port.name, type=kind, required=port.required, default=None, help=port.help
             )(decorated)
-        return click.command(self.name, help=help)(set_option(params_option(decorated)))
+        return click.command(self.name, help=help)(params_option(set_option(decorated)))
 
     # -- DVC ---------------------------------------------------------------------------------------
     def dvc(self) -> dict:

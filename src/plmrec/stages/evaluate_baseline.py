@@ -86,9 +86,9 @@ command = SPEC.command(evaluate_baseline, help="Evaluate the baseline on the tes
 def kfp(config: dict, tracking_uri: str, run_key: str, *, prepared, baseline, metrics, confusion) -> None:
     """The KFP component's body: the figures as Metrics, the matrix as ClassificationMetrics."""
     params, tracked = kfp_setup(config, tracking_uri, run_key)
-    figures = evaluate_baseline(
-        params, **SPEC.kfp_paths({"prepared": prepared, "baseline": baseline, "metrics": metrics}), **tracked
-    )
+    paths = SPEC.kfp_paths({"prepared": prepared, "baseline": baseline, "metrics": metrics})
+    paths["plots"] = str(Path(metrics.path).parent / "plots")  # the picture beside the step's outputs
+    figures = evaluate_baseline(params, **paths, **tracked)
     log_figures(metrics, metrics.path)
     labels = [str(i) for i in range(params.clean.n_quantity_labels)]
     confusion.log_confusion_matrix(labels, figures["confusion_matrix"])

@@ -1,0 +1,216 @@
+"""Any shop's data as three canonical tables, the contract every adapter (plmrec.data.adapters) writes:
+
+  interactions  user, item (string ids), time (datetime64[ns]; NaT where the data has none), position
+                (the order within the user's history, 0 = oldest); optional quantity, price, basket
+                (a basket, invoice or session id), rating, and user attributes (e.g. country)
+  items         item (string id), text (the item's sentence: its text fields joined by a template);
+                optional title, description, category, brand, price
+  reviews       optional: user, item, time, rating, title, text
+
+`split` (optional, on interactions): a benchmark's own split (train, valid, test), kept as given.
+
+Bad input is a clear error naming the table and column, or a counted drop (`ShopData.dropped`):
+interactions whose item has no catalogue row, duplicate catalogue ids (the first is kept), reviews of
+items not in the catalogue, interactions without a user or an item. Nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from plmrec.errors import DataLoadError
+
+INTERACTION_COLUMNS = ["user", "item", "time", "position"]
+INTERACTION_OPTIONAL = ["quantity", "price", "basket", "rating", "country", "split"]
+ITEM_COLUMNS = ["item", "text"]
+ITEM_OPTIONAL = ["title", "description", "category", "brand", "price"]
+REVIEW_COLUMNS = ["user", "item", "time", "rating", "title", "text"]
+SPLITS = ("train", "valid", "test")
+
+
+@dataclass
+class ShopData:
+    """The canonical tables of one shop, where they came from and what was dropped on the way."""
+
+    interactions: pd.DataFrame
+    items: pd.DataFrame
+    reviews: pd.DataFrame | None = None
+    adapter: str = ""
+    sources: list[str] = field(default_factory=list)
+    dropped: dict[str, int] = field(default_factory=dict)
+    columns: dict[str, str] = field(default_factory=dict)  # canonical column -> the source's column
+
+    def has(self, column: str) -> bool:
+        """Whether interactions carry `column` with at least one value."""
+        return column in self.interactions and self.interactions[column].notna().any()
+
+    def facts(self) -> dict:
+        """Counts a person reads first: users, items, interactions, reviews, time range, drops."""
+        inter = self.interactions
+        out = {
+            "interactions": len(inter),
+            "users": int(inter["user"].nunique()),
+            "items": len(self.items),
+            "items_interacted": int(inter["item"].nunique()),
+            "reviews": 0 if self.reviews is None else len(self.reviews),
+        }
+        if inter["time"].notna().any():
+            out["first_time"] = str(inter["time"].min())
+            out["last_time"] = str(inter["time"].max())
+        if "basket" in inter and inter["basket"].notna().any():
+            out["baskets"] = int(inter["basket"].nunique())
+        return out
+
+
+def string_ids(values: pd.Series, *, table: str, column: str) -> pd.Series:
+    """Ids as strings; a column holding both numbers and text (e.g. 123 and '00123' from a JSON file) is
+    an error, since their string forms may collide or differ from what a client sends."""
+    present = values.dropna()
+    kinds = {type(v).__name__ for v in present.head(100_000)}
+    numeric, text = kinds & {"int", "float", "int64", "float64", "int32"}, kinds & {"str"}
+    if numeric and text:
+        example_n = next(v for v in present if not isinstance(v, str))
+        example_s = next(v for v in present if isinstance(v, str))
+        raise DataLoadError(
+            f"{table}: column '{column}' mixes id types ({', '.join(sorted(kinds))}), e.g. {example_n!r} and "
+            f"{example_s!r}; ids must be all text or all numbers"
+        )
+    if pd.api.types.is_float_dtype(values) and (present % 1 == 0).all():
+        values = values.astype("Int64")  # 12346.0 -> '12346', as the shop wrote it
+    out = values.astype("string")
+    return out.where(values.notna(), None).astype(object)
+
+
+def item_sentence(items: pd.DataFrame, template: str) -> pd.Series:
+    """Each item's sentence from `template` (e.g. '{title}. {description}'): a field the item lacks is
+    left out with its separator, so no sentence ends in '. .'."""
+    import re
+
+    fields = re.findall(r"{(\w+)}", template)
+    missing = [f for f in fields if f not in items]
+    if missing:
+        raise DataLoadError(f"items: the item template {template!r} names {missing}, not in the catalogue's columns")
+
+    def render(row) -> str:
+        parts = []
+        for piece in re.split(r"({\w+})", template):
+            name = piece[1:-1] if piece.startswith("{") else None
+            if name is None:
+                parts.append(("sep", piece))
+            else:
+                value = row[name]
+                text = "" if value is None or (isinstance(value, float) and pd.isna(value)) else str(value).strip()
+                parts.append(("field", text))
+        out, pending = "", ""
+        for kind, text in parts:
+            if kind == "sep":
+                pending += text
+            elif text:
+                out += (pending if out else "") + text
+                pending = ""
+            else:
+                pending = ""
+        return " ".join(out.split())
+
+    return items.apply(render, axis=1) if len(items) else pd.Series([], dtype=object)
+
+
+def finish(
+    interactions: pd.DataFrame,
+    items: pd.DataFrame,
+    *,
+    reviews: pd.DataFrame | None = None,
+    adapter: str,
+    sources: list[str],
+    columns: dict[str, str] | None = None,
+) -> ShopData:
+    """The adapters' common last step: ids as strings, positions per user, the catalogue de-duplicated,
+    interactions and reviews without a catalogue item dropped, every drop counted."""
+    dropped: dict[str, int] = {}
+    for name, frame in (("interactions", interactions), ("items", items)):
+        need = ITEM_COLUMNS if name == "items" else ["user", "item"]
+        missing = [c for c in need if c not in frame]
+        if missing:
+            raise DataLoadError(f"{name}: canonical column(s) {missing} missing (found {list(frame.columns)})")
+    items = items.copy()
+    items["item"] = string_ids(items["item"], table="items", column="item")
+    no_id = items["item"].isna()
+    if no_id.any():
+        dropped["item_without_id"] = int(no_id.sum())
+        items = items[~no_id]
+    duplicate = items["item"].duplicated()
+    if duplicate.any():
+        dropped["duplicate_item"] = int(duplicate.sum())
+        items = items[~duplicate]
+    items = items.reset_index(drop=True)
+
+    inter = interactions.copy()
+    for column in ("user", "item"):
+        inter[column] = string_ids(inter[column], table="interactions", column=column)
+    if "basket" in inter:
+        inter["basket"] = string_ids(inter["basket"], table="interactions", column="basket")
+    no_key = inter["user"].isna() | inter["item"].isna()
+    if no_key.any():
+        dropped["interaction_without_user_or_item"] = int(no_key.sum())
+        inter = inter[~no_key]
+    unknown = ~inter["item"].isin(set(items["item"]))
+    if unknown.any():
+        dropped["interaction_item_not_in_catalogue"] = int(unknown.sum())
+        inter = inter[~unknown]
+    for column in ("quantity", "price", "rating"):  # one numeric type for every adapter
+        if column in inter:
+            inter[column] = pd.to_numeric(inter[column], errors="coerce").astype("float64")
+    if "time" not in inter:
+        inter["time"] = pd.NaT
+    inter["time"] = pd.to_datetime(inter["time"], errors="coerce")
+    if "position" not in inter:  # oldest first; ties keep the file's order
+        inter["_row"] = range(len(inter))
+        inter = inter.sort_values(["user", "time", "_row"], kind="stable", na_position="last")
+        inter["position"] = inter.groupby("user").cumcount()
+        inter = inter.drop(columns="_row")
+    inter = inter.sort_values(["user", "position"], kind="stable").reset_index(drop=True)
+    if reviews is not None:
+        reviews = reviews.copy()
+        for column in ("user", "item"):
+            reviews[column] = string_ids(reviews[column], table="reviews", column=column)
+        outside = ~reviews["item"].isin(set(items["item"]))
+        if outside.any():
+            dropped["review_item_not_in_catalogue"] = int(outside.sum())
+            reviews = reviews[~outside].reset_index(drop=True)
+    keep = [c for c in [*INTERACTION_COLUMNS, *INTERACTION_OPTIONAL] if c in inter]
+    item_keep = [c for c in [*ITEM_COLUMNS, *ITEM_OPTIONAL] if c in items]
+    return ShopData(
+        interactions=inter[keep],
+        items=items[item_keep],
+        reviews=reviews,
+        adapter=adapter,
+        sources=sources,
+        dropped=dropped,
+        columns=columns or {},
+    )
+
+
+def leave_one_out(interactions: pd.DataFrame) -> tuple[pd.Series, int]:
+    """RecBole's split: each user's last interaction is test, the one before it valid, the rest train.
+    Users with fewer than three interactions cannot give all three: (split per row with those users' rows
+    None, how many such users)."""
+    size = interactions.groupby("user")["position"].transform("size")
+    last = interactions.groupby("user")["position"].transform("max")
+    split = pd.Series("train", index=interactions.index, dtype=object)
+    split[interactions["position"] == last] = "test"
+    split[interactions["position"] == last - 1] = "valid"
+    short = size < 3
+    split[short] = None
+    return split, int(interactions.loc[short, "user"].nunique())
+
+
+def temporal(interactions: pd.DataFrame, train_end, valid_end) -> pd.Series:
+    """The absolute-date split (split.train_end, split.valid_end); None where a row has no time."""
+    time = interactions["time"]
+    split = pd.Series(None, index=interactions.index, dtype=object)
+    split[time < pd.Timestamp(train_end)] = "train"
+    split[(time >= pd.Timestamp(train_end)) & (time < pd.Timestamp(valid_end))] = "valid"
+    split[time >= pd.Timestamp(valid_end)] = "test"
+    return split

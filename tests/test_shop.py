@@ -1,0 +1,213 @@
+"""Any shop's data: each adapter reads a real slice into the canonical tables, the counts the data sets'
+README gives come out, and bad input is a clear error or a counted drop."""
+
+import gzip
+import json
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from helpers import SHARED_DATA, SMALL
+from plmrec.config import Params, SyntheticParams, parse_params
+from plmrec.data import adapters
+from plmrec.data.inspect import report
+from plmrec.data.shop import finish, item_sentence, leave_one_out
+from plmrec.errors import DataLoadError
+
+MAGAZINE = SHARED_DATA / "amazon2018" / "Magazine_Subscriptions_5.json.gz"
+MAGAZINE_META = SHARED_DATA / "amazon2018" / "meta_Magazine_Subscriptions.json.gz"
+SCIENTIFIC = SHARED_DATA / "amazon-seqrec" / "scientific"
+RETAIL = SHARED_DATA / "online-retail" / "online_retail.parquet"
+realdata = pytest.mark.realdata
+
+
+def _params(**data) -> Params:
+    return parse_params({"data": data})
+
+
+def test_the_synthetic_default_reads_as_online_retail_with_its_cleaning():
+    params = Params()
+    params.data.synthetic = SyntheticParams(**SMALL)
+    shop = adapters.read_shop(params)
+    assert shop.adapter == "online_retail" and shop.sources == ["synthetic"]
+    assert shop.dropped["clean_missing_customer"] > 0  # today's cleaning, each reason counted
+    assert {"quantity", "price", "basket", "country"} <= set(shop.interactions.columns)
+    assert shop.interactions["user"].map(type).eq(str).all()  # ids are strings end to end
+    assert (shop.items["text"].str.len() > 0).all()
+    found = report(shop, params)
+    assert found["split"]["mode"].startswith("temporal")
+    assert all(found["split"]["interactions"][s] > 0 for s in ("train", "valid", "test"))
+    assert all(p["runs"] for p in found["pipeline"] if "review" not in p["part"] and "rating" not in p["part"])
+
+
+@realdata
+def test_amazon_reviews_with_metadata(tmp_path):
+    shop = adapters.read_shop(_params(source="file", path=str(MAGAZINE), meta_path=str(MAGAZINE_META)))
+    assert shop.adapter == "amazon" and adapters.detect_format(MAGAZINE) == "amazon"
+    # 2,375 reviews of 157 items; 151 of them have metadata: the others' reviews are dropped, counted
+    kept = len(shop.interactions)
+    assert kept + shop.dropped["interaction_item_not_in_catalogue"] == 2375
+    assert shop.interactions["item"].nunique() == 151 and shop.has("rating")
+    assert len(shop.reviews) + shop.dropped["review_item_not_in_catalogue"] == 2375
+    assert shop.dropped["duplicate_item"] == 3385 - 2320  # the raw metadata repeats items
+    text = shop.items.set_index("item")["text"]
+    assert (text.loc[shop.interactions["item"].unique()].str.len() > 0).mean() > 0.9
+    parts = {p["part"]: p["runs"] for p in report(shop, Params())["pipeline"]}
+    assert parts["review/item fine-tuning pairs and product search (evaluate-search)"]
+    assert not parts["quantity-label XGBoost (train-baseline, evaluate-baseline, the classifier ablation)"]
+
+
+def _atomic(frame: pd.DataFrame, path, types: dict[str, str]) -> None:
+    header = "\t".join(f"{c}:{types[c]}" for c in frame.columns)
+    body = frame.astype(str).apply(lambda r: "\t".join(r), axis=1)
+    path.write_text(header + "\n" + "\n".join(body) + "\n")
+
+
+@realdata
+def test_recbole_atomic_files_written_from_a_real_slice(tmp_path):
+    """Magazine Subscriptions as RecBole atomic files (the format of RecBole's public data sets) reads back
+    as the same interactions the Amazon adapter gives."""
+    from plmrec.data.amazon import load_items, load_reviews
+
+    reviews = load_reviews(MAGAZINE)
+    inter = pd.DataFrame(
+        {
+            "user_id": reviews["user_id"],
+            "item_id": reviews["item_id"],
+            "rating": reviews["rating"],
+            "timestamp": reviews["timestamp"].astype("int64") // 10**9,
+        }
+    )
+    _atomic(
+        inter,
+        tmp_path / "magazine.inter",
+        {"user_id": "token", "item_id": "token", "rating": "float", "timestamp": "float"},
+    )
+    meta = load_items(MAGAZINE_META)
+    item = pd.DataFrame({"item_id": meta["item_id"], "title": meta["title"].str.replace("\t", " ")})
+    _atomic(item, tmp_path / "magazine.item", {"item_id": "token", "title": "token_seq"})
+    assert adapters.detect_format(tmp_path) == "recbole"
+    shop = adapters.read_shop(_params(source="file", path=str(tmp_path)))
+    amazon = adapters.read_shop(_params(source="file", path=str(MAGAZINE), meta_path=str(MAGAZINE_META)))
+    assert shop.adapter == "recbole" and len(shop.interactions) == len(amazon.interactions)
+    columns = ["user", "item", "time", "rating", "position"]
+    pd.testing.assert_frame_equal(shop.interactions[columns], amazon.interactions[columns])
+    assert set(shop.interactions["user"]) == set(amazon.interactions["user"])
+
+
+@realdata
+def test_the_unisrec_benchmark_keeps_its_own_leave_one_out_split():
+    shop = adapters.read_shop(_params(source="file", path=str(SCIENTIFIC)))
+    assert shop.adapter == "unisrec"
+    facts = shop.facts()
+    assert facts["users"] == 8442 and facts["items"] == 4385
+    split = shop.interactions["split"]
+    assert (split == "test").sum() == (split == "valid").sum() == 8442
+    found = report(shop, Params())
+    assert found["split"]["mode"].startswith("the benchmark's own")
+    again, short = leave_one_out(shop.interactions)  # RecBole's rule gives the benchmark's split back
+    assert short == 0 and (again == split).all()
+
+
+@realdata
+def test_a_plain_csv_with_a_column_map(tmp_path):
+    raw = pd.read_parquet(RETAIL).head(20_000).dropna(subset=["CustomerID"])
+    table = pd.DataFrame(
+        {
+            "customer_id": raw["CustomerID"].astype(int),
+            "sku": raw["StockCode"],
+            "ordered_at": raw["InvoiceDate"],
+            "qty": raw["Quantity"],
+            "product_name": raw["Description"],
+        }
+    )
+    path = tmp_path / "orders.csv"
+    table.to_csv(path, index=False)
+    params = _params(
+        source="file",
+        path=str(path),
+        columns={
+            "user": "customer_id",
+            "item": "sku",
+            "time": "ordered_at",
+            "quantity": "qty",
+            "title": "product_name",
+        },
+    )
+    assert adapters.detect_format(path) == "table"
+    shop = adapters.read_shop(params)
+    assert shop.adapter == "table" and len(shop.interactions) == len(table)
+    assert shop.interactions["user"].iloc[0] == str(int(table.sort_values("customer_id")["customer_id"].iloc[0]))
+    assert shop.has("quantity") and not shop.has("basket")
+    assert shop.items.set_index("item").loc[table["sku"].iloc[0], "text"] == table["product_name"].iloc[0].strip()
+
+    params.data.columns = {"user": "customer", "item": "sku"}  # a mapped column the file does not have
+    with pytest.raises(DataLoadError, match=r"data.columns.user is 'customer', which the file does not have"):
+        adapters.read_shop(params)
+
+
+def test_ids_of_mixed_types_are_refused_and_drops_are_counted():
+    items = pd.DataFrame({"item": ["a", "b", "b", "c"], "title": ["A", "B", "B again", "C"]})
+    items["text"] = item_sentence(items, "{title}")
+    interactions = pd.DataFrame({"user": ["u1", "u1", "u2", None], "item": ["a", "z", "b", "c"]})
+    reviews = pd.DataFrame(
+        {"user": ["u1"], "item": ["z"], "time": [None], "rating": [5.0], "title": [""], "text": [""]}
+    )
+    shop = finish(interactions, items, reviews=reviews, adapter="test", sources=[])
+    assert shop.dropped == {
+        "duplicate_item": 1,
+        "interaction_without_user_or_item": 1,
+        "interaction_item_not_in_catalogue": 1,
+        "review_item_not_in_catalogue": 1,
+    }
+    assert shop.items.set_index("item").loc["b", "title"] == "B"  # the first of a duplicate id is kept
+    mixed = pd.DataFrame({"user": [12346, "C-12346"], "item": ["a", "a"]})
+    with pytest.raises(DataLoadError, match=r"interactions: column 'user' mixes id types"):
+        finish(mixed, items, adapter="test", sources=[])
+
+
+def test_a_leave_one_out_user_with_too_few_interactions_is_counted():
+    inter = pd.DataFrame({"user": ["a"] * 4 + ["b"], "item": list("wxyzw"), "position": [0, 1, 2, 3, 0]})
+    split, short = leave_one_out(inter)
+    assert split.tolist() == ["train", "train", "valid", "test", None] and short == 1
+
+
+def test_the_item_template_leaves_out_what_an_item_lacks():
+    items = pd.DataFrame({"item": ["1", "2"], "title": ["Red mug", None], "brand": ["Acme", "Acme"]})
+    assert item_sentence(items, "{title}. By {brand}").tolist() == ["Red mug. By Acme", "Acme"]
+    with pytest.raises(DataLoadError, match=r"names \['colour'\]"):
+        item_sentence(items, "{title} in {colour}")
+
+
+def test_a_table_without_a_user_column_asks_for_the_map(tmp_path):
+    path = tmp_path / "t.csv"
+    pd.DataFrame({"who": ["1"], "item_id": ["a"]}).to_csv(path, index=False)
+    with pytest.raises(DataLoadError, match=r"which column is the user\? set data.columns.user"):
+        adapters.read_shop(_params(source="file", path=str(path)))
+
+
+def test_data_inspect_prints_the_adapter_counts_split_and_what_runs(tmp_path):
+    from plmrec.cli import main
+
+    lines = [
+        json.dumps(
+            {
+                "reviewerID": f"u{i % 3}",
+                "asin": f"i{i % 4}",
+                "overall": 4.0,
+                "unixReviewTime": 1_500_000_000 + i,
+                "summary": "ok",
+                "reviewText": "fine",
+            }
+        )
+        for i in range(12)
+    ]
+    path = tmp_path / "reviews.json.gz"
+    path.write_bytes(gzip.compress("\n".join(lines).encode()))
+    res = CliRunner().invoke(main, ["data", "inspect", str(path)])
+    assert res.exit_code == 0, res.output
+    assert "adapter: amazon" in res.output and "users 3" in res.output and "split: temporal" in res.output
+    assert "skipped  quantity-label XGBoost" in res.output and "runs     review/item" in res.output
+    res = CliRunner().invoke(main, ["data", "inspect", str(path), "--json"])
+    assert json.loads(res.output)["counts"]["interactions"] == 12
