@@ -252,3 +252,17 @@ def test_missing_encoders_are_named(tmp_path):
     p.retrieval.compare = ["finetuned"]
     with pytest.raises(PlmrecError, match=r"compare includes 'finetuned' but .*sentence-transformer holds no encoder"):
         retrieval_encoders(p, None, tmp_path)
+
+
+def test_encoder_folder_takes_a_stage_folder_or_a_model(tmp_path):
+    """evaluate-retrieval's `encoder` folder (bench/search.py --selected) or the model inside it; a folder
+    without one is one clear error, not a transformers traceback."""
+    from plmrec.encoders import encoder_folder
+    from plmrec.errors import StageError
+
+    model = tmp_path / "encoder" / "sentence-transformer"
+    model.mkdir(parents=True)
+    (model / "modules.json").write_text("[]")
+    assert encoder_folder(tmp_path / "encoder") == model and encoder_folder(model) == model
+    with pytest.raises(StageError, match="holds no encoder .* pass the folder evaluate-retrieval wrote"):
+        encoder_folder(tmp_path)
