@@ -112,6 +112,43 @@ def test_gate_promotes_only_a_better_challenger_and_rollback_restores(serving_bu
     rows = registry.versions_table(client, name)
     assert [r["version"] for r in rows][:2] == [better, regressing] and rows[-1]["aliases"] == "champion"
 
+    out = _cli(params, "promote", "--version", v1)  # the current champion: nothing to do, not a failure
+    assert out.returncode == 0 and f"version {v1} is already @champion" in out.stdout, out.stderr
+    for args in (
+        ["promote", "--version", "99"],
+        ["promote", "--version", "99", "--force"],
+        ["deploy", "--version", "99"],
+    ):
+        out = _cli(params, *args, "--print-only") if args[0] == "deploy" else _cli(params, *args)
+        assert out.returncode == 2 and f"{name} has no version 99" in out.stderr, (args, out.stderr)
+        assert "Traceback" not in out.stderr and f"its versions: {v1}," in out.stderr
+    out = _cli(params, "deploy", "--version", "abc", "--print-only")
+    assert out.returncode == 2 and "'abc' is not a valid integer" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_registry_commands_fail_within_seconds_when_the_tracking_server_does_not_answer():
+    """tracking.command_retries and command_timeout_s bound what a person waits for (a stage keeps MLflow's
+    patient retries: the test below)."""
+    import time
+
+    from helpers import free_port
+
+    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_HTTP_REQUEST")}
+    env["MLFLOW_TRACKING_URI"] = uri
+    for args in (["promote"], ["deploy", "--print-only"], ["serve"], ["runs", "compare"]):
+        started = time.monotonic()
+        out = subprocess.run(
+            [sys.executable, "-m", "plmrec.cli", *args, "-S", f"tracking.uri={uri}"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
+        took = time.monotonic() - started
+        assert out.returncode == 2 and "the MLflow tracking server did not answer" in out.stderr, (args, out.stderr)
+        assert "Traceback" not in out.stderr and "has no @" not in out.stderr and took < 15, (args, took)
+
 
 def test_serving_without_a_champion_says_so(mlflow_server):
     params = Params()

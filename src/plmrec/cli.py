@@ -450,14 +450,18 @@ def stage():
 def _registry_client(params):
     from plmrec import tracking
 
-    uri = tracking.resolve_tracking_uri(params)
-    return tracking.mlflow_client(uri), uri
+    return tracking.command_client(params)
+
+
+def version_option(help: str):
+    """--version: a registered version's number (a positive integer; anything else is a usage error, exit 2)."""
+    return click.option("--version", "version", type=click.IntRange(min=1), default=None, help=help)
 
 
 @main.command()
 @params_option
 @set_option
-@click.option("--version", "version", default=None, help="the version to gate (default: @challenger)")
+@version_option("the version to gate (default: @challenger)")
 @click.option("--force", is_flag=True, help="skip the gate: make the version champion (an operator's decision)")
 @click.option("--rollback", is_flag=True, help="point @champion back at the version it replaced")
 def promote(params_path, overrides, version, force, rollback):
@@ -477,6 +481,12 @@ def promote(params_path, overrides, version, force, rollback):
         version = registry.require_alias(
             client, name, registry.CHALLENGER, remedy="run the pipeline first, or pass --version"
         ).version
+    version = str(version)
+    champion = registry.alias_version(client, name, registry.CHAMPION)
+    if champion is not None and str(champion.version) == version:
+        registry.model_version(client, name, version)
+        click.echo(f"{name} version {version} is already @champion: nothing to do")
+        return
     decision = (
         registry.force_promote(client, params.registry, version)
         if force
@@ -493,7 +503,7 @@ def promote(params_path, overrides, version, force, rollback):
 @params_option
 @set_option
 @overlay_option
-@click.option("--version", "version", default=None, help="the registered version (default: @champion)")
+@version_option("the registered version (default: @champion)")
 @click.option("--print-only", is_flag=True, help="print the storageUri and the kubectl patch; change nothing")
 def deploy(params_path, overrides, overlay, version, print_only):
     """Point the KServe InferenceService (serving.inference_service) at a registered version."""
@@ -505,6 +515,7 @@ def deploy(params_path, overrides, overlay, version, print_only):
     name = params.registry.model_name
     if version is None:
         version = registry.require_alias(client, name, registry.CHAMPION, remedy="promote a version first").version
+    version = str(registry.model_version(client, name, str(version)).version)
     uri = kdeploy.version_storage_uri(client, name, version, artifacts_destination=params.serving.artifacts_destination)
     isvc = (
         params.serving.inference_service or params.serving.model_name

@@ -734,6 +734,12 @@ class ServingParams(_Section):
 class TrackingParams(_Section):
     uri: str | None = Field(None, description="MLflow tracking URI; MLFLOW_TRACKING_URI, then local SQLite, if unset")
     experiment: str = "plmrec"
+    command_retries: int = Field(
+        2, ge=0, le=20, description="registry commands (promote, deploy, serve, runs): retries of a request"
+    )
+    command_timeout_s: float = Field(
+        5.0, gt=0, le=600, description="registry commands: seconds a request to the tracking server may take"
+    )
 
 
 def _cpu_step_resources() -> ResourceParams:

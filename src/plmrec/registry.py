@@ -59,14 +59,40 @@ def version_metrics(version) -> dict[str, float]:
     }
 
 
+def _not_found(exc) -> bool:
+    """An MLflow error that says the thing asked for does not exist (not a server that did not answer)."""
+    code = getattr(exc, "error_code", "")
+    return code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND") or "not found" in str(exc)
+
+
 def alias_version(client, name: str, alias: str):
-    """The version behind `name@alias`, or None when the alias is not set."""
+    """The version behind `name@alias`, or None when the alias (or the model) is not there; any other
+    failure (a server that does not answer) is raised, never taken for a missing alias."""
     from mlflow.exceptions import MlflowException
 
     try:
         return client.get_model_version_by_alias(name, alias)
-    except MlflowException:
-        return None
+    except MlflowException as exc:
+        if _not_found(exc) and not str(exc).startswith("API request to"):
+            return None
+        raise
+
+
+def model_version(client, name: str, version: str):
+    """Version `version` of `name`; a RegistryError naming the versions there are when it does not exist."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version(name, str(version))
+    except MlflowException as exc:
+        if str(exc).startswith("API request to") or not _not_found(exc):
+            raise
+        try:
+            found = [str(v.version) for v in client.search_model_versions(f"name = '{name}'", max_results=100)]
+        except MlflowException:
+            found = []
+        there = f"its versions: {', '.join(sorted(found, key=int))}" if found else "it has no versions"
+        raise RegistryError(f"{name} has no version {version} in {client.tracking_uri} ({there})") from None
 
 
 def _number(version) -> str | None:
@@ -168,7 +194,7 @@ def gate(client, rp: RegistryParams, version: str) -> Decision:
     checks that nobody moved it meanwhile; if someone did, it decides again against the version now
     there. Each racer runs the same loop, so the alias ends on the best of them."""
     name = rp.model_name
-    candidate = client.get_model_version(name, version)
+    candidate = model_version(client, name, version)
     _set_alias(client, name, CHALLENGER, version=version)
     current = alias_version(client, name, CHAMPION)
     if _number(current) == str(version):
@@ -203,7 +229,7 @@ def gate(client, rp: RegistryParams, version: str) -> Decision:
 def force_promote(client, rp: RegistryParams, version: str) -> Decision:
     """Make `version` the champion without the gate (an operator's decision), keeping rollback possible."""
     name = rp.model_name
-    client.get_model_version(name, version)  # raises if it does not exist
+    model_version(client, name, version)  # a RegistryError if it does not exist
     current = alias_version(client, name, CHAMPION)
     before = _number(current)
     if before != str(version):
@@ -222,7 +248,7 @@ def rollback(client, rp: RegistryParams) -> tuple[str, str]:
             f"{name}@{CHAMPION} is version {current.version}, which replaced no earlier champion: "
             f"nothing to roll back to"
         )
-    client.get_model_version(name, previous)
+    model_version(client, name, previous)
     client.set_model_version_tag(name, str(current.version), "plmrec.rolled_back_to", previous)
     client.set_registered_model_alias(name, CHAMPION, previous)
     return str(current.version), previous

@@ -70,7 +70,8 @@ def unavailable(exc: BaseException) -> TrackingUnavailable | None:
             return TrackingUnavailable(
                 f"the MLflow tracking server did not answer after {retries} retries with backoff "
                 f"({text[:160]}{'...' if len(text) > 160 else ''}): check that it runs, or point tracking.uri / "
-                "MLFLOW_TRACKING_URI at one that does (MLFLOW_HTTP_REQUEST_MAX_RETRIES sets the retries)"
+                "MLFLOW_TRACKING_URI at one that does (retries: tracking.command_retries for promote, deploy, serve "
+                "and runs; MLFLOW_HTTP_REQUEST_MAX_RETRIES for everything else)"
             )
         seen = seen.__cause__ or seen.__context__
     return None
@@ -89,6 +90,26 @@ def mlflow_client(uri: str | None = None):
     if uri:
         mlflow.set_tracking_uri(uri)
     return mlflow.MlflowClient(uri)
+
+
+COMMAND_SETTINGS = (
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
+)
+
+
+def command_client(params: Params):
+    """(client, URI) for a command a person waits on (promote, deploy, serve, runs): requests bounded by
+    tracking.command_retries and tracking.command_timeout_s (backoff factor 1), so a server that does not
+    answer fails within seconds; what the environment sets for MLflow itself is kept."""
+    settings = dict(
+        zip(COMMAND_SETTINGS, (params.tracking.command_retries, params.tracking.command_timeout_s, 1), strict=True)
+    )
+    for name, value in settings.items():
+        os.environ.setdefault(name, str(int(value) if float(value).is_integer() else value))
+    uri = resolve_tracking_uri(params)
+    return mlflow_client(uri), uri
 
 
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
