@@ -89,8 +89,7 @@ def test_finetune_phases_checked():
 
 
 def test_params_file_before_or_after_the_command_or_from_the_environment(tmp_path):
-    import json
-
+    import yaml
     from click.testing import CliRunner
 
     from plmrec.cli import PARAMS_ENV, main
@@ -106,7 +105,7 @@ def test_params_file_before_or_after_the_command_or_from_the_environment(tmp_pat
             (Path.cwd() / "mine.yaml").write_text("seed: 7\n")
             result = runner.invoke(main, args, env=env)
         assert result.exit_code == 0, result.output
-        assert json.loads(result.output)["seed"] == 7, args
+        assert yaml.safe_load(result.output)["seed"] == 7, args
     result = runner.invoke(main, ["--params", str(tmp_path / "absent.yaml"), "params", "show"], env=clean)
     assert result.exit_code == 2 and "absent.yaml: params file not found" in result.output
 
@@ -121,7 +120,7 @@ def test_params_file_before_or_after_the_command_or_from_the_environment(tmp_pat
     ):
         result = runner.invoke(main, args, env=env)
         assert result.exit_code == 0, result.output
-        shown = json.loads(result.output)
+        shown = yaml.safe_load(result.output)
         assert (shown["seed"], shown["finetune"]["batch_size"], shown["finetune"]["max_length"]) == (7, 96, 64), args
 
 
@@ -131,3 +130,30 @@ def test_the_real_data_profile_lays_over_params_yaml():
     params = load_params([ROOT / "params.yaml", ROOT / "params" / "real-data.yaml"])
     assert params.retrieval.encoder_selection == "auto" and params.finetune.start_from == "auto"
     assert params.data == load_params(ROOT / "params.yaml").data  # data stays the user's: -S data.path=...
+
+
+def test_params_show_is_yaml_json_on_request_and_says_where_each_value_came_from(tmp_path):
+    import json
+
+    import yaml
+    from click.testing import CliRunner
+
+    from plmrec.cli import PARAMS_ENV, main
+
+    runner, clean = CliRunner(), {PARAMS_ENV: None}
+    (tmp_path / "base.yaml").write_text("seed: 7\nfinetune: {batch_size: 8}\n")
+    (tmp_path / "profile.yaml").write_text("finetune: {batch_size: 96}\n")
+    files = ["--params", str(tmp_path / "base.yaml"), "--params", str(tmp_path / "profile.yaml")]
+    shown = runner.invoke(main, ["params", "show", *files, "-S", "baseline.max_depth=3"], env=clean)
+    as_json = runner.invoke(main, ["params", "show", *files, "-S", "baseline.max_depth=3", "--json"], env=clean)
+    assert yaml.safe_load(shown.output) == json.loads(as_json.output)
+    assert yaml.safe_load(shown.output)["baseline"]["max_depth"] == 3
+    origin = runner.invoke(main, ["params", "show", *files, "-S", "baseline.max_depth=3", "--origin"], env=clean)
+    lines = {line.split(":")[0]: line.split("# ")[-1] for line in origin.output.splitlines()}
+    assert lines["seed"] == str(tmp_path / "base.yaml")
+    assert lines["finetune.batch_size"] == str(tmp_path / "profile.yaml")
+    assert lines["baseline.max_depth"] == "-S baseline.max_depth=3" and lines["split.train_end"] == "default"
+
+    bad = runner.invoke(main, ["params", "show", *files, "-S", "baseline.max_depth=abc"], env=clean)
+    assert bad.exit_code == 2 and "(set by -S baseline.max_depth=abc)" in bad.output
+    assert "base.yaml" not in bad.output  # the files are not blamed for an override's fault

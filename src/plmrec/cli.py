@@ -421,9 +421,29 @@ def params():
 @params.command("show")
 @params_option
 @set_option
-def params_show(params_path, overrides):
-    """Print the effective configuration (file, defaults and overrides merged) as JSON."""
-    click.echo(json.dumps(load_params(params_path, overrides).to_dict(), indent=2))
+@click.option("--json", "as_json", is_flag=True, help="JSON instead of YAML")
+@click.option("--origin", is_flag=True, help="one line per value with the file or override that set it")
+def params_show(params_path, overrides, as_json, origin):
+    """Print the effective configuration (defaults, the params files and the overrides merged) as YAML."""
+    import yaml
+
+    from plmrec.config import params_sources
+
+    effective = load_params(params_path, overrides).to_dict()
+    if origin:
+        sources = params_sources(list(params_path) or None, overrides)
+        flat = {}
+        for key in sources:
+            node = effective
+            for part in key.split("."):
+                node = node[part]
+            flat[key] = node
+        width = max(len(f"{k}: {json.dumps(v)}") for k, v in flat.items())
+        for key, value in flat.items():
+            shown = f"{key}: {json.dumps(value)}"
+            click.echo(f"{shown:<{min(width, 70)}}  # {sources[key]}")
+        return
+    click.echo(json.dumps(effective, indent=2) if as_json else yaml.safe_dump(effective, sort_keys=False), nl=as_json)
 
 
 # ---------------------------------------------------------------------------- stages (DVC)

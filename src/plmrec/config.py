@@ -826,11 +826,24 @@ def _model_at(loc: tuple) -> type[BaseModel] | None:
     return None if pending_list_item is not None else model
 
 
-def _describe(err: ValidationError, origin: str) -> str:
-    lines = []
+def _source_of(key: str, sources: dict[str, str]) -> str | None:
+    """Which layer set `key` (or the section or leaf nearest to it): a file, or an override."""
+    parts = key.split(".")
+    for n in range(len(parts), 0, -1):
+        found = sources.get(".".join(parts[:n]))
+        if found:
+            return found
+    below = [v for k, v in sources.items() if k.startswith(key + ".")]
+    return below[-1] if below else None
+
+
+def _describe(err: ValidationError, origin: str, sources: dict[str, str] | None = None) -> str:
+    lines, overridden = [], []
     for e in err.errors():
         loc = tuple(str(p) for p in e["loc"])
         key = ".".join(loc) or "(top level)"
+        source = _source_of(key, sources or {})
+        overridden.append(bool(source and source.startswith("-S ")))
         if e["type"] == "extra_forbidden":
             parent = _model_at(loc[:-1])
             hint = ""
@@ -845,14 +858,28 @@ def _describe(err: ValidationError, origin: str) -> str:
             got = e.get("input")
             shown = "" if isinstance(got, dict) else f" (got {got!r})"
             lines.append(f"invalid value for '{key}': {e['msg']}{shown}")
+        if overridden[-1]:
+            lines[-1] += f" (set by {source})"
+    if overridden and all(overridden):  # every fault is an override's: the files are not to blame
+        return "; ".join(lines)
     return f"{origin}: " + "; ".join(lines)
 
 
-def parse_params(raw: dict[str, Any] | None, origin: str = "params") -> Params:
+def parse_params(raw: dict[str, Any] | None, origin: str = "params", sources: dict[str, str] | None = None) -> Params:
+    """Validated params; `sources` (dotted key -> the file or override that set it) names the culprit."""
     try:
         return Params.model_validate(raw or {})
     except ValidationError as err:
-        raise ConfigError(_describe(err, origin)) from None
+        raise ConfigError(_describe(err, origin, sources)) from None
+
+
+def _leaves(raw: dict[str, Any], prefix: str = "") -> list[str]:
+    """Every leaf's dotted key (a list is a leaf)."""
+    out = []
+    for key, value in raw.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        out += _leaves(value, name) if isinstance(value, dict) and value else [name]
+    return out
 
 
 def _coerce_scalar(text: str) -> Any:
@@ -925,11 +952,36 @@ def load_params(
         raw = _read_mapping(path)
     elif explicit:
         raise ConfigError(f"{path}: params file not found")
-    origin = str(path)
+    return parse_params(*_layered(raw, path, patches=patches, overrides=overrides))
+
+
+def _layered(raw: dict[str, Any], path: Path, *, patches, overrides) -> tuple[dict[str, Any], str, dict[str, str]]:
+    """The params file, each patch and the overrides laid in order: (raw params, origin, key -> source)."""
+    origin, sources = str(path), dict.fromkeys(_leaves(raw), str(path))
     for patch in patches:
         patch_path = Path(patch)
         if not patch_path.is_file():
             raise ConfigError(f"{patch_path}: params patch file not found")
-        raw = deep_merge(raw, _read_mapping(patch_path))
+        layer = _read_mapping(patch_path)
+        raw = deep_merge(raw, layer)
+        sources.update(dict.fromkeys(_leaves(layer), str(patch_path)))
         origin += f" + {patch_path}"
-    return parse_params(apply_overrides(raw, overrides), origin=origin)
+    for item in overrides:
+        sources[item.split("=", 1)[0].strip()] = f"-S {item}"
+    return apply_overrides(raw, overrides), origin, sources
+
+
+def params_sources(
+    path: str | Path | list | tuple | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    patches: list[str | Path] | tuple[str | Path, ...] = (),
+) -> dict[str, str]:
+    """Which layer set each value of the effective params: dotted key -> a file, `-S key=value`, or
+    `default` (what `plmrec params show --origin` prints)."""
+    if isinstance(path, (list, tuple)):
+        path, patches = (path[0], [*path[1:], *patches]) if path else (None, patches)
+    path = Path(path or DEFAULT_PARAMS_FILE)
+    raw = _read_mapping(path) if path.exists() else {}
+    _, _, sources = _layered(raw, path, patches=patches, overrides=overrides)
+    effective = load_params(path if path.exists() else None, overrides, patches).to_dict()
+    return {key: _source_of(key, sources) or "default" for key in _leaves(effective)}
