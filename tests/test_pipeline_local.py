@@ -50,6 +50,8 @@ def test_pipeline_runs_end_to_end(small_params, tiny_model_dir, mlflow_server, t
     assert result.succeeded, out
     for stage in STAGES:
         assert f"✓ {stage} success" in out  # one progress line per stage
+    assert out.splitlines()[1] == f"full log: {result.log_path}"  # where the whole log goes, first
+    assert f"▶ ingest (1/{len(STAGES) + 1}, 0:00 elapsed)" in out
     # the UI link opens the run in the Model training view (the UI's GenAI default shows only traces)
     assert f"/runs/{result.parent_run_id}?workflowType=machine_learning" in out
 
@@ -247,3 +249,45 @@ def test_the_local_runner_silences_exactly_its_two_known_notices():
         "Task 'ingest' failed to write its cache entry",
         "a different RuntimeWarning",
     ]
+
+
+class _Console:
+    def __init__(self, tty: bool):
+        self.text, self.tty = "", tty
+
+    def write(self, text):
+        self.text += text
+
+    def flush(self):
+        pass
+
+    def isatty(self):
+        return self.tty
+
+
+def test_the_console_shows_each_stage_k_of_n_and_the_training_progress(monkeypatch):
+    """A training loop's progress bar reaches the console: live on a terminal (one line, rewritten), a line
+    every BAR_EVERY_S otherwise; the whole output still goes to the log."""
+    import io
+
+    from plmrec import local_pipeline
+
+    bar = "    1-tapt-mlm:  45%|####5     | 9/20 [00:05<00:06,  1.80step/s]\n"
+    for tty in (True, False):
+        monkeypatch.setattr(local_pipeline, "BAR_EVERY_S", 0.0)
+        log, console = io.StringIO(), _Console(tty)
+        stream = local_pipeline.ProgressStream(log, console, total=14)
+        stream.write("Executing task 'pretrain'\n" + bar + "[plmrec] pretrain: phase 1 done\n")
+        stream.write("Task 'pretrain' finished with status SUCCESS\n")
+        assert log.getvalue().count("9/20") == 1
+        assert "▶ pretrain (1/14, 0:00 elapsed)" in console.text and "✓ pretrain success in" in console.text
+        shown = "    1-tapt-mlm: 9/20 (45%), 00:05<00:06"
+        if tty:  # written in place, then cleared before the next line
+            assert f"\r\x1b[K{shown}\r\x1b[K    [plmrec] pretrain: phase 1 done" in console.text
+        else:
+            assert f"{shown}\n    [plmrec] pretrain: phase 1 done" in console.text and "\r" not in console.text
+    monkeypatch.setattr(local_pipeline, "BAR_EVERY_S", 3600.0)  # not a terminal: not every update
+    console = _Console(False)
+    stream = local_pipeline.ProgressStream(io.StringIO(), console, total=14)
+    stream.write("Executing task 'pretrain'\n" + bar * 50)
+    assert "9/20" not in console.text

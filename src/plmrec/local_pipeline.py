@@ -19,6 +19,7 @@ from pathlib import Path
 
 from plmrec import tracking
 from plmrec.config import Params
+from plmrec.stages import STAGES
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _START = re.compile(r"Executing task '([^']+)'")
@@ -41,15 +42,48 @@ def quiet_local_runner():
         yield
 
 
-class ProgressStream(io.TextIOBase):
-    """Writes everything to a log file; echoes stage starts/ends and `[plmrec]` lines to the console."""
+_BAR = re.compile(  # a tqdm progress line: "desc:  45%|####      | 9/20 [00:05<00:06,  1.80step/s]"
+    r"^(?P<desc>[^|]*?):?\s+(?P<pct>\d+)%\|[^|]*\|\s*(?P<done>[\d.]+\w?)/(?P<total>[\d.]+\w?)\s*\[(?P<times>[^\],]*)"
+)
+BAR_EVERY_S = 30.0  # a console that is not a terminal gets a progress line this often (a terminal: live)
 
-    def __init__(self, log_file, console, verbose: bool = False):
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes}:{secs:02d}"
+
+
+class ProgressStream(io.TextIOBase):
+    """Writes everything to a log file; echoes stage starts/ends (k/N, elapsed), `[plmrec]` lines and the
+    training loops' progress (step/total, elapsed<ETA: live on a terminal, every BAR_EVERY_S otherwise)
+    to the console."""
+
+    def __init__(self, log_file, console, verbose: bool = False, *, total: int = 0):
         self.log, self.console, self.verbose = log_file, console, verbose
         self.started: dict[str, float] = {}
         self.failed: list[str] = []
         self.tail: list[str] = []
         self._buf = ""
+        self.total, self.t0 = total, time.perf_counter()
+        self.live = bool(getattr(console, "isatty", lambda: False)())
+        self._shown_bar = 0.0
+        self._transient = False
+
+    def _say(self, text: str) -> None:
+        if self._transient:  # the live progress line gives way
+            self.console.write("\r\x1b[K")
+            self._transient = False
+        self.console.write(text)
+
+    def _bar(self, m: re.Match) -> None:
+        now = time.perf_counter()
+        text = f"    {m['desc'].strip() or 'progress'}: {m['done']}/{m['total']} ({m['pct']}%), {m['times'].strip()}"
+        if self.live:
+            self.console.write("\r\x1b[K" + text[:150])
+            self._transient = True
+        elif now - self._shown_bar >= BAR_EVERY_S:
+            self.console.write(text + "\n")
+            self._shown_bar = now
 
     def write(self, text: str) -> int:
         self.log.write(text)
@@ -65,18 +99,22 @@ class ProgressStream(io.TextIOBase):
         self.tail = (self.tail + [line])[-40:]
         if self.verbose:
             return
+        elapsed = _clock(time.perf_counter() - self.t0)
         if m := _START.search(line):
             self.started[m.group(1)] = time.perf_counter()
-            self.console.write(f"▶ {m.group(1)}\n")
+            self._say(f"▶ {m.group(1)} ({len(self.started)}/{self.total or '?'}, {elapsed} elapsed)\n")
+            self._shown_bar = time.perf_counter()
         elif m := _END.search(line):
             name, status = m.groups()
             took = time.perf_counter() - self.started.get(name, time.perf_counter())
             mark = "✓" if status == "SUCCESS" else "✗"
             if status != "SUCCESS":
                 self.failed.append(name)
-            self.console.write(f"{mark} {name} {status.lower()} in {took:.1f}s\n")
+            self._say(f"{mark} {name} {status.lower()} in {took:.1f}s ({elapsed} elapsed)\n")
         elif "[plmrec]" in line or "DataValidationFailed" in line or "Error:" in line:
-            self.console.write("    " + line.strip() + "\n")
+            self._say("    " + line.strip() + "\n")
+        elif m := _BAR.search(line.strip()):
+            self._bar(m)
         self.console.flush()
 
     def flush(self) -> None:
@@ -118,9 +156,10 @@ def run_local(
     start = time.perf_counter()
     console.write(
         f"plmrec run {run_key}: pipeline '{params.pipeline.name}', data '{params.data.source}', MLflow {uri}\n"
+        f"full log: {log_path}\n"
     )
     with open(log_path, "w", encoding="utf-8") as log:
-        stream = ProgressStream(log, console, verbose)
+        stream = ProgressStream(log, console, verbose, total=len(STAGES) + 1)  # and the exit handler
         with contextlib.redirect_stdout(stream), quiet_local_runner():
             pipeline(config=params.to_dict(), tracking_uri=uri, run_key=run_key)
         stream.flush()

@@ -304,6 +304,15 @@ def stage_run(
 SCHEMA_SAMPLE_ROWS = 1000
 
 
+def _file_source(path: str):
+    """A local file as an MLflow dataset source, resolved once: MLflow registers two equal local-file
+    sources (schemes '' and 'file') and warns, for every dataset, that a path could be either."""
+    from mlflow.data.dataset_source_registry import get_registered_sources, resolve_dataset_source
+
+    found = [source for source in get_registered_sources() if source._can_resolve(path)]
+    return resolve_dataset_source(path, candidate_sources=found[-1:]) if found else path
+
+
 def log_input_table(table, *, path: str | Path, name: str, context: str | None = None) -> None:
     """A table a stage reads, as MLflow dataset inputs of the active run: its file as the source, the
     file's md5 (the digest dvc.lock records) as the digest; a split table as one input per split
@@ -317,7 +326,7 @@ def log_input_table(table, *, path: str | Path, name: str, context: str | None =
 
     digest = file_digest(path, "md5")
     splits = [s for s in ("train", "valid", "test") if "split" in table and (table["split"] == s).any()]
-    source = str(Path(path).resolve())
+    source = _file_source(str(Path(path).resolve()))
     # the column types from a sample: MLflow would otherwise look at every value of every text column.
     # Its hint about integer columns and missing values concerns model signatures, not logged inputs.
     with warnings.catch_warnings():
