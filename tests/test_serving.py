@@ -156,6 +156,17 @@ def test_health_endpoints(server):
     assert requests.get(f"{server.url}/v2/health/ready", timeout=5).status_code == 200
     assert requests.get(f"{server.url}/v1/models/plmrec", timeout=5).json() == {"name": "plmrec", "ready": True}
     assert requests.get(f"{server.url}/v2/models/plmrec/ready", timeout=5).status_code == 200
+    metadata = requests.get(f"{server.url}/v2/models/plmrec", timeout=5).json()  # what a v2 client reads first
+    assert metadata["inputs"] == [
+        {"name": "customer_id", "datatype": "INT64", "shape": [-1]},
+        {"name": "basket", "datatype": "BYTES", "shape": [-1]},
+        {"name": "query", "datatype": "BYTES", "shape": [-1]},
+    ]
+    assert [(o["name"], o["datatype"], o["shape"]) for o in metadata["outputs"]] == [
+        ("stock_code", "BYTES", [-1, -1]),
+        ("description", "BYTES", [-1, -1]),
+        ("score", "FP32", [-1, -1]),
+    ]
 
 
 def test_v1_answers_each_request_kind(server, recommender):
@@ -525,6 +536,8 @@ def test_pyfunc_answers_like_the_server(serving_bundles, recommender, tmp_path):
     c = _customer(recommender)
     out = model.predict(pd.DataFrame([{"customer_id": c, "k": 5}]))
     assert [i["stock_code"] for i in out.loc[0, "items"]] == recommender.recommend_customer(c, 5).stock_codes
+    mixed = model.predict(pd.DataFrame([{"customer_id": c, "k": 5}, {"query": "red heart lantern", "k": 5}]))
+    assert mixed["customer_id"].tolist() == [c, None] and type(mixed.loc[0, "customer_id"]) is int  # not 12346.0
 
 
 # ------------------------------------------------------------------------------ arbitrary JSON (hypothesis)

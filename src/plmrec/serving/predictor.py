@@ -23,7 +23,7 @@ from pathlib import Path
 from plmrec.config import ServingParams
 from plmrec.errors import RequestError
 from plmrec.serving.bundle import Recommender, find_bundle
-from plmrec.serving.requests import answer, parse_v1, parse_v2
+from plmrec.serving.requests import V2_INPUTS, answer, parse_v1, parse_v2
 
 log = logging.getLogger("plmrec.serving")
 
@@ -43,9 +43,12 @@ def _import_kserve():
 kserve = _import_kserve()
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse  # noqa: E402
 
+V2_OUTPUTS = (("stock_code", "BYTES"), ("description", "BYTES"), ("score", "FP32"))  # [B, k] each; "" pads
+
 
 class RecommenderModel(kserve.Model):
-    """Loads the bundle in `load()`; answers v1 and v2 predict requests."""
+    """Loads the bundle in `load()`; answers v1 and v2 predict requests; describes its v2 inputs and
+    outputs (GET /v2/models/<name>)."""
 
     def __init__(
         self, name: str, bundle_dir: str | Path, limits: ServingParams | None = None, *, version: str | None = None
@@ -72,6 +75,15 @@ class RecommenderModel(kserve.Model):
             return self._v2_response(payload, results)
         return {"predictions": answer(self.recommender, parse_v1(payload, self.limits)), "model_version": self.version}
 
+    def get_input_types(self) -> list[dict]:
+        """The Open Inference Protocol inputs a request may carry (one kind per request; `customer_id` also
+        takes INT32, UINT64 and UINT32): one dimension, any length."""
+        return [{"name": name, "datatype": types[0], "shape": [-1]} for name, types in V2_INPUTS.items()]
+
+    def get_output_types(self) -> list[dict]:
+        """The outputs of every answer: [requests, k] each."""
+        return [{"name": name, "datatype": datatype, "shape": [-1, -1]} for name, datatype in V2_OUTPUTS]
+
     def _v2_response(self, request: InferRequest, results: list[dict]) -> InferResponse:
         width = max(len(r["items"]) for r in results)
         codes, descriptions, scores = [], [], []
@@ -81,11 +93,8 @@ class RecommenderModel(kserve.Model):
             descriptions += [i["description"] for i in r["items"]] + [""] * pad
             scores += [i["score"] for i in r["items"]] + [0.0] * pad
         shape = [len(results), width]
-        outputs = [
-            InferOutput("stock_code", shape, "BYTES", codes),
-            InferOutput("description", shape, "BYTES", descriptions),
-            InferOutput("score", shape, "FP32", scores),
-        ]
+        values = {"stock_code": codes, "description": descriptions, "score": scores}
+        outputs = [InferOutput(name, shape, datatype, values[name]) for name, datatype in V2_OUTPUTS]
         return InferResponse(
             response_id=request.id or str(uuid.uuid4()),
             model_name=self.name,

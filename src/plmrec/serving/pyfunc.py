@@ -78,7 +78,11 @@ def answer_frame(recommender, frame: pd.DataFrame) -> pd.DataFrame:
 
     limits = ServingParams()
     rows = frame.to_dict("records")
-    return pd.DataFrame(answer(recommender, [parse_instance(_row(r), f"row {i}", limits) for i, r in enumerate(rows)]))
+    answers = answer(recommender, [parse_instance(_row(r), f"row {i}", limits) for i, r in enumerate(rows)])
+    out = pd.DataFrame(answers)
+    if "customer_id" in out:  # ids in their own type (pandas would make 12346 beside a None 12346.0)
+        out["customer_id"] = pd.Series([a.get("customer_id") for a in answers], index=out.index, dtype=object)
+    return out
 
 
 def _row(row: dict) -> dict:
