@@ -52,6 +52,7 @@ def test_pipeline_runs_end_to_end(small_params, tiny_model_dir, mlflow_server, t
         assert f"✓ {stage} success" in out  # one progress line per stage
     assert out.splitlines()[1] == f"full log: {result.log_path}"  # where the whole log goes, first
     assert f"▶ ingest (1/{len(STAGES) + 1}, 0:00 elapsed)" in out
+    assert "serve it: plmrec serve --bundle " in out and '"customer_id": ' in out.split("then: curl")[1]
     # the UI link opens the run in the Model training view (the UI's GenAI default shows only traces)
     assert f"/runs/{result.parent_run_id}?workflowType=machine_learning" in out
 

@@ -593,3 +593,12 @@ def test_arbitrary_json_never_gets_a_5xx(server, v1, v2):
     assert r2.status_code < 500, (v2, r2.status_code, r2.text)
     assert "error" in r1.json() or r1.status_code == 200
     assert requests.get(f"{server.url}/v2/health/ready", timeout=5).status_code == 200
+
+
+def test_example_ids_are_a_known_customer_and_popular_codes(serving_bundles, recommender):
+    """What `make run` prints for a first request: ids the bundle answers."""
+    from plmrec.serving.bundle import example_ids
+
+    customer, codes = example_ids(serving_bundles["ltr"])
+    assert recommender.knows(customer) and len(codes) == 2
+    assert recommender.recommend_basket(codes, 3).unknown_stock_codes == []

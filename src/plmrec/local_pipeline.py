@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import io
+import json
 import re
 import sys
 import time
@@ -185,4 +186,23 @@ def run_local(
     if link:
         serve = "" if uri.startswith(("http://", "https://")) else f"mlflow ui --backend-store-uri {uri}, then "
         console.write(f"MLflow UI: {serve}{link}\n")
+    if ok:
+        _serving_hint(run_dir, console)
     return LocalRunResult(run_key, run_dir, uri, parent, ok, seconds, log_path)
+
+
+def _serving_hint(run_dir: Path, console) -> None:
+    """Where the run's bundle is, how to serve it and a first request with ids this data has."""
+    from plmrec.serving.bundle import example_ids
+
+    found = sorted(run_dir.glob("artifacts/*/compare-models/bundle/bundle.json"))
+    if not found:
+        return
+    bundle = found[0].parent
+    customer, codes = example_ids(bundle)
+    body = json.dumps({"instances": [{"customer_id": customer, "k": 3}, {"basket": codes, "k": 3}]})
+    console.write(
+        f"serving bundle: {bundle}\n"
+        f"serve it: plmrec serve --bundle {bundle}   (or `plmrec serve`: the registry's @champion)\n"
+        f"then: curl -s localhost:8080/v1/models/plmrec:predict -H 'content-type: application/json' -d '{body}'\n"
+    )

@@ -7,7 +7,7 @@ settings, the ranker trained on the valid window) and writes one directory:
     items.parquet        stock code, description, text cluster, popularity, buyers
     item_vectors.npy     L2-normalised item embeddings (the fine-tuned encoder)
     item_factors.npy     ALS item factors;  user_factors.npy, customers.npy: one row per customer
-    history.npz          purchase lines and latest purchase day per (customer, item)
+    history_counts.npz, history_last_day.npz  purchase lines and latest purchase day per (customer, item)
     ranker.json          the learning-to-rank XGBoost model (a learning-to-rank row: ltr, ltr+user_model)
     encoder/             the sentence-transformers encoder, for free-text queries
     search/              the BM25 index of the item descriptions (lexical and hybrid queries)
@@ -501,6 +501,18 @@ class Recommender:
             rows, fused = fuse(d, x, weight=settings["hybrid_weight"], k=settings["rrf_k"])
             out.append(self._result(rows[:k], fused[:k]))
         return out
+
+
+def example_ids(path: str | Path) -> tuple[int, list[str]]:
+    """A customer the bundle knows (the one with the most purchase lines) and its two most popular stock
+    codes: ids a first request can use on this very data."""
+    path = Path(path)
+    customers = np.load(path / "customers.npy")
+    lines = np.asarray(sp.load_npz(path / "history_counts.npz").sum(axis=1)).ravel()
+    customer = int(customers[int(np.argmax(lines))])
+    items = pd.read_parquet(path / "items.parquet", columns=["StockCode", "popularity"])
+    codes = items.sort_values("popularity", ascending=False, kind="stable")["StockCode"].astype(str).head(2).tolist()
+    return customer, codes
 
 
 def find_bundle(path: str | Path) -> Path:
