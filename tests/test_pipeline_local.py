@@ -79,7 +79,10 @@ def test_pipeline_runs_end_to_end(small_params, tiny_model_dir, mlflow_server, t
     assert "evaluation/confusion_matrix.png" in listed(children["evaluate-baseline"], "evaluation")
     assert "baseline_model/model.json" in listed(children["train-baseline"], "baseline_model")
 
-    pre = children["pretrain"]
+    pre = children["pretrain"]  # each stage run logs the params its declaration names
+    assert pre.data.params["pretrain.base_model"] == str(tiny_model_dir) and "split.train_end" in pre.data.params
+    assert "recommenders.seeds" in children["compare-models"].data.params
+    assert not any(k.startswith("pretrain.") for k in children["compare-models"].data.params)
     assert pre.data.tags["pretrain.schedule"] == "tapt-mlm -> tapt-tsdae"
     history = client.get_metric_history(pre.info.run_id, "loss/1-tapt-mlm")
     assert [m.step for m in history] == [2, 4, 6]  # live loss curve, every log_every steps

@@ -296,9 +296,22 @@ def stage_run(
     parent = parent_run(uri, params, run_key) if run_key else None
     tags = {STAGE_TAG: stage, **({RUN_KEY_TAG: run_key} if run_key else {})}
     with mlflow.start_run(experiment_id=exp_id, run_name=stage, parent_run_id=parent, tags=tags) as run:
-        if not parent:
-            mlflow.log_params({k: str(v)[:6000] for k, v in flatten(params.to_dict()).items()})
+        logged = flatten(params.to_dict()) if not parent else declared_params(params, stage)
+        mlflow.log_params({k: str(v)[:6000] for k, v in logged.items()})
         yield run
+
+
+def declared_params(params: Params, stage: str) -> dict[str, Any]:
+    """The params a stage declares it reads (its DVC `params:`), flattened: what its nested run logs, so
+    two runs' stages compare side by side in the UI (the parent run holds every value)."""
+    from plmrec import stages
+
+    if stage not in stages.STAGES:
+        return {}
+    sections = stages.spec(stage).params
+    return {
+        k: v for k, v in flatten(params.to_dict()).items() if any(k == s or k.startswith(s + ".") for s in sections)
+    }
 
 
 SCHEMA_SAMPLE_ROWS = 1000
