@@ -67,10 +67,11 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
 
-    from plmrec import stages
     from plmrec.config import load_params
     from plmrec.data.seqrec import load_seqrec
     from plmrec.pretrain.models import quiet_transformers
+    from plmrec.stages.ingest import ingest
+    from plmrec.stages.prepare import prepare
     from plmrec.usermodel.fit import FitSettings, fit
     from plmrec.usermodel.model import UserModel, UserModelSpec
     from plmrec.usermodel.retrieval import evaluate
@@ -116,8 +117,8 @@ def main() -> None:
 
     # -- target: Online Retail windows, the same encoder
     raw, prepared_path = work / "data" / "raw.parquet", work / "data" / "prepared.parquet"
-    _stage(work / "data", "ingest", lambda: stages.ingest(params, raw))
-    _stage(work / "data", "prepare", lambda: stages.prepare(params, raw, prepared_path))
+    _stage(work / "data", "ingest", lambda: ingest(params, raw=raw))
+    _stage(work / "data", "prepare", lambda: prepare(params, raw=raw, prepared=prepared_path))
     prepared = pd.read_parquet(prepared_path)
     _stage(work, "embed", lambda: base_items(prepared, work / "base-encoder"))
     items = pd.read_parquet(work / "base-encoder" / "item_embeddings.parquet")
