@@ -166,6 +166,9 @@ def test_pipeline_runs_end_to_end(small_params, tiny_model_dir, mlflow_server, t
         compared.data.metrics[f"recommender/{served.replace('+', '_')}/ndcg_at_10_mean"]
     )
     assert m["registered_version"] == float(champion.version)
+    assert f"{served} (test " in champion.description and "gate: promoted to @champion" in champion.description
+    assert f"item text from the '{chosen}' encoder" in champion.description
+    assert "@champion is what is served" in client.get_registered_model("pipeline-test-recommender").description
     info = mlflow.models.get_model_info(f"models:/pipeline-test-recommender/{champion.version}")
     assert info.signature is not None and "customer_id" in info.signature.inputs.input_names()
     model_uri = f"models:/pipeline-test-recommender/{champion.version}"

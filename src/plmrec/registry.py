@@ -254,6 +254,21 @@ def rollback(client, rp: RegistryParams) -> tuple[str, str]:
     return str(current.version), previous
 
 
+MODEL_DESCRIPTION = (
+    "plmrec's served recommender: each version is one pipeline run's bundle (register-model), with its test "
+    "figures, data version and the promotion gate's verdict in its description; @champion is what is served, "
+    "@challenger the newest version; `plmrec promote --rollback` moves @champion back."
+)
+
+
+def describe(client, rp: RegistryParams, version: str, *, text: str) -> None:
+    """The version's description (what it is, on what data, what the gate said), and the registered
+    model's own description where it has none yet."""
+    client.update_model_version(rp.model_name, str(version), description=text[:5000])
+    if not client.get_registered_model(rp.model_name).description:
+        client.update_registered_model(rp.model_name, description=MODEL_DESCRIPTION)
+
+
 def download(uri: str, name: str, alias: str, *, dst: str | Path) -> tuple[Path, str]:
     """Download `models:/name@alias` into `dst`; returns (local directory, version)."""
     import mlflow

@@ -175,6 +175,12 @@ def build_bundle(
     return out
 
 
+def _encoder_choice(encoder_dir: str | Path) -> str | None:
+    """Which encoder evaluate-retrieval chose (selection.json beside the model), when it says."""
+    found = Path(encoder_dir).parent / "selection.json"
+    return json.loads(found.read_text()).get("chosen") if found.is_file() else None
+
+
 def _write_user_model(source: str | Path, out: Path, *, prepared: pd.DataFrame, customers, codes) -> None:
     """The user model, every customer's C vectors (all purchases, in `customers` order) and its item vectors."""
     from plmrec.usermodel import store
@@ -236,7 +242,7 @@ def write_bundle(
         chosen={**recommender_detail["chosen"][seed], "seed": seed},
         ranker=recommender_detail["rankers"].get(seed, {}).get(model),
         metrics=metrics,
-        encoder_info={"source": str(encoder_dir)},
+        encoder_info={"source": str(encoder_dir), "name": _encoder_choice(encoder_dir)},
         user_model=user_model,
         search=search,
     )

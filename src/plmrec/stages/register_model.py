@@ -50,6 +50,22 @@ def _deploy_champion(params: Params, client, decision) -> str | None:
     return uri
 
 
+def _description(meta: dict, tags: dict, gated) -> str:
+    """A version's description: the served model and its test figures, the encoder, the data, the gate."""
+    primary = {k: v for k, v in meta["metrics"].items() if "@" in k and not k.endswith("_std")}
+    figures = ", ".join(
+        f"{k} {v:.4f}" + (f" ± {meta['metrics'][k + '_std']:.4f}" if k + "_std" in meta["metrics"] else "")
+        for k, v in list(primary.items())[:4]
+    )
+    encoder = meta.get("encoder", {}).get("name") or Path(meta.get("encoder", {}).get("source", "?")).name
+    return (
+        f"{meta['model']} (test {figures}, mean ± std over seeds); item text from the '{encoder}' encoder; "
+        f"{meta['customers']:,} customers, {meta['items']:,} items, data md5 {tags['data.md5']}; "
+        f"pipeline run {tags['plmrec.run_key'] or '(standalone)'}; gate: "
+        f"{'promoted to @champion' if gated.promoted else 'not promoted'}: {gated.reason}"
+    )
+
+
 def register_model(
     params: Params,
     *,
@@ -85,6 +101,7 @@ def register_model(
         tracking.log_numeric(logged)
         tracking.set_tags({"plmrec.registered_version": version, "plmrec.gate": gated.reason})
         tracking.log_parent_metrics(params, logged, run_key=run_key, tracking_uri=tracking_uri)
+        registry.describe(client, registry_params, version, text=_description(meta, tags, gated))
         deployed = _deploy_champion(params, client, gated) if gated.promoted else None
         if deployed:
             tracking.set_tags({"plmrec.deployed_storage_uri": deployed})
