@@ -47,7 +47,7 @@ def test_amazon_reviews_with_metadata(tmp_path):
     assert shop.adapter == "amazon" and adapters.detect_format(MAGAZINE) == "amazon"
     # 2,375 reviews of 157 items; 151 of them have metadata: the others' reviews are dropped, counted
     kept = len(shop.interactions)
-    assert kept + shop.dropped["interaction_item_not_in_catalogue"] == 2375
+    assert kept + shop.dropped["interaction_item_not_in_catalogue"] + shop.dropped["duplicate_interaction"] == 2375
     assert shop.interactions["item"].nunique() == 151 and shop.has("rating")
     assert len(shop.reviews) + shop.dropped["review_item_not_in_catalogue"] == 2375
     assert shop.dropped["duplicate_item"] == 3385 - 2320  # the raw metadata repeats items
@@ -70,7 +70,7 @@ def test_recbole_atomic_files_written_from_a_real_slice(tmp_path):
     as the same interactions the Amazon adapter gives."""
     from plmrec.data.amazon import load_items, load_reviews
 
-    reviews = load_reviews(MAGAZINE)
+    reviews = load_reviews(MAGAZINE).drop_duplicates(["user_id", "item_id", "timestamp", "rating"])  # as amazon's
     inter = pd.DataFrame(
         {
             "user_id": reviews["user_id"],
@@ -105,7 +105,7 @@ def test_the_unisrec_benchmark_keeps_its_own_leave_one_out_split():
     split = shop.interactions["split"]
     assert (split == "test").sum() == (split == "valid").sum() == 8442
     found = report(shop, Params())
-    assert found["split"]["mode"].startswith("the benchmark's own")
+    assert found["split"]["mode"].startswith("leave-one-out")
     again, short = leave_one_out(shop.interactions)  # RecBole's rule gives the benchmark's split back
     assert short == 0 and (again == split).all()
 
@@ -207,7 +207,56 @@ def test_data_inspect_prints_the_adapter_counts_split_and_what_runs(tmp_path):
     path.write_bytes(gzip.compress("\n".join(lines).encode()))
     res = CliRunner().invoke(main, ["data", "inspect", str(path)])
     assert res.exit_code == 0, res.output
-    assert "adapter: amazon" in res.output and "users 3" in res.output and "split: temporal" in res.output
+    assert "adapter: amazon" in res.output and "users 3" in res.output and "split: leave-one-out" in res.output
     assert "skipped  quantity-label XGBoost" in res.output and "runs     review/item" in res.output
     res = CliRunner().invoke(main, ["data", "inspect", str(path), "--json"])
     assert json.loads(res.output)["counts"]["interactions"] == 12
+
+
+@realdata
+def test_amazon_reviews_become_the_stages_table_with_a_leave_one_out_split():
+    """What ingest writes for a non-Online-Retail format, and what prepare makes of it: text ids kept,
+    what the data lacks named, each user's last review test and the one before valid."""
+    from plmrec.data.prepare import prepare_transactions, split_mode_of
+    from plmrec.data.shop import to_transactions
+    from plmrec.validation import validate_table
+
+    params = _params(source="file", path=str(MAGAZINE), meta_path=str(MAGAZINE_META))
+    shop = adapters.read_shop(params)
+    table, meta = to_transactions(shop)
+    assert meta["adapter"] == "amazon" and meta["absent"] == ["basket", "quantity", "price", "country"]
+    assert meta["dropped"]["duplicate_interaction"] > 0  # Amazon's file repeats some reviews
+    assert table["CustomerID"].map(type).eq(str).all() and (table["Quantity"] == 1).all()
+    assert validate_table(table, "raw", params, meta=meta).success
+    prepared, info = prepare_transactions(table, params.clean, params.split, adapter="amazon", absent=meta["absent"])
+    assert info["split"]["mode"] == split_mode_of(prepared) == "leave_one_out"
+    assert "quantity_labels" in info["skipped"] and (prepared["label"] == 0).all()
+    per_user = prepared.groupby(["CustomerID", "split"]).size().unstack(fill_value=0)
+    assert (per_user["test"] == 1).all() and (per_user["valid"] == 1).all()
+    last = prepared.sort_values("position").groupby("CustomerID").tail(1)
+    assert (last["split"] == "test").all()
+    assert validate_table(prepared, "prepared", params, meta=info).success
+
+
+@realdata
+def test_the_unisrec_benchmark_prepares_to_its_own_split():
+    from plmrec.data.prepare import prepare_transactions
+    from plmrec.data.shop import to_transactions
+
+    params = _params(source="file", path=str(SCIENTIFIC))
+    table, meta = to_transactions(adapters.read_shop(params))
+    assert "time" in meta["absent"] and table["InvoiceDate"].notna().all()  # positions as days
+    prepared, info = prepare_transactions(table, params.clean, params.split, adapter="unisrec", absent=meta["absent"])
+    assert info["cleaning"]["rows_out"] == len(table) == 59_384
+    assert (prepared["split"] == prepared["benchmark_split"]).all()
+
+
+def test_the_temporal_split_stays_the_online_retail_default(small_raw):
+    from plmrec.data.prepare import prepare_transactions, split_mode, split_mode_of
+
+    params = Params()
+    assert split_mode(params.split, "online_retail") == "temporal"
+    assert split_mode(params.split, "recbole") == "leave_one_out"
+    prepared, info = prepare_transactions(small_raw, params.clean, params.split)
+    assert split_mode_of(prepared) == "temporal" and info["split"]["train_end"] == "2011-09-01"
+    assert prepared["CustomerID"].dtype == "int64"  # Online Retail's numbers stay numbers

@@ -136,8 +136,8 @@ def data_validate(path, params_path, overrides, suite, report_dir):
     from plmrec.validation import validate_table
 
     params = load_params(params_path, overrides)
-    df = read_table(path)[0] if suite == "prepared" else load_transactions(path, encoding=params.data.encoding)
-    outcome = validate_table(df, suite, params, report_dir=Path(report_dir) / suite)
+    df, meta = read_table(path) if suite == "prepared" else (load_transactions(path, encoding=params.data.encoding), {})
+    outcome = validate_table(df, suite, params, report_dir=Path(report_dir) / suite, meta=meta)
     click.echo(outcome.summary + f" Report: {Path(report_dir) / suite / 'report.html'}")
 
 

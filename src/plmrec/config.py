@@ -85,6 +85,11 @@ class CleanParams(_Section):
 
 
 class SplitParams(_Section):
+    mode: Literal["auto", "temporal", "leave_one_out"] = Field(
+        "auto",
+        description="temporal: by train_end/valid_end; leave_one_out: each user's last interaction is test, "
+        "the one before valid (RecBole's); auto: temporal for Online Retail, leave_one_out for the other formats",
+    )
     train_end: dt.date = dt.date(2011, 9, 1)
     valid_end: dt.date = dt.date(2011, 10, 15)
 

@@ -80,7 +80,7 @@ class TabularEncoder:
         out["weekday"] = when.dt.dayofweek
         out["month"] = when.dt.month
         out["day_of_month"] = when.dt.day
-        out["customer_id"] = cust.astype(float)
+        out["customer_id"] = pd.to_numeric(cust, errors="coerce")  # text ids (Amazon's) are missing values
         out["country_code"] = df["Country"].map(self.countries).fillna(-1)
         out["customer_train_invoices"] = cust.map(self.customer_invoices).fillna(0)
         out["customer_train_lines"] = cust.map(self.customer_lines).fillna(0)

@@ -160,7 +160,15 @@ def amazon(params: Params, path: Path) -> ShopData:
         items = pd.DataFrame({"item": interactions["item"].drop_duplicates().to_numpy(), "title": ""})
     items["text"] = item_sentence(items, _template(params.data, items))
     columns = {"user": "user_id|reviewerID", "item": "parent_asin|asin", "time": "timestamp|unixReviewTime"}
-    return finish(interactions, items, reviews=review_table, adapter="amazon", sources=sources, columns=columns)
+    return finish(
+        interactions,
+        items,
+        reviews=review_table,
+        adapter="amazon",
+        sources=sources,
+        columns=columns,
+        unique_events=True,
+    )
 
 
 def _atomic(path: Path) -> pd.DataFrame:
@@ -300,3 +308,12 @@ def _template(data: DataParams, items: pd.DataFrame) -> str:
         return data.item_template
     present = [f for f in ITEM_TEXT_FIELDS if f in items]
     return ". ".join(f"{{{f}}}" for f in present) or "{item}"
+
+
+def data_format(params: Params) -> str:
+    """The adapter `plmrec run` uses: online_retail for the synthetic generator and downloads, else
+    data.format, or what data.path's layout says where it is `auto`."""
+    data = params.data
+    if data.source != "file":
+        return "online_retail"
+    return data.format if data.format != "auto" else detect_format(data.path)

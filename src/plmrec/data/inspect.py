@@ -4,23 +4,29 @@ and which parts of the pipeline the data can feed and which it cannot (with the 
 
 from __future__ import annotations
 
+import pandas as pd
+
 from plmrec.config import Params
 from plmrec.data.shop import SPLITS, ShopData, leave_one_out, temporal
-
-PIPELINE_FORMATS = ("online_retail",)  # what `plmrec run` reads today; the others: inspect (issue 36)
-
 
 def _counts(split) -> dict:
     return {s: int((split == s).sum()) for s in SPLITS} | {"none": int(split.isna().sum())}
 
 
 def split_plan(shop: ShopData, params: Params) -> dict:
-    """The split the data would get: a benchmark's own, the temporal one (split.train_end, split.valid_end)
-    where it has times, else leave-one-out; interactions per part."""
+    """The split `prepare` will make (split.mode; auto: temporal for Online Retail, else leave-one-out),
+    interactions per part."""
+    from plmrec.data.prepare import split_mode
+
     inter = shop.interactions
-    if "split" in inter and inter["split"].notna().any():
-        return {"mode": "the benchmark's own (leave-one-out)", "interactions": _counts(inter["split"])}
-    if inter["time"].notna().any():
+    mode = split_mode(params.split, shop.adapter)
+    if mode == "temporal" and not shop.has("time"):
+        return {
+            "mode": "temporal, but the data has no times",
+            "interactions": _counts(pd.Series(None, index=inter.index, dtype=object)),
+            "warning": "set split.mode: leave_one_out",
+        }
+    if mode == "temporal":
         split = temporal(inter, params.split.train_end, params.split.valid_end)
         plan = {
             "mode": f"temporal: train < {params.split.train_end} <= valid < {params.split.valid_end} <= test",
@@ -32,7 +38,7 @@ def split_plan(shop: ShopData, params: Params) -> dict:
         return plan
     split, short = leave_one_out(inter)
     return {
-        "mode": "leave-one-out (no times: each user's last interaction is test, the one before valid)",
+        "mode": "leave-one-out (each user's last interaction is test, the one before valid)",
         "interactions": _counts(split),
         "users_too_short": short,
     }
@@ -57,8 +63,8 @@ def coverage(shop: ShopData) -> list[tuple[str, bool, str]]:
         ),
         (
             "quantity-label XGBoost (train-baseline, evaluate-baseline, the classifier ablation)",
-            shop.has("quantity") and shop.has("price"),
-            "needs quantity and price per interaction",
+            shop.has("quantity"),
+            "needs a quantity per interaction",
         ),
         (
             "review/item fine-tuning pairs and product search (evaluate-search)",
@@ -67,11 +73,6 @@ def coverage(shop: ShopData) -> list[tuple[str, bool, str]]:
         ),
         ("ratings", shop.has("rating"), "ratings present" if shop.has("rating") else "no rating column"),
         ("user attributes (country)", shop.has("country"), "for the consumer-profile probe"),
-        (
-            "`plmrec run` end to end",
-            shop.adapter in PIPELINE_FORMATS,
-            "reads this format" if shop.adapter in PIPELINE_FORMATS else "not yet: the stages read Online Retail only",
-        ),
     ]
 
 

@@ -25,13 +25,17 @@ class CleaningReport:
         return asdict(self)
 
 
-def clean_transactions(df: pd.DataFrame, params: CleanParams) -> tuple[pd.DataFrame, CleaningReport]:
-    """Drop rows without a customer, cancelled invoices and non-positive quantities (and, if asked, zero prices)."""
+def clean_transactions(
+    df: pd.DataFrame, params: CleanParams, *, adapter: str = "online_retail"
+) -> tuple[pd.DataFrame, CleaningReport]:
+    """Drop rows without a customer, cancelled invoices (Online Retail's 'C' invoices) and non-positive
+    quantities (and, if asked, zero prices)."""
     report = CleaningReport(rows_in=len(df))
     rules = [("exact_duplicate", df.duplicated(subset=TRANSACTION_COLUMNS))] if params.drop_exact_duplicates else []
+    rules.append(("missing_customer", df["CustomerID"].isna()))
+    if adapter == "online_retail":
+        rules.append(("cancelled_invoice", df["InvoiceNo"].str.startswith("C", na=False)))
     rules += [
-        ("missing_customer", df["CustomerID"].isna()),
-        ("cancelled_invoice", df["InvoiceNo"].str.startswith("C", na=False)),
         ("non_positive_quantity", df["Quantity"] <= 0),
         ("negative_price", df["UnitPrice"] < 0),
     ]
@@ -51,11 +55,38 @@ def clean_transactions(df: pd.DataFrame, params: CleanParams) -> tuple[pd.DataFr
             + ". The rules and their settings: clean.* in params.yaml, 'Cleaning' in the README"
         )
     out = df.loc[keep].reset_index(drop=True)
-    out["CustomerID"] = out["CustomerID"].astype("int64")
+    if pd.api.types.is_numeric_dtype(out["CustomerID"]):
+        out["CustomerID"] = out["CustomerID"].astype("int64")  # 12346.0 -> 12346, as the shop wrote it
     report.rows_out = len(out)
     report.customers = int(out["CustomerID"].nunique())
     report.stock_codes = int(out["StockCode"].nunique())
     return out, report
+
+
+def split_mode(params: SplitParams, adapter: str) -> str:
+    """split.mode with `auto` resolved: temporal for Online Retail (and the synthetic generator), else
+    leave-one-out, the protocol of the public benchmarks the other formats carry."""
+    if params.mode != "auto":
+        return params.mode
+    return "temporal" if adapter == "online_retail" else "leave_one_out"
+
+
+def split_mode_of(prepared: pd.DataFrame) -> str:
+    """The prepared table's split mode, from its metadata (read_table and prepare_transactions put it in
+    `attrs`): temporal where it says nothing (tables written before the mode existed)."""
+    return prepared.attrs.get("plmrec", {}).get("split", {}).get("mode", "temporal")
+
+
+def leave_one_out_split(df: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
+    """Each user's last interaction (by position, else time, then row order) is test, the one before it
+    valid, the rest train; (split, mask of rows whose user has fewer than three interactions)."""
+    order = ["CustomerID", "position"] if "position" in df else ["CustomerID", "InvoiceDate"]
+    ranked = df.assign(_row=np.arange(len(df))).sort_values([*order, "_row"], kind="stable")
+    from_end = ranked.groupby("CustomerID", sort=False).cumcount(ascending=False)
+    size = ranked.groupby("CustomerID", sort=False)["CustomerID"].transform("size")
+    split = np.where(from_end == 0, "test", np.where(from_end == 1, "valid", "train"))
+    out = pd.Series(split, index=ranked.index, dtype="string").reindex(df.index)
+    return out, (size < 3).reindex(df.index)
 
 
 def _cutoffs(params: SplitParams) -> tuple[pd.Timestamp, pd.Timestamp]:
@@ -78,11 +109,23 @@ def window_rows(df: pd.DataFrame, split: str) -> tuple[pd.DataFrame, pd.DataFram
     return df[df["split"].isin(before)], df[df["split"] == split]
 
 
-def check_split(df: pd.DataFrame, params: SplitParams) -> None:
-    """Raise if a split is empty or a training row is not before the first cut-off."""
+def check_split(df: pd.DataFrame, params: SplitParams, *, mode: str = "temporal") -> None:
+    """Raise if a split is empty or a training row is not before the first cut-off (temporal), or a
+    user's valid or test interaction is not its second-last or last (leave-one-out)."""
     train_end, valid_end = _cutoffs(params)
     counts = df["split"].value_counts()
     empty = [s for s in SPLITS if counts.get(s, 0) == 0]
+    if empty and mode == "leave_one_out":
+        raise PlmrecError(
+            f"split {', '.join(empty)} is empty: leave-one-out needs users with at least three interactions"
+        )
+    if mode == "leave_one_out":
+        per_user = df.groupby(["CustomerID", "split"]).size().unstack(fill_value=0)
+        wrong = per_user[(per_user.get("test", 0) != 1) | (per_user.get("valid", 0) != 1)]
+        if len(wrong):
+            raise PlmrecError(f"leave-one-out: {len(wrong)} users do not have exactly one valid and one test row, "
+                              f"first: {wrong.index[0]!r}")
+        return
     if empty:
         lo, hi = df["InvoiceDate"].min(), df["InvoiceDate"].max()
         raise PlmrecError(
@@ -126,20 +169,51 @@ def apply_labels(quantity: pd.Series, thresholds: list[float]) -> pd.Series:
                      index=quantity.index, dtype="int64")
 
 
-def prepare_transactions(raw: pd.DataFrame, clean: CleanParams, split: SplitParams) -> tuple[pd.DataFrame, dict]:
-    """Clean, split by date, fit labels on train; returns the table and its metadata."""
-    cleaned, report = clean_transactions(raw, clean)
-    cleaned["split"] = assign_split(cleaned, split)
-    check_split(cleaned, split)
-    thresholds = fit_label_thresholds(cleaned.loc[cleaned["split"] == "train", "Quantity"], clean.n_quantity_labels)
-    cleaned["label"] = apply_labels(cleaned["Quantity"], thresholds)
+def prepare_transactions(
+    raw: pd.DataFrame,
+    clean: CleanParams,
+    split: SplitParams,
+    *,
+    adapter: str = "online_retail",
+    absent: tuple[str, ...] | list[str] = (),
+) -> tuple[pd.DataFrame, dict]:
+    """Clean, split (by date or leave-one-out), fit labels on train; returns the table and its metadata.
+    `adapter` and `absent` come from the raw table's metadata: what format it was and what it lacks."""
+    cleaned, report = clean_transactions(raw, clean, adapter=adapter)
+    mode = split_mode(split, adapter)
+    if mode == "leave_one_out":
+        cleaned["split"], short = leave_one_out_split(cleaned)
+        if short.any():
+            report.dropped["user_too_short"] = int(short.sum())
+            cleaned = cleaned[~short].reset_index(drop=True)
+            report.rows_out = len(cleaned)
+            report.customers = int(cleaned["CustomerID"].nunique())
+            report.stock_codes = int(cleaned["StockCode"].nunique())
+    else:
+        cleaned["split"] = assign_split(cleaned, split)
+    check_split(cleaned, split, mode=mode)
+    skipped = {}
+    if "quantity" in absent:
+        thresholds: list[float] = []
+        cleaned["label"] = pd.Series(0, index=cleaned.index, dtype="int64")
+        skipped["quantity_labels"] = "the data has no quantities: every row is label 0, the classifiers are skipped"
+    else:
+        train_quantity = cleaned.loc[cleaned["split"] == "train", "Quantity"]
+        thresholds = fit_label_thresholds(train_quantity, clean.n_quantity_labels)
+        cleaned["label"] = apply_labels(cleaned["Quantity"], thresholds)
     label_share = cleaned.loc[cleaned["split"] == "train", "label"].value_counts(normalize=True).sort_index()
+    split_meta = {"mode": mode, "rows": {s: int((cleaned["split"] == s).sum()) for s in SPLITS}}
+    if mode == "temporal":
+        split_meta = {"train_end": str(split.train_end), "valid_end": str(split.valid_end), **split_meta}
     meta = {
+        "adapter": adapter,
+        "absent": list(absent),
+        "skipped": skipped,
         "cleaning": report.to_dict(),
-        "split": {"train_end": str(split.train_end), "valid_end": str(split.valid_end),
-                  "rows": {s: int((cleaned["split"] == s).sum()) for s in SPLITS}},
+        "split": split_meta,
         "label_thresholds": thresholds,
         "train_label_share": {str(k): round(float(v), 4) for k, v in label_share.items()},
         "prepared_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
+    cleaned.attrs["plmrec"] = meta
     return cleaned, meta

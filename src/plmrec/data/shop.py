@@ -11,7 +11,7 @@
 
 Bad input is a clear error naming the table and column, or a counted drop (`ShopData.dropped`):
 interactions whose item has no catalogue row, duplicate catalogue ids (the first is kept), reviews of
-items not in the catalogue, interactions without a user or an item. Nothing is dropped silently.
+items not in the catalogue, interactions without a user or an item, a review repeated in every column. Nothing is dropped silently.
 """
 
 from __future__ import annotations
@@ -125,9 +125,12 @@ def finish(
     adapter: str,
     sources: list[str],
     columns: dict[str, str] | None = None,
+    unique_events: bool = False,
 ) -> ShopData:
     """The adapters' common last step: ids as strings, positions per user, the catalogue de-duplicated,
-    interactions and reviews without a catalogue item dropped, every drop counted."""
+    interactions and reviews without a catalogue item dropped, every drop counted. `unique_events`: an
+    interaction cannot happen twice (a review), so a repeat in every column is dropped; elsewhere (two
+    identical order lines) repeats stay, for validation to count and clean.drop_exact_duplicates to merge."""
     dropped: dict[str, int] = {}
     for name, frame in (("interactions", interactions), ("items", items)):
         need = ITEM_COLUMNS if name == "items" else ["user", "item"]
@@ -165,6 +168,11 @@ def finish(
     if "time" not in inter:
         inter["time"] = pd.NaT
     inter["time"] = pd.to_datetime(inter["time"], errors="coerce")
+    if unique_events and inter["time"].notna().any():  # the same review twice (Amazon's files repeat some)
+        same = inter.drop(columns=[c for c in ("position",) if c in inter]).duplicated()
+        if same.any():
+            dropped["duplicate_interaction"] = int(same.sum())
+            inter = inter[~same]
     if "position" not in inter:  # oldest first; ties keep the file's order
         inter["_row"] = range(len(inter))
         inter = inter.sort_values(["user", "time", "_row"], kind="stable", na_position="last")
@@ -214,3 +222,81 @@ def temporal(interactions: pd.DataFrame, train_end, valid_end) -> pd.Series:
     split[(time >= pd.Timestamp(train_end)) & (time < pd.Timestamp(valid_end))] = "valid"
     split[time >= pd.Timestamp(valid_end)] = "test"
     return split
+
+
+# Columns the pipeline's stages read (the Online Retail names, plmrec.data.schema): what each canonical
+# column becomes, and the value a row gets where the data has no such column.
+TRANSACTION_FROM_CANONICAL = {
+    "user": "CustomerID",
+    "item": "StockCode",
+    "time": "InvoiceDate",
+    "basket": "InvoiceNo",
+    "quantity": "Quantity",
+    "price": "UnitPrice",
+    "country": "Country",
+}
+SYNTHETIC_CLOCK = pd.Timestamp("2000-01-01")  # data without times: position k of a history is day k
+
+
+def customer_ids(values: pd.Series) -> pd.Series:
+    """User ids in the type the data has: int64 where every id is a plain integer ('12518', not '007'),
+    else text. A client then sends the id as the shop writes it, to v1 and v2 alike."""
+    text = values.astype(str)
+    if len(text) and text.str.fullmatch(r"0|[1-9]\d{0,17}").all():
+        return text.astype("int64")
+    return text.astype(object)
+
+
+def to_transactions(shop: ShopData) -> tuple[pd.DataFrame, dict]:
+    """The canonical tables as the table the stages read: one row per interaction, the item's sentence as
+    its Description, and what the data lacks filled (quantity 1, price 0, one basket per user and time)
+    and named in `meta['absent']` so the stages that need it are skipped, never fed the fill."""
+    inter = shop.interactions
+    text = shop.items.set_index("item")["text"]
+    has_time = shop.has("time")
+    time = inter["time"] if has_time else SYNTHETIC_CLOCK + pd.to_timedelta(inter["position"], unit="D")
+    if has_time and inter["time"].isna().any():
+        raise DataLoadError(
+            f"interactions: {int(inter['time'].isna().sum()):,} of {len(inter):,} rows have no time while "
+            "the others do; give every row a time or none"
+        )
+    user = customer_ids(inter["user"])
+    basket = inter["basket"] if shop.has("basket") else user.astype(str) + "@" + time.dt.strftime("%Y-%m-%d %H:%M")
+    out = pd.DataFrame(
+        {
+            "InvoiceNo": basket.astype(str).to_numpy(),
+            "StockCode": inter["item"].astype(str).to_numpy(),
+            "Description": inter["item"].map(text).fillna("").astype(str).to_numpy(),
+            "Quantity": (inter["quantity"] if shop.has("quantity") else pd.Series(1, index=inter.index))
+            .fillna(1)
+            .round()
+            .astype("int64")
+            .to_numpy(),
+            "InvoiceDate": pd.to_datetime(time).astype("datetime64[ns]").to_numpy(),
+            "UnitPrice": (inter["price"] if shop.has("price") else pd.Series(0.0, index=inter.index))
+            .fillna(0.0)
+            .astype("float64")
+            .to_numpy(),
+            "CustomerID": user.to_numpy(),
+            "Country": (inter["country"] if shop.has("country") else pd.Series("", index=inter.index))
+            .fillna("")
+            .astype(str)
+            .to_numpy(),
+            "position": inter["position"].astype("int64").to_numpy(),
+        }
+    )
+    if shop.has("rating"):
+        out["rating"] = inter["rating"].to_numpy()
+    if "split" in inter and inter["split"].notna().any():
+        out["benchmark_split"] = inter["split"].astype(object).to_numpy()
+    absent = [c for c in ("time", "basket", "quantity", "price", "country") if not shop.has(c)]
+    meta = {
+        "adapter": shop.adapter,
+        "sources": shop.sources,
+        "columns": shop.columns,
+        "dropped": shop.dropped,
+        "absent": absent,
+        "counts": shop.facts(),
+        "reviews": 0 if shop.reviews is None else len(shop.reviews),
+    }
+    return out, meta

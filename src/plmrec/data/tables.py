@@ -32,7 +32,9 @@ def read_table(path: str | Path, columns: list[str] | None = None) -> tuple[pd.D
     table = pq.read_table(path, columns=columns)
     raw = (table.schema.metadata or {}).get(_META_KEY)
     meta = json.loads(raw) if raw else {}
-    return table.to_pandas(), meta
+    frame = table.to_pandas()
+    frame.attrs["plmrec"] = meta  # what the table is (its format, split mode) travels with it
+    return frame, meta
 
 
 def read_meta(path: str | Path) -> dict[str, Any]:

@@ -28,12 +28,19 @@ HISTORY_TEMPLATES = ("plain", "structured")
 
 
 def training_rows(prepared: pd.DataFrame, train_end: dt.date | str) -> pd.DataFrame:
-    """The rows fine-tuning may learn from: split 'train', all strictly before train_end (checked)."""
+    """The rows fine-tuning may learn from: split 'train', all strictly before train_end (checked where
+    the split is temporal; a leave-one-out split holds each user's earlier interactions)."""
+    from plmrec.data.prepare import split_mode_of
+
     missing = {"CustomerID", "InvoiceNo", "InvoiceDate", "StockCode", "Description", "split"} - set(prepared.columns)
     if missing:
         raise PairError(f"prepared table lacks columns {sorted(missing)}")
     cut = pd.Timestamp(train_end)
     train = prepared[prepared["split"] == "train"]
+    if split_mode_of(prepared) == "leave_one_out":
+        if train.empty:
+            raise PairError("no training rows: every user has fewer than three interactions")
+        return train
     late = train[train["InvoiceDate"] >= cut]
     if len(late):
         first = late.iloc[0]

@@ -50,7 +50,7 @@ def temporal_queries(
         if exclude_history:
             wanted -= set(history)
         if history and wanted:
-            users.append(int(customer))
+            users.append(customer)
             histories.append(history)
             relevant.append(wanted)
     return Queries(users, histories, relevant)

@@ -142,7 +142,7 @@ def build_bundle(
     np.save(out / "item_vectors.npy", vectors)
     np.save(out / "item_factors.npy", vf.astype(np.float32))
     np.save(out / "user_factors.npy", uf.astype(np.float32))
-    np.save(out / "customers.npy", customers.astype(np.int64))
+    np.save(out / "customers.npy", stored_ids(customers))
     sp.save_npz(out / "history_counts.npz", counts)
     sp.save_npz(out / "history_last_day.npz", last_day)
     if row.learning_to_rank:
@@ -283,7 +283,8 @@ class Recommender:
         self.popularity = items["popularity"].to_numpy(np.float64)
         self.item_customers = items["customers"].to_numpy(np.float64)
         self.item_col = {c: i for i, c in enumerate(self.codes)}
-        self.customer_row = {int(c): i for i, c in enumerate(customers)}
+        self.text_ids = customers.dtype.kind == "U"  # the shop's ids are text (Amazon's), else integers
+        self.customer_row = {self.customer_key(c): i for i, c in enumerate(customers.tolist())}
         shapes = {
             "item_vectors": self.item_vectors.shape[0],
             "item_factors": self.item_factors.shape[0],
@@ -340,8 +341,18 @@ class Recommender:
     def n_items(self) -> int:
         return len(self.codes)
 
-    def knows(self, customer_id: int) -> bool:
-        return int(customer_id) in self.customer_row
+    def customer_key(self, customer_id) -> int | str | None:
+        """A client's id as the bundle holds it: 12347 and '12347' are one integer id; with text ids
+        (the shop's own type), a number sent is read as its text. None: it cannot be one of ours."""
+        if self.text_ids:
+            return str(customer_id)
+        try:
+            return int(customer_id)
+        except (TypeError, ValueError):
+            return None
+
+    def knows(self, customer_id) -> bool:
+        return self.customer_key(customer_id) in self.customer_row
 
     # -- scoring -------------------------------------------------------------------------------------
 
@@ -440,7 +451,7 @@ class Recommender:
         self, customer_id: int, k: int, basket: list[str] | None = None, *, exclude_seen: bool = False
     ) -> Recommendation:
         """Top-K for a known customer (their history, plus an optional current basket)."""
-        row = self.customer_row.get(int(customer_id))
+        row = self.customer_row.get(self.customer_key(customer_id))
         if row is None:
             if basket:
                 return self.recommend_basket(basket, k, exclude_seen)
@@ -509,13 +520,21 @@ class Recommender:
         return out
 
 
-def example_ids(path: str | Path) -> tuple[int, list[str]]:
+def stored_ids(customers) -> np.ndarray:
+    """Customer ids for customers.npy: int64 where the data's ids are integers, else text (no pickles)."""
+    values = np.asarray(customers)
+    if values.dtype.kind in "iu":
+        return values.astype(np.int64)
+    return values.astype(str)
+
+
+def example_ids(path: str | Path) -> tuple[int | str, list[str]]:
     """A customer the bundle knows (the one with the most purchase lines) and its two most popular stock
     codes: ids a first request can use on this very data."""
     path = Path(path)
     customers = np.load(path / "customers.npy")
     lines = np.asarray(sp.load_npz(path / "history_counts.npz").sum(axis=1)).ravel()
-    customer = int(customers[int(np.argmax(lines))])
+    customer = customers.tolist()[int(np.argmax(lines))]
     items = pd.read_parquet(path / "items.parquet", columns=["StockCode", "popularity"])
     codes = items.sort_values("popularity", ascending=False, kind="stable")["StockCode"].astype(str).head(2).tolist()
     return customer, codes

@@ -8,7 +8,7 @@ with the HTTP status to answer and a message that names the field.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -24,7 +24,7 @@ class Query:
 
     kind: str  # customer | basket | query
     k: int
-    customer_id: int | None = None
+    customer_id: int | str | None = None  # the id type the shop's data has
     basket: list[str] = field(default_factory=list)
     text: str = ""
     exclude_seen: bool = False
@@ -32,6 +32,10 @@ class Query:
 
 
 INT64_MAX = 2**63 - 1
+MAX_ID_CHARS = 256
+# A customer id as the shop's data writes it: a number (Online Retail's 12347) or text (Amazon's
+# 'A2SUAM1J3GNN3B'); the bundle matches either to the type its data has.
+CustomerId = Annotated[int, Field(ge=0, le=INT64_MAX)] | Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS)]
 _STRICT = ConfigDict(strict=True, extra="forbid")
 
 
@@ -40,7 +44,7 @@ class Instance(BaseModel):
     Strict: JSON integers, strings and booleans only, no field beyond these."""
 
     model_config = _STRICT
-    customer_id: int | None = Field(None, ge=0, le=INT64_MAX)
+    customer_id: CustomerId | None = None
     basket: list[str] | None = None
     query: str | None = None
     k: int | None = None
@@ -188,7 +192,7 @@ def parse_v1(payload: Any, limits: ServingParams) -> list[Query]:
 
 # v2: the datatypes each input accepts (the Open Inference Protocol's names)
 V2_INPUTS = {
-    "customer_id": ("INT64", "INT32", "UINT64", "UINT32"),
+    "customer_id": ("INT64", "INT32", "UINT64", "UINT32", "BYTES"),  # BYTES: text ids
     "basket": ("BYTES",),
     "query": ("BYTES",),
 }
@@ -222,6 +226,8 @@ def _tensor_values(inp) -> list:
             raise RequestError(f"{name}[{i}] must be {check} ({inp.datatype}), got {type(v).__name__} {v!r}")
         if expected is int and not 0 <= v <= INT64_MAX:
             raise RequestError(f"{name}[{i}] = {v} is out of range: 0 <= customer_id <= {INT64_MAX}")
+        if name == "customer_id" and expected is str and not 0 < len(v) <= MAX_ID_CHARS:
+            raise RequestError(f"{name}[{i}] must be 1 to {MAX_ID_CHARS} characters, got {len(v)}")
     return values
 
 

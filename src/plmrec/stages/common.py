@@ -16,7 +16,18 @@ from plmrec.data.tables import read_table
 from plmrec.errors import StageError
 from plmrec.stages.declaration import flat_figures, write_json
 
-__all__ = ["ENCODER_COLUMNS", "copy_pictures", "kfp_setup", "log_figures", "read_checked", "say", "write_json"]
+__all__ = [
+    "ENCODER_COLUMNS",
+    "copy_pictures",
+    "kfp_setup",
+    "log_figures",
+    "read_checked",
+    "say",
+    "skip",
+    "skipped",
+    "write_json",
+]
+SKIPPED_FILE = "SKIPPED.json"  # in a model folder a stage did not train: why
 
 ENCODER_COLUMNS = ["CustomerID", "InvoiceNo", "InvoiceDate", "StockCode", "Description", "split"]
 
@@ -24,6 +35,23 @@ ENCODER_COLUMNS = ["CustomerID", "InvoiceNo", "InvoiceDate", "StockCode", "Descr
 def say(stage: str, message: str) -> None:
     """A stage's one-line progress report (the local runner shows these lines)."""
     print(f"[plmrec] {stage}: {message}", flush=True)
+
+
+def skip(stage: str, why: str, *, folder: str | Path | None = None) -> dict:
+    """A stage the data cannot feed (e.g. no quantities for the quantity labels): one line in the run, a
+    `skipped` tag on its MLflow run, and `folder` (its model output) holding only SKIPPED.json, so the
+    stages reading it skip too. Never a crash, never a silent gap."""
+    say(stage, f"skipped: {why}")
+    tracking.set_tags({"skipped": why})
+    if folder is not None:
+        write_json(Path(folder) / SKIPPED_FILE, {"stage": stage, "skipped": why})
+    return {"skipped": why}
+
+
+def skipped(folder: str | Path) -> str | None:
+    """Why the stage that writes `folder` skipped, or None where it trained."""
+    path = Path(folder) / SKIPPED_FILE
+    return json.loads(path.read_text())["skipped"] if path.is_file() else None
 
 
 def read_checked(path: str | Path, suite: str, *, columns: list[str] | None = None) -> tuple[pd.DataFrame, dict]:

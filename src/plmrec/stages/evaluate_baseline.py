@@ -11,7 +11,7 @@ from pathlib import Path
 
 from plmrec import tracking
 from plmrec.config import Params
-from plmrec.stages.common import kfp_setup, log_figures, read_checked, say, write_json
+from plmrec.stages.common import kfp_setup, log_figures, read_checked, say, skip, skipped, write_json
 from plmrec.stages.declaration import Port, Stage
 from plmrec.stages.prepare import PREPARED
 from plmrec.stages.train_baseline import BASELINE
@@ -51,6 +51,13 @@ def evaluate_baseline(
     from plmrec.plots import plot_confusion
 
     with tracking.stage_run(params, "evaluate-baseline", run_key=run_key, tracking_uri=tracking_uri):
+        why = skipped(baseline)
+        if why is not None:
+            write_json(metrics, {"baseline_xgboost": {"skipped": why}})
+            if plots is not None:
+                Path(plots).mkdir(parents=True, exist_ok=True)
+                plot_confusion([[0]], Path(plots) / "confusion_matrix.png", f"skipped: {why}"[:80])
+            return skip("evaluate-baseline", why)
         table, _ = read_checked(prepared, "prepared")
         model, encoder, _ = load_baseline(baseline)
         figures = score(model, encoder, table, params=params)
@@ -90,5 +97,7 @@ def kfp(config: dict, tracking_uri: str, run_key: str, *, prepared, baseline, me
     paths["plots"] = str(Path(metrics.path).parent / "plots")  # the picture beside the step's outputs
     figures = evaluate_baseline(params, **paths, **tracked)
     log_figures(metrics, metrics.path)
+    if "skipped" in figures:
+        return
     labels = [str(i) for i in range(params.clean.n_quantity_labels)]
     confusion.log_confusion_matrix(labels, figures["confusion_matrix"])

@@ -1,5 +1,10 @@
 """ingest: the shop's raw transactions, loaded (a file, a download) or generated (synthetic).
 
+Online Retail files and the synthetic generator are written as they are (their cleaning is `prepare`'s);
+any other format (`data.format`: amazon, recbole, unisrec, table) is read by its adapter into the
+canonical tables (plmrec.data.shop) and written as the one table the stages read, what the data lacks
+named in the table's metadata (`absent`), what the adapter dropped counted (`dropped`).
+
 Inputs: none (params `data`). Outputs: `raw` (table, data/raw.parquet), `metrics` (metrics/ingest.json).
 """
 
@@ -18,6 +23,14 @@ from plmrec.stages.common import kfp_setup, log_figures, say, write_json
 from plmrec.stages.declaration import Port, Stage
 
 RAW = Port("raw", "table", "the raw transactions table (parquet)", "data/raw.parquet")
+# What the stages do where the data lacks a column (one line in the run, the same in MLflow's tags).
+ABSENT_MEANS = {
+    "time": "positions stand in for dates (a history's k-th interaction is day k); the split is leave-one-out",
+    "basket": "a user's interactions at one time form a basket; co-purchase pairs come from neighbours",
+    "quantity": "quantity labels are skipped (train-baseline, evaluate-baseline, the classifier ablation)",
+    "price": "price features are zero",
+    "country": "the consumer-profile probe's home-country attribute is skipped",
+}
 SPEC = Stage(
     "ingest",
     __name__,
@@ -27,20 +40,29 @@ SPEC = Stage(
 )
 
 
-def load_source(params: Params, download_dir: str | Path = "data/external") -> pd.DataFrame:
-    """The table data.source names: the synthetic generator, a file, or a public dataset downloaded."""
+def load_source(params: Params, download_dir: str | Path = "data/external") -> tuple[pd.DataFrame, dict]:
+    """The table data.source names (the synthetic generator, a file in any format, or a public dataset
+    downloaded) and what it is: its adapter, and for the canonical formats what they lack and dropped."""
+    from plmrec.data.adapters import data_format
+
     source = params.data
     if source.source == "synthetic":
         from plmrec.data.synthetic import generate_transactions
 
-        return generate_transactions(source.synthetic)
+        return generate_transactions(source.synthetic), {"adapter": "online_retail", "absent": []}
     from plmrec.data.online_retail import load_transactions
 
     if source.source == "file":
-        return load_transactions(source.path, encoding=source.encoding)
+        if data_format(params) != "online_retail":
+            from plmrec.data.adapters import read_shop
+            from plmrec.data.shop import to_transactions
+
+            return to_transactions(read_shop(params))
+        return load_transactions(source.path, encoding=source.encoding), {"adapter": "online_retail", "absent": []}
     from plmrec.data.download import download
 
-    return load_transactions(download(source.source, download_dir), encoding=source.encoding)
+    table = load_transactions(download(source.source, download_dir), encoding=source.encoding)
+    return table, {"adapter": "online_retail", "absent": []}
 
 
 def ingest(
@@ -54,12 +76,13 @@ def ingest(
     """Load or generate the raw transactions table and write it to `raw`."""
     start = time.perf_counter()
     with tracking.stage_run(params, "ingest", run_key=run_key, tracking_uri=tracking_uri) as run:
-        table = load_source(params)
+        table, found = load_source(params)
         meta = {
             "source": params.data.source,
             "path": params.data.path,
             "rows": len(table),
             "columns": list(table.columns),
+            **found,
         }
         write_table(table, raw, meta)
         stats = {
@@ -68,10 +91,24 @@ def ingest(
             "seconds": round(time.perf_counter() - start, 3),
         }
         tracking.log_numeric(stats, "raw_")
-        tracking.set_tags({"data.raw_md5": file_digest(raw, "md5")})
+        tracking.set_tags(
+            {
+                "data.raw_md5": file_digest(raw, "md5"),
+                "data.format": found["adapter"],
+                **{f"data.absent.{c}": ABSENT_MEANS[c] for c in found["absent"]},
+            }
+        )
+        for column in found["absent"]:
+            say("ingest", f"the data has no {column}: {ABSENT_MEANS[column]}")
+        if found.get("dropped"):
+            say("ingest", "dropped while reading: " + ", ".join(f"{k} {v:,}" for k, v in found["dropped"].items()))
+            tracking.log_numeric(found["dropped"], "raw_dropped_")
         if metrics is not None:
             write_json(metrics, {"ingest": {k: stats[k] for k in ("rows", "invoices")}})
-        say("ingest", f"{stats['rows']:,} rows from {params.data.source} -> {raw} ({stats['seconds']}s)")
+        say(
+            "ingest",
+            f"{stats['rows']:,} rows from {params.data.source} ({found['adapter']}) -> {raw} ({stats['seconds']}s)",
+        )
         return {**stats, "mlflow_run_id": run.info.run_id}
 
 

@@ -44,8 +44,14 @@ def prepare(
     from plmrec.data.prepare import prepare_transactions
 
     with tracking.stage_run(params, "prepare", run_key=run_key, tracking_uri=tracking_uri):
-        table, _ = read_checked(raw, "raw")
-        out, meta = prepare_transactions(table, params.clean, params.split)
+        table, raw_meta = read_checked(raw, "raw")
+        out, meta = prepare_transactions(
+            table,
+            params.clean,
+            params.split,
+            adapter=raw_meta.get("adapter", "online_retail"),
+            absent=raw_meta.get("absent", []),
+        )
         write_table(out, prepared, meta)
         tracking.log_json(meta, "prepare/summary.json")
         cleaning = meta["cleaning"]
@@ -63,8 +69,11 @@ def prepare(
         say(
             "prepare",
             f"{cleaning['rows_out']:,} rows kept of {cleaning['rows_in']:,} "
-            f"(dropped {cleaning['dropped']}); split {meta['split']['rows']}",
+            f"(dropped {cleaning['dropped']}); split ({meta['split']['mode']}) {meta['split']['rows']}",
         )
+        for what, why in meta["skipped"].items():
+            say("prepare", f"skipped {what.replace('_', ' ')}: {why}")
+            tracking.set_tags({f"skipped.{what}": why})
         return meta
 
 
@@ -79,8 +88,9 @@ def kfp(config: dict, tracking_uri: str, run_key: str, *, raw, prepared, metrics
         {
             "rows": meta["split"]["rows"],
             "label_thresholds": meta["label_thresholds"],
-            "train_end": meta["split"]["train_end"],
-            "valid_end": meta["split"]["valid_end"],
+            "split_mode": meta["split"]["mode"],
+            "train_end": meta["split"].get("train_end"),
+            "valid_end": meta["split"].get("valid_end"),
         }
     )
     log_figures(metrics, metrics.path)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from plmrec import tracking
 from plmrec.config import Params
-from plmrec.stages.common import kfp_setup, log_figures, read_checked, say, write_json
+from plmrec.stages.common import kfp_setup, log_figures, read_checked, say, skip, write_json
 from plmrec.stages.declaration import Port, Stage
 from plmrec.stages.prepare import PREPARED
 
@@ -43,7 +43,9 @@ def train_baseline(
     from plmrec.baseline import train_baseline as fit
 
     with tracking.stage_run(params, "train-baseline", run_key=run_key, tracking_uri=tracking_uri):
-        table, _ = read_checked(prepared, "prepared")
+        table, meta = read_checked(prepared, "prepared")
+        if "quantity_labels" in meta.get("skipped", {}):
+            return skip("train-baseline", meta["skipped"]["quantity_labels"], folder=baseline)
         model, encoder, info = fit(table, params)
         save_baseline(model, encoder, info, out_dir=baseline)
         tracking.log_numeric(info["valid"], "valid_")
@@ -74,5 +76,5 @@ def kfp(config: dict, tracking_uri: str, run_key: str, *, prepared, baseline, me
     info = train_baseline(
         params, **SPEC.kfp_paths({"prepared": prepared, "baseline": baseline, "metrics": metrics}), **tracked
     )
-    baseline.metadata.update({"framework": "xgboost", "features": info["features"]})
+    baseline.metadata.update({"framework": "xgboost", "features": info.get("features", []), **info})
     log_figures(metrics, metrics.path)

@@ -72,10 +72,10 @@ def validate(
 
     stage, start = f"validate-{suite}", time.perf_counter()
     with tracking.stage_run(params, stage, run_key=run_key, tracking_uri=tracking_uri):
-        frame, _ = read_table(table)
+        frame, meta = read_table(table)
         tracking.log_input_table(frame, path=table, name=suite, context=suite)
         try:
-            outcome = validate_table(frame, suite, params, report_dir=reports, raise_on_failure=False)
+            outcome = validate_table(frame, suite, params, report_dir=reports, raise_on_failure=False, meta=meta)
         finally:
             if Path(reports).exists():
                 tracking.log_dir(reports, f"validation_{suite}")

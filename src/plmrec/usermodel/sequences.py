@@ -82,7 +82,8 @@ def with_item_rows(prepared: pd.DataFrame, item_row: dict[str, int]) -> pd.DataF
     rows["item"] = rows["StockCode"].astype(str).map(item_row)
     rows = rows[rows["item"].notna()]
     rows["item"] = rows["item"].astype(np.int64)
-    return rows[["CustomerID", "InvoiceNo", "InvoiceDate", "item", "split"]]
+    order = ["position"] if "position" in rows else []  # leave-one-out tables: the order within a history
+    return rows[["CustomerID", "InvoiceNo", "InvoiceDate", "item", "split", *order]]
 
 
 def window_examples(
@@ -139,3 +140,22 @@ def window_queries(
         relevant.append(wanted)
         exclude.append(sorted(seen))
     return UserQueries(users, sequences, bucket_lists, relevant, exclude if exclude_history else None)
+
+
+# ---------------------------------------------------------------------------- leave-one-out tables
+def seqrec_from_rows(rows: pd.DataFrame, items: pd.DataFrame, *, name: str = "prepared") -> SeqRecDataset:
+    """A leave-one-out prepared table (rows from `with_item_rows`, split per user: train..., valid,
+    test) as the benchmark's files shape it: a train row per training interaction after the first
+    (the interactions before it, the item), the valid row (every train item, the valid item) and the
+    test row (train and valid items, the test item); histories keep their newest 50, as UniSRec's do."""
+    order = ["CustomerID", "position"] if "position" in rows else ["CustomerID", "InvoiceDate"]
+    rows = rows.assign(_row=np.arange(len(rows))).sort_values([*order, "_row"], kind="stable")
+    out = {s: {"user": [], "history": [], "target": []} for s in ("train", "valid", "test")}
+    for user, frame in rows.groupby("CustomerID", sort=True):
+        sequence, parts = frame["item"].to_list(), frame["split"].to_list()
+        for t in range(1, len(sequence)):
+            part = out[parts[t]]
+            part["user"].append(user)
+            part["history"].append(sequence[max(0, t - 50) : t])
+            part["target"].append(int(sequence[t]))
+    return SeqRecDataset(name=name, items=items, splits={s: pd.DataFrame(v) for s, v in out.items()})

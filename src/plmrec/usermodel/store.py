@@ -123,7 +123,7 @@ class SavedUserModels:
 
     def _sequences_before(self, split: str, model: UserModel) -> dict:
         """Each customer's sequence before `split`'s window, shaped for `model` (computed once)."""
-        from plmrec.data.prepare import window_rows
+        from plmrec.data.prepare import split_mode_of, window_rows
         from plmrec.usermodel.retrieval import customer_sequences
         from plmrec.usermodel.sequences import with_item_rows
 
@@ -131,7 +131,10 @@ class SavedUserModels:
         if key not in self._sequences:
             past, _ = window_rows(self.prepared, split)
             rows = with_item_rows(past, {c: i for i, c in enumerate(self.codes)})
-            self._sequences[key] = customer_sequences(model, rows, cutoff=self.cutoffs[split])
+            cutoff = self.cutoffs[split]
+            if split_mode_of(self.prepared) == "leave_one_out":  # the window is each user's next interaction
+                cutoff = past["InvoiceDate"].max() + pd.Timedelta(seconds=1)
+            self._sequences[key] = customer_sequences(model, rows, cutoff=cutoff)
         return self._sequences[key]
 
 

@@ -1,14 +1,17 @@
-"""The user-model comparison on the temporal windows (what `train-user-model` runs).
+"""The user-model comparison (what `train-user-model` runs), on the split the prepared table has.
 
-For each variant and seed: train on sequences before cut-offs inside the training window (matching
-the items bought in the next horizon), choose the epoch on the valid window, then refit on train +
-valid for that many epochs and score the test window once. The variant with the best mean valid
-figure is the one saved.
+Temporal windows: for each variant and seed, train on sequences before cut-offs inside the training
+window (matching the items bought in the next horizon), choose the epoch on the valid window, then
+refit on train + valid for that many epochs and score the test window once.
+Leave-one-out: the benchmark's protocol (bench/user_model_scientific.py): train on every (history, next
+item) inside each user's training part, choose the epoch on the valid rows, score the test rows with
+that epoch's weights (no refit), history items not masked, no time buckets.
+The variant with the best mean valid figure is the one saved.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -20,7 +23,15 @@ from plmrec.training.loop import train
 from plmrec.usermodel.fit import FitSettings, fit, objective_for, train_config
 from plmrec.usermodel.model import UserModel, UserModelSpec
 from plmrec.usermodel.retrieval import UserQueries, evaluate
-from plmrec.usermodel.sequences import id_vocabulary, window_examples, window_queries, with_item_rows
+from plmrec.usermodel.sequences import (
+    id_vocabulary,
+    leave_one_out,
+    seqrec_from_rows,
+    training_purchases,
+    window_examples,
+    window_queries,
+    with_item_rows,
+)
 
 
 def spec_for(settings, variant) -> UserModelSpec:
@@ -71,25 +82,27 @@ def refit(model: UserModel, examples: list[np.ndarray], *, settings: FitSettings
 
 @dataclass
 class WindowData:
-    """The three temporal tasks over one catalogue (item rows = the encoder's item table)."""
+    """The three tasks over one catalogue (item rows = the encoder's item table); leave-one-out data
+    has no refit (`refit` None: the valid-chosen weights are scored) and no time buckets (`timed`)."""
 
     codes: list[str]
     text: np.ndarray
     train: list[np.ndarray]
     valid: UserQueries
-    refit: list[np.ndarray]
+    refit: list[np.ndarray] | None
     test: UserQueries
     ids: np.ndarray
-    refit_ids: np.ndarray
+    refit_ids: np.ndarray | None
     end: pd.Timestamp  # just after the last purchase
     rows: pd.DataFrame = field(repr=False)
+    timed: bool = True
 
     def facts(self) -> dict:
         return {
             "items": len(self.codes),
             "train_sequences": len(self.train),
             "valid_users": len(self.valid),
-            "refit_sequences": len(self.refit),
+            "refit_sequences": 0 if self.refit is None else len(self.refit),
             "test_users": len(self.test),
         }
 
@@ -97,12 +110,28 @@ class WindowData:
 def window_data(prepared: pd.DataFrame, items: pd.DataFrame, params) -> WindowData:
     """Sequences and queries from the prepared table and the selected encoder's item table
     (StockCode, embedding); the split's cut-offs place the valid and test windows."""
-    from plmrec.data.prepare import _cutoffs
+    from plmrec.data.prepare import _cutoffs, split_mode_of
     from plmrec.vectors import stack
 
     um = params.user_model
     codes = items["StockCode"].astype(str).tolist()
     rows = with_item_rows(prepared, {c: i for i, c in enumerate(codes)})
+    if split_mode_of(prepared) == "leave_one_out":
+        ds = seqrec_from_rows(rows, pd.DataFrame({"item_id": codes}))
+        examples, valid, test = leave_one_out(ds, max_length=um.max_length)
+        return WindowData(
+            codes=codes,
+            text=stack(items["embedding"]),
+            train=examples,
+            valid=valid,
+            refit=None,
+            test=test,
+            ids=id_vocabulary(training_purchases(ds), len(codes), um.top_ids),
+            refit_ids=None,
+            end=rows["InvoiceDate"].max() + pd.Timedelta(seconds=1),
+            rows=rows,
+            timed=False,
+        )
     train_end, valid_end = (pd.Timestamp(x) for x in _cutoffs(params.split))
     horizon = pd.Timedelta(days=um.horizon_days) if um.horizon_days else valid_end - train_end
     end = rows["InvoiceDate"].max() + pd.Timedelta(seconds=1)
@@ -134,14 +163,19 @@ def train_variant(data: WindowData, params, variant, *, seed: int, progress: boo
     gets each epoch's valid row while the variant trains."""
     um = params.user_model
     spec, settings = spec_for(um, variant), fit_settings(um, progress=progress)
+    if not data.timed:
+        spec = replace(spec, time_buckets=0)
     torch.manual_seed(seed)
     model = UserModel(spec, item_text=data.text if spec.uses_text else None, item_ids=data.ids)
     result = fit(
         model, data.train, data.valid, settings=settings, ks=um.ks, seed=seed, desc=variant.label, on_epoch=on_epoch
     )
-    torch.manual_seed(seed)
-    final = UserModel(spec, item_text=data.text if spec.uses_text else None, item_ids=data.refit_ids)
-    refit_result = refit(final, data.refit, settings=settings, epochs=result.chosen_epoch, seed=seed)
+    if data.refit is None:  # leave-one-out: the valid-chosen weights are the model
+        final, refit_result = model, None
+    else:
+        torch.manual_seed(seed)
+        final = UserModel(spec, item_text=data.text if spec.uses_text else None, item_ids=data.refit_ids)
+        refit_result = refit(final, data.refit, settings=settings, epochs=result.chosen_epoch, seed=seed)
     test = evaluate(final, data.test, um.ks)
     return {
         "variant": variant.label,
