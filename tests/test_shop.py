@@ -176,6 +176,8 @@ def test_a_leave_one_out_user_with_too_few_interactions_is_counted():
 def test_the_item_template_leaves_out_what_an_item_lacks():
     items = pd.DataFrame({"item": ["1", "2"], "title": ["Red mug", None], "brand": ["Acme", "Acme"]})
     assert item_sentence(items, "{title}. By {brand}").tolist() == ["Red mug. By Acme", "Acme"]
+    ended = pd.DataFrame({"item": ["1"], "title": ["Vogue."], "description": ["Fashion"]})
+    assert item_sentence(ended, "{title}. {description}").tolist() == ["Vogue. Fashion"]  # one full stop
     with pytest.raises(DataLoadError, match=r"names \['colour'\]"):
         item_sentence(items, "{title} in {colour}")
 

@@ -197,8 +197,11 @@ def run_description(client, params: Params, *, run_id: str, run_key: str) -> str
     d, sp = params.data, params.split
     lines = [
         f"**data**: {d.source}{f' {d.path}' if d.path else ''}"
+        + (f" ({tags['data.format']})" if tags.get("data.format", "online_retail") != "online_retail" else "")
         + (f" (prepared md5 {tags['data.prepared_md5']})" if "data.prepared_md5" in tags else ""),
-        f"**split**: train < {sp.train_end} <= valid < {sp.valid_end} <= test",
+        f"**split**: train < {sp.train_end} <= valid < {sp.valid_end} <= test"
+        if tags.get("data.split_mode", "temporal") == "temporal"
+        else "**split**: leave-one-out (each user's last interaction test, the one before it valid)",
     ]
     if ENCODER_TAG in tags:
         lines.append(f"**encoder** (chosen on valid): {tags.get('plmrec.encoder_selection', tags[ENCODER_TAG])}")

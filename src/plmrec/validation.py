@@ -198,7 +198,7 @@ def raw_checks(df: pd.DataFrame, params: Params, meta: dict | None = None) -> li
                 "(validation.min_date, validation.max_date)",
             )
         )
-    if len(typed) == len(TRANSACTION_COLUMNS):
+    if len(typed) == len(TRANSACTION_COLUMNS) and not params.clean.drop_exact_duplicates:  # else merged, counted
         checks.append(
             Check(
                 E.ExpectCompoundColumnsToBeUnique(column_list=TRANSACTION_COLUMNS, mostly=1 - v.max_duplicate_fraction),

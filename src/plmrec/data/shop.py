@@ -108,6 +108,8 @@ def item_sentence(items: pd.DataFrame, template: str) -> pd.Series:
             if kind == "sep":
                 pending += text
             elif text:
+                if out and out[-1] in ".!?" and pending.startswith(out[-1]):
+                    pending = pending[1:]  # 'decor.' + '. ' + 'Magazines': one full stop, not two
                 out += (pending if out else "") + text
                 pending = ""
             else:
@@ -249,10 +251,13 @@ def customer_ids(values: pd.Series) -> pd.Series:
 
 def to_transactions(shop: ShopData) -> tuple[pd.DataFrame, dict]:
     """The canonical tables as the table the stages read: one row per interaction, the item's sentence as
-    its Description, and what the data lacks filled (quantity 1, price 0, one basket per user and time)
-    and named in `meta['absent']` so the stages that need it are skipped, never fed the fill."""
+    its Description (its id where it has no text, counted in `meta['items_without_text']`), and what the
+    data lacks filled (quantity 1, price 0, one basket per user and time) and named in `meta['absent']`
+    so the stages that need it are skipped, never fed the fill."""
     inter = shop.interactions
-    text = shop.items.set_index("item")["text"]
+    text = shop.items.set_index("item")["text"].fillna("").astype(str).str.strip()
+    blank = text == ""
+    text = text.where(~blank, text.index.to_series())  # no text: the id stands in, so no item is lost
     has_time = shop.has("time")
     time = inter["time"] if has_time else SYNTHETIC_CLOCK + pd.to_timedelta(inter["position"], unit="D")
     if has_time and inter["time"].isna().any():
@@ -298,5 +303,6 @@ def to_transactions(shop: ShopData) -> tuple[pd.DataFrame, dict]:
         "absent": absent,
         "counts": shop.facts(),
         "reviews": 0 if shop.reviews is None else len(shop.reviews),
+        "items_without_text": int(blank[blank.index.isin(set(inter["item"]))].sum()),
     }
     return out, meta

@@ -43,15 +43,21 @@ class Comparison:
         from plmrec.recsys.experiment import run_recommenders
 
         recommenders = params.recommenders
-        clf_rows, clf_detail = run_ablation(
-            prepared,
-            items,
-            recommenders.classifier,
-            n_labels=params.clean.n_quantity_labels,
-            seeds=recommenders.seeds,
-            clusters=recommenders.clusters,
-            progress=progress,
-        )
+        why = prepared.attrs.get("plmrec", {}).get("skipped", {}).get("quantity_labels")
+        if why:  # no quantities: nothing for the quantity-label classifiers to learn
+            if progress:
+                progress(f"classifier ablation skipped: {why}")
+            clf_rows, clf_detail = pd.DataFrame(), {"skipped": why}
+        else:
+            clf_rows, clf_detail = run_ablation(
+                prepared,
+                items,
+                recommenders.classifier,
+                n_labels=params.clean.n_quantity_labels,
+                seeds=recommenders.seeds,
+                clusters=recommenders.clusters,
+                progress=progress,
+            )
         rec_rows, rec_detail = run_recommenders(
             prepared, items, recommenders, user_models=user_models, progress=progress
         )
@@ -64,8 +70,13 @@ class Comparison:
         self.classifier_metrics = CLASSIFIER_METRICS
         self.recommender_metrics = [f"test_{m}@{k}" for k in sorted(set(recommenders.ks)) for m in RANKING_METRICS]
         self.primary = f"test_{recommenders.primary_metric}"
-        self.classifier_summary = mean_std(self.classifier_rows, "variant", CLASSIFIER_METRICS)
         self.recommender_summary = mean_std(self.recommender_rows, "model", self.recommender_metrics)
+        self.classifier_skipped = self.classifier_detail.get("skipped")
+        if self.classifier_skipped:
+            self.classifier_metrics, self.classifier_summary = [], pd.DataFrame()
+            self.kept_features, self.best_classifier, self.text_variants, self.plm_classifier = None, None, [], None
+            return
+        self.classifier_summary = mean_std(self.classifier_rows, "variant", CLASSIFIER_METRICS)
         self.kept_features = self.classifier_rows.groupby("variant", sort=False)[["features", "text_features"]].mean()
         self.best_classifier = self.classifier_detail["best_variant"]
         self.text_variants = [v for v in self.kept_features.index if self.kept_features.loc[v, "text_features"] > 0]
@@ -87,6 +98,14 @@ class Comparison:
             if self.plm_classifier == TEXT_THEN_SELECTION
             else plm_counterpart(self.params.recommenders.classifier)
         )
+        recommender_verdicts = [  # each recommender row against its vanilla counterparts, when both were evaluated
+            verdict(recommender, primary, row.name, vanilla=versus.vanilla, label=versus.label)
+            for row in row_registry.reported_rows()
+            for versus in row.versus
+            if {row.name, versus.vanilla} <= set(recommender.index)
+        ]
+        if self.classifier_skipped:
+            return [f"XGBoost quantity label: skipped ({self.classifier_skipped})", *filter(None, recommender_verdicts)]
         found = [
             verdict(
                 classifier, "test_accuracy", self.plm_classifier, vanilla=counterpart, label="XGBoost quantity label"
@@ -102,12 +121,7 @@ class Comparison:
             )
             if self.best_classifier != "vanilla"
             else "XGBoost: the variant chosen on valid accuracy is vanilla",
-            *(  # each recommender row against its vanilla counterparts, when both were evaluated
-                verdict(recommender, primary, row.name, vanilla=versus.vanilla, label=versus.label)
-                for row in row_registry.reported_rows()
-                for versus in row.versus
-                if {row.name, versus.vanilla} <= set(recommender.index)
-            ),
+            *recommender_verdicts,
         ]
         return [v for v in found if v]
 
@@ -115,6 +129,8 @@ class Comparison:
         """The classifier and recommender tables in the study's layout ('mean ± std' in %)."""
         from plmrec.recsys.experiment import format_table
 
+        if self.classifier_skipped:
+            return pd.DataFrame(), format_table(self.recommender_summary, self.recommender_metrics)
         kept = self.kept_features
         classifier = format_table(self.classifier_summary, self.classifier_metrics)
         classifier["features (text)"] = [
@@ -129,11 +145,15 @@ class Comparison:
         from plmrec.reports import markdown_table
 
         recommenders, (clf_table, rec_table) = self.params.recommenders, self.tables()
-        (out / "results.md").write_text(
-            f"## XGBoost, 5-level quantity label (test, %, mean ± std over seeds {recommenders.seeds})\n\n"
+        classifier_section = (
+            f"## XGBoost, quantity label\n\nSkipped: {self.classifier_skipped}.\n\n"
+            if self.classifier_skipped
+            else f"## XGBoost, 5-level quantity label (test, %, mean ± std over seeds {recommenders.seeds})\n\n"
             + markdown_table(clf_table)
             + f"\nVariant chosen on valid accuracy: {self.best_classifier}.\n\n"
-            f"## Recommenders (test, %, mean ± std over seeds {recommenders.seeds}; "
+        )
+        (out / "results.md").write_text(
+            classifier_section + f"## Recommenders (test, %, mean ± std over seeds {recommenders.seeds}; "
             f"{self.recommender_detail['test_customers']:,} customers)\n\n"
             + markdown_table(rec_table)
             + "\n## Verdicts\n\n"
@@ -143,14 +163,15 @@ class Comparison:
         self.recommender_rows.to_csv(out / "recommender_runs.csv", index=False)
         clf_table.to_csv(out / "classifier_table.csv", index=False)
         rec_table.to_csv(out / "recommender_table.csv", index=False)
-        plot_confusion(
-            self.classifier_detail["confusion_matrix"],
-            out / "confusion_matrix_best.png",
-            f"XGBoost {self.best_classifier}, test",
-        )
-        plot_importance(
-            self.classifier_detail["importance"], out / "feature_importance.png", f"XGBoost {self.best_classifier}"
-        )
+        if not self.classifier_skipped:
+            plot_confusion(
+                self.classifier_detail["confusion_matrix"],
+                out / "confusion_matrix_best.png",
+                f"XGBoost {self.best_classifier}, test",
+            )
+            plot_importance(
+                self.classifier_detail["importance"], out / "feature_importance.png", f"XGBoost {self.best_classifier}"
+            )
         plot_curves(self.recommender_detail["precision_curves"], out / "precision_at_k.png", ks=CURVE_KS)
         last = self.recommender_detail["chosen"][recommenders.seeds[-1]]
         for name in (row.name for row in row_registry.ltr_rows()):
@@ -214,17 +235,9 @@ class Comparison:
         tracking.log_table(self.recommender_rows, "compare/recommender_runs.json")
         tracking.log_dir(out, "compare")
         tracking.set_verdicts(verdicts, title="Verdicts (test, mean ± std over seeds)")
-        tracking.log_parent_metrics(
-            params=self.params,
-            run_key=run_key,
-            tracking_uri=tracking_uri,
-            metrics={
-                f"test_{recommenders.primary_metric.replace('@', '_at_')}_ltr": recommender.loc[
-                    "ltr", ("mean", self.primary)
-                ]
-                if "ltr" in recommender.index
-                else 0.0,
-                "test_accuracy_plm_xgboost": classifier.loc[self.plm_classifier, ("mean", "test_accuracy")],
-                "test_accuracy_best_xgboost": classifier.loc[self.best_classifier, ("mean", "test_accuracy")],
-            },
-        )
+        ltr = recommender.loc["ltr", ("mean", self.primary)] if "ltr" in recommender.index else 0.0
+        headline = {f"test_{recommenders.primary_metric.replace('@', '_at_')}_ltr": ltr}
+        if not self.classifier_skipped:
+            headline["test_accuracy_plm_xgboost"] = classifier.loc[self.plm_classifier, ("mean", "test_accuracy")]
+            headline["test_accuracy_best_xgboost"] = classifier.loc[self.best_classifier, ("mean", "test_accuracy")]
+        tracking.log_parent_metrics(params=self.params, run_key=run_key, tracking_uri=tracking_uri, metrics=headline)

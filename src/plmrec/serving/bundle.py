@@ -342,8 +342,8 @@ class Recommender:
         return len(self.codes)
 
     def customer_key(self, customer_id) -> int | str | None:
-        """A client's id as the bundle holds it: 12347 and '12347' are one integer id; with text ids
-        (the shop's own type), a number sent is read as its text. None: it cannot be one of ours."""
+        """A customer id as the bundle holds it (int, or text where the shop's ids are text); None where
+        it cannot be one of ours (the server answers a wrong type with a 400 before it gets here)."""
         if self.text_ids:
             return str(customer_id)
         try:

@@ -37,7 +37,7 @@ def request_example(bundle_dir) -> pd.DataFrame:
 
     from plmrec.serving.bundle import find_bundle
 
-    customer = int(np.load(find_bundle(bundle_dir) / "customers.npy")[0])
+    customer = np.load(find_bundle(bundle_dir) / "customers.npy")[:1].tolist()[0]  # int or str, as the data has
     return pd.DataFrame([{"customer_id": customer, "k": 5}])
 
 

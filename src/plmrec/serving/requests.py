@@ -29,6 +29,7 @@ class Query:
     text: str = ""
     exclude_seen: bool = False
     search_mode: str | None = None  # a query's ranker: dense | lexical | hybrid; None: the bundle's default
+    field: str = "customer_id"  # where the customer id was in the request, for errors
 
 
 INT64_MAX = 2**63 - 1
@@ -82,15 +83,20 @@ _KIND = {
 def _where(prefix: str, loc: tuple) -> str:
     out = prefix
     for part in loc:
+        if isinstance(part, str) and part.startswith("constrained-"):
+            continue  # a member of a union (customer_id: an integer or a string): named by the field alone
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out
 
 
 def request_error(err: ValidationError, prefix: str = "", *, allowed: tuple[str, ...] = ()) -> RequestError:
     """One 400 naming each wrong field (at most five), what it must be and what was sent."""
-    problems = []
-    for e in err.errors(include_url=False)[:5]:
+    problems, seen = [], set()
+    for e in err.errors(include_url=False):
         where = _where(prefix, e["loc"])
+        if where in seen or len(seen) == 5:  # a union's members fail alike: the first one says it
+            continue
+        seen.add(where)
         if e["type"] == "extra_forbidden":
             known = f"; allowed: {', '.join(allowed)}" if allowed else ""
             problems.append(f"{where} is an unknown field{known}")
@@ -150,7 +156,14 @@ def _query(inst: Instance, where: str, limits: ServingParams) -> Query:
     _search_mode(inst.search_mode, f"{where}.search_mode", is_query=False)
     basket = _basket(inst.basket, f"{where}.basket", limits) if inst.basket is not None else []
     if inst.customer_id is not None:
-        return Query("customer", k, customer_id=inst.customer_id, basket=basket, exclude_seen=inst.exclude_seen)
+        return Query(
+            "customer",
+            k,
+            customer_id=inst.customer_id,
+            basket=basket,
+            exclude_seen=inst.exclude_seen,
+            field=f"{where}.customer_id",
+        )
     if inst.basket is not None:
         if not basket:
             raise RequestError(f"{where}.basket is empty")
@@ -271,13 +284,32 @@ def parse_v2(request, limits: ServingParams) -> list[Query]:
             raise RequestError(f"a basket goes with one customer_id, got {len(ids)}")
         if not ids:
             raise RequestError("input 'customer_id' is empty")
-        return [Query("customer", k, customer_id=v, basket=basket, exclude_seen=exclude) for v in ids]
+        return [
+            Query("customer", k, customer_id=v, basket=basket, exclude_seen=exclude, field=f"customer_id[{i}]")
+            for i, v in enumerate(ids)
+        ]
     if basket:
         return [Query("basket", k, basket=basket, exclude_seen=exclude)]
     raise RequestError("the request needs an input named customer_id, basket or query")
 
 
+def check_id_type(recommender: Recommender, query: Query) -> None:
+    """A customer id of the type the served model's data has (a number or text), else a 400 saying which."""
+    if isinstance(query.customer_id, str) == recommender.text_ids:
+        return
+    want = (
+        "a string (this model's customer ids are text; v2: BYTES)"
+        if recommender.text_ids
+        else "an integer (this model's customer ids are numbers; v2: INT64)"
+    )
+    got = type(query.customer_id).__name__
+    raise RequestError(f"{query.field} must be {want}, got {got} {query.customer_id!r}")
+
+
 def answer(recommender: Recommender, queries: list[Query]) -> list[dict]:
+    for q in queries:
+        if q.kind == "customer":
+            check_id_type(recommender, q)
     found = {}
     for mode in dict.fromkeys(q.search_mode for q in queries if q.kind == "query"):  # one pass per mode
         texts = [q for q in queries if q.kind == "query" and q.search_mode == mode]

@@ -31,7 +31,7 @@ SPEC = Stage(
         Port("metrics", "metrics", "the benchmark, the decision and the test table (JSON)", "metrics/search.json"),
         Port("report", "html", "the search tables"),
     ),
-    params=("seed", "search", "pretrain.base_model"),
+    params=("seed", "search", "pretrain.base_model", "data"),
     code=("src/plmrec/search",),
     comment="skipped (decision: dense) while search.reviews_path is null",
 )
@@ -97,6 +97,22 @@ def _log_search(study, decision: dict, out: Path, *, params: Params, tracked: di
     return {"test": tables["test"].to_dict("records"), "verdicts": [str(v) for v in verdicts]}
 
 
+def shop_reviews(params: Params):
+    """search.* with the shop's own reviews where search.reviews_path is not set and the shop's data is
+    Amazon reviews (data.format amazon, with data.meta_path): the search is then over its own catalogue."""
+    settings, data = params.search, params.data
+    if settings.reviews_path or data.source != "file" or not data.meta_path:
+        return settings
+    from plmrec.data.adapters import data_format
+    from plmrec.errors import DataLoadError
+
+    try:
+        amazon = data_format(params) == "amazon"
+    except DataLoadError:  # the file is not here (another pod): the stage says search.reviews_path is unset
+        return settings
+    return settings.model_copy(update={"reviews_path": data.path, "meta_path": data.meta_path}) if amazon else settings
+
+
 def evaluate_search(
     params: Params,
     *,
@@ -114,7 +130,7 @@ def evaluate_search(
 
     from plmrec.search.study import compare_rankers, configured_benchmark, skipped_decision
 
-    settings, out = params.search, Path(search)
+    settings, out = shop_reviews(params), Path(search)
     tracked = {"run_key": run_key, "tracking_uri": tracking_uri}
     out.mkdir(parents=True, exist_ok=True)
     with tracking.stage_run(params, "evaluate-search", **tracked):

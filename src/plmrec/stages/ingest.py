@@ -100,6 +100,9 @@ def ingest(
         )
         for column in found["absent"]:
             say("ingest", f"the data has no {column}: {ABSENT_MEANS[column]}")
+        if found.get("items_without_text"):
+            say("ingest", f"{found['items_without_text']:,} items have no text: their id stands in for it")
+            tracking.log_numeric({"items_without_text": found["items_without_text"]}, "raw_")
         if found.get("dropped"):
             say("ingest", "dropped while reading: " + ", ".join(f"{k} {v:,}" for k, v in found["dropped"].items()))
             tracking.log_numeric(found["dropped"], "raw_dropped_")

@@ -63,7 +63,7 @@ def prepare(
             **{f"rows_{k}": v for k, v in meta["split"]["rows"].items()},
         }
         tracking.log_numeric(figures, "prepared_")
-        tracking.set_tags({"data.prepared_md5": file_digest(prepared, "md5")})
+        tracking.set_tags({"data.prepared_md5": file_digest(prepared, "md5"), "data.split_mode": meta["split"]["mode"]})
         if metrics is not None:
             write_json(metrics, {"prepare": figures})
         say(

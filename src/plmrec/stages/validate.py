@@ -43,7 +43,7 @@ RAW_SPEC = Stage(
     __name__,
     inputs=(RAW,),
     outputs=_outputs("raw"),
-    params=("validation",),
+    params=("validation", "clean.drop_exact_duplicates"),
     code=("src/plmrec/validation.py",),
 )
 PREPARED_SPEC = Stage(
