@@ -216,7 +216,7 @@ def test_data_inspect_prints_the_adapter_counts_split_and_what_runs(tmp_path):
 
 
 @realdata
-def test_amazon_reviews_become_the_stages_table_with_a_leave_one_out_split():
+def test_amazon_reviews_become_the_stages_table_with_a_leave_one_out_split(tmp_path):
     """What ingest writes for a non-Online-Retail format, and what prepare makes of it: text ids kept,
     what the data lacks named, each user's last review test and the one before valid."""
     from plmrec.data.prepare import prepare_transactions, split_mode_of
@@ -229,7 +229,9 @@ def test_amazon_reviews_become_the_stages_table_with_a_leave_one_out_split():
     assert meta["adapter"] == "amazon" and meta["absent"] == ["basket", "quantity", "price", "country"]
     assert meta["dropped"]["duplicate_interaction"] > 0  # Amazon's file repeats some reviews
     assert table["CustomerID"].map(type).eq(str).all() and (table["Quantity"] == 1).all()
-    assert validate_table(table, "raw", params, meta=meta).success
+    checked = validate_table(table, "raw", params, meta=meta, report_dir=tmp_path / "raw")
+    assert checked.success and checked.dropped["interaction_item_not_in_catalogue"] == 64  # in the report too
+    assert json.loads((tmp_path / "raw" / "summary.json").read_text())["dropped_duplicate_interaction"] > 0
     prepared, info = prepare_transactions(table, params.clean, params.split, adapter="amazon", absent=meta["absent"])
     assert info["split"]["mode"] == split_mode_of(prepared) == "leave_one_out"
     assert "quantity_labels" in info["skipped"] and (prepared["label"] == 0).all()
@@ -262,3 +264,22 @@ def test_the_temporal_split_stays_the_online_retail_default(small_raw):
     prepared, info = prepare_transactions(small_raw, params.clean, params.split)
     assert split_mode_of(prepared) == "temporal" and info["split"]["train_end"] == "2011-09-01"
     assert prepared["CustomerID"].dtype == "int64"  # Online Retail's numbers stay numbers
+
+
+def test_without_baskets_co_purchase_pairs_come_from_neighbouring_interactions():
+    from plmrec.finetune import pairs
+
+    rows = pd.DataFrame(
+        {
+            "CustomerID": ["u1"] * 3 + ["u2"] * 2,
+            "position": [0, 1, 2, 0, 1],
+            "InvoiceNo": ["u1@1", "u1@2", "u1@3", "u2@1", "u2@2"],  # one item per 'basket': no pairs
+            "StockCode": ["a", "b", "c", "a", "c"],
+            "Description": ["red mug", "blue mug", "green cup", "red mug", "green cup"],
+            "InvoiceDate": pd.to_datetime(["2020-01-01", "2020-01-02", "2020-01-03", "2020-01-01", "2020-01-02"]),
+        }
+    )
+    assert pairs.item_context_pairs(rows) == []
+    found = set(pairs.item_context_pairs(pairs.neighbour_baskets(rows)))
+    assert ("red mug", "blue mug") in found and ("blue mug", "green cup") in found and ("red mug", "green cup") in found
+    assert ("blue mug", "red mug") in found  # both ways, as co-purchases are

@@ -55,6 +55,7 @@ class ValidationOutcome:
     evaluated: int
     failures: list[dict] = field(default_factory=list)
     report_dir: Path | None = None
+    dropped: dict[str, int] = field(default_factory=dict)  # rows dropped before this table, by reason
 
     @property
     def summary(self) -> str:
@@ -458,8 +459,15 @@ def validate_table(
                 ),
             }
         )
+    meta = meta or {}
+    dropped = meta.get("dropped") or meta.get("cleaning", {}).get("dropped") or {}
     outcome = ValidationOutcome(
-        suite=suite, success=not failures, evaluated=len(checks), failures=failures, report_dir=report_dir
+        suite=suite,
+        success=not failures,
+        evaluated=len(checks),
+        failures=failures,
+        report_dir=report_dir,
+        dropped={k: int(v) for k, v in dropped.items() if v},
     )
     if report_dir:
         write_reports(outcome, df)
@@ -479,6 +487,7 @@ def write_reports(outcome: ValidationOutcome, df: pd.DataFrame) -> None:
         "rows": len(df),
         "summary": outcome.summary,
         "failures": outcome.failures,
+        "dropped": outcome.dropped,
         "data_docs": "data_docs/index.html",
     }
     (d / "report.json").write_text(json.dumps(body, indent=2, default=str), encoding="utf-8")
@@ -489,6 +498,7 @@ def write_reports(outcome: ValidationOutcome, df: pd.DataFrame) -> None:
                 "expectations_evaluated": outcome.evaluated,
                 "expectations_failed": len(outcome.failures),
                 "rows": len(df),
+                **{f"dropped_{reason}": n for reason, n in outcome.dropped.items()},
             },
             indent=2,
         ),
@@ -509,6 +519,10 @@ def render_html(outcome: ValidationOutcome, rows: int) -> str:
         f"<p>{rows:,} rows; {outcome.evaluated} expectations; {len(outcome.failures)} failed. "
         f"Full great-expectations Data Docs: <a href='data_docs/index.html'>data_docs/index.html</a></p>",
     ]
+    if outcome.dropped:
+        parts.append("<h2>Rows dropped before this table, by reason</h2><table><tr><th>reason</th><th>rows</th></tr>")
+        parts += [f"<tr><td>{e(k)}</td><td>{v:,}</td></tr>" for k, v in outcome.dropped.items()]
+        parts.append("</table>")
     for f in outcome.failures:
         stat = ""
         if f.get("unexpected_count") is not None:

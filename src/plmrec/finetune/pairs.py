@@ -115,6 +115,19 @@ def _sample(pairs: list[tuple[str, str]], max_pairs: int, seed: int) -> list[tup
     return [pairs[i] for i in sorted(keep)]
 
 
+def neighbour_baskets(rows: pd.DataFrame) -> pd.DataFrame:
+    """Data without baskets (reviews, benchmark sequences): each two neighbouring interactions of a user
+    as a basket (`InvoiceNo` '<user>#<k>'), so co-purchase pairs come from what a user took one after
+    the other."""
+    order = ["CustomerID", "position"] if "position" in rows else ["CustomerID", "InvoiceDate"]
+    ranked = rows.sort_values(order, kind="stable")
+    k = ranked.groupby("CustomerID", sort=False).cumcount()
+    user = ranked["CustomerID"].astype(str)
+    this = ranked.assign(InvoiceNo=user + "#" + k.astype(str))
+    previous = ranked.assign(InvoiceNo=user + "#" + (k + 1).astype(str))  # also in the next one's basket
+    return pd.concat([this, previous], ignore_index=True)
+
+
 def item_context_pairs(
     rows: pd.DataFrame,
     neighbours_per_item: int = 10,

@@ -36,6 +36,8 @@ def build_pairs(task: str, params: Params, rows: pd.DataFrame, *, seed: int) -> 
     """The (anchor, positive) texts of one task, from training rows only."""
     ft = params.finetune
     if task == "item_context":
+        if "basket" in rows.attrs.get("plmrec", {}).get("absent", []):  # no baskets: neighbouring interactions
+            rows = pairs.neighbour_baskets(rows)
         return pairs.item_context_pairs(
             rows, ft.neighbours_per_item, max_pairs=ft.max_pairs, weighting=ft.pair_weighting, seed=seed
         )
@@ -244,7 +246,7 @@ def embed_catalogue(model, prepared: pd.DataFrame, params: Params, *, out_dir: s
     row_of = {c: i for i, c in enumerate(cat["StockCode"])}
     customers, histories = [], []
     for customer, codes in pairs.customer_histories(rows):
-        customers.append(customer)
+        customers.append(customer.item() if hasattr(customer, "item") else customer)
         histories.append([row_of[c] for c in codes])
     users = user_table(
         customers,
