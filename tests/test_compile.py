@@ -39,6 +39,8 @@ def test_compiled_pipeline_ir(tmp_path):
     assert params["config"]["parameterType"] == "STRUCT"
     expected = load_params(ROOT / "params.yaml", ["pipeline.image=registry.example/plmrec:test"]).to_dict()
     assert params["config"]["defaultValue"] == expected
+    # the data's format and split are the run's parameters, as every other key (a run may override them)
+    assert expected["data"]["format"] == "auto" and expected["split"]["mode"] == "auto"
     tasks = spec["root"]["dag"]["tasks"]
     assert tasks["finish-tracking"]["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
     inner = spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]
