@@ -251,7 +251,8 @@ def test_the_unisrec_benchmark_prepares_to_its_own_split():
     table, meta = to_transactions(adapters.read_shop(params))
     assert "time" in meta["absent"] and table["InvoiceDate"].notna().all()  # positions as days
     prepared, info = prepare_transactions(table, params.clean, params.split, adapter="unisrec", absent=meta["absent"])
-    assert info["cleaning"]["rows_out"] == len(table) == 59_384
+    assert info["cleaning"]["rows_out"] == len(table) == 59_427  # 34,101 training rows + 8,442 firsts + 2 x 8,442
+    assert (prepared["split"] == "train").sum() - prepared["CustomerID"].nunique() == 34_101  # the files' train rows
     assert (prepared["split"] == prepared["benchmark_split"]).all()
 
 

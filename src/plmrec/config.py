@@ -384,6 +384,12 @@ class RetrievalParams(_Section):
     index: Literal["exact", "faiss"] = Field("exact", description="faiss: HNSW index (pip install faiss-cpu)")
     encode_batch_size: int = Field(128, ge=1)
     clusters: int = Field(8, ge=2, description="KMeans clusters in the embedding picture")
+    query_kinds: list[Literal["sentence", "mean", "recency"]] = Field(
+        ["sentence", "mean", "recency"],
+        min_length=1,
+        description="user queries scored: the encoded history sentence (one encoding per user: the costly one), "
+        "the mean and the recency-weighted mean of the history's item vectors",
+    )
     compare: list[Literal["base", "pretrained", "finetuned"]] = ["base", "pretrained", "finetuned"]
     encoder_selection: Literal["auto", "base", "pretrained", "finetuned"] = Field(
         "auto",

@@ -54,6 +54,7 @@ class ValidProbe:
     history_template: str = "plain"
     batch_size: int = 128
     index_kind: str = "exact"
+    kinds: tuple[str, ...] = QUERY_KINDS  # retrieval.query_kinds
     scored: dict = field(default_factory=dict, repr=False)  # model digest -> query kind -> metrics
     reused: int = 0  # scores answered from `scored` (this stage's or an earlier stage's) instead of encoding
 
@@ -84,6 +85,7 @@ class ValidProbe:
             history_template=params.finetune.history_template,
             batch_size=retrieval.encode_batch_size,
             index_kind=retrieval.index,
+            kinds=tuple(retrieval.query_kinds),
         )
 
     def key(self) -> str:
@@ -98,9 +100,10 @@ class ValidProbe:
         }
         return hashlib.blake2b(json.dumps(content, default=str).encode(), digest_size=16).hexdigest()
 
-    def score(self, model, kinds: tuple[str, ...] = QUERY_KINDS) -> dict[str, dict[str, float]]:
-        """Metrics per query kind (valid window) for one sentence-transformers model; a model this probe
-        (or a loaded SCORES_FILE of the same probe) has already scored is not encoded again."""
+    def score(self, model, kinds: tuple[str, ...] | None = None) -> dict[str, dict[str, float]]:
+        """Metrics per query kind (valid window; default the probe's) for one sentence-transformers model; a
+        model this probe (or a loaded SCORES_FILE of the same probe) has already scored is not encoded again."""
+        kinds = self.kinds if kinds is None else kinds
         known = self.scored.setdefault(model_digest(model), {})
         missing = tuple(k for k in kinds if k not in known)
         if missing:

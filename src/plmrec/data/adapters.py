@@ -227,9 +227,21 @@ def unisrec(params: Params, path: Path) -> ShopData:
 
     data = load_seqrec(path)
     ids = data.items["item_id"].tolist()
+    # A history in the files keeps its newest 50 items: a long sequence is whole only in its training rows
+    # (the oldest row's history, then each row's target, oldest first), then the valid and test targets.
+    per_user: dict = {}
+    for row in data.splits["train"].itertuples(index=False):
+        per_user.setdefault(row.user, []).append(row)
+    trained = {}
+    for user, found in per_user.items():
+        found = found[::-1]  # the files list a user's rows newest first
+        trained[user] = [*found[0].history, *(r.target for r in found)]
+    valid = dict(zip(data.splits["valid"]["user"], data.splits["valid"]["target"]))
     rows = []
     for row in data.splits["test"].itertuples(index=False):
         sequence = [*row.history, row.target]
+        if row.user in trained and row.user in valid:
+            sequence = [*trained[row.user], valid[row.user], row.target]
         for position, index in enumerate(sequence):
             split = "test" if position == len(sequence) - 1 else "valid" if position == len(sequence) - 2 else "train"
             rows.append((str(row.user), ids[index], position, split))

@@ -148,20 +148,18 @@ def user_table(
     half_life: float,
     template: str = "plain",
     batch_size: int = 128,
+    sentences: bool = True,
 ) -> pd.DataFrame:
-    """Per customer: mean and recency-weighted item vectors, and the encoded history sentence."""
+    """Per customer: mean and recency-weighted item vectors, and (with `sentences`: one encoding per
+    customer) the encoded history sentence."""
     mean, recent = user_vectors(histories, item_vectors, half_life)
-    sentences = [render_history([item_texts[i] for i in rows], history_length, template) for rows in histories]
-    sentence = encode_texts(model, sentences, batch_size)
-    return pd.DataFrame(
-        {
-            "CustomerID": customers,
-            "n_items": [len(h) for h in histories],
-            "mean": list(mean),
-            "recency": list(recent),
-            "sentence": list(sentence),
-        }
+    table = pd.DataFrame(
+        {"CustomerID": customers, "n_items": [len(h) for h in histories], "mean": list(mean), "recency": list(recent)}
     )
+    if sentences:
+        texts = [render_history([item_texts[i] for i in rows], history_length, template) for rows in histories]
+        table["sentence"] = list(encode_texts(model, texts, batch_size))
+    return table
 
 
 def save_embeddings(

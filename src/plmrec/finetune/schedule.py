@@ -258,6 +258,7 @@ def embed_catalogue(model, prepared: pd.DataFrame, params: Params, *, out_dir: s
         template=params.finetune.history_template,
         half_life=params.retrieval.recency_half_life,
         batch_size=params.retrieval.encode_batch_size,
+        sentences="sentence" in params.retrieval.query_kinds,
     )
     save_embeddings(
         out_dir,

@@ -235,6 +235,7 @@ def evaluate_retrieval(
                     batch_size=retrieval.encode_batch_size,
                     index_kind=retrieval.index,
                     template=tuning.history_template,
+                    kinds=tuple(retrieval.query_kinds),
                 )
                 timing = results[bench][name]["_timing"]
                 say(
