@@ -109,7 +109,7 @@ def results_table(results: dict[str, dict], ks: list[int]) -> pd.DataFrame:
     """One row per (encoder, query kind): Recall@K and NDCG@K for each K, plus the query count."""
     rows = []
     for encoder, by_kind in results.items():
-        for kind in QUERY_KINDS:
+        for kind in (k for k in QUERY_KINDS if k in by_kind):  # the kinds scored (retrieval.query_kinds)
             m = by_kind[kind]
             rows.append(
                 {
