@@ -68,3 +68,24 @@ def test_minilm_zero_shot_beats_chance_by_far(scientific):
     assert result["sentence"]["queries"] == 300
     assert result["sentence"]["recall@10"] > 10 * chance
     assert result["sentence"]["recall@50"] >= result["sentence"]["recall@10"]
+
+
+def test_only_the_query_kinds_asked_for_are_scored_and_tabled(scientific):
+    """retrieval.query_kinds: without the history sentence nothing is encoded per user, and the table
+    lists the kinds scored."""
+    from plmrec.finetune.retrieval import Queries, results_table
+
+    model = load_encoder(resolve_base_model("sentence-transformers/all-MiniLM-L6-v2"), "mean", 64)
+    queries = Queries(users=[0, 1], histories=[[0, 1, 2], [3, 4]], relevant=[{5}, {6}])  # the first 500 items
+    result = score_encoder(
+        model,
+        scientific.items["text"].tolist()[:500],
+        queries,
+        ks=[10],
+        history_length=20,
+        half_life=5.0,
+        exclude_history=False,
+        kinds=("mean", "recency"),
+    )
+    assert {k for k in result if not k.startswith("_")} == {"mean", "recency"}
+    assert results_table({"base": result}, [10])["query"].tolist() == ["mean", "recency"]
