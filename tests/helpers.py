@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import requests
 
@@ -253,3 +254,39 @@ def tiny_search_params(reviews_path, **overrides):
         reviews_path=str(reviews_path) if reviews_path else None, seeds=[0], blair=blair, depth=200, min_query_chars=60
     )
     return SearchParams(**{**base, **overrides})
+
+
+def magazine_as_recbole(folder: Path) -> pd.DataFrame:
+    """Amazon 2018 Magazine Subscriptions written as RecBole atomic files (`folder`/magazine.inter and
+    .item, the format of RecBole's public data sets; the repeated reviews left out, as RecBole's own
+    conversions leave them); returns the interactions written."""
+    from plmrec.data.amazon import load_items, load_reviews
+
+    root = shared("amazon2018")
+    reviews = load_reviews(root / "Magazine_Subscriptions_5.json.gz")
+    reviews = reviews.drop_duplicates(["user_id", "item_id", "timestamp", "rating"])
+    inter = pd.DataFrame(
+        {
+            "user_id": reviews["user_id"],
+            "item_id": reviews["item_id"],
+            "rating": reviews["rating"],
+            "timestamp": reviews["timestamp"].astype("int64") // 10**9,
+        }
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    _atomic(
+        inter,
+        folder / "magazine.inter",
+        {"user_id": "token", "item_id": "token", "rating": "float", "timestamp": "float"},
+    )
+    meta = load_items(root / "meta_Magazine_Subscriptions.json.gz")
+    item = pd.DataFrame({"item_id": meta["item_id"], "title": meta["title"].str.replace("\t", " ")})
+    _atomic(item, folder / "magazine.item", {"item_id": "token", "title": "token_seq"})
+    return inter
+
+
+def _atomic(frame: pd.DataFrame, path: Path, types: dict[str, str]) -> None:
+    """A RecBole atomic file: tab-separated, `name:type` headers."""
+    header = "\t".join(f"{c}:{types[c]}" for c in frame.columns)
+    body = frame.astype(str).apply(lambda r: "\t".join(r), axis=1)
+    path.write_text(header + "\n" + "\n".join(body) + "\n")

@@ -6,21 +6,13 @@ import pandas as pd
 import pytest
 import requests
 
-from helpers import SHARED_DATA, plmrec_server, quick_recommenders_params, quick_user_model_params
+from helpers import SHARED_DATA, magazine_as_recbole, plmrec_server, quick_recommenders_params, quick_user_model_params
 from plmrec.local_pipeline import run_local
 from plmrec.tracking import RUN_KEY_TAG, STAGE_TAG
 
 pytestmark = [pytest.mark.integration, pytest.mark.realdata]
 MAGAZINE = SHARED_DATA / "amazon2018" / "Magazine_Subscriptions_5.json.gz"
-MAGAZINE_META = SHARED_DATA / "amazon2018" / "meta_Magazine_Subscriptions.json.gz"
 RETAIL = SHARED_DATA / "online-retail" / "online_retail.parquet"
-
-
-def _atomic(frame: pd.DataFrame, path, types: dict[str, str]) -> None:
-    """A RecBole atomic file: tab-separated, `name:type` headers."""
-    header = "\t".join(f"{c}:{types[c]}" for c in frame.columns)
-    body = frame.astype(str).apply(lambda r: "\t".join(r), axis=1)
-    path.write_text(header + "\n" + "\n".join(body) + "\n")
 
 
 def _quick(params, tiny_model_dir, mlflow_server, model_name: str):
@@ -51,29 +43,11 @@ def test_a_recbole_slice_runs_end_to_end_and_serves_its_text_ids(tiny_model_dir,
     """Magazine Subscriptions as RecBole atomic files: text user ids, no quantities, no baskets; the split
     is leave-one-out, the quantity classifiers skip with a line, and the server takes the ids as text."""
     from plmrec.config import parse_params
-    from plmrec.data.amazon import load_items, load_reviews
 
     if not MAGAZINE.exists():
         pytest.skip(f"{MAGAZINE} not present")
-    reviews = load_reviews(MAGAZINE).drop_duplicates(["user_id", "item_id", "timestamp"])  # Amazon repeats some
-    inter = pd.DataFrame(
-        {
-            "user_id": reviews["user_id"],
-            "item_id": reviews["item_id"],
-            "rating": reviews["rating"],
-            "timestamp": reviews["timestamp"].astype("int64") // 10**9,
-        }
-    )
     folder = tmp_path / "magazine"
-    folder.mkdir()
-    _atomic(
-        inter,
-        folder / "magazine.inter",
-        {"user_id": "token", "item_id": "token", "rating": "float", "timestamp": "float"},
-    )
-    meta = load_items(MAGAZINE_META)
-    item = pd.DataFrame({"item_id": meta["item_id"], "title": meta["title"].str.replace("\t", " ")})
-    _atomic(item, folder / "magazine.item", {"item_id": "token", "title": "token_seq"})
+    inter = magazine_as_recbole(folder)
     params = parse_params({"data": {"source": "file", "path": str(folder)}})
     params = _quick(params, tiny_model_dir, mlflow_server, "recbole-slice-recommender")
 

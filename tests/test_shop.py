@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from helpers import SHARED_DATA, SMALL
+from helpers import SHARED_DATA, SMALL, magazine_as_recbole
 from plmrec.config import Params, SyntheticParams, parse_params
 from plmrec.data import adapters
 from plmrec.data.inspect import report
@@ -58,35 +58,11 @@ def test_amazon_reviews_with_metadata(tmp_path):
     assert not parts["quantity-label XGBoost (train-baseline, evaluate-baseline, the classifier ablation)"]
 
 
-def _atomic(frame: pd.DataFrame, path, types: dict[str, str]) -> None:
-    header = "\t".join(f"{c}:{types[c]}" for c in frame.columns)
-    body = frame.astype(str).apply(lambda r: "\t".join(r), axis=1)
-    path.write_text(header + "\n" + "\n".join(body) + "\n")
-
-
 @realdata
 def test_recbole_atomic_files_written_from_a_real_slice(tmp_path):
     """Magazine Subscriptions as RecBole atomic files (the format of RecBole's public data sets) reads back
     as the same interactions the Amazon adapter gives."""
-    from plmrec.data.amazon import load_items, load_reviews
-
-    reviews = load_reviews(MAGAZINE).drop_duplicates(["user_id", "item_id", "timestamp", "rating"])  # as amazon's
-    inter = pd.DataFrame(
-        {
-            "user_id": reviews["user_id"],
-            "item_id": reviews["item_id"],
-            "rating": reviews["rating"],
-            "timestamp": reviews["timestamp"].astype("int64") // 10**9,
-        }
-    )
-    _atomic(
-        inter,
-        tmp_path / "magazine.inter",
-        {"user_id": "token", "item_id": "token", "rating": "float", "timestamp": "float"},
-    )
-    meta = load_items(MAGAZINE_META)
-    item = pd.DataFrame({"item_id": meta["item_id"], "title": meta["title"].str.replace("\t", " ")})
-    _atomic(item, tmp_path / "magazine.item", {"item_id": "token", "title": "token_seq"})
+    magazine_as_recbole(tmp_path)
     assert adapters.detect_format(tmp_path) == "recbole"
     shop = adapters.read_shop(_params(source="file", path=str(tmp_path)))
     amazon = adapters.read_shop(_params(source="file", path=str(MAGAZINE), meta_path=str(MAGAZINE_META)))
