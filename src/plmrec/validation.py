@@ -99,6 +99,11 @@ def _plain_view(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def _online_retail(meta: dict | None) -> bool:
+    """Whether the table's metadata says it is Online Retail's (ingest writes `adapter`; older tables are)."""
+    return (meta or {}).get("adapter", "online_retail") == "online_retail"
+
+
 def _text_ids(values: pd.Series) -> bool:
     return pd.api.types.is_object_dtype(values.dtype) and values.dropna().map(type).eq(str).all()
 
@@ -122,7 +127,7 @@ def raw_checks(df: pd.DataFrame, params: Params, meta: dict | None = None) -> li
     """The raw table's expectations; Online Retail's invoice and stock-code formats only for its files
     (`meta['adapter']`, written by ingest), the other formats having been read into the canonical tables."""
     E = _gx().expectations
-    online_retail = (meta or {}).get("adapter", "online_retail") == "online_retail"
+    online_retail = _online_retail(meta)
     v = params.validation
     max_date = v.max_date or dt.date.today() + dt.timedelta(days=1)
     checks = [Check(E.ExpectTableRowCountToBeBetween(min_value=1), "the table must have at least one row")]
@@ -242,7 +247,7 @@ def prepared_checks(df: pd.DataFrame, params: Params, meta: dict | None = None) 
             f"cleaned 'UnitPrice' must be >= {min_price}",
         ),
     ]
-    if (meta or {}).get("adapter", "online_retail") == "online_retail":
+    if _online_retail(meta):
         checks.append(
             Check(
                 E.ExpectColumnValuesToNotMatchRegex(column="InvoiceNo", regex=r"^C"),

@@ -24,6 +24,12 @@ class CleaningReport:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def tally(self, kept: pd.DataFrame) -> None:
+        """The counts of the rows kept."""
+        self.rows_out = len(kept)
+        self.customers = int(kept["CustomerID"].nunique())
+        self.stock_codes = int(kept["StockCode"].nunique())
+
 
 def clean_transactions(
     df: pd.DataFrame, params: CleanParams, *, adapter: str = "online_retail"
@@ -57,9 +63,7 @@ def clean_transactions(
     out = df.loc[keep].reset_index(drop=True)
     if pd.api.types.is_numeric_dtype(out["CustomerID"]):
         out["CustomerID"] = out["CustomerID"].astype("int64")  # 12346.0 -> 12346, as the shop wrote it
-    report.rows_out = len(out)
-    report.customers = int(out["CustomerID"].nunique())
-    report.stock_codes = int(out["StockCode"].nunique())
+    report.tally(out)
     return out, report
 
 
@@ -77,16 +81,20 @@ def split_mode_of(prepared: pd.DataFrame) -> str:
     return prepared.attrs.get("plmrec", {}).get("split", {}).get("mode", "temporal")
 
 
+def history_order(df: pd.DataFrame) -> list[str]:
+    """The columns that order a customer's interactions: `position` where the table has it (the formats
+    read into the canonical tables), else the time."""
+    return ["position"] if "position" in df else ["InvoiceDate"]
+
+
 def leave_one_out_split(df: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
-    """Each user's last interaction (by position, else time, then row order) is test, the one before it
-    valid, the rest train; (split, mask of rows whose user has fewer than three interactions)."""
-    order = ["CustomerID", "position"] if "position" in df else ["CustomerID", "InvoiceDate"]
-    ranked = df.assign(_row=np.arange(len(df))).sort_values([*order, "_row"], kind="stable")
-    from_end = ranked.groupby("CustomerID", sort=False).cumcount(ascending=False)
-    size = ranked.groupby("CustomerID", sort=False)["CustomerID"].transform("size")
-    split = np.where(from_end == 0, "test", np.where(from_end == 1, "valid", "train"))
-    out = pd.Series(split, index=ranked.index, dtype="string").reindex(df.index)
-    return out, (size < 3).reindex(df.index)
+    """Each customer's last interaction (by position, else time, then row order) is test, the one before
+    it valid, the rest train (plmrec.data.shop.leave_one_out_rows); (split, mask of rows whose customer
+    has fewer than three interactions)."""
+    from plmrec.data.shop import leave_one_out_rows
+
+    split, short = leave_one_out_rows(df, user="CustomerID", order=history_order(df))
+    return split.astype("string"), short
 
 
 def _cutoffs(params: SplitParams) -> tuple[pd.Timestamp, pd.Timestamp]:
@@ -186,9 +194,7 @@ def prepare_transactions(
         if short.any():
             report.dropped["user_too_short"] = int(short.sum())
             cleaned = cleaned[~short].reset_index(drop=True)
-            report.rows_out = len(cleaned)
-            report.customers = int(cleaned["CustomerID"].nunique())
-            report.stock_codes = int(cleaned["StockCode"].nunique())
+            report.tally(cleaned)
     else:
         cleaned["split"] = assign_split(cleaned, split)
     check_split(cleaned, split, mode=mode)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 
 from plmrec.errors import DataLoadError
@@ -171,7 +172,7 @@ def finish(
         inter["time"] = pd.NaT
     inter["time"] = pd.to_datetime(inter["time"], errors="coerce")
     if unique_events and inter["time"].notna().any():  # the same review twice (Amazon's files repeat some)
-        same = inter.drop(columns=[c for c in ("position",) if c in inter]).duplicated()
+        same = inter.drop(columns="position", errors="ignore").duplicated()
         if same.any():
             dropped["duplicate_interaction"] = int(same.sum())
             inter = inter[~same]
@@ -202,16 +203,21 @@ def finish(
     )
 
 
+def leave_one_out_rows(frame: pd.DataFrame, *, user: str, order: list[str]) -> tuple[pd.Series, pd.Series]:
+    """RecBole's split over any table: each user's last row (by `order`, then the table's order) is test,
+    the one before it valid, the rest train; (split per row, mask of the rows whose user has fewer than
+    three, who cannot give all three parts). The canonical tables (below) and `prepare` both use it."""
+    ranked = frame.assign(_row=np.arange(len(frame))).sort_values([user, *order, "_row"], kind="stable")
+    from_end = ranked.groupby(user, sort=False).cumcount(ascending=False)
+    size = ranked.groupby(user, sort=False)[user].transform("size")
+    split = pd.Series(np.where(from_end == 0, "test", np.where(from_end == 1, "valid", "train")), index=ranked.index)
+    return split.astype(object).reindex(frame.index), (size < 3).reindex(frame.index)
+
+
 def leave_one_out(interactions: pd.DataFrame) -> tuple[pd.Series, int]:
-    """RecBole's split: each user's last interaction is test, the one before it valid, the rest train.
-    Users with fewer than three interactions cannot give all three: (split per row with those users' rows
-    None, how many such users)."""
-    size = interactions.groupby("user")["position"].transform("size")
-    last = interactions.groupby("user")["position"].transform("max")
-    split = pd.Series("train", index=interactions.index, dtype=object)
-    split[interactions["position"] == last] = "test"
-    split[interactions["position"] == last - 1] = "valid"
-    short = size < 3
+    """RecBole's split of the canonical interactions (by position): (split per row, None for the rows of
+    users with fewer than three interactions, how many such users)."""
+    split, short = leave_one_out_rows(interactions, user="user", order=["position"])
     split[short] = None
     return split, int(interactions.loc[short, "user"].nunique())
 
@@ -226,17 +232,6 @@ def temporal(interactions: pd.DataFrame, train_end, valid_end) -> pd.Series:
     return split
 
 
-# Columns the pipeline's stages read (the Online Retail names, plmrec.data.schema): what each canonical
-# column becomes, and the value a row gets where the data has no such column.
-TRANSACTION_FROM_CANONICAL = {
-    "user": "CustomerID",
-    "item": "StockCode",
-    "time": "InvoiceDate",
-    "basket": "InvoiceNo",
-    "quantity": "Quantity",
-    "price": "UnitPrice",
-    "country": "Country",
-}
 SYNTHETIC_CLOCK = pd.Timestamp("2000-01-01")  # data without times: position k of a history is day k
 
 

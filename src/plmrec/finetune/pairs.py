@@ -95,9 +95,11 @@ def purchase_sequences(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def customer_histories(rows: pd.DataFrame):
-    """(customer, distinct stock codes oldest first, each at its latest purchase), by customer id."""
+    """(customer, distinct stock codes oldest first, each at its latest purchase), by customer id; the id a
+    plain int or str (as the data has it), not numpy's."""
     for customer, user in purchase_sequences(rows).groupby("CustomerID", sort=True):
-        yield customer, history_before([c for basket in user["codes"] for c in basket])
+        plain = customer.item() if hasattr(customer, "item") else customer
+        yield plain, history_before([c for basket in user["codes"] for c in basket])
 
 
 def history_before(codes_in_order: list[str]) -> list[str]:
@@ -119,8 +121,9 @@ def neighbour_baskets(rows: pd.DataFrame) -> pd.DataFrame:
     """Data without baskets (reviews, benchmark sequences): each two neighbouring interactions of a user
     as a basket (`InvoiceNo` '<user>#<k>'), so co-purchase pairs come from what a user took one after
     the other."""
-    order = ["CustomerID", "position"] if "position" in rows else ["CustomerID", "InvoiceDate"]
-    ranked = rows.sort_values(order, kind="stable")
+    from plmrec.data.prepare import history_order
+
+    ranked = rows.sort_values(["CustomerID", *history_order(rows)], kind="stable")
     k = ranked.groupby("CustomerID", sort=False).cumcount()
     user = ranked["CustomerID"].astype(str)
     this = ranked.assign(InvoiceNo=user + "#" + k.astype(str))

@@ -50,7 +50,7 @@ def temporal_queries(
         if exclude_history:
             wanted -= set(history)
         if history and wanted:
-            users.append(customer.item() if hasattr(customer, "item") else customer)  # a plain int or str
+            users.append(customer)
             histories.append(history)
             relevant.append(wanted)
     return Queries(users, histories, relevant)

@@ -246,7 +246,7 @@ def embed_catalogue(model, prepared: pd.DataFrame, params: Params, *, out_dir: s
     row_of = {c: i for i, c in enumerate(cat["StockCode"])}
     customers, histories = [], []
     for customer, codes in pairs.customer_histories(rows):
-        customers.append(customer.item() if hasattr(customer, "item") else customer)
+        customers.append(customer)
         histories.append([row_of[c] for c in codes])
     users = user_table(
         customers,

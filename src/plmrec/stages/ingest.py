@@ -46,22 +46,21 @@ def load_source(params: Params, download_dir: str | Path = "data/external") -> t
     from plmrec.data.adapters import data_format
 
     source = params.data
+    if data_format(params) != "online_retail":
+        from plmrec.data.adapters import read_shop
+        from plmrec.data.shop import to_transactions
+
+        return to_transactions(read_shop(params))
     if source.source == "synthetic":
         from plmrec.data.synthetic import generate_transactions
 
-        return generate_transactions(source.synthetic), {"adapter": "online_retail", "absent": []}
-    from plmrec.data.online_retail import load_transactions
+        table = generate_transactions(source.synthetic)
+    else:
+        from plmrec.data.download import download
+        from plmrec.data.online_retail import load_transactions
 
-    if source.source == "file":
-        if data_format(params) != "online_retail":
-            from plmrec.data.adapters import read_shop
-            from plmrec.data.shop import to_transactions
-
-            return to_transactions(read_shop(params))
-        return load_transactions(source.path, encoding=source.encoding), {"adapter": "online_retail", "absent": []}
-    from plmrec.data.download import download
-
-    table = load_transactions(download(source.source, download_dir), encoding=source.encoding)
+        path = source.path if source.source == "file" else download(source.source, download_dir)
+        table = load_transactions(path, encoding=source.encoding)
     return table, {"adapter": "online_retail", "absent": []}
 
 

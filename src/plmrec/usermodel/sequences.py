@@ -148,8 +148,11 @@ def seqrec_from_rows(rows: pd.DataFrame, items: pd.DataFrame, *, name: str = "pr
     test) as the benchmark's files shape it: a train row per training interaction after the first
     (the interactions before it, the item), the valid row (every train item, the valid item) and the
     test row (train and valid items, the test item); histories keep their newest 50, as UniSRec's do."""
-    order = ["CustomerID", "position"] if "position" in rows else ["CustomerID", "InvoiceDate"]
-    rows = rows.assign(_row=np.arange(len(rows))).sort_values([*order, "_row"], kind="stable")
+    from plmrec.data.prepare import history_order
+
+    rows = rows.assign(_row=np.arange(len(rows))).sort_values(
+        ["CustomerID", *history_order(rows), "_row"], kind="stable"
+    )
     out = {s: {"user": [], "history": [], "target": []} for s in ("train", "valid", "test")}
     for user, frame in rows.groupby("CustomerID", sort=True):
         sequence, parts = frame["item"].to_list(), frame["split"].to_list()

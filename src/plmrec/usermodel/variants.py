@@ -95,7 +95,11 @@ class WindowData:
     refit_ids: np.ndarray | None
     end: pd.Timestamp  # just after the last purchase
     rows: pd.DataFrame = field(repr=False)
-    timed: bool = True
+
+    @property
+    def timed(self) -> bool:
+        """Temporal windows (time buckets, a refit); leave-one-out data has neither."""
+        return self.refit is not None
 
     def facts(self) -> dict:
         return {
@@ -130,7 +134,6 @@ def window_data(prepared: pd.DataFrame, items: pd.DataFrame, params) -> WindowDa
             refit_ids=None,
             end=rows["InvoiceDate"].max() + pd.Timedelta(seconds=1),
             rows=rows,
-            timed=False,
         )
     train_end, valid_end = (pd.Timestamp(x) for x in _cutoffs(params.split))
     horizon = pd.Timedelta(days=um.horizon_days) if um.horizon_days else valid_end - train_end
