@@ -290,3 +290,20 @@ def _atomic(frame: pd.DataFrame, path: Path, types: dict[str, str]) -> None:
     header = "\t".join(f"{c}:{types[c]}" for c in frame.columns)
     body = frame.astype(str).apply(lambda r: "\t".join(r), axis=1)
     path.write_text(header + "\n" + "\n".join(body) + "\n")
+
+
+def retail_orders(rows: int) -> pd.DataFrame:
+    """The first `rows` lines of the real Online Retail file that have a customer, as a shop's order
+    export in a shape of its own (order_id, customer_id, sku, ordered_at, qty, unit_price, product_name)."""
+    raw = pd.read_parquet(shared("online-retail", "online_retail.parquet")).head(rows).dropna(subset=["CustomerID"])
+    return pd.DataFrame(
+        {
+            "order_id": raw["InvoiceNo"].astype(str),
+            "customer_id": raw["CustomerID"].astype(int),
+            "sku": raw["StockCode"],
+            "ordered_at": raw["InvoiceDate"],
+            "qty": raw["Quantity"],
+            "unit_price": raw["UnitPrice"],
+            "product_name": raw["Description"],
+        }
+    )

@@ -2,17 +2,22 @@
 a RecBole atomic-file data set and a plain CSV with a column map, each a slice of real public data."""
 
 import mlflow
-import pandas as pd
 import pytest
 import requests
 
-from helpers import SHARED_DATA, magazine_as_recbole, plmrec_server, quick_recommenders_params, quick_user_model_params
+from helpers import (
+    SHARED_DATA,
+    magazine_as_recbole,
+    plmrec_server,
+    quick_recommenders_params,
+    quick_user_model_params,
+    retail_orders,
+)
 from plmrec.local_pipeline import run_local
 from plmrec.tracking import RUN_KEY_TAG, STAGE_TAG
 
 pytestmark = [pytest.mark.integration, pytest.mark.realdata]
 MAGAZINE = SHARED_DATA / "amazon2018" / "Magazine_Subscriptions_5.json.gz"
-RETAIL = SHARED_DATA / "online-retail" / "online_retail.parquet"
 
 
 def _quick(params, tiny_model_dir, mlflow_server, model_name: str):
@@ -90,21 +95,8 @@ def test_a_csv_with_a_column_map_runs_end_to_end(tiny_model_dir, mlflow_server, 
     numbers stay numbers, quantities label the classifiers, the split is leave-one-out (split.mode auto)."""
     from plmrec.config import parse_params
 
-    if not RETAIL.exists():
-        pytest.skip(f"{RETAIL} not present")
-    raw = pd.read_parquet(RETAIL).head(12_000)
-    raw = raw[raw["CustomerID"].notna() & (raw["Quantity"] > 0) & ~raw["InvoiceNo"].astype(str).str.startswith("C")]
-    orders = pd.DataFrame(
-        {
-            "order_id": raw["InvoiceNo"],
-            "customer_id": raw["CustomerID"].astype(int),
-            "sku": raw["StockCode"],
-            "ordered_at": raw["InvoiceDate"],
-            "qty": raw["Quantity"],
-            "unit_price": raw["UnitPrice"],
-            "product_name": raw["Description"],
-        }
-    )
+    orders = retail_orders(12_000)
+    orders = orders[(orders["qty"] > 0) & ~orders["order_id"].str.startswith("C")]  # no returns in this export
     path = tmp_path / "orders.csv"
     orders.to_csv(path, index=False)
     columns = {

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from helpers import SHARED_DATA, SMALL, magazine_as_recbole
+from helpers import SHARED_DATA, SMALL, magazine_as_recbole, retail_orders
 from plmrec.config import Params, SyntheticParams, parse_params
 from plmrec.data import adapters
 from plmrec.data.inspect import report
@@ -18,7 +18,6 @@ from plmrec.errors import DataLoadError
 MAGAZINE = SHARED_DATA / "amazon2018" / "Magazine_Subscriptions_5.json.gz"
 MAGAZINE_META = SHARED_DATA / "amazon2018" / "meta_Magazine_Subscriptions.json.gz"
 SCIENTIFIC = SHARED_DATA / "amazon-seqrec" / "scientific"
-RETAIL = SHARED_DATA / "online-retail" / "online_retail.parquet"
 realdata = pytest.mark.realdata
 
 
@@ -88,16 +87,7 @@ def test_the_unisrec_benchmark_keeps_its_own_leave_one_out_split():
 
 @realdata
 def test_a_plain_csv_with_a_column_map(tmp_path):
-    raw = pd.read_parquet(RETAIL).head(20_000).dropna(subset=["CustomerID"])
-    table = pd.DataFrame(
-        {
-            "customer_id": raw["CustomerID"].astype(int),
-            "sku": raw["StockCode"],
-            "ordered_at": raw["InvoiceDate"],
-            "qty": raw["Quantity"],
-            "product_name": raw["Description"],
-        }
-    )
+    table = retail_orders(20_000)
     path = tmp_path / "orders.csv"
     table.to_csv(path, index=False)
     params = _params(
