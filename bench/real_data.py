@@ -25,6 +25,8 @@ from pathlib import Path
 import pandas as pd
 from _report import mean_std
 
+from plmrec.stages.evaluate_retrieval import SHOP_TEST
+
 ROOT = Path(__file__).resolve().parents[1]
 QUERY_KINDS = ("sentence", "mean", "recency")
 RETRIEVAL_METRICS = ("recall@10", "ndcg@10", "recall@50", "ndcg@50")
@@ -109,18 +111,20 @@ def retrieval_table(seeds: dict[int, Path]) -> dict:
     """Test figures per (encoder, query kind) over seeds, and the valid-chosen encoder against the base
     model with its own valid-chosen query."""
     per_seed = {s: json.loads((w / "retrieval.json").read_text()) for s, w in seeds.items()}
+    for found in per_seed.values():  # runs before the shop's test window was named "test"
+        found["retrieval"].setdefault(SHOP_TEST, found["retrieval"].get("online_retail_test"))
     rows = {}
     for enc in ("base", "pretrained", "finetuned"):
         for kind in QUERY_KINDS:
-            figures = [per_seed[s]["retrieval"]["online_retail_test"][enc][kind] for s in seeds]
+            figures = [per_seed[s]["retrieval"][SHOP_TEST][enc][kind] for s in seeds]
             rows[f"{enc}/{kind}"] = {m: mean_std([f[m] for f in figures]) for m in RETRIEVAL_METRICS}
     chosen, base = [], []
     for s in seeds:
         found = per_seed[s]
         selection = found["selection"]
-        chosen.append(found["retrieval"]["online_retail_test"][selection["chosen"]][selection["query"]])
+        chosen.append(found["retrieval"][SHOP_TEST][selection["chosen"]][selection["query"]])
         base_kind = selection["valid"]["base"]["query"]
-        base.append(found["retrieval"]["online_retail_test"]["base"][base_kind])
+        base.append(found["retrieval"][SHOP_TEST]["base"][base_kind])
     rows["selected (valid)"] = {m: mean_std([f[m] for f in chosen]) for m in RETRIEVAL_METRICS}
     rows["base (valid query)"] = {m: mean_std([f[m] for f in base]) for m in RETRIEVAL_METRICS}
     selections = {s: {k: per_seed[s]["selection"][k] for k in ("chosen", "query", "valid")} for s in seeds}

@@ -67,6 +67,9 @@ def test_a_recbole_slice_runs_end_to_end_and_serves_its_text_ids(tiny_model_dir,
     assert runs["train-baseline"].data.tags["skipped"].startswith("the data has no quantities")
     assert "leave-one-out" in runs["pipeline"].data.tags["mlflow.note.content"]
     assert 0 < runs["pipeline"].data.metrics["test_ndcg_at_10_user_model"] <= 1
+    client = mlflow.MlflowClient(mlflow_server)
+    registered = client.get_model_version_by_alias("recbole-slice-recommender", "challenger")
+    assert registered.tags["data.name"] == "magazine"  # the gate compares versions of this data set only
 
     known = inter["user_id"].value_counts().index[0]  # a user with many reviews: in every split
     with plmrec_server(["--bundle", str(_bundle(tmp_path / "run"))], tmp_path) as server:

@@ -63,7 +63,7 @@ def test_dvc_repro_runs_only_what_changed(tmp_path):
     assert all(0 <= figures["valid_ndcg_at_10"] <= 1 for figures in pretrain.values())  # the valid proxy
     assert (repo / "models" / "pretrained" / "sentence-transformer" / "modules.json").exists()
     assert (repo / "models" / "finetuned" / "item_embeddings.parquet").exists()
-    retrieval = yaml.safe_load((repo / "metrics" / "retrieval.json").read_text())["retrieval"]["online_retail_test"]
+    retrieval = yaml.safe_load((repo / "metrics" / "retrieval.json").read_text())["retrieval"]["test"]
     assert set(retrieval) == {"base", "pretrained", "finetuned"}
     assert 0 <= retrieval["finetuned"]["sentence"]["ndcg@10"] <= 1
     compare = yaml.safe_load((repo / "metrics" / "compare.json").read_text())["compare"]

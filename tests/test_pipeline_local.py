@@ -115,9 +115,9 @@ def test_pipeline_runs_end_to_end(small_params, tiny_model_dir, mlflow_server, t
     assert encoder.encode(["RED HEART LANTERN"], normalize_embeddings=True).shape == (1, 64)
 
     retrieval = children["evaluate-retrieval"]
-    assert "retrieval/online_retail_test.md" in listed(retrieval, "retrieval")
+    assert "retrieval/test.md" in listed(retrieval, "retrieval")
     for encoder_name in ("base", "pretrained", "finetuned"):
-        assert 0 <= retrieval.data.metrics[f"online_retail_test/{encoder_name}/sentence/recall_at_10"] <= 1
+        assert 0 <= retrieval.data.metrics[f"test/{encoder_name}/sentence/recall_at_10"] <= 1
     assert 0 < m["test_retrieval_recall_at_50"] <= 1 and m["test_retrieval_ndcg_at_10"] > 0
     chosen = parent[0].data.tags["plmrec.encoder"]  # chosen on valid, handed to compare-models and the bundle
     assert chosen in {"base", "pretrained", "finetuned"} and retrieval.data.tags["plmrec.encoder"] == chosen

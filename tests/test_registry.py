@@ -33,11 +33,11 @@ def test_the_rule_alone():
         registry.decide({"map@5": 0.1}, champ, rp)
 
 
-def _register(params, bundle, metrics):
+def _register(params, bundle, metrics, **tags):
     mlflow.set_tracking_uri(params.tracking.uri)
     mlflow.set_experiment("registry-test")
     with mlflow.start_run():
-        return registry.register_bundle(bundle, params.registry, metrics, tags={"data.md5": "test"})
+        return registry.register_bundle(bundle, params.registry, metrics, tags={"data.md5": "test", **tags})
 
 
 def _cli(params, *args):
@@ -210,6 +210,34 @@ def test_gate_on_the_local_sqlite_store(serving_bundles, tmp_path):
     v2 = _register(params, serving_bundles["popularity"], {"ndcg@10": 0.3, "recall@10": 0.3, "precision@5": 0.1})
     assert registry.gate(client, params.registry, v2).promoted
     assert registry.rollback(client, params.registry) == (v2, v1)
+
+
+def test_the_gate_compares_only_versions_trained_on_the_same_data(serving_bundles, tmp_path):
+    """A champion from the synthetic demo is no yardstick for a shop's model: the gate says so and names the fix."""
+    params = Params()
+    params.tracking.uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    params.registry.model_name = "data-gate-test"
+    client = mlflow.MlflowClient(params.tracking.uri)
+    figures = {"ndcg@10": 0.6, "recall@10": 0.3, "precision@5": 0.1}
+    demo = _register(params, serving_bundles["popularity"], figures, **{registry.DATA_TAG: Params().data.dataset()})
+    assert registry.gate(client, params.registry, demo).promoted
+    shop = Params.model_validate({"data": {"source": "file", "path": "../shared/data/x/Magazine_5.json.gz"}})
+    assert shop.data.dataset() == "Magazine_5.json.gz" and Params().data.dataset() == "synthetic"
+    ours = _register(
+        params, serving_bundles["popularity"], {**figures, "ndcg@10": 0.2}, **{registry.DATA_TAG: shop.data.dataset()}
+    )
+    decision = registry.gate(client, params.registry, ours)
+    assert not decision.promoted and decision.champion_after == demo
+    assert "trained on 'synthetic', this version on 'Magazine_5.json.gz'" in decision.reason
+    assert "registry.model_name" in decision.reason and f"promote --version {ours} --force" in decision.reason
+    assert str(client.get_model_version_by_alias("data-gate-test", "champion").version) == demo
+    assert registry.force_promote(client, params.registry, ours).promoted  # the operator's way, as the reason says
+    same_shop = _register(
+        params, serving_bundles["popularity"], {**figures, "ndcg@10": 0.25}, **{registry.DATA_TAG: shop.data.dataset()}
+    )
+    assert registry.gate(client, params.registry, same_shop).promoted  # same data: compared as ever
+    untagged = _register(params, serving_bundles["popularity"], {**figures, "ndcg@10": 0.24})
+    assert "does not beat" in registry.gate(client, params.registry, untagged).reason  # older versions: as before
 
 
 def test_deploy_points_at_the_champions_files_in_the_artifact_store(serving_bundles, mlflow_server, mlflow_server_root):

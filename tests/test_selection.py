@@ -136,6 +136,34 @@ def test_the_selected_encoder_copies_embeddings_its_stage_wrote_for_this_table(p
     )
 
 
+def test_catalogue_vectors_are_taken_from_the_finetune_stage_only_for_its_very_weights(
+    prepared, tiny_model_dir, tmp_path
+):
+    """finetune disabled exports the base unchanged and embeds it: evaluate-retrieval reads those vectors
+    for the base (bit for bit what it would encode) and encodes any other weights itself."""
+    import torch
+
+    from plmrec.encoders import load_encoder
+    from plmrec.finetune.embed import encode_texts
+    from plmrec.finetune.pairs import catalogue
+    from plmrec.finetune.schedule import embed_catalogue, saved_item_vectors
+
+    params = Params()
+    params.finetune.max_length = 64
+    model = load_encoder(str(tiny_model_dir), "mean", 64)
+    embed_catalogue(model, prepared, params, out_dir=tmp_path / "finetuned")
+    texts = catalogue(prepared)["Description"].tolist()
+    saved = saved_item_vectors(model, tmp_path / "finetuned", prepared, params=params)
+    assert saved is not None and np.array_equal(saved, encode_texts(model, texts, params.retrieval.encode_batch_size))
+
+    other = load_encoder(str(tiny_model_dir), "mean", 64)
+    with torch.no_grad():
+        next(other.parameters())[0, 0] += 0.5  # other weights: their vectors are encoded, not read
+    assert saved_item_vectors(other, tmp_path / "finetuned", prepared, params=params) is None
+    given = embed_catalogue(model, prepared, params, out_dir=tmp_path / "again", item_vectors=saved)
+    assert np.array_equal(given["vectors"], saved)
+
+
 def test_start_from_auto_follows_the_selection(prepared, tiny_model_dir, tmp_path):
     from plmrec.stages.finetune import finetune_start_model
 

@@ -197,6 +197,7 @@ def test_amazon_reviews_become_the_stages_table_with_a_leave_one_out_split(tmp_p
     assert table["CustomerID"].map(type).eq(str).all() and (table["Quantity"] == 1).all()
     checked = validate_table(table, "raw", params, meta=meta, report_dir=tmp_path / "raw")
     assert checked.success and checked.dropped["interaction_item_not_in_catalogue"] == 64  # in the report too
+    assert checked.dropped["review_item_not_in_catalogue"] == shop.dropped["review_item_not_in_catalogue"] > 0
     assert json.loads((tmp_path / "raw" / "summary.json").read_text())["dropped_duplicate_interaction"] > 0
     prepared, info = prepare_transactions(table, params.clean, params.split, adapter="amazon", absent=meta["absent"])
     assert info["split"]["mode"] == split_mode_of(prepared) == "leave_one_out"

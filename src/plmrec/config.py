@@ -57,6 +57,11 @@ class DataParams(_Section):
         None, description="an item's sentence from its fields, e.g. '{title}. {description}' (default: those present)"
     )
     encoding: str = "utf-8"
+    name: str | None = Field(
+        None,
+        description="the shop's name; the promotion gate compares only versions trained on the same one "
+        "(default: the source, 'synthetic' or 'online-retail', or the data file's name)",
+    )
     synthetic: SyntheticParams = SyntheticParams()
 
     @field_validator("columns", "item_columns")
@@ -74,6 +79,15 @@ class DataParams(_Section):
         if self.source == "file" and not self.path:
             raise ValueError("source is 'file' but path is empty")
         return self
+
+    def dataset(self) -> str:
+        """What the registry's versions are trained on: data.name, else the source or the file's name
+        (not its content: a shop's refreshed export is the same shop)."""
+        if self.name:
+            return self.name
+        if self.source != "file":
+            return self.source
+        return Path(str(self.path)).name
 
 
 class CleanParams(_Section):

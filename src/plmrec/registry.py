@@ -22,6 +22,7 @@ CHAMPION, CHALLENGER = "champion", "challenger"
 PREVIOUS_TAG = "plmrec.previous_champion"
 METRIC_TAG = "metric."
 GATE_TAG = "plmrec.gate"
+DATA_TAG = "data.name"  # what a version was trained on (DataParams.dataset): the gate compares like with like
 
 
 def metric_tag(metric: str) -> str:
@@ -186,6 +187,20 @@ def decide(
     )
 
 
+def other_data(candidate, champion) -> str | None:
+    """Why the two versions' test figures cannot be compared (trained on different data), or None.
+    Versions registered before the tag existed are compared as before."""
+    ours, theirs = candidate.tags.get(DATA_TAG), champion.tags.get(DATA_TAG)
+    if not ours or not theirs or ours == theirs:
+        return None
+    return (
+        f"the champion (version {champion.version}) was trained on '{theirs}', this version on '{ours}': their "
+        f"test figures are not comparable, so the gate does not promote it. Register each shop under its own "
+        f"name (-S registry.model_name=..., or set data.name), or make it champion by hand: "
+        f"plmrec promote --version {candidate.version} --force"
+    )
+
+
 def gate(client, rp: RegistryParams, version: str) -> Decision:
     """Make `version` the challenger; promote it to champion if it passes the gate.
 
@@ -201,9 +216,13 @@ def gate(client, rp: RegistryParams, version: str) -> Decision:
         raise RegistryError(f"version {version} of {name} is already the champion")
     first = _number(current)
     for _ in range(rp.gate_rounds):
-        promote, reason, primary, guards = decide(
-            version_metrics(candidate), version_metrics(current) if current else None, rp
-        )
+        mismatch = other_data(candidate, current) if current else None
+        if mismatch:
+            promote, reason, primary, guards = False, mismatch, {}, {}
+        else:
+            promote, reason, primary, guards = decide(
+                version_metrics(candidate), version_metrics(current) if current else None, rp
+            )
         before = _number(current)
         decision = Decision(str(version), promote, reason, first, str(version) if promote else before, primary, guards)
         if not promote:

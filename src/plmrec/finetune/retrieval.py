@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
 from plmrec.data.prepare import window_rows
@@ -82,11 +83,13 @@ def score_encoder(
     index_kind: str = "exact",
     kinds: tuple[str, ...] = QUERY_KINDS,
     template: str = "plain",
+    item_vectors: np.ndarray | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Metrics per query kind (of `kinds`) for one encoder; item vectors are encoded once, history
-    sentences only when the sentence query is asked for."""
+    """Metrics per query kind (of `kinds`) for one encoder; item vectors are encoded once (or given:
+    `item_vectors`, this model's vectors of `item_texts`), history sentences only when the sentence query
+    is asked for."""
     start = time.perf_counter()
-    items = encode_texts(model, item_texts, batch_size)
+    items = encode_texts(model, item_texts, batch_size) if item_vectors is None else item_vectors
     built = {}
     if "sentence" in kinds:
         sentences = [
@@ -101,7 +104,12 @@ def score_encoder(
     for kind in (k for k in QUERY_KINDS if k in kinds):
         top, _ = index.search(built[kind], max(ks), exclude)
         out[kind] = ranking_metrics(top.tolist(), queries.relevant, ks)
-    out["_timing"] = {"encode_seconds": round(encode_s, 2), "items": len(item_texts), "queries": len(queries)}
+    out["_timing"] = {
+        "encode_seconds": round(encode_s, 2),
+        "items": len(item_texts),
+        "queries": len(queries),
+        "items_encoded": item_vectors is None,
+    }
     return out
 
 

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from plmrec.config import FinetunePhaseParams, Params
@@ -25,10 +26,10 @@ from plmrec.distributed import barrier, is_main_process
 from plmrec.errors import TrainingConfigError
 from plmrec.finetune import pairs
 from plmrec.finetune.contrastive import Contrastive
-from plmrec.finetune.embed import encode_texts, item_table, save_embeddings, user_table
+from plmrec.finetune.embed import encode_texts, item_table, save_embeddings, stack, user_table
 from plmrec.plots import plot_losses
 from plmrec.pretrain.models import quiet_transformers
-from plmrec.selection import SCORES_FILE
+from plmrec.selection import SCORES_FILE, model_digest
 from plmrec.training.loop import run_phase
 
 
@@ -235,12 +236,29 @@ def saved_embeddings_match(model_dir: str | Path, prepared: pd.DataFrame, params
     )
 
 
-def embed_catalogue(model, prepared: pd.DataFrame, params: Params, *, out_dir: str | Path) -> dict:
+def saved_item_vectors(model, model_dir: str | Path, prepared: pd.DataFrame, *, params: Params) -> np.ndarray | None:
+    """The item vectors `model_dir` holds for this table when these very weights wrote them (the digest in
+    its index.json), in catalogue order; None when they would have to be encoded."""
+    if not saved_embeddings_match(model_dir, prepared, params):
+        return None
+    meta = json.loads((Path(model_dir) / "index.json").read_text())
+    if meta.get("model_digest") != model_digest(model):
+        return None
+    return stack(pd.read_parquet(Path(model_dir) / "item_embeddings.parquet", columns=["embedding"])["embedding"])
+
+
+def embed_catalogue(
+    model, prepared: pd.DataFrame, params: Params, *, out_dir: str | Path, item_vectors: np.ndarray | None = None
+) -> dict:
     """Item embeddings (every stock code in the table), user embeddings (training purchases) and
-    the index description, written next to the model."""
+    the index description, written next to the model. `item_vectors`: the catalogue's vectors from these
+    weights, already encoded (pairs.catalogue order), so they are not encoded again."""
     cat = pairs.catalogue(prepared)
     start = time.perf_counter()
-    vectors = encode_texts(model, cat["Description"].tolist(), params.retrieval.encode_batch_size, progress=True)
+    if item_vectors is not None and len(item_vectors) == len(cat):
+        vectors = item_vectors
+    else:
+        vectors = encode_texts(model, cat["Description"].tolist(), params.retrieval.encode_batch_size, progress=True)
     encode_s = time.perf_counter() - start
     rows = pairs.training_rows(prepared, params.split.train_end)
     row_of = {c: i for i, c in enumerate(cat["StockCode"])}
@@ -265,7 +283,7 @@ def embed_catalogue(model, prepared: pd.DataFrame, params: Params, *, out_dir: s
         item_table(cat["StockCode"].tolist(), cat["Description"].tolist(), vectors),
         users,
         index_kind=params.retrieval.index,
-        model_info=embedding_settings(params),
+        model_info={**embedding_settings(params), "model_digest": model_digest(model)},
     )
     return {
         "items": len(cat),

@@ -31,6 +31,7 @@ from plmrec.stages.pretrain import PRETRAINED
 if TYPE_CHECKING:
     from plmrec.selection import EncoderSelection
 
+SHOP_TEST = "test"  # the shop's own test window, beside any seqrec_<name>_test benchmark
 ENCODER = Port(
     "encoder",
     "model",
@@ -87,7 +88,7 @@ def retrieval_encoders(params: Params, pretrained_dir: str | Path | None, finetu
 
 
 def _retrieval_benchmarks(params: Params, prepared: pd.DataFrame) -> dict:
-    """benchmark name -> (item texts, queries, exclude history): the Online Retail test window, and the
+    """benchmark name -> (item texts, queries, exclude history): the shop's test window, and the
     UniSRec/RecBole benchmark when retrieval.seqrec.path is set."""
     from plmrec.finetune.pairs import catalogue
     from plmrec.finetune.retrieval import seqrec_queries, temporal_queries
@@ -97,7 +98,7 @@ def _retrieval_benchmarks(params: Params, prepared: pd.DataFrame) -> dict:
     queries = temporal_queries(
         prepared, {c: i for i, c in enumerate(items["StockCode"])}, "test", exclude_history=retrieval.exclude_history
     )
-    benchmarks = {"online_retail_test": (items["Description"].tolist(), queries, retrieval.exclude_history)}
+    benchmarks = {SHOP_TEST: (items["Description"].tolist(), queries, retrieval.exclude_history)}
     if retrieval.seqrec.path:
         from plmrec.data.seqrec import load_seqrec
 
@@ -108,6 +109,18 @@ def _retrieval_benchmarks(params: Params, prepared: pd.DataFrame) -> dict:
             retrieval.seqrec.exclude_history,
         )
     return benchmarks
+
+
+def _catalogue_vectors(model, texts: list[str], *, finetuned, table: pd.DataFrame, params: Params) -> tuple:
+    """This model's vectors of the shop's catalogue (pairs.catalogue order), and whether the finetune stage
+    had already written them (same weights, same table: finetune disabled exports the base unchanged)."""
+    from plmrec.finetune.embed import encode_texts
+    from plmrec.finetune.schedule import saved_item_vectors
+
+    saved = saved_item_vectors(model, finetuned, table, params=params) if finetuned is not None else None
+    if saved is not None:
+        return saved, True
+    return encode_texts(model, texts, params.retrieval.encode_batch_size), False
 
 
 def _log_retrieval_table(bench: str, table: pd.DataFrame, tables_dir: Path) -> None:
@@ -126,11 +139,18 @@ def _log_retrieval_table(bench: str, table: pd.DataFrame, tables_dir: Path) -> N
 
 
 def write_selected_encoder(
-    selection: EncoderSelection, model, prepared: pd.DataFrame, *, params: Params, out_dir: str | Path
+    selection: EncoderSelection,
+    model,
+    prepared: pd.DataFrame,
+    *,
+    params: Params,
+    out_dir: str | Path,
+    item_vectors=None,
 ) -> dict:
     """The chosen encoder as every later stage reads it: sentence-transformer/, item and user
     embeddings, index.json and selection.json under `out_dir`. Embeddings the encoder's own stage
-    wrote for this table and these settings (the fine-tuned encoder's) are copied, not encoded again."""
+    wrote for this table and these settings (the fine-tuned encoder's) are copied, not encoded again;
+    `item_vectors` (the catalogue's, from these weights) are used rather than encoded again."""
     from plmrec.finetune.schedule import embed_catalogue, saved_embeddings_match
 
     out = Path(out_dir)
@@ -145,7 +165,7 @@ def write_selected_encoder(
         embedded = {"items": index["items"], "users": users, "copied": 1}
         say("evaluate-retrieval", f"item and user embeddings copied from {source} (written there for this table)")
     else:
-        embedded = embed_catalogue(model, prepared, params, out_dir=out)
+        embedded = embed_catalogue(model, prepared, params, out_dir=out, item_vectors=item_vectors)
         embedded.pop("vectors")
     write_json(out / "selection.json", selection.to_dict())
     return embedded
@@ -215,6 +235,7 @@ def evaluate_retrieval(
         benchmarks = _retrieval_benchmarks(params, table)
         results: dict = {bench: {} for bench in benchmarks}
         valid: dict = {}
+        shop_vectors: dict = {}  # encoder -> its vectors of the shop's catalogue
         for name, path in encoders.items():  # each encoder is loaded once and scores every benchmark
             model = load_encoder(path, tuning.pooling, tuning.max_length, device=device)
             valid[name] = probe.score(model)
@@ -224,10 +245,15 @@ def evaluate_retrieval(
                 f"valid: {name} ndcg@10 {value:.4f} ({kind} query, {len(probe.queries):,} queries)",
             )
             for bench, (texts, queries, exclude) in benchmarks.items():
+                vectors, saved = None, False
+                if bench == SHOP_TEST:  # kept for the chosen encoder's embeddings: encoded once per encoder
+                    vectors, saved = _catalogue_vectors(model, texts, finetuned=finetuned, table=table, params=params)
+                    shop_vectors[name] = vectors
                 results[bench][name] = score_encoder(
                     model,
                     texts,
                     queries,
+                    item_vectors=vectors,
                     ks=retrieval.ks,
                     history_length=tuning.history_length,
                     half_life=retrieval.recency_half_life,
@@ -240,7 +266,8 @@ def evaluate_retrieval(
                 timing = results[bench][name]["_timing"]
                 say(
                     "evaluate-retrieval",
-                    f"{bench}: {name} scored {timing['queries']:,} queries over {timing['items']:,} items",
+                    f"{bench}: {name} scored {timing['queries']:,} queries over {timing['items']:,} items"
+                    + (f" (item vectors the finetune stage wrote from these weights: {finetuned})" if saved else ""),
                 )
         tracking.log_numeric({"valid_scores_reused": probe.reused})
         if probe.reused:
@@ -254,7 +281,7 @@ def evaluate_retrieval(
         tables.mkdir(parents=True, exist_ok=True)
         for bench in benchmarks:
             _log_retrieval_table(bench, results_table(results[bench], retrieval.ks), tables)
-        test = results["online_retail_test"]
+        test = results[SHOP_TEST]
         _log_selection(selection, test, tables_dir=tables, params=params, tracked=tracked)
         figures = {
             "retrieval": {
@@ -270,7 +297,9 @@ def evaluate_retrieval(
         tracking.log_json({"test": results, "valid": valid}, "retrieval/results.json")
         if encoder is not None:
             model = load_encoder(selection.path, tuning.pooling, tuning.max_length, device=device)
-            embedded = write_selected_encoder(selection, model, table, params=params, out_dir=encoder)
+            embedded = write_selected_encoder(
+                selection, model, table, params=params, out_dir=encoder, item_vectors=shop_vectors[selection.chosen]
+            )
             tracking.log_numeric(embedded, "selected_embed_")
         figure = test[selection.chosen][selection.query][f"ndcg@{retrieval.ks[0]}"]
         say(

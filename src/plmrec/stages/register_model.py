@@ -29,7 +29,7 @@ SPEC = Stage(
     outputs=(
         Port("decision", "metrics", "the registered version and the gate's decision (JSON)", "metrics/registry.json"),
     ),
-    params=("registry",),
+    params=("registry", "data.name", "data.source", "data.path"),
     code=("src/plmrec/registry.py",),
     comment="a side effect on the MLflow registry: new version, @challenger, gate",
 )
@@ -89,6 +89,7 @@ def register_model(
     tags = {
         "data.md5": file_digest(prepared, "md5"),
         "data.path": str(prepared),
+        registry.DATA_TAG: params.data.dataset(),
         "served_model": meta["model"],
         "plmrec.run_key": run_key or "",
     }
