@@ -1,6 +1,8 @@
 """The real pipeline through kfp.local, logging to a real MLflow server on 127.0.0.1."""
 
+import subprocess
 import warnings
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -63,6 +65,10 @@ def test_pipeline_runs_end_to_end(small_params, tiny_model_dir, mlflow_server, t
     assert {run.info.run_name for run in children.values()} == STAGES
     assert all(c.info.status == "FINISHED" for c in children.values())
     assert all(c.data.tags["mlflow.parentRunId"] == result.parent_run_id for c in children.values())
+    here = Path(__file__).parent
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=here).stdout.strip()
+    for run in [*parent, *children.values()]:  # which code ran: the commit (the UI's source) and the version
+        assert run.data.tags.get("mlflow.source.git.commit", "") == commit and run.data.tags["plmrec.version"]
     assert parent[0].data.params["data.synthetic.n_customers"] == "300"
 
     m = parent[0].data.metrics

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from helpers import plmrec_server
 from plmrec.config import ServingParams
-from plmrec.errors import BundleError, RequestError, UnknownCustomer
+from plmrec.errors import BundleError, RequestError
 from plmrec.serving.bundle import Recommender, find_bundle
 from plmrec.serving.requests import parse_v1
 
@@ -70,8 +70,12 @@ def test_customer_basket_and_query_recommendations(recommender):
     seen = set(recommender.codes[recommender.counts[recommender.customer_row[c]].indices])
     fresh = recommender.recommend_customer(c, 10, exclude_seen=True)
     assert not seen & set(fresh.stock_codes)
-    with pytest.raises(UnknownCustomer, match="customer 1 is unknown"):
-        recommender.recommend_customer(1, 5)
+    stranger = recommender.recommend_customer(1, 5)  # unknown, no basket: the popular list, flagged
+    assert stranger.fallback == "popular" and "customer 1 is unknown" in stranger.reason
+    assert stranger.stock_codes == recommender.codes[np.argsort(-recommender.popularity, kind="stable")[:5]].tolist()
+    assert recommender.recommend_customer(1, 5, [recommender.codes[0]]).fallback is None  # a basket: cold start
+    nothing = recommender.recommend_basket(["NOPE"], 3)
+    assert nothing.fallback == "popular" and nothing.unknown_stock_codes == ["NOPE"] and len(nothing.stock_codes) == 3
     basket = recommender.recommend_basket([recommender.codes[0], "NO-SUCH-CODE"], 5)
     assert basket.unknown_stock_codes == ["NO-SUCH-CODE"] and len(basket.stock_codes) == 5
     hits = recommender.search(["lantern", "cake stand"], 5)
@@ -178,6 +182,7 @@ def test_health_endpoints(server):
         ("stock_code", "BYTES", [-1, -1]),
         ("description", "BYTES", [-1, -1]),
         ("score", "FP32", [-1, -1]),
+        ("fallback", "BYTES", [-1]),
     ]
 
 
@@ -201,6 +206,25 @@ def test_v1_answers_each_request_kind(server, recommender):
     assert [i["score"] for i in out[0]["items"]] == pytest.approx(direct.scores, abs=1e-5)
     assert {"stock_code", "description", "score"} == set(out[2]["items"][0])
     assert recommender.codes[3] not in [i["stock_code"] for i in out[3]["items"]]
+
+
+def test_an_unknown_customer_gets_the_popular_list_flagged_and_the_batch_is_answered(server, recommender):
+    """Not a 404 that loses the rest of the request: the popular list, flagged with the reason, over both
+    protocols; a known customer in the same batch is served as ever."""
+    c = _customer(recommender)
+    popular = recommender.popular(3, reason="").stock_codes
+    r = _v1(server, {"instances": [{"customer_id": 1, "k": 3}, {"query": "cake stand", "k": 2}, {"customer_id": c}]})
+    assert r.status_code == 200, r.text
+    first, query, known = r.json()["predictions"]
+    assert [i["stock_code"] for i in first["items"]] == popular and first["fallback"] == "popular"
+    assert "customer 1 is unknown" in first["reason"] and len(query["items"]) == 2
+    assert "fallback" not in query and "fallback" not in known
+    ids = {"name": "customer_id", "shape": [2], "datatype": "INT64", "data": [1, c]}
+    r = _v2(server, {"inputs": [ids], "parameters": {"k": 3}})
+    assert r.status_code == 200, r.text
+    outputs = {o["name"]: o for o in r.json()["outputs"]}
+    assert outputs["fallback"]["data"] == ["popular", ""] and outputs["fallback"]["shape"] == [2]
+    assert outputs["stock_code"]["data"][:3] == popular
 
 
 def test_v2_answers_each_request_kind(server, recommender):
@@ -315,7 +339,6 @@ BAD_V1 = [
         400,
         "not valid JSON",
     ),
-    ("unknown customer, no basket", dict(json={"instances": [{"customer_id": 1}]}), 404, "customer 1 is unknown"),
     ("k too large", dict(json={"instances": [{"customer_id": 1, "k": 1000}]}), 400, "1 <= k <= 100"),
     ("k zero", dict(json={"instances": [{"query": "lamp", "k": 0}]}), 400, "out of range"),
     (
@@ -328,7 +351,6 @@ BAD_V1 = [
     ("basket of the wrong type", dict(json={"instances": [{"basket": 85123}]}), 400, "must be a list"),
     ("no instances", dict(json={"inputs": []}), 400, '"instances"'),
     ("a list body", dict(json=[1, 2]), 400, '"instances"'),
-    ("only unknown stock codes", dict(json={"instances": [{"basket": ["NOPE"]}]}), 404, "none of the basket"),
     ("too many instances", dict(json={"instances": [{"query": "lamp"}] * 65}), 413, "at most 64"),
     (
         "oversized body",
@@ -380,12 +402,6 @@ BAD_V2 = [
         b'{"inputs": [{"name": "user", "shape": [1], "datatype": "INT64", "data": [1]}]}',
         400,
         "unknown input(s) user",
-    ),
-    (
-        "unknown customer",
-        b'{"inputs": [{"name": "customer_id", "shape": [1], "datatype": "INT64", "data": [1]}]}',
-        404,
-        "customer 1 is unknown",
     ),
     (
         "k out of range",
@@ -550,6 +566,8 @@ def test_pyfunc_answers_like_the_server(serving_bundles, recommender, tmp_path):
     assert [i["stock_code"] for i in out.loc[0, "items"]] == recommender.recommend_customer(c, 5).stock_codes
     mixed = model.predict(pd.DataFrame([{"customer_id": c, "k": 5}, {"query": "red heart lantern", "k": 5}]))
     assert mixed["customer_id"].tolist() == [c, None] and type(mixed.loc[0, "customer_id"]) is int  # not 12346.0
+    stranger = model.predict(pd.DataFrame([{"customer_id": 1, "k": 2}]))
+    assert stranger.loc[0, "fallback"] == "popular" and len(stranger.loc[0, "items"]) == 2
 
 
 # ------------------------------------------------------------------------------ arbitrary JSON (hypothesis)

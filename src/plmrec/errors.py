@@ -104,9 +104,3 @@ class RequestError(PlmrecError, ValueError):
         self.reason = reason
         if status is not None:
             self.http_status = status
-
-
-class UnknownCustomer(PlmrecError):
-    """The served model knows nothing to recommend from: an unknown customer, a basket of unknown codes."""
-
-    http_status = 404

@@ -9,6 +9,7 @@ flavour, which wrap MLflow's model API, live in `plmrec.registry` and `plmrec.se
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -161,6 +162,35 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+GIT_COMMIT_ENV = "PLMREC_GIT_COMMIT"  # set in the images (docker build --build-arg GIT_COMMIT=...): no .git there
+
+
+@functools.cache
+def code_version() -> dict[str, str]:
+    """Which code a run ran, as tags: the plmrec version and the git commit (MLflow's own tag, shown in
+    the UI) of the checkout the package runs from, or PLMREC_GIT_COMMIT; `plmrec.git_dirty` when the
+    checkout had uncommitted changes to tracked files."""
+    import subprocess
+
+    tags = {"plmrec.version": version("plmrec")}
+    commit = os.environ.get(GIT_COMMIT_ENV, "")
+    if not commit:
+        here = Path(__file__).resolve().parent
+        git = ["git", "-C", str(here)]
+        try:
+            commit = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10).stdout
+            changed = subprocess.run(
+                [*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=10
+            ).stdout
+        except (OSError, subprocess.SubprocessError):  # no git: an installed package
+            commit, changed = "", ""
+        if commit.strip() and changed.strip():
+            tags["plmrec.git_dirty"] = "true"
+    if commit.strip():
+        tags["mlflow.source.git.commit"] = commit.strip()
+    return tags
+
+
 def parent_run(uri: str, params: Params, run_key: str, *, run_name: str | None = None) -> str:
     """The id of the parent run for `run_key`, created (with all params logged) on first use."""
     import mlflow
@@ -176,7 +206,9 @@ def parent_run(uri: str, params: Params, run_key: str, *, run_name: str | None =
     if found:
         return found[0].info.run_id
     run = client.create_run(
-        exp_id, run_name=run_name or f"pipeline-{run_key}", tags={RUN_KEY_TAG: run_key, "plmrec.kind": "pipeline"}
+        exp_id,
+        run_name=run_name or f"pipeline-{run_key}",
+        tags={RUN_KEY_TAG: run_key, "plmrec.kind": "pipeline", **code_version()},
     )
     batch = [mlflow.entities.Param(k, str(v)[:6000]) for k, v in flatten(params.to_dict()).items()]
     for i in range(0, len(batch), 100):
@@ -297,7 +329,7 @@ def stage_run(
         uri, run_key = f"sqlite:///{tempfile.gettempdir()}/plmrec-mlflow-rank{rank()}.db", None
     exp_id = ensure_experiment(uri, params.tracking.experiment)
     parent = parent_run(uri, params, run_key) if run_key else None
-    tags = {STAGE_TAG: stage, **({RUN_KEY_TAG: run_key} if run_key else {})}
+    tags = {STAGE_TAG: stage, **({RUN_KEY_TAG: run_key} if run_key else {}), **code_version()}
     with mlflow.start_run(experiment_id=exp_id, run_name=stage, parent_run_id=parent, tags=tags) as run:
         logged = flatten(params.to_dict()) if not parent else declared_params(params, stage)
         mlflow.log_params({k: str(v)[:6000] for k, v in logged.items()})

@@ -36,7 +36,7 @@ import scipy.sparse as sp
 
 from plmrec.config import Params, RecommendersParams
 from plmrec.data.schema import DAY_NS
-from plmrec.errors import BundleError, UnknownCustomer
+from plmrec.errors import BundleError
 from plmrec.features import EmbeddingFeatures
 from plmrec.recsys import recommend
 from plmrec.recsys import rows as row_registry
@@ -48,12 +48,17 @@ from plmrec.vectors import normalise, stack
 BUNDLE_FORMAT = 1
 
 
+POPULAR = "popular"  # the fallback list: the items most bought, for a request the model cannot personalise
+
+
 @dataclass
 class Recommendation:
     stock_codes: list[str]
     descriptions: list[str]
     scores: list[float]
     unknown_stock_codes: list[str]
+    fallback: str | None = None  # POPULAR when the model had nothing to go on; `reason` says why
+    reason: str | None = None
 
     def to_dict(self) -> dict:
         out = {
@@ -64,6 +69,8 @@ class Recommendation:
         }
         if self.unknown_stock_codes:
             out["unknown_stock_codes"] = self.unknown_stock_codes
+        if self.fallback:
+            out["fallback"], out["reason"] = self.fallback, self.reason
         return out
 
 
@@ -455,10 +462,11 @@ class Recommender:
         if row is None:
             if basket:
                 return self.recommend_basket(basket, k, exclude_seen)
-            raise UnknownCustomer(
-                f"customer {customer_id} is unknown (no purchases in the served model's data) "
-                f'and the request has no basket: send "basket": [stock codes] for a cold-start '
-                f"recommendation"
+            return self.popular(
+                k,
+                reason=f"customer {customer_id} is unknown (no purchases in the served model's data) and the "
+                f'request has no basket: the most popular items (send "basket": [stock codes] for a '
+                f"personal list)",
             )
         counts, last_day, factor = self.counts[row], self.last_day[row], self.user_factors[row]
         users = self.user_vectors[row] if self.user_vectors is not None else None  # from the exact timestamps
@@ -472,6 +480,13 @@ class Recommender:
                 factor, users = self._fold_in(counts), None  # the user model reads the basket as its newest items
         return self._result(*self._rank(counts, last_day, factor, k=k, exclude_seen=exclude_seen, users=users), unknown)
 
+    def popular(self, k: int, *, reason: str) -> Recommendation:
+        """The k most bought items (by purchase lines in the served data), flagged as the fallback."""
+        top = np.argsort(-self.popularity, kind="stable")[:k]
+        rec = self._result(top, self.popularity[top])
+        rec.fallback, rec.reason = POPULAR, reason
+        return rec
+
     def _fold_in(self, counts: sp.csr_matrix) -> np.ndarray:
         return recommend.fold_in(
             self.item_factors,
@@ -484,7 +499,9 @@ class Recommender:
         """Top-K for an anonymous basket: its ALS vector folded in, its items as the history."""
         items, unknown = self._basket_row(basket)
         if not len(items):
-            raise UnknownCustomer(f"none of the basket's stock codes is in the catalogue: {', '.join(basket[:10])}")
+            rec = self.popular(k, reason="none of the basket's stock codes is in the catalogue: the most popular items")
+            rec.unknown_stock_codes = unknown
+            return rec
         counts, last_day = self._bought_now(items)
         return self._result(
             *self._rank(counts, last_day, self._fold_in(counts), k=k, exclude_seen=exclude_seen), unknown

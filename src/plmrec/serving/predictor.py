@@ -5,9 +5,10 @@ v2  POST /v2/models/<name>/infer      Open Inference Protocol tensors (see `pars
 Health: GET /v2/health/live, /v2/health/ready, /v1/models/<name> (readiness), /v2/models/<name>/ready.
 
 Every client mistake is a 4xx with a message naming the field, logged as one WARNING line: bad JSON,
-wrong types, unknown fields and a v2 datatype or shape that does not match its data 400; an unknown
-customer without a basket 404; a predict URL called without POST 405; a body that does not arrive
-within `serving.body_timeout_s` 408; too many instances or too large a body 413.
+wrong types, unknown fields and a v2 datatype or shape that does not match its data 400; a predict URL
+called without POST 405; a body that does not arrive within `serving.body_timeout_s` 408; too many
+instances or too large a body 413. An unknown customer without a basket is no mistake: the popular
+list, flagged (`fallback`, with the reason).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ kserve = _import_kserve()
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse  # noqa: E402
 
 V2_OUTPUTS = (("stock_code", "BYTES"), ("description", "BYTES"), ("score", "FP32"))  # [B, k] each; "" pads
+FALLBACK_OUTPUT = "fallback"  # [B]: "popular" where the model had nothing to go on (an unknown customer), else ""
 
 
 class RecommenderModel(kserve.Model):
@@ -81,8 +83,9 @@ class RecommenderModel(kserve.Model):
         return [{"name": name, "datatype": types[0], "shape": [-1]} for name, types in V2_INPUTS.items()]
 
     def get_output_types(self) -> list[dict]:
-        """The outputs of every answer: [requests, k] each."""
-        return [{"name": name, "datatype": datatype, "shape": [-1, -1]} for name, datatype in V2_OUTPUTS]
+        """The outputs of every answer: [requests, k] each, and which requests got the fallback list."""
+        lists = [{"name": name, "datatype": datatype, "shape": [-1, -1]} for name, datatype in V2_OUTPUTS]
+        return [*lists, {"name": FALLBACK_OUTPUT, "datatype": "BYTES", "shape": [-1]}]
 
     def _v2_response(self, request: InferRequest, results: list[dict]) -> InferResponse:
         width = max(len(r["items"]) for r in results)
@@ -95,6 +98,8 @@ class RecommenderModel(kserve.Model):
         shape = [len(results), width]
         values = {"stock_code": codes, "description": descriptions, "score": scores}
         outputs = [InferOutput(name, shape, datatype, values[name]) for name, datatype in V2_OUTPUTS]
+        fallbacks = [r.get("fallback") or "" for r in results]
+        outputs.append(InferOutput(FALLBACK_OUTPUT, [len(results)], "BYTES", fallbacks))
         return InferResponse(
             response_id=request.id or str(uuid.uuid4()),
             model_name=self.name,

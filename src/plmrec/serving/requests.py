@@ -13,7 +13,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from plmrec.config import ServingParams
-from plmrec.errors import RequestError, UnknownCustomer
+from plmrec.errors import RequestError
 from plmrec.search import SEARCH_MODES
 from plmrec.serving.bundle import Recommender
 
@@ -323,15 +323,12 @@ def answer(recommender: Recommender, queries: list[Query]) -> list[dict]:
             found[id(q)] = rec
     out = []
     for q in queries:
-        try:
-            if q.kind == "query":
-                rec = found[id(q)]
-            elif q.kind == "customer":
-                rec = recommender.recommend_customer(q.customer_id, q.k, q.basket, exclude_seen=q.exclude_seen)
-            else:
-                rec = recommender.recommend_basket(q.basket, q.k, q.exclude_seen)
-        except UnknownCustomer as exc:
-            raise RequestError(str(exc), 404) from None
+        if q.kind == "query":
+            rec = found[id(q)]
+        elif q.kind == "customer":
+            rec = recommender.recommend_customer(q.customer_id, q.k, q.basket, exclude_seen=q.exclude_seen)
+        else:
+            rec = recommender.recommend_basket(q.basket, q.k, q.exclude_seen)
         out.append(
             {"kind": q.kind, **({"customer_id": q.customer_id} if q.customer_id is not None else {}), **rec.to_dict()}
         )
