@@ -94,7 +94,19 @@ def test_pipeline_runs_end_to_end(small_params, tiny_model_dir, mlflow_server, t
     assert [m.step for m in history] == [2, 4, 6]  # live loss curve, every log_every steps
     assert pre.data.metrics["corpus_tapt_sentences"] > 50
     assert "pretrain/loss_curve.png" in listed(pre, "pretrain")
-    assert "pretrained_encoder/modules.json" in listed(pre, "pretrained_encoder")
+
+    def logged_models(run) -> dict:
+        found = mlflow.search_logged_models(
+            experiment_ids=[run.info.experiment_id],
+            output_format="list",
+            filter_string=f"source_run_id = '{run.info.run_id}'",
+        )
+        return {lm.name: lm for lm in found}
+
+    pretrained = logged_models(pre)["pretrained_encoder"]  # MLflow's sentence-transformers flavour
+    assert mlflow.sentence_transformers.load_model(pretrained.model_uri).encode(["LANTERN"]).shape == (1, 64)
+    booster = mlflow.xgboost.load_model(logged_models(children["train-baseline"])["baseline_xgboost"].model_uri)
+    assert booster.n_features_in_ > 0  # the baseline, by the xgboost flavour
     proxy = client.get_metric_history(pre.info.run_id, "valid_proxy_ndcg_at_10")
     assert [m.step for m in proxy] == [0, 1, 2]  # the base model, then each phase, on the valid window
 
@@ -111,13 +123,9 @@ def test_pipeline_runs_end_to_end(small_params, tiny_model_dir, mlflow_server, t
     assert merged in {"0.5", "1"} and parent[0].data.tags["plmrec.merge_alpha"] == merged
     assert tuned.data.metrics["merge_alpha"] == float(merged) and "merge_valid_ndcg_at_10" in tuned.data.metrics
     assert "finetune/merge_selection.json" in listed(tuned, "finetune")
-    logged = mlflow.search_logged_models(
-        experiment_ids=[tuned.info.experiment_id],
-        output_format="list",
-        filter_string=f"source_run_id = '{tuned.info.run_id}'",
-    )
-    assert [lm.name for lm in logged] == ["finetuned_encoder"]
-    encoder = mlflow.sentence_transformers.load_model(logged[0].model_uri)
+    logged = logged_models(tuned)
+    assert list(logged) == ["finetuned_encoder"]
+    encoder = mlflow.sentence_transformers.load_model(logged["finetuned_encoder"].model_uri)
     assert encoder.encode(["RED HEART LANTERN"], normalize_embeddings=True).shape == (1, 64)
 
     retrieval = children["evaluate-retrieval"]

@@ -34,6 +34,12 @@ def test_missing_column(small_raw, tmp_path):
     report = json.loads((tmp_path / "r" / "report.json").read_text())
     assert [f["expectation"] for f in report["failures"]] == ["expect_column_to_exist"]
     assert (tmp_path / "r" / "report.html").exists() and (tmp_path / "r" / "data_docs" / "index.html").exists()
+    checks = report["checks"]  # every expectation is listed, passed or not, in the JSON and on the page
+    assert len(checks) == report["evaluated"] and [c["says"] for c in checks if not c["passed"]] == [
+        "column 'Country' must exist"
+    ]
+    page = (tmp_path / "r" / "report.html").read_text()
+    assert f"Every expectation ({len(checks)})" in page and page.count(">passed<") == len(checks) - 1
 
 
 def test_wrong_type_with_example_rows(small_raw, tmp_path):

@@ -20,7 +20,7 @@ from plmrec.errors import RegistryError
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 PREVIOUS_TAG = "plmrec.previous_champion"
-METRIC_TAG = "metric."
+METRIC_TAG = "metric."  # where versions registered before plmrec logged figures on the model kept them
 GATE_TAG = "plmrec.gate"
 DATA_TAG = "data.name"  # what a version was trained on (DataParams.dataset): the gate compares like with like
 
@@ -49,15 +49,29 @@ def register_bundle(
         input_example=example,
     )
     mlflow.log_metrics({k.replace("@", "_at_"): float(v) for k, v in metrics.items()}, model_id=info.model_id)
-    all_tags = {**{metric_tag(k): repr(float(v)) for k, v in metrics.items()}, **tags}
-    version = mlflow.register_model(info.model_uri, rp.model_name, await_registration_for=60, tags=all_tags)
+    version = mlflow.register_model(info.model_uri, rp.model_name, await_registration_for=60, tags=tags)
     return str(version.version)
 
 
-def version_metrics(version) -> dict[str, float]:
+def version_metrics(client, version) -> dict[str, float]:
+    """A version's test figures: the metrics of the logged model it was registered from (MLflow 3 keeps
+    them there, with the run's); versions from before that read their `metric.*` tags."""
+    model_id = getattr(version, "model_id", None) or _logged_model_id(version.source)
+    if model_id:
+        logged = client.get_logged_model(model_id)
+        found = {m.key.replace("_at_", "@"): float(m.value) for m in logged.metrics or []}
+        if found:
+            return found
     return {
         k[len(METRIC_TAG) :].replace("_at_", "@"): float(v) for k, v in version.tags.items() if k.startswith(METRIC_TAG)
     }
+
+
+def _logged_model_id(source: str | None) -> str | None:
+    """The logged model's id in a version's source (`models:/m-<id>`), else None."""
+    if source and source.startswith("models:/m-") and "/" not in source[len("models:/") :]:
+        return source[len("models:/") :]
+    return None
 
 
 def _not_found(exc) -> bool:
@@ -188,15 +202,16 @@ def decide(
 
 
 def other_data(candidate, champion) -> str | None:
-    """Why the two versions' test figures cannot be compared (trained on different data), or None.
-    Versions registered before the tag existed are compared as before."""
+    """Why the two versions' test figures cannot be compared (trained on different data, or on data the
+    champion does not record), or None. Two versions that both predate the tag are compared as before."""
     ours, theirs = candidate.tags.get(DATA_TAG), champion.tags.get(DATA_TAG)
-    if not ours or not theirs or ours == theirs:
+    if not ours or ours == theirs:
         return None
+    trained = f"was trained on '{theirs}'" if theirs else "records no data name (registered before the tag existed)"
     return (
-        f"the champion (version {champion.version}) was trained on '{theirs}', this version on '{ours}': their "
-        f"test figures are not comparable, so the gate does not promote it. Register each shop under its own "
-        f"name (-S registry.model_name=..., or set data.name), or make it champion by hand: "
+        f"the champion (version {champion.version}) {trained}, this version on '{ours}': their test figures "
+        f"are not comparable, so the gate does not promote it. Register each shop under its own name "
+        f"(-S registry.model_name=...), or make it champion by hand: "
         f"plmrec promote --version {candidate.version} --force"
     )
 
@@ -221,7 +236,7 @@ def gate(client, rp: RegistryParams, version: str) -> Decision:
             promote, reason, primary, guards = False, mismatch, {}, {}
         else:
             promote, reason, primary, guards = decide(
-                version_metrics(candidate), version_metrics(current) if current else None, rp
+                version_metrics(client, candidate), version_metrics(client, current) if current else None, rp
             )
         before = _number(current)
         decision = Decision(str(version), promote, reason, first, str(version) if promote else before, primary, guards)
@@ -312,7 +327,7 @@ def versions_table(client, name: str, limit: int = 10) -> list[dict]:
                 "aliases": ",".join(sorted(aliases.get(str(v.version), []))),
                 "promoted": gate_info.get("promoted"),
                 "run_id": v.run_id,
-                **version_metrics(v),
+                **version_metrics(client, v),
                 "data_md5": v.tags.get("data.md5", ""),
             }
         )

@@ -468,6 +468,14 @@ def pinned_requirements(distributions: list[str]) -> list[str]:
 ENCODER_RUNTIME = ["sentence-transformers", "transformers", "torch"]
 
 
+def log_xgboost(model, name: str) -> None:
+    """An XGBoost scikit-learn model as an MLflow model of the xgboost flavour (loadable with
+    mlflow.xgboost.load_model or as a pyfunc)."""
+    import mlflow
+
+    mlflow.xgboost.log_model(model, name=name, pip_requirements=pinned_requirements(["xgboost-cpu", "scikit-learn"]))
+
+
 def log_sentence_encoder(model, name: str) -> None:
     """A sentence-transformers model as an MLflow model of the sentence_transformers flavour."""
     import mlflow

@@ -56,6 +56,7 @@ class ValidationOutcome:
     failures: list[dict] = field(default_factory=list)
     report_dir: Path | None = None
     dropped: dict[str, int] = field(default_factory=dict)  # rows dropped before this table, by reason
+    checks: list[dict] = field(default_factory=list)  # every expectation: what it says, its type, passed or not
 
     @property
     def summary(self) -> str:
@@ -429,13 +430,21 @@ def validate_table(
     report_dir = Path(report_dir) if report_dir else None
     docs_dir = report_dir / "data_docs" if report_dir else None
     res = _run_gx(df, suite, checks, docs_dir=docs_dir)
-    failures = []
+    failures, listed = [], []
     for r in sorted(res.results, key=lambda r: r.expectation_config.meta["plmrec_check"]):
         d = r.to_json_dict()
-        if d["success"]:
-            continue
         check = checks[d["expectation_config"]["meta"]["plmrec_check"]]
         kwargs = {k: v for k, v in d["expectation_config"]["kwargs"].items() if k != "batch_id"}
+        listed.append(
+            {
+                "says": check.says,
+                "expectation": d["expectation_config"]["type"],
+                "column": kwargs.get("column"),
+                "passed": bool(d["success"]),
+            }
+        )
+        if d["success"]:
+            continue
         result = d.get("result") or {}
         if d["expectation_config"]["type"] == "expect_column_values_to_be_in_type_list" and kwargs["column"] in df:
             bad = int(_unconvertible(df[kwargs["column"]], kwargs["column"]).sum())
@@ -473,6 +482,7 @@ def validate_table(
         failures=failures,
         report_dir=report_dir,
         dropped={k: int(v) for k, v in dropped.items() if v},
+        checks=listed,
     )
     if report_dir:
         write_reports(outcome, df)
@@ -492,6 +502,7 @@ def write_reports(outcome: ValidationOutcome, df: pd.DataFrame) -> None:
         "rows": len(df),
         "summary": outcome.summary,
         "failures": outcome.failures,
+        "checks": outcome.checks,
         "dropped": outcome.dropped,
         "data_docs": "data_docs/index.html",
     }
@@ -544,4 +555,16 @@ def render_html(outcome: ValidationOutcome, rows: int) -> str:
             for ex in f["examples"]:
                 parts.append("<tr>" + "".join(f"<td>{e(str(ex.get(c, '')))}</td>" for c in cols) + "</tr>")
             parts.append("</table>")
+    if outcome.checks:
+        parts.append(
+            f"<h2>Every expectation ({len(outcome.checks)})</h2><table>"
+            "<tr><th>#</th><th>what it checks</th><th>column</th><th>expectation</th><th>result</th></tr>"
+        )
+        parts += [
+            f"<tr><td>{i}</td><td>{e(c['says'])}</td><td>{e(c['column'] or '')}</td><td><code>"
+            f"{e(c['expectation'])}</code></td><td class='{'ok' if c['passed'] else 'fail'}'>"
+            f"{'passed' if c['passed'] else 'FAILED'}</td></tr>"
+            for i, c in enumerate(outcome.checks, 1)
+        ]
+        parts.append("</table>")
     return "\n".join(parts)

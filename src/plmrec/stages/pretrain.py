@@ -124,6 +124,7 @@ def pretrain(
 ) -> dict:
     """DAPT/TAPT with MLM and TSDAE in the configured order; the encoder goes to `pretrained` and MLflow."""
     from plmrec.distributed import is_main_process
+    from plmrec.encoders import load_encoder
     from plmrec.pretrain.corpus import write_corpus
     from plmrec.pretrain.models import check_base_model, quiet_transformers
     from plmrec.pretrain.schedule import export, run_schedule
@@ -179,7 +180,10 @@ def pretrain(
             write_json(metrics, pretrain_summary(report))
         copy_pictures(out, plots, {"loss_curve.png": "pretrain_loss.png"})
         tracking.log_artifact(out / "loss_curve.png", "pretrain")
-        tracking.log_dir(out / "sentence-transformer", "pretrained_encoder")
+        tracking.log_sentence_encoder(
+            load_encoder(out / "sentence-transformer", pretraining.pooling, pretraining.max_length),
+            "pretrained_encoder",
+        )
         say("pretrain", f"{len(report['phases'])} phases in {report['seconds']}s -> {out}")
         return report
 

@@ -56,7 +56,8 @@ def train_baseline(
                 "valid_majority_accuracy": info["valid_majority_accuracy"],
             }
         )
-        tracking.log_dir(baseline, "baseline_model")
+        tracking.log_xgboost(model, "baseline_xgboost")  # the model, loadable by MLflow's xgboost flavour
+        tracking.log_dir(baseline, "baseline_model")  # the folder evaluate-baseline reads (model, encoder, info)
         if metrics is not None:
             write_json(metrics, {"baseline_xgboost": {"valid": info["valid"]}})
         say(
