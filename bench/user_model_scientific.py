@@ -76,7 +76,7 @@ def ensemble_metrics(models: list, queries: UserQueries) -> dict:
             u = np.concatenate([np.repeat(users, c2, axis=1), np.tile(u, (1, c1, 1))], axis=2)
         users = u
     top, _ = search_max(build_index(items, "exact"), users, max(KS))
-    scored = ranking_metrics(top.tolist(), queries.relevant, KS, names=("recall", "ndcg"))
+    scored = ranking_metrics(top, queries.relevant, KS, names=("recall", "ndcg"))
     return {k: round(v, 4) for k, v in scored.items() if "@" in k}
 
 

@@ -4,6 +4,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from plmrec.finetune.embed import ExactIndex, build_index, recency_weights, user_vectors
 from plmrec.ranking import average_precision_at_k, ndcg_at_k, precision_at_k, ranking_metrics, recall_at_k
@@ -28,6 +30,34 @@ def test_no_relevant_items_is_undefined_and_left_out():
     assert m["recall@1"] == 1.0 and m["queries"] == 1 and m["queries_without_relevant"] == 1
     empty = ranking_metrics([["a"]], [set()], [5])
     assert math.isnan(empty["ndcg@5"]) and empty["queries"] == 0
+
+
+_IDS = st.integers(min_value=-1, max_value=12)  # -1: no candidate
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.tuples(st.lists(_IDS, max_size=8), st.sets(st.integers(0, 12), max_size=4)), max_size=12),
+    st.sets(st.integers(1, 9), min_size=1, max_size=3),
+    st.booleans(),
+)
+def test_the_vectorised_means_are_the_per_query_definitions_bit_for_bit(queries, ks, as_matrix):
+    """ranking_metrics scores every query at once; each mean equals the mean of the per-query functions
+    exactly (duplicates, -1, short lists, queries without relevant items included)."""
+    ranked = [r for r, _ in queries]
+    relevant = [rel for _, rel in queries]
+    if as_matrix:  # what the recommenders pass: one row per query, padded with -1
+        width = max((len(r) for r in ranked), default=0)
+        ranked = np.array([r + [-1] * (width - len(r)) for r in ranked], dtype=np.int64).reshape(len(ranked), width)
+    got = ranking_metrics(ranked, relevant, sorted(ks))
+    used = [i for i, rel in enumerate(relevant) if rel]
+    fns = {"precision": precision_at_k, "recall": recall_at_k, "map": average_precision_at_k, "ndcg": ndcg_at_k}
+    for name, fn in fns.items():
+        for k in ks:
+            want = [fn(list(ranked[i]), relevant[i], k) for i in used]
+            expected = float(np.mean(want)) if want else math.nan
+            assert got[f"{name}@{k}"] == expected or (math.isnan(expected) and math.isnan(got[f"{name}@{k}"]))
+    assert got["queries"] == len(used)
 
 
 def test_fewer_candidates_than_k():

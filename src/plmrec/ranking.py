@@ -80,12 +80,82 @@ def ranking_metrics(
         raise ValueError(f"{len(ranked_lists)} ranked lists but {len(relevant_sets)} relevant sets")
     relevant_sets = [set(r) for r in relevant_sets]
     used = [i for i, r in enumerate(relevant_sets) if r]
+    picked = (
+        ranked_lists[np.asarray(used, dtype=np.int64)]
+        if isinstance(ranked_lists, np.ndarray)
+        else [ranked_lists[i] for i in used]
+    )
+    hits = _hit_matrix(picked, [relevant_sets[i] for i in used], max(ks, default=0))
     out: dict[str, float] = {}
     for name in names:
-        fn = METRICS[name]
         for k in ks:
-            values = [fn(ranked_lists[i], relevant_sets[i], k) for i in used]
-            out[f"{name}@{k}"] = float(np.mean(values)) if values else math.nan
+            if hits is None:  # ids that are not integers: the per-query definitions
+                values = [METRICS[name](ranked_lists[i], relevant_sets[i], k) for i in used]
+            else:
+                sizes = np.array([len(relevant_sets[i]) for i in used], dtype=np.int64)
+                values = _per_query(name, hits[:, :k], n_relevant=sizes, k=k)
+            out[f"{name}@{k}"] = float(np.mean(values)) if len(values) else math.nan
     out["queries"] = len(used)
     out["queries_without_relevant"] = len(relevant_sets) - len(used)
     return out
+
+
+def _hit_matrix(ranked_lists: Sequence[Sequence], relevant_sets: list[set], k: int) -> np.ndarray | None:
+    """queries x k booleans: rank j of query i is a relevant item not ranked earlier (the `_hits` rule for
+    every query at once); None when the ids are not integers."""
+    n = len(ranked_lists)
+    try:
+        ranked = _as_matrix(ranked_lists, k)
+        if ranked is None:
+            return None
+        rel_rows = np.repeat(np.arange(n, dtype=np.int64), [len(r) for r in relevant_sets])
+        rel_items = np.fromiter((x for r in relevant_sets for x in r), dtype=np.int64, count=len(rel_rows))
+    except (TypeError, ValueError, OverflowError):
+        return None
+    if ranked.shape[1] < k:
+        ranked = np.pad(ranked, ((0, 0), (0, k - ranked.shape[1])), constant_values=-1)
+    low = min(int(ranked.min(initial=0)), int(rel_items.min(initial=0)))
+    width = max(int(ranked.max(initial=0)), int(rel_items.max(initial=0))) - low + 1
+    keys = np.arange(n, dtype=np.int64)[:, None] * width + (ranked - low)  # (query, item) as one number
+    flat = keys.ravel()
+    first = np.zeros(flat.size, dtype=bool)  # the first rank of each (query, item): duplicates count once
+    first[np.unique(flat, return_index=True)[1]] = True
+    return (np.isin(flat, rel_rows * width + (rel_items - low)) & first).reshape(n, k)
+
+
+def _as_matrix(ranked_lists, k: int) -> np.ndarray | None:
+    """The lists' first k ids as a queries x (<= k) int64 matrix, short lists padded with -1 (no
+    candidate); None when an id is not an integer."""
+    try:
+        matrix = np.asarray(ranked_lists)
+    except ValueError:  # lists of different lengths
+        matrix = None
+    if matrix is not None and matrix.ndim == 2 and np.issubdtype(matrix.dtype, np.integer):
+        return matrix[:, :k].astype(np.int64)
+    if matrix is not None and matrix.ndim == 2 and matrix.size:
+        return None  # strings, floats: not item columns
+    out = np.full((len(ranked_lists), k), -1, dtype=np.int64)
+    for i, row in enumerate(ranked_lists):
+        head = np.asarray(list(row)[:k])
+        if head.size and not np.issubdtype(head.dtype, np.integer):
+            return None
+        out[i, : head.size] = head
+    return out
+
+
+def _per_query(name: str, hits: np.ndarray, *, n_relevant: np.ndarray, k: int) -> np.ndarray:
+    """One metric per query from its hit matrix (queries x k), summed rank by rank as the per-query
+    functions sum, so both give the same floats."""
+    found = hits.sum(axis=1)
+    if name == "precision":
+        return found / k
+    if name == "recall":
+        return found / n_relevant
+    ranks = np.arange(1, k + 1)
+    if name == "map":
+        terms = np.where(hits, np.cumsum(hits, axis=1) / ranks, 0.0)
+        return np.cumsum(terms, axis=1)[:, -1] / np.minimum(n_relevant, k)
+    discounts = np.array([1.0 / math.log2(rank + 1) for rank in ranks])  # math.log2: the same constants
+    dcg = np.cumsum(np.where(hits, discounts, 0.0), axis=1)[:, -1]
+    ideal = np.cumsum(discounts)[np.minimum(n_relevant, k) - 1]
+    return dcg / ideal

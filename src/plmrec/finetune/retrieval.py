@@ -103,7 +103,7 @@ def score_encoder(
     out = {}
     for kind in (k for k in QUERY_KINDS if k in kinds):
         top, _ = index.search(built[kind], max(ks), exclude)
-        out[kind] = ranking_metrics(top.tolist(), queries.relevant, ks)
+        out[kind] = ranking_metrics(top, queries.relevant, ks)
     out["_timing"] = {
         "encode_seconds": round(encode_s, 2),
         "items": len(item_texts),

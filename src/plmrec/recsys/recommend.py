@@ -164,7 +164,7 @@ def top_k(scores: np.ndarray, k: int, exclude: sp.csr_matrix | None = None) -> n
 
 
 def evaluate(ranked: np.ndarray, relevant: list[set[int]], ks: list[int]) -> dict[str, float]:
-    m = ranking_metrics(ranked.tolist(), relevant, ks)
+    m = ranking_metrics(ranked, relevant, ks)
     for k in ks:
         p, r = m[f"precision@{k}"], m[f"recall@{k}"]
         m[f"f1@{k}"] = 2 * p * r / (p + r) if p + r > 0 else 0.0  # of the mean P and R, as in the study

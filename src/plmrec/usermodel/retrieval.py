@@ -124,7 +124,7 @@ def evaluate(model, queries: UserQueries, ks: list[int], *, index_kind: str = "e
         )
     else:
         top, _ = search_max(index, users, max(ks), exclude=queries.exclude)
-    return ranking_metrics(top.tolist(), queries.relevant, ks, names=("recall", "ndcg"))
+    return ranking_metrics(top, queries.relevant, ks, names=("recall", "ndcg"))
 
 
 def customer_sequences(model, rows, *, cutoff) -> dict:
