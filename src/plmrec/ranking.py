@@ -108,19 +108,38 @@ def _hit_matrix(ranked_lists: Sequence[Sequence], relevant_sets: list[set], k: i
         ranked = _as_matrix(ranked_lists, k)
         if ranked is None:
             return None
-        rel_rows = np.repeat(np.arange(n, dtype=np.int64), [len(r) for r in relevant_sets])
+        sizes = np.array([len(r) for r in relevant_sets], dtype=np.int64)
+        rel_rows = np.repeat(np.arange(n, dtype=np.int64), sizes)
         rel_items = np.fromiter((x for r in relevant_sets for x in r), dtype=np.int64, count=len(rel_rows))
     except (TypeError, ValueError, OverflowError):
         return None
     if ranked.shape[1] < k:
         ranked = np.pad(ranked, ((0, 0), (0, k - ranked.shape[1])), constant_values=-1)
-    low = min(int(ranked.min(initial=0)), int(rel_items.min(initial=0)))
-    width = max(int(ranked.max(initial=0)), int(rel_items.max(initial=0))) - low + 1
-    keys = np.arange(n, dtype=np.int64)[:, None] * width + (ranked - low)  # (query, item) as one number
-    flat = keys.ravel()
-    first = np.zeros(flat.size, dtype=bool)  # the first rank of each (query, item): duplicates count once
+    widest = int(sizes.max(initial=0))
+    if n * k * widest <= 2**25:  # few relevant items per query: compare each rank with each of them
+        padded = np.full((n, widest), np.iinfo(np.int64).min, dtype=np.int64)
+        padded[rel_rows, np.arange(len(rel_rows)) - np.repeat(np.cumsum(sizes) - sizes, sizes)] = rel_items
+        hits = (ranked[:, :, None] == padded[:, None, :]).any(axis=2)
+    else:
+        low = min(int(ranked.min(initial=0)), int(rel_items.min(initial=0)))
+        width = max(int(ranked.max(initial=0)), int(rel_items.max(initial=0))) - low + 1
+        keys = np.arange(n, dtype=np.int64)[:, None] * width + (ranked - low)  # (query, item) as one number
+        hits = np.isin(keys, rel_rows * width + (rel_items - low))
+    ordered = np.sort(ranked, axis=1)
+    if ((ordered[:, 1:] == ordered[:, :-1]) & (ordered[:, 1:] >= 0)).any():  # duplicates count once
+        hits &= _first_ranks(ranked)
+    return hits
+
+
+def _first_ranks(ranked: np.ndarray) -> np.ndarray:
+    """True where an id appears in its row for the first time."""
+    n, k = ranked.shape
+    low = int(ranked.min(initial=0))
+    width = int(ranked.max(initial=0)) - low + 1
+    flat = (np.arange(n, dtype=np.int64)[:, None] * width + (ranked - low)).ravel()
+    first = np.zeros(flat.size, dtype=bool)
     first[np.unique(flat, return_index=True)[1]] = True
-    return (np.isin(flat, rel_rows * width + (rel_items - low)) & first).reshape(n, k)
+    return first.reshape(n, k)
 
 
 def _as_matrix(ranked_lists, k: int) -> np.ndarray | None:
