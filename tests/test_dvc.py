@@ -27,6 +27,7 @@ def test_dvc_repro_runs_only_what_changed(tmp_path):
     repo.mkdir()
     for name in ("dvc.yaml", ".dvcignore"):
         shutil.copy(ROOT / name, repo / name)
+    shutil.copytree(ROOT / ".dvc", repo / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache", "config.local"))
     shutil.copytree(ROOT / "src", repo / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["data"]["synthetic"].update(SMALL)
@@ -52,8 +53,9 @@ def test_dvc_repro_runs_only_what_changed(tmp_path):
         "PLMREC_PARAMS": str(tmp_path / "not-the-tracked-params.yaml"),
     }
     dvc = [sys.executable, "-m", "dvc"]
-    _run(["git", "init", "-q"], repo, env)
-    _run(dvc + ["init", "-q"], repo, env)
+    _run(["git", "init", "-q"], repo, env)  # the checkout's .dvc/ (committed): no `dvc init` needed
+    fresh = json.loads(_run(dvc + ["status", "--json"], repo, env))
+    assert set(fresh) == set(stages.STAGES)  # a fresh clone: every stage still to run, nothing broken
 
     first = _run(dvc + ["repro"], repo, env)
     for stage in stages.STAGES:
@@ -133,3 +135,11 @@ def test_dvc_repro_runs_only_what_changed(tmp_path):
     assert (repo / "data" / "raw.parquet").stat().st_mtime_ns == raw_mtime
     shown = _run(dvc + ["metrics", "show", "--json"], repo, env)
     assert "accuracy" in shown
+
+    git = ["git", "-c", "user.email=test@plmrec", "-c", "user.name=plmrec test"]
+    _run([*git, "add", "-A"], repo, env)
+    _run([*git, "commit", "-qm", "a reproduced pipeline"], repo, env)
+    experiment = _run(dvc + ["exp", "run", "-S", "baseline.max_depth=4", "-n", "depth-4"], repo, env)
+    assert "Running stage 'train-baseline'" in experiment and "Running stage 'prepare'" not in experiment
+    table = _run(dvc + ["exp", "show", "--csv"], repo, env)
+    assert "depth-4" in table and "baseline.max_depth" in table
