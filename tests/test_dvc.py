@@ -98,6 +98,11 @@ def test_dvc_repro_runs_only_what_changed(tmp_path):
     metrics = yaml.safe_load((repo / "metrics" / "baseline.json").read_text())["baseline_xgboost"]["test"]
     assert metrics["accuracy"] > metrics["majority_class_accuracy"]
     raw_mtime = (repo / "data" / "raw.parquet").stat().st_mtime_ns
+    curve = (repo / "reports" / "plots" / "pretrain_loss.csv").read_text().splitlines()
+    assert curve[0] == "step,loss,phase" and len(curve) == 1 + 3 + 2  # every logged step of both phases
+    _run(dvc + ["plots", "show", "-o", str(tmp_path / "plots")], repo, env)  # the loss tables and the pictures
+    page = (tmp_path / "plots" / "index.html").read_text()
+    assert "pretrain_loss.csv" in page and "finetune_loss.csv" in page and "confusion_matrix.png" in page
 
     again = _run(dvc + ["repro"], repo, env)
     assert "Running stage" not in again

@@ -26,6 +26,7 @@ __all__ = [
     "skip",
     "skipped",
     "write_json",
+    "write_loss_curve",
 ]
 SKIPPED_FILE = "SKIPPED.json"  # in a model folder a stage did not train: why
 
@@ -78,6 +79,25 @@ def copy_pictures(source: str | Path, plots: str | Path | None, names: dict[str,
     for name, target in names.items():
         if (Path(source) / name).exists():
             shutil.copyfile(Path(source) / name, Path(plots) / target)
+
+
+def write_loss_curve(report: dict, plots: str | Path | None, name: str) -> None:
+    """The training report's losses as a table DVC draws (`dvc plots show`, `dvc plots diff`): one row per
+    logged step, `step` counted across phases so the curve runs on, `phase` naming each part."""
+    if plots is None:
+        return
+    import pandas as pd
+
+    rows, offset = [], 0
+    for phase in report.get("phases", []):
+        steps = [int(step) for step, _ in phase.get("losses", [])]
+        rows += [
+            {"step": offset + step, "loss": float(loss), "phase": phase["label"]}
+            for step, (_, loss) in zip(steps, phase.get("losses", []))
+        ]
+        offset += max(steps, default=0)
+    Path(plots).mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows, columns=["step", "loss", "phase"]).to_csv(Path(plots) / name, index=False)
 
 
 # ---------------------------------------------------------------------------- the KFP side

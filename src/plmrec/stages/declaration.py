@@ -34,6 +34,7 @@ SOURCE = "src/plmrec/stages"
 class Port:
     """One input or output of a stage. `path`: where DVC keeps it (None: not a DVC file); `files`: for a
     folder, the DVC outputs inside it (else the folder is one output), for plots the pictures;
+    `curves`: for plots, data files DVC draws and overlays across experiments, (file, x, y) each;
     `metrics_file`: a folder's JSON that DVC reads as metrics."""
 
     name: str
@@ -42,6 +43,7 @@ class Port:
     path: str | None = None
     required: bool = True
     files: tuple[str, ...] = ()
+    curves: tuple[tuple[str, str, str], ...] = ()
     metrics_file: str | None = None
     cache: bool = True
 
@@ -144,6 +146,7 @@ class Stage:
                 metrics.append({p.path: {"cache": False}})
             elif p.kind == "plots":
                 plots += [{f"{p.path}/{name}": {"cache": False}} for name in p.files]
+                plots += [{f"{p.path}/{name}": {"x": x, "y": y, "cache": False}} for name, x, y in p.curves]
             else:
                 for path in [f"{p.path}/{name}" for name in p.files] or [p.path]:
                     outs.append(path if p.cache else {path: {"cache": False}})

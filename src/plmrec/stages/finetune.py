@@ -30,6 +30,7 @@ from plmrec.stages.common import (
     run_distributed,
     say,
     write_json,
+    write_loss_curve,
 )
 from plmrec.stages.declaration import Port, Stage
 from plmrec.stages.prepare import PREPARED
@@ -64,6 +65,7 @@ SPEC = Stage(
             "reports/plots",
             required=False,
             files=("finetune_loss.png", "embedding_pca.png"),
+            curves=(("finetune_loss.csv", "step", "loss"),),
         ),
         Port("report", "html", "the loss curves and the embedding picture"),
     ),
@@ -241,6 +243,7 @@ def finetune(
         if metrics is not None:
             write_json(metrics, finetune_figures(report))
         copy_pictures(out, plots, {"loss_curve.png": "finetune_loss.png", "embedding_pca.png": "embedding_pca.png"})
+        write_loss_curve(report, plots, "finetune_loss.csv")
         say("finetune", f"{embedded['items']:,} item and {embedded['users']:,} user embeddings -> {out}")
         return report
 

@@ -25,6 +25,7 @@ from plmrec.stages.common import (
     run_distributed,
     say,
     write_json,
+    write_loss_curve,
 )
 from plmrec.stages.declaration import Port, Stage
 from plmrec.stages.prepare import PREPARED
@@ -40,7 +41,13 @@ SPEC = Stage(
         PRETRAINED,
         Port("metrics", "metrics", "per-phase figures (JSON)", "metrics/pretrain.json", required=False),
         Port(
-            "plots", "plots", "where the loss curve goes", "reports/plots", required=False, files=("pretrain_loss.png",)
+            "plots",
+            "plots",
+            "where the loss curve goes (a picture, and the table DVC draws)",
+            "reports/plots",
+            required=False,
+            files=("pretrain_loss.png",),
+            curves=(("pretrain_loss.csv", "step", "loss"),),
         ),
         Port("report", "html", "the loss curves"),
     ),
@@ -179,6 +186,7 @@ def pretrain(
         if metrics is not None:
             write_json(metrics, pretrain_summary(report))
         copy_pictures(out, plots, {"loss_curve.png": "pretrain_loss.png"})
+        write_loss_curve(report, plots, "pretrain_loss.csv")
         tracking.log_artifact(out / "loss_curve.png", "pretrain")
         tracking.log_sentence_encoder(
             load_encoder(out / "sentence-transformer", pretraining.pooling, pretraining.max_length),
