@@ -162,6 +162,7 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+SOURCE_TAG = "mlflow.source.name"
 GIT_COMMIT_ENV = "PLMREC_GIT_COMMIT"  # set in the images (docker build --build-arg GIT_COMMIT=...): no .git there
 
 
@@ -208,7 +209,7 @@ def parent_run(uri: str, params: Params, run_key: str, *, run_name: str | None =
     run = client.create_run(
         exp_id,
         run_name=run_name or f"pipeline-{run_key}",
-        tags={RUN_KEY_TAG: run_key, "plmrec.kind": "pipeline", **code_version()},
+        tags={RUN_KEY_TAG: run_key, "plmrec.kind": "pipeline", SOURCE_TAG: "plmrec run", **code_version()},
     )
     batch = [mlflow.entities.Param(k, str(v)[:6000]) for k, v in flatten(params.to_dict()).items()]
     for i in range(0, len(batch), 100):
@@ -330,6 +331,7 @@ def stage_run(
     exp_id = ensure_experiment(uri, params.tracking.experiment)
     parent = parent_run(uri, params, run_key) if run_key else None
     tags = {STAGE_TAG: stage, **({RUN_KEY_TAG: run_key} if run_key else {}), **code_version()}
+    tags[SOURCE_TAG] = f"plmrec stage {stage}"  # the UI's Source (not the KFP executor's script), with the commit
     with mlflow.start_run(experiment_id=exp_id, run_name=stage, parent_run_id=parent, tags=tags) as run:
         logged = flatten(params.to_dict()) if not parent else declared_params(params, stage)
         mlflow.log_params({k: str(v)[:6000] for k, v in logged.items()})
