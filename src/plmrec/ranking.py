@@ -85,14 +85,14 @@ def ranking_metrics(
         if isinstance(ranked_lists, np.ndarray)
         else [ranked_lists[i] for i in used]
     )
-    hits = _hit_matrix(picked, [relevant_sets[i] for i in used], max(ks, default=0))
+    sizes = np.array([len(relevant_sets[i]) for i in used], dtype=np.int64)
+    hits = _hit_matrix(picked, [relevant_sets[i] for i in used], sizes=sizes, k=max(ks, default=0))
     out: dict[str, float] = {}
     for name in names:
         for k in ks:
             if hits is None:  # ids that are not integers: the per-query definitions
                 values = [METRICS[name](ranked_lists[i], relevant_sets[i], k) for i in used]
             else:
-                sizes = np.array([len(relevant_sets[i]) for i in used], dtype=np.int64)
                 values = _per_query(name, hits[:, :k], n_relevant=sizes, k=k)
             out[f"{name}@{k}"] = float(np.mean(values)) if len(values) else math.nan
     out["queries"] = len(used)
@@ -100,15 +100,17 @@ def ranking_metrics(
     return out
 
 
-def _hit_matrix(ranked_lists: Sequence[Sequence], relevant_sets: list[set], k: int) -> np.ndarray | None:
+def _hit_matrix(
+    ranked_lists: Sequence[Sequence], relevant_sets: list[set], *, sizes: np.ndarray, k: int
+) -> np.ndarray | None:
     """queries x k booleans: rank j of query i is a relevant item not ranked earlier (the `_hits` rule for
-    every query at once); None when the ids are not integers."""
+    every query at once; `sizes`: each query's number of relevant items); None when the ids are not
+    integers."""
     n = len(ranked_lists)
     try:
         ranked = _as_matrix(ranked_lists, k)
         if ranked is None:
             return None
-        sizes = np.array([len(r) for r in relevant_sets], dtype=np.int64)
         rel_rows = np.repeat(np.arange(n, dtype=np.int64), sizes)
         rel_items = np.fromiter((x for r in relevant_sets for x in r), dtype=np.int64, count=len(rel_rows))
     except (TypeError, ValueError, OverflowError):

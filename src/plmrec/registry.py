@@ -230,13 +230,14 @@ def gate(client, rp: RegistryParams, version: str) -> Decision:
     if _number(current) == str(version):
         raise RegistryError(f"version {version} of {name} is already the champion")
     first = _number(current)
+    figures = version_metrics(client, candidate)  # the candidate's do not change between rounds
     for _ in range(rp.gate_rounds):
         mismatch = other_data(candidate, current) if current else None
         if mismatch:
             promote, reason, primary, guards = False, mismatch, {}, {}
         else:
             promote, reason, primary, guards = decide(
-                version_metrics(client, candidate), version_metrics(client, current) if current else None, rp
+                figures, version_metrics(client, current) if current else None, rp
             )
         before = _number(current)
         decision = Decision(str(version), promote, reason, first, str(version) if promote else before, primary, guards)

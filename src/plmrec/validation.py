@@ -435,14 +435,8 @@ def validate_table(
         d = r.to_json_dict()
         check = checks[d["expectation_config"]["meta"]["plmrec_check"]]
         kwargs = {k: v for k, v in d["expectation_config"]["kwargs"].items() if k != "batch_id"}
-        listed.append(
-            {
-                "says": check.says,
-                "expectation": d["expectation_config"]["type"],
-                "column": kwargs.get("column"),
-                "passed": bool(d["success"]),
-            }
-        )
+        entry = {"says": check.says, "expectation": d["expectation_config"]["type"], "column": kwargs.get("column")}
+        listed.append({**entry, "passed": bool(d["success"])})
         if d["success"]:
             continue
         result = d.get("result") or {}
@@ -456,9 +450,7 @@ def validate_table(
         exc = d.get("exception_info") or {}
         failures.append(
             {
-                "says": check.says,
-                "expectation": d["expectation_config"]["type"],
-                "column": kwargs.get("column"),
+                **entry,
                 "kwargs": kwargs,
                 "unexpected_count": result.get("unexpected_count"),
                 "unexpected_percent": result.get("unexpected_percent"),

@@ -239,10 +239,10 @@ def saved_embeddings_match(model_dir: str | Path, prepared: pd.DataFrame, params
 def saved_item_vectors(model, model_dir: str | Path, prepared: pd.DataFrame, *, params: Params) -> np.ndarray | None:
     """The item vectors `model_dir` holds for this table when these very weights wrote them (the digest in
     its index.json), in catalogue order; None when they would have to be encoded."""
+    index = Path(model_dir) / "index.json"
+    if not index.is_file() or json.loads(index.read_text()).get("model_digest") != model_digest(model):
+        return None  # other weights: the table need not be read
     if not saved_embeddings_match(model_dir, prepared, params):
-        return None
-    meta = json.loads((Path(model_dir) / "index.json").read_text())
-    if meta.get("model_digest") != model_digest(model):
         return None
     return stack(pd.read_parquet(Path(model_dir) / "item_embeddings.parquet", columns=["embedding"])["embedding"])
 

@@ -288,6 +288,7 @@ class Recommender:
         self.descriptions = items["Description"].astype(str).to_numpy()
         self.clusters = items["cluster"].to_numpy(np.int64)
         self.popularity = items["popularity"].to_numpy(np.float64)
+        self.most_popular = np.argsort(-self.popularity, kind="stable")  # the fallback list's order, once
         self.item_customers = items["customers"].to_numpy(np.float64)
         self.item_col = {c: i for i, c in enumerate(self.codes)}
         self.text_ids = customers.dtype.kind == "U"  # the shop's ids are text (Amazon's), else integers
@@ -482,7 +483,7 @@ class Recommender:
 
     def popular(self, k: int, *, reason: str) -> Recommendation:
         """The k most bought items (by purchase lines in the served data), flagged as the fallback."""
-        top = np.argsort(-self.popularity, kind="stable")[:k]
+        top = self.most_popular[:k]
         rec = self._result(top, self.popularity[top])
         rec.fallback, rec.reason = POPULAR, reason
         return rec

@@ -90,12 +90,9 @@ def write_loss_curve(report: dict, plots: str | Path | None, name: str) -> None:
 
     rows, offset = [], 0
     for phase in report.get("phases", []):
-        steps = [int(step) for step, _ in phase.get("losses", [])]
-        rows += [
-            {"step": offset + step, "loss": float(loss), "phase": phase["label"]}
-            for step, (_, loss) in zip(steps, phase.get("losses", []))
-        ]
-        offset += max(steps, default=0)
+        losses = [(int(step), float(loss)) for step, loss in phase.get("losses", [])]
+        rows += [{"step": offset + step, "loss": loss, "phase": phase["label"]} for step, loss in losses]
+        offset += max((step for step, _ in losses), default=0)
     Path(plots).mkdir(parents=True, exist_ok=True)
     pd.DataFrame(rows, columns=["step", "loss", "phase"]).to_csv(Path(plots) / name, index=False)
 
