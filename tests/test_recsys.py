@@ -174,32 +174,33 @@ def test_verdict_reports_absolute_relative_and_std():
     assert "within one std" in experiment.verdict(summary.iloc[::-1], "test_ndcg@10", "mf", vanilla="mf", label="MF")
 
 
-def _ltr_frame_by_customer(w, s, candidates, item_customers, user_model):
+def _ltr_frame_by_customer(w, s, candidates, item_customers, names):
     """The learning-to-rank features computed one customer at a time: the reference for ltr_frame."""
     mf_rank = np.argsort(np.argsort(-s.mf, axis=1), axis=1)
     parts = []
     for i, (r, items) in enumerate(zip(w.eval_rows, candidates)):
         lines = w.counts[r].toarray().ravel()[items]
         last = w.last_day[r].toarray().ravel()[items]
-        row = [
-            s.mf[i, items],
-            mf_rank[i, items],
-            s.similarity[i, items],
-            s.cluster[i, items],
-            s.popularity[items],
-            lines,
-            np.where(last > 0, w.end_day - (last - 1), 9999.0),
-            np.full(len(items), w.counts[r].sum()),
-            item_customers[items],
-        ]
-        if user_model:
-            row += [s.user_model[i, items], s.user_model_c[i, items]]
-        parts.append(np.column_stack(row))
+        row = {
+            "mf": s.mf[i, items],
+            "mf_rank": mf_rank[i, items],
+            "similarity": s.similarity[i, items],
+            "cluster_share": s.cluster[i, items],
+            "popularity": s.popularity[items],
+            "user_item_lines": lines,
+            "days_since_user_bought_item": np.where(last > 0, w.end_day - (last - 1), 9999.0),
+            "user_lines": np.full(len(items), w.counts[r].sum()),
+            "item_customers": item_customers[items],
+            "similarity_recent": s.recent_similarity[i, items],
+            "user_model": s.user_model[i, items],
+            "user_model_c": s.user_model_c[i, items],
+        }
+        parts.append(np.column_stack([row[n] for n in names]))
     return np.vstack(parts)
 
 
-@pytest.mark.parametrize("user_model", [False, True])
-def test_ltr_features_match_a_per_customer_reference(user_model):
+@pytest.mark.parametrize(("user_model", "text"), [(False, True), (True, True), (False, False)])
+def test_ltr_features_match_a_per_customer_reference(user_model, text):
     rng = np.random.default_rng(0)
     n_customers, n_items = 9, 30
     dense = (rng.random((n_customers, n_items)) < 0.2) * rng.integers(1, 5, (n_customers, n_items))
@@ -219,13 +220,49 @@ def test_ltr_features_match_a_per_customer_reference(user_model):
         cluster=rng.random((3, n_items)),
         popularity=rng.random(n_items),
         bought=(dense[[1, 4, 7]] > 0).astype(np.float32),
+        recent_similarity=rng.normal(size=(3, n_items)),
     ).with_user_model(rng.normal(size=(3, n_items)).astype(np.float32), rng.integers(0, 4, (3, n_items)))
     candidates = [np.sort(rng.choice(n_items, k, replace=False)) for k in (5, 12, 1)]
     item_customers = recommend.item_customer_counts(counts)
-    frame, qid = recommend.ltr_frame(w, s, candidates, item_customers=item_customers, user_model=user_model)
-    assert list(frame.columns) == recommend.ltr_features(user_model)
+    frame, qid = recommend.ltr_frame(w, s, candidates, item_customers=item_customers, user_model=user_model, text=text)
+    names = recommend.ltr_features(user_model, text=text)
+    assert list(frame.columns) == names
+    text_free = {"similarity", "cluster_share", "similarity_recent", "user_model", "user_model_c"}.isdisjoint(names)
+    assert text_free == (not text)  # the twin's ranker sees no text-derived feature
     assert qid.tolist() == [0] * 5 + [1] * 12 + [2]
-    np.testing.assert_allclose(frame.to_numpy(), _ltr_frame_by_customer(w, s, candidates, item_customers, user_model))
+    np.testing.assert_allclose(frame.to_numpy(), _ltr_frame_by_customer(w, s, candidates, item_customers, names))
+
+
+def test_the_last_basket_is_the_latest_purchase_day():
+    last_day = sp.csr_matrix(np.array([[5.0, 0, 9, 9], [0, 0, 0, 0], [3, 3, 0, 1]]))
+    latest = recommend.latest_items(last_day).toarray()
+    assert latest.tolist() == [[0, 0, 1, 1], [0, 0, 0, 0], [1, 1, 0, 0]]
+
+
+def test_the_no_text_twin_has_no_text_candidates():
+    rng = np.random.default_rng(1)
+    n_items = 40
+    counts = sp.csr_matrix(np.eye(3, n_items, dtype=np.float32))
+    w = recommend.Window(np.arange(3), counts, counts * 10, np.arange(3), [{5}, {6}, {7}], 20.0)
+    mf = rng.normal(size=(3, n_items))
+    similarity = np.zeros((3, n_items))
+    similarity[:, 30:] = 5.0  # text's favourites: items 30..39, which MF ranks last
+    mf[:, 30:] = -100.0
+    s = recommend.Scorers(
+        mf=mf,
+        similarity=similarity,
+        cluster=np.zeros((3, n_items)),
+        popularity=np.zeros(n_items),
+        bought=counts.toarray(),
+        recent_similarity=similarity,
+    )
+    rp = RecommendersParams(
+        ltr={"mf_candidates": 5, "neighbour_candidates": 5, "recent_neighbour_candidates": 5, "popular_candidates": 0}
+    )
+    with_text = recommend.ltr_candidates(w, s, rp)
+    without = recommend.ltr_candidates(w, s, rp, text=False)
+    assert all(set(c) & set(range(30, 40)) for c in with_text)
+    assert not any(set(c) & set(range(30, 40)) for c in without)
 
 
 def test_a_fit_with_the_same_inputs_is_reused_and_equals_a_fresh_one():
@@ -288,5 +325,23 @@ def test_text_features_help_xgboost_and_ranker_beats_popularity(prepared, minilm
     ndcg = rows.set_index("model")["test_ndcg@10"]
     assert ndcg["ltr"] > ndcg["popularity"] + 0.05, ndcg.to_dict()
     assert ndcg["mf"] > ndcg["popularity"]
-    assert set(ndcg.index) == {"popularity", "mf", "mf+repeat", "mf+cluster", "mf+similarity", "text_neighbours", "ltr"}
+    assert set(ndcg.index) == {
+        "popularity",
+        "mf",
+        "mf+repeat",
+        "mf+cluster",
+        "mf+similarity",
+        "text_neighbours",
+        "ltr-no-text",
+        "ltr",
+    }
+    # every view scores the same models (and co-purchase the new customers); the lists differ by view
+    by_view = info["views"].set_index(["view", "model"])
+    assert set(info["views"]["view"]) == {"all", "discovery", "new_items", "new_customers"}
+    assert ("new_customers", "co-purchase") in by_view.index and ("all", "co-purchase") not in by_view.index
+    assert by_view.loc[("all", "ltr"), "test_ndcg@10"] == ndcg["ltr"]  # the all view is the main table's
+    assert info["view_customers"]["discovery"] <= info["test_customers"]
+    importance = info["chosen"][0]["ltr-no-text_importance_by_source"]
+    assert "text" not in importance and importance  # the twin's ranker has no text feature
+    assert "text" in info["chosen"][0]["ltr_importance_by_source"]
     assert info["chosen"][0]["factors"] == 16 and len(info["precision_curves"]["ltr"]) == 20

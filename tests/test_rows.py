@@ -20,6 +20,7 @@ BUILT_IN = (
     "mf+cluster",
     "mf+similarity",
     "text_neighbours",
+    "ltr-no-text",
     "ltr",
     "user_model",
     "ltr+user_model",
@@ -31,7 +32,8 @@ GRID = [0.1, 0.3]
 def test_the_built_in_rows_and_what_the_study_reports_of_them():
     assert rows.names()[: len(BUILT_IN)] == BUILT_IN
     assert [r.name for r in rows.scored_rows()][:7] == [*BUILT_IN[:6], "user_model"]  # studied before ltr
-    assert [r.name for r in rows.ltr_rows()][:2] == ["ltr", "ltr+user_model"]
+    assert not rows.get("ltr-no-text").text and rows.get("ltr").text
+    assert [r.name for r in rows.ltr_rows()][:3] == ["ltr-no-text", "ltr", "ltr+user_model"]
     assert [r.name for r in rows.ltr_rows() if r.user_model] == ["ltr+user_model"]
     assert [n for n in BUILT_IN if rows.get(n).user_model] == ["user_model", "ltr+user_model"]
     assert rows.weight_names()[:3] == ("similarity_weight", "cluster_weight", "repeat_weight")
@@ -45,10 +47,29 @@ def test_the_built_in_rows_and_what_the_study_reports_of_them():
         ("mf+similarity", "mf", "MF"),
         ("mf+similarity", "mf+repeat", "MF, text vs bought-before"),
         ("mf+cluster", "mf", "MF"),
+        ("ltr-no-text", "popularity", "Learning to rank without text"),
         ("ltr", "popularity", "Learning to rank"),
+        ("ltr", "ltr-no-text", "Learning to rank, text vs no text"),
         ("user_model", "mf", "User model (GUIM)"),
         ("ltr+user_model", "ltr", "Learning to rank with the user model"),
+        ("ltr+user_model", "ltr-no-text", "Learning to rank with the user model vs no text"),
     ]
+    # every row that reads text is measured against a text-free twin on every view
+    twins = {n: rows.twin_of(n) for n in BUILT_IN}
+    assert twins == {
+        "popularity": "popularity",
+        "mf": "mf",
+        "mf+repeat": "mf+repeat",
+        "mf+cluster": "mf",
+        "mf+similarity": "mf+repeat",
+        "text_neighbours": "popularity",
+        "ltr-no-text": "ltr-no-text",
+        "ltr": "ltr-no-text",
+        "user_model": "mf",
+        "ltr+user_model": "ltr-no-text",
+    }
+    with pytest.raises(ValueError, match="must be a text-free row registered before it"):
+        rows.register("x", scores=rows.Scorer("mf"), twin="ltr")
     with pytest.raises(ValueError, match="already registered"):
         rows.register("mf", scores=rows.Scorer("mf"))
     with pytest.raises(ValueError, match="not registered before it"):
@@ -170,6 +191,11 @@ def test_an_added_row_is_studied_judged_and_served(added_row, data, tmp_path):
     params = Params(recommenders=rp)
     comparison = Comparison(params, *_no_classifier_study(), table, detail)
     verdicts = comparison.verdicts()
+    lifts = comparison.view_lifts()  # after the rows' verdicts: the served row is text-free, and says so
+    assert comparison.served == ADDED and [str(v) for v in lifts] == [
+        f"The served model, {ADDED}, reads no item text: no language-model stage is served"
+    ]
+    verdicts = verdicts[: -len(lifts)]
     assert verdicts[-1].startswith(f"MF, popularity: {ADDED} ") and " mf on ndcg@10: " in verdicts[-1]
     assert verdicts[-1].tag_name == "mf_popularity.vs.mf"
     assert [v.split(":")[0] for v in verdicts[2:]] == ["MF", "MF, text vs bought-before", "MF", "MF, popularity"]

@@ -672,6 +672,9 @@ class LearningToRankParams(_Section):
     enabled: bool = True
     mf_candidates: int = Field(100, ge=1)
     neighbour_candidates: int = Field(100, ge=1)
+    recent_neighbour_candidates: int = Field(
+        50, ge=0, description="top items by text similarity to the customer's last basket (0: none)"
+    )
     popular_candidates: int = Field(50, ge=0)
     user_model_candidates: int = Field(
         100, ge=0, description="top items by the user model's max-over-C score (the ltr+user_model row)"

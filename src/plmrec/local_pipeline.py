@@ -193,12 +193,13 @@ def run_local(
 
 def _serving_hint(run_dir: Path, console) -> None:
     """Where the run's bundle is, how to serve it and a first request with ids this data has."""
-    from plmrec.serving.bundle import example_ids
+    from plmrec.serving.bundle import example_ids, lift_summary, read_meta
 
     found = sorted(run_dir.glob("artifacts/*/compare-models/bundle/bundle.json"))
     if not found:
         return
     bundle = found[0].parent
+    console.write(lift_summary(read_meta(bundle)) + "\n")
     customer, codes = example_ids(bundle)
     body = json.dumps({"instances": [{"customer_id": customer, "k": 3}, {"basket": codes, "k": 3}]})
     console.write(

@@ -14,6 +14,7 @@ from plmrec import tracking
 from plmrec.config import Params
 from plmrec.ranking import RANKING_METRICS
 from plmrec.recsys import rows as row_registry
+from plmrec.recsys import views
 
 
 @dataclass
@@ -71,6 +72,7 @@ class Comparison:
         self.recommender_metrics = [f"test_{m}@{k}" for k in sorted(set(recommenders.ks)) for m in RANKING_METRICS]
         self.primary = f"test_{recommenders.primary_metric}"
         self.recommender_summary = mean_std(self.recommender_rows, "model", self.recommender_metrics)
+        self._summarise_views()
         self.classifier_skipped = self.classifier_detail.get("skipped")
         if self.classifier_skipped:
             self.classifier_metrics, self.classifier_summary = [], pd.DataFrame()
@@ -83,6 +85,85 @@ class Comparison:
         self.plm_classifier = (
             max(self.text_variants, key=self._valid_accuracy) if self.text_variants else self.best_classifier
         )
+
+    def _summarise_views(self) -> None:
+        """Mean ± std per model on every evaluation view, the served model and its no-text twin."""
+        from plmrec.recsys.experiment import mean_std
+
+        found = self.recommender_detail.get("views")
+        self.view_rows = found if found is not None else pd.DataFrame()
+        self.view_summaries: dict[str, pd.DataFrame] = {}
+        self.view_metrics: dict[str, list[str]] = {}
+        for view in views.VIEWS:
+            if self.view_rows.empty:
+                break
+            rows = self.view_rows[self.view_rows["view"] == view]
+            metrics = [self.primary, f"test_recall@{views.NEW_ITEM_K}"]
+            if view == "new_items":
+                metrics.append(f"test_{views.NEW_ITEM_SHARE}")
+            if len(rows):
+                self.view_metrics[view] = metrics
+                self.view_summaries[view] = mean_std(rows, "model", metrics)
+        self.served = self.served_model()
+        self.twin = row_registry.twin_of(self.served) if self.served in row_registry.names() else None
+
+    def served_model(self) -> str | None:
+        """The row the bundle serves: registry.served_model, or (auto) the best on valid."""
+        from plmrec.recsys.experiment import served_model
+
+        rows, chosen = self.recommender_rows, self.params.registry.served_model
+        if rows.empty:
+            return None
+        if chosen != "auto":
+            return chosen if chosen in set(rows["model"]) else None
+        return served_model(rows, self.params.recommenders.primary_metric)
+
+    def view_lifts(self) -> list:
+        """Per view: the served model against its no-text twin, and on new customers against popularity
+        and co-purchase; each a Verdict carrying its figures (`.lift`)."""
+        from plmrec.recsys.experiment import Verdict, lift, view_metric
+
+        served, twin = self.served, self.twin
+        if served is None:
+            return []
+        if served == twin:
+            return [Verdict(f"The served model, {served}, reads no item text: no language-model stage is served")]
+        out = []
+        for view, summary in self.view_summaries.items():
+            metric = "test_" + view_metric(view, self.params.recommenders.primary_metric)
+            against = [(twin, "its no-text twin")]
+            if view == "new_customers":
+                against += [("popularity", "popularity"), (views.CO_PURCHASE, "co-purchase item-kNN")]
+            for other, words in against:
+                if {served, other} <= set(summary.index):
+                    line = lift(summary, metric, served, versus=other, label=f"{views.TITLES[view]}, served vs {words}")
+                    line.tag_name = f"{view}.{line.tag_name}"
+                    line.lift["view"] = view
+                    out.append(line)
+        return out
+
+    def view_table(self) -> pd.DataFrame:
+        """One row per model, one column per view: the view's figure as 'mean ± std' (%)."""
+        from plmrec.recsys.experiment import view_metric
+
+        primary = self.params.recommenders.primary_metric
+        models = list(dict.fromkeys(m for s in self.view_summaries.values() for m in s.index))
+        table = pd.DataFrame({"model": models})
+        for view, summary in self.view_summaries.items():
+            names = [view_metric(view, primary)] + ([views.NEW_ITEM_SHARE] if view == "new_items" else [])
+            for name in names:
+                metric = f"test_{name}"
+                table[f"{view} {name}"] = [
+                    f"{summary.loc[m, ('mean', metric)] * 100:.1f} ± {summary.loc[m, ('std', metric)] * 100:.1f}"
+                    if m in summary.index
+                    else "-"
+                    for m in models
+                ]
+        table["role"] = [
+            "served" if m == self.served else "no-text twin" if m == self.twin and m != self.served else ""
+            for m in models
+        ]
+        return table
 
     def _valid_accuracy(self, variant: str) -> float:
         rows = self.classifier_rows
@@ -105,7 +186,11 @@ class Comparison:
             if {row.name, versus.vanilla} <= set(recommender.index)
         ]
         if self.classifier_skipped:
-            return [f"XGBoost quantity label: skipped ({self.classifier_skipped})", *filter(None, recommender_verdicts)]
+            return [
+                f"XGBoost quantity label: skipped ({self.classifier_skipped})",
+                *filter(None, recommender_verdicts),
+                *self.view_lifts(),
+            ]
         found = [
             verdict(
                 classifier, "test_accuracy", self.plm_classifier, vanilla=counterpart, label="XGBoost quantity label"
@@ -123,7 +208,7 @@ class Comparison:
             else "XGBoost: the variant chosen on valid accuracy is vanilla",
             *recommender_verdicts,
         ]
-        return [v for v in found if v]
+        return [v for v in found if v] + self.view_lifts()
 
     def tables(self) -> tuple[pd.DataFrame, pd.DataFrame]:
         """The classifier and recommender tables in the study's layout ('mean ± std' in %)."""
@@ -156,11 +241,14 @@ class Comparison:
             classifier_section + f"## Recommenders (test, %, mean ± std over seeds {recommenders.seeds}; "
             f"{self.recommender_detail['test_customers']:,} customers)\n\n"
             + markdown_table(rec_table)
+            + self._views_section()
             + "\n## Verdicts\n\n"
             + "".join(f"- {v}\n" for v in verdicts)
         )
         self.classifier_rows.to_csv(out / "classifier_runs.csv", index=False)
         self.recommender_rows.to_csv(out / "recommender_runs.csv", index=False)
+        self.view_rows.to_csv(out / "view_runs.csv", index=False)
+        self.view_table().to_csv(out / "view_table.csv", index=False)
         clf_table.to_csv(out / "classifier_table.csv", index=False)
         rec_table.to_csv(out / "recommender_table.csv", index=False)
         if not self.classifier_skipped:
@@ -182,6 +270,25 @@ class Comparison:
                     f"{name} features",
                 )
 
+    def _views_section(self) -> str:
+        from plmrec.reports import markdown_table
+
+        if not self.view_summaries:
+            return ""
+        counts = self.recommender_detail.get("view_customers", {})
+        who = "; ".join(f"{views.TITLES[v].lower()}: {counts.get(v, 0):,} customers" for v in self.view_summaries)
+        last = self.recommender_detail["chosen"][self.params.recommenders.seeds[-1]]
+        sources = "".join(
+            f"- {name}: {_shares(last[f'{name}_importance_by_source'])}\n"
+            for name in (row.name for row in row_registry.ltr_rows())
+            if f"{name}_importance_by_source" in last
+        )
+        return (
+            f"\n## Evaluation views (test, %, mean ± std over seeds; {who})\n\n"
+            + markdown_table(self.view_table())
+            + (f"\nLearning to rank, feature importance by source (share, last seed):\n\n{sources}" if sources else "")
+        )
+
     @staticmethod
     def _mean_std(summary: pd.DataFrame, metrics: list[str]) -> dict:
         return {
@@ -202,6 +309,11 @@ class Comparison:
             "best_classifier_variant": self.best_classifier,
             "chosen": self.recommender_detail["chosen"],
             "verdicts": verdicts,
+            "views": {v: self._mean_std(found, self.view_metrics[v]) for v, found in self.view_summaries.items()},
+            "view_customers": self.recommender_detail.get("view_customers", {}),
+            "served_model": self.served,
+            "twin": self.twin,
+            "lifts": [v.lift for v in verdicts if getattr(v, "lift", None)],
             "test_customers": self.recommender_detail["test_customers"],
             "seeds": self.params.recommenders.seeds,
         }
@@ -228,6 +340,15 @@ class Comparison:
                 },
                 f"recommender/{tracking.safe_name(v)}/",
             )
+        for view, summary in self.view_summaries.items():
+            for v in summary.index:
+                tracking.log_numeric(
+                    {
+                        f"{m.replace('test_', '').replace('@', '_at_')}_mean": summary.loc[v, ("mean", m)]
+                        for m in self.view_metrics[view]
+                    },
+                    f"view/{view}/{tracking.safe_name(v)}/",
+                )
         for model, curve in self.recommender_detail["precision_curves"].items():  # K as the step: runs overlay
             for k, value in zip(CURVE_KS, curve):
                 tracking.log_metric(f"precision_at_k/{tracking.safe_name(model)}", value, step=k)
@@ -237,7 +358,16 @@ class Comparison:
         tracking.set_verdicts(verdicts, title="Verdicts (test, mean ± std over seeds)")
         ltr = recommender.loc["ltr", ("mean", self.primary)] if "ltr" in recommender.index else 0.0
         headline = {f"test_{recommenders.primary_metric.replace('@', '_at_')}_ltr": ltr}
+        for line in verdicts:  # the served model's lift over its no-text twin, per view
+            found = getattr(line, "lift", None)
+            if found and found["versus"] == self.twin:
+                headline[f"lift_over_twin_{found['view']}_{found['metric'].replace('@', '_at_')}"] = found["difference"]
         if not self.classifier_skipped:
             headline["test_accuracy_plm_xgboost"] = classifier.loc[self.plm_classifier, ("mean", "test_accuracy")]
             headline["test_accuracy_best_xgboost"] = classifier.loc[self.best_classifier, ("mean", "test_accuracy")]
         tracking.log_parent_metrics(params=self.params, run_key=run_key, tracking_uri=tracking_uri, metrics=headline)
+
+
+def _shares(shares: dict[str, float]) -> str:
+    """'text 0.31, mf 0.22, ...': the largest share first."""
+    return ", ".join(f"{k} {v:.2f}" for k, v in sorted(shares.items(), key=lambda kv: -kv[1]))

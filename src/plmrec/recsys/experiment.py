@@ -10,7 +10,7 @@ import pandas as pd
 
 from plmrec.config import RecommendersParams
 from plmrec.features import EmbeddingFeatures
-from plmrec.recsys import recommend
+from plmrec.recsys import recommend, views
 from plmrec.recsys import rows as row_registry
 from plmrec.tracking import safe_name
 from plmrec.vectors import stack
@@ -31,14 +31,15 @@ def run_recommenders(
     every row of plmrec.recsys.rows: the scored ones, then learning to rank, each in registry order.
     `user_models` (plmrec.usermodel.store.SavedUserModels, optional) adds the rows that need it: a row
     scored from it for the seeds it was trained with, learning to rank with its candidates and features
-    (ltr+user_model) for every seed."""
+    (ltr+user_model) for every seed. The detail's `views` table scores the same models on every
+    evaluation view of plmrec.recsys.views (one row per view, model and seed; valid_* and test_*)."""
     say = progress or (lambda _m: None)
     codes = items["StockCode"].astype(str).tolist()
     item_col = {c: i for i, c in enumerate(codes)}
     vectors = stack(items["embedding"])
     train_codes = prepared.loc[prepared["split"] == "train", "StockCode"].unique()
     ks = sorted(set(rp.ks))
-    kmax = max(max(ks), max(CURVE_KS))
+    kmax = max(max(ks), max(CURVE_KS), views.NEW_ITEM_K)
     wv = recommend.make_window(prepared, item_col, "valid", exclude_history=rp.exclude_history)
     wt = recommend.make_window(prepared, item_col, "test", exclude_history=rp.exclude_history)
     if not len(wv.eval_rows) or not len(wt.eval_rows):
@@ -46,8 +47,19 @@ def run_recommenders(
             f"no customer to evaluate (valid {len(wv.eval_rows)}, test {len(wt.eval_rows)}): "
             f"customers need purchases before and inside the window"
         )
+    windows = {"valid": wv, "test": wt}
+    baskets = {
+        split: views.new_customer_window(prepared, item_col, split, exclude_history=rp.exclude_history)
+        for split in windows
+    }
+    targets = {split: _view_targets(w, baskets[split]) for split, w in windows.items()}
+    new_columns = {split: views.new_item_columns(w) for split, w in windows.items()}
+    say(
+        "evaluation views (test customers): "
+        + ", ".join(f"{v.replace('_', ' ')} {len(t.rows):,}" for v, t in targets["test"].items())
+    )
     primary = rp.primary_metric
-    records, curves, chosen, rankers = [], {}, {}, {}
+    records, view_records, curves, chosen, rankers = [], [], {}, {}, {}
     for seed in rp.seeds:
         clusters = EmbeddingFeatures.fit(items, train_codes, rp.clusters, seed=seed).table[:, 0].astype(np.int64)
 
@@ -72,45 +84,94 @@ def run_recommenders(
         st = recommend.fit_scorers(
             wt, vectors, clusters, n_clusters=rp.clusters, factors=factors, rp=rp, seed=seed
         )  # refit on train + valid
+        scorers = {"valid": sv, "test": st}
+        basket_scorers = {
+            split: views.basket_scorers(
+                b, scorers[split], item_vectors=vectors, clusters=clusters, n_clusters=rp.clusters, rp=rp
+            )
+            for split, b in baskets.items()
+        }
         if user_models is not None:
-            sv = sv.with_user_model(*user_models.scores("valid", wv.customers[wv.eval_rows], seed=seed))
-            st = st.with_user_model(*user_models.scores("test", wt.customers[wt.eval_rows], seed=seed))
+            for split, w in windows.items():
+                scorers[split] = scorers[split].with_user_model(
+                    *user_models.scores(split, w.customers[w.eval_rows], seed=seed)
+                )
+                rows = [baskets[split].counts[i].indices for i in range(baskets[split].counts.shape[0])]
+                basket_scorers[split] = basket_scorers[split].with_user_model(
+                    *user_models.basket_scores(split, rows, seed=seed)
+                )
             chosen[seed]["user_model_seed"] = user_models.seed_for(seed)
         own_user_model = user_models is not None and seed in user_models.seeds  # scored from it: own seeds, honest std
-        lists = {
-            row.name: (ranked(wv, row.score(sv, weights)), ranked(wt, row.score(st, weights)))
-            for row in row_registry.scored_rows()
-            if own_user_model or not row.user_model
+        lists: dict[str, dict[str, dict[str, np.ndarray]]] = {}  # model -> split -> list kind -> top-k
+        for row in row_registry.scored_rows():
+            if row.user_model and not own_user_model:
+                continue
+            lists[row.name] = {}
+            for split, w in windows.items():
+                scores = row.score(scorers[split], weights)
+                lists[row.name][split] = {
+                    "mixed": ranked(w, scores),
+                    "discover": recommend.top_k(scores, kmax, w.counts[w.eval_rows]),
+                    "new_customers": recommend.top_k(row.score(basket_scorers[split], weights), kmax),
+                }
+        lists[views.CO_PURCHASE] = {
+            split: {"new_customers": recommend.top_k(views.co_purchase_scores(w.counts, baskets[split].counts), kmax)}
+            for split, w in windows.items()
         }
         if rp.ltr.enabled:
             for row in row_registry.ltr_rows():
                 if row.user_model and user_models is None:
                     continue
-                name, with_user = row.name, row.user_model
-                ranker, lists[name] = _learning_to_rank(
-                    (wv, wt), (sv, st), rp=rp, seed=seed, k=kmax, user_model=with_user
+                ranker, lists[row.name] = _learning_to_rank(
+                    windows, scorers, baskets=baskets, basket_scorers=basket_scorers, rp=rp, seed=seed, k=kmax, row=row
                 )
-                chosen[seed][f"{name}_best_iteration"] = int(ranker.best_iteration)
-                chosen[seed][f"{name}_importance"] = dict(
-                    zip(recommend.ltr_features(with_user), map(float, ranker.feature_importances_))
+                importance = dict(
+                    zip(
+                        recommend.ltr_features(row.user_model, text=row.text),
+                        map(float, ranker.feature_importances_),
+                    )
                 )
-                rankers.setdefault(seed, {})[name] = ranker
-        for name, (on_valid, on_test) in lists.items():
-            v = recommend.evaluate(on_valid, wv.relevant, ks)
-            t = recommend.evaluate(on_test, wt.relevant, ks)
-            records.append(
-                {
-                    "model": name,
-                    "seed": seed,
-                    f"valid_{primary}": v[primary],
-                    **{f"test_{k}": val for k, val in t.items() if "@" in k},
-                    "test_customers": t["queries"],
+                chosen[seed][f"{row.name}_best_iteration"] = int(ranker.best_iteration)
+                chosen[seed][f"{row.name}_importance"] = importance
+                chosen[seed][f"{row.name}_importance_by_source"] = recommend.importance_by_source(importance)
+                rankers.setdefault(seed, {})[row.name] = ranker
+        for name, by_split in lists.items():
+            if "mixed" in by_split["test"]:
+                on_valid, on_test = by_split["valid"]["mixed"], by_split["test"]["mixed"]
+                v = recommend.evaluate(on_valid, wv.relevant, ks)
+                t = recommend.evaluate(on_test, wt.relevant, ks)
+                records.append(
+                    {
+                        "model": name,
+                        "seed": seed,
+                        f"valid_{primary}": v[primary],
+                        **{f"test_{k}": val for k, val in t.items() if "@" in k},
+                        "test_customers": t["queries"],
+                    }
+                )
+                if seed == rp.seeds[-1]:
+                    curves[name] = [
+                        recommend.evaluate(on_test[:, :k], wt.relevant, [k])[f"precision@{k}"] for k in CURVE_KS
+                    ]
+            for view in views.VIEWS:
+                kind = "new_customers" if view == "new_customers" else views.LIST_OF_VIEW[view]
+                if kind not in by_split["test"]:
+                    continue
+                found = {
+                    split: views.score_view(
+                        view, by_split[split][kind], targets[split][view], ks=ks, new_columns=new_columns[split]
+                    )
+                    for split in windows
                 }
-            )
-            if seed == rp.seeds[-1]:
-                curves[name] = [
-                    recommend.evaluate(on_test[:, :k], wt.relevant, [k])[f"precision@{k}"] for k in CURVE_KS
-                ]
+                view_records.append(
+                    {
+                        "view": view,
+                        "model": name,
+                        "seed": seed,
+                        **{f"valid_{k}": val for k, val in found["valid"].items()},
+                        **{f"test_{k}": val for k, val in found["test"].items()},
+                    }
+                )
         say(
             f"recommenders seed {seed}: factors {factors}, "
             + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in weights.items())
@@ -123,34 +184,63 @@ def run_recommenders(
         "valid_customers": len(wv.eval_rows),
         "test_customers": len(wt.eval_rows),
         "rankers": rankers,
+        "views": pd.DataFrame(view_records),
+        "view_customers": {view: len(t.rows) for view, t in targets["test"].items()},
+    }
+
+
+def _view_targets(w: recommend.Window, basket: recommend.Window) -> dict[str, views.Targets]:
+    return {
+        "all": views.all_purchases(w),
+        "discovery": views.discovery(w),
+        "new_items": views.new_items(w),
+        "new_customers": views.all_purchases(basket),
     }
 
 
 def _learning_to_rank(
-    windows: tuple[recommend.Window, recommend.Window],
-    scorers: tuple[recommend.Scorers, recommend.Scorers],
+    windows: dict[str, recommend.Window],
+    scorers: dict[str, recommend.Scorers],
     *,
+    baskets: dict[str, recommend.Window],
+    basket_scorers: dict[str, recommend.Scorers],
     rp: RecommendersParams,
     seed: int,
     k: int,
-    user_model: bool,
+    row: row_registry.Row,
 ):
-    """The ranker trained on the valid window (features from models fitted on train) and the top-k
-    lists it gives on valid and on test (features from models refitted on train + valid); `windows`
-    and `scorers` are (valid, test)."""
-    (wv, wt), (sv, st) = windows, scorers
+    """The ranker of a learning-to-rank row trained on the valid window (features from models fitted on
+    train) and its top-k lists per split ("valid", "test": features from models refitted on train +
+    valid): mixed, discover (the customer's own items left out) and the new customers' (from their
+    basket, buyers per item from the window's history)."""
+    user_model, text = row.user_model, row.text
 
-    def frame(w, s):
-        candidates = _drop_history(recommend.ltr_candidates(w, s, rp, user_model=user_model), w, rp.exclude_history)
-        return (*recommend.ltr_frame(w, s, candidates, user_model=user_model), candidates)
+    def frame(w, s, item_customers=None):
+        found = recommend.ltr_candidates(w, s, rp, user_model=user_model, text=text)
+        candidates = _drop_history(found, w, rp.exclude_history)
+        f, qid = recommend.ltr_frame(w, s, candidates, item_customers=item_customers, user_model=user_model, text=text)
+        return f, qid, candidates
 
-    frame_v, qid_v, cand_v = frame(wv, sv)
-    ranker = recommend.fit_ranker(frame_v, qid_v, recommend.ltr_labels(wv, cand_v), rp=rp, seed=seed)
-    frame_t, qid_t, cand_t = frame(wt, st)
-    return ranker, (
-        recommend.ltr_rank(ranker, frame_v, qid_v, candidates=cand_v, k=k),
-        recommend.ltr_rank(ranker, frame_t, qid_t, candidates=cand_t, k=k),
-    )
+    frames = {"valid": frame(windows["valid"], scorers["valid"])}
+    f, qid, candidates = frames["valid"]
+    ranker = recommend.fit_ranker(f, qid, recommend.ltr_labels(windows["valid"], candidates), rp=rp, seed=seed)
+    frames["test"] = frame(windows["test"], scorers["test"])
+    out = {}
+    for split, (f, qid, candidates) in frames.items():
+        scores = ranker.predict(f)
+        new = frame(
+            baskets[split],
+            basket_scorers[split],
+            item_customers=recommend.item_customer_counts(windows[split].counts),
+        )
+        out[split] = {
+            "mixed": recommend.ltr_rank(ranker, f, qid, candidates=candidates, k=k, scores=scores),
+            "discover": recommend.ltr_rank(
+                ranker, f, qid, candidates=candidates, k=k, scores=scores, keep=f["user_item_lines"].to_numpy() == 0
+            ),
+            "new_customers": recommend.ltr_rank(ranker, new[0], new[1], candidates=new[2], k=k),
+        }
+    return ranker, out
 
 
 def _chosen_weight(s: recommend.Scorers, row: row_registry.Row, grid: list[float], *, score) -> float:
@@ -195,6 +285,7 @@ class Verdict(str):
 
     tag_name: str = ""
     tag_value: str = ""
+    lift: dict | None = None  # a lift line's figures (`lift`)
 
     def extended(self, suffix: str, short: str) -> Verdict:
         out = Verdict(self + suffix)
@@ -217,4 +308,39 @@ def verdict(summary: pd.DataFrame, metric: str, plm: str, *, vanilla: str, label
     )
     out.tag_name = f"{safe_name(plm)}.vs.{safe_name(vanilla)}"  # about 50 characters in all show whole
     out.tag_value = f"{diff:+.4f}" + ("" if clear else " (within std)")
+    return out
+
+
+def view_metric(view: str, primary: str) -> str:
+    """The figure a view is judged on: the primary metric; recall@50 for the new items."""
+    return f"recall@{views.NEW_ITEM_K}" if view == "new_items" else primary
+
+
+def lift(summary: pd.DataFrame, metric: str, model: str, *, versus: str, label: str) -> Verdict:
+    """The lift of `model` over `versus` on a metric, mean ± std over seeds, and whether it is clear: more
+    than twice the spread of the difference (2 * sqrt(std_a^2 + std_b^2)) either way."""
+    a, sa = summary.loc[model, ("mean", metric)], summary.loc[model, ("std", metric)]
+    b, sb = summary.loc[versus, ("mean", metric)], summary.loc[versus, ("std", metric)]
+    diff, spread = a - b, 2 * float(np.hypot(sa, sb))
+    rel = diff / b * 100 if b else float("nan")
+    word = ("beats" if diff > 0 else "trails") if abs(diff) > spread else "is level with (within 2 std)"
+    name = metric.replace("test_", "")
+    out = Verdict(
+        f"{label}: {model} {word} {versus} on {name}: {a:.4f} ± {sa:.4f} vs {b:.4f} ± {sb:.4f} "
+        f"({diff:+.4f} absolute, {rel:+.1f}% relative; 2 std of the difference {spread:.4f})"
+    )
+    out.tag_name = f"{safe_name(model)}.vs.{safe_name(versus)}"
+    out.tag_value = f"{diff:+.4f}" + ("" if abs(diff) > spread else " (within 2 std)")
+    out.lift = {
+        "model": model,
+        "versus": versus,
+        "metric": name,
+        "mean": float(a),
+        "std": float(sa),
+        "versus_mean": float(b),
+        "versus_std": float(sb),
+        "difference": float(diff),
+        "relative_percent": float(rel),
+        "clear": bool(abs(diff) > spread),
+    }
     return out

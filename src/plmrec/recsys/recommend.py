@@ -180,6 +180,8 @@ class Scorers:
     cluster: np.ndarray  # the customer's purchase share of the item's cluster
     popularity: np.ndarray  # items, log1p purchase lines
     bought: np.ndarray  # eval customers x items, 1 where the customer bought the item before
+    recent_similarity: np.ndarray | None = None  # max cosine to the items of the customer's latest purchase day
+    item_factors: np.ndarray | None = None  # the ALS item factors (a new customer's basket is folded into them)
     user_model: np.ndarray | None = None  # eval customers x items: max_c cos(u_c, v_j) of the user model
     user_model_c: np.ndarray | None = None  # the c that attains it
 
@@ -201,7 +203,7 @@ def fit_scorers(
     seed: int,
 ) -> Scorers:
     uf, vf = fit_als(w.counts, factors, rp.mf.regularization, alpha=rp.mf.alpha, iterations=rp.mf.iterations, seed=seed)
-    return score_rows(
+    s = score_rows(
         w.counts[w.eval_rows],
         uf[w.eval_rows],
         vf,
@@ -210,7 +212,19 @@ def fit_scorers(
         n_clusters=n_clusters,
         popularity=item_popularity(w.counts),
         similarity=rp.mf.similarity,
+        last_day=w.last_day[w.eval_rows],
     )
+    return dataclasses.replace(s, item_factors=vf)
+
+
+def latest_items(last_day: sp.csr_matrix) -> sp.csr_matrix:
+    """Per row, 1 for the items bought on the row's latest purchase day (its last basket), else 0."""
+    last_day = sp.csr_matrix(last_day)
+    newest = np.asarray(last_day.max(axis=1).todense()).ravel()
+    keep = last_day.data >= np.repeat(newest, np.diff(last_day.indptr))
+    out = sp.csr_matrix((keep.astype(np.float32), last_day.indices, last_day.indptr), shape=last_day.shape)
+    out.eliminate_zeros()
+    return out
 
 
 def item_popularity(counts: sp.csr_matrix) -> np.ndarray:
@@ -229,9 +243,11 @@ def score_rows(
     similarity: str = "max",
     unit_vectors: bool = False,
     pairwise: np.ndarray | None = None,
+    last_day: sp.csr_matrix | None = None,
 ) -> Scorers:
     """Scorers for the customers whose purchase rows (and ALS vectors) are given; the served path
-    scores one customer or basket with the same function as the evaluation."""
+    scores one customer or basket with the same function as the evaluation. `last_day` (the rows'
+    latest purchase days) gives the similarity to the last basket; without it that is all the row."""
     vecs, share = user_profiles(
         counts, np.arange(counts.shape[0]), item_vectors, clusters=clusters, n_clusters=n_clusters
     )
@@ -247,6 +263,9 @@ def score_rows(
         cluster=share[:, clusters],
         popularity=popularity,
         bought=(counts > 0).toarray().astype(np.float32),
+        recent_similarity=max_similarity(
+            counts if last_day is None else latest_items(last_day), item_vectors, unit=unit_vectors, pairwise=pairwise
+        ),
     )
 
 
@@ -292,29 +311,54 @@ def variant_scores(s: Scorers, **weights: float) -> dict[str, np.ndarray]:
     }
 
 
-LTR_FEATURES = [
-    "mf",
-    "mf_rank",
-    "similarity",
-    "cluster_share",
-    "popularity",
-    "user_item_lines",
-    "days_since_user_bought_item",
-    "user_lines",
-    "item_customers",
-]
-USER_MODEL_FEATURES = ["user_model", "user_model_c"]  # max_c cos and which c won (the ltr+user_model row)
+# The ranker's features, each with its source (feature importance is summed per source). The text
+# sources are what the no-text twin (a row registered with text=False) leaves out.
+LTR_FEATURES = {
+    "mf": "mf",
+    "mf_rank": "mf",
+    "similarity": "text",  # max cosine to an item the customer bought
+    "cluster_share": "text",  # the customer's share of purchases in the item's text cluster
+    "popularity": "popularity",
+    "user_item_lines": "history",
+    "days_since_user_bought_item": "history",
+    "user_lines": "history",
+    "item_customers": "popularity",
+    "similarity_recent": "text",  # max cosine to an item of the customer's last basket
+}
+USER_MODEL_FEATURES = {"user_model": "user_model", "user_model_c": "user_model"}  # max_c cos, which c won
+TEXT_SOURCES = ("text", "user_model")  # the user model reads the items' text (its id-only twin is not served)
 
 
-def ltr_features(user_model: bool) -> list[str]:
-    return LTR_FEATURES + (USER_MODEL_FEATURES if user_model else [])
+def ltr_features(user_model: bool, *, text: bool = True) -> list[str]:
+    """The ranker's feature columns: with the user model's, without the text-derived ones (`text` False)."""
+    found = {**LTR_FEATURES, **(USER_MODEL_FEATURES if user_model else {})}
+    return [f for f, source in found.items() if text or source not in TEXT_SOURCES]
 
 
-def ltr_candidates(w: Window, s: Scorers, rp: RecommendersParams, *, user_model: bool = False) -> list[np.ndarray]:
-    """Per evaluated customer: the top items by MF and by text similarity, the most popular items, the
-    customer's own items and, with `user_model`, the user model's top items."""
+def feature_source(name: str) -> str:
+    return {**LTR_FEATURES, **USER_MODEL_FEATURES}[name]
+
+
+def importance_by_source(importance: dict[str, float]) -> dict[str, float]:
+    """A ranker's feature importance summed per source (history, mf, popularity, text, user_model)."""
+    out: dict[str, float] = {}
+    for name, value in importance.items():
+        out[feature_source(name)] = out.get(feature_source(name), 0.0) + float(value)
+    return out
+
+
+def ltr_candidates(
+    w: Window, s: Scorers, rp: RecommendersParams, *, user_model: bool = False, text: bool = True
+) -> list[np.ndarray]:
+    """Per evaluated customer: the top items by MF, by text similarity to what they bought and to their
+    last basket (not for the no-text twin, `text` False), the most popular items, the customer's own
+    items and, with `user_model`, the user model's top items."""
     lt = rp.ltr
-    sources = [top_k(s.mf, lt.mf_candidates), top_k(s.similarity, lt.neighbour_candidates)]
+    sources = [top_k(s.mf, lt.mf_candidates)]
+    if text:
+        sources.append(top_k(s.similarity, lt.neighbour_candidates))
+        if lt.recent_neighbour_candidates and s.recent_similarity is not None:
+            sources.append(top_k(s.recent_similarity, lt.recent_neighbour_candidates))
     if user_model:
         if s.user_model is None:
             raise ValueError("ltr candidates from the user model asked for, but the scorers have no user model")
@@ -339,14 +383,18 @@ def ltr_frame(
     *,
     item_customers: np.ndarray | None = None,
     user_model: bool = False,
+    text: bool = True,
 ) -> tuple[pd.DataFrame, np.ndarray]:
-    """One row per (customer, candidate) with the ranker's features (`ltr_features(user_model)`); also
-    the query id per row. `item_customers` (buyers per item) defaults to the window's own counts."""
+    """One row per (customer, candidate) with the ranker's features (`ltr_features(user_model, text=text)`);
+    also the query id per row. `item_customers` (buyers per item) defaults to the window's own counts."""
     if item_customers is None:
         item_customers = item_customer_counts(w.counts)
     lengths = np.array([len(c) for c in candidates], dtype=np.int64)
     qid = np.repeat(np.arange(len(candidates)), lengths)  # the query (row of the scorers) of each pair
-    items = np.concatenate(candidates).astype(np.int64) if len(candidates) else np.zeros(0, dtype=np.int64)
+    names = ltr_features(user_model, text=text)
+    if not lengths.sum():  # no customer, or none with a candidate
+        return pd.DataFrame(np.zeros((0, len(names))), columns=names), qid
+    items = np.concatenate(candidates).astype(np.int64)
     rows = w.eval_rows[qid]
     order = np.argsort(-s.mf, axis=1)  # its inverse permutation is the rank (as argsort of argsort)
     mf_rank = np.empty_like(order)
@@ -354,21 +402,23 @@ def ltr_frame(
     lines = np.asarray(w.counts[rows, items]).ravel()
     last = np.asarray(w.last_day[rows, items]).ravel()
     user_lines = np.asarray(w.counts.sum(axis=1)).ravel()
-    columns = [
-        s.mf[qid, items],
-        mf_rank[qid, items],
-        s.similarity[qid, items],
-        s.cluster[qid, items],
-        s.popularity[items],
-        lines,
-        np.where(last > 0, w.end_day - (last - 1), 9999.0),
-        user_lines[rows],
-        item_customers[items],
-    ]
-    if user_model:
-        columns += [s.user_model[qid, items], s.user_model_c[qid, items]]
-    frame = np.column_stack(columns).astype(np.float64) if len(items) else np.zeros((0, len(columns)))
-    return pd.DataFrame(frame, columns=ltr_features(user_model)), qid
+    recent = s.recent_similarity if s.recent_similarity is not None else s.similarity
+    column = {
+        "mf": lambda: s.mf[qid, items],
+        "mf_rank": lambda: mf_rank[qid, items],
+        "similarity": lambda: s.similarity[qid, items],
+        "cluster_share": lambda: s.cluster[qid, items],
+        "popularity": lambda: s.popularity[items],
+        "user_item_lines": lambda: lines,
+        "days_since_user_bought_item": lambda: np.where(last > 0, w.end_day - (last - 1), 9999.0),
+        "user_lines": lambda: user_lines[rows],
+        "item_customers": lambda: item_customers[items],
+        "similarity_recent": lambda: recent[qid, items],
+        "user_model": lambda: s.user_model[qid, items],
+        "user_model_c": lambda: s.user_model_c[qid, items],
+    }
+    frame = np.column_stack([column[n]() for n in names]).astype(np.float64)
+    return pd.DataFrame(frame, columns=names), qid
 
 
 def ltr_labels(w: Window, candidates: list[np.ndarray]) -> np.ndarray:
@@ -397,13 +447,28 @@ def fit_ranker(frame: pd.DataFrame, qid: np.ndarray, labels: np.ndarray, *, rp: 
     )
 
 
-def ltr_rank(ranker, frame: pd.DataFrame, qid: np.ndarray, *, candidates: list[np.ndarray], k: int) -> np.ndarray:
-    scores = ranker.predict(frame)
+def ltr_rank(
+    ranker,
+    frame: pd.DataFrame,
+    qid: np.ndarray,
+    *,
+    candidates: list[np.ndarray],
+    k: int,
+    keep: np.ndarray | None = None,
+    scores: np.ndarray | None = None,
+) -> np.ndarray:
+    """Each query's top-k candidates by the ranker's score (ties by item; -1 pads a short list).
+    `keep`: a mask over the frame's rows (e.g. not bought before: the discover list); `scores`: the
+    ranker's predictions for the frame when already made."""
+    scores = ranker.predict(frame) if scores is None else scores
     out = np.full((len(candidates), k), -1, dtype=np.int64)
     start = 0
     for i, items in enumerate(candidates):
         sc = scores[start : start + len(items)]
+        if keep is not None:
+            mask = keep[start : start + len(items)]
+            items, sc = items[mask], sc[mask]
         order = np.lexsort((items, -sc))[:k]
         out[i, : len(order)] = items[order]
-        start += len(items)
+        start += len(candidates[i])
     return out

@@ -84,7 +84,9 @@ class Row:
     from the grid at the params path `grid`, a recommenders.mf key (`default_grid` where the params
     leave it out; without one the params must set it). `user_model`: needs train-user-model's output
     (a row scored from it runs on the user model's own seeds only; learning to rank with it, on every
-    seed). `versus`: its verdict lines, each shown when both rows were evaluated."""
+    seed). `versus`: its verdict lines, each shown when both rows were evaluated. `text`: it reads the
+    items' text (a text-free learning-to-rank row has no text feature and no text candidate); `twin`:
+    the text-free row it is measured against on every evaluation view (a text-free row is its own)."""
 
     name: str
     scores: RowScores | None = None
@@ -93,6 +95,8 @@ class Row:
     default_grid: tuple[float, ...] | None = None
     user_model: bool = False
     versus: tuple[Versus, ...] = ()
+    text: bool = True
+    twin: str | None = None
 
     def __post_init__(self) -> None:
         if (self.weight is None) != (self.grid is None):
@@ -104,6 +108,8 @@ class Row:
             )
         if self.default_grid is not None and (self.grid is None or not self.default_grid):
             raise ValueError(f"row '{self.name}': a default grid needs a grid key and at least one weight")
+        if self.text == (self.twin is None):
+            raise ValueError(f"row '{self.name}': a row that reads text names its text-free twin, and only such a row")
 
     @property
     def learning_to_rank(self) -> bool:
@@ -131,8 +137,10 @@ def register(
     default_grid: Sequence[float] | None = None,
     user_model: bool = False,
     versus: Sequence[Versus] = (),
+    twin: str | None = None,
 ) -> Row:
-    """Add a row after the registered ones (see `Row`); its vanilla counterparts must be registered."""
+    """Add a row after the registered ones (see `Row`; without a `twin` it is text-free); its vanilla
+    counterparts and its twin must be registered, the twin text-free."""
     row = Row(
         name,
         scores=scores,
@@ -141,9 +149,13 @@ def register(
         default_grid=None if default_grid is None else tuple(default_grid),
         user_model=user_model,
         versus=tuple(versus),
+        text=twin is not None,
+        twin=twin,
     )
     if name in _REGISTRY:
         raise ValueError(f"recommender row '{name}' is already registered")
+    if twin is not None and (twin not in _REGISTRY or _REGISTRY[twin].text):
+        raise ValueError(f"row '{name}': its twin '{twin}' must be a text-free row registered before it")
     unknown = [v.vanilla for v in row.versus if v.vanilla not in _REGISTRY]
     if unknown:
         raise ValueError(f"row '{name}': vanilla counterpart(s) {', '.join(unknown)} not registered before it")
@@ -168,6 +180,12 @@ def get(name: str) -> Row:
         return _REGISTRY[name]
     except KeyError:
         raise KeyError(f"unknown recommender row '{name}' (expected one of {', '.join(_REGISTRY)})") from None
+
+
+def twin_of(name: str) -> str:
+    """The text-free row `name` is measured against: its twin, or itself when it reads no text."""
+    row = get(name)
+    return row.twin or row.name
 
 
 def scored_rows() -> tuple[Row, ...]:
@@ -228,6 +246,7 @@ register(
     weight="cluster_weight",
     grid="recommenders.mf.cluster_weights",
     versus=[Versus("mf", "MF")],
+    twin="mf",
 )
 register(
     "mf+similarity",
@@ -235,12 +254,30 @@ register(
     weight="similarity_weight",
     grid="recommenders.mf.similarity_weights",
     versus=[Versus("mf", "MF"), Versus("mf+repeat", "MF, text vs bought-before")],
+    twin="mf+repeat",
 )
-register("text_neighbours", scores=Scorer("similarity"))
-register("ltr", versus=[Versus("popularity", "Learning to rank")])
+register("text_neighbours", scores=Scorer("similarity"), twin="popularity")
+register(  # the same ranker without a text feature or a text candidate source: the served model's twin
+    "ltr-no-text", versus=[Versus("popularity", "Learning to rank without text")]
+)
+register(
+    "ltr",
+    versus=[Versus("popularity", "Learning to rank"), Versus("ltr-no-text", "Learning to rank, text vs no text")],
+    twin="ltr-no-text",
+)
 register(  # train-user-model's GUIM: max over the customer's C vectors
-    "user_model", scores=Scorer("user_model"), user_model=True, versus=[Versus("mf", "User model (GUIM)")]
+    "user_model",
+    scores=Scorer("user_model"),
+    user_model=True,
+    versus=[Versus("mf", "User model (GUIM)")],
+    twin="mf",
 )
 register(  # learning to rank with the user model's candidates and features
-    "ltr+user_model", user_model=True, versus=[Versus("ltr", "Learning to rank with the user model")]
+    "ltr+user_model",
+    user_model=True,
+    versus=[
+        Versus("ltr", "Learning to rank with the user model"),
+        Versus("ltr-no-text", "Learning to rank with the user model vs no text"),
+    ],
+    twin="ltr-no-text",
 )

@@ -45,10 +45,14 @@ from plmrec.search.fusion import fuse
 from plmrec.search.lexical import Bm25Index
 from plmrec.vectors import normalise, stack
 
-BUNDLE_FORMAT = 1
+BUNDLE_FORMAT = 2  # 2: the ranker's features by row (text-free twin, similarity to the last basket)
 
 
 POPULAR = "popular"  # the fallback list: the items most bought, for a request the model cannot personalise
+# The served lists: mixed (the model's ranking over every item: what `all` scores), discover (items the
+# customer has not bought: the discovery view), buy_again (only the customer's own items, re-ranked).
+LISTS = ("mixed", "discover", "buy_again")
+DEFAULT_LIST = "mixed"
 
 
 @dataclass
@@ -59,6 +63,7 @@ class Recommendation:
     unknown_stock_codes: list[str]
     fallback: str | None = None  # POPULAR when the model had nothing to go on; `reason` says why
     reason: str | None = None
+    list_kind: str | None = None  # which list (LISTS) a customer or basket request got
 
     def to_dict(self) -> dict:
         out = {
@@ -67,6 +72,8 @@ class Recommendation:
                 for c, d, s in zip(self.stock_codes, self.descriptions, self.scores)
             ]
         }
+        if self.list_kind:
+            out["list"] = self.list_kind
         if self.unknown_stock_codes:
             out["unknown_stock_codes"] = self.unknown_stock_codes
         if self.fallback:
@@ -112,10 +119,12 @@ def build_bundle(
     encoder_info: dict | None = None,
     user_model: str | Path | None = None,
     search: dict | None = None,
+    lifts: list[dict] | None = None,
 ) -> Path:
     """Refit `model` with the settings chosen on valid (`chosen`: factors, weights) on all purchases;
     `user_model` (a file plmrec.usermodel.store saved, refitted on train + valid) for the user-model rows;
-    `search`: evaluate-search's decision (the default query mode and the fusion weight)."""
+    `search`: evaluate-search's decision (the default query mode and the fusion weight); `lifts`: the
+    model's lift over its no-text twin per evaluation view (plmrec.recsys.comparison), kept in bundle.json."""
     if model not in row_registry.names():
         raise BundleError(f"unknown served model '{model}' (expected one of {', '.join(row_registry.names())})")
     row = row_registry.get(model)
@@ -174,6 +183,8 @@ def build_bundle(
         "customers": int(len(customers)),
         "purchase_lines": int(counts.sum()),
         "metrics": metrics or {},
+        "twin": row_registry.twin_of(model),
+        "lifts": lifts or [],
         "encoder": encoder_info or {},
         "search": search_settings(search),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -216,6 +227,7 @@ def write_bundle(
     bundle_dir: str | Path,
     user_models=None,
     search: dict | None = None,
+    lifts: list[dict] | None = None,
 ) -> dict:
     """The serving bundle of registry.served_model (auto: the recommender chosen on valid) from a
     comparison's rows and detail, with its test metrics (mean and std over seeds); `user_models`
@@ -252,8 +264,24 @@ def write_bundle(
         encoder_info={"source": str(encoder_dir), "name": _encoder_choice(encoder_dir)},
         user_model=user_model,
         search=search,
+        lifts=[x for x in lifts or [] if x["model"] == model],
     )
     return {"model": model, "metrics": metrics, "bundle": str(bundle_dir), "chosen_by": chosen_by}
+
+
+def lift_summary(meta: dict) -> str:
+    """One line: the served model, its no-text twin and the lift over it per evaluation view."""
+    model, twin = meta["model"], meta.get("twin")
+    if twin == model:
+        return f"served: {model}, which reads no item text (no language-model stage is served)"
+    lifts = [x for x in meta.get("lifts", []) if x["versus"] == twin]
+    if not lifts:
+        return f"served: {model} (no-text twin {twin}: not evaluated)"
+    return f"served: {model}; lift over its no-text twin {twin}: " + "; ".join(
+        f"{x['view'].replace('_', ' ')} {x['metric']} {x['mean']:.4f} vs {x['versus_mean']:.4f} "
+        f"({x['relative_percent']:+.1f}%{'' if x['clear'] else ', within 2 std'})"
+        for x in lifts
+    )
 
 
 def read_meta(path: str | Path) -> dict:
@@ -406,11 +434,13 @@ class Recommender:
         user_factor: np.ndarray,
         *,
         k: int,
-        exclude_seen: bool,
+        kind: str,
         users: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k item rows and scores for one purchase row; `users` (C, w): its user-model vectors, for
-        the user-model rows (computed from the row when not given)."""
+        """Top-k item rows and scores of the list `kind` (LISTS) for one purchase row; `users` (C, w): its
+        user-model vectors, for the user-model rows (computed from the row when not given)."""
+        if kind not in LISTS:
+            raise BundleError(f"unknown list '{kind}' (expected one of {', '.join(LISTS)})")
         from plmrec.usermodel.store import item_scores
 
         m = self.meta
@@ -425,44 +455,62 @@ class Recommender:
             similarity=m.get("similarity", "mean"),
             unit_vectors=True,  # normalised when the bundle was built
             pairwise=self.item_similarity,
+            last_day=last_day,
         )
         if self.user_model is not None:
             users = self._user_vectors(last_day) if users is None else users
             s = s.with_user_model(*item_scores(users[None], self.user_item_vectors))
-        seen = counts.indices
+        seen = np.unique(counts.indices)
         if self.row.learning_to_rank:  # the ranker orders the row's candidates
-            w, with_user = self._window(counts, last_day), self.row.user_model
-            candidates = recommend.ltr_candidates(w, s, self.rp, user_model=with_user)
-            if exclude_seen:
+            w, with_user, text = self._window(counts, last_day), self.row.user_model, self.row.text
+            candidates = recommend.ltr_candidates(w, s, self.rp, user_model=with_user, text=text)
+            if kind == "discover":
                 candidates = [np.setdiff1d(candidates[0], seen)]
-            frame, _ = recommend.ltr_frame(w, s, candidates, item_customers=self.item_customers, user_model=with_user)
+            elif kind == "buy_again":
+                candidates = [seen]
+            frame, _ = recommend.ltr_frame(
+                w, s, candidates, item_customers=self.item_customers, user_model=with_user, text=text
+            )
             scores = self.ranker.predict(frame)
             items = candidates[0]
             order = np.lexsort((items, -scores))[:k]
             return items[order], scores[order]
         scores = self.row.score(s, m)[0].astype(np.float64)  # its blend weight from bundle.json (0 when absent)
-        if exclude_seen:
+        if kind == "discover":
             scores[seen] = -np.inf
+        elif kind == "buy_again":
+            scores[np.setdiff1d(np.arange(len(scores)), seen)] = -np.inf
         top = recommend.top_k(scores[None, :], k)[0]
         top = top[np.isfinite(scores[top])]
         return top, scores[top]
 
-    def _result(self, items: np.ndarray, scores: np.ndarray, unknown: list[str] | None = None) -> Recommendation:
+    def _result(
+        self, items: np.ndarray, scores: np.ndarray, unknown: list[str] | None = None, *, kind: str | None = None
+    ) -> Recommendation:
         return Recommendation(
             self.codes[items].tolist(),
             self.descriptions[items].tolist(),
             [round(float(x), 6) for x in scores],
             unknown or [],
+            list_kind=kind,
         )
 
     def recommend_customer(
-        self, customer_id: int, k: int, basket: list[str] | None = None, *, exclude_seen: bool = False
+        self,
+        customer_id: int,
+        k: int,
+        basket: list[str] | None = None,
+        *,
+        exclude_seen: bool = False,
+        kind: str = DEFAULT_LIST,
     ) -> Recommendation:
-        """Top-K for a known customer (their history, plus an optional current basket)."""
+        """Top-K of the list `kind` (LISTS; `exclude_seen`: discover) for a known customer (their history,
+        plus an optional current basket); an unknown one is served from the basket as a new customer."""
+        kind = "discover" if exclude_seen else kind
         row = self.customer_row.get(self.customer_key(customer_id))
         if row is None:
             if basket:
-                return self.recommend_basket(basket, k, exclude_seen)
+                return self.recommend_basket(basket, k, kind=kind)
             return self.popular(
                 k,
                 reason=f"customer {customer_id} is unknown (no purchases in the served model's data) and the "
@@ -479,7 +527,7 @@ class Recommender:
                 counts = (counts + add).tocsr()
                 last_day = last_day.maximum(today).tocsr()
                 factor, users = self._fold_in(counts), None  # the user model reads the basket as its newest items
-        return self._result(*self._rank(counts, last_day, factor, k=k, exclude_seen=exclude_seen, users=users), unknown)
+        return self._result(*self._rank(counts, last_day, factor, k=k, kind=kind, users=users), unknown, kind=kind)
 
     def popular(self, k: int, *, reason: str) -> Recommendation:
         """The k most bought items (by purchase lines in the served data), flagged as the fallback."""
@@ -496,17 +544,19 @@ class Recommender:
             regularization=self.meta["regularization"],
         )
 
-    def recommend_basket(self, basket: list[str], k: int, exclude_seen: bool = False) -> Recommendation:
-        """Top-K for an anonymous basket: its ALS vector folded in, its items as the history."""
+    def recommend_basket(
+        self, basket: list[str], k: int, exclude_seen: bool = False, *, kind: str = DEFAULT_LIST
+    ) -> Recommendation:
+        """Top-K of the list `kind` for an anonymous basket (a new customer): its ALS vector folded in,
+        its items as the history (the new-customer view's path)."""
+        kind = "discover" if exclude_seen else kind
         items, unknown = self._basket_row(basket)
         if not len(items):
             rec = self.popular(k, reason="none of the basket's stock codes is in the catalogue: the most popular items")
             rec.unknown_stock_codes = unknown
             return rec
         counts, last_day = self._bought_now(items)
-        return self._result(
-            *self._rank(counts, last_day, self._fold_in(counts), k=k, exclude_seen=exclude_seen), unknown
-        )
+        return self._result(*self._rank(counts, last_day, self._fold_in(counts), k=k, kind=kind), unknown, kind=kind)
 
     def search(self, queries: list[str], k: int, mode: str | None = None) -> list[Recommendation]:
         """The top-K items for each free-text query in `mode` (None: the bundle's default): dense (one

@@ -46,6 +46,7 @@ from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse 
 
 V2_OUTPUTS = (("stock_code", "BYTES"), ("description", "BYTES"), ("score", "FP32"))  # [B, k] each; "" pads
 FALLBACK_OUTPUT = "fallback"  # [B]: "popular" where the model had nothing to go on (an unknown customer), else ""
+LIST_OUTPUT = "list"  # [B]: the list each request got (mixed | discover | buy_again); "" for a query or the fallback
 
 
 class RecommenderModel(kserve.Model):
@@ -85,7 +86,8 @@ class RecommenderModel(kserve.Model):
     def get_output_types(self) -> list[dict]:
         """The outputs of every answer: [requests, k] each, and which requests got the fallback list."""
         lists = [{"name": name, "datatype": datatype, "shape": [-1, -1]} for name, datatype in V2_OUTPUTS]
-        return [*lists, {"name": FALLBACK_OUTPUT, "datatype": "BYTES", "shape": [-1]}]
+        flags = [{"name": name, "datatype": "BYTES", "shape": [-1]} for name in (FALLBACK_OUTPUT, LIST_OUTPUT)]
+        return [*lists, *flags]
 
     def _v2_response(self, request: InferRequest, results: list[dict]) -> InferResponse:
         width = max(len(r["items"]) for r in results)
@@ -100,6 +102,7 @@ class RecommenderModel(kserve.Model):
         outputs = [InferOutput(name, shape, datatype, values[name]) for name, datatype in V2_OUTPUTS]
         fallbacks = [r.get("fallback") or "" for r in results]
         outputs.append(InferOutput(FALLBACK_OUTPUT, [len(results)], "BYTES", fallbacks))
+        outputs.append(InferOutput(LIST_OUTPUT, [len(results)], "BYTES", [r.get("list") or "" for r in results]))
         return InferResponse(
             response_id=request.id or str(uuid.uuid4()),
             model_name=self.name,

@@ -62,6 +62,7 @@ def signature(bundle_dir, example: pd.DataFrame):
             ColSpec(AnyType(), "k", required=False),
             ColSpec("boolean", "exclude_seen", required=False),
             ColSpec("string", "search_mode", required=False),
+            ColSpec("string", "list", required=False),
         ]
     )
     output = answer_frame(Recommender(find_bundle(bundle_dir), load_encoder=False), example)

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from plmrec.config import ServingParams
 from plmrec.errors import RequestError
 from plmrec.search import SEARCH_MODES
-from plmrec.serving.bundle import Recommender
+from plmrec.serving.bundle import DEFAULT_LIST, LISTS, Recommender
 
 
 @dataclass
@@ -30,6 +30,7 @@ class Query:
     exclude_seen: bool = False
     search_mode: str | None = None  # a query's ranker: dense | lexical | hybrid; None: the bundle's default
     field: str = "customer_id"  # where the customer id was in the request, for errors
+    list_kind: str = DEFAULT_LIST  # which list a customer or basket gets: mixed | discover | buy_again
 
 
 INT64_MAX = 2**63 - 1
@@ -51,6 +52,7 @@ class Instance(BaseModel):
     k: int | None = None
     exclude_seen: bool = False
     search_mode: str | None = None
+    list_kind: str | None = Field(None, alias="list")  # mixed | discover | buy_again (bundle.LISTS)
 
 
 class V1Request(BaseModel):
@@ -65,6 +67,12 @@ class V2Parameters(BaseModel):
     k: int | None = None
     exclude_seen: bool = False
     search_mode: str | None = None
+    list_kind: str | None = Field(None, alias="list")
+
+
+def _keys(model: type[BaseModel]) -> tuple[str, ...]:
+    """A request model's field names as a request writes them (aliases)."""
+    return tuple(f.alias or name for name, f in model.model_fields.items())
 
 
 _KIND = {
@@ -133,7 +141,20 @@ def _text(value: str, where: str, limits: ServingParams) -> str:
     return value.strip()
 
 
-_INSTANCE_KEYS = tuple(Instance.model_fields)
+_INSTANCE_KEYS = _keys(Instance)
+
+
+def _list(value: str | None, where: str, *, is_query: bool, exclude_seen: bool) -> str:
+    """The list asked for (mixed when none is named; exclude_seen asks for discover)."""
+    if value is None:
+        return "discover" if exclude_seen else DEFAULT_LIST
+    if is_query:
+        raise RequestError(f"{where} goes with a customer or basket; a query takes no list")
+    if value not in LISTS:
+        raise RequestError(f"{where} = {value!r}; expected one of {', '.join(LISTS)}")
+    if exclude_seen and value != "discover":
+        raise RequestError(f"{where} = {value!r} contradicts exclude_seen: true (which asks for the discover list)")
+    return value
 
 
 def _search_mode(value: str | None, where: str, *, is_query: bool) -> str | None:
@@ -152,8 +173,10 @@ def _query(inst: Instance, where: str, limits: ServingParams) -> Query:
         if inst.customer_id is not None or inst.basket is not None:
             raise RequestError(f"{where}: a query instance takes no customer_id or basket")
         mode = _search_mode(inst.search_mode, f"{where}.search_mode", is_query=True)
+        _list(inst.list_kind, f"{where}.list", is_query=True, exclude_seen=False)
         return Query("query", k, text=_text(inst.query, f"{where}.query", limits), search_mode=mode)
     _search_mode(inst.search_mode, f"{where}.search_mode", is_query=False)
+    kind = _list(inst.list_kind, f"{where}.list", is_query=False, exclude_seen=inst.exclude_seen)
     basket = _basket(inst.basket, f"{where}.basket", limits) if inst.basket is not None else []
     if inst.customer_id is not None:
         return Query(
@@ -163,11 +186,12 @@ def _query(inst: Instance, where: str, limits: ServingParams) -> Query:
             basket=basket,
             exclude_seen=inst.exclude_seen,
             field=f"{where}.customer_id",
+            list_kind=kind,
         )
     if inst.basket is not None:
         if not basket:
             raise RequestError(f"{where}.basket is empty")
-        return Query("basket", k, basket=basket, exclude_seen=inst.exclude_seen)
+        return Query("basket", k, basket=basket, exclude_seen=inst.exclude_seen, list_kind=kind)
     raise RequestError(f"{where} needs one of customer_id, basket or query")
 
 
@@ -247,7 +271,8 @@ def _tensor_values(inp) -> list:
 def parse_v2(request, limits: ServingParams) -> list[Query]:
     """Inputs (one kind per request), each one-dimensional with its datatype: `customer_id` [B] INT64,
     optionally with `basket` [n] BYTES when B = 1; `basket` [n] BYTES alone; or `query` [B] BYTES.
-    Parameters: `k`, `exclude_seen`, and `search_mode` (dense | lexical | hybrid) for queries."""
+    Parameters: `k`, `exclude_seen`, `list` (mixed | discover | buy_again) for a customer or basket, and
+    `search_mode` (dense | lexical | hybrid) for queries."""
     names = [inp.name for inp in request.inputs]
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
@@ -260,7 +285,7 @@ def parse_v2(request, limits: ServingParams) -> list[Query]:
     try:
         parameters = V2Parameters.model_validate(params)
     except ValidationError as err:
-        raise request_error(err, "parameters", allowed=tuple(V2Parameters.model_fields)) from None
+        raise request_error(err, "parameters", allowed=_keys(V2Parameters)) from None
     k = _k(parameters.k, "parameters.k", limits)
     exclude = parameters.exclude_seen
     inputs = {inp.name: inp for inp in request.inputs}
@@ -270,6 +295,7 @@ def parse_v2(request, limits: ServingParams) -> list[Query]:
             raise RequestError(f"input '{name}' has {rows} rows; at most {limits.max_instances}", 413)
     values = {name: _tensor_values(inp) for name, inp in inputs.items()}
     mode = _search_mode(parameters.search_mode, "parameters.search_mode", is_query="query" in values)
+    kind = _list(parameters.list_kind, "parameters.list", is_query="query" in values, exclude_seen=exclude)
     if "query" in values:
         if len(values) > 1:
             raise RequestError("a query request takes no customer_id or basket input")
@@ -285,11 +311,19 @@ def parse_v2(request, limits: ServingParams) -> list[Query]:
         if not ids:
             raise RequestError("input 'customer_id' is empty")
         return [
-            Query("customer", k, customer_id=v, basket=basket, exclude_seen=exclude, field=f"customer_id[{i}]")
+            Query(
+                "customer",
+                k,
+                customer_id=v,
+                basket=basket,
+                exclude_seen=exclude,
+                field=f"customer_id[{i}]",
+                list_kind=kind,
+            )
             for i, v in enumerate(ids)
         ]
     if basket:
-        return [Query("basket", k, basket=basket, exclude_seen=exclude)]
+        return [Query("basket", k, basket=basket, exclude_seen=exclude, list_kind=kind)]
     raise RequestError("the request needs an input named customer_id, basket or query")
 
 
@@ -326,9 +360,9 @@ def answer(recommender: Recommender, queries: list[Query]) -> list[dict]:
         if q.kind == "query":
             rec = found[id(q)]
         elif q.kind == "customer":
-            rec = recommender.recommend_customer(q.customer_id, q.k, q.basket, exclude_seen=q.exclude_seen)
+            rec = recommender.recommend_customer(q.customer_id, q.k, q.basket, kind=q.list_kind)
         else:
-            rec = recommender.recommend_basket(q.basket, q.k, q.exclude_seen)
+            rec = recommender.recommend_basket(q.basket, q.k, kind=q.list_kind)
         out.append(
             {"kind": q.kind, **({"customer_id": q.customer_id} if q.customer_id is not None else {}), **rec.to_dict()}
         )

@@ -129,7 +129,7 @@ def compare_models(
         verdicts = comparison.verdicts()
         comparison.write_reports(out, verdicts)
         summary = {**comparison.summary(verdicts), "encoder": name, "seconds": round(time.perf_counter() - start, 1)}
-        write_json(metrics, {"compare": {k: summary[k] for k in ("classifier", "recommenders")}})
+        write_json(metrics, {"compare": {k: summary[k] for k in ("classifier", "recommenders", "views")}})
         if bundle is not None:
             started = time.perf_counter()
             served = write_bundle(
@@ -142,6 +142,7 @@ def compare_models(
                 bundle_dir=bundle,
                 user_models=user_models,
                 search=_search_decision(search),
+                lifts=summary["lifts"],
             )
             say(
                 STAGE,

@@ -58,8 +58,23 @@ def _description(meta: dict, tags: dict, gated) -> str:
         for k, v in list(primary.items())[:4]
     )
     encoder = meta.get("encoder", {}).get("name") or Path(meta.get("encoder", {}).get("source", "?")).name
+    twin = meta.get("twin")
+    lifts = [x for x in meta.get("lifts", []) if x["versus"] == twin]
+    against_twin = (
+        f"against its no-text twin {twin}: "
+        + ", ".join(
+            f"{x['view']} {x['metric']} {x['difference']:+.4f} ({x['relative_percent']:+.1f}%"
+            + ("" if x["clear"] else ", within 2 std")
+            + ")"
+            for x in lifts
+        )
+        + "; "
+        if lifts
+        else ("it reads no item text; " if twin == meta["model"] else "")
+    )
     return (
-        f"{meta['model']} (test {figures}, mean ± std over seeds); item text from the '{encoder}' encoder; "
+        f"{meta['model']} (test {figures}, mean ± std over seeds); {against_twin}"
+        f"item text from the '{encoder}' encoder; "
         f"{meta['customers']:,} customers, {meta['items']:,} items, data md5 {tags['data.md5']}; "
         f"pipeline run {tags['plmrec.run_key'] or '(standalone)'}; gate: "
         f"{'promoted to @champion' if gated.promoted else 'not promoted'}: {gated.reason}"

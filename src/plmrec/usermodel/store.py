@@ -121,6 +121,18 @@ class SavedUserModels:
         _, users = customer_vectors(model, self._sequences_before(split, model), customers)
         return item_scores(users, encode_items(model))
 
+    def basket_scores(self, split: str, baskets: list[np.ndarray], *, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """(max_c cos, winning c) for new customers from their first basket alone (item rows, all bought
+        the day the window scores them from, as the server reads a basket)."""
+        from plmrec.usermodel.retrieval import encode_items, encode_users
+        from plmrec.usermodel.sequences import time_bucket
+
+        model = self.model(seed, split)
+        buckets = model.spec.time_buckets
+        sequences = [np.asarray(b, dtype=np.int64) for b in baskets]
+        times = [time_bucket(np.zeros(len(b)), buckets) if buckets else np.zeros(len(b), np.int64) for b in sequences]
+        return item_scores(encode_users(model, sequences, times), encode_items(model))
+
     def _sequences_before(self, split: str, model: UserModel) -> dict:
         """Each customer's sequence before `split`'s window, shaped for `model` (computed once)."""
         from plmrec.data.prepare import split_mode_of, window_rows
