@@ -12,7 +12,7 @@ from plmrec.config import ClassifierParams, Params, RecommendersParams, Syntheti
 from plmrec.data.prepare import prepare_transactions
 from plmrec.features import EmbeddingFeatures
 from plmrec.finetune.embed import item_table
-from plmrec.recsys import experiment, recommend
+from plmrec.recsys import experiment, recommend, views
 from plmrec.recsys.classify import _fit_chosen_on_valid, ablation_rows, plm_counterpart, run_ablation
 
 
@@ -345,3 +345,55 @@ def test_text_features_help_xgboost_and_ranker_beats_popularity(prepared, minilm
     assert "text" not in importance and importance  # the twin's ranker has no text feature
     assert "text" in info["chosen"][0]["ltr_importance_by_source"]
     assert info["chosen"][0]["factors"] == 16 and len(info["precision_curves"]["ltr"]) == 20
+
+
+def _day(d: int) -> pd.Timestamp:
+    return pd.Timestamp("2026-01-01") + pd.Timedelta(days=d)
+
+
+def test_the_views_score_new_items_discovery_and_new_customers_from_their_first_basket():
+    """Customer 1 has history and buys an old item again, a new-to-them one and one first sold in the
+    window; customer 2 is new: their first day's basket is what they are served from, later days the
+    targets; customer 3 is new with one day only (nothing to score)."""
+    rows = [  # customer, item, day, split
+        (1, "A", 1, "train"),
+        (1, "B", 2, "train"),
+        (9, "C", 3, "train"),
+        (1, "A", 20, "test"),
+        (1, "C", 21, "test"),
+        (1, "NEW", 22, "test"),
+        (2, "A", 20, "test"),
+        (2, "B", 20, "test"),
+        (2, "C", 23, "test"),
+        (2, "A", 25, "test"),
+        (3, "B", 21, "test"),
+    ]
+    prepared = pd.DataFrame(
+        {
+            "CustomerID": [r[0] for r in rows],
+            "StockCode": [r[1] for r in rows],
+            "InvoiceDate": [_day(r[2]) for r in rows],
+            "split": [r[3] for r in rows],
+        }
+    )
+    item_col = {c: i for i, c in enumerate(["A", "B", "C", "NEW"])}
+    w = recommend.make_window(prepared, item_col, "test", exclude_history=False)
+    assert w.customers.tolist() == [1, 9] and w.relevant == [{0, 2, 3}]
+    assert views.discovery(w).relevant == [{2, 3}]  # A was bought before
+    assert views.new_item_columns(w).tolist() == [3] and views.new_items(w).relevant == [{3}]
+    new = views.new_customer_window(prepared, item_col, "test")
+    assert new.customers.tolist() == [2]  # customer 3 has no later day
+    assert new.counts.toarray().tolist() == [[1, 1, 0, 0]] and new.relevant == [{0, 2}]  # A again, and C
+    assert new.last_day.toarray().tolist() == [[new.end_day + 1, new.end_day + 1, 0, 0]]  # days since: 0
+    assert views.new_customer_window(prepared, item_col, "test", exclude_history=True).relevant == [{2}]
+    lists = np.array([[3, 2, 0, 1]])
+    scored = views.score_view("new_items", lists, views.new_items(w), ks=[1], new_columns=np.array([3]))
+    assert scored["recall@1"] == 1.0 and scored[views.NEW_ITEM_SHARE] == 1.0 and scored["customers"] == 1
+    empty = views.score_view("discovery", lists, views.Targets(np.zeros(0, np.int64), []), ks=[1])
+    assert empty["customers"] == 0 and np.isnan(empty["ndcg@1"])
+
+
+def test_co_purchase_scores_a_basket_by_its_items_neighbours():
+    history = sp.csr_matrix(np.array([[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 1], [1, 0, 0, 1]], dtype=np.float32))
+    scores = views.co_purchase_scores(history, sp.csr_matrix(np.array([[1, 0, 0, 0]], dtype=np.float32)))
+    assert scores.shape == (1, 4) and scores[0, 1] > scores[0, 3] > scores[0, 2] == 0  # B with A twice, D once

@@ -183,6 +183,7 @@ def test_health_endpoints(server):
         ("description", "BYTES", [-1, -1]),
         ("score", "FP32", [-1, -1]),
         ("fallback", "BYTES", [-1]),
+        ("list", "BYTES", [-1]),
     ]
 
 
@@ -225,6 +226,51 @@ def test_an_unknown_customer_gets_the_popular_list_flagged_and_the_batch_is_answ
     outputs = {o["name"]: o for o in r.json()["outputs"]}
     assert outputs["fallback"]["data"] == ["popular", ""] and outputs["fallback"]["shape"] == [2]
     assert outputs["stock_code"]["data"][:3] == popular
+
+
+def test_each_list_over_both_protocols(server, recommender):
+    """buy_again: only the customer's own items; discover: none of them; mixed (the default) either; the
+    unknown customer with a basket gets the new-customer path (the basket's list), without one the popular
+    list; a list with a query, or an unknown list, is a 400 that names the field."""
+    c = _customer(recommender, min_items=12)
+    own = set(recommender.codes[recommender.counts[recommender.customer_row[c]].indices])
+    body = {"instances": [{"customer_id": c, "k": 10, "list": kind} for kind in ("buy_again", "discover", "mixed")]}
+    r = _v1(server, body)
+    assert r.status_code == 200, r.text
+    buy_again, discover, mixed = r.json()["predictions"]
+    assert [p["list"] for p in (buy_again, discover, mixed)] == ["buy_again", "discover", "mixed"]
+    codes = {p["list"]: [i["stock_code"] for i in p["items"]] for p in (buy_again, discover, mixed)}
+    assert codes["buy_again"] and set(codes["buy_again"]) <= own
+    assert codes["discover"] and not set(codes["discover"]) & own
+    assert codes["mixed"] == recommender.recommend_customer(c, 10).stock_codes  # the default list
+    scores = {i["stock_code"]: i["score"] for p in (buy_again, discover) for i in p["items"]}
+    mixed_scores = {i["stock_code"]: i["score"] for i in mixed["items"]}
+    assert all(scores[code] == pytest.approx(score, abs=1e-5) for code, score in mixed_scores.items() if code in scores)
+    basket = [recommender.codes[3], recommender.codes[7]]
+    r = _v1(server, {"instances": [{"customer_id": 1, "basket": basket, "list": "discover", "k": 5}]})
+    new = r.json()["predictions"][0]
+    assert (
+        "fallback" not in new
+        and new["list"] == "discover"
+        and not set(basket) & {i["stock_code"] for i in new["items"]}
+    )
+    assert [i["stock_code"] for i in new["items"]] == recommender.recommend_basket(
+        basket, 5, kind="discover"
+    ).stock_codes
+    ids = {"name": "customer_id", "shape": [2], "datatype": "INT64", "data": [c, 1]}
+    r = _v2(server, {"inputs": [ids], "parameters": {"k": 10, "list": "buy_again"}})
+    assert r.status_code == 200, r.text
+    outputs = {o["name"]: o for o in r.json()["outputs"]}
+    assert outputs["list"]["data"] == ["buy_again", ""] and outputs["fallback"]["data"] == ["", "popular"]
+    assert [x for x in outputs["stock_code"]["data"][:10] if x] == codes["buy_again"]
+    r = _v1(server, {"instances": [{"query": "cake stand", "list": "discover"}]})
+    assert r.status_code == 400 and "instances[0].list goes with a customer or basket" in r.text
+    r = _v1(server, {"instances": [{"customer_id": c, "list": "new"}]})
+    assert r.status_code == 400 and "expected one of mixed, discover, buy_again" in r.text
+    r = _v1(server, {"instances": [{"customer_id": c, "list": "buy_again", "exclude_seen": True}]})
+    assert r.status_code == 400 and "contradicts exclude_seen" in r.text
+    r = _v2(server, {"inputs": [ids], "parameters": {"list": 3}})
+    assert r.status_code == 400 and "parameters.list must be a string" in r.text
 
 
 def test_v2_answers_each_request_kind(server, recommender):

@@ -101,7 +101,7 @@ class Comparison:
             metrics = [self.primary, f"test_recall@{views.NEW_ITEM_K}"]
             if view == "new_items":
                 metrics.append(f"test_{views.NEW_ITEM_SHARE}")
-            if len(rows):
+            if len(rows) and rows["test_customers"].max() > 0:  # e.g. leave-one-out has no new customer
                 self.view_metrics[view] = metrics
                 self.view_summaries[view] = mean_std(rows, "model", metrics)
         self.served = self.served_model()
@@ -140,6 +140,17 @@ class Comparison:
                     line.tag_name = f"{view}.{line.tag_name}"
                     line.lift["view"] = view
                     out.append(line)
+        return out
+
+    def view_choices(self) -> dict[str, str]:
+        """Per view, the model with the best mean valid figure of the view's metric (never the test one)."""
+        from plmrec.recsys.experiment import view_metric
+
+        out = {}
+        for view in self.view_summaries:
+            rows = self.view_rows[self.view_rows["view"] == view]
+            column = f"valid_{view_metric(view, self.params.recommenders.primary_metric)}"
+            out[view] = str(rows.groupby("model", sort=False)[column].mean().idxmax())
         return out
 
     def view_table(self) -> pd.DataFrame:
@@ -283,9 +294,11 @@ class Comparison:
             for name in (row.name for row in row_registry.ltr_rows())
             if f"{name}_importance_by_source" in last
         )
+        chosen = "; ".join(f"{v.replace('_', ' ')}: {m}" for v, m in self.view_choices().items())
         return (
             f"\n## Evaluation views (test, %, mean ± std over seeds; {who})\n\n"
             + markdown_table(self.view_table())
+            + f"\nBest on valid per view: {chosen}. The bundle serves {self.served} on every list.\n"
             + (f"\nLearning to rank, feature importance by source (share, last seed):\n\n{sources}" if sources else "")
         )
 
@@ -313,6 +326,7 @@ class Comparison:
             "view_customers": self.recommender_detail.get("view_customers", {}),
             "served_model": self.served,
             "twin": self.twin,
+            "view_choices": self.view_choices(),
             "lifts": [v.lift for v in verdicts if getattr(v, "lift", None)],
             "test_customers": self.recommender_detail["test_customers"],
             "seeds": self.params.recommenders.seeds,

@@ -122,9 +122,18 @@ def run_recommenders(
             for row in row_registry.ltr_rows():
                 if row.user_model and user_models is None:
                     continue
-                ranker, lists[row.name] = _learning_to_rank(
-                    windows, scorers, baskets=baskets, basket_scorers=basket_scorers, rp=rp, seed=seed, k=kmax, row=row
+                ranker, discover_ranker, lists[row.name] = _learning_to_rank(
+                    windows,
+                    scorers,
+                    baskets=baskets,
+                    basket_scorers=basket_scorers,
+                    rp=rp,
+                    seed=seed,
+                    k=kmax,
+                    row=row,
+                    ks=ks,
                 )
+                chosen[seed][f"{row.name}_discover_ranker"] = "new" if discover_ranker is not None else "all"
                 importance = dict(
                     zip(
                         recommend.ltr_features(row.user_model, text=row.text),
@@ -135,6 +144,8 @@ def run_recommenders(
                 chosen[seed][f"{row.name}_importance"] = importance
                 chosen[seed][f"{row.name}_importance_by_source"] = recommend.importance_by_source(importance)
                 rankers.setdefault(seed, {})[row.name] = ranker
+                if discover_ranker is not None:  # the discover list's own ranker, chosen on valid
+                    rankers[seed][f"{row.name}:discover"] = discover_ranker
         for name, by_split in lists.items():
             if "mixed" in by_split["test"]:
                 on_valid, on_test = by_split["valid"]["mixed"], by_split["test"]["mixed"]
@@ -208,11 +219,14 @@ def _learning_to_rank(
     seed: int,
     k: int,
     row: row_registry.Row,
+    ks: list[int],
 ):
-    """The ranker of a learning-to-rank row trained on the valid window (features from models fitted on
-    train) and its top-k lists per split ("valid", "test": features from models refitted on train +
+    """The rankers of a learning-to-rank row, trained on the valid window (features from models fitted on
+    train), and its top-k lists per split ("valid", "test": features from models refitted on train +
     valid): mixed, discover (the customer's own items left out) and the new customers' (from their
-    basket, buyers per item from the window's history)."""
+    basket, buyers per item from the window's history). The discover list is ranked by the ranker
+    trained on every purchase, or by one trained on the valid window's new-to-the-customer purchases
+    alone, whichever gives the better valid discovery figure (`discover_ranker`: None for the first)."""
     user_model, text = row.user_model, row.text
 
     def frame(w, s, item_customers=None):
@@ -223,24 +237,40 @@ def _learning_to_rank(
 
     frames = {"valid": frame(windows["valid"], scorers["valid"])}
     f, qid, candidates = frames["valid"]
-    ranker = recommend.fit_ranker(f, qid, recommend.ltr_labels(windows["valid"], candidates), rp=rp, seed=seed)
+    labels = recommend.ltr_labels(windows["valid"], candidates)
+    ranker = recommend.fit_ranker(f, qid, labels, rp=rp, seed=seed)
+    new_to_them = f["user_item_lines"].to_numpy() == 0
+    discover_ranker = recommend.fit_ranker(f[new_to_them], qid[new_to_them], labels[new_to_them], rp=rp, seed=seed)
     frames["test"] = frame(windows["test"], scorers["test"])
-    out = {}
+    out, discover = {}, {}
     for split, (f, qid, candidates) in frames.items():
-        scores = ranker.predict(f)
+        keep = f["user_item_lines"].to_numpy() == 0
+        discover[split] = {
+            which: recommend.ltr_rank(model, f, qid, candidates=candidates, k=k, keep=keep)
+            for which, model in (("all", ranker), ("new", discover_ranker))
+        }
         new = frame(
             baskets[split],
             basket_scorers[split],
             item_customers=recommend.item_customer_counts(windows[split].counts),
         )
         out[split] = {
-            "mixed": recommend.ltr_rank(ranker, f, qid, candidates=candidates, k=k, scores=scores),
-            "discover": recommend.ltr_rank(
-                ranker, f, qid, candidates=candidates, k=k, scores=scores, keep=f["user_item_lines"].to_numpy() == 0
-            ),
+            "mixed": recommend.ltr_rank(ranker, f, qid, candidates=candidates, k=k),
             "new_customers": recommend.ltr_rank(ranker, new[0], new[1], candidates=new[2], k=k),
         }
-    return ranker, out
+    found = views.discovery(windows["valid"])
+    on_valid = (
+        {
+            which: recommend.evaluate(lists[found.rows], found.relevant, ks)[rp.primary_metric]
+            for which, lists in discover["valid"].items()
+        }
+        if len(found.rows)
+        else {"all": 0.0, "new": 0.0}
+    )
+    which = "new" if on_valid["new"] > on_valid["all"] else "all"
+    for split in out:
+        out[split]["discover"] = discover[split][which]
+    return ranker, (discover_ranker if which == "new" else None), out
 
 
 def _chosen_weight(s: recommend.Scorers, row: row_registry.Row, grid: list[float], *, score) -> float:

@@ -460,7 +460,8 @@ def ltr_rank(
     """Each query's top-k candidates by the ranker's score (ties by item; -1 pads a short list).
     `keep`: a mask over the frame's rows (e.g. not bought before: the discover list); `scores`: the
     ranker's predictions for the frame when already made."""
-    scores = ranker.predict(frame) if scores is None else scores
+    if scores is None:
+        scores = ranker.predict(frame) if len(frame) else np.zeros(0)
     out = np.full((len(candidates), k), -1, dtype=np.int64)
     start = 0
     for i, items in enumerate(candidates):

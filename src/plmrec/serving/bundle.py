@@ -9,6 +9,7 @@ settings, the ranker trained on the valid window) and writes one directory:
     item_factors.npy     ALS item factors;  user_factors.npy, customers.npy: one row per customer
     history_counts.npz, history_last_day.npz  purchase lines and latest purchase day per (customer, item)
     ranker.json          the learning-to-rank XGBoost model (a learning-to-rank row: ltr, ltr+user_model)
+    ranker_discover.json the discover list's own ranker, when valid chose one (trained on new-to-them purchases)
     encoder/             the sentence-transformers encoder, for free-text queries
     search/              the BM25 index of the item descriptions (lexical and hybrid queries)
     user_model.pt        the GUIM user model (a row that needs it: user_model, ltr+user_model), with
@@ -115,6 +116,7 @@ def build_bundle(
     model: str,
     chosen: dict,
     ranker=None,
+    discover_ranker=None,
     metrics: dict | None = None,
     encoder_info: dict | None = None,
     user_model: str | Path | None = None,
@@ -163,6 +165,8 @@ def build_bundle(
     sp.save_npz(out / "history_last_day.npz", last_day)
     if row.learning_to_rank:
         ranker.save_model(str(out / "ranker.json"))
+        if discover_ranker is not None:
+            discover_ranker.save_model(str(out / "ranker_discover.json"))
     if row.user_model:
         _write_user_model(user_model, out, prepared=prepared, customers=customers, codes=codes)
     shutil.copytree(encoder_dir, out / "encoder")
@@ -184,6 +188,7 @@ def build_bundle(
         "purchase_lines": int(counts.sum()),
         "metrics": metrics or {},
         "twin": row_registry.twin_of(model),
+        "discover_ranker": discover_ranker is not None,
         "lifts": lifts or [],
         "encoder": encoder_info or {},
         "search": search_settings(search),
@@ -260,6 +265,7 @@ def write_bundle(
         model=model,
         chosen={**recommender_detail["chosen"][seed], "seed": seed},
         ranker=recommender_detail["rankers"].get(seed, {}).get(model),
+        discover_ranker=recommender_detail["rankers"].get(seed, {}).get(f"{model}:discover"),
         metrics=metrics,
         encoder_info={"source": str(encoder_dir), "name": _encoder_choice(encoder_dir)},
         user_model=user_model,
@@ -342,16 +348,15 @@ class Recommender:
             recommend.item_similarity(self.item_vectors) if self.meta.get("similarity") == "max" else None
         )
         self.rp = RecommendersParams.model_validate({"ltr": self.meta["ltr"]})  # the candidate settings
-        self.ranker = None
+        self.ranker = self.discover_ranker = None
         self.user_model = self.user_vectors = self.user_item_vectors = None
         if self.row.user_model:
             self._load_user_model(len(customers))
         if self.row.learning_to_rank:
-            import xgboost as xgb
-
-            self.ranker = xgb.XGBRanker()
-            self.ranker.load_model(str(path / "ranker.json"))
-            self.ranker.set_params(n_jobs=1)  # one request is a few hundred rows: threads only add overhead
+            self.ranker = _load_ranker(path / "ranker.json")
+            self.discover_ranker = (
+                _load_ranker(path / "ranker_discover.json") if self.meta.get("discover_ranker") else self.ranker
+            )
         self.encoder = self._load_encoder() if load_encoder else None
         self.search_settings = self.meta.get("search") or search_settings(None)
         self.lexical = Bm25Index.load(path / "search") if (path / "search").exists() else None
@@ -471,7 +476,7 @@ class Recommender:
             frame, _ = recommend.ltr_frame(
                 w, s, candidates, item_customers=self.item_customers, user_model=with_user, text=text
             )
-            scores = self.ranker.predict(frame)
+            scores = (self.discover_ranker if kind == "discover" else self.ranker).predict(frame)
             items = candidates[0]
             order = np.lexsort((items, -scores))[:k]
             return items[order], scores[order]
@@ -586,6 +591,17 @@ class Recommender:
             rows, fused = fuse(d, x, weight=settings["hybrid_weight"], k=settings["rrf_k"])
             out.append(self._result(rows[:k], fused[:k]))
         return out
+
+
+def _load_ranker(path: Path):
+    import xgboost as xgb
+
+    if not path.exists():
+        raise BundleError(f"{path.parent}: bundle file missing: {path.name}")
+    ranker = xgb.XGBRanker()
+    ranker.load_model(str(path))
+    ranker.set_params(n_jobs=1)  # one request is a few hundred rows: threads only add overhead
+    return ranker
 
 
 def stored_ids(customers) -> np.ndarray:
