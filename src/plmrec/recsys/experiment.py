@@ -122,7 +122,7 @@ def run_recommenders(
             for row in row_registry.ltr_rows():
                 if row.user_model and user_models is None:
                     continue
-                ranker, discover_ranker, lists[row.name] = _learning_to_rank(
+                ranker, discover_ranker, lists[row.name], discover_valid = _learning_to_rank(
                     windows,
                     scorers,
                     baskets=baskets,
@@ -134,6 +134,7 @@ def run_recommenders(
                     ks=ks,
                 )
                 chosen[seed][f"{row.name}_discover_ranker"] = "new" if discover_ranker is not None else "all"
+                chosen[seed][f"{row.name}_discover_valid"] = discover_valid  # each ranker's valid discovery figure
                 importance = dict(
                     zip(
                         recommend.ltr_features(row.user_model, text=row.text),
@@ -226,7 +227,8 @@ def _learning_to_rank(
     valid): mixed, discover (the customer's own items left out) and the new customers' (from their
     basket, buyers per item from the window's history). The discover list is ranked by the ranker
     trained on every purchase, or by one trained on the valid window's new-to-the-customer purchases
-    alone, whichever gives the better valid discovery figure (`discover_ranker`: None for the first)."""
+    alone, whichever gives the better discovery figure on the valid customers neither was trained on
+    (the early-stopping fifth); `discover_ranker` is None for the first."""
     user_model, text = row.user_model, row.text
 
     def frame(w, s, item_customers=None):
@@ -238,9 +240,12 @@ def _learning_to_rank(
     frames = {"valid": frame(windows["valid"], scorers["valid"])}
     f, qid, candidates = frames["valid"]
     labels = recommend.ltr_labels(windows["valid"], candidates)
-    ranker = recommend.fit_ranker(f, qid, labels, rp=rp, seed=seed)
+    held = recommend.held_out_queries(qid, seed)  # both rankers stop early on these customers, never learn them
+    ranker = recommend.fit_ranker(f, qid, labels, rp=rp, seed=seed, held=held)
     new_to_them = f["user_item_lines"].to_numpy() == 0
-    discover_ranker = recommend.fit_ranker(f[new_to_them], qid[new_to_them], labels[new_to_them], rp=rp, seed=seed)
+    discover_ranker = recommend.fit_ranker(
+        f[new_to_them], qid[new_to_them], labels[new_to_them], rp=rp, seed=seed, held=held
+    )
     frames["test"] = frame(windows["test"], scorers["test"])
     out, discover = {}, {}
     for split, (f, qid, candidates) in frames.items():
@@ -258,19 +263,17 @@ def _learning_to_rank(
             "mixed": recommend.ltr_rank(ranker, f, qid, candidates=candidates, k=k),
             "new_customers": recommend.ltr_rank(ranker, new[0], new[1], candidates=new[2], k=k),
         }
-    found = views.discovery(windows["valid"])
-    on_valid = (
-        {
-            which: recommend.evaluate(lists[found.rows], found.relevant, ks)[rp.primary_metric]
-            for which, lists in discover["valid"].items()
-        }
-        if len(found.rows)
-        else {"all": 0.0, "new": 0.0}
-    )
+    found = views.discovery(windows["valid"])  # scored on the held-out customers: the rankers learnt the rest
+    unseen = np.isin(found.rows, held)
+    relevant = [r for r, u in zip(found.relevant, unseen) if u]
+    on_valid = {
+        which: recommend.evaluate(lists[found.rows[unseen]], relevant, ks)[rp.primary_metric] if relevant else 0.0
+        for which, lists in discover["valid"].items()
+    }
     which = "new" if on_valid["new"] > on_valid["all"] else "all"
     for split in out:
         out[split]["discover"] = discover[split][which]
-    return ranker, (discover_ranker if which == "new" else None), out
+    return ranker, (discover_ranker if which == "new" else None), out, on_valid
 
 
 def _chosen_weight(s: recommend.Scorers, row: row_registry.Row, grid: list[float], *, score) -> float:

@@ -425,13 +425,27 @@ def ltr_labels(w: Window, candidates: list[np.ndarray]) -> np.ndarray:
     return np.concatenate([np.isin(items, list(rel)).astype(np.float32) for items, rel in zip(candidates, w.relevant)])
 
 
-def fit_ranker(frame: pd.DataFrame, qid: np.ndarray, labels: np.ndarray, *, rp: RecommendersParams, seed: int):
-    """XGBoost rank:ndcg on the valid window; early stopping on a held-out fifth of its customers."""
+def held_out_queries(qid: np.ndarray, seed: int) -> np.ndarray:
+    """The fifth of a window's queries (customers) a ranker is early-stopped on, never trained on."""
+    queries = np.unique(qid)
+    return np.random.default_rng(seed).choice(queries, size=max(1, len(queries) // 5), replace=False)
+
+
+def fit_ranker(
+    frame: pd.DataFrame,
+    qid: np.ndarray,
+    labels: np.ndarray,
+    *,
+    rp: RecommendersParams,
+    seed: int,
+    held: np.ndarray | None = None,
+):
+    """XGBoost rank:ndcg on the valid window; early stopping on a held-out fifth of its customers
+    (`held`: those queries, else `held_out_queries`)."""
     import xgboost as xgb
 
     xp = rp.ltr.xgboost
-    queries = np.unique(qid)
-    held = np.random.default_rng(seed).choice(queries, size=max(1, len(queries) // 5), replace=False)
+    held = held_out_queries(qid, seed) if held is None else held
     is_held = np.isin(qid, held)
     ranker = xgb.XGBRanker(**xp.booster_settings(), objective="rank:ndcg", eval_metric="ndcg@10", random_state=seed)
     from plmrec.recsys.boosting import fit_ranker as fit_on_backend
