@@ -397,3 +397,16 @@ def test_co_purchase_scores_a_basket_by_its_items_neighbours():
     history = sp.csr_matrix(np.array([[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 1], [1, 0, 0, 1]], dtype=np.float32))
     scores = views.co_purchase_scores(history, sp.csr_matrix(np.array([[1, 0, 0, 0]], dtype=np.float32)))
     assert scores.shape == (1, 4) and scores[0, 1] > scores[0, 3] > scores[0, 2] == 0  # B with A twice, D once
+
+
+def test_new_items_take_the_last_places_of_the_top_ten_by_text():
+    lists = np.array([[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11], [5, 4, 3, -1, -1, -1, -1, -1, -1, -1, -1, -1]])
+    text = np.zeros((2, 20))
+    text[0, [15, 16, 17]] = [0.2, 0.9, 0.5]
+    text[1, [15, 16, 17]] = [0.7, 0.1, 0.3]
+    out = views.with_new_items(lists, text, np.array([15, 16, 17]), slots=2)
+    assert out[0].tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 8, 9]  # places 9 and 10, then the list goes on
+    assert out[1].tolist() == [5, 4, 3, 15, 17, -1, -1, -1, -1, -1, -1, -1]  # a short list: after its items
+    assert views.with_new_items(lists, text, np.array([15, 16, 17]), slots=0) is lists
+    again = views.with_new_items(np.array([[16, 0, 1]]), text[:1], np.array([15, 16, 17]), slots=1, depth=3)
+    assert again[0].tolist() == [0, 1, 16]  # an item already listed is moved, never doubled

@@ -678,3 +678,47 @@ def test_example_ids_are_a_known_customer_and_popular_codes(serving_bundles, rec
     customer, codes = example_ids(serving_bundles["ltr"])
     assert recommender.knows(customer) and len(codes) == 2
     assert recommender.recommend_basket(codes, 3).unknown_stock_codes == []
+
+
+def test_a_product_nobody_bought_reaches_the_discover_list_its_text_fits(serving_bundles, tmp_path):
+    """Two products in the catalogue with no sales, each the text of an item one customer bought and the
+    other did not: over HTTP (both protocols) each customer's discover list shows the one that fits them,
+    flagged; the mixed list does not; a catalogue without the columns is named."""
+    import helpers
+    from plmrec.config import RecommendersParams
+    from plmrec.serving.bundle import build_bundle, read_catalogue
+
+    prepared = serving_bundles["prepared"]
+    items, encoder = helpers.minilm_items(prepared)
+    text = dict(zip(items["StockCode"].astype(str), items["Description"].astype(str)))
+    bought = prepared.groupby("CustomerID")["StockCode"].agg(lambda s: {text[str(c)] for c in s})
+    big = bought[bought.map(len) >= 8].index.tolist()
+    a, b = big[0], next(c for c in big[1:] if bought[c] - bought[big[0]] and bought[big[0]] - bought[c])
+    only_a, only_b = sorted(bought[a] - bought[b])[0], sorted(bought[b] - bought[a])[0]
+    catalogue = pd.DataFrame({"item": ["PLANT-A", "PLANT-B"], "text": [only_a, only_b]})
+    (tmp_path / "catalogue.csv").write_text(catalogue.to_csv(index=False))
+    build_bundle(
+        prepared,
+        items,
+        encoder,
+        out_dir=tmp_path / "bundle",
+        rp=RecommendersParams(seeds=[0]),
+        model="mf+similarity",
+        chosen={"factors": 16, "similarity_weight": 0.5, "mf+similarity_new_item_slots": 1},
+        catalogue=read_catalogue(tmp_path / "catalogue.csv"),
+    )
+    with plmrec_server(["--bundle", str(tmp_path / "bundle")], tmp_path) as server:
+        r = _v1(server, {"instances": [{"customer_id": int(c), "list": "discover"} for c in (a, b)]})
+        assert r.status_code == 200, r.text
+        for answer, planted, other in zip(r.json()["predictions"], ("PLANT-A", "PLANT-B"), ("PLANT-B", "PLANT-A")):
+            found = {i["stock_code"]: i for i in answer["items"]}
+            assert planted in found and found[planted]["new_item"] is True and other not in found
+            assert sum("new_item" in i for i in answer["items"]) == 1  # only the unsold one is flagged
+        r = _v1(server, {"instances": [{"customer_id": int(a)}]})
+        assert not {"PLANT-A", "PLANT-B"} & {i["stock_code"] for i in r.json()["predictions"][0]["items"]}
+        ids = {"name": "customer_id", "shape": [1], "datatype": "INT64", "data": [int(b)]}
+        r = _v2(server, {"inputs": [ids], "parameters": {"list": "discover"}})
+        assert r.status_code == 200 and "PLANT-B" in r.json()["outputs"][0]["data"]
+    (tmp_path / "bad.csv").write_text("sku,title\nX,a lamp\n")
+    with pytest.raises(BundleError, match="needs StockCode and Description, or item and text"):
+        read_catalogue(tmp_path / "bad.csv")

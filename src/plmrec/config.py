@@ -691,6 +691,12 @@ class RecommendersParams(_Section):
         False, description="false: repurchases count as hits (wholesale customers reorder); true: new items only"
     )
     primary_metric: str = Field("ndcg@10", description="<metric>@<k> for the verdict, e.g. ndcg@10, map@5")
+    new_item_slots: list[Annotated[int, Field(ge=0, le=10)]] = Field(
+        [0, 1, 2],
+        min_length=1,
+        description="places in a discover list's top 10 for the best-fitting items nobody bought yet (by text); "
+        "chosen per row on valid",
+    )
     classifier: ClassifierParams = ClassifierParams()
     mf: MatrixFactorizationParams = MatrixFactorizationParams()
     ltr: LearningToRankParams = LearningToRankParams()
@@ -748,6 +754,11 @@ class ServingParams(_Section):
     max_query_chars: int = Field(500, ge=1)
     max_body_bytes: int = Field(1_048_576, ge=1024)
     body_timeout_s: float = Field(10.0, gt=0, description="a request body must arrive within this (408 otherwise)")
+    catalogue_path: str | None = Field(
+        None,
+        description="the shop's products (CSV/Parquet: StockCode, Description): those nobody bought yet go in "
+        "the bundle, reachable through a discover list's new-item places",
+    )
     inference_service: str = Field(
         "", description="KServe InferenceService the register step points at a new @champion ('' = none: local runs)"
     )

@@ -102,6 +102,7 @@ def run_recommenders(
                 )
             chosen[seed]["user_model_seed"] = user_models.seed_for(seed)
         own_user_model = user_models is not None and seed in user_models.seeds  # scored from it: own seeds, honest std
+        held = recommend.held_out_queries(np.arange(len(wv.eval_rows)), seed)  # valid customers no ranker learns
         lists: dict[str, dict[str, dict[str, np.ndarray]]] = {}  # model -> split -> list kind -> top-k
         for row in row_registry.scored_rows():
             if row.user_model and not own_user_model:
@@ -132,6 +133,7 @@ def run_recommenders(
                     k=kmax,
                     row=row,
                     ks=ks,
+                    held=held,
                 )
                 chosen[seed][f"{row.name}_discover_ranker"] = "new" if discover_ranker is not None else "all"
                 chosen[seed][f"{row.name}_discover_valid"] = discover_valid  # each ranker's valid discovery figure
@@ -148,6 +150,21 @@ def run_recommenders(
                 if discover_ranker is not None:  # the discover list's own ranker, chosen on valid
                     rankers[seed][f"{row.name}:discover"] = discover_ranker
         for name, by_split in lists.items():
+            reads_text = name in row_registry.names() and row_registry.get(name).text
+            if "discover" in by_split["test"] and reads_text:  # items nobody bought yet, by their text: chosen on valid
+                slots = _new_item_slots(
+                    by_split,
+                    scorers,
+                    new_columns=new_columns,
+                    discovery=targets["valid"]["discovery"],
+                    held=held,
+                    rp=rp,
+                )
+                chosen[seed][f"{name}_new_item_slots"] = slots
+                for split in windows:
+                    by_split[split]["discover"] = views.with_new_items(
+                        by_split[split]["discover"], scorers[split].similarity, new_columns[split], slots=slots
+                    )
             if "mixed" in by_split["test"]:
                 on_valid, on_test = by_split["valid"]["mixed"], by_split["test"]["mixed"]
                 v = recommend.evaluate(on_valid, wv.relevant, ks)
@@ -201,6 +218,28 @@ def run_recommenders(
     }
 
 
+def _new_item_slots(by_split, scorers, *, new_columns, discovery: views.Targets, held: np.ndarray, rp) -> int:
+    """The row's places for new items in its discover list (rp.new_item_slots), by the discovery figure
+    on the valid customers no ranker learnt (the fewest places among equals)."""
+    unseen = np.isin(discovery.rows, held)
+    rows, relevant = discovery.rows[unseen], [r for r, u in zip(discovery.relevant, unseen) if u]
+    if not relevant:
+        return 0
+
+    def figure(slots: int) -> float:
+        lists = views.with_new_items(
+            by_split["valid"]["discover"][rows],
+            scorers["valid"].similarity[rows],
+            new_columns["valid"],
+            slots=slots,
+        )
+        return recommend.evaluate(lists, relevant, sorted(set(rp.ks)))[rp.primary_metric]
+
+    grid = sorted(set(rp.new_item_slots))
+    scores = {slots: figure(slots) for slots in grid}
+    return max(grid, key=lambda slots: (scores[slots], -slots))
+
+
 def _view_targets(w: recommend.Window, basket: recommend.Window) -> dict[str, views.Targets]:
     return {
         "all": views.all_purchases(w),
@@ -221,6 +260,7 @@ def _learning_to_rank(
     k: int,
     row: row_registry.Row,
     ks: list[int],
+    held: np.ndarray,
 ):
     """The rankers of a learning-to-rank row, trained on the valid window (features from models fitted on
     train), and its top-k lists per split ("valid", "test": features from models refitted on train +
@@ -228,7 +268,7 @@ def _learning_to_rank(
     basket, buyers per item from the window's history). The discover list is ranked by the ranker
     trained on every purchase, or by one trained on the valid window's new-to-the-customer purchases
     alone, whichever gives the better discovery figure on the valid customers neither was trained on
-    (the early-stopping fifth); `discover_ranker` is None for the first."""
+    (`held`: the early-stopping fifth); `discover_ranker` is None for the first."""
     user_model, text = row.user_model, row.text
 
     def frame(w, s, item_customers=None):
@@ -240,7 +280,6 @@ def _learning_to_rank(
     frames = {"valid": frame(windows["valid"], scorers["valid"])}
     f, qid, candidates = frames["valid"]
     labels = recommend.ltr_labels(windows["valid"], candidates)
-    held = recommend.held_out_queries(qid, seed)  # both rankers stop early on these customers, never learn them
     ranker = recommend.fit_ranker(f, qid, labels, rp=rp, seed=seed, held=held)
     new_to_them = f["user_item_lines"].to_numpy() == 0
     discover_ranker = recommend.fit_ranker(

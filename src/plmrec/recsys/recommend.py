@@ -84,7 +84,9 @@ def fit_als(
             factors=factors, regularization=regularization, alpha=1.0, iterations=iterations, random_state=seed
         )
         model.fit(conf.astype(np.float32), show_progress=False)
-    return np.asarray(model.user_factors), np.asarray(model.item_factors)
+    items = np.asarray(model.item_factors).copy()
+    items[np.asarray(counts.sum(axis=0)).ravel() == 0] = 0.0  # an item nobody bought has no ALS vector
+    return np.asarray(model.user_factors), items
 
 
 def zscore(scores: np.ndarray) -> np.ndarray:

@@ -5,7 +5,7 @@
 - `discovery`: only the items new to the customer, scored on the discover list (the customer's own
   items left out of the ranking);
 - `new_items`: only the items first sold in the window, which no id-based model can rank (their text
-  can): recall@50 of the mixed list, and the share of customers whose top 10 holds such an item;
+  can): recall@50 of the discover list, and the share of customers whose top 10 holds such an item;
 - `new_customers`: customers whose first purchase falls in the window, served from their first day's
   basket (as the server serves an unknown customer with a basket); the targets are what they bought on
   later days of the window.
@@ -27,7 +27,7 @@ from plmrec.ranking import RANKING_METRICS
 from plmrec.recsys import recommend
 
 VIEWS = ("all", "discovery", "new_items", "new_customers")
-LIST_OF_VIEW = {"all": "mixed", "discovery": "discover", "new_items": "mixed", "new_customers": "mixed"}
+LIST_OF_VIEW = {"all": "mixed", "discovery": "discover", "new_items": "discover", "new_customers": "mixed"}
 TITLES = {
     "all": "All purchases",
     "discovery": "Discovery (items new to the customer)",
@@ -179,4 +179,25 @@ def score_view(view: str, lists: np.ndarray, targets: Targets, *, ks: list[int],
     out["customers"] = len(targets.rows)
     if view == "new_items" and new_columns is not None:
         out[NEW_ITEM_SHARE] = float(np.isin(lists[:, :10], new_columns).any(axis=1).mean()) if len(lists) else 0.0
+    return out
+
+
+def with_new_items(
+    lists: np.ndarray, text_scores: np.ndarray, new_columns: np.ndarray, *, slots: int, depth: int = 10
+) -> np.ndarray:
+    """Each list (rows: customers, -1 pads) with its `slots` best new items by text score (customers x
+    items, e.g. the cosine to what they bought) in the last `slots` places of its top `depth`; the list's
+    other items follow in their order, each item once. The way a product nobody has bought yet reaches a
+    discover list: a row's slots are chosen on valid (0: none)."""
+    if not slots or not len(new_columns) or not len(lists):
+        return lists
+    k, slots = lists.shape[1], min(slots, depth)
+    order = np.argsort(-text_scores[:, new_columns], axis=1, kind="stable")[:, :slots]
+    picked = new_columns[order]
+    out = np.full_like(lists, -1)
+    for i, row in enumerate(lists):
+        rest = row[(row >= 0) & ~np.isin(row, picked[i])]
+        head = depth - len(picked[i])
+        merged = np.concatenate([rest[:head], picked[i], rest[head:]])[:k]
+        out[i, : len(merged)] = merged
     return out

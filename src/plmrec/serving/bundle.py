@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -65,11 +65,12 @@ class Recommendation:
     fallback: str | None = None  # POPULAR when the model had nothing to go on; `reason` says why
     reason: str | None = None
     list_kind: str | None = None  # which list (LISTS) a customer or basket request got
+    new_items: list[str] = field(default_factory=list)  # nobody has bought them yet: there by their text
 
     def to_dict(self) -> dict:
         out = {
             "items": [
-                {"stock_code": c, "description": d, "score": s}
+                {"stock_code": c, "description": d, "score": s, **({"new_item": True} if c in self.new_items else {})}
                 for c, d, s in zip(self.stock_codes, self.descriptions, self.scores)
             ]
         }
@@ -122,11 +123,14 @@ def build_bundle(
     user_model: str | Path | None = None,
     search: dict | None = None,
     lifts: list[dict] | None = None,
+    catalogue: pd.DataFrame | None = None,
 ) -> Path:
     """Refit `model` with the settings chosen on valid (`chosen`: factors, weights) on all purchases;
     `user_model` (a file plmrec.usermodel.store saved, refitted on train + valid) for the user-model rows;
     `search`: evaluate-search's decision (the default query mode and the fusion weight); `lifts`: the
-    model's lift over its no-text twin per evaluation view (plmrec.recsys.comparison), kept in bundle.json."""
+    model's lift over its no-text twin per evaluation view (plmrec.recsys.comparison), kept in bundle.json;
+    `catalogue` (StockCode, Description): the shop's products, of which those nobody has bought yet are
+    added, encoded by the bundle's encoder (a discover list with new-item places can show them)."""
     if model not in row_registry.names():
         raise BundleError(f"unknown served model '{model}' (expected one of {', '.join(row_registry.names())})")
     row = row_registry.get(model)
@@ -138,6 +142,7 @@ def build_bundle(
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
+    items = with_catalogue(items, catalogue, encoder_dir)
     codes = items["StockCode"].astype(str).tolist()
     item_col = {c: i for i, c in enumerate(codes)}
     vectors = normalise(stack(items["embedding"]))
@@ -189,6 +194,8 @@ def build_bundle(
         "metrics": metrics or {},
         "twin": row_registry.twin_of(model),
         "discover_ranker": discover_ranker is not None,
+        "new_item_slots": int(chosen.get(f"{model}_new_item_slots", 0)),
+        "unsold_items": int((recommend.item_popularity(counts) == 0).sum()),
         "lifts": lifts or [],
         "encoder": encoder_info or {},
         "search": search_settings(search),
@@ -196,6 +203,46 @@ def build_bundle(
     }
     (out / "bundle.json").write_text(json.dumps(meta, indent=2))
     return out
+
+
+CATALOGUE_COLUMNS = {"item": "StockCode", "text": "Description"}  # the canonical names also read
+
+
+def read_catalogue(path: str | Path) -> pd.DataFrame:
+    """A product catalogue (CSV or Parquet): StockCode and Description (or item and text), as strings."""
+    path = Path(path)
+    if not path.is_file():
+        raise BundleError(f"serving.catalogue_path: {path} is not a file")
+    table = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path, dtype=str)
+    table = table.rename(columns=CATALOGUE_COLUMNS)
+    missing = [c for c in ("StockCode", "Description") if c not in table]
+    if missing:
+        raise BundleError(
+            f"serving.catalogue_path: {path} has no column {', '.join(missing)} (it needs StockCode and "
+            f"Description, or item and text; it has {', '.join(map(str, table.columns))})"
+        )
+    table = table.dropna(subset=["StockCode", "Description"])
+    return pd.DataFrame(
+        {"StockCode": table["StockCode"].astype(str).str.strip(), "Description": table["Description"].astype(str)}
+    ).drop_duplicates("StockCode")
+
+
+def with_catalogue(items: pd.DataFrame, catalogue: pd.DataFrame | None, encoder_dir: str | Path) -> pd.DataFrame:
+    """The item table plus the catalogue's products it lacks (nobody bought them), encoded by the encoder."""
+    if catalogue is None:
+        return items
+    known = set(items["StockCode"].astype(str))
+    extra = catalogue[~catalogue["StockCode"].astype(str).isin(known)]
+    if not len(extra):
+        return items
+    from sentence_transformers import SentenceTransformer
+
+    from plmrec.finetune.embed import encode_texts, item_table
+
+    texts = extra["Description"].astype(str).tolist()
+    vectors = encode_texts(SentenceTransformer(str(encoder_dir)), texts)
+    added = item_table(extra["StockCode"].astype(str).tolist(), texts, vectors)
+    return pd.concat([items[["StockCode", "Description", "embedding"]], added], ignore_index=True)
 
 
 def _encoder_choice(encoder_dir: str | Path) -> str | None:
@@ -233,6 +280,7 @@ def write_bundle(
     user_models=None,
     search: dict | None = None,
     lifts: list[dict] | None = None,
+    catalogue: pd.DataFrame | None = None,
 ) -> dict:
     """The serving bundle of registry.served_model (auto: the recommender chosen on valid) from a
     comparison's rows and detail, with its test metrics (mean and std over seeds); `user_models`
@@ -271,6 +319,7 @@ def write_bundle(
         user_model=user_model,
         search=search,
         lifts=[x for x in lifts or [] if x["model"] == model],
+        catalogue=catalogue,
     )
     return {"model": model, "metrics": metrics, "bundle": str(bundle_dir), "chosen_by": chosen_by}
 
@@ -323,6 +372,7 @@ class Recommender:
         self.clusters = items["cluster"].to_numpy(np.int64)
         self.popularity = items["popularity"].to_numpy(np.float64)
         self.most_popular = np.argsort(-self.popularity, kind="stable")  # the fallback list's order, once
+        self.unsold = np.flatnonzero(self.popularity == 0)  # nobody bought them: only their text can place them
         self.item_customers = items["customers"].to_numpy(np.float64)
         self.item_col = {c: i for i, c in enumerate(self.codes)}
         self.text_ids = customers.dtype.kind == "U"  # the shop's ids are text (Amazon's), else integers
@@ -479,7 +529,7 @@ class Recommender:
             scores = (self.discover_ranker if kind == "discover" else self.ranker).predict(frame)
             items = candidates[0]
             order = np.lexsort((items, -scores))[:k]
-            return items[order], scores[order]
+            return self._placed(items[order], scores[order], s, kind=kind, seen=seen)
         scores = self.row.score(s, m)[0].astype(np.float64)  # its blend weight from bundle.json (0 when absent)
         if kind == "discover":
             scores[seen] = -np.inf
@@ -487,10 +537,32 @@ class Recommender:
             scores[np.setdiff1d(np.arange(len(scores)), seen)] = -np.inf
         top = recommend.top_k(scores[None, :], k)[0]
         top = top[np.isfinite(scores[top])]
-        return top, scores[top]
+        return self._placed(top, scores[top], s, kind=kind, seen=seen)
+
+    def _placed(
+        self, items: np.ndarray, scores: np.ndarray, s: recommend.Scorers, *, kind: str, seen: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """A discover list with the bundle's new-item places (chosen on valid) given to the unsold items
+        closest by text to what the customer bought (plmrec.recsys.views.with_new_items); an item placed
+        so scores its text similarity."""
+        from plmrec.recsys.views import with_new_items
+
+        slots = int(self.meta.get("new_item_slots", 0))
+        fresh = np.setdiff1d(self.unsold, seen)
+        if kind != "discover" or not slots or not len(fresh) or not len(items):
+            return items, scores
+        placed = with_new_items(items[None, :], s.similarity, fresh, slots=slots, depth=min(len(items), 10))[0]
+        placed = placed[placed >= 0]
+        given = dict(zip(items.tolist(), scores.tolist()))
+        return placed, np.array([given.get(i, float(s.similarity[0, i])) for i in placed.tolist()])
 
     def _result(
-        self, items: np.ndarray, scores: np.ndarray, unknown: list[str] | None = None, *, kind: str | None = None
+        self,
+        items: np.ndarray,
+        scores: np.ndarray,
+        *,
+        unknown: list[str] | None = None,
+        kind: str | None = None,
     ) -> Recommendation:
         return Recommendation(
             self.codes[items].tolist(),
@@ -498,6 +570,7 @@ class Recommender:
             [round(float(x), 6) for x in scores],
             unknown or [],
             list_kind=kind,
+            new_items=self.codes[items[self.popularity[items] == 0]].tolist(),
         )
 
     def recommend_customer(
@@ -532,7 +605,9 @@ class Recommender:
                 counts = (counts + add).tocsr()
                 last_day = last_day.maximum(today).tocsr()
                 factor, users = self._fold_in(counts), None  # the user model reads the basket as its newest items
-        return self._result(*self._rank(counts, last_day, factor, k=k, kind=kind, users=users), unknown, kind=kind)
+        return self._result(
+            *self._rank(counts, last_day, factor, k=k, kind=kind, users=users), unknown=unknown, kind=kind
+        )
 
     def popular(self, k: int, *, reason: str) -> Recommendation:
         """The k most bought items (by purchase lines in the served data), flagged as the fallback."""
@@ -561,7 +636,9 @@ class Recommender:
             rec.unknown_stock_codes = unknown
             return rec
         counts, last_day = self._bought_now(items)
-        return self._result(*self._rank(counts, last_day, self._fold_in(counts), k=k, kind=kind), unknown, kind=kind)
+        return self._result(
+            *self._rank(counts, last_day, self._fold_in(counts), k=k, kind=kind), unknown=unknown, kind=kind
+        )
 
     def search(self, queries: list[str], k: int, mode: str | None = None) -> list[Recommendation]:
         """The top-K items for each free-text query in `mode` (None: the bundle's default): dense (one

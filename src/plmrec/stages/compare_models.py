@@ -48,7 +48,7 @@ SPEC = Stage(
         Port("reports", "folder", "tables, verdicts and pictures", "reports/compare", cache=False),
         Port("report", "html", "the comparison tables and pictures"),
     ),
-    params=("clean", "recommenders", "registry.served_model"),
+    params=("clean", "recommenders", "registry.served_model", "serving.catalogue_path"),
     code=(
         "src/plmrec/recsys",
         "src/plmrec/usermodel",
@@ -106,7 +106,7 @@ def compare_models(
     """Both studies over seeds with the chosen encoder's item embeddings; with `bundle`, the served
     recommender written there."""
     from plmrec.recsys.comparison import Comparison
-    from plmrec.serving.bundle import write_bundle
+    from plmrec.serving.bundle import read_catalogue, write_bundle
 
     out = Path(reports)
     out.mkdir(parents=True, exist_ok=True)
@@ -143,6 +143,7 @@ def compare_models(
                 user_models=user_models,
                 search=_search_decision(search),
                 lifts=summary["lifts"],
+                catalogue=read_catalogue(params.serving.catalogue_path) if params.serving.catalogue_path else None,
             )
             say(
                 STAGE,
