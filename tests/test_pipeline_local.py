@@ -18,6 +18,7 @@ from helpers import (
 from plmrec import registry, stages
 from plmrec.data.online_retail import transactions_to_csv_bytes
 from plmrec.local_pipeline import run_local
+from plmrec.recsys import rows
 from plmrec.tracking import RUN_KEY_TAG, STAGE_TAG
 
 pytestmark = pytest.mark.integration
@@ -157,6 +158,20 @@ def test_pipeline_runs_end_to_end(small_params, tiny_model_dir, mlflow_server, t
         > compared.data.metrics["recommender/popularity/ndcg_at_10_mean"]
     )
     assert 0 < m["test_accuracy_plm_xgboost"] < 1
+    # every row on every view, the twin beside the served model, and the lift over it where it reads text
+    assert "compare/view_table.csv" in listed(compared, "compare")
+    for view in ("all", "discovery", "new_items"):
+        assert f"view/{view}/ltr-no-text/ndcg_at_10_mean" in compared.data.metrics
+    served_row = compared.data.tags["plmrec.served_model"]
+    twin = rows.twin_of(served_row)
+    if twin == served_row:
+        assert f"served: {served_row}, which reads no item text" in out
+    else:
+        assert f"served: {served_row}; lift over its no-text twin {twin}: all ndcg@10 " in out
+        assert (
+            "lift_over_twin_discovery_ndcg_at_10" in m
+            and "its no-text twin" in compared.data.tags["mlflow.note.content"]
+        )
 
     searched = children["evaluate-search"]  # product search on the review sample; valid chose the mode
     if small_params.search.reviews_path:
