@@ -394,12 +394,13 @@ def lift(summary: pd.DataFrame, metric: str, model: str, *, versus: str, label: 
     a, sa = summary.loc[model, ("mean", metric)], summary.loc[model, ("std", metric)]
     b, sb = summary.loc[versus, ("mean", metric)], summary.loc[versus, ("std", metric)]
     diff, spread = a - b, 2 * float(np.hypot(sa, sb))
-    rel = diff / b * 100 if b else float("nan")
+    rel = diff / b * 100 if b else None  # nothing to be relative to (an id-only row's zero on new items)
     word = ("beats" if diff > 0 else "trails") if abs(diff) > spread else "is level with (within 2 std)"
     name = metric.replace("test_", "")
     out = Verdict(
         f"{label}: {model} {word} {versus} on {name}: {a:.4f} ± {sa:.4f} vs {b:.4f} ± {sb:.4f} "
-        f"({diff:+.4f} absolute, {rel:+.1f}% relative; 2 std of the difference {spread:.4f})"
+        f"({diff:+.4f} absolute, {'no' if rel is None else f'{rel:+.1f}%'} relative; "
+        f"2 std of the difference {spread:.4f})"
     )
     out.tag_name = f"{safe_name(model)}.vs.{safe_name(versus)}"
     out.tag_value = f"{diff:+.4f}" + ("" if abs(diff) > spread else " (within 2 std)")
@@ -412,7 +413,7 @@ def lift(summary: pd.DataFrame, metric: str, model: str, *, versus: str, label: 
         "versus_mean": float(b),
         "versus_std": float(sb),
         "difference": float(diff),
-        "relative_percent": float(rel),
+        "relative_percent": rel,
         "clear": bool(abs(diff) > spread),
     }
     return out

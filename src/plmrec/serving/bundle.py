@@ -334,9 +334,13 @@ def lift_summary(meta: dict) -> str:
         return f"served: {model} (no-text twin {twin}: not evaluated)"
     return f"served: {model}; lift over its no-text twin {twin}: " + "; ".join(
         f"{x['view'].replace('_', ' ')} {x['metric']} {x['mean']:.4f} vs {x['versus_mean']:.4f} "
-        f"({x['relative_percent']:+.1f}%{'' if x['clear'] else ', within 2 std'})"
+        f"({_relative(x['relative_percent'])}{'' if x['clear'] else ', within 2 std'})"
         for x in lifts
     )
+
+
+def _relative(percent: float | None) -> str:
+    return "from zero" if percent is None else f"{percent:+.1f}%"
 
 
 def read_meta(path: str | Path) -> dict:

@@ -63,7 +63,8 @@ def _description(meta: dict, tags: dict, gated) -> str:
     against_twin = (
         f"against its no-text twin {twin}: "
         + ", ".join(
-            f"{x['view']} {x['metric']} {x['difference']:+.4f} ({x['relative_percent']:+.1f}%"
+            f"{x['view']} {x['metric']} {x['difference']:+.4f} ("
+            + ("from zero" if x["relative_percent"] is None else f"{x['relative_percent']:+.1f}%")
             + ("" if x["clear"] else ", within 2 std")
             + ")"
             for x in lifts
