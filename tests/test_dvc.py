@@ -103,6 +103,9 @@ def test_dvc_repro_runs_only_what_changed(tmp_path):
     _run(dvc + ["plots", "show", "-o", str(tmp_path / "plots")], repo, env)  # the loss tables and the pictures
     page = (tmp_path / "plots" / "index.html").read_text()
     assert "pretrain_loss.csv" in page and "finetune_loss.csv" in page and "confusion_matrix.png" in page
+    assert "precision_at_k.csv" in page  # the served model's and its twin's precision@K
+    served = (repo / "reports" / "plots" / "precision_at_k.csv").read_text().splitlines()
+    assert served[0] == "k,precision,model" and len(served) in (1 + 20, 1 + 40)  # K = 1..20, the served and twin
 
     again = _run(dvc + ["repro"], repo, env)
     assert "Running stage" not in again

@@ -281,6 +281,17 @@ class Comparison:
                     f"{name} features",
                 )
 
+    def write_precision_curve(self, path: Path) -> None:
+        """Test precision@K (K = 1..20, last seed) of the served model and its no-text twin, one row per
+        (model, K), the table `dvc plots show` draws and `dvc plots diff` overlays across experiments."""
+        from plmrec.recsys.experiment import CURVE_KS
+
+        curves = self.recommender_detail["precision_curves"]
+        shown = [m for m in dict.fromkeys([self.served, self.twin]) if m in curves]
+        rows = [{"k": k, "precision": p, "model": m} for m in shown for k, p in zip(CURVE_KS, curves[m])]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame(rows, columns=["k", "precision", "model"]).to_csv(path, index=False)
+
     def _views_section(self) -> str:
         from plmrec.reports import markdown_table
 

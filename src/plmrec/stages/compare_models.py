@@ -46,6 +46,14 @@ SPEC = Stage(
             "metrics", "metrics", "mean and std of every classifier and recommender row (JSON)", "metrics/compare.json"
         ),
         Port("reports", "folder", "tables, verdicts and pictures", "reports/compare", cache=False),
+        Port(
+            "plots",
+            "plots",
+            "the served model's and its no-text twin's precision@K on test (the table DVC draws)",
+            "reports/plots",
+            required=False,
+            curves=(("precision_at_k.csv", "k", "precision"),),
+        ),
         Port("report", "html", "the comparison tables and pictures"),
     ),
     params=("clean", "recommenders", "registry.served_model", "serving.catalogue_path"),
@@ -100,6 +108,7 @@ def compare_models(
     bundle: str | Path | None = None,
     user_model: str | Path | None = None,
     search: str | Path | None = None,
+    plots: str | Path | None = None,
     run_key: str | None = None,
     tracking_uri: str | None = None,
 ) -> dict:
@@ -128,6 +137,8 @@ def compare_models(
         )
         verdicts = comparison.verdicts()
         comparison.write_reports(out, verdicts)
+        if plots is not None:
+            comparison.write_precision_curve(Path(plots) / "precision_at_k.csv")
         summary = {**comparison.summary(verdicts), "encoder": name, "seconds": round(time.perf_counter() - start, 1)}
         write_json(metrics, {"compare": {k: summary[k] for k in ("classifier", "recommenders", "views")}})
         if bundle is not None:
