@@ -103,6 +103,7 @@ def run_recommenders(
             chosen[seed]["user_model_seed"] = user_models.seed_for(seed)
         own_user_model = user_models is not None and seed in user_models.seeds  # scored from it: own seeds, honest std
         held = recommend.held_out_queries(np.arange(len(wv.eval_rows)), seed)  # valid customers no ranker learns
+        held_discovery = targets["valid"]["discovery"].among(held)  # what the discover-list choices read
         lists: dict[str, dict[str, dict[str, np.ndarray]]] = {}  # model -> split -> list kind -> top-k
         for row in row_registry.scored_rows():
             if row.user_model and not own_user_model:
@@ -132,8 +133,8 @@ def run_recommenders(
                     seed=seed,
                     k=kmax,
                     row=row,
-                    ks=ks,
                     held=held,
+                    held_discovery=held_discovery,
                 )
                 chosen[seed][f"{row.name}_discover_ranker"] = "new" if discover_ranker is not None else "all"
                 chosen[seed][f"{row.name}_discover_valid"] = discover_valid  # each ranker's valid discovery figure
@@ -153,11 +154,10 @@ def run_recommenders(
             reads_text = name in row_registry.names() and row_registry.get(name).text
             if "discover" in by_split["test"] and reads_text:  # items nobody bought yet, by their text: chosen on valid
                 slots = _new_item_slots(
-                    by_split,
-                    scorers,
-                    new_columns=new_columns,
-                    discovery=targets["valid"]["discovery"],
-                    held=held,
+                    by_split["valid"]["discover"],
+                    scorers["valid"].similarity,
+                    new_columns=new_columns["valid"],
+                    discovery=held_discovery,
                     rp=rp,
                 )
                 chosen[seed][f"{name}_new_item_slots"] = slots
@@ -218,25 +218,20 @@ def run_recommenders(
     }
 
 
-def _new_item_slots(by_split, scorers, *, new_columns, discovery: views.Targets, held: np.ndarray, rp) -> int:
-    """The row's places for new items in its discover list (rp.new_item_slots), by the discovery figure
-    on the valid customers no ranker learnt (the fewest places among equals)."""
-    unseen = np.isin(discovery.rows, held)
-    rows, relevant = discovery.rows[unseen], [r for r, u in zip(discovery.relevant, unseen) if u]
-    if not relevant:
+def _new_item_slots(
+    discover: np.ndarray, similarity: np.ndarray, *, new_columns: np.ndarray, discovery: views.Targets, rp
+) -> int:
+    """The row's places for new items in its valid discover lists (rp.new_item_slots), by the discovery
+    figure on `discovery` (the valid customers no ranker learnt); the fewest places among equals."""
+    if not discovery.relevant:
         return 0
-
-    def figure(slots: int) -> float:
-        lists = views.with_new_items(
-            by_split["valid"]["discover"][rows],
-            scorers["valid"].similarity[rows],
-            new_columns["valid"],
-            slots=slots,
+    ks, grid = sorted(set(rp.ks)), sorted(set(rp.new_item_slots))
+    scores = {
+        slots: discovery.figure(
+            views.with_new_items(discover, similarity, new_columns, slots=slots), ks, rp.primary_metric
         )
-        return recommend.evaluate(lists, relevant, sorted(set(rp.ks)))[rp.primary_metric]
-
-    grid = sorted(set(rp.new_item_slots))
-    scores = {slots: figure(slots) for slots in grid}
+        for slots in grid
+    }
     return max(grid, key=lambda slots: (scores[slots], -slots))
 
 
@@ -259,16 +254,16 @@ def _learning_to_rank(
     seed: int,
     k: int,
     row: row_registry.Row,
-    ks: list[int],
     held: np.ndarray,
+    held_discovery: views.Targets,
 ):
     """The rankers of a learning-to-rank row, trained on the valid window (features from models fitted on
     train), and its top-k lists per split ("valid", "test": features from models refitted on train +
     valid): mixed, discover (the customer's own items left out) and the new customers' (from their
     basket, buyers per item from the window's history). The discover list is ranked by the ranker
     trained on every purchase, or by one trained on the valid window's new-to-the-customer purchases
-    alone, whichever gives the better discovery figure on the valid customers neither was trained on
-    (`held`: the early-stopping fifth); `discover_ranker` is None for the first."""
+    alone, whichever gives the better discovery figure on `held_discovery` (the valid customers neither
+    was trained on: `held`, the early-stopping fifth); `discover_ranker` is None for the first."""
     user_model, text = row.user_model, row.text
 
     def frame(w, s, item_customers=None):
@@ -277,41 +272,51 @@ def _learning_to_rank(
         f, qid = recommend.ltr_frame(w, s, candidates, item_customers=item_customers, user_model=user_model, text=text)
         return f, qid, candidates
 
-    frames = {"valid": frame(windows["valid"], scorers["valid"])}
-    f, qid, candidates = frames["valid"]
+    f, qid, candidates = frame(windows["valid"], scorers["valid"])
     labels = recommend.ltr_labels(windows["valid"], candidates)
-    ranker = recommend.fit_ranker(f, qid, labels, rp=rp, seed=seed, held=held)
     new_to_them = f["user_item_lines"].to_numpy() == 0
+    ranker = recommend.fit_ranker(f, qid, labels, rp=rp, seed=seed, held=held)
     discover_ranker = recommend.fit_ranker(
         f[new_to_them], qid[new_to_them], labels[new_to_them], rp=rp, seed=seed, held=held
     )
-    frames["test"] = frame(windows["test"], scorers["test"])
-    out, discover = {}, {}
-    for split, (f, qid, candidates) in frames.items():
-        keep = f["user_item_lines"].to_numpy() == 0
-        discover[split] = {
-            which: recommend.ltr_rank(model, f, qid, candidates=candidates, k=k, keep=keep)
-            for which, model in (("all", ranker), ("new", discover_ranker))
-        }
+    valid_scores = {"all": recommend.ranker_scores(ranker, f), "new": recommend.ranker_scores(discover_ranker, f)}
+    valid_discover = {  # each ranker's valid discover lists: the choice reads the held-out customers
+        kind: recommend.ltr_rank(ranker, f, qid, candidates=candidates, k=k, keep=new_to_them, scores=scores)
+        for kind, scores in valid_scores.items()
+    }
+    on_valid = {
+        kind: held_discovery.figure(ranked, sorted(set(rp.ks)), rp.primary_metric)
+        for kind, ranked in valid_discover.items()
+    }
+    which = "new" if on_valid["new"] > on_valid["all"] else "all"
+
+    def lists(split, framed, *, scores, discover):
+        """The split's lists from its frame (frame, qid, candidates) and the ranker's scores of it."""
+        f, qid, candidates = framed
         new = frame(
             baskets[split],
             basket_scorers[split],
             item_customers=recommend.item_customer_counts(windows[split].counts),
         )
-        out[split] = {
-            "mixed": recommend.ltr_rank(ranker, f, qid, candidates=candidates, k=k),
+        return {
+            "mixed": recommend.ltr_rank(ranker, f, qid, candidates=candidates, k=k, scores=scores),
+            "discover": discover,
             "new_customers": recommend.ltr_rank(ranker, new[0], new[1], candidates=new[2], k=k),
         }
-    found = views.discovery(windows["valid"])  # scored on the held-out customers: the rankers learnt the rest
-    unseen = np.isin(found.rows, held)
-    relevant = [r for r, u in zip(found.relevant, unseen) if u]
-    on_valid = {
-        which: recommend.evaluate(lists[found.rows[unseen]], relevant, ks)[rp.primary_metric] if relevant else 0.0
-        for which, lists in discover["valid"].items()
-    }
-    which = "new" if on_valid["new"] > on_valid["all"] else "all"
-    for split in out:
-        out[split]["discover"] = discover[split][which]
+
+    out = {"valid": lists("valid", (f, qid, candidates), scores=valid_scores["all"], discover=valid_discover[which])}
+    f, qid, candidates = frame(windows["test"], scorers["test"])
+    scores = recommend.ranker_scores(ranker, f)
+    discover = recommend.ltr_rank(  # only the ranker valid chose ranks the test window's discover lists
+        ranker,
+        f,
+        qid,
+        candidates=candidates,
+        k=k,
+        keep=f["user_item_lines"].to_numpy() == 0,
+        scores=scores if which == "all" else recommend.ranker_scores(discover_ranker, f),
+    )
+    out["test"] = lists("test", (f, qid, candidates), scores=scores, discover=discover)
     return ranker, (discover_ranker if which == "new" else None), out, on_valid
 
 

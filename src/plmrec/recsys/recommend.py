@@ -463,6 +463,11 @@ def fit_ranker(
     )
 
 
+def ranker_scores(ranker, frame: pd.DataFrame) -> np.ndarray:
+    """The ranker's score of each frame row (none for an empty frame, which XGBoost refuses)."""
+    return ranker.predict(frame) if len(frame) else np.zeros(0)
+
+
 def ltr_rank(
     ranker,
     frame: pd.DataFrame,
@@ -476,8 +481,7 @@ def ltr_rank(
     """Each query's top-k candidates by the ranker's score (ties by item; -1 pads a short list).
     `keep`: a mask over the frame's rows (e.g. not bought before: the discover list); `scores`: the
     ranker's predictions for the frame when already made."""
-    if scores is None:
-        scores = ranker.predict(frame) if len(frame) else np.zeros(0)
+    scores = ranker_scores(ranker, frame) if scores is None else scores
     out = np.full((len(candidates), k), -1, dtype=np.int64)
     start = 0
     for i, items in enumerate(candidates):

@@ -46,6 +46,15 @@ class Targets:
     rows: np.ndarray
     relevant: list[set[int]]
 
+    def among(self, rows: np.ndarray) -> Targets:
+        """The same targets for those of `rows` the view holds (e.g. the valid customers no ranker learnt)."""
+        kept = np.isin(self.rows, rows)
+        return Targets(self.rows[kept], [r for r, k in zip(self.relevant, kept) if k])
+
+    def figure(self, lists: np.ndarray, ks: list[int], metric: str) -> float:
+        """`metric` of the lists (rows: the lists' customers) on these targets; 0 without a customer."""
+        return recommend.evaluate(lists[self.rows], self.relevant, ks)[metric] if self.relevant else 0.0
+
 
 def _kept(pairs) -> Targets:
     rows, relevant = [], []
