@@ -289,6 +289,19 @@ def fold_in(item_factors: np.ndarray, items: np.ndarray, conf: np.ndarray, *, re
     return np.linalg.solve(a, vi.T @ conf).astype(np.float32)
 
 
+def fold_in_rows(item_factors: np.ndarray, counts: sp.csr_matrix, *, alpha: float, regularization: float) -> np.ndarray:
+    """The ALS user vector of each purchase row (`fold_in` with its confidences): (rows, factors)."""
+    counts = sp.csr_matrix(counts)
+    if not counts.shape[0]:
+        return np.zeros((0, item_factors.shape[1]), dtype=np.float32)
+    return np.stack(
+        [
+            fold_in(item_factors, row.indices, confidence(row.data, alpha), regularization=regularization)
+            for row in (counts[i] for i in range(counts.shape[0]))
+        ]
+    )
+
+
 def scorer_scores(s: Scorers, field: str) -> np.ndarray:
     """One scorer as customers x items: a per-item score (popularity) is the same for every customer."""
     value = getattr(s, field)

@@ -129,20 +129,8 @@ def basket_scorers(
     import dataclasses
 
     counts = basket.counts
-    factors = (
-        np.stack(
-            [
-                recommend.fold_in(
-                    history.item_factors,
-                    counts[i].indices,
-                    recommend.confidence(counts[i].data, rp.mf.alpha),
-                    regularization=rp.mf.regularization,
-                )
-                for i in range(counts.shape[0])
-            ]
-        )
-        if counts.shape[0]
-        else np.zeros((0, history.item_factors.shape[1]), dtype=np.float32)
+    factors = recommend.fold_in_rows(
+        history.item_factors, counts, alpha=rp.mf.alpha, regularization=rp.mf.regularization
     )
     s = recommend.score_rows(
         counts,

@@ -621,12 +621,9 @@ class Recommender:
         return rec
 
     def _fold_in(self, counts: sp.csr_matrix) -> np.ndarray:
-        return recommend.fold_in(
-            self.item_factors,
-            counts.indices,
-            recommend.confidence(counts.data, self.meta["alpha"]),
-            regularization=self.meta["regularization"],
-        )
+        return recommend.fold_in_rows(
+            self.item_factors, counts, alpha=self.meta["alpha"], regularization=self.meta["regularization"]
+        )[0]
 
     def recommend_basket(
         self, basket: list[str], k: int, exclude_seen: bool = False, *, kind: str = DEFAULT_LIST
