@@ -109,14 +109,13 @@ class Comparison:
 
     def served_model(self) -> str | None:
         """The row the bundle serves: registry.served_model, or (auto) the best on valid."""
-        from plmrec.recsys.experiment import served_model
+        from plmrec.recsys.experiment import served_choice
 
-        rows, chosen = self.recommender_rows, self.params.registry.served_model
+        rows = self.recommender_rows
         if rows.empty:
             return None
-        if chosen != "auto":
-            return chosen if chosen in set(rows["model"]) else None
-        return served_model(rows, self.params.recommenders.primary_metric)
+        model, _ = served_choice(rows, self.params.registry.served_model, self.params.recommenders.primary_metric)
+        return model if model in set(rows["model"]) else None
 
     def view_lifts(self) -> list:
         """Per view: the served model against its no-text twin, and on new customers against popularity

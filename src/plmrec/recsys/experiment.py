@@ -331,6 +331,13 @@ def served_model(rows: pd.DataFrame, primary: str) -> str:
     return str(by_model.idxmax())
 
 
+def served_choice(rows: pd.DataFrame, choice: str, primary: str) -> tuple[str, str]:
+    """The row registry.served_model names (`choice`; auto: `served_model`) and what chose it."""
+    if choice == "auto":
+        return served_model(rows, primary), f"best valid {primary}"
+    return choice, "registry.served_model"
+
+
 def _drop_history(candidates: list[np.ndarray], w: recommend.Window, exclude: bool) -> list[np.ndarray]:
     if not exclude:
         return candidates

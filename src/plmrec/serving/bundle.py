@@ -285,11 +285,10 @@ def write_bundle(
     """The serving bundle of registry.served_model (auto: the recommender chosen on valid) from a
     comparison's rows and detail, with its test metrics (mean and std over seeds); `user_models`
     (plmrec.usermodel.store.SavedUserModels) when the comparison had the user model."""
-    from plmrec.recsys.experiment import served_model
+    from plmrec.recsys.experiment import served_choice
 
-    rp, model, chosen_by = params.recommenders, params.registry.served_model, "registry.served_model"
-    if model == "auto":
-        model, chosen_by = served_model(recommender_rows, rp.primary_metric), f"best valid {rp.primary_metric}"
+    rp = params.recommenders
+    model, chosen_by = served_choice(recommender_rows, params.registry.served_model, rp.primary_metric)
     if model not in set(recommender_rows["model"]):
         raise BundleError(
             f"registry.served_model '{model}' was not evaluated (evaluated: "
@@ -333,14 +332,15 @@ def lift_summary(meta: dict) -> str:
     if not lifts:
         return f"served: {model} (no-text twin {twin}: not evaluated)"
     return f"served: {model}; lift over its no-text twin {twin}: " + "; ".join(
-        f"{x['view'].replace('_', ' ')} {x['metric']} {x['mean']:.4f} vs {x['versus_mean']:.4f} "
-        f"({_relative(x['relative_percent'])}{'' if x['clear'] else ', within 2 std'})"
+        f"{x['view'].replace('_', ' ')} {x['metric']} {x['mean']:.4f} vs {x['versus_mean']:.4f} ({lift_note(x)})"
         for x in lifts
     )
 
 
-def _relative(percent: float | None) -> str:
-    return "from zero" if percent is None else f"{percent:+.1f}%"
+def lift_note(lift: dict) -> str:
+    """A lift's relative size and whether it is clear: '+2.1%', 'from zero, within 2 std'."""
+    relative = "from zero" if lift["relative_percent"] is None else f"{lift['relative_percent']:+.1f}%"
+    return relative + ("" if lift["clear"] else ", within 2 std")
 
 
 def read_meta(path: str | Path) -> dict:

@@ -52,6 +52,8 @@ def _deploy_champion(params: Params, client, decision) -> str | None:
 
 def _description(meta: dict, tags: dict, gated) -> str:
     """A version's description: the served model and its test figures, the encoder, the data, the gate."""
+    from plmrec.serving.bundle import lift_note
+
     primary = {k: v for k, v in meta["metrics"].items() if "@" in k and not k.endswith("_std")}
     figures = ", ".join(
         f"{k} {v:.4f}" + (f" ± {meta['metrics'][k + '_std']:.4f}" if k + "_std" in meta["metrics"] else "")
@@ -62,13 +64,7 @@ def _description(meta: dict, tags: dict, gated) -> str:
     lifts = [x for x in meta.get("lifts", []) if x["versus"] == twin]
     against_twin = (
         f"against its no-text twin {twin}: "
-        + ", ".join(
-            f"{x['view']} {x['metric']} {x['difference']:+.4f} ("
-            + ("from zero" if x["relative_percent"] is None else f"{x['relative_percent']:+.1f}%")
-            + ("" if x["clear"] else ", within 2 std")
-            + ")"
-            for x in lifts
-        )
+        + ", ".join(f"{x['view']} {x['metric']} {x['difference']:+.4f} ({lift_note(x)})" for x in lifts)
         + "; "
         if lifts
         else ("it reads no item text; " if twin == meta["model"] else "")
