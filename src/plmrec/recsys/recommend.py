@@ -255,19 +255,21 @@ def score_rows(
     )
     if similarity not in ("max", "mean"):
         raise ValueError(f"unknown similarity '{similarity}' (expected max or mean)")
+    counts = sp.csr_matrix(counts)
+    latest = counts if last_day is None else latest_items(last_day)
+
+    def best_cosine(rows: sp.csr_matrix) -> np.ndarray:
+        return max_similarity(rows, item_vectors, unit=unit_vectors, pairwise=pairwise)
+
+    text = best_cosine(counts) if similarity == "max" else vecs @ item_vectors.T
+    whole_history = latest.nnz == counts.nnz  # every bought item is in the last basket (a basket request)
     return Scorers(
         mf=user_factors @ item_factors.T,
-        similarity=(
-            max_similarity(counts, item_vectors, unit=unit_vectors, pairwise=pairwise)
-            if similarity == "max"
-            else vecs @ item_vectors.T
-        ),
+        similarity=text,
         cluster=share[:, clusters],
         popularity=popularity,
         bought=(counts > 0).toarray().astype(np.float32),
-        recent_similarity=max_similarity(
-            counts if last_day is None else latest_items(last_day), item_vectors, unit=unit_vectors, pairwise=pairwise
-        ),
+        recent_similarity=text if similarity == "max" and whole_history else best_cosine(latest),
     )
 
 
@@ -350,15 +352,11 @@ def ltr_features(user_model: bool, *, text: bool = True) -> list[str]:
     return [f for f, source in found.items() if text or source not in TEXT_SOURCES]
 
 
-def feature_source(name: str) -> str:
-    return {**LTR_FEATURES, **USER_MODEL_FEATURES}[name]
-
-
 def importance_by_source(importance: dict[str, float]) -> dict[str, float]:
     """A ranker's feature importance summed per source (history, mf, popularity, text, user_model)."""
-    out: dict[str, float] = {}
+    source, out = {**LTR_FEATURES, **USER_MODEL_FEATURES}, {}
     for name, value in importance.items():
-        out[feature_source(name)] = out.get(feature_source(name), 0.0) + float(value)
+        out[source[name]] = out.get(source[name], 0.0) + float(value)
     return out
 
 
