@@ -52,14 +52,15 @@ def purchase_matrices(rows: pd.DataFrame, item_col: dict[str, int]):
     return customers, row, counts, last_day
 
 
+def items_per_customer(rows: pd.DataFrame, item_col: dict[str, int]) -> pd.Series:
+    """customer -> the set of item columns they bought in `rows` (items outside `item_col` left out)."""
+    return rows.groupby("CustomerID")["StockCode"].agg(lambda s: {item_col[str(x)] for x in s if str(x) in item_col})
+
+
 def make_window(prepared: pd.DataFrame, item_col: dict[str, int], split: str, *, exclude_history: bool) -> Window:
     past, future = window_rows(prepared, split)
     customers, row, counts, last_day = purchase_matrices(past, item_col)
-    wanted = (
-        future[future["CustomerID"].isin(row)]
-        .groupby("CustomerID")["StockCode"]
-        .agg(lambda s: {item_col[str(x)] for x in s if str(x) in item_col})
-    )
+    wanted = items_per_customer(future[future["CustomerID"].isin(row)], item_col)
     eval_rows, relevant = [], []
     for customer, items in wanted.items():
         i = row[customer]

@@ -96,9 +96,9 @@ def new_customer_window(
     day = new["InvoiceDate"].astype("int64") // DAY_NS
     first = day.groupby(new["CustomerID"]).transform("min")
     basket, later = new[day == first], new[day > first]
-    wanted = later.groupby("CustomerID")["StockCode"].agg(lambda s: {item_col[str(x)] for x in s})
+    wanted = recommend.items_per_customer(later, item_col)
     if exclude_history:
-        bought = basket.groupby("CustomerID")["StockCode"].agg(lambda s: {item_col[str(x)] for x in s})
+        bought = recommend.items_per_customer(basket, item_col)
         wanted = pd.Series({c: items - bought.get(c, set()) for c, items in wanted.items()}, dtype=object)
         wanted = wanted[wanted.map(len) > 0]
     basket = basket[basket["CustomerID"].isin(wanted.index)]
