@@ -483,7 +483,7 @@ class Recommender:
         order = np.lexsort((items, day))
         spec = self.user_model.spec
         days_before = self.meta["end_day"] + 1 - day[order]
-        buckets = time_bucket(days_before, spec.time_buckets) if spec.time_buckets else np.zeros(len(order), np.int64)
+        buckets = time_bucket(days_before, spec.time_buckets)  # all 0 for a model without time buckets
         return encode_users(self.user_model, [items[order].astype(np.int64)], [buckets])[0]
 
     def _rank(

@@ -27,7 +27,6 @@ class Query:
     customer_id: int | str | None = None  # the id type the shop's data has
     basket: list[str] = field(default_factory=list)
     text: str = ""
-    exclude_seen: bool = False
     search_mode: str | None = None  # a query's ranker: dense | lexical | hybrid; None: the bundle's default
     field: str = "customer_id"  # where the customer id was in the request, for errors
     list_kind: str = DEFAULT_LIST  # which list a customer or basket gets: mixed | discover | buy_again
@@ -184,14 +183,13 @@ def _query(inst: Instance, where: str, limits: ServingParams) -> Query:
             k,
             customer_id=inst.customer_id,
             basket=basket,
-            exclude_seen=inst.exclude_seen,
             field=f"{where}.customer_id",
             list_kind=kind,
         )
     if inst.basket is not None:
         if not basket:
             raise RequestError(f"{where}.basket is empty")
-        return Query("basket", k, basket=basket, exclude_seen=inst.exclude_seen, list_kind=kind)
+        return Query("basket", k, basket=basket, list_kind=kind)
     raise RequestError(f"{where} needs one of customer_id, basket or query")
 
 
@@ -287,7 +285,6 @@ def parse_v2(request, limits: ServingParams) -> list[Query]:
     except ValidationError as err:
         raise request_error(err, "parameters", allowed=_keys(V2Parameters)) from None
     k = _k(parameters.k, "parameters.k", limits)
-    exclude = parameters.exclude_seen
     inputs = {inp.name: inp for inp in request.inputs}
     for name, inp in inputs.items():
         rows = inp.shape[0] if len(inp.shape) == 1 else 0
@@ -295,7 +292,9 @@ def parse_v2(request, limits: ServingParams) -> list[Query]:
             raise RequestError(f"input '{name}' has {rows} rows; at most {limits.max_instances}", 413)
     values = {name: _tensor_values(inp) for name, inp in inputs.items()}
     mode = _search_mode(parameters.search_mode, "parameters.search_mode", is_query="query" in values)
-    kind = _list(parameters.list_kind, "parameters.list", is_query="query" in values, exclude_seen=exclude)
+    kind = _list(
+        parameters.list_kind, "parameters.list", is_query="query" in values, exclude_seen=parameters.exclude_seen
+    )
     if "query" in values:
         if len(values) > 1:
             raise RequestError("a query request takes no customer_id or basket input")
@@ -316,14 +315,13 @@ def parse_v2(request, limits: ServingParams) -> list[Query]:
                 k,
                 customer_id=v,
                 basket=basket,
-                exclude_seen=exclude,
                 field=f"customer_id[{i}]",
                 list_kind=kind,
             )
             for i, v in enumerate(ids)
         ]
     if basket:
-        return [Query("basket", k, basket=basket, exclude_seen=exclude, list_kind=kind)]
+        return [Query("basket", k, basket=basket, list_kind=kind)]
     raise RequestError("the request needs an input named customer_id, basket or query")
 
 

@@ -54,7 +54,8 @@ def training_purchases(ds: SeqRecDataset) -> list[int]:
 
 # ---------------------------------------------------------------------------- Online Retail windows
 def time_bucket(days: np.ndarray, buckets: int) -> np.ndarray:
-    """Days before the cut-off -> 1 + floor(log2(1 + days)), capped at `buckets` (0 is the CLS tokens')."""
+    """Days before the cut-off -> 1 + floor(log2(1 + days)), capped at `buckets` (0 is the CLS tokens'; a
+    model without time buckets, `buckets` 0, gets 0 everywhere)."""
     days = np.maximum(np.asarray(days, dtype=np.float64), 0.0)
     return np.minimum(1 + np.floor(np.log2(1.0 + days)), buckets).astype(np.int64)
 

@@ -94,6 +94,7 @@ class SavedUserModels:
         self.prepared = prepared
         self.cutoffs = dict(zip(("valid", "test"), _cutoffs(split_params)))
         self._loaded: dict[tuple[int, str], UserModel] = {}
+        self._items: dict[tuple[int, str], np.ndarray] = {}  # each model's item vectors, encoded once
         self._sequences: dict[tuple, dict] = {}  # per split and sequence shape: the same for every seed
 
     def seed_for(self, seed: int) -> int:
@@ -113,25 +114,33 @@ class SavedUserModels:
             self._loaded[key] = model
         return self._loaded[key]
 
+    def item_vectors(self, seed: int, split: str) -> np.ndarray:
+        """The item vectors of the model that scores `split` (encoded once per model)."""
+        from plmrec.usermodel.retrieval import encode_items
+
+        key = (self.seed_for(seed), split)
+        if key not in self._items:
+            self._items[key] = encode_items(self.model(seed, split))
+        return self._items[key]
+
     def scores(self, split: str, customers, *, seed: int) -> tuple[np.ndarray, np.ndarray]:
         """(max_c cos, winning c) for `customers` (rows) over every item, from purchases before `split`."""
-        from plmrec.usermodel.retrieval import customer_vectors, encode_items
+        from plmrec.usermodel.retrieval import customer_vectors
 
         model = self.model(seed, split)
         _, users = customer_vectors(model, self._sequences_before(split, model), customers)
-        return item_scores(users, encode_items(model))
+        return item_scores(users, self.item_vectors(seed, split))
 
     def basket_scores(self, split: str, baskets: list[np.ndarray], *, seed: int) -> tuple[np.ndarray, np.ndarray]:
         """(max_c cos, winning c) for new customers from their first basket alone (item rows, all bought
         the day the window scores them from, as the server reads a basket)."""
-        from plmrec.usermodel.retrieval import encode_items, encode_users
+        from plmrec.usermodel.retrieval import encode_users
         from plmrec.usermodel.sequences import time_bucket
 
         model = self.model(seed, split)
-        buckets = model.spec.time_buckets
         sequences = [np.asarray(b, dtype=np.int64) for b in baskets]
-        times = [time_bucket(np.zeros(len(b)), buckets) if buckets else np.zeros(len(b), np.int64) for b in sequences]
-        return item_scores(encode_users(model, sequences, times), encode_items(model))
+        times = [time_bucket(np.zeros(len(b)), model.spec.time_buckets) for b in sequences]  # 0 days before
+        return item_scores(encode_users(model, sequences, times), self.item_vectors(seed, split))
 
     def _sequences_before(self, split: str, model: UserModel) -> dict:
         """Each customer's sequence before `split`'s window, shaped for `model` (computed once)."""
