@@ -84,9 +84,10 @@ class Row:
     from the grid at the params path `grid`, a recommenders.mf key (`default_grid` where the params
     leave it out; without one the params must set it). `user_model`: needs train-user-model's output
     (a row scored from it runs on the user model's own seeds only; learning to rank with it, on every
-    seed). `versus`: its verdict lines, each shown when both rows were evaluated. `text`: it reads the
-    items' text (a text-free learning-to-rank row has no text feature and no text candidate); `twin`:
-    the text-free row it is measured against on every evaluation view (a text-free row is its own)."""
+    seed). `versus`: its verdict lines, each shown when both rows were evaluated. `twin`: the
+    text-free row it is measured against on every evaluation view; a row with one reads the items' text
+    (`text`), one without is text-free (a text-free learning-to-rank row has no text feature and no text
+    candidate) and is its own."""
 
     name: str
     scores: RowScores | None = None
@@ -95,7 +96,6 @@ class Row:
     default_grid: tuple[float, ...] | None = None
     user_model: bool = False
     versus: tuple[Versus, ...] = ()
-    text: bool = True
     twin: str | None = None
 
     def __post_init__(self) -> None:
@@ -108,8 +108,11 @@ class Row:
             )
         if self.default_grid is not None and (self.grid is None or not self.default_grid):
             raise ValueError(f"row '{self.name}': a default grid needs a grid key and at least one weight")
-        if self.text == (self.twin is None):
-            raise ValueError(f"row '{self.name}': a row that reads text names its text-free twin, and only such a row")
+
+    @property
+    def text(self) -> bool:
+        """It reads the items' text: a row that does names its text-free twin."""
+        return self.twin is not None
 
     @property
     def learning_to_rank(self) -> bool:
@@ -149,7 +152,6 @@ def register(
         default_grid=None if default_grid is None else tuple(default_grid),
         user_model=user_model,
         versus=tuple(versus),
-        text=twin is not None,
         twin=twin,
     )
     if name in _REGISTRY:
