@@ -754,6 +754,14 @@ class ServingParams(_Section):
     max_query_chars: int = Field(500, ge=1)
     max_body_bytes: int = Field(1_048_576, ge=1024)
     body_timeout_s: float = Field(10.0, gt=0, description="a request body must arrive within this (408 otherwise)")
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="a request's headers must arrive within this of its first byte (408, closed)"
+    )
+    keep_alive_s: int = Field(15, ge=1, description="an idle keep-alive connection is closed after this")
+    max_connections: int = Field(1000, ge=1, description="connections and requests in flight at once (503 beyond)")
+    mistake_log_every_s: float = Field(
+        10.0, ge=0, description="client mistakes: each reason logged once, then at most a line per this (all counted)"
+    )
     catalogue_path: str | None = Field(
         None,
         description="the shop's products (CSV/Parquet: StockCode, Description): those nobody bought yet go in "

@@ -98,9 +98,12 @@ class RequestError(PlmrecError, ValueError):
     """A client mistake, answered with `http_status` (400 unless given) and `{"error": message}`."""
 
     http_status = 400
+    kind = "invalid_request"  # the reason label the server counts it under (plmrec_client_errors_total)
 
-    def __init__(self, reason: str, status: int | None = None):
+    def __init__(self, reason: str, status: int | None = None, *, kind: str | None = None):
         super().__init__(reason)
         self.reason = reason
         if status is not None:
             self.http_status = status
+        if kind is not None:
+            self.kind = kind

@@ -4,19 +4,17 @@ v1  POST /v1/models/<name>:predict   {"instances": [{"customer_id": 12347, "k": 
 v2  POST /v2/models/<name>/infer      Open Inference Protocol tensors (see `parse_v2`)
 Health: GET /v2/health/live, /v2/health/ready, /v1/models/<name> (readiness), /v2/models/<name>/ready.
 
-Every client mistake is a 4xx with a message naming the field, logged as one WARNING line: bad JSON,
-wrong types, unknown fields and a v2 datatype or shape that does not match its data 400; a predict URL
-called without POST 405; a body that does not arrive within `serving.body_timeout_s` 408; too many
-instances or too large a body 413. An unknown customer without a basket is no mistake: the popular
-list, flagged (`fallback`, with the reason).
+Every client mistake is a 4xx with a message naming the field or the byte: bad JSON, wrong types,
+unknown fields and a v2 datatype or shape that does not match its data 400; an unknown route 404; a
+method a route does not take 405; a body that does not arrive within `serving.body_timeout_s` 408;
+too many instances or too large a body 413; KServe's binary tensor extension 415. The HTTP front
+(routes, body parsing, timeouts, counted and sampled logging) is `serving.http`. An unknown customer
+without a basket is no mistake: the popular list, flagged (`fallback`, with the reason).
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
 import logging
-import re
 import sys
 import uuid
 from pathlib import Path
@@ -24,6 +22,7 @@ from pathlib import Path
 from plmrec.config import ServingParams
 from plmrec.errors import RequestError
 from plmrec.serving.bundle import Recommender, find_bundle
+from plmrec.serving.http import MISTAKES, Gate, guarded_protocol
 from plmrec.serving.requests import V2_INPUTS, answer, parse_v1, parse_v2
 
 log = logging.getLogger("plmrec.serving")
@@ -67,12 +66,18 @@ class RecommenderModel(kserve.Model):
         self.ready = True
         return self.ready
 
+    async def healthy(self) -> bool:
+        """Loaded and answering: a one-item popular list comes back (readiness, /v2/health/ready)."""
+        if not self.ready or self.recommender is None:
+            return False
+        try:
+            return len(self.recommender.popular(1, reason="readiness").stock_codes) == 1
+        except Exception:  # noqa: BLE001 - any failure means not ready; the probe says so, not a 500
+            log.exception("readiness check failed")
+            return False
+
     def predict(self, payload, headers: dict | None = None):
-        if isinstance(payload, (bytes, str)):  # a JSON body sent without a JSON content type
-            try:
-                payload = json.loads(payload)
-            except (ValueError, UnicodeDecodeError) as exc:
-                raise RequestError(f"the body is not valid JSON: {exc}") from None
+        # the gate (serving.http.Gate) has read the body as strict JSON: a dict (v1) or an InferRequest (v2)
         if isinstance(payload, InferRequest):
             results = answer(self.recommender, parse_v2(payload, self.limits))
             return self._v2_response(payload, results)
@@ -111,83 +116,14 @@ class RecommenderModel(kserve.Model):
         )
 
 
-_PREDICT_PATH = re.compile(r"^/v1/models/[^/]+:(predict|explain)$|^/v2/models/[^/]+(/versions/[^/]+)?/infer$")
-
-
-class RequestGuard:
-    """ASGI middleware in front of the model server: a predict URL takes POST only (405 otherwise); a body
-    over `max_bytes` gets a 413 before it is read in full; a body that does not arrive within
-    `timeout_s` gets a 408, so a client that declares more than it sends cannot hold a connection."""
-
-    def __init__(self, app, *, max_bytes: int, timeout_s: float):
-        self.app, self.max_bytes, self.timeout_s = app, max_bytes, timeout_s
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        if _PREDICT_PATH.match(scope.get("path", "")) and scope.get("method") != "POST":
-            return await _reply(
-                send, 405, f"{scope.get('method')} is not allowed on {scope.get('path')}; use POST", allow=b"POST"
-            )
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            return await self._too_large(send, int(declared))
-        seen = 0
-        chunks = []
-        deadline = asyncio.get_running_loop().time() + self.timeout_s
-        while True:  # a chunked body has no length header: count it as it arrives
-            try:
-                message = await asyncio.wait_for(receive(), max(deadline - asyncio.get_running_loop().time(), 0))
-            except TimeoutError:
-                return await _reply(
-                    send,
-                    408,
-                    f"the request body did not arrive within {self.timeout_s:g} s ({seen} bytes came; "
-                    f"serving.body_timeout_s)",
-                )
-            if message["type"] != "http.request":
-                break
-            seen += len(message.get("body", b""))
-            if seen > self.max_bytes:
-                return await self._too_large(send, seen)
-            chunks.append(message)
-            if not message.get("more_body"):
-                break
-
-        async def replay():
-            return chunks.pop(0) if chunks else {"type": "http.disconnect"}
-
-        return await self.app(scope, replay, send)
-
-    async def _too_large(self, send, size: int):
-        await _reply(
-            send,
-            413,
-            f"request body of {size} bytes exceeds the limit of {self.max_bytes} bytes (serving.max_body_bytes)",
-        )
-
-
-async def _reply(send, status: int, message: str, *, allow: bytes | None = None) -> None:
-    """Answer from the middleware, before the application sees the request (logged as a client mistake)."""
-    log.warning("%d %s", status, message)
-    body = json.dumps({"error": message}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    if allow:
-        headers.append((b"allow", allow))
-    if status in (408, 413):
-        headers.append((b"connection", b"close"))  # the rest of the body is not read
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
-
-
-def _client_mistake(status: int | None = None):
-    """An exception handler for a 4xx (`status`, else the exception's own `http_status`): one WARNING
-    line with the reason, no traceback (those are for 5xx)."""
+def _client_mistake(status: int | None = None, *, reason: str | None = None):
+    """An exception handler for a 4xx (`status`, else the exception's own `http_status`): counted and
+    logged sampled (`http.MISTAKES`), no traceback (those are for 5xx)."""
     from fastapi.responses import JSONResponse
 
     async def handler(request, exc):
         code = status or exc.http_status
-        log.warning("%d %s %s: %s", code, request.method, request.url.path, exc)
+        MISTAKES.record(code, reason or getattr(exc, "kind", "invalid_request"), f"{request.url.path}: {exc}")
         return JSONResponse(status_code=code, content={"error": str(exc)})
 
     return handler
@@ -202,13 +138,13 @@ def _install_handlers(app) -> None:
     async def invalid_v2_body(request, exc: RequestValidationError):
         problems = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors()[:5])
         message = f"invalid request body: {problems}"
-        log.warning("400 %s %s: %s", request.method, request.url.path, message)
+        MISTAKES.record(400, "invalid_request", f"{request.url.path}: {message}")
         return JSONResponse(status_code=400, content={"error": message})
 
     app.add_exception_handler(RequestError, _client_mistake())
     app.add_exception_handler(RequestValidationError, invalid_v2_body)
-    app.add_exception_handler(InvalidInput, _client_mistake(400))
-    app.add_exception_handler(ModelNotFound, _client_mistake(404))
+    app.add_exception_handler(InvalidInput, _client_mistake(400, reason="invalid_request"))
+    app.add_exception_handler(ModelNotFound, _client_mistake(404, reason="unknown_model"))
 
 
 class LocalModelServer(kserve.ModelServer):
@@ -217,19 +153,27 @@ class LocalModelServer(kserve.ModelServer):
     def __init__(self, host: str, http_port: int, limits: ServingParams):
         super().__init__(http_port=http_port, enable_grpc=False, workers=1, enable_latency_logging=False)
         self.host, self.limits = host, limits
+        # kserve configures logging above; its timing lines (three per request) are not wanted
+        logging.getLogger("kserve.trace").setLevel(logging.WARNING)
 
     def start(self, models) -> None:
         from kserve.model_server import app
 
-        app.add_middleware(RequestGuard, max_bytes=self.limits.max_body_bytes, timeout_s=self.limits.body_timeout_s)
+        limits = self.limits
+        app.add_middleware(Gate, models=models, max_bytes=limits.max_body_bytes, timeout_s=limits.body_timeout_s)
+        MISTAKES.every_s = limits.mistake_log_every_s
         super().start(models)
 
     async def _serve(self):
         # The one override, of a private hook: kserve's RESTServer always binds 0.0.0.0 and offers no
-        # host setting, so the REST server built by start() is pointed at serving.host just before it
-        # runs; and it registers kserve's exception handlers as it starts, so plmrec's go in after them.
+        # host, timeout or connection-limit setting, so the REST server built by start() gets
+        # serving.host, its timeouts and limit just before it runs; and it registers kserve's exception
+        # handlers as it starts, so plmrec's go in after them.
         rest = self._rest_server
         rest.config.host = self.host
+        rest.config.http = guarded_protocol(self.limits.header_timeout_s)
+        rest.config.timeout_keep_alive = self.limits.keep_alive_s
+        rest.config.limit_concurrency = self.limits.max_connections
         create_application = rest.create_application
 
         def with_plmrec_handlers():
@@ -252,7 +196,6 @@ def serve(
     version: str | None = None,
 ) -> None:
     """Load the bundle and serve it until interrupted (blocks)."""
-    logging.getLogger("kserve.trace").setLevel(logging.WARNING)  # one line per request and timing otherwise
     if not log.handlers:  # one line per client mistake, in the model server's own layout
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(process)d %(name)s %(levelname)s %(message)s"))

@@ -7,8 +7,9 @@ with the HTTP status to answer and a message that names the field.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -69,6 +70,122 @@ class V2Parameters(BaseModel):
     list_kind: str | None = Field(None, alias="list")
 
 
+# The Open Inference Protocol's tensor datatypes, spelt as it spells them (no other case)
+V2_DATATYPES = ("BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64")
+V2_DATATYPES += ("FP16", "FP32", "FP64", "BYTES")
+
+
+class V2Input(BaseModel):
+    """One v2 input tensor as the README writes it: these fields, nothing else."""
+
+    model_config = _STRICT
+    name: str
+    shape: list[Annotated[int, Field(ge=0)]]
+    datatype: Literal[V2_DATATYPES]
+    data: list
+    parameters: dict | None = None
+
+
+class V2Body(BaseModel):
+    """The v2 body: `inputs` (one or more), optionally `id` and `parameters`; no `outputs` (every answer
+    holds all of them) and no other field."""
+
+    model_config = _STRICT
+    id: str | None = None
+    parameters: dict | None = None
+    inputs: list[V2Input] = Field(min_length=1)
+
+
+MAX_JSON_DEPTH = 8  # a v1 basket sits 4 deep, a v2 tensor's data 4 (5 for a shape of two dimensions)
+_INT_RANGE = (-(2**63), 2**64 - 1)  # what INT64 and UINT64 hold; a number beyond is no id and no k
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
+    out = {}
+    for key, value in pairs:
+        if key in out:
+            raise RequestError(
+                f"the body gives the key {key!r} twice in one object; give each key once", kind="bad_json"
+            )
+        out[key] = value
+    return out
+
+
+def _no_constant(name: str):
+    raise RequestError(f"the body holds {name}, which JSON does not have; send a finite number", kind="bad_json")
+
+
+def read_json(raw: bytes, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """The one parser of request bodies, whatever their content type: UTF-8, strict JSON (no duplicate keys,
+    no NaN or Infinity, no lone surrogate, numbers within 64 bits), nested at most `max_depth` deep.
+    Every refusal is a 400 naming the byte offset or the place in the body."""
+    if not raw.strip():
+        raise RequestError('the body is empty; send a JSON object such as {"instances": [...]}', kind="bad_json")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RequestError(
+            f"the body is not UTF-8: byte {exc.start} is 0x{raw[exc.start]:02x}; send JSON in UTF-8", kind="bad_json"
+        ) from None
+    try:
+        payload = json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
+    except json.JSONDecodeError as exc:
+        at = len(text[: exc.pos].encode())
+        raise RequestError(
+            f"the body is not valid JSON: {exc.msg} at byte {at} (line {exc.lineno}, column {exc.colno})",
+            kind="bad_json",
+        ) from None
+    except RecursionError:
+        raise RequestError(f"the body nests deeper than {max_depth} levels", kind="bad_json") from None
+    _check_values(payload, max_depth)
+    return payload
+
+
+def _check_values(payload: Any, max_depth: int) -> None:
+    """Depth, strings that UTF-8 can hold, numbers in range: walked without recursion."""
+    stack = [(payload, 0, "")]
+    while stack:
+        value, depth, where = stack.pop()
+        if isinstance(value, (dict, list)):
+            if depth >= max_depth:
+                raise RequestError(
+                    f"the body nests deeper than {max_depth} levels (at {where or 'the top'})", kind="bad_json"
+                )
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            for key, item in items:
+                if isinstance(key, str):
+                    _utf8(key, f"a key in {where or 'the body'}")
+                stack.append((item, depth + 1, f"{where}.{key}" if isinstance(key, str) else f"{where}[{key}]"))
+        elif isinstance(value, str):
+            _utf8(value, where.lstrip(".") or "the body")
+        elif isinstance(value, int) and not isinstance(value, bool):
+            if not _INT_RANGE[0] <= value <= _INT_RANGE[1]:
+                raise RequestError(f"{where.lstrip('.')} = {value} is beyond 64 bits", kind="bad_json")
+        elif isinstance(value, float) and value in (float("inf"), float("-inf")):
+            raise RequestError(f"{where.lstrip('.')} is a number too large for a float", kind="bad_json")
+
+
+def _utf8(text: str, where: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise RequestError(
+            f"{where} holds a lone surrogate (\\u{ord(text[exc.start]):04x} at character {exc.start}), which is no "
+            f"character; send valid Unicode",
+            kind="bad_json",
+        ) from None
+
+
+def check_v2_body(payload: Any) -> None:
+    """A v2 body held to the README's fields (`V2Body`); a 400 naming each field that is not."""
+    if not isinstance(payload, dict):
+        raise RequestError(f'the body must be a JSON object with "inputs": [...], got {type(payload).__name__}')
+    try:
+        V2Body.model_validate(payload)
+    except ValidationError as err:
+        raise request_error(err, allowed=_keys(V2Body) + tuple(f"inputs[].{k}" for k in _keys(V2Input))) from None
+
+
 def _keys(model: type[BaseModel]) -> tuple[str, ...]:
     """A request model's field names as a request writes them (aliases)."""
     return tuple(f.alias or name for name, f in model.model_fields.items())
@@ -109,7 +226,9 @@ def request_error(err: ValidationError, prefix: str = "", *, allowed: tuple[str,
             problems.append(f"{where} is an unknown field{known}")
             continue
         ctx = e.get("ctx") or {}
-        if e["type"] in ("greater_than_equal", "less_than_equal"):
+        if e["type"] == "literal_error":
+            what = f"must be one of {ctx['expected']} (exactly)"
+        elif e["type"] in ("greater_than_equal", "less_than_equal"):
             what = f"must be >= {ctx['ge']}" if "ge" in ctx else f"must be <= {ctx['le']}"
         else:
             what = _KIND.get(e["type"], e["msg"][0].lower() + e["msg"][1:])
@@ -252,7 +371,10 @@ def _tensor_values(inp) -> list:
     shape = list(inp.shape)
     if len(shape) != 1 or shape[0] < 0:
         raise RequestError(f"input '{name}': shape {shape}; expected one dimension, [n]")
-    values = [v.decode("utf-8", "replace") if isinstance(v, bytes) else v for v in _flat(inp.data)]
+    data = inp.data.tolist() if hasattr(inp.data, "tolist") else inp.data
+    if isinstance(data, list) and any(isinstance(v, list) for v in data):
+        raise RequestError(f"input '{name}': data must be a flat list of {shape[0]} values for shape {shape}")
+    values = [v.decode("utf-8", "replace") if isinstance(v, bytes) else v for v in _flat(data)]
     if len(values) != shape[0]:
         raise RequestError(f"input '{name}': shape {shape} declares {shape[0]} values, the data holds {len(values)}")
     expected, check = (str, "a string") if inp.datatype == "BYTES" else (int, "an integer")
