@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import mlflow
@@ -325,6 +326,54 @@ def test_two_racing_registrations_leave_the_better_champion(mlflow_server):
     for name, b, w in zip(names, better, worse):
         assert client.get_model_version_by_alias(name, registry.CHAMPION).version == "2", (name, b, w)
         assert b["promoted"] and b["champion_after"] == "2", (b, w)
+        # the racers took turns: every champion in the history was promoted by a gate that says so
+        history = registry.champion_history(client, name)
+        assert history[-1]["version"] == "2" and len(history) <= 2, history
+        for entry in history:
+            record = json.loads(client.get_model_version(name, entry["version"]).tags[registry.GATE_TAG])
+            assert record["promoted"] and entry["by"] == "gate", (entry, record)
+        last = "3" if w["champion_before"] == "2" else "2"  # the worse one saw the better as champion: it went last
+        assert client.get_model_version_by_alias(name, registry.CHALLENGER).version == last, (b, w)
+        assert registry.LOCK_TAG not in client.get_registered_model(name).tags  # released
+
+
+def test_rollback_walks_back_the_champion_history_and_the_lock_is_held_by_one(serving_bundles, tmp_path):
+    """gate, force, rollback each move @champion under the lock and record the move; rollback goes to the
+    champion before the current one in that history, again and again; a lock left by a killed gate ends with
+    its lease, and a gate that cannot get it names the holder."""
+    params = Params()
+    params.tracking.uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    params.registry.model_name = "history-test"
+    params.registry.gate_settle_s = 0.05
+    client = mlflow.MlflowClient(params.tracking.uri)
+    figures = {"ndcg@10": 0.2, "recall@10": 0.3, "precision@5": 0.1}
+    v1 = _register(params, serving_bundles["popularity"], figures)
+    v2 = _register(params, serving_bundles["popularity"], {**figures, "ndcg@10": 0.3})
+    v3 = _register(params, serving_bundles["popularity"], {**figures, "ndcg@10": 0.1})
+    assert registry.gate(client, params.registry, v1).promoted
+    assert registry.gate(client, params.registry, v2).promoted
+    assert registry.force_promote(client, params.registry, v3).promoted
+    assert [(e["version"], e["by"]) for e in registry.champion_history(client, "history-test")] == [
+        (v1, "gate"),
+        (v2, "gate"),
+        (v3, "force"),
+    ]
+    assert registry.rollback(client, params.registry) == (v3, v2)
+    assert registry.rollback(client, params.registry) == (v2, v1)
+    with pytest.raises(RegistryError, match="nothing to roll back to"):
+        registry.rollback(client, params.registry)
+    assert [e["by"] for e in registry.champion_history(client, "history-test")][-2:] == ["rollback", "rollback"]
+    assert str(client.get_model_version_by_alias("history-test", "champion").version) == v1
+
+    # a gate killed while holding the lock: its lease is honoured, then taken over once it ends
+    params.registry.gate_lease_s, params.registry.gate_lock_timeout_s = 1.5, 0.5
+    client.set_registered_model_tag("history-test", registry.LOCK_TAG, f"dead-host:1:x {time.time() + 1.5:.3f}")
+    with pytest.raises(RegistryError, match="another gate \\(dead-host:1:x\\) held the lock"):
+        registry.gate(client, params.registry, v2)
+    time.sleep(1.6)
+    params.registry.gate_lock_timeout_s = 30
+    assert registry.gate(client, params.registry, v2).promoted
+    assert registry.LOCK_TAG not in client.get_registered_model("history-test").tags
 
 
 def _own_mlflow_server(root: Path, port: int):

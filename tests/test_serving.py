@@ -729,7 +729,8 @@ HOSTILE = [  # (case, url, body, headers, status, message)
         json.dumps({"inputs": [{**_ONE_QUERY, "datatype": "bytes"}]}).encode(),
         {},
         400,
-        "inputs[0].datatype must be one of 'BOOL', 'UINT8', 'UINT16', 'UINT32', 'UINT64', 'INT8', 'INT16', 'INT32', 'INT64', 'FP16', 'FP32', 'FP64' or 'BYTES' (exactly), got str 'bytes'",
+        "inputs[0].datatype must be one of 'BOOL', 'UINT8', 'UINT16', 'UINT32', 'UINT64', 'INT8', 'INT16', "
+        "'INT32', 'INT64', 'FP16', 'FP32', 'FP64' or 'BYTES' (exactly), got str 'bytes'",
     ),
     (
         "v2 shape as strings",

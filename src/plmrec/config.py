@@ -730,9 +730,10 @@ class RegistryParams(_Section):
     )
     guard_tolerance: float = Field(0.005, ge=0.0)
     gate_settle_s: float = Field(
-        1.0, ge=0.0, description="after moving @champion, wait this long and check nobody moved it meanwhile"
+        1.0, ge=0.0, description="the gate lock: after writing its lease, wait this long and read it back"
     )
-    gate_rounds: int = Field(5, ge=1, description="times the gate re-decides when a racing registration moved it")
+    gate_lease_s: float = Field(60.0, gt=0.0, description="the gate lock's lease: a killed holder blocks no longer")
+    gate_lock_timeout_s: float = Field(120.0, gt=0.0, description="how long a gate waits for the lock")
 
     @model_validator(mode="after")
     def _known_model(self) -> RegistryParams:

@@ -5,13 +5,19 @@ version of one registered model, with its test metrics and data version as versi
 new version becomes `@challenger`; the gate promotes it to `@champion` only when it beats the
 current champion on the primary metric by more than the margin and no guard metric drops by more
 than the tolerance. Moving the `champion` alias is the single step that changes what is served;
-the replaced version is recorded on the new champion first, so `rollback` can move the alias back.
+every move of it is recorded in the registered model's champion history, and `rollback` goes to the
+previous champion there. The gate, a forced promotion and a rollback hold one lock at a time.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import random
+import socket
 import time
+import uuid
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -216,22 +222,89 @@ def other_data(candidate, champion) -> str | None:
     )
 
 
-def gate(client, rp: RegistryParams, version: str) -> Decision:
-    """Make `version` the challenger; promote it to champion if it passes the gate.
+LOCK_TAG = "plmrec.gate_lock"  # a registered-model tag: "<owner> <lease end, unix seconds>"
+HISTORY_TAG = "plmrec.champion_history"  # a registered-model tag: JSON, every move of @champion
+HISTORY_KEPT = 40  # entries (a tag value holds 5,000 characters)
 
-    Two registrations may race (two pipeline runs finishing together). MLflow has no transaction, so
-    the gate is optimistic: it re-reads @champion just before moving it and, after `gate_settle_s`,
-    checks that nobody moved it meanwhile; if someone did, it decides again against the version now
-    there. Each racer runs the same loop, so the alias ends on the best of them."""
+
+def _lease(client, name: str) -> tuple[str, float] | None:
+    value = client.get_registered_model(name).tags.get(LOCK_TAG, "")
+    owner, _, until = value.rpartition(" ")
+    try:
+        return (owner, float(until)) if owner else None
+    except ValueError:
+        return None
+
+
+@contextmanager
+def gate_lock(client, rp: RegistryParams):
+    """One gate, forced promotion or rollback at a time per registered model, across processes and hosts.
+
+    MLflow has no transaction, and a tag write is last-writer-wins: a process writes its lease, waits
+    `gate_settle_s` and reads it back; it holds the lock only if its own lease is still there (a racer that
+    wrote after it has taken it, and this one waits). A lease ends after `gate_lease_s`, so a killed
+    holder blocks nobody for longer."""
+    name = rp.model_name
+    owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    deadline = time.time() + rp.gate_lock_timeout_s
+    while True:
+        holder = _lease(client, name)
+        if holder is None or holder[1] < time.time():
+            client.set_registered_model_tag(name, LOCK_TAG, f"{owner} {time.time() + rp.gate_lease_s:.3f}")
+            time.sleep(rp.gate_settle_s)
+            holder = _lease(client, name)
+            if holder is not None and holder[0] == owner:
+                break
+        if time.time() > deadline:
+            raise RegistryError(
+                f"{name}: another gate ({holder[0] if holder else 'unknown'}) held the lock for more than "
+                f"{rp.gate_lock_timeout_s:g} s (registry.gate_lock_timeout_s); if none is running, its lease "
+                f"ends by itself within registry.gate_lease_s ({rp.gate_lease_s:g} s)"
+            )
+        time.sleep(random.uniform(0.1, 0.3) + rp.gate_settle_s / 2)
+    try:
+        yield
+    finally:
+        holder = _lease(client, name)
+        if holder is not None and holder[0] == owner:
+            client.delete_registered_model_tag(name, LOCK_TAG)
+
+
+def champion_history(client, name: str) -> list[dict]:
+    """Every move of @champion, oldest first: {"version", "by": gate | force | rollback, "at"}."""
+    value = client.get_registered_model(name).tags.get(HISTORY_TAG)
+    return json.loads(value) if value else []
+
+
+def _record_champion(client, name: str, version: str, *, by: str) -> None:
+    history = [*champion_history(client, name), {"version": str(version), "by": by, "at": round(time.time(), 3)}]
+    client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history[-HISTORY_KEPT:]))
+
+
+def _move_champion(client, name: str, *, version: str, before: str | None, by: str) -> None:
+    """The one step that changes what is served, with its records: the replaced champion on the new one
+    (older plmrec's rollback reads it) and the move in the history."""
+    if by != "rollback":
+        client.set_model_version_tag(name, version, PREVIOUS_TAG, before or "")
+    _set_alias(client, name, CHAMPION, version=version)
+    _record_champion(client, name, version, by=by)
+
+
+def gate(client, rp: RegistryParams, version: str) -> Decision:
+    """Make `version` the challenger and promote it to champion if it beats the current one.
+
+    Both aliases move under the gate lock (`gate_lock`): two registrations finishing together are gated
+    one after the other, each against the champion the other left, so no version is champion for a
+    moment it did not earn, and @challenger names the version gated last."""
     name = rp.model_name
     candidate = model_version(client, name, version)
-    _set_alias(client, name, CHALLENGER, version=version)
-    current = alias_version(client, name, CHAMPION)
-    if _number(current) == str(version):
-        raise RegistryError(f"version {version} of {name} is already the champion")
-    first = _number(current)
-    figures = version_metrics(client, candidate)  # the candidate's do not change between rounds
-    for _ in range(rp.gate_rounds):
+    figures = version_metrics(client, candidate)
+    with gate_lock(client, rp):
+        _set_alias(client, name, CHALLENGER, version=version)
+        current = alias_version(client, name, CHAMPION)
+        before = _number(current)
+        if before == str(version):
+            raise RegistryError(f"version {version} of {name} is already the champion")
         mismatch = other_data(candidate, current) if current else None
         if mismatch:
             promote, reason, primary, guards = False, mismatch, {}, {}
@@ -239,25 +312,10 @@ def gate(client, rp: RegistryParams, version: str) -> Decision:
             promote, reason, primary, guards = decide(
                 figures, version_metrics(client, current) if current else None, rp
             )
-        before = _number(current)
-        decision = Decision(str(version), promote, reason, first, str(version) if promote else before, primary, guards)
-        if not promote:
-            break
-        now = alias_version(client, name, CHAMPION)  # moved since we read it: decide again against that one
-        if _number(now) != before:
-            current = now
-            continue
-        client.set_model_version_tag(name, version, PREVIOUS_TAG, before or "")
-        _set_alias(client, name, CHAMPION, version=version)  # the one step that changes what is served
-        time.sleep(rp.gate_settle_s)
-        now = alias_version(client, name, CHAMPION)
-        if _number(now) == str(version):
-            break
-        current = now  # a racer moved it after us: are we still better than what it left there?
-    else:
-        decision.promoted, decision.champion_after = False, _number(current)
-        decision.reason = f"the champion kept moving during {rp.gate_rounds} rounds of the gate; not promoted"
-    client.set_model_version_tag(name, version, GATE_TAG, json.dumps(decision.to_dict())[:4900])
+        decision = Decision(str(version), promote, reason, before, str(version) if promote else before, primary, guards)
+        if promote:
+            _move_champion(client, name, version=str(version), before=before, by="gate")
+        client.set_model_version_tag(name, version, GATE_TAG, json.dumps(decision.to_dict())[:4900])
     return decision
 
 
@@ -265,27 +323,44 @@ def force_promote(client, rp: RegistryParams, version: str) -> Decision:
     """Make `version` the champion without the gate (an operator's decision), keeping rollback possible."""
     name = rp.model_name
     model_version(client, name, version)  # a RegistryError if it does not exist
-    current = alias_version(client, name, CHAMPION)
-    before = _number(current)
-    if before != str(version):
-        client.set_model_version_tag(name, version, PREVIOUS_TAG, before or "")
-        client.set_registered_model_alias(name, CHAMPION, version)
+    with gate_lock(client, rp):
+        before = _number(alias_version(client, name, CHAMPION))
+        if before != str(version):
+            _move_champion(client, name, version=str(version), before=before, by="force")
     return Decision(str(version), True, "promoted by hand (--force): gate skipped", before, str(version))
 
 
+def _previous_champion(client, name: str, current) -> str:
+    """The champion before the current one: the history read as a stack (a promotion pushes, a rollback
+    pops), or, for a registry from before the history, the version the current one replaced."""
+    stack: list[str] = []
+    for entry in champion_history(client, name):
+        if entry["by"] == "rollback":
+            while stack and stack[-1] != entry["version"]:
+                stack.pop()
+            if not stack:
+                stack.append(entry["version"])
+        else:
+            stack.append(entry["version"])
+    if len(stack) > 1 and stack[-1] == str(current.version):
+        return stack[-2]
+    return current.tags.get(PREVIOUS_TAG, "")  # the first champion in the history, or none kept
+
+
 def rollback(client, rp: RegistryParams) -> tuple[str, str]:
-    """Point @champion back at the version it replaced; returns (from, to)."""
+    """Point @champion back at the previous champion in its history; returns (from, to)."""
     name = rp.model_name
-    current = require_alias(client, name, CHAMPION, remedy="nothing to roll back")
-    previous = current.tags.get(PREVIOUS_TAG, "")
-    if not previous:
-        raise RegistryError(
-            f"{name}@{CHAMPION} is version {current.version}, which replaced no earlier champion: "
-            f"nothing to roll back to"
-        )
-    model_version(client, name, previous)
-    client.set_model_version_tag(name, str(current.version), "plmrec.rolled_back_to", previous)
-    client.set_registered_model_alias(name, CHAMPION, previous)
+    with gate_lock(client, rp):
+        current = require_alias(client, name, CHAMPION, remedy="nothing to roll back")
+        previous = _previous_champion(client, name, current)
+        if not previous:
+            raise RegistryError(
+                f"{name}@{CHAMPION} is version {current.version}, which replaced no earlier champion: "
+                f"nothing to roll back to"
+            )
+        model_version(client, name, previous)
+        client.set_model_version_tag(name, str(current.version), "plmrec.rolled_back_to", previous)
+        _move_champion(client, name, version=previous, before=str(current.version), by="rollback")
     return str(current.version), previous
 
 
