@@ -192,3 +192,99 @@ def test_a_stage_says_where_tracking_goes(small_raw, tmp_path, monkeypatch):
     res = _stage(["ingest", *small, "--raw", "raw.parquet"], cwd=elsewhere)
     assert res.exit_code == 0, res.output
     assert f"[plmrec] tracking: sqlite:///{elsewhere.resolve() / 'mlflow.db'}, artifacts in" in res.output
+
+
+def _late(df):
+    df["InvoiceDate"] = pd.Timestamp("2090-01-01")
+    return df
+
+
+def _fractional(df):
+    df["Quantity"] = df["Quantity"] + 0.5
+    return df
+
+
+def _absurd(df):
+    df.loc[df.index[:5], "Quantity"] = 10**9
+    return df
+
+
+def _anonymous(df):
+    df.loc[df.index[: int(len(df) * 0.6)], "CustomerID"] = float("nan")
+    return df
+
+
+def _negative(df):
+    df["UnitPrice"] = -df["UnitPrice"].abs() - 1
+    return df
+
+
+def _no_codes(df):
+    df["StockCode"] = pd.Series([None] * len(df), dtype="string")
+    return df
+
+
+HOSTILE_RAW = [
+    ("dates in 2090", _late, "'InvoiceDate' must lie between"),
+    ("fractional quantities", _fractional, "column 'Quantity' must hold int64 values"),
+    ("absurd quantities", _absurd, "'Quantity' must be within"),
+    ("60% anonymous", _anonymous, "'CustomerID' may be empty"),
+    ("negative prices", _negative, "'UnitPrice' must be >= 0"),
+    ("no stock codes", _no_codes, "'StockCode' must not be empty"),
+]
+
+
+@pytest.mark.parametrize("case, change, says", HOSTILE_RAW, ids=[c[0] for c in HOSTILE_RAW])
+def test_prepare_run_alone_refuses_what_the_raw_suite_refuses(small_raw, tmp_path, monkeypatch, case, change, says):
+    """Without a passing validate-raw record for its input in its pipeline run, prepare checks the table with
+    the raw suite itself: the bad table stops there (exit 3), nothing prepared."""
+    from plmrec.data.tables import write_table
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    write_table(change(small_raw.head(300).copy()), tmp_path / "raw.parquet", {"adapter": "online_retail"})
+    res = _stage(["prepare", "--raw", str(tmp_path / "raw.parquet"), "--prepared", str(tmp_path / "p.parquet")])
+    assert res.exit_code == 3, (case, res.output)
+    assert says in res.output and "checking it with the raw suite" in res.output, res.output
+    assert "Traceback" not in res.output and not (tmp_path / "p.parquet").exists()
+
+
+def test_ingest_refuses_files_that_are_not_data_with_a_hint(small_raw, tmp_path, monkeypatch):
+    """An empty folder, a symlink loop, a header and NUL bytes, a file over data.max_file_mb: exit 2 naming
+    the problem; a CSV saved with ';' (Excel in many locales) is read as such."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+    def ingest(path, *extra):
+        source = ["-S", "data.source=file", "-S", f"data.path={path}", *extra]
+        return _stage(["ingest", *source, "--raw", str(tmp_path / "raw.parquet")])
+
+    (tmp_path / "empty").mkdir()
+    res = ingest(tmp_path / "empty")
+    assert res.exit_code == 2 and "a directory without .inter files (it is empty)" in res.output, res.output
+    (tmp_path / "loop.csv").symlink_to(tmp_path / "loop.csv")
+    res = ingest(tmp_path / "loop.csv")
+    assert res.exit_code == 2 and "a symbolic link loop" in res.output, res.output
+    header = transactions_to_csv_bytes(small_raw.head(1)).splitlines()[0]
+    (tmp_path / "nul.csv").write_bytes(header + b"\n" + b"\0" * 200_000)
+    res = ingest(tmp_path / "nul.csv")
+    assert res.exit_code == 2 and "binary content in a text file (a NUL byte at byte" in res.output, res.output
+    good = _csv(small_raw.head(300), tmp_path / "good.csv")
+    res = ingest(good, "-S", "data.max_file_mb=0.001")
+    assert res.exit_code == 2 and "over data.max_file_mb (0 MB)" in res.output, res.output
+    semi = small_raw.head(300).copy()
+    semi["Description"] = semi["Description"].str.replace(",", " ")
+    text = transactions_to_csv_bytes(semi).decode().replace(",", ";")
+    (tmp_path / "semi.csv").write_text(text)
+    res = ingest(tmp_path / "semi.csv")
+    assert res.exit_code == 0 and "300 rows from file" in res.output, res.output
+    assert all("Traceback" not in r.output for r in [res])
+
+
+def test_a_key_given_twice_in_a_params_file_is_an_error(tmp_path):
+    from plmrec.config import load_params
+    from plmrec.errors import ConfigError
+
+    (tmp_path / "p.yaml").write_text("serving:\n  port: 8080\n  max_k: 50\n  port: 9090\n")
+    with pytest.raises(
+        ConfigError, match=r"p.yaml: line 4: key 'port' is given twice in one mapping \(first on line 2\)"
+    ):
+        load_params(tmp_path / "p.yaml")

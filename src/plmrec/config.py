@@ -57,6 +57,9 @@ class DataParams(_Section):
         None, description="an item's sentence from its fields, e.g. '{title}. {description}' (default: those present)"
     )
     encoding: str = "utf-8"
+    max_file_mb: float = Field(
+        10_000, gt=0, description="source=file: a larger file (or folder) is refused before it is read"
+    )
     name: str | None = Field(
         None,
         description="the shop's name; the promotion gate compares only versions trained on the same one "
@@ -963,9 +966,27 @@ def deep_merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+class _UniqueKeys(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (YAML itself keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise ConfigError(
+                    f"line {key_node.start_mark.line + 1}: key '{key}' is given twice in one mapping (first on "
+                    f"line {seen[key] + 1}); YAML would keep only the second: keep one"
+                )
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
 def _read_mapping(path: Path) -> dict[str, Any]:
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeys) or {}  # noqa: S506 - a SafeLoader
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):

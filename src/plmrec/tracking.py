@@ -313,6 +313,15 @@ def set_parent_tags(params: Params, tags: dict[str, Any], *, run_key: str | None
             client.set_tag(parent, name, str(value)[:5000])
 
 
+def parent_tags(params: Params, *, run_key: str | None, tracking_uri: str | None) -> dict[str, str]:
+    """The pipeline's parent run's tags (what earlier stages recorded); empty without a run key."""
+    found = _parent_client(params, run_key=run_key, tracking_uri=tracking_uri)
+    if not found:
+        return {}
+    client, parent = found
+    return dict(client.get_run(parent).data.tags)
+
+
 @contextlib.contextmanager
 def stage_run(
     params: Params, stage: str, *, run_key: str | None = None, tracking_uri: str | None = None

@@ -40,6 +40,12 @@ NUMERIC_COLUMNS = ("Quantity", "UnitPrice", "CustomerID")
 SUITES = ("raw", "prepared")
 
 
+def passed_tag(suite: str) -> str:
+    """The pipeline run's tag holding the md5 of the table that passed `suite` (the validation record a
+    later stage checks before it trusts that table)."""
+    return f"validation.{suite}.passed_md5"
+
+
 @dataclass
 class Check:
     """One expectation plus the sentence a person reads when it fails."""

@@ -14,12 +14,14 @@
 
 from __future__ import annotations
 
+import csv
 import gzip
 from pathlib import Path
 
 import pandas as pd
 
 from plmrec.config import DataParams, Params
+from plmrec.data.files import missing, require_data_file
 from plmrec.data.shop import ShopData, finish, item_sentence
 from plmrec.errors import DataLoadError
 
@@ -38,21 +40,28 @@ def _columns_of(path: Path) -> list[str]:
     if name.endswith(".xlsx"):
         return list(pd.read_excel(path, nrows=0).columns)
     opener = gzip.open if name.endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8", errors="replace") as fh:
-        return pd.read_csv(fh, nrows=0, sep=None, engine="python").columns.tolist()
+    try:
+        with opener(path, "rt", encoding="utf-8", errors="replace") as fh:
+            return pd.read_csv(fh, nrows=0, sep=None, engine="python").columns.tolist()
+    except (pd.errors.ParserError, csv.Error, OSError, EOFError) as exc:
+        raise DataLoadError(f"{path}: cannot read its header line as CSV: {exc}") from None
 
 
 def detect_format(path: str | Path) -> str:
     """The adapter for `path`, where its layout says so unambiguously."""
     path = Path(path)
     if not path.exists():
-        raise DataLoadError(f"{path}: no such file or directory (data.path)")
+        why = missing(path)
+        raise DataLoadError(f"{path}: {'no such file or directory' if why == 'file not found' else why} (data.path)")
     if path.is_dir():
         if list(path.glob("*.test.inter")):
             return "unisrec"
         if list(path.glob("*.inter")):
             return "recbole"
-        raise DataLoadError(f"{path}: a directory without .inter files; set data.format")
+        held = [p.name for p in path.iterdir()][:5]
+        there = f"it holds {', '.join(held)}" if held else "it is empty"
+        raise DataLoadError(f"{path}: a directory without .inter files ({there}); name a file, or set data.format")
+    require_data_file(path)
     name = path.name.lower()
     if name.endswith(".inter"):
         return "recbole"

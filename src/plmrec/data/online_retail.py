@@ -53,10 +53,31 @@ def _first_bad_utf8_line(path: Path, encoding: str) -> str:
     return "unknown position"
 
 
+SEPARATORS = (",", ";", "\t", "|")
+
+
+def _separator(path: Path, encoding: str) -> str:
+    """The header line's separator: the candidate it holds most of (Excel in many locales writes ';')."""
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rt", encoding=encoding, errors="replace") as fh:
+            header = fh.readline()
+    except (OSError, EOFError):
+        return ","  # the reader below names the problem
+    return max(SEPARATORS, key=header.count) if any(sep in header for sep in SEPARATORS) else ","
+
+
 def _read_csv(path: Path, encoding: str) -> pd.DataFrame:
+    sep = _separator(path, encoding)
     try:
         chunks = pd.read_csv(
-            path, dtype=str, encoding=encoding, chunksize=CSV_CHUNK_ROWS, keep_default_na=False, na_values=[""]
+            path,
+            sep=sep,
+            dtype=str,
+            encoding=encoding,
+            chunksize=CSV_CHUNK_ROWS,
+            keep_default_na=False,
+            na_values=[""],
         )
         frames = list(chunks)
     except UnicodeDecodeError:
@@ -68,7 +89,10 @@ def _read_csv(path: Path, encoding: str) -> pd.DataFrame:
     except pd.errors.EmptyDataError:
         raise DataLoadError(f"{path}: file has no header and no rows") from None
     except (pd.errors.ParserError, EOFError, gzip.BadGzipFile, zipfile.BadZipFile, OSError) as exc:
-        raise DataLoadError(f"{path}: cannot parse as CSV: {exc}") from None
+        raise DataLoadError(
+            f"{path}: cannot parse as CSV separated by {sep!r} (read from its header line): {exc}; a field with "
+            f"the separator in it must be quoted"
+        ) from None
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 

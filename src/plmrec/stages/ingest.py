@@ -17,8 +17,9 @@ import pandas as pd
 
 from plmrec import tracking
 from plmrec.config import Params
-from plmrec.data.files import file_digest
+from plmrec.data.files import file_digest, require_size
 from plmrec.data.tables import write_table
+from plmrec.errors import DataLoadError
 from plmrec.stages.common import kfp_setup, log_figures, say, write_json
 from plmrec.stages.declaration import Port, Stage
 
@@ -46,6 +47,8 @@ def load_source(params: Params, download_dir: str | Path = "data/external") -> t
     from plmrec.data.adapters import data_format
 
     source = params.data
+    if source.source == "file":
+        require_size(source.path, source.max_file_mb)
     if data_format(params) != "online_retail":
         from plmrec.data.adapters import read_shop
         from plmrec.data.shop import to_transactions
@@ -76,6 +79,9 @@ def ingest(
     start = time.perf_counter()
     with tracking.stage_run(params, "ingest", run_key=run_key, tracking_uri=tracking_uri) as run:
         table, found = load_source(params)
+        if table.empty:
+            where = params.data.path if params.data.source == "file" else params.data.source
+            raise DataLoadError(f"{where}: read 0 rows ({found['adapter']}); the data holds no purchases to learn from")
         meta = {
             "source": params.data.source,
             "path": params.data.path,

@@ -45,6 +45,9 @@ def prepare(
 
     with tracking.stage_run(params, "prepare", run_key=run_key, tracking_uri=tracking_uri):
         table, raw_meta = read_checked(raw, "raw")
+        _require_validated(
+            params, table, raw=raw, meta=raw_meta, tracked={"run_key": run_key, "tracking_uri": tracking_uri}
+        )
         out, meta = prepare_transactions(
             table,
             params.clean,
@@ -75,6 +78,18 @@ def prepare(
             say("prepare", f"skipped {what.replace('_', ' ')}: {why}")
             tracking.set_tags({f"skipped.{what}": why})
         return meta
+
+
+def _require_validated(params: Params, table, *, raw: str | Path, meta: dict, tracked: dict) -> None:
+    """Prepare trusts `raw` only with a passing validate-raw record for these very bytes in this pipeline run;
+    without one (a stage run alone, another file) it runs the raw suite's checks itself, and a table that
+    fails them stops here (exit 3), never cleaned into one that would pass the prepared suite."""
+    from plmrec.validation import passed_tag, validate_table
+
+    if tracking.parent_tags(params, **tracked).get(passed_tag("raw")) == file_digest(raw, "md5"):
+        return
+    say("prepare", "no passing validate-raw record for this table in this run: checking it with the raw suite")
+    validate_table(table, "raw", params, meta=meta)
 
 
 command = SPEC.command(prepare, help="Clean, split and label.")

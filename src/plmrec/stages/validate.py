@@ -14,6 +14,7 @@ from pathlib import Path
 
 from plmrec import tracking
 from plmrec.config import Params
+from plmrec.data.files import file_digest
 from plmrec.data.tables import read_table
 from plmrec.errors import DataValidationFailed
 from plmrec.stages.common import kfp_setup, log_figures, say, write_json
@@ -68,7 +69,7 @@ def validate(
     tracking_uri: str | None = None,
 ):
     """Run a great-expectations suite; raises DataValidationFailed after writing and logging the report."""
-    from plmrec.validation import validate_table
+    from plmrec.validation import passed_tag, validate_table
 
     stage, start = f"validate-{suite}", time.perf_counter()
     with tracking.stage_run(params, stage, run_key=run_key, tracking_uri=tracking_uri):
@@ -86,6 +87,8 @@ def validate(
         say(stage, f"{outcome.summary} ({time.perf_counter() - start:.1f}s)")
         if not outcome.success:
             raise DataValidationFailed(outcome.summary, str(Path(reports) / "report.json"))
+        record = {passed_tag(suite): file_digest(table, "md5")}
+        tracking.set_parent_tags(params, record, run_key=run_key, tracking_uri=tracking_uri)
         return outcome
 
 
