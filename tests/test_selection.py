@@ -237,3 +237,21 @@ def test_pretraining_reports_the_valid_proxy_per_phase(prepared, tiny_model_dir,
     assert [p["valid_proxy"]["ndcg@10"] for p in report["phases"]] == [v for _, v in seen[1:]]
     assert all(0 <= v <= 1 for _, v in seen)
     assert "head_start" not in report["phases"][0]  # the tiny RoBERTa ships its MLM head: nothing to start
+
+
+def test_a_rerun_reuses_the_start_choices_valid_scores(prepared, tiny_model_dir, tmp_path, capsys):
+    """Each candidate's valid score is written as soon as it is known: a fine-tuning killed after the start
+    choice (or between its two candidates) does not score them again when it is rerun."""
+    from plmrec.selection import SCORES_FILE
+    from plmrec.stages.finetune import finetune_start_model
+
+    pretrained = tmp_path / "pretrained"
+    shutil.copytree(tiny_model_dir, pretrained / "hf")
+    params = Params()
+    scores = tmp_path / "finetuned" / SCORES_FILE
+    scores.parent.mkdir()
+    first = finetune_start_model(params, pretrained, prepared, scores_file=scores)
+    assert "already scored" not in capsys.readouterr().out and scores.is_file()
+    again = finetune_start_model(params, pretrained, prepared, scores_file=scores)
+    assert "start_from auto: 2 encoder(s) already scored on valid" in capsys.readouterr().out
+    assert again[0] == first[0] and again[1].scores == first[1].scores

@@ -45,6 +45,17 @@ class PairError(PlmrecError):
 
 
 # ---------------------------------------------------------------------------- training
+class Interrupted(PlmrecError):
+    """Stopped by SIGTERM or SIGINT (plmrec.interrupts); the message says what is kept and how to go on.
+    Exits as a process killed by that signal does in a shell: 128 + its number (143, 130)."""
+
+    exit_code = 143
+
+    def __init__(self, message: str, *, signum: int = 15):
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
 class TrainingInterrupted(PlmrecError):
     """Stopped by SIGTERM after saving a checkpoint; rerunning resumes from it."""
 

@@ -20,6 +20,8 @@ from pathlib import Path
 
 from plmrec import tracking
 from plmrec.config import Params
+from plmrec.errors import Interrupted
+from plmrec.interrupts import stopped_by_signal
 from plmrec.stages import STAGES
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -63,6 +65,7 @@ class ProgressStream(io.TextIOBase):
         self.log, self.console, self.verbose = log_file, console, verbose
         self.started: dict[str, float] = {}
         self.failed: list[str] = []
+        self.ended: set[str] = set()
         self.tail: list[str] = []
         self._buf = ""
         self.total, self.t0 = total, time.perf_counter()
@@ -107,6 +110,7 @@ class ProgressStream(io.TextIOBase):
             self._shown_bar = time.perf_counter()
         elif m := _END.search(line):
             name, status = m.groups()
+            self.ended.add(name)
             took = time.perf_counter() - self.started.get(name, time.perf_counter())
             mark = "✓" if status == "SUCCESS" else "✗"
             if status != "SUCCESS":
@@ -159,10 +163,26 @@ def run_local(
         f"plmrec run {run_key}: pipeline '{params.pipeline.name}', data '{params.data.source}', MLflow {uri}\n"
         f"full log: {log_path}\n"
     )
+    kept = (
+        f"kept: the finished stages' artifacts under {run_dir}, the MLflow parent run marked KILLED; a new "
+        f"`plmrec run` starts over (`dvc repro` reruns only what changed, pretrain and finetune from checkpoints)"
+    )
     with open(log_path, "w", encoding="utf-8") as log:
         stream = ProgressStream(log, console, verbose, total=len(STAGES) + 1)  # and the exit handler
-        with contextlib.redirect_stdout(stream), quiet_local_runner():
-            pipeline(config=params.to_dict(), tracking_uri=uri, run_key=run_key)
+        try:
+            with (
+                stopped_by_signal("plmrec run", kept=kept, children=True),
+                contextlib.redirect_stdout(stream),
+                quiet_local_runner(),
+            ):
+                pipeline(config=params.to_dict(), tracking_uri=uri, run_key=run_key)
+        except Interrupted as exc:
+            stream.flush()
+            running = [name for name in stream.started if name not in stream.ended]
+            during = f" during {', '.join(running)}" if running else ""
+            with contextlib.suppress(Exception):  # the store may be what went away
+                tracking.finish_parent(uri, params, run_key, status="KILLED", message=f"{exc}{during}")
+            raise Interrupted(f"{exc}{during}", signum=exc.exit_code - 128) from None
         stream.flush()
     seconds = time.perf_counter() - start
     try:

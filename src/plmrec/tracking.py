@@ -254,7 +254,7 @@ def run_description(client, params: Params, *, run_id: str, run_key: str) -> str
 
 
 def finish_parent(uri: str, params: Params, run_key: str, *, status: str, message: str = "") -> str:
-    """Close the parent run with FINISHED or FAILED (the pipeline's final state), its description
+    """Close the parent run with FINISHED, FAILED or KILLED (the pipeline's final state), its description
     saying what it concluded."""
     import mlflow
 
@@ -264,10 +264,11 @@ def finish_parent(uri: str, params: Params, run_key: str, *, status: str, messag
         client.set_tag(run_id, "plmrec.final_message", message[:5000])
     description = run_description(client, params, run_id=run_id, run_key=run_key)
     finished = status.upper() in ("SUCCEEDED", "FINISHED")
+    killed = status.upper() == "KILLED"
     if message and not finished:
-        description += f"\n\n**failed**: {message[:2000]}"
+        description += f"\n\n**{'stopped' if killed else 'failed'}**: {message[:2000]}"
     client.set_tag(run_id, "mlflow.note.content", description)
-    client.set_terminated(run_id, status="FINISHED" if finished else "FAILED")
+    client.set_terminated(run_id, status="FINISHED" if finished else "KILLED" if killed else "FAILED")
     return run_id
 
 
@@ -341,10 +342,17 @@ def stage_run(
     parent = parent_run(uri, params, run_key) if run_key else None
     tags = {STAGE_TAG: stage, **({RUN_KEY_TAG: run_key} if run_key else {}), **code_version()}
     tags[SOURCE_TAG] = f"plmrec stage {stage}"  # the UI's Source (not the KFP executor's script), with the commit
+    from plmrec.errors import Interrupted, TrainingInterrupted
+
     with mlflow.start_run(experiment_id=exp_id, run_name=stage, parent_run_id=parent, tags=tags) as run:
         logged = flatten(params.to_dict()) if not parent else declared_params(params, stage)
         mlflow.log_params({k: str(v)[:6000] for k, v in logged.items()})
-        yield run
+        try:
+            yield run
+        except (Interrupted, TrainingInterrupted) as exc:  # killed, not failed: the run says so
+            mlflow.set_tag("plmrec.stopped", str(exc)[:5000])
+            mlflow.end_run("KILLED")
+            raise
 
 
 def declared_params(params: Params, stage: str) -> dict[str, Any]:

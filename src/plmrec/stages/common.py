@@ -101,6 +101,9 @@ def write_loss_curve(report: dict, plots: str | Path | None, name: str) -> None:
 def kfp_setup(config: dict, tracking_uri: str, run_key: str) -> tuple[Params, dict]:
     """The validated params, and the stage's tracking keywords (run key, MLflow URI: the pipeline
     parameter, else the params' default)."""
+    from plmrec.interrupts import raise_on_signal
+
+    raise_on_signal("this pipeline step", kept="its MLflow run is marked KILLED; a rerun of the pipeline runs it again")
     params = parse_params(config, origin="pipeline parameter 'config'")
     return params, {"run_key": run_key, "tracking_uri": tracking_uri or tracking.resolve_tracking_uri(params)}
 

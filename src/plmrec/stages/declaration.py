@@ -91,6 +91,7 @@ class Stage:
     after: tuple[str, ...] = ()
     distributed: str | None = None
     comment: str = ""
+    resumes: str = ""  # what a rerun after a kill reuses ("" : nothing, it runs again from the start)
 
     @property
     def function_name(self) -> str:
@@ -108,6 +109,12 @@ class Stage:
         return f"{SOURCE}/{self.module.rsplit('.', 1)[-1]}.py"
 
     # -- the command line ----------------------------------------------------------------------
+    def kept_on_kill(self) -> str:
+        """What a kill of `plmrec stage <name>` leaves, and how to go on (one clause of the last line)."""
+        if self.resumes:
+            return f"kept: {self.resumes}; rerun the same command to resume from there"
+        return "nothing half-done is kept (its outputs are written at the end); rerun the same command"
+
     def command(self, fn: Callable, help: str) -> click.Command:
         """`plmrec stage <name>`: --params, -S, one option per port that lives on files, and --result (the
         stage's whole report as JSON, what a Kubeflow Trainer job hands back)."""
@@ -115,8 +122,10 @@ class Stage:
 
         def callback(params_path, overrides, result, **ports):
             from plmrec.config import load_params
+            from plmrec.interrupts import stopped_by_signal
 
-            report = fn(load_params(params_path, overrides), **ports)
+            with stopped_by_signal(f"stage {self.name}", kept=self.kept_on_kill()):
+                report = fn(load_params(params_path, overrides), **ports)
             if result:
                 write_json(result, report)
 

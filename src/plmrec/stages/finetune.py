@@ -84,6 +84,7 @@ SPEC = Stage(
     code=("src/plmrec/finetune", "src/plmrec/selection.py", "src/plmrec/encoders.py", "src/plmrec/plots.py"),
     distributed="finetune",
     comment="start_from auto and merge_alphas choose on the valid window (pretrain.base_model, split, retrieval)",
+    resumes="the start choice's valid scores, the finished phases and the newest checkpoint under --finetuned",
 )
 
 
@@ -132,6 +133,14 @@ def finetune_start_model(
     if prepared is None:
         raise StageError("finetune.start_from is 'auto': the prepared table is needed to score on the valid window")
     probe = ValidProbe.from_prepared(prepared, params)
+    if scores_file is not None and (reused := probe.load_scores(scores_file)):
+        say("finetune", f"start_from auto: {reused} encoder(s) already scored on valid ({scores_file}): reused")
+
+    def progress(message: str) -> None:
+        say("finetune", f"start_from auto: {message}")
+        if scores_file is not None:  # each candidate's score kept as soon as it is known: a kill loses none
+            probe.save_scores(scores_file)
+
     selection = select_encoder(
         {"base": base, "pretrained": str(hf)},
         probe,
@@ -139,10 +148,8 @@ def finetune_start_model(
         pooling=tuning.pooling,
         max_length=tuning.max_length,
         device=str(resolve_device(tuning.device)),
-        progress=lambda message: say("finetune", f"start_from auto: {message}"),
+        progress=progress,
     )
-    if scores_file is not None:
-        probe.save_scores(scores_file)
     return selection.path, selection
 
 

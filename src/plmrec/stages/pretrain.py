@@ -53,6 +53,7 @@ SPEC = Stage(
     ),
     params=("seed", "split", "pretrain", "retrieval.exclude_history", "retrieval.recency_half_life"),
     code=("src/plmrec/pretrain", "src/plmrec/selection.py"),
+    resumes="the finished phases and the newest checkpoint under --pretrained",
     after=("reports/validation/prepared/summary.json",),
     distributed="pretrain",
     comment="the per-phase valid proxy reads the valid window (split, retrieval settings)",
