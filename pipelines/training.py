@@ -21,6 +21,8 @@ from plmrec import components as c
 from plmrec.config import Params, ResourceParams
 from plmrec.stages import FINISH_TRACKING, STAGES
 
+TRACKING_LOGIN = {"username": "MLFLOW_TRACKING_USERNAME", "password": "MLFLOW_TRACKING_PASSWORD"}
+
 
 def request_resources(task, resources: ResourceParams, pull_secrets: list[str] = ()):
     """CPU and memory requests and limits, the accelerator (e.g. one nvidia.com/gpu) when its limit is
@@ -108,6 +110,10 @@ def build_training_pipeline(params: Params):
             request_resources(
                 task, gpu_steps.get(task, params.pipeline.step_resources), params.pipeline.image_pull_secrets
             )
+            if params.tracking.credentials_secret:  # MLflow's authentication: the steps log in as one user
+                kubernetes.use_secret_as_env(
+                    task, secret_name=params.tracking.credentials_secret, secret_key_to_env=TRACKING_LOGIN
+                )
             task.set_caching_options(caching)
         registered.set_caching_options(False)  # registering is a side effect: never skip it
         finish.set_caching_options(False)

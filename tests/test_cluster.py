@@ -4,6 +4,7 @@ Deployment's own arguments, and `plmrec submit` / `plmrec deploy` do what they c
 
 import copy
 import json
+import os
 import re
 import socket
 import struct
@@ -49,7 +50,7 @@ def test_there_is_a_laptop_overlay_and_a_gpu_overlay():
 def test_every_overlay_validates_against_the_kubernetes_and_kserve_schemas_and_the_policy():
     result = _cli("manifests", "validate", *OVERLAYS, ROOT / "manifests" / "base")
     assert result.exit_code == 0, result.output
-    assert result.output.count(": ok") == 3, result.output
+    assert result.output.count(": ok") == 4 and "manifests/examples: 2 resources: ok" in result.output, result.output
     assert "InferenceService" in result.output and "ServingRuntime" in result.output
 
 
@@ -98,16 +99,115 @@ def test_the_kubernetes_schema_and_the_policy_reject_mistakes(rendered):
     assert any("'resource' was unexpected" in p for p in mf.schema_problems(deployment))
     del container["resources"]["limits"]
     container["securityContext"]["allowPrivilegeEscalation"] = True
-    deployment["spec"]["template"]["spec"]["securityContext"].pop("runAsNonRoot")
+    container["securityContext"].pop("runAsNonRoot")
+    container["securityContext"].pop("seccompProfile")
+    container["securityContext"]["capabilities"] = {"add": ["NET_ADMIN"]}
+    pod = deployment["spec"]["template"]["spec"]
+    pod["securityContext"].pop("runAsNonRoot")
+    pod["securityContext"].pop("seccompProfile")
+    pod["hostNetwork"] = True
+    pod["volumes"].append({"name": "host", "hostPath": {"path": "/"}})
     assert mf.policy_problems(deployment) == [
+        "Deployment/mlflow: hostNetwork is not allowed under the restricted profile",
+        "Deployment/mlflow: a hostPath volume is not allowed under the restricted profile",
         "Deployment/mlflow container mlflow: no limits for cpu, memory",
         "Deployment/mlflow container mlflow: runAsNonRoot is not set",
         "Deployment/mlflow container mlflow: allowPrivilegeEscalation must be false",
+        "Deployment/mlflow container mlflow: capabilities must drop ALL",
+        "Deployment/mlflow container mlflow: no seccompProfile (RuntimeDefault) at container or pod level",
     ]
     unknown = {"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"}}
     assert mf.schema_problems(unknown) == [
         "Widget/w: no schema for example.com/v1 Widget in Kubernetes 1.37.0 or KServe"
     ]
+
+
+def test_who_can_reach_what_is_checked(rendered):
+    """The namespace enforces the restricted profile; ingress is denied by default; no policy lets everyone
+    in; MLflow and the predictor are reached only from named sources; MLflow runs its authentication with
+    its secrets from Secrets and gives users no permission by default. Each mistake is named."""
+    resources = rendered["gpu-cluster"]
+    assert mf.access_problems(resources) == []
+    policies = {r["metadata"]["name"]: r for r in resources if r["kind"] == "NetworkPolicy"}
+    sources = policies["mlflow-from-pipeline-and-predictor"]["spec"]["ingress"][0]["from"]
+    assert {"podSelector": {"matchLabels": {"pipelines.kubeflow.org/v2_component": "true"}}} in sources
+    bad = copy.deepcopy(resources)
+    for r in bad:
+        if r["kind"] == "Namespace":
+            r["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] = "baseline"
+        if r["kind"] == "NetworkPolicy" and r["metadata"]["name"] == "predictor-from-ingress":
+            r["spec"]["ingress"].append({"ports": [{"port": 8080}]})  # no `from`: anyone
+        if r["kind"] == "Service":
+            r["spec"]["type"] = "LoadBalancer"
+        if r["kind"] == "ConfigMap" and r["metadata"]["name"] == "mlflow-auth":
+            r["data"]["basic_auth.ini"] = r["data"]["basic_auth.ini"].replace("NO_PERMISSIONS", "EDIT")
+        if r["kind"] == "Deployment":
+            env = r["spec"]["template"]["spec"]["containers"][0]["env"]
+            for e in env:
+                if e["name"] == "MLFLOW_AUTH_ADMIN_PASSWORD":
+                    e.pop("valueFrom")
+                    e["value"] = "hunter2"
+    bad = [
+        r for r in bad if r["metadata"]["name"] not in ("default-deny-ingress", "mlflow-from-pipeline-and-predictor")
+    ]
+    assert mf.access_problems(bad) == [
+        "Namespace/plmrec: pod-security.kubernetes.io/enforce must be 'restricted'",
+        "no NetworkPolicy denies ingress by default (podSelector {}, policyTypes [Ingress], no rules)",
+        "NetworkPolicy/predictor-from-ingress: ingress[2] has no `from`: every source",
+        "Deployment/mlflow: no NetworkPolicy names who may reach it",
+        "Service/mlflow: type LoadBalancer opens it outside the cluster",
+        "Deployment/mlflow container mlflow: MLFLOW_AUTH_ADMIN_PASSWORD must come from a Secret (secretKeyRef)",
+        "Deployment/mlflow container mlflow: default_permission = EDIT: every user could change runs and move "
+        "@champion",
+    ]
+    for r in bad:
+        if r["kind"] == "Deployment":
+            r["spec"]["template"]["spec"]["containers"][0]["args"].remove("--app-name=basic-auth")
+    assert "Deployment/mlflow container mlflow: MLflow runs without its authentication (--app-name=basic-auth)" in (
+        mf.access_problems(bad)
+    )
+
+
+def test_the_istio_example_names_only_routes_the_predictor_answers():
+    resources = mf.check_examples(ROOT / "manifests" / "examples").resources
+    assert {r["kind"] for r in resources} == {"AuthorizationPolicy", "RequestAuthentication"}
+    assert mf.example_problems(resources) == []
+    policy = copy.deepcopy(next(r for r in resources if r["kind"] == "AuthorizationPolicy"))
+    policy["spec"]["rules"][1]["to"][0]["operation"]["paths"].append("/v2/repository/models/plmrec/unload")
+    policy["spec"]["rules"][0]["to"][0]["operation"]["methods"] = ["DELETE"]
+    policy["spec"]["selector"]["matchLabels"] = {"app": "other"}
+    assert mf.example_problems([policy]) == [
+        "AuthorizationPolicy/plmrec-predictor: its selector does not name the predictor "
+        "(serving.kserve.io/inferenceservice)",
+        "AuthorizationPolicy/plmrec-predictor: rules[0]: /v2/health/live takes GET",
+        "AuthorizationPolicy/plmrec-predictor: rules[0]: /v2/health/ready takes GET",
+        "AuthorizationPolicy/plmrec-predictor: rules[0]: /v1/models/plmrec takes GET",
+        "AuthorizationPolicy/plmrec-predictor: rules[0]: /v2/models/plmrec takes GET",
+        "AuthorizationPolicy/plmrec-predictor: rules[0]: /v2/models/plmrec/ready takes GET",
+        "AuthorizationPolicy/plmrec-predictor: rules[1]: the predictor has no route "
+        "/v2/repository/models/plmrec/unload",
+    ]
+
+
+def test_every_step_and_training_node_logs_in_to_mlflow_with_the_pipelines_secret(tmp_path):
+    from plmrec.cluster.trainjob import render_trainjob
+
+    spec, executors = _compiled(tmp_path, "gpu-cluster")
+    assert set(executors) == set(spec["deploymentSpec"]["executors"])  # every step
+    for name, settings in executors.items():
+        (login,) = settings["secretAsEnv"]
+        assert login["secretName"] == "plmrec-mlflow-pipeline", name
+        assert login["keyToEnv"] == [
+            {"envVar": "MLFLOW_TRACKING_USERNAME", "secretKey": "username"},
+            {"envVar": "MLFLOW_TRACKING_PASSWORD", "secretKey": "password"},
+        ]
+    params = load_params(ROOT / "params.yaml", patches=[overlay_params_file(ROOT / "manifests/overlays/gpu-cluster")])
+    job = render_trainjob(params, "finetune", run_key="k", args=["stage", "finetune"])
+    env = {e["name"]: e for e in job["spec"]["trainer"]["env"]}
+    assert env["MLFLOW_TRACKING_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+        "name": "plmrec-mlflow-pipeline",
+        "key": "password",
+    }
 
 
 def test_a_broken_overlay_is_a_clear_error(tmp_path):
@@ -123,6 +223,8 @@ def test_references_inside_each_overlay_resolve(rendered):
         "gpu-cluster": {
             "plmrec-mlflow-db": {"username", "password"},
             "plmrec-s3": {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"},
+            "plmrec-mlflow-admin": {"username", "password", "flask_secret_key"},
+            "plmrec-mlflow-pipeline": {"username", "password"},
         }
     }
     for overlay, resources in rendered.items():
@@ -140,6 +242,10 @@ def test_references_inside_each_overlay_resolve(rendered):
             assert ref.group(1) in secrets, f"{overlay}: secret {ref.group(1)}"
         for ref in re.finditer(r'"configMapRef": \{"name": "([^"]+)"\}', text):
             assert ref.group(1) in configmaps, f"{overlay}: configmap {ref.group(1)}"
+        for ref in re.finditer(r'"configMap": \{"name": "([^"]+)"\}', text):
+            assert ref.group(1) in configmaps, f"{overlay}: configmap volume {ref.group(1)}"
+        steps = load_params(ROOT / "params.yaml", patches=[overlay_params_file(ROOT / "manifests/overlays" / overlay)])
+        assert steps.tracking.credentials_secret in secrets, overlay  # the steps' MLflow login exists
         isvc = _one(resources, "InferenceService")
         assert isvc["spec"]["predictor"]["serviceAccountName"] in accounts
         serving_account = _one(resources, "ServiceAccount", isvc["spec"]["predictor"]["serviceAccountName"])
@@ -181,17 +287,43 @@ def _expand(arg: str, env: dict) -> str:
     return re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: env.get(m.group(1), m.group(0)), arg)
 
 
+def _dev_env(name: str) -> dict:
+    text = (ROOT / "manifests/overlays/local-kind" / name).read_text()
+    return dict(line.split("=", 1) for line in text.splitlines() if line and not line.startswith("#"))
+
+
+def _login(user: str, password: str) -> None:
+    """MLflow's client reads its login from the environment (as the pipeline's steps get it)."""
+    os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"] = user, password
+
+
 @pytest.mark.integration
 def test_the_mlflow_deployment_arguments_run_a_server_that_answers_in_cluster_names(rendered, tmp_path):
-    """The Deployment's args, expanded as Kubernetes would, start a real `mlflow server` (SQLite and a local
-    artifact directory standing in for PostgreSQL and S3). It accepts the in-cluster service name as Host
-    and refuses a foreign one."""
+    """The Deployment's args and auth settings, expanded as Kubernetes would, start a real `mlflow server`
+    (SQLite and a local artifact directory standing in for PostgreSQL and S3). Nobody gets in without a
+    login; the admin comes from the Secret; the set-up Job's own script makes the pipeline's user, who can
+    create the experiment and the registered model and move @champion; another user can do neither. It
+    accepts the in-cluster service name as Host and refuses a foreign one."""
+    import base64
+    import subprocess
+
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.server import get_app_client
+
     resources = rendered["local-kind"]
     container = _one(resources, "Deployment", "mlflow")["spec"]["template"]["spec"]["containers"][0]
     env = dict(_one(resources, "ConfigMap", "mlflow-config")["data"])
     args = [_expand(a, env) for a in container["args"]]
     assert "--backend-store-uri=postgresql+psycopg2://postgres:5432/mlflow" in args  # credentials: PGUSER/PGPASSWORD
     assert "--artifacts-destination=s3://mlflow-artifacts" in args and "--serve-artifacts" in args
+    assert "--app-name=basic-auth" in args
+    ini = _one(resources, "ConfigMap", "mlflow-auth")["data"]["basic_auth.ini"]
+    stand_in = ini.replace("postgresql+psycopg2://postgres:5432/mlflow_auth", f"sqlite:///{tmp_path / 'auth.db'}")
+    assert stand_in != ini
+    (tmp_path / "basic_auth.ini").write_text(stand_in)
+    secret = _one(resources, "Secret", "plmrec-mlflow-admin")["data"]
+    admin = {k: base64.b64decode(v).decode() for k, v in secret.items()}
     port = free_port()
     local = {
         "--host": "127.0.0.1",
@@ -201,20 +333,69 @@ def test_the_mlflow_deployment_arguments_run_a_server_that_answers_in_cluster_na
         "--workers": "1",
     }
     args = [f"{a.split('=', 1)[0]}={local[a.split('=', 1)[0]]}" if a.split("=", 1)[0] in local else a for a in args]
+    server_env = {
+        "MLFLOW_AUTH_CONFIG_PATH": str(tmp_path / "basic_auth.ini"),
+        "MLFLOW_AUTH_ADMIN_USERNAME": admin["username"],
+        "MLFLOW_AUTH_ADMIN_PASSWORD": admin["password"],
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": admin["flask_secret_key"],
+    }
     with ChildServer(
         "mlflow (deployment args)",
         [sys.executable, "-m", "mlflow", "server", *args],
         port,
         health_path="/health",
         cwd=tmp_path,
-        timeout=90,
+        env=server_env,
+        timeout=120,
     ) as server:
         url = f"{server.url}/api/2.0/mlflow/experiments/search"
+        login = (admin["username"], admin["password"])
+        assert requests.post(url, json={"max_results": 1}, timeout=10).status_code == 401  # no login, no answer
         for host in ("mlflow.plmrec.svc.cluster.local:5000", "mlflow:5000", "mlflow.plmrec"):
-            r = requests.post(url, json={"max_results": 1}, headers={"Host": host}, timeout=10)
+            r = requests.post(url, json={"max_results": 1}, headers={"Host": host}, auth=login, timeout=10)
             assert r.status_code == 200, (host, r.status_code, r.text[:200])
-        r = requests.post(url, json={"max_results": 1}, headers={"Host": "attacker.example.com"}, timeout=10)
+        foreign = {"Host": "attacker.example.com"}
+        r = requests.post(url, json={"max_results": 1}, headers=foreign, auth=login, timeout=10)
         assert r.status_code in (400, 403), r.status_code
+
+        job = _one(resources, "Job", "mlflow-auth-setup")["spec"]["template"]["spec"]["containers"][0]
+        script = job["args"][0].replace("http://mlflow:5000", server.url)
+        pipeline = _dev_env("dev-mlflow-pipeline.env")
+        job_env = {
+            **os.environ,
+            "MLFLOW_TRACKING_USERNAME": admin["username"],
+            "MLFLOW_TRACKING_PASSWORD": admin["password"],
+            "PIPELINE_USERNAME": pipeline["username"],
+            "PIPELINE_PASSWORD": pipeline["password"],
+        }
+        for said in ("created", "password set"):  # the Job may run again: it only sets the password then
+            out = subprocess.run(
+                [sys.executable, "-c", script], env=job_env, capture_output=True, text=True, timeout=120
+            )
+            assert out.returncode == 0 and f"user {pipeline['username']}: {said}" in out.stdout, out.stderr[-2000:]
+        try:
+            _login(pipeline["username"], pipeline["password"])
+            client = mlflow.MlflowClient(server.url)
+            experiment = client.create_experiment("plmrec")
+            run = client.create_run(experiment)
+            client.create_registered_model("plmrec-recommender")
+            version = client.create_model_version(
+                "plmrec-recommender", f"{run.info.artifact_uri}/m", run_id=run.info.run_id
+            ).version
+            client.set_registered_model_alias("plmrec-recommender", "champion", version)
+            _login(*login)
+            get_app_client("basic-auth", tracking_uri=server.url).create_user("someone", "a-password-1")
+            _login("someone", "a-password-1")
+            other = mlflow.MlflowClient(server.url)
+            for attempt in (
+                lambda: other.set_registered_model_alias("plmrec-recommender", "champion", version),
+                lambda: other.get_experiment(experiment),
+            ):
+                with pytest.raises(MlflowException, match="(?i)permission"):
+                    attempt()
+        finally:
+            os.environ.pop("MLFLOW_TRACKING_USERNAME", None)
+            os.environ.pop("MLFLOW_TRACKING_PASSWORD", None)
 
 
 def _postgres_handshake(listener: socket.socket, seen: dict) -> None:
@@ -351,7 +532,8 @@ def test_the_kfp_client_reads_the_package_submit_sends(tmp_path, overlay):
     if overlay == "gpu-cluster":
         assert k8s["exec-finetune"]["nodeSelector"]["labels"] == {"nvidia.com/gpu.present": "true"}
     else:
-        assert "exec-finetune" not in k8s
+        assert "nodeSelector" not in k8s["exec-finetune"]  # only the MLflow login
+    assert k8s["exec-finetune"]["secretAsEnv"][0]["secretName"] == "plmrec-mlflow-pipeline"
 
 
 def test_caching_follows_the_params_except_for_side_effects(tmp_path):

@@ -374,6 +374,13 @@ def manifests_validate(overlays, kubernetes_version):
         for problem in report.problems:
             click.echo(f"  {problem}")
         failed |= not report.ok
+    examples = Path("manifests/examples")
+    if examples.is_dir():
+        report = mf.check_examples(examples)
+        click.echo(f"{examples}: {len(report.resources)} resources: {'ok' if report.ok else 'problems'}")
+        for problem in report.problems:
+            click.echo(f"  {problem}")
+        failed |= not report.ok
     if failed:
         sys.exit(1)
 

@@ -785,6 +785,11 @@ class ServingParams(_Section):
 class TrackingParams(_Section):
     uri: str | None = Field(None, description="MLflow tracking URI; MLFLOW_TRACKING_URI, then local SQLite, if unset")
     experiment: str = "plmrec"
+    credentials_secret: str = Field(
+        "",
+        description="on a cluster: the Secret (keys username, password) whose values every pipeline step and "
+        "training node gets as MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD ('' = none)",
+    )
     command_retries: int = Field(
         2, ge=0, le=20, description="registry commands (promote, deploy, serve, runs): retries of a request"
     )

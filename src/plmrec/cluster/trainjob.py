@@ -72,6 +72,14 @@ def work_dir(params: Params, stage: str, run_key: str) -> Path:
     return Path(resources_of(params, stage).distributed.mount_path) / "runs" / _label(run_key) / stage
 
 
+def _tracking_login(secret: str) -> list[dict]:
+    """The MLflow login of the pipeline's user, from its Secret (tracking.credentials_secret)."""
+    if not secret:
+        return []
+    keys = {"MLFLOW_TRACKING_USERNAME": "username", "MLFLOW_TRACKING_PASSWORD": "password"}
+    return [{"name": n, "valueFrom": {"secretKeyRef": {"name": secret, "key": k}}} for n, k in keys.items()]
+
+
 def render_trainjob(
     params: Params,
     stage: str,
@@ -104,7 +112,8 @@ def render_trainjob(
             "image": params.pipeline.gpu_image if gpus else params.pipeline.image,
             "command": ["torchrun"],
             "args": ["--no-python", "plmrec", *args],
-            "env": [{"name": k, "value": v} for k, v in {"PYTHONUNBUFFERED": "1", **(env or {})}.items()],
+            "env": [{"name": k, "value": v} for k, v in {"PYTHONUNBUFFERED": "1", **(env or {})}.items()]
+            + _tracking_login(params.tracking.credentials_secret),
             "numNodes": dist.workers,
             "numProcPerNode": max(1, gpus),  # unset, a CPU job would start one process per requested core
             "resourcesPerNode": {"requests": requests, "limits": limits},
