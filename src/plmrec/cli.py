@@ -490,7 +490,7 @@ def version_option(help: str):
 @set_option
 @version_option("the version to gate (default: @challenger)")
 @click.option("--force", is_flag=True, help="skip the gate: make the version champion (an operator's decision)")
-@click.option("--rollback", is_flag=True, help="point @champion back at the version it replaced")
+@click.option("--rollback", is_flag=True, help="point @champion back at the previous champion in its history")
 def promote(params_path, overrides, version, force, rollback):
     """Gate a registered version for @champion, force it, or roll the champion back."""
     from plmrec import registry
