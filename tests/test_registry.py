@@ -347,6 +347,8 @@ def test_rollback_walks_back_the_champion_history_and_the_lock_is_held_by_one(se
     params.registry.gate_settle_s = 0.05
     client = mlflow.MlflowClient(params.tracking.uri)
     figures = {"ndcg@10": 0.2, "recall@10": 0.3, "precision@5": 0.1}
+    with pytest.raises(RegistryError, match="history-test is not a registered model in sqlite"):
+        registry.rollback(client, params.registry)
     v1 = _register(params, serving_bundles["popularity"], figures)
     v2 = _register(params, serving_bundles["popularity"], {**figures, "ndcg@10": 0.3})
     v3 = _register(params, serving_bundles["popularity"], {**figures, "ndcg@10": 0.1})

@@ -227,8 +227,22 @@ HISTORY_TAG = "plmrec.champion_history"  # a registered-model tag: JSON, every m
 HISTORY_KEPT = 40  # entries (a tag value holds 5,000 characters)
 
 
+def _registered(client, name: str):
+    """The registered model `name`; a RegistryError when there is none (not a server that did not answer)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_registered_model(name)
+    except MlflowException as exc:
+        if str(exc).startswith("API request to") or not _not_found(exc):
+            raise
+        raise RegistryError(
+            f"{name} is not a registered model in {client.tracking_uri}: run the pipeline first"
+        ) from None
+
+
 def _lease(client, name: str) -> tuple[str, float] | None:
-    value = client.get_registered_model(name).tags.get(LOCK_TAG, "")
+    value = _registered(client, name).tags.get(LOCK_TAG, "")
     owner, _, until = value.rpartition(" ")
     try:
         return (owner, float(until)) if owner else None
