@@ -992,3 +992,21 @@ def test_a_product_nobody_bought_reaches_the_discover_list_its_text_fits(serving
     (tmp_path / "bad.csv").write_text("sku,title\nX,a lamp\n")
     with pytest.raises(BundleError, match="needs StockCode and Description, or item and text"):
         read_catalogue(tmp_path / "bad.csv")
+
+
+def test_connections_beyond_the_limit_are_refused_and_the_server_goes_on(serving_bundles, tmp_path):
+    """serving.max_connections: with the limit held by idle connections, a request gets uvicorn's 503 (the
+    server is full, not broken); once they are gone it is answered again."""
+    args = ["--bundle", str(serving_bundles["popularity"]), "-S", "serving.max_connections=3"]
+    with plmrec_server(args, tmp_path) as s:
+        idle = [socket.create_connection(("127.0.0.1", s.port), timeout=10) for _ in range(3)]
+        try:
+            time.sleep(0.3)
+            r = requests.post(f"{s.url}{_V1_URL}", json={"instances": [{"query": "lamp"}]}, timeout=10)
+            assert r.status_code == 503, r.text
+        finally:
+            for sock in idle:
+                sock.close()
+        time.sleep(0.3)
+        r = requests.post(f"{s.url}{_V1_URL}", json={"instances": [{"query": "lamp"}]}, timeout=10)
+        assert r.status_code == 200, r.text
