@@ -594,6 +594,9 @@ def test_client_mistakes_are_counted_and_logged_sampled(server):
     for _ in range(30):
         requests.post(f"{server.url}/v1/models/plmrec:predict", json={"instances": [{"query": 5}]}, timeout=30)
         requests.post(f"{server.url}/v1/models/plmrec:predict", data=b"{", timeout=30)
+    for _ in range(5):  # and answers: nothing is logged per request beyond the access line
+        assert _v2(server, {"inputs": [_ONE_QUERY]}).status_code == 200
+        assert _v1(server, {"instances": [{"query": "lamp"}]}).status_code == 200
     requests.get(f"{server.url}/v1/models/plmrec:predict", timeout=5)
     after = _client_errors(server)
     assert after["invalid_request", "400"] - before.get(("invalid_request", "400"), 0) == 30
@@ -603,6 +606,7 @@ def test_client_mistakes_are_counted_and_logged_sampled(server):
     assert "Traceback" not in new and " ERROR " not in new, new[-3000:]
     warnings = [line for line in new.splitlines() if "WARNING" in line and "plmrec.serving" in line]
     assert len(warnings) <= 6, warnings  # 61 mistakes of three reasons: at most a line per reason per 10 s
+    assert "Warning:" not in new, new[-2000:]  # no library warning repeated per request either
 
 
 def test_a_reasons_first_mistake_is_logged_then_one_line_per_interval(caplog):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import sys
 import uuid
+import warnings
 from pathlib import Path
 
 from plmrec.config import ServingParams
@@ -202,6 +203,9 @@ def serve(
         log.addHandler(handler)
         log.setLevel(logging.INFO)
         log.propagate = False
+    # KServe answers v2 with FastAPI's deprecated ORJSONResponse; something resets Python's warning registry
+    # per request, so the same two-line warning would be written for every v2 answer (thousands per soak)
+    warnings.filterwarnings("ignore", message="ORJSONResponse is deprecated")
     model = RecommenderModel(name or limits.model_name, bundle_dir, limits, version=version)
     model.load()
     meta = model.recommender.meta
