@@ -6,6 +6,11 @@ synthetic without it, with the offline MiniLM and the learning-to-rank recommend
 mode: dense, lexical, hybrid) over v1 at
 concurrency 1 and 8 from keep-alive clients, and reports p50/p95/p99 latency and requests/s.
 
+The floor is measured in the same run: the same customer requests against a trivial KServe model
+(bench/_trivial_model.py: what KServe itself costs per request here), bare and behind plmrec's HTTP
+front (routes, the strict body parser, timeouts), and each plmrec path's ratio to the bare floor at
+concurrency 8 (`--no-floor` skips it).
+
 The naive path is measured in the same run, in-process beside the served one: customer scores by a
 Python scan over the items (no vectorised matrix product), and a query by re-encoding the whole
 catalogue for every request instead of using the precomputed item embeddings. Prints one JSON object.
@@ -60,6 +65,24 @@ def given_or_built(bundle: Path | None, seed: int, *, prefix: str) -> tuple[Path
     print("building a bundle (embeddings, one comparison seed, refit) ...", file=sys.stderr, flush=True)
     built, source = build_bundle_here(tmp, seed)
     return built, source, tmp
+
+
+def kserve_floor(bodies: list[dict], concurrency: str, tmp: Path) -> dict:
+    """The same customer request bodies against a trivial KServe model (bench/_trivial_model.py): bare
+    KServe, and behind plmrec's HTTP front (`--gate`), so that each plmrec path has a floor beside it."""
+    from helpers import ChildServer, free_port
+
+    out = {}
+    for name, extra in (("kserve", []), ("kserve_with_plmrec_front", ["--gate"])):
+        port = free_port()
+        cmd = [sys.executable, str(ROOT / "bench" / "_trivial_model.py"), "--port", str(port), *extra]
+        with ChildServer(name, cmd, port, health_path="/v2/health/live", cwd=tmp, timeout=60) as server:
+            url = f"{server.url}/v1/models/plmrec:predict"
+            load(url, bodies[:20], 2)
+            for c in [int(x) for x in concurrency.split(",")]:
+                out[f"{name}_c{c}"] = load(url, bodies, c)
+                print(f"{name} c={c}: {out[f'{name}_c{c}']}", file=sys.stderr, flush=True)
+    return out
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -152,6 +175,7 @@ def main() -> None:
     ap.add_argument("--naive-queries", type=int, default=3, help="catalogue re-encodings to time (slow)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--no-floor", dest="floor", action="store_false", help="skip the trivial-KServe floor")
     args = ap.parse_args()
 
     from helpers import plmrec_server
@@ -197,6 +221,20 @@ def main() -> None:
                 result["load"][f"{kind}_c{c}"] = load(url, kind_bodies, c)
                 print(f"{kind} c={c}: {result['load'][f'{kind}_c{c}']}", file=sys.stderr, flush=True)
 
+    if args.floor:
+        result["floor"] = kserve_floor(bodies["customer"], args.concurrency, tmp)
+        floor_c8 = result["floor"].get("kserve_c8")
+        if floor_c8:
+            result["ratio_to_floor_c8"] = {
+                kind: {
+                    "p99": round(result["load"][f"{kind}_c8"]["p99_ms"] / floor_c8["p99_ms"], 1),
+                    "requests_per_s": round(
+                        floor_c8["requests_per_s"] / result["load"][f"{kind}_c8"]["requests_per_s"], 1
+                    ),
+                }
+                for kind in bodies
+                if f"{kind}_c8" in result["load"]
+            }
     sample = [(c, args.k) for c in customers[:50]]
     served_customer = timed_ms(rec.recommend_customer, sample)
     scan_customer = timed_ms(lambda c, k: naive_customer(rec, c, k), sample)
