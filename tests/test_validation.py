@@ -270,6 +270,10 @@ def test_ingest_refuses_files_that_are_not_data_with_a_hint(small_raw, tmp_path,
     good = _csv(small_raw.head(300), tmp_path / "good.csv")
     res = ingest(good, "-S", "data.max_file_mb=0.001")
     assert res.exit_code == 2 and "over data.max_file_mb (0 MB)" in res.output, res.output
+    res = ingest(good, "-S", "data.max_rows=100")
+    assert res.exit_code == 2 and "more than 100 rows (data.max_rows)" in res.output, res.output
+    res = _stage(["ingest", "-S", "data.max_rows=100", "--raw", str(tmp_path / "raw.parquet")])  # synthetic
+    assert res.exit_code == 2 and "more than data.max_rows (100)" in res.output, res.output
     semi = small_raw.head(300).copy()
     semi["Description"] = semi["Description"].str.replace(",", " ")
     text = transactions_to_csv_bytes(semi).decode().replace(",", ";")

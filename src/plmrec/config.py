@@ -60,6 +60,7 @@ class DataParams(_Section):
     max_file_mb: float = Field(
         10_000, gt=0, description="source=file: a larger file (or folder) is refused before it is read"
     )
+    max_rows: int = Field(100_000_000, ge=1, description="more interactions than this are refused (a CSV stops there)")
     name: str | None = Field(
         None,
         description="the shop's name; the promotion gate compares only versions trained on the same one "

@@ -67,7 +67,7 @@ def _separator(path: Path, encoding: str) -> str:
     return max(SEPARATORS, key=header.count) if any(sep in header for sep in SEPARATORS) else ","
 
 
-def _read_csv(path: Path, encoding: str) -> pd.DataFrame:
+def _read_csv(path: Path, encoding: str, max_rows: int | None = None) -> pd.DataFrame:
     sep = _separator(path, encoding)
     try:
         chunks = pd.read_csv(
@@ -79,7 +79,15 @@ def _read_csv(path: Path, encoding: str) -> pd.DataFrame:
             keep_default_na=False,
             na_values=[""],
         )
-        frames = list(chunks)
+        frames, rows = [], 0
+        for chunk in chunks:  # read a chunk at a time: a file over the row guard stops early
+            frames.append(chunk)
+            rows += len(chunk)
+            if max_rows is not None and rows > max_rows:
+                raise DataLoadError(
+                    f"{path}: more than {max_rows:,} rows (data.max_rows); a larger shop raises it "
+                    f"(-S data.max_rows=...), after checking the file is what it should be"
+                )
     except UnicodeDecodeError:
         where = _first_bad_utf8_line(path, encoding)
         raise DataLoadError(
@@ -168,12 +176,20 @@ def normalise_transactions(df: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
-def load_transactions(path: str | Path, encoding: str = "utf-8") -> pd.DataFrame:
-    """Read an Online Retail file (xlsx, csv, csv.gz, parquet) into the canonical schema."""
+def load_transactions(path: str | Path, encoding: str = "utf-8", *, max_rows: int | None = None) -> pd.DataFrame:
+    """Read an Online Retail file (xlsx, csv, csv.gz, parquet) into the canonical schema; more than
+    `max_rows` rows is a DataLoadError (a CSV stops being read there)."""
     path = require_data_file(path)
     fmt = detect_format(path)
-    reader = {"csv": lambda: _read_csv(path, encoding), "xlsx": lambda: _read_xlsx(path), "parquet": lambda: _read_parquet(path)}
-    return normalise_transactions(reader[fmt]())
+    readers = {
+        "csv": lambda: _read_csv(path, encoding, max_rows),
+        "xlsx": lambda: _read_xlsx(path),
+        "parquet": lambda: _read_parquet(path),
+    }
+    table = readers[fmt]()
+    if max_rows is not None and len(table) > max_rows:
+        raise DataLoadError(f"{path}: {len(table):,} rows, more than data.max_rows ({max_rows:,}); a larger shop raises it")
+    return normalise_transactions(table)
 
 
 def transactions_to_csv_bytes(df: pd.DataFrame) -> bytes:

@@ -63,7 +63,7 @@ def load_source(params: Params, download_dir: str | Path = "data/external") -> t
         from plmrec.data.online_retail import load_transactions
 
         path = source.path if source.source == "file" else download(source.source, download_dir)
-        table = load_transactions(path, encoding=source.encoding)
+        table = load_transactions(path, encoding=source.encoding, max_rows=source.max_rows)
     return table, {"adapter": "online_retail", "absent": []}
 
 
@@ -79,9 +79,14 @@ def ingest(
     start = time.perf_counter()
     with tracking.stage_run(params, "ingest", run_key=run_key, tracking_uri=tracking_uri) as run:
         table, found = load_source(params)
+        where = params.data.path if params.data.source == "file" else params.data.source
         if table.empty:
-            where = params.data.path if params.data.source == "file" else params.data.source
             raise DataLoadError(f"{where}: read 0 rows ({found['adapter']}); the data holds no purchases to learn from")
+        if len(table) > params.data.max_rows:
+            raise DataLoadError(
+                f"{where}: {len(table):,} rows, more than data.max_rows ({params.data.max_rows:,}); a larger shop "
+                f"raises it (-S data.max_rows=...)"
+            )
         meta = {
             "source": params.data.source,
             "path": params.data.path,
