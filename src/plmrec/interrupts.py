@@ -28,6 +28,10 @@ def _terminate_children() -> None:
             child.terminate()
 
 
+def _interrupted(what: str, signum: int, kept: str) -> Interrupted:
+    return Interrupted(f"{what}: stopped by {signal.Signals(signum).name}; {kept}", signum=signum)
+
+
 @contextlib.contextmanager
 def stopped_by_signal(what: str, *, kept: str, children: bool = False) -> Iterator[None]:
     """Within the block a SIGTERM or SIGINT raises Interrupted("<what>: stopped by SIGTERM; <kept>")."""
@@ -42,7 +46,7 @@ def stopped_by_signal(what: str, *, kept: str, children: bool = False) -> Iterat
         fired.append(signum)
         if children:
             _terminate_children()
-        raise Interrupted(f"{what}: stopped by {signal.Signals(signum).name}; {kept}", signum=signum)
+        raise _interrupted(what, signum, kept)
 
     previous = {s: signal.signal(s, handler) for s in SIGNALS}
     try:
@@ -59,7 +63,7 @@ def raise_on_signal(what: str, *, kept: str) -> None:
 
     def handler(signum, frame):
         signal.signal(signum, signal.SIG_IGN)  # one line per process, however many signals come
-        raise Interrupted(f"{what}: stopped by {signal.Signals(signum).name}; {kept}", signum=signum)
+        raise _interrupted(what, signum, kept)
 
     for s in SIGNALS:
         signal.signal(s, handler)
