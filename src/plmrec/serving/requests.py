@@ -154,15 +154,17 @@ def _check_values(payload: Any, max_depth: int) -> None:
             items = value.items() if isinstance(value, dict) else enumerate(value)
             for key, item in items:
                 if isinstance(key, str):
-                    _utf8(key, f"a key in {where or 'the body'}")
+                    _utf8(key, f"a key in {where.lstrip('.') or 'the body'}")
                 stack.append((item, depth + 1, f"{where}.{key}" if isinstance(key, str) else f"{where}[{key}]"))
-        elif isinstance(value, str):
-            _utf8(value, where.lstrip(".") or "the body")
+            continue
+        place = where.lstrip(".") or "the body"
+        if isinstance(value, str):
+            _utf8(value, place)
         elif isinstance(value, int) and not isinstance(value, bool):
             if not _INT_RANGE[0] <= value <= _INT_RANGE[1]:
-                raise RequestError(f"{where.lstrip('.')} = {value} is beyond 64 bits", kind="bad_json")
+                raise RequestError(f"{place} = {value} is beyond 64 bits", kind="bad_json")
         elif isinstance(value, float) and value in (float("inf"), float("-inf")):
-            raise RequestError(f"{where.lstrip('.')} is a number too large for a float", kind="bad_json")
+            raise RequestError(f"{place} is a number too large for a float", kind="bad_json")
 
 
 def _utf8(text: str, where: str) -> None:
