@@ -258,17 +258,24 @@ def gate_lock(client, rp: RegistryParams):
     `gate_settle_s` and reads it back; it holds the lock only if its own lease is still there (a racer that
     wrote after it has taken it, and this one waits). A lease ends after `gate_lease_s`, so a killed
     holder blocks nobody for longer."""
+    from mlflow.exceptions import MlflowException
+
     name = rp.model_name
     owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     deadline = time.time() + rp.gate_lock_timeout_s
     while True:
         holder = _lease(client, name)
         if holder is None or holder[1] < time.time():
-            client.set_registered_model_tag(name, LOCK_TAG, f"{owner} {time.time() + rp.gate_lease_s:.3f}")
-            time.sleep(rp.gate_settle_s)
-            holder = _lease(client, name)
-            if holder is not None and holder[0] == owner:
-                break
+            try:
+                client.set_registered_model_tag(name, LOCK_TAG, f"{owner} {time.time() + rp.gate_lease_s:.3f}")
+            except MlflowException as exc:  # a racer inserted the tag in the same instant (the store's unique
+                if str(exc).startswith("API request to"):  # key refuses the second insert): it goes first
+                    raise
+            else:
+                time.sleep(rp.gate_settle_s)
+                holder = _lease(client, name)
+                if holder is not None and holder[0] == owner:
+                    break
         if time.time() > deadline:
             raise RegistryError(
                 f"{name}: another gate ({holder[0] if holder else 'unknown'}) held the lock for more than "
