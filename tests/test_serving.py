@@ -558,21 +558,23 @@ def test_predict_urls_take_post_only(server):
         assert "use POST" in r.json()["error"]
 
 
+def _read_until_closed(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes (headers and body may come in separate reads)."""
+    chunks = []
+    while chunk := sock.recv(4096):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def test_a_body_that_never_arrives_gets_a_408(server):
     """A client that declares 1,000 bytes and sends 47 cannot hold its connection past the timeout."""
-    import socket
-    import time
-
     start = time.monotonic()
     with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
         sock.sendall(
             b"POST /v1/models/plmrec:predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
             b"Content-Length: 1000\r\n\r\n" + b'{"instances": [{"customer_id": 1}], "padding": "'
         )
-        chunks = []
-        while chunk := sock.recv(4096):  # headers and body may come in separate reads; the server closes
-            chunks.append(chunk)
-        reply = b"".join(chunks).decode()
+        reply = _read_until_closed(sock).decode()
     assert reply.startswith("HTTP/1.1 408"), reply
     assert "serving.body_timeout_s" in reply and time.monotonic() - start < 20
 
@@ -784,13 +786,6 @@ def test_every_content_type_is_read_as_json_the_same_way(server, recommender, co
         f"{server.url}{_V1_URL}", data=body, headers={"ce-specversion": "1.0", "ce-type": "x", "ce-id": "1"}
     )
     assert cloud.status_code == 200 and [i["stock_code"] for i in cloud.json()["predictions"][0]["items"]] == expected
-
-
-def _read_until_closed(sock: socket.socket) -> bytes:
-    chunks = []
-    while chunk := sock.recv(4096):
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def test_slow_headers_are_cut_off(server):

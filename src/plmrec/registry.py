@@ -80,8 +80,15 @@ def _logged_model_id(source: str | None) -> str | None:
     return None
 
 
+def _no_answer(exc) -> bool:
+    """An MLflow error from the request itself (the server did not answer, or not in MLflow's terms)."""
+    return str(exc).startswith("API request to")
+
+
 def _not_found(exc) -> bool:
     """An MLflow error that says the thing asked for does not exist (not a server that did not answer)."""
+    if _no_answer(exc):
+        return False
     code = getattr(exc, "error_code", "")
     return code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND") or "not found" in str(exc)
 
@@ -94,7 +101,7 @@ def alias_version(client, name: str, alias: str):
     try:
         return client.get_model_version_by_alias(name, alias)
     except MlflowException as exc:
-        if _not_found(exc) and not str(exc).startswith("API request to"):
+        if _not_found(exc):
             return None
         raise
 
@@ -106,7 +113,7 @@ def model_version(client, name: str, version: str):
     try:
         return client.get_model_version(name, str(version))
     except MlflowException as exc:
-        if str(exc).startswith("API request to") or not _not_found(exc):
+        if not _not_found(exc):
             raise
         try:
             found = [str(v.version) for v in client.search_model_versions(f"name = '{name}'", max_results=100)]
@@ -234,7 +241,7 @@ def _registered(client, name: str):
     try:
         return client.get_registered_model(name)
     except MlflowException as exc:
-        if str(exc).startswith("API request to") or not _not_found(exc):
+        if not _not_found(exc):
             raise
         raise RegistryError(
             f"{name} is not a registered model in {client.tracking_uri}: run the pipeline first"
@@ -269,7 +276,7 @@ def gate_lock(client, rp: RegistryParams):
             try:
                 client.set_registered_model_tag(name, LOCK_TAG, f"{owner} {time.time() + rp.gate_lease_s:.3f}")
             except MlflowException as exc:  # a racer inserted the tag in the same instant (the store's unique
-                if str(exc).startswith("API request to"):  # key refuses the second insert): it goes first
+                if _no_answer(exc):  # key refuses the second insert): it goes first
                     raise
             else:
                 time.sleep(rp.gate_settle_s)
