@@ -341,6 +341,8 @@ def test_text_features_help_xgboost_and_ranker_beats_popularity(prepared, minilm
     assert "text" not in importance and importance  # the twin's ranker has no text feature
     assert "text" in info["chosen"][0]["ltr_importance_by_source"]
     assert info["chosen"][0]["factors"] == 16 and len(info["precision_curves"]["ltr"]) == 20
+    held = recommend.held_out_queries(np.arange(info["valid_customers"]), 0)
+    assert info["valid_customers_scored"] == len(held) < info["valid_customers"]  # valid read out of sample
 
 
 def _day(d: int) -> pd.Timestamp:
@@ -387,6 +389,23 @@ def test_the_views_score_new_items_discovery_and_new_customers_from_their_first_
     assert scored["recall@1"] == 1.0 and scored[views.NEW_ITEM_SHARE] == 1.0 and scored["customers"] == 1
     empty = views.score_view("discovery", lists, views.Targets(np.zeros(0, np.int64), []), ks=[1])
     assert empty["customers"] == 0 and np.isnan(empty["ndcg@1"])
+
+
+def test_valid_figures_read_only_the_customers_no_ranker_learnt():
+    """Every row's valid figure (what the served row and the per-view bests are chosen by) is read on the
+    early-stopping fifth: a ranker trained on the other valid customers is compared out of sample. New
+    customers are no ranker's training queries: all of them count."""
+    valid = {
+        "all": views.Targets(np.arange(5), [{0}, {1}, {2}, {3}, {4}]),
+        "discovery": views.Targets(np.array([1, 3]), [{1}, {3}]),
+        "new_customers": views.Targets(np.arange(2), [{0}, {1}]),
+    }
+    held = experiment._held_targets(valid, np.array([3, 4]))
+    assert held["all"].rows.tolist() == [3, 4] and held["all"].relevant == [{3}, {4}]
+    assert held["discovery"].rows.tolist() == [3] and held["discovery"].relevant == [{3}]
+    assert held["new_customers"] is valid["new_customers"]
+    lists = np.array([[0], [1], [2], [9], [4]])  # right but for customer 3
+    assert held["all"].figure(lists, [1], "recall@1") == 0.5  # customers 0-2 (right) are not read
 
 
 def test_co_purchase_scores_a_basket_by_its_items_neighbours():

@@ -27,7 +27,8 @@ def run_recommenders(
     user_models=None,
     progress: Callable[[str], None] | None = None,
 ) -> tuple[pd.DataFrame, dict]:
-    """One row per (model, seed) with test metrics (and the valid figure that chose its settings), for
+    """One row per (model, seed) with test metrics (and its valid figure, on the valid customers no ranker
+    learnt: what the served row is chosen by), for
     every row of plmrec.recsys.rows: the scored ones, then learning to rank, each in registry order.
     `user_models` (plmrec.usermodel.store.SavedUserModels, optional) adds the rows that need it: a row
     scored from it for the seeds it was trained with, learning to rank with its candidates and features
@@ -103,7 +104,8 @@ def run_recommenders(
             chosen[seed]["user_model_seed"] = user_models.seed_for(seed)
         own_user_model = user_models is not None and seed in user_models.seeds  # scored from it: own seeds, honest std
         held = recommend.held_out_queries(np.arange(len(wv.eval_rows)), seed)  # valid customers no ranker learns
-        held_discovery = targets["valid"]["discovery"].among(held)  # what the discover-list choices read
+        honest = _held_targets(targets["valid"], held)  # every valid figure: rows compared on the same customers
+        held_discovery = honest["discovery"]  # what the discover-list choices read
         lists: dict[str, dict[str, dict[str, np.ndarray]]] = {}  # model -> split -> list kind -> top-k
         for row in row_registry.scored_rows():
             if row.user_model and not own_user_model:
@@ -167,13 +169,12 @@ def run_recommenders(
                     )
             if "mixed" in by_split["test"]:
                 on_valid, on_test = by_split["valid"]["mixed"], by_split["test"]["mixed"]
-                v = recommend.evaluate(on_valid, wv.relevant, ks)
                 t = recommend.evaluate(on_test, wt.relevant, ks)
                 records.append(
                     {
                         "model": name,
                         "seed": seed,
-                        f"valid_{primary}": v[primary],
+                        f"valid_{primary}": honest["all"].figure(on_valid, ks, primary),
                         **{f"test_{k}": val for k, val in t.items() if "@" in k},
                         "test_customers": t["queries"],
                     }
@@ -188,7 +189,11 @@ def run_recommenders(
                     continue
                 found = {
                     split: views.score_view(
-                        view, by_split[split][kind], targets[split][view], ks=ks, new_columns=new_columns[split]
+                        view,
+                        by_split[split][kind],
+                        honest[view] if split == "valid" else targets[split][view],
+                        ks=ks,
+                        new_columns=new_columns[split],
                     )
                     for split in windows
                 }
@@ -211,6 +216,7 @@ def run_recommenders(
         "chosen": chosen,
         "precision_curves": curves,
         "valid_customers": len(wv.eval_rows),
+        "valid_customers_scored": len(held),
         "test_customers": len(wt.eval_rows),
         "rankers": rankers,
         "views": pd.DataFrame(view_records),
@@ -233,6 +239,14 @@ def _new_item_slots(
         for slots in grid
     }
     return max(grid, key=lambda slots: (scores[slots], -slots))
+
+
+def _held_targets(valid: dict[str, views.Targets], held: np.ndarray) -> dict[str, views.Targets]:
+    """The valid targets every valid figure reads: those of the customers no ranker learnt (`held`, the
+    early-stopping fifth) on the views drawn from the window's known customers, so a learning-to-rank row,
+    trained on the other four fifths, is compared with the others out of sample. New customers are not
+    among any ranker's training queries: all of them count."""
+    return {view: t if view == "new_customers" else t.among(held) for view, t in valid.items()}
 
 
 def _view_targets(w: recommend.Window, basket: recommend.Window) -> dict[str, views.Targets]:
@@ -326,7 +340,8 @@ def _chosen_weight(s: recommend.Scorers, row: row_registry.Row, grid: list[float
 
 
 def served_model(rows: pd.DataFrame, primary: str) -> str:
-    """The recommender to serve: the best mean valid figure of the primary metric (never the test one)."""
+    """The recommender to serve: the best mean valid figure of the primary metric (never the test one),
+    read on the valid customers no ranker learnt (`_held_targets`)."""
     by_model = rows.groupby("model", sort=False)[f"valid_{primary}"].mean()
     return str(by_model.idxmax())
 
