@@ -108,6 +108,49 @@ def test_a_customers_history_as_a_basket_gets_the_same_recommendations(recommend
     assert len(set(as_customer.stock_codes) & set(as_basket.stock_codes)) >= 12
 
 
+@pytest.mark.parametrize("new_item_slots", [0, 2])
+def test_lists_ranked_at_load_are_the_lists_ranked_per_request(serving_bundles, new_item_slots):
+    """The server reads a known customer's list from the lists ranked when the model loads (in batches);
+    every customer's every list, at every k, is the one the request path ranks alone, to the last digit;
+    with new-item places too (the first five items made unsold here to have some to place)."""
+    live = Recommender(serving_bundles["ltr"], load_encoder=False)
+    if new_item_slots:
+        live.meta["new_item_slots"], live.unsold = new_item_slots, np.arange(5)
+    ranked = Recommender(serving_bundles["ltr"], load_encoder=False)
+    ranked.meta, ranked.unsold = live.meta, live.unsold
+    assert ranked.precompute(20, max_customers=10**6)
+    assert not Recommender(serving_bundles["ltr"], load_encoder=False).precompute(20, max_customers=1)
+    placed, expected, unsold = 0, 0, set(live.codes[:5])
+    for customer in live.customer_row:
+        for kind in ("mixed", "discover", "buy_again"):
+            for k in (3, 10, 20):
+                a, b = (
+                    live.recommend_customer(customer, k, kind=kind),
+                    ranked.recommend_customer(customer, k, kind=kind),
+                )
+                assert (a.stock_codes, a.scores) == (b.stock_codes, b.scores), (customer, kind, k)
+                if new_item_slots and kind == "discover" and k >= 10:
+                    fresh = unsold - set(live.codes[live.counts[live.customer_row[customer]].indices])
+                    expected += len(fresh) >= new_item_slots
+                    placed += set(b.stock_codes[10 - new_item_slots : 10]) <= fresh
+    assert placed == expected and (expected > 0) == bool(new_item_slots)  # a top 10 ends with its places
+    c, basket = next(iter(live.customer_row)), [live.codes[3]]
+    assert ranked.recommend_customer(c, 5, basket).stock_codes == live.recommend_customer(c, 5, basket).stock_codes
+    assert len(ranked.recommend_customer(c, 30).stock_codes) == 30  # beyond the ranked depth: ranked per request
+
+
+def test_latest_items_leave_the_purchase_days_as_they_were():
+    """The last basket of each row, without touching the row's days (the served frame reads them next)."""
+    import scipy.sparse as sp
+
+    from plmrec.recsys.recommend import latest_items
+
+    days = sp.csr_matrix(np.array([[5.0, 0, 7, 7], [0, 3, 4, 0]]))
+    before = days.toarray().copy()
+    assert latest_items(days).toarray().tolist() == [[0, 0, 1, 1], [0, 0, 1, 0]]
+    assert (days.toarray() == before).all()
+
+
 def test_a_customer_id_must_have_the_type_of_the_models_data(recommender):
     """Ids in the type the shop's data has: this bundle's are numbers, so text is a 400 naming the field;
     a bundle of text ids (Amazon's) takes text (tests/test_any_shop.py serves one over HTTP)."""

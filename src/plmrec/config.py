@@ -754,6 +754,14 @@ class ServingParams(_Section):
     port: int = Field(8080, ge=1, le=65535)
     default_k: int = Field(10, ge=1)
     max_k: int = Field(100, ge=1)
+    precompute_lists: bool = Field(
+        True,
+        description="rank every known customer's lists (to max_k) when the model loads: a request for a known "
+        "customer without a basket reads its list instead of ranking it",
+    )
+    precompute_max_customers: int = Field(
+        100_000, ge=0, description="above this many customers the lists are ranked per request (memory: ~3.6 kB each)"
+    )
     max_instances: int = Field(64, ge=1, description="instances (v1) or batch rows (v2) per request")
     max_basket: int = Field(500, ge=1)
     max_query_chars: int = Field(500, ge=1)

@@ -225,13 +225,22 @@ def latest_items(last_day: sp.csr_matrix) -> sp.csr_matrix:
     last_day = sp.csr_matrix(last_day)
     newest = np.asarray(last_day.max(axis=1).todense()).ravel()
     keep = last_day.data >= np.repeat(newest, np.diff(last_day.indptr))
-    out = sp.csr_matrix((keep.astype(np.float32), last_day.indices, last_day.indptr), shape=last_day.shape)
-    out.eliminate_zeros()
+    out = sp.csr_matrix(
+        (keep.astype(np.float32), last_day.indices.copy(), last_day.indptr.copy()), shape=last_day.shape
+    )
+    out.eliminate_zeros()  # in place: on copies, so the caller's matrix keeps its own indices
     return out
 
 
 def item_popularity(counts: sp.csr_matrix) -> np.ndarray:
     return np.log1p(np.asarray(counts.sum(axis=0)).ravel())
+
+
+def row_products(rows: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """rows @ items.T as float32, summed in float64: each row's scores are the same whatever batch it is in
+    (a float32 product's last bit depends on the batch's shape, and a ranker's split can sit on that bit),
+    so a customer ranked alone per request and in a batch at load get one list."""
+    return (np.asarray(rows, dtype=np.float64) @ np.asarray(items, dtype=np.float64).T).astype(np.float32)
 
 
 def score_rows(
@@ -262,10 +271,10 @@ def score_rows(
     def best_cosine(rows: sp.csr_matrix) -> np.ndarray:
         return max_similarity(rows, item_vectors, unit=unit_vectors, pairwise=pairwise)
 
-    text = best_cosine(counts) if similarity == "max" else vecs @ item_vectors.T
+    text = best_cosine(counts) if similarity == "max" else row_products(vecs, item_vectors)
     whole_history = latest.nnz == counts.nnz  # every bought item is in the last basket (a basket request)
     return Scorers(
-        mf=user_factors @ item_factors.T,
+        mf=row_products(user_factors, item_factors),
         similarity=text,
         cluster=share[:, clusters],
         popularity=popularity,

@@ -179,6 +179,11 @@ def score_view(view: str, lists: np.ndarray, targets: Targets, *, ks: list[int],
     return out
 
 
+def new_item_picks(text_scores: np.ndarray, new_columns: np.ndarray, *, slots: int) -> np.ndarray:
+    """Per row, the `slots` new items with the best text scores (ties: the first column)."""
+    return new_columns[np.argsort(-text_scores[:, new_columns], axis=1, kind="stable")[:, :slots]]
+
+
 def with_new_items(
     lists: np.ndarray, text_scores: np.ndarray, new_columns: np.ndarray, *, slots: int, depth: int = 10
 ) -> np.ndarray:
@@ -189,8 +194,7 @@ def with_new_items(
     if not slots or not len(new_columns) or not len(lists):
         return lists
     k, slots = lists.shape[1], min(slots, depth)
-    order = np.argsort(-text_scores[:, new_columns], axis=1, kind="stable")[:, :slots]
-    picked = new_columns[order]
+    picked = new_item_picks(text_scores, new_columns, slots=slots)
     out = np.full_like(lists, -1)
     for i, row in enumerate(lists):
         rest = row[(row >= 0) & ~np.isin(row, picked[i])]

@@ -54,6 +54,7 @@ POPULAR = "popular"  # the fallback list: the items most bought, for a request t
 # customer has not bought: the discovery view), buy_again (only the customer's own items, re-ranked).
 LISTS = ("mixed", "discover", "buy_again")
 DEFAULT_LIST = "mixed"
+PLACES_DEPTH = 10  # a discover list's new-item places are the last of its top 10 (as evaluated)
 
 
 @dataclass
@@ -412,6 +413,8 @@ class Recommender:
                 _load_ranker(path / "ranker_discover.json") if self.meta.get("discover_ranker") else self.ranker
             )
         self.encoder = self._load_encoder() if load_encoder else None
+        self.lists: dict[str, tuple[np.ndarray, np.ndarray]] | None = None  # `precompute`: known customers' lists
+        self.lists_depth = 0
         self.search_settings = self.meta.get("search") or search_settings(None)
         self.lexical = Bm25Index.load(path / "search") if (path / "search").exists() else None
 
@@ -464,12 +467,13 @@ class Recommender:
         return counts, last_day
 
     def _window(self, counts: sp.csr_matrix, last_day: sp.csr_matrix) -> recommend.Window:
+        n = counts.shape[0]
         return recommend.Window(
-            customers=np.zeros(1),
+            customers=np.zeros(n),
             counts=counts,
             last_day=last_day,
-            eval_rows=np.zeros(1, dtype=np.int64),
-            relevant=[set()],
+            eval_rows=np.arange(n, dtype=np.int64),
+            relevant=[set() for _ in range(n)],
             end_day=self.meta["end_day"],
         )
 
@@ -498,14 +502,31 @@ class Recommender:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k item rows and scores of the list `kind` (LISTS) for one purchase row; `users` (C, w): its
         user-model vectors, for the user-model rows (computed from the row when not given)."""
+        return self._rank_rows(
+            counts, last_day, user_factor[None, :], k=k, kind=kind, users=None if users is None else users[None]
+        )[0]
+
+    def _rank_rows(
+        self,
+        counts: sp.csr_matrix,
+        last_day: sp.csr_matrix,
+        user_factors: np.ndarray,
+        *,
+        k: int,
+        kind: str,
+        users: np.ndarray | None = None,
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per purchase row (a customer, or a basket): the top-k item rows and scores of the list `kind`.
+        Each row is ranked alone (the same answer for it in any batch); a list is ranked to at least
+        PLACES_DEPTH, where the new-item places sit, and cut at k, so a shorter list is a longer one's head."""
         if kind not in LISTS:
             raise BundleError(f"unknown list '{kind}' (expected one of {', '.join(LISTS)})")
         from plmrec.usermodel.store import item_scores
 
-        m = self.meta
+        m, depth, n = self.meta, max(k, PLACES_DEPTH), counts.shape[0]
         s = recommend.score_rows(
             counts,
-            user_factor[None, :],
+            user_factors,
             self.item_factors,
             item_vectors=self.item_vectors,
             clusters=self.clusters,
@@ -517,48 +538,61 @@ class Recommender:
             last_day=last_day,
         )
         if self.user_model is not None:
-            users = self._user_vectors(last_day) if users is None else users
-            s = s.with_user_model(*item_scores(users[None], self.user_item_vectors))
-        seen = np.unique(counts.indices)
+            if users is None:
+                users = np.stack([self._user_vectors(last_day[i]) for i in range(n)])
+            s = s.with_user_model(*item_scores(users, self.user_item_vectors))
+        seen = [np.unique(counts[i].indices) for i in range(n)]
+        ranked = []
         if self.row.learning_to_rank:  # the ranker orders the row's candidates
             w, with_user, text = self._window(counts, last_day), self.row.user_model, self.row.text
             candidates = recommend.ltr_candidates(w, s, self.rp, user_model=with_user, text=text)
             if kind == "discover":
-                candidates = [np.setdiff1d(candidates[0], seen)]
+                candidates = [np.setdiff1d(c, own) for c, own in zip(candidates, seen)]
             elif kind == "buy_again":
-                candidates = [seen]
+                candidates = seen
             frame, _ = recommend.ltr_frame(
                 w, s, candidates, item_customers=self.item_customers, user_model=with_user, text=text
             )
-            scores = (self.discover_ranker if kind == "discover" else self.ranker).predict(frame)
-            items = candidates[0]
-            order = np.lexsort((items, -scores))[:k]
-            return self._placed(items[order], scores[order], s, kind=kind, seen=seen)
-        scores = self.row.score(s, m)[0].astype(np.float64)  # its blend weight from bundle.json (0 when absent)
-        if kind == "discover":
-            scores[seen] = -np.inf
-        elif kind == "buy_again":
-            scores[np.setdiff1d(np.arange(len(scores)), seen)] = -np.inf
-        top = recommend.top_k(scores[None, :], k)[0]
-        top = top[np.isfinite(scores[top])]
-        return self._placed(top, scores[top], s, kind=kind, seen=seen)
+            scores = recommend.ranker_scores(self.discover_ranker if kind == "discover" else self.ranker, frame)
+            ends = np.cumsum([len(c) for c in candidates])
+            for items, part in zip(candidates, np.split(scores, ends[:-1])):
+                order = np.lexsort((items, -part))[:depth]
+                ranked.append((items[order], part[order]))
+        else:
+            scores = self.row.score(s, m).astype(np.float64)  # its blend weight from bundle.json (0 when absent)
+            for i, own in enumerate(seen):
+                if kind == "discover":
+                    scores[i, own] = -np.inf
+                elif kind == "buy_again":
+                    scores[i, np.setdiff1d(np.arange(scores.shape[1]), own)] = -np.inf
+            for i, top in enumerate(recommend.top_k(scores, depth)):
+                top = top[np.isfinite(scores[i, top])]
+                ranked.append((top, scores[i, top]))
+        out = []
+        for i, (items, scores) in enumerate(ranked):
+            items, scores = self._placed(items, scores, s.similarity[i], kind=kind, seen=seen[i])
+            out.append((items[:k], scores[:k]))
+        return out
 
     def _placed(
-        self, items: np.ndarray, scores: np.ndarray, s: recommend.Scorers, *, kind: str, seen: np.ndarray
+        self, items: np.ndarray, scores: np.ndarray, similarity: np.ndarray, *, kind: str, seen: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         """A discover list with the bundle's new-item places (chosen on valid) given to the unsold items
-        closest by text to what the customer bought (plmrec.recsys.views.with_new_items); an item placed
-        so scores its text similarity."""
-        from plmrec.recsys.views import with_new_items
+        closest by text (`similarity`: the row's text score of every item) to what the customer bought
+        (plmrec.recsys.views.with_new_items); an item placed so scores its text similarity."""
+        from plmrec.recsys.views import new_item_picks, with_new_items
 
         slots = int(self.meta.get("new_item_slots", 0))
         fresh = np.setdiff1d(self.unsold, seen)
         if kind != "discover" or not slots or not len(fresh) or not len(items):
             return items, scores
-        placed = with_new_items(items[None, :], s.similarity, fresh, slots=slots, depth=min(len(items), 10))[0]
+        depth = min(len(items), PLACES_DEPTH)
+        placed = with_new_items(items[None, :], similarity[None, :], fresh, slots=slots, depth=depth)[0]
         placed = placed[placed >= 0]
         given = dict(zip(items.tolist(), scores.tolist()))
-        return placed, np.array([given.get(i, float(s.similarity[0, i])) for i in placed.tolist()])
+        picks = new_item_picks(similarity[None, :], fresh, slots=min(slots, depth))[0]
+        given.update((i, float(similarity[i])) for i in picks)
+        return placed, np.array([given[i] for i in placed.tolist()])
 
     def _result(
         self,
@@ -599,6 +633,10 @@ class Recommender:
                 f'request has no basket: the most popular items (send "basket": [stock codes] for a '
                 f"personal list)",
             )
+        if not basket and self.lists is not None and k <= self.lists_depth:  # known, no basket: read, not ranked
+            items, scores = self.lists[kind]
+            kept = items[row, :k] >= 0
+            return self._result(items[row, :k][kept], scores[row, :k][kept], kind=kind)
         counts, last_day, factor = self.counts[row], self.last_day[row], self.user_factors[row]
         users = self.user_vectors[row] if self.user_vectors is not None else None  # from the exact timestamps
         unknown: list[str] = []
@@ -612,6 +650,34 @@ class Recommender:
         return self._result(
             *self._rank(counts, last_day, factor, k=k, kind=kind, users=users), unknown=unknown, kind=kind
         )
+
+    def precompute(self, depth: int, *, max_customers: int, progress=None) -> bool:
+        """Every known customer's lists (each of LISTS, `depth` long) ranked once, here, by the live path
+        in batches: a request for a known customer without a basket then reads its list (a basket, or a
+        k beyond `depth`, still ranks live). Not done past `max_customers` (memory: about 36 bytes per
+        customer and place); False then."""
+        n = len(self.customer_row)
+        if n > max_customers:
+            return False
+        batch = max(1, min(256, 2**24 // max(self.n_items, 1)))
+        lists = {}
+        started = time.perf_counter()
+        for kind in LISTS:
+            items = np.full((n, depth), -1, dtype=np.int32)
+            scores = np.zeros((n, depth), dtype=np.float64)
+            for start in range(0, n, batch):
+                rows = np.arange(start, min(start + batch, n))
+                users = self.user_vectors[rows] if self.user_vectors is not None else None
+                ranked = self._rank_rows(
+                    self.counts[rows], self.last_day[rows], self.user_factors[rows], k=depth, kind=kind, users=users
+                )
+                for r, (top, score) in zip(rows, ranked):
+                    items[r, : len(top)], scores[r, : len(top)] = top, score
+            lists[kind] = (items, scores)
+            if progress:
+                progress(f"{kind} lists of {n:,} customers ranked ({time.perf_counter() - started:.1f} s)")
+        self.lists, self.lists_depth = lists, depth
+        return True
 
     def popular(self, k: int, *, reason: str) -> Recommendation:
         """The k most bought items (by purchase lines in the served data), flagged as the fallback."""

@@ -63,6 +63,16 @@ class RecommenderModel(kserve.Model):
 
     def load(self) -> bool:
         self.recommender = Recommender(find_bundle(self.bundle_dir))
+        if self.limits.precompute_lists:
+            limits = self.limits
+            if not self.recommender.precompute(
+                limits.max_k, max_customers=limits.precompute_max_customers, progress=log.info
+            ):
+                log.info(
+                    "%s customers > serving.precompute_max_customers (%s): lists are ranked per request",
+                    f"{len(self.recommender.customer_row):,}",
+                    f"{limits.precompute_max_customers:,}",
+                )
         self.recommender.search(["warm up"], 1)  # first encoder call allocates; keep it off the first request
         self.ready = True
         return self.ready

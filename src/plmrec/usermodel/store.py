@@ -63,7 +63,7 @@ def item_scores(users: np.ndarray, items: np.ndarray, *, chunk: int = 512) -> tu
     v = torch.from_numpy(np.ascontiguousarray(items, dtype=np.float32))
     best, which = [], []
     for start in range(0, len(u), chunk):
-        s = torch.einsum("ucw,nw->ucn", u[start : start + chunk], v)
+        s = torch.einsum("ucw,nw->ucn", u[start : start + chunk].double(), v.double()).float()  # batch-independent
         top = s.max(dim=1)
         best.append(top.values.numpy())
         which.append(top.indices.numpy())
