@@ -145,7 +145,7 @@ def comparison_bundles(prepared, recommenders, root: Path, *, models: tuple[str,
     items, encoder = minilm_items(prepared)
     rows, detail = experiment.run_recommenders(prepared, items, recommenders)
     params = Params(recommenders=recommenders)
-    out = {"rows": rows}
+    out = {"rows": rows, "detail": detail, "items": items, "encoder": encoder}
     for model in models:
         params.registry.served_model = model
         write_bundle(

@@ -341,6 +341,12 @@ def test_text_features_help_xgboost_and_ranker_beats_popularity(prepared, minilm
     assert "text" not in importance and importance  # the twin's ranker has no text feature
     assert "text" in info["chosen"][0]["ltr_importance_by_source"]
     assert info["chosen"][0]["factors"] == 16 and len(info["precision_curves"]["ltr"]) == 20
+    from plmrec.recsys.comparison import Comparison
+
+    comparison = Comparison(Params(recommenders=rp), pd.DataFrame(), {"skipped": "-"}, rows, info)
+    lists, best = comparison.list_rows(), comparison.view_choices(servable=True)
+    assert lists["mixed"] == lists["buy_again"] == comparison.served == best["all"]  # each list: its view's best
+    assert lists["discover"] == best["discovery"] and lists["basket"] == best.get("new_customers", lists["mixed"])
     held = recommend.held_out_queries(np.arange(info["valid_customers"]), 0)
     assert info["valid_customers_scored"] == len(held) < info["valid_customers"]  # valid read out of sample
 

@@ -12,7 +12,7 @@ import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from helpers import plmrec_server
+from helpers import plmrec_server, quick_recommenders_params
 from plmrec.config import ServingParams
 from plmrec.errors import BundleError, RequestError
 from plmrec.serving.bundle import Recommender, find_bundle
@@ -137,6 +137,52 @@ def test_lists_ranked_at_load_are_the_lists_ranked_per_request(serving_bundles, 
     c, basket = next(iter(live.customer_row)), [live.codes[3]]
     assert ranked.recommend_customer(c, 5, basket).stock_codes == live.recommend_customer(c, 5, basket).stock_codes
     assert len(ranked.recommend_customer(c, 30).stock_codes) == 30  # beyond the ranked depth: ranked per request
+
+
+def test_a_list_chosen_on_its_own_view_is_ranked_by_that_rows_bundle(serving_bundles, tmp_path):
+    """Where valid chose another row for a list's view (here forced: popularity for the discover list and
+    for baskets), the bundle holds that row's bundle and answers the list from it: the same lists as that
+    row's own bundle, while the other lists stay the served row's; bundle.json and the run's line say so."""
+    from plmrec.config import Params
+    from plmrec.recsys.comparison import Comparison
+    from plmrec.serving.bundle import lift_summary, write_bundle
+
+    params = Params(recommenders=quick_recommenders_params())
+    params.registry.served_model = "ltr"
+    rows, detail = serving_bundles["rows"], serving_bundles["detail"]
+    lifts = [v.lift for v in Comparison(params, pd.DataFrame(), {"skipped": "-"}, rows, detail).view_lifts() if v.lift]
+    served = write_bundle(
+        params,
+        serving_bundles["prepared"],
+        serving_bundles["items"],
+        recommender_rows=serving_bundles["rows"],
+        recommender_detail=serving_bundles["detail"],
+        encoder_dir=serving_bundles["encoder"],
+        bundle_dir=tmp_path / "bundle",
+        lists={"mixed": "ltr", "buy_again": "ltr", "discover": "popularity", "basket": "popularity"},
+        lifts=lifts,
+    )
+    assert served["lists"] == {"mixed": "ltr", "buy_again": "ltr", "discover": "popularity", "basket": "popularity"}
+    both = Recommender(tmp_path / "bundle", load_encoder=False)
+    assert both.meta["list_rows"] == {"discover": "popularity", "basket": "popularity"}
+    assert not (tmp_path / "bundle" / "rows" / "popularity" / "encoder").exists()  # queries: the served bundle's
+    ltr = Recommender(serving_bundles["ltr"], load_encoder=False)
+    popularity = Recommender(serving_bundles["popularity"], load_encoder=False)
+    assert both.precompute(20, max_customers=10**6)
+    assert set(both.lists) == {"mixed", "buy_again"} and set(both.ranked_by["discover"].lists) == {"discover"}
+    for customer in list(both.customer_row)[:40]:
+        for kind, expected in (("mixed", ltr), ("buy_again", ltr), ("discover", popularity)):
+            got, want = (
+                both.recommend_customer(customer, 10, kind=kind),
+                expected.recommend_customer(customer, 10, kind=kind),
+            )
+            assert got.stock_codes == want.stock_codes, (customer, kind)
+    basket = [both.codes[3], both.codes[7]]
+    assert both.recommend_basket(basket, 5).stock_codes == popularity.recommend_basket(basket, 5).stock_codes
+    assert both.recommend_customer(-1, 5, basket).stock_codes == popularity.recommend_basket(basket, 5).stock_codes
+    line = lift_summary(both.meta)  # the lists popularity ranks read no text: only ltr's lift
+    assert line.startswith("served: ltr (mixed, buy again), popularity (discover, basket); lift over each list's")
+    assert "all ndcg@10 ltr " in line and " vs ltr-no-text " in line and "discovery" not in line
 
 
 def test_latest_items_leave_the_purchase_days_as_they_were():

@@ -122,13 +122,15 @@ class Comparison:
         and co-purchase; each a Verdict carrying its figures (`.lift`)."""
         from plmrec.recsys.experiment import Verdict, lift, view_metric
 
-        served, twin = self.served, self.twin
-        if served is None:
+        if self.served is None:
             return []
-        if served == twin:
-            return [Verdict(f"The served model, {served}, reads no item text: no language-model stage is served")]
-        out = []
+        out, text_free = [], {}
         for view, summary in self.view_summaries.items():
+            served = self.served_on(view)
+            twin = row_registry.twin_of(served)
+            if served == twin:
+                text_free[view] = served
+                continue
             metric = "test_" + view_metric(view, self.params.recommenders.primary_metric)
             against = [(twin, "its no-text twin")]
             if view == "new_customers":
@@ -137,19 +139,44 @@ class Comparison:
                 if {served, other} <= set(summary.index):
                     line = lift(summary, metric, served, versus=other, label=f"{views.TITLES[view]}, served vs {words}")
                     line.tag_name = f"{view}.{line.tag_name}"
-                    line.lift["view"] = view
+                    line.lift.update(view=view, against_twin=other == twin)
                     out.append(line)
-        return out
+        if text_free and not out:
+            served = ", ".join(dict.fromkeys(text_free.values()))
+            return [Verdict(f"The served model, {served}, reads no item text: no language-model stage is served")]
+        return out + [
+            Verdict(f"{views.TITLES[view]}: the list served there, {row}'s, reads no item text")
+            for view, row in text_free.items()
+        ]
 
-    def view_choices(self) -> dict[str, str]:
+    def list_rows(self) -> dict[str, str]:
+        """Per served list (plmrec.recsys.views.VIEW_OF_LIST), the row that ranks it: with
+        registry.served_model auto, the best on valid on the list's view among the rows a bundle can
+        serve (the served row where the view was not scored); else the named row on every list."""
+        if self.served is None:
+            return {}
+        choices = self.view_choices(servable=True) if self.params.registry.served_model == "auto" else {}
+        return {kind: choices.get(view, self.served) for kind, view in views.VIEW_OF_LIST.items()}
+
+    def served_on(self, view: str) -> str | None:
+        """The row that ranks the list `view` scores (new items: the discover list's)."""
+        kind = next((k for k, scored in views.VIEWS_OF_LIST.items() if view in scored), "mixed")
+        return self.list_rows().get(kind, self.served)
+
+    def view_choices(self, *, servable: bool = False) -> dict[str, str]:
         """Per view, the model with the best mean valid figure of the view's metric (never the test one)."""
         from plmrec.recsys.experiment import view_metric
 
         out = {}
         for view in self.view_summaries:
             rows = self.view_rows[self.view_rows["view"] == view]
+            if servable:  # rows a bundle can hold (not the view-only co-purchase baseline), every seed scored
+                rows = rows[
+                    rows["model"].isin(row_registry.names()) & rows["model"].isin(self.recommender_rows["model"])
+                ]
             column = f"valid_{view_metric(view, self.params.recommenders.primary_metric)}"
-            out[view] = str(rows.groupby("model", sort=False)[column].mean().idxmax())
+            if len(rows):
+                out[view] = str(rows.groupby("model", sort=False)[column].mean().idxmax())
         return out
 
     def view_table(self) -> pd.DataFrame:
@@ -169,8 +196,14 @@ class Comparison:
                     else "-"
                     for m in models
                 ]
+        lists = self.list_rows()
+        twins = {row_registry.twin_of(r) for r in lists.values()} - set(lists.values())
         table["role"] = [
-            "served" if m == self.served else "no-text twin" if m == self.twin and m != self.served else ""
+            "served: " + ", ".join(k.replace("_", " ") for k, r in lists.items() if r == m)
+            if m in lists.values()
+            else "no-text twin"
+            if m in twins
+            else ""
             for m in models
         ]
         return table
@@ -308,7 +341,7 @@ class Comparison:
         return (
             f"\n## Evaluation views (test, %, mean ± std over seeds; {who})\n\n"
             + markdown_table(self.view_table())
-            + f"\nBest on valid per view: {chosen}. The bundle serves {self.served} on every list.\n"
+            + f"\nBest on valid per view: {chosen}. Lists served: {served_lists(self.list_rows())}.\n"
             + (f"\nLearning to rank, feature importance by source (share, last seed):\n\n{sources}" if sources else "")
         )
 
@@ -337,6 +370,7 @@ class Comparison:
             "served_model": self.served,
             "twin": self.twin,
             "view_choices": self.view_choices(),
+            "list_rows": self.list_rows(),
             "lifts": [v.lift for v in verdicts if getattr(v, "lift", None)],
             "test_customers": self.recommender_detail["test_customers"],
             "seeds": self.params.recommenders.seeds,
@@ -382,14 +416,22 @@ class Comparison:
         tracking.set_verdicts(verdicts, title="Verdicts (test, mean ± std over seeds)")
         ltr = recommender.loc["ltr", ("mean", self.primary)] if "ltr" in recommender.index else 0.0
         headline = {f"test_{recommenders.primary_metric.replace('@', '_at_')}_ltr": ltr}
-        for line in verdicts:  # the served model's lift over its no-text twin, per view
+        for line in verdicts:  # the served list's lift over its row's no-text twin, per view
             found = getattr(line, "lift", None)
-            if found and found["versus"] == self.twin:
+            if found and found.get("against_twin"):
                 headline[f"lift_over_twin_{found['view']}_{found['metric'].replace('@', '_at_')}"] = found["difference"]
         if not self.classifier_skipped:
             headline["test_accuracy_plm_xgboost"] = classifier.loc[self.plm_classifier, ("mean", "test_accuracy")]
             headline["test_accuracy_best_xgboost"] = classifier.loc[self.best_classifier, ("mean", "test_accuracy")]
         tracking.log_parent_metrics(params=self.params, run_key=run_key, tracking_uri=tracking_uri, metrics=headline)
+
+
+def served_lists(lists: dict[str, str]) -> str:
+    """'mixed, buy again: ltr; discover: mf; basket: mf+repeat': each row with the lists it ranks."""
+    by_row: dict[str, list[str]] = {}
+    for kind, row in lists.items():
+        by_row.setdefault(row, []).append(kind.replace("_", " "))
+    return "; ".join(f"{', '.join(kinds)}: {row}" for row, kinds in by_row.items())
 
 
 def _shares(shares: dict[str, float]) -> str:

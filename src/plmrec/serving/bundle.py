@@ -39,7 +39,7 @@ from plmrec.config import Params, RecommendersParams
 from plmrec.data.schema import DAY_NS
 from plmrec.errors import BundleError
 from plmrec.features import EmbeddingFeatures
-from plmrec.recsys import recommend
+from plmrec.recsys import recommend, views
 from plmrec.recsys import rows as row_registry
 from plmrec.search import SEARCH_MODES
 from plmrec.search.fusion import fuse
@@ -125,13 +125,17 @@ def build_bundle(
     search: dict | None = None,
     lifts: list[dict] | None = None,
     catalogue: pd.DataFrame | None = None,
+    lists: dict[str, tuple[str, str]] | None = None,
+    searchable: bool = True,
 ) -> Path:
     """Refit `model` with the settings chosen on valid (`chosen`: factors, weights) on all purchases;
     `user_model` (a file plmrec.usermodel.store saved, refitted on train + valid) for the user-model rows;
     `search`: evaluate-search's decision (the default query mode and the fusion weight); `lifts`: the
     model's lift over its no-text twin per evaluation view (plmrec.recsys.comparison), kept in bundle.json;
     `catalogue` (StockCode, Description): the shop's products, of which those nobody has bought yet are
-    added, encoded by the bundle's encoder (a discover list with new-item places can show them)."""
+    added, encoded by the bundle's encoder (a discover list with new-item places can show them); `lists`:
+    the lists another row ranks (list -> (that row, its bundle's path here)); `searchable` False: no encoder and
+    no BM25 index (a row's bundle inside another, which answers the queries)."""
     if model not in row_registry.names():
         raise BundleError(f"unknown served model '{model}' (expected one of {', '.join(row_registry.names())})")
     row = row_registry.get(model)
@@ -175,8 +179,9 @@ def build_bundle(
             discover_ranker.save_model(str(out / "ranker_discover.json"))
     if row.user_model:
         _write_user_model(user_model, out, prepared=prepared, customers=customers, codes=codes)
-    shutil.copytree(encoder_dir, out / "encoder")
-    Bm25Index(items["Description"].astype(str).tolist()).save(out / "search")
+    if searchable:
+        shutil.copytree(encoder_dir, out / "encoder")
+        Bm25Index(items["Description"].astype(str).tolist()).save(out / "search")
     meta = {
         "format": BUNDLE_FORMAT,
         "model": model,
@@ -198,6 +203,8 @@ def build_bundle(
         "new_item_slots": int(chosen.get(f"{model}_new_item_slots", 0)),
         "unsold_items": int((recommend.item_popularity(counts) == 0).sum()),
         "lifts": lifts or [],
+        "lists": {kind: where for kind, (_, where) in (lists or {}).items()},  # list -> the bundle that ranks it
+        "list_rows": {kind: row for kind, (row, _) in (lists or {}).items()},
         "encoder": encoder_info or {},
         "search": search_settings(search),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -282,10 +289,13 @@ def write_bundle(
     search: dict | None = None,
     lifts: list[dict] | None = None,
     catalogue: pd.DataFrame | None = None,
+    lists: dict[str, str] | None = None,
 ) -> dict:
     """The serving bundle of registry.served_model (auto: the recommender chosen on valid) from a
     comparison's rows and detail, with its test metrics (mean and std over seeds); `user_models`
-    (plmrec.usermodel.store.SavedUserModels) when the comparison had the user model."""
+    (plmrec.usermodel.store.SavedUserModels) when the comparison had the user model. `lists` (list ->
+    row, plmrec.recsys.comparison.Comparison.list_rows): a list another row ranks gets that row's bundle
+    inside this one (`rows/<row>`), and the served answers that list from it."""
     from plmrec.recsys.experiment import served_choice
 
     rp = params.recommenders
@@ -295,38 +305,69 @@ def write_bundle(
             f"registry.served_model '{model}' was not evaluated (evaluated: "
             f"{', '.join(recommender_rows['model'].unique())}; ltr needs recommenders.ltr.enabled)"
         )
+    seed = rp.seeds[-1]
+    lists = {kind: row for kind, row in (lists or {}).items() if row != model}  # ranked by another row
+    served_by = {kind: lists.get(kind, model) for kind in views.VIEWS_OF_LIST}
+    served_on = {view: served_by[kind] for kind, scored in views.VIEWS_OF_LIST.items() for view in scored}
+    items = with_catalogue(items, catalogue, encoder_dir)  # once: every row's bundle holds the same items
+
+    def build(row: str, out: Path, **extra) -> dict:
+        user_model = None
+        if row_registry.get(row).user_model:
+            user_model = user_models.directory / "seeds" / str(user_models.seed_for(seed)) / "refit.pt"
+        metrics = _row_metrics(recommender_rows, row)
+        build_bundle(
+            prepared,
+            items,
+            encoder_dir,
+            out_dir=out,
+            rp=rp,
+            model=row,
+            chosen={**recommender_detail["chosen"][seed], "seed": seed},
+            ranker=recommender_detail["rankers"].get(seed, {}).get(row),
+            discover_ranker=recommender_detail["rankers"].get(seed, {}).get(f"{row}:discover"),
+            metrics=metrics,
+            encoder_info={"source": str(encoder_dir), "name": _encoder_choice(encoder_dir)},
+            user_model=user_model,
+            search=search,
+            lifts=[  # the served lists' lifts (each list's row on its views): all here, a row's in its own
+                x
+                for x in lifts or []
+                if x["model"] == served_on.get(x.get("view", "all")) and row in (model, x["model"])
+            ],
+            **extra,
+        )
+        return metrics
+
+    metrics = build(model, Path(bundle_dir), lists={kind: (row, _row_dir(row)) for kind, row in lists.items()})
+    for row in dict.fromkeys(lists.values()):
+        build(row, Path(bundle_dir) / _row_dir(row), searchable=False)
+    return {"model": model, "metrics": metrics, "bundle": str(bundle_dir), "chosen_by": chosen_by, "lists": served_by}
+
+
+def _row_dir(row: str) -> str:
+    """Where a row that ranks some of the lists keeps its bundle, inside the served row's."""
+    from plmrec.tracking import safe_name
+
+    return f"rows/{safe_name(row)}"
+
+
+def _row_metrics(recommender_rows: pd.DataFrame, model: str) -> dict:
+    """A row's test figures: mean over seeds and their std."""
     rows = recommender_rows[recommender_rows["model"] == model]
     metrics = {
         c.replace("test_", ""): float(rows[c].mean()) for c in rows.columns if c.startswith("test_") and "@" in c
     }
     metrics.update({f"{k}_std": float(rows[f"test_{k}"].std(ddof=1)) if len(rows) > 1 else 0.0 for k in list(metrics)})
-    seed = rp.seeds[-1]
-    user_model = None
-    if row_registry.get(model).user_model:
-        user_model = user_models.directory / "seeds" / str(user_models.seed_for(seed)) / "refit.pt"
-    build_bundle(
-        prepared,
-        items,
-        encoder_dir,
-        out_dir=bundle_dir,
-        rp=rp,
-        model=model,
-        chosen={**recommender_detail["chosen"][seed], "seed": seed},
-        ranker=recommender_detail["rankers"].get(seed, {}).get(model),
-        discover_ranker=recommender_detail["rankers"].get(seed, {}).get(f"{model}:discover"),
-        metrics=metrics,
-        encoder_info={"source": str(encoder_dir), "name": _encoder_choice(encoder_dir)},
-        user_model=user_model,
-        search=search,
-        lifts=[x for x in lifts or [] if x["model"] == model],
-        catalogue=catalogue,
-    )
-    return {"model": model, "metrics": metrics, "bundle": str(bundle_dir), "chosen_by": chosen_by}
+    return metrics
 
 
 def lift_summary(meta: dict) -> str:
-    """One line: the served model, its no-text twin and the lift over it per evaluation view."""
-    model, twin = meta["model"], meta.get("twin")
+    """One line: the served model, its no-text twin and the lift over it per evaluation view; where other
+    rows rank some lists (chosen on those lists' views), each list's row and its lift over its own twin."""
+    model, twin, others = meta["model"], meta.get("twin"), meta.get("list_rows", {})
+    if others:
+        return _lists_lift_summary(meta)
     if twin == model:
         return f"served: {model}, which reads no item text (no language-model stage is served)"
     lifts = [x for x in meta.get("lifts", []) if x["versus"] == twin]
@@ -334,6 +375,22 @@ def lift_summary(meta: dict) -> str:
         return f"served: {model} (no-text twin {twin}: not evaluated)"
     return f"served: {model}; lift over its no-text twin {twin}: " + "; ".join(
         f"{x['view'].replace('_', ' ')} {x['metric']} {x['mean']:.4f} vs {x['versus_mean']:.4f} ({lift_note(x)})"
+        for x in lifts
+    )
+
+
+def _lists_lift_summary(meta: dict) -> str:
+    model, others = meta["model"], meta["list_rows"]
+    rows: dict[str, list[str]] = {}
+    for kind in [*(k for k in (*LISTS, "basket") if k not in others), *others]:
+        rows.setdefault(others.get(kind, model), []).append(kind.replace("_", " "))
+    served = "served: " + ", ".join(f"{row} ({', '.join(kinds)})" for row, kinds in rows.items())
+    lifts = [x for x in meta.get("lifts", []) if x.get("against_twin")]
+    if not lifts:
+        return f"{served}; no list's row reads item text (no language-model stage is served)"
+    return f"{served}; lift over each list's no-text twin: " + "; ".join(
+        f"{x['view'].replace('_', ' ')} {x['metric']} {x['model']} {x['mean']:.4f} vs {x['versus']} "
+        f"{x['versus_mean']:.4f} ({lift_note(x)})"
         for x in lifts
     )
 
@@ -415,6 +472,11 @@ class Recommender:
         self.encoder = self._load_encoder() if load_encoder else None
         self.lists: dict[str, tuple[np.ndarray, np.ndarray]] | None = None  # `precompute`: known customers' lists
         self.lists_depth = 0
+        loaded: dict[str, Recommender] = {}
+        self.ranked_by = {  # the lists another row ranks (chosen on their own view): that row's bundle
+            kind: loaded.setdefault(where, Recommender(path / where, load_encoder=False))
+            for kind, where in self.meta.get("lists", {}).items()
+        }
         self.search_settings = self.meta.get("search") or search_settings(None)
         self.lexical = Bm25Index.load(path / "search") if (path / "search").exists() else None
 
@@ -633,6 +695,8 @@ class Recommender:
                 f'request has no basket: the most popular items (send "basket": [stock codes] for a '
                 f"personal list)",
             )
+        if kind in self.ranked_by:
+            return self.ranked_by[kind].recommend_customer(customer_id, k, basket, kind=kind)
         if not basket and self.lists is not None and k <= self.lists_depth:  # known, no basket: read, not ranked
             items, scores = self.lists[kind]
             kept = items[row, :k] >= 0
@@ -651,18 +715,22 @@ class Recommender:
             *self._rank(counts, last_day, factor, k=k, kind=kind, users=users), unknown=unknown, kind=kind
         )
 
-    def precompute(self, depth: int, *, max_customers: int, progress=None) -> bool:
-        """Every known customer's lists (each of LISTS, `depth` long) ranked once, here, by the live path
-        in batches: a request for a known customer without a basket then reads its list (a basket, or a
-        k beyond `depth`, still ranks live). Not done past `max_customers` (memory: about 36 bytes per
-        customer and place); False then."""
+    def precompute(self, depth: int, *, max_customers: int, progress=None, kinds: tuple[str, ...] = LISTS) -> bool:
+        """Every known customer's lists (`kinds`, `depth` long) ranked once, here, by the live path in
+        batches: a request for a known customer without a basket then reads its list (a basket, or a k
+        beyond `depth`, still ranks live); a list another row ranks, by that row's bundle. Not done past
+        `max_customers` (memory: about 36 bytes per customer and place); False then."""
         n = len(self.customer_row)
         if n > max_customers:
             return False
+        for kind in kinds:
+            if kind in self.ranked_by:
+                self.ranked_by[kind].precompute(depth, max_customers=max_customers, progress=progress, kinds=(kind,))
+        kinds = tuple(kind for kind in kinds if kind not in self.ranked_by)
         batch = max(1, min(256, 2**24 // max(self.n_items, 1)))
         lists = {}
         started = time.perf_counter()
-        for kind in LISTS:
+        for kind in kinds:
             items = np.full((n, depth), -1, dtype=np.int32)
             scores = np.zeros((n, depth), dtype=np.float64)
             for start in range(0, n, batch):
@@ -697,6 +765,8 @@ class Recommender:
         """Top-K of the list `kind` for an anonymous basket (a new customer): its ALS vector folded in,
         its items as the history (the new-customer view's path)."""
         kind = "discover" if exclude_seen else kind
+        if "basket" in self.ranked_by:
+            return self.ranked_by["basket"].recommend_basket(basket, k, kind=kind)
         items, unknown = self._basket_row(basket)
         if not len(items):
             rec = self.popular(k, reason="none of the basket's stock codes is in the catalogue: the most popular items")

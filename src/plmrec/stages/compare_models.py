@@ -114,7 +114,7 @@ def compare_models(
 ) -> dict:
     """Both studies over seeds with the chosen encoder's item embeddings; with `bundle`, the served
     recommender written there."""
-    from plmrec.recsys.comparison import Comparison
+    from plmrec.recsys.comparison import Comparison, served_lists
     from plmrec.serving.bundle import read_catalogue, write_bundle
 
     out = Path(reports)
@@ -155,11 +155,12 @@ def compare_models(
                 search=_search_decision(search),
                 lifts=summary["lifts"],
                 catalogue=read_catalogue(params.serving.catalogue_path) if params.serving.catalogue_path else None,
+                lists=comparison.list_rows(),
             )
             say(
                 STAGE,
-                f"serving bundle: {served['model']} ({served['chosen_by']}), refitted on all "
-                f"purchases in {time.perf_counter() - started:.1f} s -> {bundle}",
+                f"serving bundle: {served['model']} ({served['chosen_by']}; lists: {served_lists(served['lists'])}), "
+                f"refitted on all purchases in {time.perf_counter() - started:.1f} s -> {bundle}",
             )
             summary["served"] = served
             tracking.set_tags({"plmrec.served_model": served["model"]})

@@ -61,10 +61,16 @@ def _description(meta: dict, tags: dict, gated) -> str:
     )
     encoder = meta.get("encoder", {}).get("name") or Path(meta.get("encoder", {}).get("source", "?")).name
     twin = meta.get("twin")
-    lifts = [x for x in meta.get("lifts", []) if x["versus"] == twin]
+    lifts = [x for x in meta.get("lifts", []) if x.get("against_twin", x["versus"] == twin)]
+    lists = "".join(f"{kind.replace('_', ' ')} list by {row}; " for kind, row in meta.get("list_rows", {}).items())
     against_twin = (
-        f"against its no-text twin {twin}: "
-        + ", ".join(f"{x['view']} {x['metric']} {x['difference']:+.4f} ({lift_note(x)})" for x in lifts)
+        f"{lists}against its no-text twin {twin}: "
+        + ", ".join(
+            f"{x['view']} {x['metric']} {x['difference']:+.4f} ({lift_note(x)}"
+            + ("" if x["model"] == meta["model"] else f"; {x['model']} vs {x['versus']}")
+            + ")"
+            for x in lifts
+        )
         + "; "
         if lifts
         else ("it reads no item text; " if twin == meta["model"] else "")
