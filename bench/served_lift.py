@@ -62,6 +62,7 @@ def main() -> None:
             "served_model": summary["served_model"],
             "twin": summary["twin"],
             "view_choices": summary["view_choices"],
+            "list_rows": summary["list_rows"],  # the row that ranks each served list (its view's best on valid)
             "view_customers": summary["view_customers"],
             "lifts": summary["lifts"],
             "views": summary["views"],

@@ -217,6 +217,43 @@ def test_the_saved_vectors_are_the_model_on_each_history(bundles, trained):
     assert np.allclose(again, rec.user_vectors[rec.customer_row[customer]], atol=1e-5)
 
 
+def test_exported_embeddings_are_the_served_vectors(bundles, tmp_path):
+    """`plmrec export embeddings`: items and customers as Parquet, each vector the bundle's own (text,
+    ALS, the user model's C vectors), a manifest naming the model and encoder; the command line says so."""
+    import json
+    import subprocess
+    import sys
+
+    import pyarrow.parquet as pq
+
+    from plmrec.serving.bundle import Recommender
+    from plmrec.serving.export import read_vectors, text_profiles
+
+    rec = Recommender(bundles["ltr+user_model"], load_encoder=False)
+    out = tmp_path / "embeddings"
+    done = subprocess.run(
+        [sys.executable, "-m", "plmrec.cli", "export", "embeddings", "--bundle", str(bundles["ltr+user_model"]),
+         "--out", str(out)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert f"{rec.n_items:,} items and {len(rec.customer_row):,} customers of ltr+user_model" in done.stdout
+    items, customers = out / "items.parquet", out / "customers.parquet"
+    assert pq.read_table(items, columns=["item"]).column(0).to_pylist() == rec.codes.tolist()
+    order = pq.read_table(customers, columns=["customer"]).column(0).to_pylist()
+    assert [rec.customer_row[c] for c in order] == list(range(len(order)))  # the bundle's order, its id type
+    assert np.array_equal(read_vectors(items, "text_vector"), rec.item_vectors)
+    assert np.array_equal(read_vectors(items, "mf"), rec.item_factors)
+    assert np.array_equal(read_vectors(items, "user_model"), rec.user_item_vectors)
+    assert np.array_equal(read_vectors(customers, "mf"), rec.user_factors)
+    assert np.array_equal(read_vectors(customers, "user_model"), rec.user_vectors)  # C x w each
+    assert np.array_equal(read_vectors(customers, "text_profile"), text_profiles(rec))
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["model"] == "ltr+user_model" and manifest["user_model"]["spec"]["vectors"] == 2
+    assert manifest["widths"]["customers"]["user_model"] == list(rec.user_vectors.shape[1:])
+    assert manifest["source"]["bundle"] == str(bundles["ltr+user_model"])
+
+
 def test_ltr_with_the_user_model_serves(bundles):
     from plmrec.serving.bundle import Recommender
 

@@ -610,6 +610,51 @@ def serve(params_path, overrides, bundle_dir, alias, host, port, download_dir):
     run_server(bundle_dir, params.serving, host, port=port, version=version)
 
 
+@main.group()
+def export():
+    """Write what a trained model knows for other tools to read."""
+
+
+@export.command("embeddings")
+@params_option
+@set_option
+@click.option(
+    "--bundle",
+    "bundle_dir",
+    type=click.Path(file_okay=False, exists=True),
+    default=None,
+    help="a serving bundle directory (default: the registry's model at --alias)",
+)
+@click.option("--alias", default="champion", show_default=True, help="which registry alias to export")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, help="the folder to write")
+def export_embeddings_cmd(params_path, overrides, bundle_dir, alias, out_dir):
+    """Item and customer vectors (text, ALS, the user model's C vectors) as Parquet, with a manifest
+    naming the encoder and model that made them: the arrays the server ranks with."""
+    import tempfile
+
+    from plmrec import registry
+    from plmrec.serving.bundle import find_bundle
+    from plmrec.serving.export import export_embeddings
+
+    params = load_params(params_path, overrides)
+    source = {"bundle": bundle_dir}
+    if bundle_dir is None:
+        _, uri = _registry_client(params)
+        bundle_dir, version = registry.download(
+            uri, params.registry.model_name, alias, dst=tempfile.mkdtemp(prefix="plmrec-export-")
+        )
+        source = {"registry": uri, "model": params.registry.model_name, "alias": alias, "version": version}
+    manifest = export_embeddings(find_bundle(bundle_dir), out_dir, source=source)
+    widths = "; ".join(
+        f"{table}: " + ", ".join(f"{name} {'x'.join(map(str, shape))}" for name, shape in columns.items())
+        for table, columns in manifest["widths"].items()
+    )
+    click.echo(
+        f"{manifest['items']:,} items and {manifest['customers']:,} customers of {manifest['model']} -> {out_dir} "
+        f"({widths})"
+    )
+
+
 # ---------------------------------------------------------------------------- models
 @main.command("tiny-model")
 @params_option
