@@ -277,6 +277,8 @@ def test_health_endpoints(server):
         {"name": "customer_id", "datatype": "INT64", "shape": [-1]},
         {"name": "basket", "datatype": "BYTES", "shape": [-1]},
         {"name": "query", "datatype": "BYTES", "shape": [-1]},
+        {"name": "embed_customer_id", "datatype": "INT64", "shape": [-1]},
+        {"name": "embed_text", "datatype": "BYTES", "shape": [-1]},
     ]
     assert [(o["name"], o["datatype"], o["shape"]) for o in metadata["outputs"]] == [
         ("stock_code", "BYTES", [-1, -1]),
@@ -284,7 +286,85 @@ def test_health_endpoints(server):
         ("score", "FP32", [-1, -1]),
         ("fallback", "BYTES", [-1]),
         ("list", "BYTES", [-1]),
+        ("text_vector", "FP32", [-1, -1]),  # an embed request's outputs
+        ("text_profile", "FP32", [-1, -1]),
+        ("mf", "FP32", [-1, -1]),
     ]
+
+
+def test_embed_answers_the_exported_vectors_over_both_protocols(server, recommender, serving_bundles, tmp_path):
+    """{"embed": {"customer_id": ...}} and {"embed": {"text": ...}} (v2: embed_customer_id, embed_text)
+    answer the served model's own vectors: those `plmrec export embeddings` writes, and for a text the
+    vector the query path ranks the items' text vectors with."""
+    from plmrec.serving.export import export_embeddings, read_vectors
+
+    export_embeddings(serving_bundles["ltr"], tmp_path / "e")
+    customers = tmp_path / "e" / "customers.parquet"
+    profiles, factors = read_vectors(customers, "text_profile"), read_vectors(customers, "mf")
+    c = _customer(recommender)
+    row = recommender.customer_row[c]
+    text = "red heart lantern for a wedding"
+    r = _v1(server, {"instances": [{"embed": {"customer_id": c}}, {"embed": {"text": text}}]})
+    assert r.status_code == 200, r.text
+    who, what = r.json()["predictions"]
+    assert who["kind"] == what["kind"] == "embed" and who["customer_id"] == c and who["model"] == "ltr"
+    assert set(who["vectors"]) == {"text_profile", "mf"}  # no user model in this bundle
+    assert np.array_equal(np.asarray(who["vectors"]["text_profile"], np.float32), profiles[row])
+    assert np.array_equal(np.asarray(who["vectors"]["mf"], np.float32), factors[row])
+    query = np.asarray(what["vectors"]["text_vector"], np.float32)
+    assert np.allclose(query, recommender.embed_texts([text])[0], atol=1e-6)
+    top = recommender.search([text], 1, "dense")[0]  # the query path ranks by this very vector
+    assert recommender.codes[int(np.argmax(recommender.item_vectors @ query))] == top.stock_codes[0]
+    ids = [c, next(iter(recommender.customer_row))]
+    v2 = {"inputs": [{"name": "embed_customer_id", "shape": [2], "datatype": "INT64", "data": ids}]}
+    r = requests.post(f"{server.url}/v2/models/plmrec/infer", json=v2, timeout=30)
+    assert r.status_code == 200, r.text
+    outputs = {o["name"]: o for o in r.json()["outputs"]}
+    assert set(outputs) == {"text_profile", "mf"} and outputs["mf"]["shape"] == [2, factors.shape[1]]
+    got = np.asarray(outputs["mf"]["data"], np.float32).reshape(2, -1)
+    assert np.allclose(got, factors[[recommender.customer_row[i] for i in ids]], atol=1e-6)
+    v2 = {"inputs": [{"name": "embed_text", "shape": [1], "datatype": "BYTES", "data": [text]}]}
+    out = requests.post(f"{server.url}/v2/models/plmrec/infer", json=v2, timeout=30).json()["outputs"][0]
+    assert out["name"] == "text_vector" and out["shape"] == [1, len(query)]
+
+
+@pytest.mark.parametrize(
+    "body,status,message",
+    [
+        ({"instances": [{"embed": {}}]}, 400, "instances[0].embed needs one of customer_id or text"),
+        ({"instances": [{"embed": {"customer_id": 1, "text": "x"}}]}, 400, "needs one of customer_id or text"),
+        ({"instances": [{"embed": {"customer_id": 999999999}}]}, 404, "instances[0].embed.customer_id: customer"),
+        (
+            {"instances": [{"embed": {"customer_id": "12347"}}]},
+            400,
+            "instances[0].embed.customer_id must be an integer",
+        ),
+        ({"instances": [{"embed": {"text": "x"}, "k": 3}]}, 400, "an embed instance takes no other field, got k"),
+        ({"instances": [{"embed": {"sku": "x"}}]}, 400, "instances[0].embed.sku is an unknown field"),
+        ({"instances": [{"embed": {"text": "  "}}]}, 400, "instances[0].embed.text must be a non-empty string"),
+        ({"instances": [{"embed": "12347"}]}, 400, "instances[0].embed must be an object"),
+    ],
+)
+def test_bad_embed_requests_get_a_4xx_naming_the_field(server, body, status, message):
+    r = _v1(server, body)
+    assert r.status_code == status and message in r.json()["error"], r.text
+
+
+@pytest.mark.parametrize(
+    "inputs,parameters,message",
+    [
+        ([("embed_text", "BYTES", ["a"]), ("query", "BYTES", ["b"])], None, "one input: embed_customer_id or"),
+        ([("embed_text", "BYTES", ["a"])], {"k": 3}, "an embed request takes no parameters, got k"),
+        ([("embed_customer_id", "FP32", [1.0])], None, "input 'embed_customer_id': datatype 'FP32'"),
+        ([("embed_customer_id", "INT64", [])], None, "input 'embed_customer_id' is empty"),
+    ],
+)
+def test_bad_v2_embed_requests_get_a_400_naming_the_input(server, inputs, parameters, message):
+    body = {"inputs": [{"name": n, "shape": [len(d)], "datatype": t, "data": d} for n, t, d in inputs]}
+    if parameters:
+        body["parameters"] = parameters
+    r = requests.post(f"{server.url}/v2/models/plmrec/infer", json=body, timeout=30)
+    assert r.status_code == 400 and message in r.json()["error"], r.text
 
 
 def test_v1_answers_each_request_kind(server, recommender):

@@ -190,8 +190,18 @@ def test_served_customer_and_basket_paths_over_http(bundles, trained, tmp_path):
             },
             timeout=60,
         )
+        embed = requests.post(  # the customer's C vectors, as the user model left them
+            f"{server.url}/v2/models/plmrec/infer",
+            json={
+                "inputs": [{"name": "embed_customer_id", "shape": [1], "datatype": "INT64", "data": [int(customer)]}]
+            },
+            timeout=60,
+        )
     assert v1.status_code == 200, v1.text
     assert v2.status_code == 200, v2.text
+    vectors = {o["name"]: o for o in embed.json()["outputs"]}
+    assert vectors["user_model"]["shape"] == [1, 2, 32]
+    assert np.allclose(np.reshape(vectors["user_model"]["data"], (2, 32)), rec.user_vectors[row], atol=1e-6)
     got = [rec.item_col[i["stock_code"]] for i in v1.json()["predictions"][0]["items"]]
     assert got == _top(rec.user_vectors[row], rec.user_item_vectors, 10)
     fresh = v2.json()["outputs"]
@@ -227,7 +237,7 @@ def test_exported_embeddings_are_the_served_vectors(bundles, tmp_path):
     import pyarrow.parquet as pq
 
     from plmrec.serving.bundle import Recommender
-    from plmrec.serving.export import read_vectors, text_profiles
+    from plmrec.serving.export import read_vectors
 
     rec = Recommender(bundles["ltr+user_model"], load_encoder=False)
     out = tmp_path / "embeddings"
@@ -247,7 +257,7 @@ def test_exported_embeddings_are_the_served_vectors(bundles, tmp_path):
     assert np.array_equal(read_vectors(items, "user_model"), rec.user_item_vectors)
     assert np.array_equal(read_vectors(customers, "mf"), rec.user_factors)
     assert np.array_equal(read_vectors(customers, "user_model"), rec.user_vectors)  # C x w each
-    assert np.array_equal(read_vectors(customers, "text_profile"), text_profiles(rec))
+    assert np.array_equal(read_vectors(customers, "text_profile"), rec.text_profiles)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["model"] == "ltr+user_model" and manifest["user_model"]["spec"]["vectors"] == 2
     assert manifest["widths"]["customers"]["user_model"] == list(rec.user_vectors.shape[1:])

@@ -747,6 +747,36 @@ class Recommender:
         self.lists, self.lists_depth = lists, depth
         return True
 
+    # -- embeddings ----------------------------------------------------------------------------------
+
+    @property
+    def text_profiles(self) -> np.ndarray:
+        """Each customer's L2-normalised mean text vector of the items they bought (computed once)."""
+        if getattr(self, "_text_profiles", None) is None:
+            rows = np.arange(self.counts.shape[0])
+            self._text_profiles, _ = recommend.user_profiles(
+                self.counts, rows, self.item_vectors, clusters=self.clusters, n_clusters=self.meta["n_clusters"]
+            )
+        return self._text_profiles
+
+    def embed_customer(self, customer_id) -> dict[str, np.ndarray] | None:
+        """A known customer's vectors: `text_profile`, `mf` (ALS) and, with a user model, `user_model`
+        (C x w); None for a customer the bundle does not know."""
+        row = self.customer_row.get(self.customer_key(customer_id))
+        if row is None:
+            return None
+        out = {"text_profile": self.text_profiles[row], "mf": self.user_factors[row]}
+        if self.user_vectors is not None:
+            out["user_model"] = self.user_vectors[row]
+        return out
+
+    def embed_texts(self, texts: list[str]) -> np.ndarray:
+        """The encoder's L2-normalised vectors of texts (the space of the items' `text_vector`)."""
+        if self.encoder is None:
+            raise BundleError("this Recommender was loaded without its encoder")
+        vectors = self.encoder.encode(texts, convert_to_numpy=True, normalize_embeddings=True, batch_size=64)
+        return np.asarray(vectors, dtype=np.float32)
+
     def popular(self, k: int, *, reason: str) -> Recommendation:
         """The k most bought items (by purchase lines in the served data), flagged as the fallback."""
         top = self.most_popular[:k]
@@ -790,9 +820,7 @@ class Recommender:
         if mode == "lexical":
             rows, scores = self.lexical.top(queries, k)
             return [self._result(r[r >= 0], s[r >= 0]) for r, s in zip(rows, scores)]
-        if self.encoder is None:
-            raise BundleError("this Recommender was loaded without its encoder")
-        q = self.encoder.encode(queries, convert_to_numpy=True, normalize_embeddings=True, batch_size=64)
+        q = self.embed_texts(queries)
         scores = q.astype(np.float32) @ self.item_vectors.T
         if mode == "dense":
             top = recommend.top_k(scores, k)

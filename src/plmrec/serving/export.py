@@ -22,7 +22,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from plmrec.recsys import recommend
 from plmrec.serving.bundle import Recommender
 
 EXPORT_FORMAT = 1
@@ -35,15 +34,6 @@ def _vectors(matrix: np.ndarray) -> pa.Array:
     for width in reversed(m.shape[1:]):
         flat = pa.FixedSizeListArray.from_arrays(flat, width)
     return flat
-
-
-def text_profiles(rec: Recommender) -> np.ndarray:
-    """Each customer's L2-normalised mean text vector of the items they bought (the mean-similarity query)."""
-    rows = np.arange(rec.counts.shape[0])
-    profiles, _ = recommend.user_profiles(
-        rec.counts, rows, rec.item_vectors, clusters=rec.clusters, n_clusters=rec.meta["n_clusters"]
-    )
-    return profiles
 
 
 def export_embeddings(bundle: str | Path, out: str | Path, *, source: dict | None = None) -> dict:
@@ -64,7 +54,7 @@ def export_embeddings(bundle: str | Path, out: str | Path, *, source: dict | Non
     customer_columns = {
         "customer": pa.array(customers, pa.string() if rec.text_ids else pa.int64()),
         "purchase_lines": pa.array(np.asarray(rec.counts.sum(axis=1)).ravel().astype(np.int64)),
-        "text_profile": _vectors(text_profiles(rec)),
+        "text_profile": _vectors(rec.text_profiles),
         "mf": _vectors(rec.user_factors),
     }
     user_model = None

@@ -20,6 +20,8 @@ import uuid
 import warnings
 from pathlib import Path
 
+import numpy as np
+
 from plmrec.config import ServingParams
 from plmrec.errors import RequestError
 from plmrec.serving.bundle import Recommender, find_bundle
@@ -91,6 +93,8 @@ class RecommenderModel(kserve.Model):
         # the gate (serving.http.Gate) has read the body as strict JSON: a dict (v1) or an InferRequest (v2)
         if isinstance(payload, InferRequest):
             results = answer(self.recommender, parse_v2(payload, self.limits))
+            if results[0]["kind"] == "embed":
+                return self._v2_embed_response(payload, results)
             return self._v2_response(payload, results)
         return {"predictions": answer(self.recommender, parse_v1(payload, self.limits)), "model_version": self.version}
 
@@ -100,10 +104,30 @@ class RecommenderModel(kserve.Model):
         return [{"name": name, "datatype": types[0], "shape": [-1]} for name, types in V2_INPUTS.items()]
 
     def get_output_types(self) -> list[dict]:
-        """The outputs of every answer: [requests, k] each, and which requests got the fallback list."""
+        """The outputs of every recommendation answer: [requests, k] each, and which requests got the
+        fallback list; then an embed request's, instead of those: [requests, width] (the user model's
+        [requests, C, width])."""
         lists = [{"name": name, "datatype": datatype, "shape": [-1, -1]} for name, datatype in V2_OUTPUTS]
         flags = [{"name": name, "datatype": "BYTES", "shape": [-1]} for name in (FALLBACK_OUTPUT, LIST_OUTPUT)]
-        return [*lists, *flags]
+        vectors = ["text_vector", "text_profile", "mf"]
+        embed = [{"name": name, "datatype": "FP32", "shape": [-1, -1]} for name in vectors]
+        if self.recommender is not None and self.recommender.user_vectors is not None:
+            embed.append({"name": "user_model", "datatype": "FP32", "shape": [-1, -1, -1]})
+        return [*lists, *flags, *embed]
+
+    def _v2_embed_response(self, request: InferRequest, results: list[dict]) -> InferResponse:
+        """One FP32 output per vector the answers hold (text_vector; or text_profile, mf, user_model),
+        shaped [B, w] (the user model's [B, C, w])."""
+        outputs = []
+        for name in results[0]["vectors"]:
+            stacked = np.asarray([r["vectors"][name] for r in results], dtype=np.float32)
+            outputs.append(InferOutput(name, list(stacked.shape), "FP32", stacked.reshape(-1).tolist()))
+        return InferResponse(
+            response_id=request.id or str(uuid.uuid4()),
+            model_name=self.name,
+            infer_outputs=outputs,
+            model_version=self.version,
+        )
 
     def _v2_response(self, request: InferRequest, results: list[dict]) -> InferResponse:
         width = max(len(r["items"]) for r in results)

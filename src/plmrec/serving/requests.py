@@ -1,8 +1,9 @@
 """Request parsing and answering, shared by the KServe predictor (v1 and v2) and the MLflow pyfunc.
 
 A request asks for one of: top-K for a known customer (optionally with a current basket), top-K for
-an anonymous basket, or the items nearest a free-text query. Each mistake raises `RequestError`
-with the HTTP status to answer and a message that names the field.
+an anonymous basket, the items nearest a free-text query, or the vectors of a known customer or of a
+text (`embed`: the served model's own, in the spaces `plmrec export embeddings` writes). Each mistake
+raises `RequestError` with the HTTP status to answer and a message that names the field.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from plmrec.config import ServingParams
@@ -23,7 +25,7 @@ from plmrec.serving.bundle import DEFAULT_LIST, LISTS, Recommender
 class Query:
     """One recommendation request: a customer (optionally with a basket), a basket, or a text query."""
 
-    kind: str  # customer | basket | query
+    kind: str  # customer | basket | query | embed_customer | embed_text
     k: int
     customer_id: int | str | None = None  # the id type the shop's data has
     basket: list[str] = field(default_factory=list)
@@ -41,11 +43,20 @@ CustomerId = Annotated[int, Field(ge=0, le=INT64_MAX)] | Annotated[str, Field(mi
 _STRICT = ConfigDict(strict=True, extra="forbid")
 
 
-class Instance(BaseModel):
-    """One v1 instance (and one pyfunc row): a customer (optionally with a basket), a basket, or a query.
-    Strict: JSON integers, strings and booleans only, no field beyond these."""
+class Embed(BaseModel):
+    """What an `embed` instance asks the vectors of: a known customer or a text, one of them."""
 
     model_config = _STRICT
+    customer_id: CustomerId | None = None
+    text: str | None = None
+
+
+class Instance(BaseModel):
+    """One v1 instance (and one pyfunc row): a customer (optionally with a basket), a basket, a query,
+    or `embed`. Strict: JSON integers, strings and booleans only, no field beyond these."""
+
+    model_config = _STRICT
+    embed: Embed | None = None
     customer_id: CustomerId | None = None
     basket: list[str] | None = None
     query: str | None = None
@@ -287,7 +298,35 @@ def _search_mode(value: str | None, where: str, *, is_query: bool) -> str | None
     return value
 
 
+def _embed(inst: Instance, where: str, limits: ServingParams) -> Query:
+    """An `embed` instance: {"embed": {"customer_id": 12347}} or {"embed": {"text": "..."}}, nothing beside."""
+    beside = [
+        name
+        for name in _INSTANCE_KEYS
+        if name not in ("embed", "exclude_seen") and getattr(inst, _field(name)) is not None
+    ]
+    if beside or inst.exclude_seen:
+        raise RequestError(
+            f"{where}: an embed instance takes no other field, got {', '.join(beside or ['exclude_seen'])}"
+        )
+    asked = inst.embed
+    if (asked.customer_id is None) == (asked.text is None):
+        raise RequestError(
+            f'{where}.embed needs one of customer_id or text, e.g. {{"embed": {{"customer_id": 12347}}}}'
+        )
+    if asked.text is not None:
+        return Query("embed_text", 0, text=_text(asked.text, f"{where}.embed.text", limits))
+    return Query("embed_customer", 0, customer_id=asked.customer_id, field=f"{where}.embed.customer_id")
+
+
+def _field(name: str) -> str:
+    """An Instance attribute from the name a request writes (its alias)."""
+    return next((f for f, info in Instance.model_fields.items() if (info.alias or f) == name), name)
+
+
 def _query(inst: Instance, where: str, limits: ServingParams) -> Query:
+    if inst.embed is not None:
+        return _embed(inst, where, limits)
     k = _k(inst.k, f"{where}.k", limits)
     if inst.query is not None:
         if inst.customer_id is not None or inst.basket is not None:
@@ -351,7 +390,10 @@ V2_INPUTS = {
     "customer_id": ("INT64", "INT32", "UINT64", "UINT32", "BYTES"),  # BYTES: text ids
     "basket": ("BYTES",),
     "query": ("BYTES",),
+    "embed_customer_id": ("INT64", "INT32", "UINT64", "UINT32", "BYTES"),  # the vectors of customers
+    "embed_text": ("BYTES",),  # the vectors of texts
 }
+EMBED_INPUTS = {"embed_customer_id": "embed_customer", "embed_text": "embed_text"}
 
 
 def _flat(data: Any) -> list:
@@ -385,7 +427,7 @@ def _tensor_values(inp) -> list:
             raise RequestError(f"{name}[{i}] must be {check} ({inp.datatype}), got {type(v).__name__} {v!r}")
         if expected is int and not 0 <= v <= INT64_MAX:
             raise RequestError(f"{name}[{i}] = {v} is out of range: 0 <= customer_id <= {INT64_MAX}")
-        if name == "customer_id" and expected is str and not 0 < len(v) <= MAX_ID_CHARS:
+        if name.endswith("customer_id") and expected is str and not 0 < len(v) <= MAX_ID_CHARS:
             raise RequestError(f"{name}[{i}] must be 1 to {MAX_ID_CHARS} characters, got {len(v)}")
     return values
 
@@ -401,7 +443,9 @@ def parse_v2(request, limits: ServingParams) -> list[Query]:
         raise RequestError(f"input(s) {', '.join(repeated)} given more than once")
     unknown = sorted(set(names) - set(V2_INPUTS))
     if unknown:
-        raise RequestError(f"unknown input(s) {', '.join(unknown)}; expected customer_id, basket or query")
+        raise RequestError(f"unknown input(s) {', '.join(unknown)}; expected one of {', '.join(V2_INPUTS)}")
+    if set(names) & set(EMBED_INPUTS):
+        return _parse_v2_embed(request, limits)
     params = request.parameters or {}
     params = {k: (v.to_dict() if hasattr(v, "to_dict") else v) for k, v in params.items()}
     try:
@@ -449,6 +493,24 @@ def parse_v2(request, limits: ServingParams) -> list[Query]:
     raise RequestError("the request needs an input named customer_id, basket or query")
 
 
+def _parse_v2_embed(request, limits: ServingParams) -> list[Query]:
+    """`embed_customer_id` [B] or `embed_text` [B], alone, with no parameters."""
+    if len(request.inputs) > 1:
+        raise RequestError("an embed request has one input: embed_customer_id or embed_text, alone")
+    if request.parameters:
+        raise RequestError(f"an embed request takes no parameters, got {', '.join(map(str, request.parameters))}")
+    inp = request.inputs[0]
+    rows = inp.shape[0] if len(inp.shape) == 1 else 0
+    if rows > limits.max_instances:
+        raise RequestError(f"input '{inp.name}' has {rows} rows; at most {limits.max_instances}", 413)
+    values = _tensor_values(inp)
+    if not values:
+        raise RequestError(f"input '{inp.name}' is empty")
+    if inp.name == "embed_text":
+        return [Query("embed_text", 0, text=_text(v, f"embed_text[{i}]", limits)) for i, v in enumerate(values)]
+    return [Query("embed_customer", 0, customer_id=v, field=f"embed_customer_id[{i}]") for i, v in enumerate(values)]
+
+
 def check_id_type(recommender: Recommender, query: Query) -> None:
     """A customer id of the type the served model's data has (a number or text), else a 400 saying which."""
     if isinstance(query.customer_id, str) == recommender.text_ids:
@@ -462,10 +524,33 @@ def check_id_type(recommender: Recommender, query: Query) -> None:
     raise RequestError(f"{query.field} must be {want}, got {got} {query.customer_id!r}")
 
 
+def _embeddings(recommender: Recommender, queries: list[Query]) -> dict[int, dict]:
+    """The answers of the embed queries (by id), every text encoded in one pass; an unknown customer is a 404."""
+    out = {}
+    texts = [q for q in queries if q.kind == "embed_text"]
+    if texts:
+        for q, vector in zip(texts, recommender.embed_texts([q.text for q in texts])):
+            out[id(q)] = {"kind": "embed", "text": q.text, "vectors": {"text_vector": vector.tolist()}}
+    for q in queries:
+        if q.kind != "embed_customer":
+            continue
+        found = recommender.embed_customer(q.customer_id)
+        if found is None:
+            raise RequestError(
+                f"{q.field}: customer {q.customer_id!r} is unknown to this model (no purchases in its data), so "
+                f"it has no vectors; embed a text instead",
+                404,
+            )
+        vectors = {name: np.asarray(v, dtype=np.float32).tolist() for name, v in found.items()}
+        out[id(q)] = {"kind": "embed", "customer_id": q.customer_id, "model": recommender.model, "vectors": vectors}
+    return out
+
+
 def answer(recommender: Recommender, queries: list[Query]) -> list[dict]:
     for q in queries:
-        if q.kind == "customer":
+        if q.kind in ("customer", "embed_customer"):
             check_id_type(recommender, q)
+    embedded = _embeddings(recommender, queries)
     found = {}
     for mode in dict.fromkeys(q.search_mode for q in queries if q.kind == "query"):  # one pass per mode
         texts = [q for q in queries if q.kind == "query" and q.search_mode == mode]
@@ -479,6 +564,9 @@ def answer(recommender: Recommender, queries: list[Query]) -> list[dict]:
             found[id(q)] = rec
     out = []
     for q in queries:
+        if id(q) in embedded:
+            out.append(embedded[id(q)])
+            continue
         if q.kind == "query":
             rec = found[id(q)]
         elif q.kind == "customer":
