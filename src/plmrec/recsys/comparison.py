@@ -118,8 +118,8 @@ class Comparison:
         return model if model in set(rows["model"]) else None
 
     def view_lifts(self) -> list:
-        """Per view: the served model against its no-text twin, and on new customers against popularity
-        and co-purchase; each a Verdict carrying its figures (`.lift`)."""
+        """Per view: the row serving the view's list against its no-text twin (where it reads text), and on
+        new customers against popularity and co-purchase; each a Verdict carrying its figures (`.lift`)."""
         from plmrec.recsys.experiment import Verdict, lift, view_metric
 
         if self.served is None:
@@ -128,22 +128,21 @@ class Comparison:
         for view, summary in self.view_summaries.items():
             served = self.served_on(view)
             twin = row_registry.twin_of(served)
-            if served == twin:
-                text_free[view] = served
-                continue
-            metric = "test_" + view_metric(view, self.params.recommenders.primary_metric)
             against = [(twin, "its no-text twin")]
+            if served == twin:
+                text_free[view], against = served, []
+            metric = "test_" + view_metric(view, self.params.recommenders.primary_metric)
             if view == "new_customers":
                 against += [("popularity", "popularity"), (views.CO_PURCHASE, "co-purchase item-kNN")]
             for other, words in against:
-                if {served, other} <= set(summary.index):
+                if other != served and {served, other} <= set(summary.index):
                     line = lift(summary, metric, served, versus=other, label=f"{views.TITLES[view]}, served vs {words}")
                     line.tag_name = f"{view}.{line.tag_name}"
                     line.lift.update(view=view, against_twin=other == twin)
                     out.append(line)
-        if text_free and not out:
+        if text_free and not any(line.lift["against_twin"] for line in out):
             served = ", ".join(dict.fromkeys(text_free.values()))
-            return [Verdict(f"The served model, {served}, reads no item text: no language-model stage is served")]
+            return [Verdict(f"The served model, {served}, reads no item text: no language-model stage is served"), *out]
         return out + [
             Verdict(f"{views.TITLES[view]}: the list served there, {row}'s, reads no item text")
             for view, row in text_free.items()
