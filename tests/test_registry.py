@@ -138,7 +138,13 @@ def test_registry_commands_fail_within_seconds_when_the_tracking_server_does_not
     uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_HTTP_REQUEST")}
     env["MLFLOW_TRACKING_URI"] = uri
-    for args in (["promote"], ["deploy", "--print-only"], ["serve"], ["runs", "compare"]):
+    for args in (
+        ["promote"],
+        ["deploy", "--print-only"],
+        ["serve"],
+        ["runs", "compare"],
+        ["export", "embeddings", "--out", "x"],
+    ):
         started = time.monotonic()
         out = subprocess.run(
             [sys.executable, "-m", "plmrec.cli", *args, "-S", f"tracking.uri={uri}"],
@@ -158,6 +164,14 @@ def test_serving_without_a_champion_says_so(mlflow_server):
     params.registry.model_name = "never-registered"
     out = _cli(params, "serve", "--port", "1")
     assert out.returncode == 2 and "has no @champion" in out.stderr
+    overrides = ["-S", f"tracking.uri={mlflow_server}", "-S", "registry.model_name=never-registered"]
+    out = subprocess.run(  # the same registry model, to export
+        [sys.executable, "-m", "plmrec.cli", "export", "embeddings", "--out", "never-written", *overrides],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 2 and "has no @champion" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_runs_compare_prints_pipeline_runs_side_by_side(mlflow_server):

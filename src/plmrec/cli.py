@@ -574,17 +574,41 @@ def runs_compare(params_path, overrides, limit):
     click.echo(format_runs(table, uri, params.tracking.experiment))
 
 
+def bundle_options(verb: str):
+    """--bundle (a bundle directory) or --alias (the registry's model), for a command that `verb`s one."""
+
+    def add(f):
+        f = click.option("--alias", default="champion", show_default=True, help=f"which registry alias to {verb}")(f)
+        return click.option(
+            "--bundle",
+            "bundle_dir",
+            type=click.Path(file_okay=False, exists=True),
+            default=None,
+            help=f"{verb} this bundle directory instead of the registry's model",
+        )(f)
+
+    return add
+
+
+def _bundle_or_alias(params, bundle_dir, alias: str, *, dst: str | None, prefix: str) -> tuple[str, str | None, dict]:
+    """(bundle directory, registry version or None, where it came from): --bundle, else the registry's
+    model at --alias, downloaded into `dst` (default: a temporary directory)."""
+    if bundle_dir is not None:
+        return bundle_dir, None, {"bundle": bundle_dir}
+    import tempfile
+
+    from plmrec import registry
+
+    _, uri = _registry_client(params)
+    name = params.registry.model_name
+    local, version = registry.download(uri, name, alias, dst=dst or tempfile.mkdtemp(prefix=prefix))
+    return local, version, {"registry": uri, "model": name, "alias": alias, "version": version}
+
+
 @main.command()
 @params_option
 @set_option
-@click.option(
-    "--bundle",
-    "bundle_dir",
-    type=click.Path(file_okay=False, exists=True),
-    default=None,
-    help="serve this bundle directory instead of the registry's model",
-)
-@click.option("--alias", default="champion", show_default=True, help="which registry alias to serve")
+@bundle_options("serve")
 @click.option("--host", default=None, help="default: serving.host (127.0.0.1)")
 @click.option("--port", type=click.IntRange(1, 65535), default=None, help="default: serving.port")
 @click.option(
@@ -595,18 +619,12 @@ def runs_compare(params_path, overrides, limit):
 )
 def serve(params_path, overrides, bundle_dir, alias, host, port, download_dir):
     """Serve the @champion recommender with the KServe model server (v1 and v2 protocols)."""
-    import tempfile
-
-    from plmrec import registry
     from plmrec.serving.predictor import serve as run_server
 
     params = load_params(params_path, overrides)
-    version = None
-    if bundle_dir is None:
-        client, uri = _registry_client(params)
-        target = download_dir or tempfile.mkdtemp(prefix="plmrec-serve-")
-        bundle_dir, version = registry.download(uri, params.registry.model_name, alias, dst=target)
-        click.echo(f"serving {params.registry.model_name}@{alias} (version {version}) from {uri}")
+    bundle_dir, version, source = _bundle_or_alias(params, bundle_dir, alias, dst=download_dir, prefix="plmrec-serve-")
+    if version is not None:
+        click.echo(f"serving {source['model']}@{alias} (version {version}) from {source['registry']}")
     run_server(bundle_dir, params.serving, host, port=port, version=version)
 
 
@@ -618,32 +636,16 @@ def export():
 @export.command("embeddings")
 @params_option
 @set_option
-@click.option(
-    "--bundle",
-    "bundle_dir",
-    type=click.Path(file_okay=False, exists=True),
-    default=None,
-    help="a serving bundle directory (default: the registry's model at --alias)",
-)
-@click.option("--alias", default="champion", show_default=True, help="which registry alias to export")
+@bundle_options("export")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, help="the folder to write")
 def export_embeddings_cmd(params_path, overrides, bundle_dir, alias, out_dir):
     """Item and customer vectors (text, ALS, the user model's C vectors) as Parquet, with a manifest
     naming the encoder and model that made them: the arrays the server ranks with."""
-    import tempfile
-
-    from plmrec import registry
     from plmrec.serving.bundle import find_bundle
     from plmrec.serving.export import export_embeddings
 
     params = load_params(params_path, overrides)
-    source = {"bundle": bundle_dir}
-    if bundle_dir is None:
-        _, uri = _registry_client(params)
-        bundle_dir, version = registry.download(
-            uri, params.registry.model_name, alias, dst=tempfile.mkdtemp(prefix="plmrec-export-")
-        )
-        source = {"registry": uri, "model": params.registry.model_name, "alias": alias, "version": version}
+    bundle_dir, _, source = _bundle_or_alias(params, bundle_dir, alias, dst=None, prefix="plmrec-export-")
     manifest = export_embeddings(find_bundle(bundle_dir), out_dir, source=source)
     widths = "; ".join(
         f"{table}: " + ", ".join(f"{name} {'x'.join(map(str, shape))}" for name, shape in columns.items())
