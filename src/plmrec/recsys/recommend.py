@@ -292,23 +292,44 @@ def confidence(counts: sp.csr_matrix | np.ndarray, alpha: float):
     return 1.0 + alpha * np.log1p(np.asarray(counts, dtype=np.float64))
 
 
-def fold_in(item_factors: np.ndarray, items: np.ndarray, conf: np.ndarray, *, regularization: float) -> np.ndarray:
-    """The ALS user vector of a new purchase row (the least-squares step for one user, items held fixed):
-    (V'V + V_i'(C_i - 1)V_i + lambda I) x = V_i' C_i."""
+def gram(item_factors: np.ndarray) -> np.ndarray:
+    """V'V in float64: the part of every fold-in that does not depend on the row (once per item factors)."""
     v = item_factors.astype(np.float64)
-    vi = v[items]
-    a = v.T @ v + (vi.T * (conf - 1.0)) @ vi + regularization * np.eye(v.shape[1])
+    return v.T @ v
+
+
+def fold_in(
+    item_factors: np.ndarray,
+    items: np.ndarray,
+    conf: np.ndarray,
+    *,
+    regularization: float,
+    item_gram: np.ndarray | None = None,
+) -> np.ndarray:
+    """The ALS user vector of a new purchase row (the least-squares step for one user, items held fixed):
+    (V'V + V_i'(C_i - 1)V_i + lambda I) x = V_i' C_i; `item_gram`: V'V (`gram`) when the caller keeps it."""
+    vi = item_factors[items].astype(np.float64)
+    vv = gram(item_factors) if item_gram is None else item_gram
+    a = vv + (vi.T * (conf - 1.0)) @ vi + regularization * np.eye(item_factors.shape[1])
     return np.linalg.solve(a, vi.T @ conf).astype(np.float32)
 
 
-def fold_in_rows(item_factors: np.ndarray, counts: sp.csr_matrix, *, alpha: float, regularization: float) -> np.ndarray:
+def fold_in_rows(
+    item_factors: np.ndarray,
+    counts: sp.csr_matrix,
+    *,
+    alpha: float,
+    regularization: float,
+    item_gram: np.ndarray | None = None,
+) -> np.ndarray:
     """The ALS user vector of each purchase row (`fold_in` with its confidences): (rows, factors)."""
     counts = sp.csr_matrix(counts)
     if not counts.shape[0]:
         return np.zeros((0, item_factors.shape[1]), dtype=np.float32)
+    vv = gram(item_factors) if item_gram is None else item_gram
     return np.stack(
         [
-            fold_in(item_factors, row.indices, confidence(row.data, alpha), regularization=regularization)
+            fold_in(item_factors, row.indices, confidence(row.data, alpha), regularization=regularization, item_gram=vv)
             for row in (counts[i] for i in range(counts.shape[0]))
         ]
     )
@@ -485,8 +506,18 @@ def fit_ranker(
 
 
 def ranker_scores(ranker, frame: pd.DataFrame) -> np.ndarray:
-    """The ranker's score of each frame row (none for an empty frame, which XGBoost refuses)."""
-    return ranker.predict(frame) if len(frame) else np.zeros(0)
+    """The ranker's score of each frame row (none for an empty frame, which XGBoost refuses): what
+    `XGBRanker.predict` gives (the trees up to the early-stopping best iteration), read from the frame's
+    array by the booster itself, without the wrapper's per-call pandas conversion (half a served request's
+    prediction time); the frame's columns must be the ranker's features, in order."""
+    if not len(frame):
+        return np.zeros(0)
+    booster = ranker.get_booster()
+    if booster.feature_names is not None and list(frame.columns) != list(booster.feature_names):
+        raise ValueError(f"ranker features {booster.feature_names} but the frame has {list(frame.columns)}")
+    best = getattr(ranker, "best_iteration", None)
+    span = (0, best + 1) if best is not None else (0, 0)
+    return booster.inplace_predict(np.ascontiguousarray(frame.to_numpy()), iteration_range=span)
 
 
 def ltr_rank(

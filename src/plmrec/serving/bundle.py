@@ -456,6 +456,7 @@ class Recommender:
                 f"(known: {', '.join(row_registry.names())})"
             )
         self.row = row_registry.get(self.model)
+        self.item_gram = recommend.gram(self.item_factors)  # V'V of every basket's ALS fold-in, once
         self.item_similarity = (  # computed once: a request then reads its items' rows (max text similarity)
             recommend.item_similarity(self.item_vectors) if self.meta.get("similarity") == "max" else None
         )
@@ -786,7 +787,11 @@ class Recommender:
 
     def _fold_in(self, counts: sp.csr_matrix) -> np.ndarray:
         return recommend.fold_in_rows(
-            self.item_factors, counts, alpha=self.meta["alpha"], regularization=self.meta["regularization"]
+            self.item_factors,
+            counts,
+            alpha=self.meta["alpha"],
+            regularization=self.meta["regularization"],
+            item_gram=self.item_gram,
         )[0]
 
     def recommend_basket(
