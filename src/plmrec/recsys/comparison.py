@@ -87,7 +87,8 @@ class Comparison:
         )
 
     def _summarise_views(self) -> None:
-        """Mean ± std per model on every evaluation view, the served model and its no-text twin."""
+        """Mean ± std per model on every evaluation view, the served model, its no-text twin and the row
+        that ranks each served list."""
         from plmrec.recsys.experiment import mean_std
 
         found = self.recommender_detail.get("views")
@@ -106,6 +107,7 @@ class Comparison:
                 self.view_summaries[view] = mean_std(rows, "model", metrics)
         self.served = self.served_model()
         self.twin = row_registry.twin_of(self.served) if self.served in row_registry.names() else None
+        self._lists = self._choose_list_rows()
 
     def served_model(self) -> str | None:
         """The row the bundle serves: registry.served_model, or (auto) the best on valid."""
@@ -149,9 +151,13 @@ class Comparison:
         ]
 
     def list_rows(self) -> dict[str, str]:
-        """Per served list (plmrec.recsys.views.VIEW_OF_LIST), the row that ranks it: with
-        registry.served_model auto, the best on valid on the list's view among the rows a bundle can
-        serve (the served row where the view was not scored); else the named row on every list."""
+        """Per served list (plmrec.recsys.views.VIEW_OF_LIST), the row that ranks it."""
+        return dict(self._lists)
+
+    def _choose_list_rows(self) -> dict[str, str]:
+        """With registry.served_model auto, each list's row is the best on valid on the list's view among
+        the rows a bundle can serve (the served row where the view was not scored); else the named row
+        on every list."""
         if self.served is None:
             return {}
         choices = self.view_choices(servable=True) if self.params.registry.served_model == "auto" else {}
@@ -159,8 +165,7 @@ class Comparison:
 
     def served_on(self, view: str) -> str | None:
         """The row that ranks the list `view` scores (new items: the discover list's)."""
-        kind = next((k for k, scored in views.VIEWS_OF_LIST.items() if view in scored), "mixed")
-        return self.list_rows().get(kind, self.served)
+        return self.list_rows().get(views.SERVED_LIST_OF_VIEW.get(view, "mixed"), self.served)
 
     def view_choices(self, *, servable: bool = False) -> dict[str, str]:
         """Per view, the model with the best mean valid figure of the view's metric (never the test one)."""
@@ -169,7 +174,7 @@ class Comparison:
         out = {}
         for view in self.view_summaries:
             rows = self.view_rows[self.view_rows["view"] == view]
-            if servable:  # rows a bundle can hold (not the view-only co-purchase baseline), every seed scored
+            if servable:  # rows a bundle can hold: registered rows the main table scored (not co-purchase)
                 rows = rows[
                     rows["model"].isin(row_registry.names()) & rows["model"].isin(self.recommender_rows["model"])
                 ]
@@ -427,10 +432,7 @@ class Comparison:
 
 def served_lists(lists: dict[str, str]) -> str:
     """'mixed, buy again: ltr; discover: mf; basket: mf+repeat': each row with the lists it ranks."""
-    by_row: dict[str, list[str]] = {}
-    for kind, row in lists.items():
-        by_row.setdefault(row, []).append(kind.replace("_", " "))
-    return "; ".join(f"{', '.join(kinds)}: {row}" for row, kinds in by_row.items())
+    return "; ".join(f"{', '.join(kinds)}: {row}" for row, kinds in views.lists_by_row(lists).items())
 
 
 def _shares(shares: dict[str, float]) -> str:

@@ -35,14 +35,19 @@ TITLES = {
     "new_customers": "New customers (served from their first basket)",
 }
 # The view each served list is chosen on (a basket: an unknown customer's lists, the new-customer path;
-# buy_again has no view of its own and goes with mixed), and the views each list is scored on.
+# buy_again has no view of its own and goes with mixed), and the served list each view scores.
 VIEW_OF_LIST = {"mixed": "all", "buy_again": "all", "discover": "discovery", "basket": "new_customers"}
-VIEWS_OF_LIST = {
-    "mixed": ("all",),
-    "buy_again": (),
-    "discover": ("discovery", "new_items"),
-    "basket": ("new_customers",),
-}
+SERVED_LIST_OF_VIEW = {**LIST_OF_VIEW, "new_customers": "basket"}
+
+
+def lists_by_row(lists: dict[str, str]) -> dict[str, list[str]]:
+    """Each row with the served lists it ranks ('buy again' spelt with a space), in the lists' order."""
+    out: dict[str, list[str]] = {}
+    for kind, row in lists.items():
+        out.setdefault(row, []).append(kind.replace("_", " "))
+    return out
+
+
 NEW_ITEM_K = 50  # new items: recall at this depth
 NEW_ITEM_SHARE = "new_item_lists@10"  # the share of top-10 lists that hold a new item
 CO_PURCHASE = "co-purchase"  # item-kNN over the purchase matrix: the new-customer view's id-only baseline

@@ -25,6 +25,7 @@ request names: dense (the encoder), lexical (BM25) or hybrid (their reciprocal r
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import time
@@ -307,8 +308,8 @@ def write_bundle(
         )
     seed = rp.seeds[-1]
     lists = {kind: row for kind, row in (lists or {}).items() if row != model}  # ranked by another row
-    served_by = {kind: lists.get(kind, model) for kind in views.VIEWS_OF_LIST}
-    served_on = {view: served_by[kind] for kind, scored in views.VIEWS_OF_LIST.items() for view in scored}
+    served_by = {kind: lists.get(kind, model) for kind in views.VIEW_OF_LIST}
+    served_on = {view: served_by[kind] for view, kind in views.SERVED_LIST_OF_VIEW.items()}
     items = with_catalogue(items, catalogue, encoder_dir)  # once: every row's bundle holds the same items
 
     def build(row: str, out: Path, **extra) -> dict:
@@ -370,7 +371,7 @@ def lift_summary(meta: dict) -> str:
         return _lists_lift_summary(meta)
     if twin == model:
         return f"served: {model}, which reads no item text (no language-model stage is served)"
-    lifts = [x for x in meta.get("lifts", []) if x["versus"] == twin]
+    lifts = twin_lifts(meta)
     if not lifts:
         return f"served: {model} (no-text twin {twin}: not evaluated)"
     return f"served: {model}; lift over its no-text twin {twin}: " + "; ".join(
@@ -379,13 +380,17 @@ def lift_summary(meta: dict) -> str:
     )
 
 
+def twin_lifts(meta: dict) -> list[dict]:
+    """A bundle's lifts over a no-text twin (each list's row against its own; a bundle from before lists
+    were ranked by several rows: those against the served row's twin)."""
+    return [x for x in meta.get("lifts", []) if x.get("against_twin", x["versus"] == meta.get("twin"))]
+
+
 def _lists_lift_summary(meta: dict) -> str:
     model, others = meta["model"], meta["list_rows"]
-    rows: dict[str, list[str]] = {}
-    for kind in [*(k for k in (*LISTS, "basket") if k not in others), *others]:
-        rows.setdefault(others.get(kind, model), []).append(kind.replace("_", " "))
-    served = "served: " + ", ".join(f"{row} ({', '.join(kinds)})" for row, kinds in rows.items())
-    lifts = [x for x in meta.get("lifts", []) if x.get("against_twin")]
+    ordered = {k: model for k in (*LISTS, "basket") if k not in others} | others  # the served row's lists first
+    served = "served: " + ", ".join(f"{row} ({', '.join(kinds)})" for row, kinds in views.lists_by_row(ordered).items())
+    lifts = twin_lifts(meta)
     if not lifts:
         return f"{served}; no list's row reads item text (no language-model stage is served)"
     return f"{served}; lift over each list's no-text twin: " + "; ".join(
@@ -750,15 +755,14 @@ class Recommender:
 
     # -- embeddings ----------------------------------------------------------------------------------
 
-    @property
+    @functools.cached_property
     def text_profiles(self) -> np.ndarray:
         """Each customer's L2-normalised mean text vector of the items they bought (computed once)."""
-        if getattr(self, "_text_profiles", None) is None:
-            rows = np.arange(self.counts.shape[0])
-            self._text_profiles, _ = recommend.user_profiles(
-                self.counts, rows, self.item_vectors, clusters=self.clusters, n_clusters=self.meta["n_clusters"]
-            )
-        return self._text_profiles
+        rows = np.arange(self.counts.shape[0])
+        profiles, _ = recommend.user_profiles(
+            self.counts, rows, self.item_vectors, clusters=self.clusters, n_clusters=self.meta["n_clusters"]
+        )
+        return profiles
 
     def embed_customer(self, customer_id) -> dict[str, np.ndarray] | None:
         """A known customer's vectors: `text_profile`, `mf` (ALS) and, with a user model, `user_model`

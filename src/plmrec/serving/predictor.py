@@ -122,6 +122,9 @@ class RecommenderModel(kserve.Model):
         for name in results[0]["vectors"]:
             stacked = np.asarray([r["vectors"][name] for r in results], dtype=np.float32)
             outputs.append(InferOutput(name, list(stacked.shape), "FP32", stacked.reshape(-1).tolist()))
+        return self._infer_response(request, outputs)
+
+    def _infer_response(self, request: InferRequest, outputs: list[InferOutput]) -> InferResponse:
         return InferResponse(
             response_id=request.id or str(uuid.uuid4()),
             model_name=self.name,
@@ -143,12 +146,7 @@ class RecommenderModel(kserve.Model):
         fallbacks = [r.get("fallback") or "" for r in results]
         outputs.append(InferOutput(FALLBACK_OUTPUT, [len(results)], "BYTES", fallbacks))
         outputs.append(InferOutput(LIST_OUTPUT, [len(results)], "BYTES", [r.get("list") or "" for r in results]))
-        return InferResponse(
-            response_id=request.id or str(uuid.uuid4()),
-            model_name=self.name,
-            infer_outputs=outputs,
-            model_version=self.version,
-        )
+        return self._infer_response(request, outputs)
 
 
 def _client_mistake(status: int | None = None, *, reason: str | None = None):

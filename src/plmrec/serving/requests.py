@@ -301,9 +301,9 @@ def _search_mode(value: str | None, where: str, *, is_query: bool) -> str | None
 def _embed(inst: Instance, where: str, limits: ServingParams) -> Query:
     """An `embed` instance: {"embed": {"customer_id": 12347}} or {"embed": {"text": "..."}}, nothing beside."""
     beside = [
-        name
-        for name in _INSTANCE_KEYS
-        if name not in ("embed", "exclude_seen") and getattr(inst, _field(name)) is not None
+        info.alias or name
+        for name, info in Instance.model_fields.items()
+        if name not in ("embed", "exclude_seen") and getattr(inst, name) is not None
     ]
     if beside or inst.exclude_seen:
         raise RequestError(
@@ -317,11 +317,6 @@ def _embed(inst: Instance, where: str, limits: ServingParams) -> Query:
     if asked.text is not None:
         return Query("embed_text", 0, text=_text(asked.text, f"{where}.embed.text", limits))
     return Query("embed_customer", 0, customer_id=asked.customer_id, field=f"{where}.embed.customer_id")
-
-
-def _field(name: str) -> str:
-    """An Instance attribute from the name a request writes (its alias)."""
-    return next((f for f, info in Instance.model_fields.items() if (info.alias or f) == name), name)
 
 
 def _query(inst: Instance, where: str, limits: ServingParams) -> Query:

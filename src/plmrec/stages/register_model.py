@@ -52,7 +52,7 @@ def _deploy_champion(params: Params, client, decision) -> str | None:
 
 def _description(meta: dict, tags: dict, gated) -> str:
     """A version's description: the served model and its test figures, the encoder, the data, the gate."""
-    from plmrec.serving.bundle import lift_note
+    from plmrec.serving.bundle import lift_note, twin_lifts
 
     primary = {k: v for k, v in meta["metrics"].items() if "@" in k and not k.endswith("_std")}
     figures = ", ".join(
@@ -61,7 +61,7 @@ def _description(meta: dict, tags: dict, gated) -> str:
     )
     encoder = meta.get("encoder", {}).get("name") or Path(meta.get("encoder", {}).get("source", "?")).name
     twin = meta.get("twin")
-    lifts = [x for x in meta.get("lifts", []) if x.get("against_twin", x["versus"] == twin)]
+    lifts = twin_lifts(meta)
     lists = "".join(f"{kind.replace('_', ' ')} list by {row}; " for kind, row in meta.get("list_rows", {}).items())
     against_twin = (
         f"{lists}against its no-text twin {twin}: "
